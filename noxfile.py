@@ -1,0 +1,90 @@
+"""nox sessions: tests, lint, demo, bench matrices, microbench, report, ray.
+
+Each session installs techbench into its own virtualenv with ``scripts/install.sh`` (CPU torch
+when the environment has none). Matrix sessions are parametrized and tagged ``quick``/``full``:
+``nox -t quick`` runs the quick ones.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def install(session: nox.Session) -> None:
+    session.run("bash", "scripts/install.sh", env={"PYTHON": "python"}, external=True)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """The test suite (the README's test command)."""
+    install(session)
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """Ruff (lint + format check) and mypy on the package."""
+    session.install("ruff>=0.6", "mypy>=1.10")
+    session.run("ruff", "check", "suite", "plugins", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "suite", "plugins", "tests", "benchmarks", "noxfile.py")
+    install(session)
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def microbench(session: nox.Session) -> None:
+    """pytest-benchmark: fast vs reference vs torch's own, per technique."""
+    install(session)
+    session.run(
+        "pytest", "benchmarks", "--benchmark-enable", "--benchmark-only",
+        "--benchmark-columns=median,iqr,rounds", "-q", *session.posargs,
+    )
+
+
+@nox.session(python="3.11", tags=["quick"])
+def demo(session: nox.Session) -> None:
+    """The README's main job: the demo matrix, then its report."""
+    install(session)
+    session.run("techbench", "run", "demo", "--out", "results/demo", "--report", "reports/demo")
+
+
+@nox.session(python="3.11")
+@nox.parametrize(
+    "matrix",
+    [
+        nox.param("smoke", tags=["quick"]),
+        nox.param("demo", tags=["quick"]),
+        nox.param("activations", tags=["full"]),
+        nox.param("initializers", tags=["full"]),
+        nox.param("normalizers", tags=["full"]),
+        nox.param("regularizers", tags=["full"]),
+        nox.param("optimizers", tags=["full"]),
+        nox.param("lecture", tags=["full"]),
+    ],
+)
+def bench(session: nox.Session, matrix: str) -> None:
+    """Run one ready-made matrix into results/<matrix> and report it."""
+    install(session)
+    session.run(
+        "techbench", "run", matrix, "--out", f"results/{matrix}",
+        "--report", f"reports/{matrix}", *session.posargs,
+    )
+
+
+@nox.session(python="3.11")
+def report(session: nox.Session) -> None:
+    """Rebuild a report from stored results: nox -s report -- results/demo."""
+    install(session)
+    results = session.posargs[0] if session.posargs else "results/demo"
+    session.run("techbench", "report", results, "--out", f"reports/{results.rstrip('/').split('/')[-1]}")
+
+
+@nox.session(python="3.11")
+def ray(session: nox.Session) -> None:
+    """The Ray executor's tests on a local 2-CPU cluster."""
+    install(session)
+    session.install("ray>=2.9")
+    session.run("pytest", "-q", "-m", "ray", *session.posargs)

@@ -1,0 +1,61 @@
+"""The ``techbench`` command: ``list | check | run | probe | report``.
+
+Each sub-command lives in ``techbench.commands.<name>`` with ``add_parser(subparsers)`` and
+``main(args) -> int``; modules import their heavy dependencies inside ``main`` so that
+``techbench list`` starts without torch, Lightning or pandas. Usage errors and bad input exit
+with status 2 and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .spec import TechniqueError
+
+COMMANDS = ("list", "check", "run", "probe", "report")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="techbench",
+        description="Benchmark and test suite for neural-network training techniques.",
+    )
+    parser.add_argument("--version", action="version", version=f"techbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"{__package__}.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except (UsageError, TechniqueError) as exc:
+        print(f"techbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("techbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``techbench`` sub-command (see ``techbench.cli``)."""

@@ -1,0 +1,59 @@
+"""``techbench list [--family F] [--json] [PATTERN]``: registered techniques and broken plugins."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from ..registry import PluginWarning, default_registry
+from ..spec import FAMILIES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list registered techniques (and plugins that failed to load)")
+    p.add_argument("pattern", nargs="?", help="fnmatch filter on the name, e.g. 'he_*'")
+    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)  # shown in the listing itself
+        entries = default_registry().entries(args.family, args.pattern)
+    rows = []
+    for e in entries:
+        rows.append(
+            {
+                "name": e.name,
+                "family": e.family,
+                "summary": e.spec.summary if e.spec else "",
+                "citation": e.spec.citation if e.spec else None,
+                "distribution": e.distribution,
+                "entry_point": e.value,
+                "status": e.status,
+                "error": e.error,
+            }
+        )
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+        return 0
+    width = max((len(r["name"]) for r in rows), default=4)
+    family = None
+    for r in rows:
+        if r["family"] != family:
+            if family is not None:
+                print()
+            family = r["family"]
+            print(f"{family}s:")
+        if r["status"] == "ok":
+            print(f"  {r['name']:<{width}}  {r['summary']}  [{r['distribution']}]")
+        else:
+            first = (r["error"] or "").splitlines()[0]
+            print(f"  {r['name']:<{width}}  ERROR: {first}  [{r['distribution']}]")
+    broken = sum(r["status"] == "error" for r in rows)
+    print(f"\n{len(rows)} registered, {broken} broken")
+    return 0

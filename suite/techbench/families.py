@@ -1,0 +1,168 @@
+"""What a plugin of each family provides: the fast side's call signature and declared properties.
+
+The runner and the probe consume only the *fast* side through the signatures below, so they are
+the contract every plugin must keep. The *reference* side is consumed only by the family's
+conformance checks (``techbench.testing.<family>``), whose docstring states its exact protocol.
+
+Fast-side signatures (``spec.create(*structural, **hyperparams)`` calls ``fast``):
+
+=============  ==========================================================================
+activation     ``fast(**hp) -> torch.nn.Module``, elementwise
+initializer    ``fast(**hp) -> Initializer``: ``init(tensor)`` fills a weight in place and
+               returns it (fans from the shape, as ``torch.nn.init``); data-dependent ones
+               (``properties["data_dependent"]``) also have ``init.fit(layers, x)``
+normalizer     ``fast(num_features, **hp) -> torch.nn.Module`` for (N, C) and (N, C, *spatial)
+regularizer    ``fast(**hp) -> Regularizer`` (hooks below; unused hooks keep the defaults)
+optimizer      ``fast(params, **hp) -> torch.optim.Optimizer`` (``lr`` is a hyper-parameter)
+schedule       ``fast(optimizer, total_steps, **hp) -> torch.optim.lr_scheduler.LRScheduler``,
+               stepped once per optimizer step
+preprocessor   ``fast(**hp) -> Preprocessor``: ``fit(x_train)`` then ``transform(x)``
+dataset        ``fast(data_seed, **hp) -> DatasetSplits``
+model          ``fast(input_shape, num_outputs, parts: ModelParts, **hp) -> torch.nn.Module``
+=============  ==========================================================================
+
+This module imports no torch at import time; annotations name torch types as strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class ActivationProperties(TypedDict, total=False):
+    """Declared by every activation; the gradient-health metrics read them.
+
+    ``saturation``: the open interval of *outputs* where the unit is not saturated; an output at
+    or beyond either end counts as saturated (sigmoid: (0.01, 0.99)). ``None``: never saturates.
+    ``dead_below``: a unit is dead on a batch when its output is <= this for every sample
+    (ReLU: 0.0). ``None``: cannot die. ``kinks``: inputs where the derivative is undefined;
+    the conformance checks keep away from them.
+    """
+
+    output_range: tuple[float, float]
+    zero_centered: bool
+    monotonic: bool
+    saturation: tuple[float, float] | None
+    dead_below: float | None
+    kinks: tuple[float, ...]
+
+
+class InitializerProperties(TypedDict, total=False):
+    """``data_dependent``: needs a batch (LSUV). ``applies_to``: "weight", "bias" or "any"."""
+
+    data_dependent: bool
+    applies_to: Literal["weight", "bias", "any"]
+
+
+class NormalizerProperties(TypedDict, total=False):
+    """``batch_dependent``: output depends on other samples (batch norm); eval mode differs."""
+
+    batch_dependent: bool
+
+
+class RegularizerProperties(TypedDict, total=False):
+    """``hooks``: which :class:`Regularizer` hooks it uses, e.g. ("penalty",) or ("module",)."""
+
+    hooks: tuple[str, ...]
+
+
+class OptimizerProperties(TypedDict, total=False):
+    """``adaptive``: per-coordinate step sizes (Adagrad, RMSprop, Adam...)."""
+
+    adaptive: bool
+
+
+class Initializer(Protocol):
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+class Regularizer:
+    """Base class of what a regularizer's fast factory returns; override the hooks you need.
+
+    Why hooks: regularizers act at different places of a training step (the data, the network,
+    the loss, after the update, the loop itself). The runner calls every hook of every active
+    regularizer; the defaults do nothing, so a regularizer is exactly the hooks it overrides.
+    """
+
+    def transform_batch(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training batches only (augmentation, input noise). Validation data is never touched."""
+        return x, y
+
+    def make_module(self) -> nn.Module | None:
+        """A module the model inserts after each hidden activation (dropout), or None."""
+        return None
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the training loss (L1, L2), or None."""
+        return None
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Replace the task's training loss (label smoothing), or None to keep it."""
+        return None
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called after each optimizer step (max-norm projection, decoupled weight decay)."""
+
+    def callbacks(self) -> Sequence[Any]:
+        """Lightning callbacks the trainer adds (early stopping on the validation metric)."""
+        return ()
+
+
+class Preprocessor(Protocol):
+    def fit(self, x: torch.Tensor) -> Preprocessor: ...
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """Train / validation / test tensors, fixed by the data seed.
+
+    ``task`` is "classification" (``y`` int64 class indices, ``num_classes`` > 1) or "regression"
+    (``y`` float, ``num_classes`` == 0, ``num_outputs`` targets).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: Literal["classification", "regression"]
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_outputs(self) -> int:
+        if self.task == "classification":
+            return self.num_classes
+        return 1 if self.y_train.dim() == 1 else int(self.y_train.shape[1])
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """What a model is built from: the trial's techniques as ready factories.
+
+    ``norm_placement`` "before" puts the normalizer between the affine map and the nonlinearity
+    (as the lecture notes do, after Ioffe and Szegedy 2015); "after" puts it after the nonlinearity.
+    """
+
+    activation: Callable[[], nn.Module]
+    weight_init: Callable[[torch.Tensor], Any]
+    bias_init: Callable[[torch.Tensor], Any]
+    normalizer: Callable[[int], nn.Module] | None = None
+    norm_placement: Literal["before", "after"] = "before"
+    dropout: Callable[[], nn.Module | None] | None = None
+

@@ -1,0 +1,58 @@
+"""Per-layer statistics shared by the gradient-health callback and ``techbench probe``.
+
+Every function reduces on the tensor's device and returns tensors, so a caller can stack the
+values of all layers and move them to the host in one transfer (one sync per logged step).
+Definitions (the activation plugin declares its thresholds, see ``ActivationProperties``):
+
+- dead fraction: share of units whose output is <= ``dead_below`` for every sample of the batch
+  (a dead ReLU unit passes no gradient for any input, seed 004);
+- saturated fraction: share of outputs at or beyond the ends of the ``saturation`` interval
+  (where sigmoid/tanh gradients vanish, seed 001).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+ACTIVATION_STATS = ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
+
+
+def _units_last(y: torch.Tensor) -> torch.Tensor:
+    """(N, C) stays; (N, C, *spatial) becomes (N * spatial, C): a channel is a unit."""
+    if y.dim() <= 2:
+        return y.reshape(y.shape[0], -1)
+    return y.transpose(1, -1).reshape(-1, y.shape[1])
+
+
+def activation_stats(y: torch.Tensor, properties: Mapping[str, Any]) -> torch.Tensor:
+    """``[mean, std, dead_fraction, saturated_fraction]`` of one layer's outputs, on device.
+
+    Dead and saturated fractions are NaN when the activation declares it cannot die or saturate.
+    """
+    import torch
+
+    y = y.detach().float()
+    units = _units_last(y)
+    nan = torch.full((), float("nan"), device=y.device)
+    dead_below = properties.get("dead_below")
+    dead = (units <= dead_below).all(dim=0).float().mean() if dead_below is not None else nan
+    saturation = properties.get("saturation")
+    if saturation is not None:
+        lo, hi = saturation
+        saturated = ((y <= lo) | (y >= hi)).float().mean()
+    else:
+        saturated = nan
+    return torch.stack([y.mean(), y.std(unbiased=False), dead, saturated])
+
+
+def grad_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor, stacked; the global norm is ``sqrt(sum(norms**2))``."""
+    import torch
+
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack([t.detach().float().norm() for t in tensors])

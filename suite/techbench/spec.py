@@ -1,0 +1,292 @@
+"""The technique contract: one frozen spec per technique.
+
+A spec is light metadata (name, family, summary, citation, typed hyper-parameters, declared
+properties) plus two *lazy* references: the fast implementation and the reference written from
+the math. References may be objects or ``"module:attr"`` strings resolved on first use, so that
+discovering and listing plugins never imports torch (a 2 s import): ``techbench list`` stays fast.
+
+Why frozen: a spec is shared by the registry, the conformance suite and every trial; nothing may
+mutate it behind their backs. Hyper-parameters are validated at creation time so that a bad value
+fails with the technique, the parameter, the value and what is allowed, not deep inside torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+FAMILIES: tuple[str, ...] = (
+    "activation",
+    "initializer",
+    "normalizer",
+    "regularizer",
+    "optimizer",
+    "dataset",
+    "model",
+    "schedule",
+    "preprocessor",
+)
+"""Every family; the first five are the technique families, the rest the workbench."""
+
+TECHNIQUE_FAMILIES: tuple[str, ...] = FAMILIES[:5]
+
+
+class TechniqueError(Exception):
+    """Base class of every error about a technique or its plugin."""
+
+
+class ParamError(TechniqueError, ValueError):
+    """A hyper-parameter of the wrong type, out of range, or unknown."""
+
+
+def resolve(ref: Any) -> Any:
+    """Resolve a ``"package.module:qualname"`` string to the object it names; pass others through."""
+    if not isinstance(ref, str):
+        return ref
+    module_name, sep, qualname = ref.partition(":")
+    if not sep or not module_name or not qualname:
+        raise TechniqueError(f"reference {ref!r} is not of the form 'module:attr'")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Param:
+    """A typed hyper-parameter with its default and valid values.
+
+    ``low``/``high`` bound numbers (inclusive unless ``low_open``/``high_open``); ``choices``
+    restricts to a finite set. ``None`` is allowed only when ``optional`` is set.
+    """
+
+    name: str
+    type: type
+    default: Any
+    doc: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPE_NAMES:
+            raise TypeError(f"parameter {self.name!r}: type must be one of bool, int, float, str")
+
+    def allowed(self) -> str:
+        """Describe the valid values in words, for error messages and docs."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            text = _TYPE_NAMES[self.type]
+            if self.low is not None or self.high is not None:
+                lo = "-inf" if self.low is None else repr(self.low)
+                hi = "inf" if self.high is None else repr(self.high)
+                left = "(" if self.low_open or self.low is None else "["
+                right = ")" if self.high_open or self.high is None else "]"
+                text += f" in {left}{lo}, {hi}{right}"
+        return text + (" or None" if self.optional else "")
+
+    def validate(self, technique: str, value: Any) -> Any:
+        """Return ``value`` coerced to the declared type, or raise :class:`ParamError`."""
+
+        def fail(why: str) -> ParamError:
+            return ParamError(
+                f"{technique}: parameter {self.name!r} got {value!r} ({why}); allowed: {self.allowed()}"
+            )
+
+        if value is None:
+            if self.optional:
+                return None
+            raise fail("None is not allowed")
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise fail(f"expected bool, got {type(value).__name__}")
+        elif self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise fail(f"expected int, got {type(value).__name__}")
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise fail(f"expected float, got {type(value).__name__}")
+            value = float(value)
+            if math.isnan(value):
+                raise fail("NaN is not allowed")
+        elif self.type is str and not isinstance(value, str):
+            raise fail(f"expected str, got {type(value).__name__}")
+        if self.choices is not None and value not in self.choices:
+            raise fail("not an allowed choice")
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise fail("below the allowed range")
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            raise fail("above the allowed range")
+        return value
+
+
+def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TechniqueSpec:
+    """What every plugin provides; the entry point's object is one of these.
+
+    ``fast`` is the implementation training uses (a factory: ``create`` calls it with the
+    structural arguments and the validated hyper-parameters); ``reference`` is the version written
+    from the math that the conformance suite compares it with. Both may be ``"module:attr"``
+    strings. ``properties`` holds the family's declared properties (see ``techbench.families``).
+    """
+
+    name: str
+    family: str
+    summary: str
+    fast: Any
+    reference: Any = None
+    citation: str | None = None
+    params: tuple[Param, ...] = ()
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise TechniqueError(
+                f"technique {self.name!r}: unknown family {self.family!r}; one of {', '.join(FAMILIES)}"
+            )
+        if not re.fullmatch(r"[a-z][a-z0-9_.\-]*", self.name):
+            raise TechniqueError(
+                f"technique name {self.name!r} must be lower case letters, digits, '_', '-' or '.'"
+            )
+        if not self.summary or "\n" in self.summary:
+            raise TechniqueError(f"technique {self.name!r}: summary must be one non-empty line")
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise TechniqueError(f"technique {self.name!r}: duplicate parameter names {names}")
+        object.__setattr__(self, "params", tuple(self.params))
+        object.__setattr__(self, "properties", _freeze(self.properties))
+        for p in self.params:
+            p.validate(self.qualified_name, p.default)
+
+    @property
+    def qualified_name(self) -> str:
+        """``family/name``: unique across families (``none`` is both a normalizer and a regularizer)."""
+        return f"{self.family}/{self.name}"
+
+    @property
+    def is_technique(self) -> bool:
+        """True for the five technique families, which must carry a reference."""
+        return self.family in TECHNIQUE_FAMILIES
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ParamError(
+            f"{self.qualified_name}: unknown parameter {name!r}; parameters: "
+            + (", ".join(p.name for p in self.params) or "none")
+        )
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def hyperparams(self, overrides: Mapping[str, Any] | None = None, /, **kw: Any) -> dict[str, Any]:
+        """Defaults updated with validated overrides; unknown names raise with the known ones."""
+        values = self.defaults()
+        for key, value in {**(overrides or {}), **kw}.items():
+            values[key] = self.param(key).validate(self.qualified_name, value)
+        return values
+
+    def load_fast(self) -> Any:
+        return resolve(self.fast)
+
+    def load_reference(self) -> Any:
+        return resolve(self.reference)
+
+    def create(self, *args: Any, **overrides: Any) -> Any:
+        """Build the fast implementation: ``fast(*args, **hyperparams)``.
+
+        ``args`` are structural (a normalizer's feature count, an optimizer's parameters);
+        ``overrides`` are hyper-parameters, validated against the declared ``params``.
+        """
+        return self.load_fast()(*args, **self.hyperparams(overrides))
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-safe description (used by ``techbench list --json`` and the report)."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "summary": self.summary,
+            "citation": self.citation,
+            "params": [
+                {"name": p.name, "type": _TYPE_NAMES[p.type], "default": p.default, "allowed": p.allowed()}
+                for p in self.params
+            ],
+            "properties": {k: _jsonable(v) for k, v in self.properties.items()},
+            "tags": list(self.tags),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+_CALL = re.compile(r"^\s*([A-Za-z][\w.\-/]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def parse_technique_arg(text: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``"normal(std=0.01)"`` into ``("normal", {"std": 0.01})`` without eval.
+
+    Values are Python literals (numbers, strings, booleans, None) read with ``ast.literal_eval``.
+    """
+    match = _CALL.match(text)
+    if not match:
+        raise ParamError(f"cannot parse technique {text!r}; expected NAME or NAME(key=value, ...)")
+    name, inner = match.group(1), match.group(2)
+    if not inner or not inner.strip():
+        return name, {}
+    try:
+        call = ast.parse(f"f({inner})", mode="eval").body
+    except SyntaxError as exc:
+        raise ParamError(f"cannot parse arguments of {text!r}: {exc.msg}") from None
+    assert isinstance(call, ast.Call)
+    if call.args:
+        raise ParamError(f"{text!r}: arguments must be named (key=value)")
+    params: dict[str, Any] = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise ParamError(f"{text!r}: '**' is not allowed")
+        try:
+            params[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            raise ParamError(
+                f"{text!r}: value of {kw.arg!r} must be a literal (number, string, True/False/None)"
+            ) from None
+    return name, params
+
+
+def format_technique_arg(name: str, params: Mapping[str, Any]) -> str:
+    """Inverse of :func:`parse_technique_arg`: ``normal(std=0.01)``."""
+    if not params:
+        return name
+    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+
+
+Factory = Callable[..., Any]

@@ -1,0 +1,145 @@
+"""Check collection and execution, shared by every family.
+
+A check is a named callable that takes a spec and raises :class:`CheckFailure` (an
+``AssertionError``) with a message saying what differed, by how much and at which input. The
+checks for a family come from ``techbench.testing.<family>.checks(spec)``; the contract checks
+here (summary, citation, reference, valid defaults) apply to every technique.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..spec import TechniqueSpec
+
+
+class CheckFailure(AssertionError):
+    """A conformance check found the fast implementation and its reference disagreeing."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named conformance check; calling it with a spec runs it."""
+
+    name: str
+    func: Callable[[TechniqueSpec], None]
+
+    def __call__(self, spec: TechniqueSpec | str) -> None:
+        self.func(_as_spec(spec))
+
+    def __repr__(self) -> str:
+        return f"Check({self.name})"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    technique: str
+    family: str
+    check: str
+    passed: bool
+    message: str
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "technique": self.technique,
+            "family": self.family,
+            "check": self.check,
+            "passed": self.passed,
+            "message": self.message,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def _as_spec(spec: TechniqueSpec | str) -> TechniqueSpec:
+    if isinstance(spec, TechniqueSpec):
+        return spec
+    from ..registry import get_spec
+
+    return get_spec(spec)
+
+
+def _check_contract(spec: TechniqueSpec) -> None:
+    problems = []
+    if spec.is_technique and spec.reference is None:
+        problems.append("has no reference implementation")
+    if spec.is_technique and not spec.citation:
+        problems.append("has no citation")
+    try:
+        spec.load_fast()
+    except Exception as exc:
+        problems.append(f"fast implementation {spec.fast!r} does not load: {exc}")
+    if spec.reference is not None:
+        try:
+            spec.load_reference()
+        except Exception as exc:
+            problems.append(f"reference {spec.reference!r} does not load: {exc}")
+    if problems:
+        raise CheckFailure(f"{spec.qualified_name} " + "; ".join(problems))
+
+
+def family_module(family: str) -> Any:
+    return importlib.import_module(f"{__package__}.{family}")
+
+
+def checks_for(spec: TechniqueSpec | str) -> list[Check]:
+    """The contract check plus the family's conformance checks for ``spec``."""
+    spec = _as_spec(spec)
+    family_checks: Sequence[Check] = family_module(spec.family).checks(spec)
+    return [Check("contract", _check_contract), *family_checks]
+
+
+def check_technique(spec: TechniqueSpec | str) -> list[CheckResult]:
+    """Run every check for ``spec`` and return one result per check; never raises for a failure."""
+    spec = _as_spec(spec)
+    results = []
+    try:
+        checks = checks_for(spec)
+    except Exception as exc:
+        return [CheckResult(spec.qualified_name, spec.family, "collect", False, _describe(exc), 0.0)]
+    for check in checks:
+        start = time.perf_counter()
+        try:
+            check(spec)
+        except Exception as exc:
+            results.append(
+                CheckResult(
+                    spec.qualified_name, spec.family, check.name, False, _describe(exc),
+                    time.perf_counter() - start,
+                )
+            )
+        else:
+            results.append(
+                CheckResult(
+                    spec.qualified_name, spec.family, check.name, True, "",
+                    time.perf_counter() - start,
+                )
+            )
+    return results
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, CheckFailure):
+        return str(exc)
+    tb = traceback.format_exception(exc)
+    return f"{type(exc).__name__}: {exc}\n" + "".join(tb[-3:]).rstrip()
+
+
+def parametrize_with_checks(techniques: Iterable[TechniqueSpec | str]) -> Any:
+    """A ``pytest.mark.parametrize`` over (technique, check) pairs, one test per check.
+
+    Ids read ``family/name-check``, so a failure names the technique and the check.
+    """
+    import pytest
+
+    params = []
+    for technique in techniques:
+        spec = _as_spec(technique)
+        for check in checks_for(spec):
+            params.append(pytest.param(spec, check, id=f"{spec.qualified_name}-{check.name}"))
+    return pytest.mark.parametrize(("technique", "check"), params)
