@@ -148,17 +148,25 @@ def test_unknown_name_suggests_close_ones(plugins):
 
 def test_same_name_in_two_families_needs_the_family(plugins):
     reg = registry(plugins)
-    with pytest.raises(UnknownTechniqueError, match="ambiguous.*normalizer/none.*regularizer/none"):
+    with pytest.raises(
+        UnknownTechniqueError, match=r"ambiguous.*normalizer/none.*regularizer/none"
+    ):
         reg.get_spec("none")
     assert reg.get_spec("normalizer/none").family == "normalizer"
     assert reg.get_spec("none", family="regularizer").family == "regularizer"
 
 
 def _run_cli(args, root, code="from techbench.cli import main; raise SystemExit(main({args}))"):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.run(
         [sys.executable, "-c", code.format(args=repr(args))],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -176,7 +184,9 @@ def test_cli_list_json_shows_broken_plugins_and_stays_light(plugins):
         assert {"name", "family", "summary", "distribution", "status", "error"} <= row.keys()
     assert by_name[("activation", "boom")]["status"] == "error"
     assert "plugin exploded" in by_name[("activation", "boom")]["error"]
-    assert by_name[("activation", "shifted")] | {"error": None} == by_name[("activation", "shifted")]
+    assert (
+        by_name[("activation", "shifted")] | {"error": None} == by_name[("activation", "shifted")]
+    )
     assert by_name[("activation", "shifted")]["distribution"] == "goodpkg"
     assert "HEAVY []" in proc.stderr
 

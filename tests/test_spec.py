@@ -92,7 +92,10 @@ def test_spec_is_frozen_and_properties_read_only():
         ({"family": "activations"}, "unknown family"),
         ({"name": "Bad Name"}, "must be lower case"),
         ({"summary": "two\nlines"}, "one non-empty line"),
-        ({"params": (Param(name="a", type=float, default=5.0, high=1.0),)}, "above the allowed range"),
+        (
+            {"params": (Param(name="a", type=float, default=5.0, high=1.0),)},
+            "above the allowed range",
+        ),
     ],
 )
 def test_invalid_specs_are_rejected(kw, fragment):
