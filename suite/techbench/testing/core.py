@@ -101,7 +101,9 @@ def check_technique(spec: TechniqueSpec | str) -> list[CheckResult]:
     try:
         checks = checks_for(spec)
     except Exception as exc:
-        return [CheckResult(spec.qualified_name, spec.family, "collect", False, _describe(exc), 0.0)]
+        return [
+            CheckResult(spec.qualified_name, spec.family, "collect", False, _describe(exc), 0.0)
+        ]
     for check in checks:
         start = time.perf_counter()
         try:
@@ -109,14 +111,22 @@ def check_technique(spec: TechniqueSpec | str) -> list[CheckResult]:
         except Exception as exc:
             results.append(
                 CheckResult(
-                    spec.qualified_name, spec.family, check.name, False, _describe(exc),
+                    spec.qualified_name,
+                    spec.family,
+                    check.name,
+                    False,
+                    _describe(exc),
                     time.perf_counter() - start,
                 )
             )
         else:
             results.append(
                 CheckResult(
-                    spec.qualified_name, spec.family, check.name, True, "",
+                    spec.qualified_name,
+                    spec.family,
+                    check.name,
+                    True,
+                    "",
                     time.perf_counter() - start,
                 )
             )
@@ -130,6 +140,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n" + "".join(tb[-3:]).rstrip()
 
 
+def _raiser(exc: Exception) -> Callable[[TechniqueSpec], None]:
+    def collect(spec: TechniqueSpec) -> None:
+        raise CheckFailure(
+            f"{spec.qualified_name}: checks could not be collected: {_describe(exc)}"
+        )
+
+    return collect
+
+
 def parametrize_with_checks(techniques: Iterable[TechniqueSpec | str]) -> Any:
     """A ``pytest.mark.parametrize`` over (technique, check) pairs, one test per check.
 
@@ -140,6 +159,10 @@ def parametrize_with_checks(techniques: Iterable[TechniqueSpec | str]) -> Any:
     params = []
     for technique in techniques:
         spec = _as_spec(technique)
-        for check in checks_for(spec):
+        try:
+            checks = checks_for(spec)
+        except Exception as exc:  # report as a failing test, don't break collection
+            checks = [Check("collect", _raiser(exc))]
+        for check in checks:
             params.append(pytest.param(spec, check, id=f"{spec.qualified_name}-{check.name}"))
     return pytest.mark.parametrize(("technique", "check"), params)
