@@ -1,0 +1,178 @@
+"""Built-in regularizers: specs only (no torch import; see ``regularizers_impl`` for the code).
+
+Each spec's ``properties["hooks"]`` names the :class:`techbench.families.Regularizer` hooks its
+fast side overrides; the conformance checks in ``techbench.testing.regularizer`` pick the
+reference protocol from it.
+"""
+
+from __future__ import annotations
+
+from techbench.spec import Param, TechniqueSpec
+
+_IMPL = "techbench_builtins.regularizers_impl"
+
+_INCLUDE_BIAS = Param(
+    name="include_bias",
+    type=bool,
+    default=False,
+    doc="also act on 1-D parameters (biases, normalizer scales); default: weights (ndim >= 2) only",
+)
+
+none = TechniqueSpec(
+    name="none",
+    family="regularizer",
+    summary="No regularization: every hook keeps its default.",
+    fast=f"{_IMPL}:NoRegularizer",
+    reference=f"{_IMPL}:none_reference",
+    citation="Lecture notes, seed 004 (unregularized baseline)",
+    properties={"hooks": ()},
+)
+
+l2 = TechniqueSpec(
+    name="l2",
+    family="regularizer",
+    summary="L2 penalty lambda*||W||^2 (gradient 2*lambda*W) added to the training loss.",
+    fast=f"{_IMPL}:L2Penalty",
+    reference=f"{_IMPL}:l2_reference",
+    citation="Lecture notes, seed 003 (L2 regularisation in the cost, gradient 2*lambda*W)",
+    params=(
+        Param(name="lam", type=float, default=1e-4, low=0.0, doc="penalty strength lambda"),
+        Param(
+            name="convention",
+            type=str,
+            default="lambda",
+            choices=("lambda", "half_lambda"),
+            doc="'lambda': lambda*||W||^2 (seed 003); 'half_lambda': lambda/2*||W||^2 (libraries)",
+        ),
+        _INCLUDE_BIAS,
+    ),
+    properties={"hooks": ("penalty",)},
+)
+
+weight_decay = TechniqueSpec(
+    name="weight_decay",
+    family="regularizer",
+    summary="Decoupled weight decay w <- w - lr*lambda*w applied after each optimizer step.",
+    fast=f"{_IMPL}:DecoupledWeightDecay",
+    reference=f"{_IMPL}:weight_decay_reference",
+    citation=(
+        "Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019 (arXiv:1711.05101)"
+    ),
+    params=(
+        Param(name="lam", type=float, default=1e-2, low=0.0, doc="decay rate lambda (per unit lr)"),
+        _INCLUDE_BIAS,
+    ),
+    properties={"hooks": ("after_step",)},
+)
+
+l1 = TechniqueSpec(
+    name="l1",
+    family="regularizer",
+    summary="L1 penalty lambda*sum|W| (subgradient lambda*sign(W)) added to the training loss.",
+    fast=f"{_IMPL}:L1Penalty",
+    reference=f"{_IMPL}:l1_reference",
+    citation="Tibshirani, Regression Shrinkage and Selection via the Lasso, JRSS-B 1996",
+    params=(
+        Param(name="lam", type=float, default=1e-5, low=0.0, doc="penalty strength lambda"),
+        _INCLUDE_BIAS,
+    ),
+    properties={"hooks": ("penalty",)},
+)
+
+dropout = TechniqueSpec(
+    name="dropout",
+    family="regularizer",
+    summary="Inverted dropout: zero each unit with probability p, scale survivors by 1/(1-p).",
+    fast=f"{_IMPL}:Dropout",
+    reference=f"{_IMPL}:dropout_reference",
+    citation=(
+        "Srivastava et al., Dropout: A Simple Way to Prevent Neural Networks from Overfitting, "
+        "JMLR 2014"
+    ),
+    params=(
+        Param(
+            name="p", type=float, default=0.5, low=0.0, high=1.0, high_open=True, doc="drop rate"
+        ),
+    ),
+    properties={"hooks": ("make_module",)},
+)
+
+gaussian_noise = TechniqueSpec(
+    name="gaussian_noise",
+    family="regularizer",
+    summary="Additive Gaussian input noise x + std*N(0, 1) on training batches only.",
+    fast=f"{_IMPL}:GaussianNoise",
+    reference=f"{_IMPL}:gaussian_noise_reference",
+    citation="Bishop, Training with Noise is Equivalent to Tikhonov Regularization, Neural Comp. 1995",
+    params=(Param(name="std", type=float, default=0.1, low=0.0, doc="noise standard deviation"),),
+    properties={"hooks": ("transform_batch",)},
+)
+
+augment = TechniqueSpec(
+    name="augment",
+    family="regularizer",
+    summary="Random crop of the zero-padded image plus random horizontal flip, per sample.",
+    fast=f"{_IMPL}:Augment",
+    reference=f"{_IMPL}:augment_reference",
+    citation=(
+        "Krizhevsky et al., ImageNet Classification with Deep Convolutional Neural Networks, "
+        "NeurIPS 2012; lecture notes, seed 004"
+    ),
+    params=(
+        Param(name="padding", type=int, default=4, low=0, high=64, doc="zero padding per side"),
+        Param(name="flip_p", type=float, default=0.5, low=0.0, high=1.0, doc="flip probability"),
+    ),
+    properties={"hooks": ("transform_batch",)},
+)
+
+label_smoothing = TechniqueSpec(
+    name="label_smoothing",
+    family="regularizer",
+    summary="Cross-entropy against (1-eps)*one_hot + eps/K instead of the one-hot target.",
+    fast=f"{_IMPL}:LabelSmoothing",
+    reference=f"{_IMPL}:label_smoothing_reference",
+    citation=(
+        "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
+    ),
+    params=(
+        Param(name="epsilon", type=float, default=0.1, low=0.0, high=1.0, doc="smoothing mass eps"),
+    ),
+    properties={"hooks": ("loss",)},
+)
+
+max_norm = TechniqueSpec(
+    name="max_norm",
+    family="regularizer",
+    summary="After each step, project every unit's incoming weight vector onto ||w|| <= c.",
+    fast=f"{_IMPL}:MaxNorm",
+    reference=f"{_IMPL}:max_norm_reference",
+    citation=(
+        "Srivastava et al., Dropout: A Simple Way to Prevent Neural Networks from Overfitting, "
+        "JMLR 2014 (max-norm constraint)"
+    ),
+    params=(
+        Param(name="c", type=float, default=3.0, low=0.0, low_open=True, doc="norm bound c"),
+        _INCLUDE_BIAS,
+    ),
+    properties={"hooks": ("after_step",)},
+)
+
+early_stopping = TechniqueSpec(
+    name="early_stopping",
+    family="regularizer",
+    summary="Stop training after `patience` validation checks without val_loss improvement.",
+    fast=f"{_IMPL}:EarlyStop",
+    reference=f"{_IMPL}:early_stopping_reference",
+    citation="Prechelt, Early Stopping - But When?, Neural Networks: Tricks of the Trade, 1998",
+    params=(
+        Param(name="patience", type=int, default=5, low=1, doc="checks without improvement"),
+        Param(
+            name="min_delta",
+            type=float,
+            default=0.0,
+            low=0.0,
+            doc="an improvement must lower val_loss by more than this",
+        ),
+    ),
+    properties={"hooks": ("callbacks",)},
+)

@@ -1,0 +1,408 @@
+"""Built-in regularizers: the fast :class:`~techbench.families.Regularizer` subclasses and the
+references written from the math.
+
+The reference signature per hook kind is the protocol stated in ``techbench.testing.regularizer``:
+
+- ``penalty``: ``ref(named_params, **hp) -> (value, grads)``, the penalty and its analytic
+  gradient for each parameter (zeros for the ones it does not act on);
+- ``make_module``: ``ref(x, keep_mask, **hp) -> y``, the output given which units were kept;
+- ``transform_batch``: the transform's law given its random draws (``gaussian_noise_reference(x,
+  noise, std)``, ``augment_reference(x, shifts, flips, padding)``);
+- ``loss``: ``ref(logits, target, **hp) -> (loss, dloss/dlogits)``;
+- ``after_step``: ``ref(name, weight, lr, **hp) -> new weight`` for one parameter;
+- ``callbacks``: ``ref(history, **hp) -> index of the check that stops training, or None``.
+
+A parameter is a *weight* when it has two or more dimensions (matrices, conv kernels); biases and
+normalizer scales are 1-D and are left alone unless ``include_bias`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from techbench.families import Regularizer
+
+
+def _acts_on(param: torch.Tensor, include_bias: bool) -> bool:
+    return include_bias or param.dim() >= 2
+
+
+def _selected(model: nn.Module, include_bias: bool) -> Iterator[torch.Tensor]:
+    for p in model.parameters():
+        if _acts_on(p, include_bias):
+            yield p
+
+
+# --------------------------------------------------------------------------------------- none
+
+
+class NoRegularizer(Regularizer):
+    """The unregularized baseline: every hook keeps the :class:`Regularizer` default."""
+
+
+def none_reference(x: torch.Tensor) -> torch.Tensor:
+    """The identity law: no hook changes anything."""
+    return x
+
+
+# ------------------------------------------------------------------------------------ l2 / l1
+
+
+class L2Penalty(Regularizer):
+    """L2 penalty in the loss (lecture notes, seed 003).
+
+    ``convention="lambda"``: R = lambda * sum_W ||W||_F^2, dR/dW = 2*lambda*W.
+    ``convention="half_lambda"``: R = lambda/2 * sum_W ||W||_F^2, dR/dW = lambda*W (the form of
+    ``torch.optim.SGD(weight_decay=lambda)``).
+    """
+
+    def __init__(
+        self, lam: float = 1e-4, convention: str = "lambda", include_bias: bool = False
+    ) -> None:
+        self.lam = lam
+        self.coef = lam if convention == "lambda" else lam / 2.0
+        self.include_bias = include_bias
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        params = list(_selected(model, self.include_bias))
+        if not params:
+            return None
+        return self.coef * torch.stack([p.pow(2).sum() for p in params]).sum()
+
+
+def l2_reference(
+    named_params: Sequence[tuple[str, torch.Tensor]],
+    lam: float = 1e-4,
+    convention: str = "lambda",
+    include_bias: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """R = c*sum ||W||^2 with c = lambda (or lambda/2); dR/dW = 2*c*W; float64."""
+    c = lam if convention == "lambda" else lam / 2.0
+    value = torch.zeros((), dtype=torch.float64)
+    grads = []
+    for _, p in named_params:
+        w = p.detach().to(torch.float64)
+        if _acts_on(p, include_bias):
+            value = value + c * (w * w).sum()
+            grads.append(2.0 * c * w)
+        else:
+            grads.append(torch.zeros_like(w))
+    return value, grads
+
+
+class L1Penalty(Regularizer):
+    """L1 penalty in the loss: R = lambda * sum_W sum_ij |W_ij|, dR/dW = lambda*sign(W).
+
+    Tibshirani 1996 (the lasso); sign(0) = 0 is the subgradient used at zero.
+    """
+
+    def __init__(self, lam: float = 1e-5, include_bias: bool = False) -> None:
+        self.lam = lam
+        self.include_bias = include_bias
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        params = list(_selected(model, self.include_bias))
+        if not params:
+            return None
+        return self.lam * torch.stack([p.abs().sum() for p in params]).sum()
+
+
+def l1_reference(
+    named_params: Sequence[tuple[str, torch.Tensor]],
+    lam: float = 1e-5,
+    include_bias: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """R = lambda*sum|W|; dR/dW = lambda*sign(W); float64."""
+    value = torch.zeros((), dtype=torch.float64)
+    grads = []
+    for _, p in named_params:
+        w = p.detach().to(torch.float64)
+        if _acts_on(p, include_bias):
+            value = value + lam * w.abs().sum()
+            grads.append(lam * torch.sign(w))
+        else:
+            grads.append(torch.zeros_like(w))
+    return value, grads
+
+
+# ------------------------------------------------------------------------------ weight decay
+
+
+class DecoupledWeightDecay(Regularizer):
+    """Decoupled weight decay (Loshchilov & Hutter 2019): after the optimizer's step,
+    w <- w - lr*lambda*w = (1 - lr*lambda)*w, with each parameter group's current ``lr``.
+
+    Unlike an L2 penalty, the decay does not pass through the optimizer's gradient statistics,
+    so with Adam it differs from ``l2``; with plain SGD the two agree to first order in lr when
+    lambda_wd = 2*lambda_l2 (``convention="lambda"``) or lambda_wd = lambda_l2 (``half_lambda``).
+    """
+
+    def __init__(self, lam: float = 1e-2, include_bias: bool = False) -> None:
+        self.lam = lam
+        self.include_bias = include_bias
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.lam == 0.0:
+            return
+        owned = {id(p) for p in model.parameters()}
+        for group in optimizer.param_groups:
+            factor = 1.0 - float(group["lr"]) * self.lam
+            for p in group["params"]:
+                if id(p) in owned and _acts_on(p, self.include_bias):
+                    p.mul_(factor)
+
+
+def weight_decay_reference(
+    name: str, weight: torch.Tensor, lr: float, lam: float = 1e-2, include_bias: bool = False
+) -> torch.Tensor:
+    """w - lr*lambda*w for weights (and biases if ``include_bias``); others unchanged."""
+    w = weight.detach().to(torch.float64)
+    return w - lr * lam * w if _acts_on(weight, include_bias) else w.clone()
+
+
+# ---------------------------------------------------------------------------------- max-norm
+
+
+class MaxNorm(Regularizer):
+    """Max-norm constraint (Srivastava et al. 2014, section 5.1): after each step every unit's
+    incoming weight vector w_j (row j of a Linear weight, output channel j of a conv kernel) is
+    projected onto the ball ||w_j||_2 <= c: w_j <- w_j * min(1, c / ||w_j||).
+    """
+
+    def __init__(self, c: float = 3.0, include_bias: bool = False) -> None:
+        self.c = c
+        self.include_bias = include_bias
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        for p in _selected(model, self.include_bias):
+            rows = p.view(p.shape[0], -1) if p.dim() >= 2 else p.view(1, -1)
+            norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+            scale = torch.where(norms > self.c, self.c / norms, torch.ones_like(norms))
+            rows.mul_(scale)
+
+
+def max_norm_reference(
+    name: str, weight: torch.Tensor, lr: float, c: float = 3.0, include_bias: bool = False
+) -> torch.Tensor:
+    """Row by row in float64: w_j * c/||w_j|| where ||w_j|| > c, else w_j (a 1-D bias is one row)."""
+    w = weight.detach().to(torch.float64).clone()
+    if not _acts_on(weight, include_bias):
+        return w
+    rows = w.reshape(w.shape[0], -1) if w.dim() >= 2 else w.reshape(1, -1)
+    for j in range(rows.shape[0]):
+        norm = math.sqrt(sum(float(v) ** 2 for v in rows[j].tolist()))
+        if norm > c:
+            rows[j] = rows[j] * (c / norm)
+    return rows.reshape(w.shape)
+
+
+# ----------------------------------------------------------------------------------- dropout
+
+
+class InvertedDropout(nn.Module):
+    """y = x * m / (1 - p) with m_i ~ Bernoulli(1 - p) in training; y = x in eval.
+
+    Srivastava et al. 2014 with the scaling moved to training time ("inverted"), so that
+    E[y] = x and inference needs no weight scaling.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
+        return x * keep.mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Dropout(Regularizer):
+    """Inverted dropout after each hidden activation (Srivastava et al. 2014)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def make_module(self) -> nn.Module | None:
+        return InvertedDropout(self.p)
+
+
+def dropout_reference(x: torch.Tensor, keep_mask: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """Inverted dropout's law: y = x * m / (1 - p), m the 0/1 keep mask; E[y] = x."""
+    return x * keep_mask.to(x.dtype) / (1.0 - p)
+
+
+# ----------------------------------------------------------------------------- input noise
+
+
+class GaussianNoise(Regularizer):
+    """x <- x + std * e, e ~ N(0, I), training batches only (Bishop 1995); y unchanged."""
+
+    def __init__(self, std: float = 0.1) -> None:
+        self.std = std
+
+    def transform_batch(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.std == 0.0:
+            return x, y
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return x + self.std * noise, y
+
+
+def gaussian_noise_reference(
+    x: torch.Tensor, noise: torch.Tensor, std: float = 0.1
+) -> torch.Tensor:
+    """The law x + std * e given the standard normal draw e."""
+    return x + std * noise
+
+
+# ------------------------------------------------------------------------------ augmentation
+
+
+class Augment(Regularizer):
+    """Random crop with zero padding plus random horizontal flip, per sample of (N, C, H, W).
+
+    Pad by ``padding`` on each side, crop the H x W window at offsets (dy, dx) drawn uniformly
+    from {0..2*padding}^2, then mirror the columns with probability ``flip_p`` (Krizhevsky et
+    al. 2012). Batches that are not 4-D pass unchanged. Draws come from ``generator``.
+    """
+
+    def __init__(self, padding: int = 4, flip_p: float = 0.5) -> None:
+        self.padding = padding
+        self.flip_p = flip_p
+
+    def draw(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random draws for ``n`` samples: shifts (n, 2) in [0, 2*padding] and flips (n,)."""
+        shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator)
+        flips = torch.rand(n, generator=generator) < self.flip_p
+        return shifts, flips
+
+    def transform_batch(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 4:
+            return x, y
+        n, _, h, w = x.shape
+        shifts, flips = self.draw(n, generator)
+        shifts, flips = shifts.to(x.device), flips.to(x.device)
+        pad = self.padding
+        padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
+        ar_h = torch.arange(h, device=x.device)
+        ar_w = torch.arange(w, device=x.device)
+        rows = shifts[:, 0:1] + ar_h
+        cols = shifts[:, 1:2] + torch.where(flips[:, None], w - 1 - ar_w, ar_w)
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        out = padded[idx, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+        return out.permute(0, 3, 1, 2).contiguous(), y
+
+
+def augment_reference(
+    x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int = 4
+) -> torch.Tensor:
+    """Sample by sample: zero-pad, crop at (dy, dx) = shifts[i], mirror columns if flips[i]."""
+    n, c, h, w = x.shape
+    out = torch.empty_like(x)
+    for i in range(n):
+        padded = torch.zeros((c, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
+        padded[:, padding : padding + h, padding : padding + w] = x[i]
+        dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
+        crop = padded[:, dy : dy + h, dx : dx + w]
+        out[i] = torch.flip(crop, dims=(2,)) if bool(flips[i]) else crop
+    return out
+
+
+# --------------------------------------------------------------------------- label smoothing
+
+
+class LabelSmoothing(Regularizer):
+    """Cross-entropy with smoothed targets q = (1 - eps)*onehot(y) + eps/K (Szegedy et al.
+    2016, section 7): loss = mean_n [ -sum_k q_nk log softmax(z_n)_k ].
+    """
+
+    def __init__(self, epsilon: float = 0.1) -> None:
+        self.epsilon = epsilon
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        logp = torch.log_softmax(logits, dim=1)
+        nll = -logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
+        uniform = -logp.mean(dim=1)
+        return ((1.0 - self.epsilon) * nll + self.epsilon * uniform).mean()
+
+
+def label_smoothing_reference(
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and its analytic gradient in float64: L = (1/N) sum_n -sum_k q_nk log p_nk,
+    dL/dz_nk = (p_nk - q_nk) / N, with p = softmax(z) and q = (1-eps)*onehot + eps/K."""
+    z = logits.detach().to(torch.float64)
+    n, k = z.shape
+    shifted = z - z.max(dim=1, keepdim=True).values
+    log_norm = torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
+    logp = shifted - log_norm
+    q = torch.full_like(z, epsilon / k)
+    q[torch.arange(n), target.long()] += 1.0 - epsilon
+    loss = -(q * logp).sum() / n
+    grad = (torch.exp(logp) - q) / n
+    return loss, grad
+
+
+# ---------------------------------------------------------------------------- early stopping
+
+
+class EarlyStop(Regularizer):
+    """Early stopping on ``val_loss`` (Prechelt 1998): stop once ``patience`` consecutive
+    validation checks fail to lower the best value by more than ``min_delta``.
+    """
+
+    monitor = "val_loss"
+
+    def __init__(self, patience: int = 5, min_delta: float = 0.0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+
+    def callbacks(self) -> Sequence[Any]:
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        return (
+            EarlyStopping(
+                monitor=self.monitor, patience=self.patience, min_delta=self.min_delta, mode="min"
+            ),
+        )
+
+
+def early_stopping_reference(
+    history: Sequence[float], patience: int = 5, min_delta: float = 0.0
+) -> int | None:
+    """Index of the validation check at which training stops, or None.
+
+    best = +inf, wait = 0; for each value v: a non-finite v stops at once; v < best - min_delta
+    is an improvement (best = v, wait = 0); otherwise wait += 1 and training stops when
+    wait == patience.
+    """
+    best, wait = math.inf, 0
+    for i, v in enumerate(history):
+        if not math.isfinite(v):
+            return i
+        if v < best - min_delta:
+            best, wait = v, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return i
+    return None
