@@ -1,0 +1,262 @@
+"""Built-in optimizers: specs only (no torch import here, so ``techbench list`` stays fast).
+
+Implementations and references live in :mod:`techbench_builtins.optimizers_impl`; the reference
+protocol the conformance checks expect is stated in :mod:`techbench.testing.optimizer`.
+"""
+
+from __future__ import annotations
+
+from techbench.spec import Param, TechniqueSpec
+
+_IMPL = "techbench_builtins.optimizers_impl"
+
+
+def _lr(default: float) -> Param:
+    return Param(
+        name="lr",
+        type=float,
+        default=default,
+        low=0.0,
+        high=10.0,
+        low_open=True,
+        doc="learning rate alpha",
+    )
+
+
+def _wd(default: float = 0.0, doc: str = "coupled L2 term: g <- g + weight_decay * p") -> Param:
+    return Param(name="weight_decay", type=float, default=default, low=0.0, high=1.0, doc=doc)
+
+
+def _beta(name: str, default: float, doc: str) -> Param:
+    return Param(name=name, type=float, default=default, low=0.0, high=1.0, high_open=True, doc=doc)
+
+
+def _eps(default: float) -> Param:
+    return Param(
+        name="eps",
+        type=float,
+        default=default,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        doc="denominator guard epsilon",
+    )
+
+
+_EPS_PLACEMENT = Param(
+    name="eps_placement",
+    type=str,
+    default="outside",
+    choices=("outside", "inside"),
+    doc="'outside': g / (sqrt(v) + eps) as torch; 'inside': g / sqrt(v + eps) as seed 002's slide",
+)
+
+_MOMENTUM = Param(
+    name="momentum",
+    type=float,
+    default=0.9,
+    low=0.0,
+    high=1.0,
+    high_open=True,
+    doc="momentum coefficient mu",
+)
+
+sgd = TechniqueSpec(
+    name="sgd",
+    family="optimizer",
+    summary="Plain stochastic gradient descent: p <- p - lr * g.",
+    citation="Robbins & Monro 1951, A Stochastic Approximation Method; lecture notes, seed 002",
+    fast=f"{_IMPL}:sgd",
+    reference=f"{_IMPL}:sgd_reference",
+    params=(_lr(0.01), _wd()),
+    properties={"adaptive": False},
+)
+
+momentum = TechniqueSpec(
+    name="momentum",
+    family="optimizer",
+    summary="SGD with heavy-ball momentum: b <- mu*b + (1-dampening)*g; p <- p - lr*b.",
+    citation="Polyak 1964, Some methods of speeding up the convergence of iteration methods",
+    fast=f"{_IMPL}:momentum",
+    reference=f"{_IMPL}:momentum_reference",
+    params=(
+        _lr(0.01),
+        _MOMENTUM,
+        Param(
+            name="dampening",
+            type=float,
+            default=0.0,
+            low=0.0,
+            high=1.0,
+            high_open=True,
+            doc="scales the new gradient by (1 - dampening) after the first step",
+        ),
+        _wd(),
+    ),
+    properties={"adaptive": False},
+)
+
+nesterov = TechniqueSpec(
+    name="nesterov",
+    family="optimizer",
+    summary="SGD with Nesterov momentum: b <- mu*b + g; p <- p - lr*(g + mu*b).",
+    citation="Nesterov 1983; Sutskever et al. 2013, On the importance of initialization and "
+    "momentum in deep learning",
+    fast=f"{_IMPL}:nesterov",
+    reference=f"{_IMPL}:nesterov_reference",
+    params=(_lr(0.01), _MOMENTUM, _wd()),
+    properties={"adaptive": False},
+)
+
+adagrad = TechniqueSpec(
+    name="adagrad",
+    family="optimizer",
+    summary="Adagrad: per-coordinate steps lr * g / (sqrt(sum of g^2) + eps).",
+    citation="Duchi, Hazan & Singer 2011, Adaptive Subgradient Methods for Online Learning and "
+    "Stochastic Optimization",
+    fast=f"{_IMPL}:adagrad",
+    reference=f"{_IMPL}:adagrad_reference",
+    params=(
+        _lr(0.01),
+        Param(
+            name="lr_decay",
+            type=float,
+            default=0.0,
+            low=0.0,
+            high=1.0,
+            doc="lr_t = lr / (1 + (t - 1) * lr_decay)",
+        ),
+        _wd(),
+        Param(
+            name="initial_accumulator_value",
+            type=float,
+            default=0.0,
+            low=0.0,
+            high=10.0,
+            doc="initial value of the squared-gradient sum",
+        ),
+        _eps(1e-10),
+    ),
+    properties={"adaptive": True},
+)
+
+rmsprop = TechniqueSpec(
+    name="rmsprop",
+    family="optimizer",
+    summary="RMSprop: divide the gradient by a running RMS, eps outside or inside the root.",
+    citation="Tieleman & Hinton 2012, Lecture 6.5 (COURSERA: Neural Networks for Machine "
+    "Learning); lecture notes, seed 002 (eps inside the root)",
+    fast=f"{_IMPL}:rmsprop",
+    reference=f"{_IMPL}:rmsprop_reference",
+    params=(
+        _lr(0.01),
+        _beta("alpha", 0.99, "decay of the mean square: v <- alpha*v + (1-alpha)*g^2"),
+        _eps(1e-8),
+        _wd(),
+        Param(
+            name="momentum",
+            type=float,
+            default=0.0,
+            low=0.0,
+            high=1.0,
+            high_open=True,
+            doc="momentum on the normalised step (torch's RMSprop momentum)",
+        ),
+        _EPS_PLACEMENT,
+    ),
+    properties={"adaptive": True},
+)
+
+_ADAM_PARAMS = (
+    _beta("beta1", 0.9, "first-moment decay"),
+    _beta("beta2", 0.999, "second-moment decay"),
+    _eps(1e-8),
+)
+
+adam = TechniqueSpec(
+    name="adam",
+    family="optimizer",
+    summary="Adam: bias-corrected first and second moment estimates (eps placement selectable).",
+    citation="Kingma & Ba 2015, Adam: A Method for Stochastic Optimization; lecture notes, "
+    "seed 002 (eps inside the root, no bias correction)",
+    fast=f"{_IMPL}:adam",
+    reference=f"{_IMPL}:adam_reference",
+    params=(
+        _lr(1e-3),
+        *_ADAM_PARAMS,
+        _wd(),
+        Param(
+            name="bias_correction",
+            type=bool,
+            default=True,
+            doc="divide m by 1-beta1^t and v by 1-beta2^t",
+        ),
+        _EPS_PLACEMENT,
+    ),
+    properties={"adaptive": True},
+)
+
+adamw = TechniqueSpec(
+    name="adamw",
+    family="optimizer",
+    summary="AdamW: Adam with decoupled weight decay p <- p*(1 - lr*weight_decay).",
+    citation="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization (ICLR)",
+    fast=f"{_IMPL}:adamw",
+    reference=f"{_IMPL}:adamw_reference",
+    params=(
+        _lr(1e-3),
+        *_ADAM_PARAMS,
+        _wd(0.01, "decoupled decay: p <- p * (1 - lr * weight_decay) before the Adam step"),
+    ),
+    properties={"adaptive": True},
+)
+
+nadam = TechniqueSpec(
+    name="nadam",
+    family="optimizer",
+    summary="NAdam: Adam with Nesterov momentum and the mu_t momentum-decay schedule.",
+    citation="Dozat 2016, Incorporating Nesterov Momentum into Adam (ICLR workshop)",
+    fast=f"{_IMPL}:nadam",
+    reference=f"{_IMPL}:nadam_reference",
+    params=(
+        _lr(2e-3),
+        *_ADAM_PARAMS,
+        _wd(),
+        Param(
+            name="momentum_decay",
+            type=float,
+            default=0.004,
+            low=0.0,
+            high=1.0,
+            doc="psi in mu_t = beta1 * (1 - 0.5 * 0.96^(t * psi))",
+        ),
+    ),
+    properties={"adaptive": True},
+)
+
+radam = TechniqueSpec(
+    name="radam",
+    family="optimizer",
+    summary="RAdam: Adam with the variance rectification term r_t (SGD-momentum while rho_t <= 5).",
+    citation="Liu et al. 2020, On the Variance of the Adaptive Learning Rate and Beyond (ICLR)",
+    fast=f"{_IMPL}:radam",
+    reference=f"{_IMPL}:radam_reference",
+    params=(_lr(1e-3), *_ADAM_PARAMS, _wd()),
+    properties={"adaptive": True},
+)
+
+lion = TechniqueSpec(
+    name="lion",
+    family="optimizer",
+    summary="Lion: sign of an interpolated momentum, with decoupled weight decay.",
+    citation="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms (NeurIPS)",
+    fast=f"{_IMPL}:lion",
+    reference=f"{_IMPL}:lion_reference",
+    params=(
+        _lr(1e-4),
+        _beta("beta1", 0.9, "interpolation for the update direction"),
+        _beta("beta2", 0.99, "momentum decay"),
+        _wd(0.0, "decoupled decay: p <- p - lr * weight_decay * p"),
+    ),
+    properties={"adaptive": False},
+)

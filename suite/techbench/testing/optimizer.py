@@ -1,0 +1,306 @@
+"""Conformance checks for optimizers.
+
+Reference protocol
+------------------
+An optimizer's ``spec.reference`` is any object with two attributes (for instance
+``techbench_builtins.optimizers_impl.UpdateRule``):
+
+``init_state(p, **hp) -> dict``
+    the state of one parameter tensor before the first step (``p`` is float64).
+``step(p, g, state, t, **hp) -> p_new``
+    one update of one parameter tensor: ``p`` and ``g`` are float64 tensors of the same shape,
+    ``t`` is the step count starting at 1, ``state`` is the dict from ``init_state`` (update it
+    in place). Returns the new parameter value; never modifies ``p`` or ``g``.
+
+``hp`` is always the full validated hyper-parameter dict (``spec.hyperparams(...)``), so a
+reference accepts every declared parameter by name (``**_`` for those it does not use). Each
+parameter tensor is updated independently (every built-in rule is per tensor).
+
+The fast side is ``spec.create(params, **hp) -> torch.optim.Optimizer``.
+
+The seeded problem
+------------------
+Three float64 parameters: a 3x4 weight ``W`` and a bias ``b`` of a softmax regression on 16
+fixed samples (cross-entropy), and a vector ``c`` of 6 coordinates on an ill-conditioned
+quadratic ``0.5 * sum(a_i (c_i - c*_i)^2)`` with curvatures ``a`` from 1e-4 to 10 (so some
+gradients are tiny and the epsilon matters). At every step the loss's gradient is computed by
+autograd at the *fast* optimizer's current parameters; the same gradient is fed to the reference,
+which keeps its own copy of the parameters. After step ``t`` the two must agree within float64
+tolerance (rtol 1e-7, atol 1e-9); a failure names the hyper-parameters, the step and the parameter
+index.
+
+Checks
+------
+``steps_match_reference``
+    ``K = 20`` steps with the default hyper-parameters.
+``hyperparams_honoured``
+    for each declared parameter, one other valid value (baseline: defaults with ``eps = 1e-3``
+    so that it matters and ``lr = 0.05`` so that gradient signs change within the run): fast and reference still agree, and the trajectory differs from the
+    baseline's (an ignored hyper-parameter fails here).
+``variants_explicit``
+    for ``eps_placement`` (with ``eps = 1e-2``) and ``bias_correction``: the two settings give
+    different trajectories (bias correction from step 1) and each matches the reference.
+``state_dict_round_trip``
+    on the same problem in float32 (the training dtype; torch's NAdam keeps a float32 state
+    scalar that ``load_state_dict`` casts to the parameter dtype, so a float64 round trip drifts by
+    1e-14): after 7 steps the ``state_dict`` is saved through ``torch.save``, loaded into a fresh
+    optimizer on a copy of the parameters, and 8 more steps must equal the uninterrupted run
+    exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..spec import Param, TechniqueSpec
+from .core import Check, CheckFailure
+from .tolerances import assert_close
+
+K_STEPS = 20
+ROUND_TRIP_AT = 7
+ROUND_TRIP_MORE = 8
+PARAM_NAMES = ("W", "b", "c")
+
+
+def make_problem(seed: int = 0, dtype: Any = None) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """Initial parameters ``[W, b, c]`` (float64 by default) and ``loss(params) -> scalar``."""
+    import torch
+
+    if dtype is not None and dtype != torch.float64:
+        params, loss64 = make_problem(seed)
+        return [p.to(dtype) for p in params], _cast_loss(loss64, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    curv = torch.logspace(-4, 1, 6, dtype=torch.float64)
+    target = torch.randn(6, generator=gen, dtype=torch.float64)
+    w0 = 0.5 * torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    b0 = 0.1 * torch.randn(3, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(6, generator=gen, dtype=torch.float64)
+
+    def loss(params: list[Any]) -> Any:
+        w, b, c = params
+        ce = torch.nn.functional.cross_entropy(x @ w.T + b, y)
+        return ce + 0.5 * (curv * (c - target) ** 2).sum()
+
+    return [w0, b0, c0], loss
+
+
+def _cast_loss(loss64: Callable[[list[Any]], Any], dtype: Any) -> Callable[[list[Any]], Any]:
+    import torch
+
+    def loss(params: list[Any]) -> Any:
+        return loss64([p.to(torch.float64) for p in params]).to(dtype)
+
+    return loss
+
+
+def _fresh_params(initial: list[Any]) -> list[Any]:
+    return [p.clone().requires_grad_(True) for p in initial]
+
+
+def _grads(params: list[Any], loss: Callable[[list[Any]], Any]) -> list[Any]:
+    import torch
+
+    for p in params:
+        p.grad = None
+    value = loss(params)
+    return list(torch.autograd.grad(value, params))
+
+
+def _fast_step(opt: Any, params: list[Any], loss: Callable[[list[Any]], Any]) -> list[Any]:
+    grads = _grads(params, loss)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    opt.step()
+    return grads
+
+
+def _label(spec: TechniqueSpec, hp: Mapping[str, Any]) -> str:
+    changed = {k: v for k, v in hp.items() if spec.defaults().get(k) != v}
+    args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    return f"{spec.qualified_name}({args})"
+
+
+def run_fast(spec: TechniqueSpec, hp: Mapping[str, Any], steps: int = K_STEPS) -> list[list[Any]]:
+    """The fast optimizer's parameters after each of ``steps`` steps (detached copies)."""
+    initial, loss = make_problem()
+    params = _fresh_params(initial)
+    opt = spec.create(params, **hp)
+    out = []
+    for _ in range(steps):
+        _fast_step(opt, params, loss)
+        out.append([p.detach().clone() for p in params])
+    return out
+
+
+def compare_with_reference(
+    spec: TechniqueSpec, hp: Mapping[str, Any], steps: int = K_STEPS
+) -> list[list[Any]]:
+    """Run fast and reference side by side; raise at the first step where they disagree."""
+    import torch
+
+    hp = spec.hyperparams(hp)
+    ref = spec.load_reference()
+    initial, loss = make_problem()
+    params = _fresh_params(initial)
+    opt = spec.create(params, **hp)
+    ref_params = [p.detach().clone() for p in initial]
+    ref_states = [ref.init_state(p.clone(), **hp) for p in ref_params]
+    label = _label(spec, hp)
+    trajectory = []
+    for t in range(1, steps + 1):
+        grads = _fast_step(opt, params, loss)
+        with torch.no_grad():
+            for i, (g, state) in enumerate(zip(grads, ref_states, strict=True)):
+                ref_params[i] = torch.as_tensor(
+                    ref.step(ref_params[i].clone(), g.detach().clone(), state, t, **hp),
+                    dtype=torch.float64,
+                )
+        for i, (p, r) in enumerate(zip(params, ref_params, strict=True)):
+            assert_close(
+                p.detach(),
+                r,
+                what=f"{label}: step {t}, parameter {i} ({PARAM_NAMES[i]}, shape "
+                f"{tuple(p.shape)}): fast vs reference",
+                dtype=torch.float64,
+            )
+        trajectory.append([p.detach().clone() for p in params])
+    return trajectory
+
+
+def _max_gap(a: list[list[Any]], b: list[list[Any]]) -> float:
+    return max(
+        float((x - y).abs().max() / (y.abs().max() + 1e-12))
+        for step_a, step_b in zip(a, b, strict=True)
+        for x, y in zip(step_a, step_b, strict=True)
+    )
+
+
+def _alternative(p: Param, value: Any) -> Any:
+    """Another valid value of ``p`` that should change the trajectory, or None."""
+    if p.type is bool:
+        return not value
+    if p.choices is not None:
+        others = [c for c in p.choices if c != value]
+        return others[0] if others else None
+    if p.type is int:
+        candidates: list[Any] = [value + 1, value - 1]
+    elif value == 0:
+        candidates = [0.1, 0.01, 1e-3]
+    elif abs(value) < 1e-3:
+        candidates = [value * 10, value * 0.1]
+    else:
+        candidates = [value * 0.5, value * 0.9, value * 1.1]
+    for c in candidates:
+        try:
+            p.validate("probe", c)
+        except ValueError:
+            continue
+        return c
+    return None
+
+
+def _baseline(spec: TechniqueSpec) -> dict[str, Any]:
+    hp = spec.defaults()
+    for name, value in (("eps", 1e-3), ("lr", 0.05)):
+        if name in hp:
+            try:
+                hp[name] = spec.param(name).validate(spec.qualified_name, value)
+            except ValueError:
+                pass
+    return hp
+
+
+def check_steps_match_reference(spec: TechniqueSpec) -> None:
+    compare_with_reference(spec, spec.defaults())
+
+
+def check_hyperparams_honoured(spec: TechniqueSpec) -> None:
+    base = _baseline(spec)
+    base_traj = compare_with_reference(spec, base)
+    for p in spec.params:
+        alt = _alternative(p, base[p.name])
+        if alt is None:
+            continue
+        hp = {**base, p.name: alt}
+        traj = compare_with_reference(spec, hp)
+        gap = _max_gap(traj, base_traj)
+        if gap < 1e-6:
+            raise CheckFailure(
+                f"{spec.qualified_name}: hyper-parameter {p.name}={alt!r} (baseline "
+                f"{base[p.name]!r}) is ignored: over {K_STEPS} steps the parameters differ from "
+                f"the baseline's by at most {gap:.3g} (relative)"
+            )
+
+
+def check_variants_explicit(spec: TechniqueSpec) -> None:
+    names = {p.name for p in spec.params}
+    if "eps_placement" in names:
+        hp = spec.defaults()
+        if "eps" in names:
+            hp["eps"] = 1e-2
+        inside = compare_with_reference(spec, {**hp, "eps_placement": "inside"})
+        outside = compare_with_reference(spec, {**hp, "eps_placement": "outside"})
+        gap = _max_gap(inside, outside)
+        if gap < 1e-6:
+            raise CheckFailure(
+                f"{spec.qualified_name}: eps_placement 'inside' and 'outside' give the same "
+                f"trajectory with eps=1e-2 (max relative gap {gap:.3g}); the option is ignored"
+            )
+    if "bias_correction" in names:
+        hp = spec.defaults()
+        on = compare_with_reference(spec, {**hp, "bias_correction": True}, steps=3)
+        off = compare_with_reference(spec, {**hp, "bias_correction": False}, steps=3)
+        gap = _max_gap(on[:1], off[:1])
+        if gap < 1e-6:
+            raise CheckFailure(
+                f"{spec.qualified_name}: bias_correction=True and False agree at step 1 (max "
+                f"relative gap {gap:.3g}); bias correction must change the early steps"
+            )
+
+
+def check_state_dict_round_trip(spec: TechniqueSpec) -> None:
+    import torch
+
+    hp = _baseline(spec)
+    initial, loss = make_problem(dtype=torch.float32)
+    params = _fresh_params(initial)
+    opt = spec.create(params, **hp)
+    for _ in range(ROUND_TRIP_AT):
+        _fast_step(opt, params, loss)
+    buffer = io.BytesIO()
+    torch.save(copy.deepcopy(opt.state_dict()), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    resumed_params = [p.detach().clone().requires_grad_(True) for p in params]
+    resumed = spec.create(resumed_params, **hp)
+    resumed.load_state_dict(saved)
+    for k in range(1, ROUND_TRIP_MORE + 1):
+        _fast_step(opt, params, loss)
+        _fast_step(resumed, resumed_params, loss)
+        for i, (a, b) in enumerate(zip(resumed_params, params, strict=True)):
+            assert_close(
+                a.detach(),
+                b.detach(),
+                what=f"{_label(spec, hp)}: state_dict saved after step {ROUND_TRIP_AT}, resumed "
+                f"step {ROUND_TRIP_AT + k}, parameter {i} ({PARAM_NAMES[i]}): resumed vs "
+                "uninterrupted",
+                rtol=0.0,
+                atol=0.0,
+            )
+
+
+def checks(spec: TechniqueSpec) -> list[Check]:
+    """The optimizer conformance checks (see the module docstring)."""
+    out = [
+        Check("steps_match_reference", check_steps_match_reference),
+        Check("hyperparams_honoured", check_hyperparams_honoured),
+        Check("state_dict_round_trip", check_state_dict_round_trip),
+    ]
+    if {"eps_placement", "bias_correction"} & {p.name for p in spec.params}:
+        out.insert(2, Check("variants_explicit", check_variants_explicit))
+    return out
