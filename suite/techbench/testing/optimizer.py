@@ -50,6 +50,7 @@ Checks
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 from collections.abc import Callable, Mapping
@@ -180,7 +181,7 @@ def _max_gap(a: list[list[Any]], b: list[list[Any]]) -> float:
     )
 
 
-def _alternative(p: Param, value: Any) -> Any:
+def alternative_value(p: Param, value: Any) -> Any:
     """Another valid value of ``p`` that should change the trajectory, or None."""
     if p.type is bool:
         return not value
@@ -208,10 +209,8 @@ def _baseline(spec: TechniqueSpec) -> dict[str, Any]:
     hp = spec.defaults()
     for name, value in (("eps", 1e-3), ("lr", 0.05)):
         if name in hp:
-            try:
+            with contextlib.suppress(ValueError):
                 hp[name] = spec.param(name).validate(spec.qualified_name, value)
-            except ValueError:
-                pass
     return hp
 
 
@@ -223,7 +222,7 @@ def check_hyperparams_honoured(spec: TechniqueSpec) -> None:
     base = _baseline(spec)
     base_traj = compare_with_reference(spec, base)
     for p in spec.params:
-        alt = _alternative(p, base[p.name])
+        alt = alternative_value(p, base[p.name])
         if alt is None:
             continue
         hp = {**base, p.name: alt}
