@@ -102,9 +102,9 @@ def _sigma(x: Tensor) -> Tensor:
 
 
 def _tanh(x: Tensor) -> Tensor:
-    """(e^x - e^-x) / (e^x + e^-x) = sign(x) (1 - e^-2|x|) / (1 + e^-2|x|)."""
-    e = torch.exp(-2.0 * x.abs())
-    return torch.sign(x) * (1.0 - e) / (1.0 + e)
+    """(e^x - e^-x) / (e^x + e^-x) = sign(x) (1 - e^-2|x|) / (1 + e^-2|x|), with expm1."""
+    e = torch.expm1(-2.0 * x.abs())
+    return -torch.sign(x) * e / (2.0 + e)
 
 
 def _softplus(x: Tensor) -> Tensor:
@@ -113,8 +113,9 @@ def _softplus(x: Tensor) -> Tensor:
 
 
 def _phi(x: Tensor) -> Tensor:
-    """Standard normal CDF Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    """Standard normal CDF Phi(x) = (1 + erf(x / sqrt 2)) / 2 = erfc(-x / sqrt 2) / 2 (no
+    cancellation in the lower tail)."""
+    return 0.5 * torch.erfc(-x / math.sqrt(2.0))
 
 
 class ActivationReference:
