@@ -105,7 +105,7 @@ gaussian_noise = TechniqueSpec(
     reference=f"{_IMPL}:gaussian_noise_reference",
     citation="Bishop, Training with Noise is Equivalent to Tikhonov Regularization, Neural Comp. 1995",
     params=(Param(name="std", type=float, default=0.1, low=0.0, doc="noise standard deviation"),),
-    properties={"hooks": ("transform_batch",)},
+    properties={"hooks": ("transform_batch",), "law": "additive_noise"},
 )
 
 augment = TechniqueSpec(
@@ -122,7 +122,7 @@ augment = TechniqueSpec(
         Param(name="padding", type=int, default=4, low=0, high=64, doc="zero padding per side"),
         Param(name="flip_p", type=float, default=0.5, low=0.0, high=1.0, doc="flip probability"),
     ),
-    properties={"hooks": ("transform_batch",)},
+    properties={"hooks": ("transform_batch",), "law": "crop_flip"},
 )
 
 label_smoothing = TechniqueSpec(
@@ -150,10 +150,7 @@ max_norm = TechniqueSpec(
         "Srivastava et al., Dropout: A Simple Way to Prevent Neural Networks from Overfitting, "
         "JMLR 2014 (max-norm constraint)"
     ),
-    params=(
-        Param(name="c", type=float, default=3.0, low=0.0, low_open=True, doc="norm bound c"),
-        _INCLUDE_BIAS,
-    ),
+    params=(Param(name="c", type=float, default=3.0, low=0.0, low_open=True, doc="norm bound c"),),
     properties={"hooks": ("after_step",)},
 )
 

@@ -176,27 +176,25 @@ class MaxNorm(Regularizer):
     projected onto the ball ||w_j||_2 <= c: w_j <- w_j * min(1, c / ||w_j||).
     """
 
-    def __init__(self, c: float = 3.0, include_bias: bool = False) -> None:
+    def __init__(self, c: float = 3.0) -> None:
         self.c = c
-        self.include_bias = include_bias
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        for p in _selected(model, self.include_bias):
-            rows = p.view(p.shape[0], -1) if p.dim() >= 2 else p.view(1, -1)
+        for p in _selected(model, False):
+            rows = p.view(p.shape[0], -1)
             norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
             scale = torch.where(norms > self.c, self.c / norms, torch.ones_like(norms))
             rows.mul_(scale)
 
 
-def max_norm_reference(
-    name: str, weight: torch.Tensor, lr: float, c: float = 3.0, include_bias: bool = False
-) -> torch.Tensor:
-    """Row by row in float64: w_j * c/||w_j|| where ||w_j|| > c, else w_j (a 1-D bias is one row)."""
+def max_norm_reference(name: str, weight: torch.Tensor, lr: float, c: float = 3.0) -> torch.Tensor:
+    """Row by row in float64: w_j * c/||w_j|| where ||w_j|| > c, else w_j; 1-D parameters
+    (biases, normalizer scales) are no unit's incoming weights and stay unchanged."""
     w = weight.detach().to(torch.float64).clone()
-    if not _acts_on(weight, include_bias):
+    if w.dim() < 2:
         return w
-    rows = w.reshape(w.shape[0], -1) if w.dim() >= 2 else w.reshape(1, -1)
+    rows = w.reshape(w.shape[0], -1)
     for j in range(rows.shape[0]):
         norm = math.sqrt(sum(float(v) ** 2 for v in rows[j].tolist()))
         if norm > c:
@@ -313,9 +311,16 @@ class Augment(Regularizer):
 
 
 def augment_reference(
-    x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int = 4
+    x: torch.Tensor,
+    shifts: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int = 4,
+    flip_p: float = 0.5,
 ) -> torch.Tensor:
-    """Sample by sample: zero-pad, crop at (dy, dx) = shifts[i], mirror columns if flips[i]."""
+    """Sample by sample: zero-pad, crop at (dy, dx) = shifts[i], mirror columns if flips[i].
+
+    ``flip_p`` only governs how often ``flips`` is drawn true; the law given the draws ignores it.
+    """
     n, c, h, w = x.shape
     out = torch.empty_like(x)
     for i in range(n):

@@ -1,0 +1,620 @@
+"""Conformance checks for regularizers.
+
+The fast side is ``spec.create(**hp) -> techbench.families.Regularizer``; it overrides exactly
+the hooks it declares in ``spec.properties["hooks"]`` (a subset of ``transform_batch``,
+``make_module``, ``penalty``, ``loss``, ``after_step``, ``callbacks``). The reference protocol
+depends on the hooks; ``hp`` is always the full hyper-parameter dict (defaults updated with
+overrides) passed as keyword arguments, so a reference should accept every declared parameter.
+Write references from the formula, in float64, without calling the fast side.
+
+==================  =====================================================================
+hook                reference protocol
+==================  =====================================================================
+penalty             ``ref(named_params, **hp) -> (value, grads)``: ``named_params`` is a
+                    list of ``(name, tensor)`` of the model; ``value`` the penalty (0-d
+                    tensor), ``grads`` its analytic gradient, one tensor per parameter
+                    (zeros where the penalty does not act).
+make_module         ``ref(x, keep_mask, **hp) -> y``: the module's training-mode output
+                    given the 0/1 mask of kept units. Needs a hyper-parameter ``p`` (the
+                    drop rate). The check reads the mask off the fast output (a unit is kept
+                    where its output is nonzero; inputs are nonzero).
+transform_batch     the law given the random draws, selected by ``properties["law"]``:
+                    ``"additive_noise"``: ``ref(x, noise, **hp) -> x'`` affine in the
+                    standard normal draw ``noise``; ``"crop_flip"``: ``ref(x, shifts, flips,
+                    **hp) -> x'`` for (N, C, H, W) images, ``shifts`` (N, 2) integer (dy, dx)
+                    crop offsets into the image zero-padded by ``hp["padding"]``, ``flips``
+                    (N,) bool horizontal mirrors. Without a ``law`` only the generic
+                    transform checks run.
+loss                ``ref(logits, target, **hp) -> (loss, dloss_dlogits)``: the mean loss over
+                    the batch and its analytic gradient.
+after_step          ``ref(name, weight, lr, **hp) -> new_weight`` for one parameter, ``lr``
+                    the current learning rate of its optimizer group.
+callbacks           ``ref(history, **hp) -> int | None``: index of the validation check after
+                    which training stops (``trainer.should_stop`` becomes true), or None.
+==================  =====================================================================
+
+Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differed):
+
+- ``hooks``: the fast side is a ``Regularizer`` overriding exactly the declared hooks.
+- ``penalty``: on a float64 model (Linear, BatchNorm1d, Conv2d), value and autograd gradient of
+  every parameter equal the reference, for the defaults and every non-default bool / choice.
+- ``dropout_eval_identity``: in eval mode the module returns its input unchanged.
+- ``dropout_law``: kept outputs and the input gradient equal the reference given the observed
+  mask (float64, 16 000 units).
+- ``dropout_fraction``: the dropped fraction is ``p``: binomial z-test, two-sided, false-alarm
+  rate ``ALPHA`` = 1e-6 (|z| <= 4.89), for ``p`` = default and 0.2.
+- ``dropout_expectation``: E[y] = x: z = sum(y - x) / sqrt(sum x^2 p/(1-p)), |z| <= 4.89.
+- ``transform_inputs_untouched``: the hook does not write into its inputs (validation data is
+  never touched, the dataset never corrupted), keeps ``y`` and the shape of ``x``.
+- ``transform_reproducible``: two generators seeded alike give identical batches even when the
+  global RNG state differs (the provided ``torch.Generator`` is the only randomness).
+- ``noise_law`` (additive_noise): the draw recovered through the reference's affine law has mean 0,
+  variance 1 and P(|e| < 1) = 0.6827 (three z-tests at ``ALPHA``, 20 000 draws); with every
+  std-like parameter 0 the transform is the identity.
+- ``crop_flip_law`` (crop_flip): every output sample equals the reference for exactly one
+  (dy, dx, flip); the flip count passes a binomial test against ``flip_p`` and the mean shift
+  a z-test against ``padding`` (uniform offsets), both at ``ALPHA``.
+- ``loss``: value and autograd gradient equal the reference (float64), defaults and variants.
+- ``after_step``: with two optimizer groups whose lr was changed after construction (as a
+  scheduler does), every parameter after the hook equals the reference with its group's
+  current lr; parameters the reference leaves unchanged are bitwise unchanged. With a ``c``
+  parameter (a norm constraint), every unit's incoming weight norm is <= c afterwards.
+- ``callbacks``: each callback is driven through a Trainer-like stub (``setup(trainer, module,
+  "fit")``; per epoch ``trainer.callback_metrics = {"val_loss": tensor(v)}``, then
+  ``on_validation_end`` and ``on_train_epoch_end``) on fake val_loss histories (plateau, steady
+  decrease, improvements smaller than ``min_delta``, a NaN); the epoch where
+  ``trainer.should_stop`` first becomes true equals the reference, for the defaults and for
+  ``patience=2, min_delta=0.05`` where those parameters exist.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from ..spec import TechniqueSpec
+from .core import Check, CheckFailure
+from .tolerances import assert_close
+
+HOOKS: tuple[str, ...] = (
+    "transform_batch",
+    "make_module",
+    "penalty",
+    "loss",
+    "after_step",
+    "callbacks",
+)
+ALPHA = 1e-6
+"""False-alarm rate of every statistical test (two-sided)."""
+
+Z_CRIT = 4.891638475698  # NormalDist().inv_cdf(1 - ALPHA / 2)
+
+
+def _hooks(spec: TechniqueSpec) -> tuple[str, ...]:
+    return tuple(spec.properties.get("hooks", ()))
+
+
+def _variants(spec: TechniqueSpec) -> list[dict[str, Any]]:
+    """The defaults, then each bool negated and each other choice, one at a time."""
+    out: list[dict[str, Any]] = [{}]
+    for p in spec.params:
+        if p.type is bool:
+            out.append({p.name: not p.default})
+        elif p.choices is not None:
+            out.extend({p.name: c} for c in p.choices if c != p.default)
+    return out
+
+
+def _label(hp: dict[str, Any]) -> str:
+    return "defaults" if not hp else ", ".join(f"{k}={v!r}" for k, v in hp.items())
+
+
+def _z_check(what: str, observed: float, expected: float, sd: float, n: int) -> None:
+    z = (observed - expected) / sd if sd > 0 else (0.0 if observed == expected else math.inf)
+    if abs(z) > Z_CRIT:
+        raise CheckFailure(
+            f"{what}: observed {observed:.6g}, expected {expected:.6g} (n={n}, z={z:.2f}, "
+            f"|z| > {Z_CRIT:.2f} happens with probability {ALPHA:g} when the law holds)"
+        )
+
+
+def _same(actual: Any, expected: Any, what: str) -> None:
+    assert_close(actual, expected, what=what, dtype="float64", rtol=0, atol=0)
+
+
+def _make(spec: TechniqueSpec, hp: dict[str, Any]) -> Any:
+    from ..families import Regularizer
+
+    reg = spec.create(**hp)
+    if not isinstance(reg, Regularizer):
+        raise CheckFailure(
+            f"{spec.qualified_name}: fast side returned {type(reg).__name__}, "
+            "not a techbench.families.Regularizer"
+        )
+    return reg
+
+
+# ----------------------------------------------------------------------------------- hooks
+
+
+def _check_hooks(spec: TechniqueSpec) -> None:
+    from ..families import Regularizer
+
+    declared = _hooks(spec)
+    unknown = sorted(set(declared) - set(HOOKS))
+    if unknown:
+        raise CheckFailure(
+            f"{spec.qualified_name}: declares unknown hooks {unknown}; hooks are {', '.join(HOOKS)}"
+        )
+    reg = _make(spec, {})
+    overridden = {h for h in HOOKS if getattr(type(reg), h) is not getattr(Regularizer, h)}
+    if overridden != set(declared):
+        raise CheckFailure(
+            f"{spec.qualified_name}: overrides hooks {sorted(overridden)} but declares "
+            f"properties['hooks'] = {sorted(declared)}; they must be the same"
+        )
+
+
+# --------------------------------------------------------------------------------- penalty
+
+
+def _probe_model() -> Any:
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(7)
+    model = nn.ModuleList([nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Conv2d(2, 4, 3)]).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    return model
+
+
+def _check_penalty(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    for hp in _variants(spec):
+        full = spec.hyperparams(hp)
+        model = _probe_model()
+        named = list(model.named_parameters())
+        value = _make(spec, hp).penalty(model)
+        ref_value, ref_grads = ref(named, **full)
+        label = f"{spec.qualified_name} ({_label(hp)})"
+        if value is None:
+            if float(ref_value) != 0.0:
+                raise CheckFailure(
+                    f"{label}: penalty returned None, reference {float(ref_value):g}"
+                )
+            continue
+        if value.dim() != 0:
+            raise CheckFailure(f"{label}: penalty must be a scalar, got shape {tuple(value.shape)}")
+        assert_close(value, ref_value, what=f"{label} penalty value", dtype=torch.float64)
+        params = [p for _, p in named]
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        for (name, p), g, rg in zip(named, grads, ref_grads, strict=True):
+            got = torch.zeros_like(p) if g is None else g
+            assert_close(
+                got, rg, what=f"{label} penalty gradient wrt {name}", inputs=p, dtype=torch.float64
+            )
+
+
+# --------------------------------------------------------------------------------- dropout
+
+
+def _dropout_rates(spec: TechniqueSpec) -> list[float]:
+    if "p" not in {p.name for p in spec.params}:
+        raise CheckFailure(
+            f"{spec.qualified_name}: a make_module regularizer needs a drop-rate parameter 'p' "
+            "for the dropout checks"
+        )
+    rates = [spec.param("p").default]
+    try:
+        spec.param("p").validate(spec.qualified_name, 0.2)
+        rates.append(0.2)
+    except ValueError:
+        pass
+    return list(dict.fromkeys(rates))
+
+
+def _dropout_input(n: int = 32, d: int = 500) -> Any:
+    import torch
+
+    gen = torch.Generator().manual_seed(11)
+    return 0.5 + torch.rand((n, d), generator=gen, dtype=torch.float64)
+
+
+def _module(spec: TechniqueSpec, p: float) -> Any:
+    module = _make(spec, {"p": p}).make_module()
+    if module is None:
+        raise CheckFailure(f"{spec.qualified_name}: make_module returned None with p={p}")
+    return module.double()
+
+
+def _check_dropout_eval(spec: TechniqueSpec) -> None:
+    for p in _dropout_rates(spec):
+        module = _module(spec, p)
+        module.eval()
+        x = _dropout_input(8, 100)
+        assert_close(
+            module(x), x, what=f"{spec.qualified_name} (p={p}) eval-mode output", rtol=0, atol=0
+        )
+
+
+def _dropout_forward(spec: TechniqueSpec, p: float, seed: int) -> tuple[Any, Any, Any, Any]:
+    import torch
+
+    module = _module(spec, p)
+    module.train()
+    x = _dropout_input().requires_grad_(True)
+    torch.manual_seed(seed)
+    y = module(x)
+    if y.shape != x.shape:
+        raise CheckFailure(
+            f"{spec.qualified_name}: output shape {tuple(y.shape)} != {tuple(x.shape)}"
+        )
+    g = torch.linspace(-1.0, 1.0, x.numel(), dtype=torch.float64).reshape(x.shape)
+    (dx,) = torch.autograd.grad(y, x, g)
+    return x.detach(), y.detach(), dx, g
+
+
+def _check_dropout_law(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    for p in _dropout_rates(spec):
+        x, y, dx, g = _dropout_forward(spec, p, seed=101)
+        full = spec.hyperparams(p=p)
+        keep = (y != 0).to(torch.float64)
+        xr = x.clone().requires_grad_(True)
+        yr = ref(xr, keep, **full)
+        (dxr,) = torch.autograd.grad(yr, xr, g)
+        label = f"{spec.qualified_name} (p={p})"
+        assert_close(y, yr, what=f"{label} training output given its keep mask", inputs=x)
+        assert_close(dx, dxr, what=f"{label} input gradient given its keep mask", inputs=x)
+
+
+def _check_dropout_fraction(spec: TechniqueSpec) -> None:
+    for p in _dropout_rates(spec):
+        _, y, _, _ = _dropout_forward(spec, p, seed=202)
+        n = y.numel()
+        dropped = int((y == 0).sum())
+        _z_check(
+            f"{spec.qualified_name} (p={p}) dropped fraction",
+            dropped / n,
+            p,
+            math.sqrt(p * (1 - p) / n),
+            n,
+        )
+
+
+def _check_dropout_expectation(spec: TechniqueSpec) -> None:
+    for p in _dropout_rates(spec):
+        x, y, _, _ = _dropout_forward(spec, p, seed=303)
+        n = y.numel()
+        sd = math.sqrt(float((x * x).sum()) * p / (1 - p)) / n
+        _z_check(
+            f"{spec.qualified_name} (p={p}) mean of y - x (E[y] = x)",
+            float((y - x).mean()),
+            0.0,
+            sd,
+            n,
+        )
+
+
+# ------------------------------------------------------------------------------- transforms
+
+
+def _image_batch(n: int = 32, seed: int = 5) -> tuple[Any, Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, 2, 6, 5), generator=gen, dtype=torch.float64) + 0.1
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return x, y
+
+
+def _transform_inputs(spec: TechniqueSpec) -> list[tuple[Any, Any]]:
+    import torch
+
+    gen = torch.Generator().manual_seed(9)
+    flat = (torch.randn((16, 12), generator=gen, dtype=torch.float64), torch.arange(16) % 3)
+    if spec.properties.get("law") == "crop_flip":
+        return [_image_batch()]
+    return [flat, _image_batch()]
+
+
+def _check_transform_untouched(spec: TechniqueSpec) -> None:
+    import torch
+
+    reg = _make(spec, {})
+    for x, y in _transform_inputs(spec):
+        x0, y0 = x.clone(), y.clone()
+        xt, yt = reg.transform_batch(x, y, torch.Generator().manual_seed(1))
+        label = f"{spec.qualified_name} transform_batch"
+        _same(x, x0, f"{label} wrote into its input x")
+        _same(y, y0, f"{label} wrote into its input y")
+        _same(yt, y0, f"{label} changed the targets")
+        if tuple(xt.shape) != tuple(x.shape):
+            raise CheckFailure(f"{label}: shape {tuple(x.shape)} became {tuple(xt.shape)}")
+
+
+def _check_transform_reproducible(spec: TechniqueSpec) -> None:
+    import torch
+
+    reg = _make(spec, {})
+    for x, y in _transform_inputs(spec):
+        torch.manual_seed(1)
+        a, _ = reg.transform_batch(x, y, torch.Generator().manual_seed(1234))
+        torch.manual_seed(2)
+        b, _ = reg.transform_batch(x, y, torch.Generator().manual_seed(1234))
+        assert_close(
+            b,
+            a,
+            what=f"{spec.qualified_name} transform_batch with two generators seeded 1234 "
+            "(global RNG differs)",
+            rtol=0,
+            atol=0,
+        )
+
+
+def _check_noise_law(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    full = spec.hyperparams()
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn((200, 100), generator=gen, dtype=torch.float64)
+    xt, _ = _make(spec, {}).transform_batch(x, torch.zeros(200), torch.Generator().manual_seed(3))
+    offset = ref(x, torch.zeros_like(x), **full)
+    scale = ref(x, torch.ones_like(x), **full) - offset
+    label = f"{spec.qualified_name} ({_label({})})"
+    if bool((scale == 0).any()):
+        raise CheckFailure(f"{label}: the reference law has zero noise scale; use std > 0 defaults")
+    e = ((xt - offset) / scale).reshape(-1)
+    n = e.numel()
+    _z_check(
+        f"{label} mean of the recovered N(0,1) draw", float(e.mean()), 0.0, 1 / math.sqrt(n), n
+    )
+    _z_check(
+        f"{label} variance of the recovered N(0,1) draw",
+        float((e * e).mean()),
+        1.0,
+        math.sqrt(2.0 / n),
+        n,
+    )
+    inside = math.erf(1 / math.sqrt(2))
+    _z_check(
+        f"{label} P(|e| < 1) of the recovered draw",
+        float((e.abs() < 1).double().mean()),
+        inside,
+        math.sqrt(inside * (1 - inside) / n),
+        n,
+    )
+    zero = {p.name: 0.0 for p in spec.params if p.type is float and p.name in ("std", "sigma")}
+    if zero:
+        xz, _ = _make(spec, zero).transform_batch(x, torch.zeros(200), torch.Generator())
+        assert_close(xz, x, what=f"{spec.qualified_name} ({_label(zero)}) output", rtol=0, atol=0)
+
+
+def _check_crop_flip_law(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    full = spec.hyperparams()
+    pad = int(full["padding"])
+    x, y = _image_batch(n=32, seed=17)
+    xt, _ = _make(spec, {}).transform_batch(x, y, torch.Generator().manual_seed(4))
+    candidates = [
+        (dy, dx, f) for f in (False, True) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+    ]
+    flips, shift_sum = 0, 0
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1]
+        found = None
+        for dy, dx, f in candidates:
+            out = ref(xi, torch.tensor([[dy, dx]]), torch.tensor([f]), **full)
+            if torch.equal(out[0], xt[i]):
+                found = (dy, dx, f)
+                break
+        if found is None:
+            raise CheckFailure(
+                f"{spec.qualified_name}: output sample {i} is no crop (offsets 0..{2 * pad} of the "
+                f"input zero-padded by {pad}) of it, flipped or not; max |out - in| = "
+                f"{float((xt[i] - x[i]).abs().max()):.4g}"
+            )
+        flips += int(found[2])
+        shift_sum += found[0] + found[1]
+    n = x.shape[0]
+    fp = float(full["flip_p"])
+    _z_check(
+        f"{spec.qualified_name} fraction of flipped samples",
+        flips / n,
+        fp,
+        math.sqrt(fp * (1 - fp) / n),
+        n,
+    )
+    var_shift = ((2 * pad + 1) ** 2 - 1) / 12.0
+    _z_check(
+        f"{spec.qualified_name} mean crop offset (uniform on 0..{2 * pad})",
+        shift_sum / (2 * n),
+        float(pad),
+        math.sqrt(var_shift / (2 * n)),
+        2 * n,
+    )
+
+
+# ------------------------------------------------------------------------------------ loss
+
+
+def _check_loss(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    gen = torch.Generator().manual_seed(31)
+    logits = 3.0 * torch.randn((16, 7), generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 7, (16,), generator=gen)
+    for hp in _variants(spec):
+        full = spec.hyperparams(hp)
+        z = logits.clone().requires_grad_(True)
+        value = _make(spec, hp).loss(z, target)
+        label = f"{spec.qualified_name} ({_label(hp)})"
+        if value is None:
+            raise CheckFailure(f"{label}: loss returned None although 'loss' is a declared hook")
+        ref_value, ref_grad = ref(logits, target, **full)
+        assert_close(value, ref_value, what=f"{label} loss value", dtype=torch.float64)
+        (g,) = torch.autograd.grad(value, z)
+        assert_close(g, ref_grad, what=f"{label} loss gradient wrt logits", inputs=logits)
+
+
+# ------------------------------------------------------------------------------ after_step
+
+
+def _check_after_step(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    for hp in _variants(spec):
+        full = spec.hyperparams(hp)
+        model = _probe_model()
+        gen = torch.Generator().manual_seed(41)
+        with torch.no_grad():
+            for p in model.parameters():
+                # rows of very different norms, so a norm bound sees both sides
+                rows = p.view(p.shape[0], -1) if p.dim() >= 2 else p.view(1, -1)
+                rows.mul_(torch.exp(3.0 * torch.randn((rows.shape[0], 1), generator=gen)).double())
+        params = list(model.parameters())
+        half = len(params) // 2
+        optimizer = torch.optim.SGD(
+            [{"params": params[:half], "lr": 0.1}, {"params": params[half:], "lr": 0.5}]
+        )
+        optimizer.param_groups[0]["lr"] = 0.037
+        optimizer.param_groups[1]["lr"] = 0.2
+        lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        _make(spec, hp).after_step(model, optimizer)
+        label = f"{spec.qualified_name} ({_label(hp)})"
+        for name, p in model.named_parameters():
+            expected = ref(name, before[name], lr_of[id(p)], **full)
+            what = f"{label} {name} after after_step (lr={lr_of[id(p)]})"
+            assert_close(p, expected, what=what, inputs=before[name], dtype=torch.float64)
+            if torch.equal(expected, before[name].to(torch.float64)):
+                assert_close(p, before[name], what=what + " must stay unchanged", rtol=0, atol=0)
+            if "c" in full and p.dim() >= 2:
+                rows = p.detach().reshape(p.shape[0], -1)
+                worst = float(torch.linalg.vector_norm(rows, dim=1).max())
+                if worst > full["c"] * (1 + 1e-9):
+                    raise CheckFailure(
+                        f"{label} {name}: a unit's weight norm is {worst:.8g} > c = {full['c']}"
+                    )
+
+
+# ------------------------------------------------------------------------------- callbacks
+
+_HISTORIES: dict[str, list[float]] = {
+    "plateau": [1.0, 0.9, 0.8, 0.81, 0.83, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
+    + [1.6] * 5,
+    "steady": [1.0 - 0.04 * i for i in range(20)],
+    "small_steps": [1.0, 0.8, 0.78, 0.76, 0.74, 0.72, 0.7, 0.68, 0.66, 0.6]
+    + [0.58 - 0.02 * i for i in range(10)],
+    "nan": [1.0, 0.9, 0.8, float("nan"), 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+}
+
+
+def stub_trainer() -> Any:
+    """A minimal Trainer-like object that Lightning callbacks read during ``fit``."""
+    return SimpleNamespace(
+        callback_metrics={},
+        should_stop=False,
+        current_epoch=0,
+        global_step=0,
+        fast_dev_run=False,
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit", stage="train"),
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
+        val_check_interval=1.0,
+        check_val_every_n_epoch=1,
+        global_rank=0,
+        world_size=1,
+        is_global_zero=True,
+        logger=None,
+        loggers=[],
+    )
+
+
+def drive_callbacks(callbacks: Any, history: list[float]) -> int | None:
+    """Feed ``history`` as val_loss, one value per epoch; the epoch where training stops."""
+    import torch
+
+    trainer = stub_trainer()
+    for cb in callbacks:
+        cb.setup(trainer, None, "fit")
+    for epoch, value in enumerate(history):
+        trainer.current_epoch = epoch
+        trainer.callback_metrics = {"val_loss": torch.tensor(value)}
+        for cb in callbacks:
+            cb.on_validation_end(trainer, None)
+        for cb in callbacks:
+            cb.on_train_epoch_end(trainer, None)
+        if trainer.should_stop:
+            return epoch
+    return None
+
+
+def _check_callbacks(spec: TechniqueSpec) -> None:
+    ref = spec.load_reference()
+    names = {p.name for p in spec.params}
+    variants: list[dict[str, Any]] = [{}]
+    alt = {k: v for k, v in (("patience", 2), ("min_delta", 0.05)) if k in names}
+    if alt:
+        variants.append(alt)
+    for hp in variants:
+        full = spec.hyperparams(hp)
+        for kind, history in _HISTORIES.items():
+            callbacks = list(_make(spec, hp).callbacks())
+            if not callbacks:
+                raise CheckFailure(f"{spec.qualified_name}: callbacks() returned no callback")
+            try:
+                got = drive_callbacks(callbacks, history)
+            except Exception as exc:
+                raise CheckFailure(
+                    f"{spec.qualified_name} ({_label(hp)}): driving the callbacks on the "
+                    f"{kind!r} val_loss history raised {type(exc).__name__}: {exc}"
+                ) from exc
+            expected = ref(history, **full)
+            if got != expected:
+                raise CheckFailure(
+                    f"{spec.qualified_name} ({_label(hp)}): on the {kind!r} val_loss history "
+                    f"{[round(v, 3) for v in history]} training stopped at epoch {got}, "
+                    f"reference says {expected}"
+                )
+
+
+# ---------------------------------------------------------------------------------- collect
+
+
+def checks(spec: TechniqueSpec) -> list[Check]:
+    """The hooks check plus the checks of every declared hook."""
+    hooks = _hooks(spec)
+    out = [Check("hooks", _check_hooks)]
+    table: list[tuple[str, str, Callable[[TechniqueSpec], None]]] = [
+        ("penalty", "penalty", _check_penalty),
+        ("make_module", "dropout_eval_identity", _check_dropout_eval),
+        ("make_module", "dropout_law", _check_dropout_law),
+        ("make_module", "dropout_fraction", _check_dropout_fraction),
+        ("make_module", "dropout_expectation", _check_dropout_expectation),
+        ("transform_batch", "transform_inputs_untouched", _check_transform_untouched),
+        ("transform_batch", "transform_reproducible", _check_transform_reproducible),
+        ("loss", "loss", _check_loss),
+        ("after_step", "after_step", _check_after_step),
+        ("callbacks", "callbacks", _check_callbacks),
+    ]
+    out.extend(Check(name, func) for hook, name, func in table if hook in hooks)
+    law = spec.properties.get("law")
+    if "transform_batch" in hooks and law == "additive_noise":
+        out.append(Check("noise_law", _check_noise_law))
+    elif "transform_batch" in hooks and law == "crop_flip":
+        out.append(Check("crop_flip_law", _check_crop_flip_law))
+    return out
