@@ -1,0 +1,27 @@
+"""Reports from stored results alone: ``build_report(results_dir, out_dir, baselines=())``.
+
+Writes ``out_dir/index.html`` (self-contained) and one CSV per table. Modules, one job each:
+:mod:`.load` (bulk store reading), :mod:`.tables` (tidy per-run / per-cell / per-technique
+tables), :mod:`.stats` (IQM, bootstrap, rank tests, profiles), :mod:`.analyze` (applying the
+statistics), :mod:`.figures` (seaborn) and :mod:`.html` (the page), tied together in
+:mod:`.build`. Importing this package is cheap; the heavy modules load on first call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_report"]
+
+
+def build_report(
+    results_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    baselines: Sequence[str] = (),
+) -> Path:
+    """Build the report of the store at ``results_dir`` into ``out_dir``; returns index.html."""
+    from .build import build
+
+    return build(results_dir, out_dir, baselines=baselines)

@@ -1,0 +1,155 @@
+"""Read a results store in bulk: one row per trial, plus the metric rows the report needs.
+
+Layout (see the runner schema): ``OUT/trials/<trial_id>/meta.json`` and
+``OUT/trials/<trial_id>/metrics.parquet``. The parquet files are read as one
+``pyarrow.dataset`` (the trial id comes from the folder name), string columns stay
+dictionary-encoded (pandas categoricals), and the per-step training loss is filtered out at
+read time because no report table or figure uses it: this keeps a 10,000-trial store well
+under a gigabyte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..spec import format_technique_arg
+
+#: Config keys holding ``{"name", "params"}`` techniques, in display order.
+TECHNIQUE_AXES = (
+    "dataset",
+    "model",
+    "activation",
+    "initializer",
+    "bias_initializer",
+    "normalizer",
+    "regularizer",
+    "optimizer",
+    "schedule",
+    "preprocessor",
+)
+#: Axes that may be compared (``dataset`` is the blocking factor, never a "technique").
+COMPARE_AXES = (*TECHNIQUE_AXES[1:], "norm_placement", "lr")
+META_SCALARS = (
+    "wall_seconds",
+    "train_seconds",
+    "device",
+    "diverged_step",
+    "error",
+    "steps",
+    "num_parameters",
+    "health_overhead",
+)
+
+
+def _flatten(meta: dict[str, Any]) -> dict[str, Any]:
+    config = meta.get("config") or {}
+    row: dict[str, Any] = {
+        "trial_id": meta.get("trial_id"),
+        "status": meta.get("status", "failed"),
+        "matrix": meta.get("matrix"),
+    }
+    for axis in TECHNIQUE_AXES:
+        tech = config.get(axis) or {}
+        if isinstance(tech, str):
+            row[axis] = tech
+        else:
+            row[axis] = format_technique_arg(str(tech.get("name", "?")), tech.get("params") or {})
+    opt_params = (config.get("optimizer") or {}).get("params") or {}
+    row["lr"] = opt_params.get("lr")
+    row["norm_placement"] = config.get("norm_placement", "before")
+    row["seed"] = config.get("seed", 0)
+    row["data_seed"] = config.get("data_seed", 0)
+    budget = config.get("budget") or {}
+    row["epochs"] = budget.get("epochs")
+    target = config.get("target") or {}
+    row["target_metric"] = target.get("metric", "val_acc")
+    row["target_value"] = target.get("value")
+    row["target_mode"] = target.get("mode", "max")
+    for key in META_SCALARS:
+        row[key] = meta.get(key)
+    versions = meta.get("versions")
+    row["versions"] = json.dumps(versions, sort_keys=True) if versions else None
+    return row
+
+
+def _read_meta(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def load_trials(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per stored trial: formatted technique per axis, seeds, target, meta scalars."""
+    trials_dir = Path(results_dir) / "trials"
+    if not trials_dir.is_dir():
+        raise FileNotFoundError(f"{results_dir} has no trials/ folder: not a techbench store")
+    paths = [os.path.join(trials_dir, name, "meta.json") for name in sorted(os.listdir(trials_dir))]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        metas = list(pool.map(_read_meta, paths, chunksize=256))
+    rows = []
+    for path, meta in zip(paths, metas, strict=True):
+        if meta is None:
+            continue
+        meta.setdefault("trial_id", os.path.basename(os.path.dirname(path)))
+        rows.append(_flatten(meta))
+    trials = pd.DataFrame(rows)
+    if trials.empty:
+        return trials
+    trials["target_metric"] = trials["target_metric"].astype(str)
+    trials["lr"] = trials["lr"].map(lambda v: "" if v is None or v != v else repr(v))
+    return trials
+
+
+def load_metrics(
+    results_dir: str | os.PathLike[str],
+    trial_ids: Iterable[str],
+    *,
+    keep_step_loss: bool = False,
+) -> pd.DataFrame:
+    """Concatenated metric rows with a ``trial_id`` column (categoricals for the strings)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    trials_dir = os.path.join(os.fspath(results_dir), "trials")
+    files = [os.path.join(trials_dir, t, "metrics.parquet") for t in trial_ids]
+    files = [f for f in files if os.path.exists(f)]
+    columns = ["trial_id", "step", "epoch", "split", "metric", "layer", "value"]
+    if not files:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
+    dataset = ds.dataset(
+        files,
+        format="parquet",
+        partitioning=ds.partitioning(pa.schema([("trial_id", pa.string())])),
+        partition_base_dir=trials_dir,
+    )
+    flt = None
+    if not keep_step_loss:
+        flt = ~((ds.field("split") == "train") & (ds.field("metric") == "loss"))
+    table = dataset.to_table(columns=columns, filter=flt, use_threads=True)
+    for name in ("trial_id", "split", "metric", "layer"):
+        i = table.schema.get_field_index(name)
+        col = table.column(i)
+        if not pa.types.is_dictionary(col.type):
+            table = table.set_column(i, name, col.dictionary_encode())
+    return table.to_pandas()
+
+
+def load_store(results_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(trials, metrics)`` for the report; metrics omit the per-step training loss."""
+    trials = load_trials(results_dir)
+    ids = trials["trial_id"].tolist() if not trials.empty else []
+    return trials, load_metrics(results_dir, ids)
+
+
+def load_matrix(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The informational ``matrix.json`` (empty dict when absent or unreadable)."""
+    return _read_meta(os.path.join(os.fspath(results_dir), "matrix.json")) or {}

@@ -1,0 +1,198 @@
+"""Statistics the report is allowed to claim, each a small pure function.
+
+- :func:`iqm`: interquartile mean (mean of the middle 50 %, ``scipy.stats.trim_mean(x, 0.25)``),
+  the robust point estimate of rliable (Agarwal et al., 2021, "Deep RL at the edge of the
+  statistical precipice").
+- :func:`stratified_bootstrap_ci`: percentile bootstrap interval where each stratum (dataset)
+  is resampled with replacement independently, as rliable does across tasks.
+- :func:`indistinguishable_from_best`: one-sided Mann-Whitney U of each candidate against the
+  best, Holm-corrected (Holm 1979) across candidates.
+- :func:`friedman`: Friedman test over blocks (datasets) with average ranks, Nemenyi post-hoc
+  and the critical difference ``q_alpha * sqrt(k (k + 1) / (6 N))`` (Demsar 2006, JMLR 7).
+- :func:`probability_of_improvement`: ``P(X > Y) + P(X = Y) / 2`` (rliable).
+- :func:`performance_profile`: AlgoPerf (Dahl et al., 2023) profiles
+  ``rho_s(tau) = |{w : t_sw / min_s' t_s'w <= tau}| / |W|`` and the score
+  ``(1 / (tau_max - 1)) * integral_1^tau_max rho_s(tau) dtau``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+MIN_SEEDS = 5
+
+
+def iqm(values: Sequence[float] | np.ndarray, axis: int | None = None) -> float | np.ndarray:
+    """Interquartile mean: the mean of the values between the 25th and 75th percentile."""
+    arr = np.asarray(values, dtype=float)
+    if axis is None:
+        arr = arr.ravel()
+        if arr.size == 0:
+            return math.nan
+        return float(stats.trim_mean(arr, 0.25))
+    return stats.trim_mean(arr, 0.25, axis=axis)
+
+
+def stratified_bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    strata: Sequence[object] | np.ndarray | None = None,
+    *,
+    statistic: Callable[..., np.ndarray] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` (default IQM), resampling within strata.
+
+    Returns ``(nan, nan)`` with fewer than 2 values: one run supports no interval.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return (math.nan, math.nan)
+    stat = statistic or (lambda a, axis: stats.trim_mean(a, 0.25, axis=axis))
+    groups = [x] if strata is None else [x[np.asarray(strata) == s] for s in pd.unique(strata)]
+    rng = np.random.default_rng(seed)
+    parts = [g[rng.integers(0, g.size, size=(n_resamples, g.size))] for g in groups if g.size]
+    boot = stat(np.concatenate(parts, axis=1), axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (monotone, capped at 1)."""
+    p = np.asarray(pvalues, dtype=float)
+    m = p.size
+    order = np.argsort(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        adj[i] = min(1.0, running)
+    return adj
+
+
+def indistinguishable_from_best(
+    groups: Mapping[str, Sequence[float]],
+    *,
+    higher_is_better: bool = True,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """For each group: is it worse than the best group at Holm-corrected level ``alpha``?
+
+    The best group has the highest IQM (lowest when ``higher_is_better`` is false). Every other
+    group is tested with a one-sided Mann-Whitney U (H1: the best is better); groups that are
+    not rejected are "indistinguishable from the best". A group with fewer than 2 values
+    cannot be told apart (p = 1).
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    names = list(groups)
+    centre = {n: sign * iqm(groups[n]) for n in names}
+    best = max(names, key=lambda n: -math.inf if math.isnan(centre[n]) else centre[n])
+    b = sign * np.asarray(groups[best], dtype=float)
+    raw = []
+    for n in names:
+        o = sign * np.asarray(groups[n], dtype=float)
+        if n == best or b.size < 2 or o.size < 2:
+            raw.append(1.0)
+            continue
+        raw.append(float(stats.mannwhitneyu(b, o, alternative="greater").pvalue))
+    adj = holm(raw)
+    return pd.DataFrame(
+        {
+            "group": names,
+            "iqm": [sign * centre[n] for n in names],
+            "is_best": [n == best for n in names],
+            "p_raw": raw,
+            "p_holm": adj,
+            "indistinguishable": [n == best or p >= alpha for n, p in zip(names, adj, strict=True)],
+        }
+    )
+
+
+def average_ranks(scores: pd.DataFrame, *, higher_is_better: bool = True) -> pd.Series:
+    """Mean rank of each column over the rows (blocks); rank 1 is the best, ties averaged."""
+    ranked = scores.rank(axis=1, ascending=not higher_is_better, method="average")
+    return ranked.mean(axis=0)
+
+
+def critical_difference(k: int, n_blocks: int, alpha: float = 0.05) -> float:
+    """Nemenyi critical difference of average ranks (Demsar 2006, eq. in section 3.2.2)."""
+    q = stats.studentized_range.ppf(1 - alpha, k, 1e6) / math.sqrt(2.0)
+    return float(q * math.sqrt(k * (k + 1) / (6.0 * n_blocks)))
+
+
+def friedman(scores: pd.DataFrame, *, higher_is_better: bool = True) -> dict[str, object]:
+    """Friedman test of the columns (treatments) over complete rows (blocks).
+
+    Returns the statistic, p-value, average ranks, the Nemenyi p-value matrix
+    (scikit-posthocs) and the critical difference. Needs at least 3 treatments and 2 blocks.
+    """
+    complete = scores.dropna(axis=0, how="any")
+    k, n = complete.shape[1], complete.shape[0]
+    if k < 3 or n < 2:
+        raise ValueError(f"Friedman needs >= 3 techniques and >= 2 blocks, got {k} and {n}")
+    res = stats.friedmanchisquare(*(complete[c].to_numpy(float) for c in complete.columns))
+    out: dict[str, object] = {
+        "statistic": float(res.statistic),
+        "pvalue": float(res.pvalue),
+        "n_blocks": n,
+        "k": k,
+        "ranks": average_ranks(complete, higher_is_better=higher_is_better),
+        "cd": critical_difference(k, n),
+    }
+    try:
+        import scikit_posthocs as sp
+
+        oriented = complete if higher_is_better else -complete
+        nem = sp.posthoc_nemenyi_friedman(oriented.reset_index(drop=True))
+        nem.index = nem.columns = list(complete.columns)
+        out["nemenyi"] = nem
+    except ImportError:  # pragma: no cover - scikit-posthocs is a declared dependency
+        out["nemenyi"] = None
+    return out
+
+
+def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
+    """``P(X > Y) + 0.5 P(X = Y)`` over all pairs (the Mann-Whitney U statistic / (n m))."""
+    a = np.asarray(x, dtype=float)[:, None]
+    b = np.asarray(y, dtype=float)[None, :]
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    return float(((a > b).sum() + 0.5 * (a == b).sum()) / (a.size * b.size))
+
+
+def performance_profile(
+    times: pd.DataFrame,
+    taus: Sequence[float] | np.ndarray | None = None,
+    *,
+    tau_max: float = 4.0,
+) -> tuple[pd.DataFrame, pd.Series]:
+    """AlgoPerf performance profiles of the columns (techniques) over the rows (workloads).
+
+    ``times`` holds time-to-target, ``inf`` for a miss; rows with a missing (NaN) entry are
+    dropped. A workload every technique missed counts as a miss for all. Returns
+    ``(rho, score)``: ``rho`` indexed by tau, one column per technique, and the score
+    ``(1 / (tau_max - 1)) * integral_1^tau_max rho(tau) dtau`` (exact for the step function).
+    """
+    t = times.dropna(axis=0, how="any").astype(float)
+    taus = np.linspace(1.0, tau_max, 301) if taus is None else np.asarray(taus, dtype=float)
+    if t.empty:
+        empty = pd.DataFrame(index=pd.Index(taus, name="tau"), columns=times.columns, dtype=float)
+        return empty, pd.Series(math.nan, index=times.columns, dtype=float)
+    best = t.min(axis=1).to_numpy()
+    tv = t.to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = tv / best[:, None]
+    ratio = np.where((tv == best[:, None]) & np.isfinite(tv), 1.0, ratio)
+    ratio[~np.isfinite(ratio)] = np.inf
+    rho = (ratio[None, :, :] <= taus[:, None, None]).mean(axis=1)
+    rho_df = pd.DataFrame(rho, index=pd.Index(taus, name="tau"), columns=t.columns)
+    credit = np.clip(tau_max - np.maximum(ratio, 1.0), 0.0, None) / (tau_max - 1.0)
+    score = pd.Series(credit.mean(axis=0), index=t.columns)
+    return rho_df, score

@@ -1,0 +1,250 @@
+"""Tidy tables: one row per run, per (dataset, configuration) cell, and per technique.
+
+Definitions (the target comes from each trial's ``config.target``; ``val_acc`` names split
+``val``, metric ``acc``):
+
+- ``final_metric``: the target metric at the last recorded epoch; ``best_metric``: its best
+  over epochs (max or min by ``target.mode``); ``best_epoch``: where that happened.
+- ``epochs_to_target`` / ``steps_to_target`` / ``seconds_to_target``: the first epoch (counted
+  from 1), global step, and cumulative training seconds (split ``time``) at which the target
+  metric reaches ``target.value``; ``inf`` when missed. Diverged and failed runs are misses.
+- ``auc``: mean of the target metric over the recorded epochs (normalised by epochs).
+- ``gap_loss_*`` / ``gap_acc_*``: train minus validation (train ``epoch_loss``/``epoch_acc``
+  vs val ``loss``/``acc``) at the end and at the best-validation epoch.
+- gradient health: median and 90th percentile of ``grad_norm_global``; median over snapshots
+  of (largest / smallest layer ``grad_norm``); mean ``dead_fraction`` and
+  ``saturated_fraction`` over layers and snapshots; share of snapshots with non-finite
+  gradients.
+- ``score``: what statistics rank: ``best_metric`` for completed runs; a diverged or failed
+  run gets the worst value (0 for an accuracy, else the worst value any run recorded on that
+  dataset), so it counts against its technique instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .load import COMPARE_AXES
+from .stats import MIN_SEEDS, iqm, stratified_bootstrap_ci
+
+HEALTH_COLUMNS = (
+    "grad_norm_median",
+    "grad_norm_p90",
+    "layer_grad_ratio",
+    "dead_fraction",
+    "saturated_fraction",
+    "nonfinite_share",
+)
+
+
+def varying_axes(trials: pd.DataFrame) -> list[str]:
+    """The comparable axes whose value differs between trials (the techniques to compare)."""
+    out = []
+    for axis in COMPARE_AXES:
+        if axis in trials and trials[axis].astype(str).nunique(dropna=False) > 1:
+            out.append(axis)
+    return out
+
+
+def config_labels(trials: pd.DataFrame, axes: list[str]) -> pd.Series:
+    """``"activation=relu, initializer=he_normal"`` over the varying axes (``"all"`` if none)."""
+    if not axes:
+        return pd.Series("all", index=trials.index)
+    parts = [axis + "=" + trials[axis].astype(str) for axis in axes]
+    label = parts[0]
+    for p in parts[1:]:
+        label = label + ", " + p
+    return label
+
+
+def _split_key(target: str) -> str:
+    return target if "_" in target else f"val_{target}"
+
+
+def _epoch_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    m = metrics[metrics["split"].isin(["val", "train", "time", "test"])]
+    m = m[~((m["split"] == "train") & (m["metric"] == "loss"))]
+    key = m["split"].astype(str) + "_" + m["metric"].astype(str)
+    m = m.assign(key=key, trial_id=m["trial_id"].astype(str))
+    m = m[m["split"] != "test"]
+    wide = m.groupby(["trial_id", "epoch", "key"], sort=True)["value"].last().unstack("key")
+    steps = m[m["split"] == "val"].groupby(["trial_id", "epoch"])["step"].max()
+    wide["step"] = steps.reindex(wide.index)
+    return wide.reset_index()
+
+
+def _health(metrics: pd.DataFrame) -> pd.DataFrame:
+    h = metrics[metrics["split"] == "health"]
+    if h.empty:
+        return pd.DataFrame(columns=list(HEALTH_COLUMNS), index=pd.Index([], name="trial_id"))
+    glob = h[h["layer"] == ""]
+    layer = h[h["layer"] != ""]
+    out = {}
+    g = glob[glob["metric"] == "grad_norm_global"].groupby("trial_id", observed=True)["value"]
+    out["grad_norm_median"] = g.median()
+    out["grad_norm_p90"] = g.quantile(0.9)
+    gn = layer[layer["metric"] == "grad_norm"]
+    per_step = gn.groupby(["trial_id", "step"], observed=True)["value"].agg(["max", "min"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = per_step["max"] / per_step["min"]
+    out["layer_grad_ratio"] = ratio.groupby(level="trial_id", observed=True).median()
+    for name in ("dead_fraction", "saturated_fraction"):
+        sub = layer[layer["metric"] == name]
+        out[name] = sub.groupby("trial_id", observed=True)["value"].mean()
+    nf = glob[glob["metric"] == "nonfinite_grads"]
+    bad = (nf["value"] > 0) | nf["value"].isna()
+    out["nonfinite_share"] = bad.groupby(nf["trial_id"], observed=True).mean()
+    frame = pd.DataFrame(out)
+    frame.index = frame.index.astype(str)
+    frame.index.name = "trial_id"
+    return frame
+
+
+def target_curves(trials: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per (trial, epoch): the epoch-level metrics and ``curve``, the trial's target metric."""
+    ep = _epoch_table(metrics)
+    target = trials.assign(trial_id=trials["trial_id"].astype(str)).set_index("trial_id")
+    target = target[["target_metric", "target_value", "target_mode"]]
+    ep = ep.join(target, on="trial_id")
+    ep["curve"] = np.nan
+    for key in ep["target_metric"].dropna().unique():
+        col = _split_key(str(key))
+        if col in ep:
+            mask = ep["target_metric"] == key
+            ep.loc[mask, "curve"] = ep.loc[mask, col]
+    return ep[ep["curve"].notna()].reset_index(drop=True)
+
+
+def run_table(
+    trials: pd.DataFrame, metrics: pd.DataFrame, curves: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per trial with the convergence, generalization and gradient-health summaries."""
+    axes = varying_axes(trials)
+    runs = trials.copy()
+    runs["trial_id"] = runs["trial_id"].astype(str)
+    runs["config"] = config_labels(runs, axes)
+    ep = (target_curves(trials, metrics) if curves is None else curves).copy()
+    sign = np.where(ep["target_mode"] == "min", -1.0, 1.0)
+    ep["signed"] = ep["curve"] * sign
+    tv = pd.to_numeric(ep["target_value"], errors="coerce").to_numpy(float)
+    ep["reached"] = ep["signed"] >= sign * tv
+    base = 0 if (not ep.empty and ep["epoch"].min() == 0) else 1
+    by = ep.groupby("trial_id", sort=False)
+    final = ep.loc[by["epoch"].idxmax()].set_index("trial_id")
+    best = ep.loc[by["signed"].idxmax()].set_index("trial_id")
+    first = ep[ep["reached"]].sort_values(["trial_id", "epoch"]).groupby("trial_id").head(1)
+    first = first.set_index("trial_id")
+
+    def col(frame: pd.DataFrame, name: str) -> pd.Series:
+        s = frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+        return s.reindex(runs["trial_id"]).to_numpy()
+
+    runs["epochs_recorded"] = by.size().reindex(runs["trial_id"]).fillna(0).to_numpy(int)
+    runs["final_metric"] = col(final, "curve")
+    runs["best_metric"] = col(best, "curve")
+    runs["best_epoch"] = col(best, "epoch")
+    runs["auc"] = by["curve"].mean().reindex(runs["trial_id"]).to_numpy()
+    ok = (runs["status"] == "completed").to_numpy()
+    for name, src in (("epochs", "epoch"), ("steps", "step"), ("seconds", "time_seconds")):
+        v = col(first, src).astype(float)
+        if name == "epochs":
+            v = v + (1 - base)
+        v[np.isnan(v) | ~ok] = np.inf
+        runs[f"{name}_to_target"] = v
+    for when, frame in (("end", final), ("best", best)):
+        for what in ("loss", "acc"):
+            train = col(frame, f"train_epoch_{what}")
+            val = col(frame, f"val_{what}")
+            runs[f"gap_{what}_{when}"] = train.astype(float) - val.astype(float)
+    health = _health(metrics)
+    for name in HEALTH_COLUMNS:
+        s = health[name] if name in health else pd.Series(dtype=float)
+        runs[name] = s.reindex(runs["trial_id"]).to_numpy(float)
+    runs["score"] = _score(runs, ep)
+    lead = ["trial_id", "status", "dataset", "config", *axes, "seed", "data_seed"]
+    lead = list(dict.fromkeys(c for c in lead if c in runs))
+    return runs[lead + [c for c in runs.columns if c not in lead]]
+
+
+def _score(runs: pd.DataFrame, ep: pd.DataFrame) -> np.ndarray:
+    score = runs["best_metric"].to_numpy(float).copy()
+    bad = (runs["status"] != "completed").to_numpy() | np.isnan(score)
+    if not bad.any():
+        return score
+    worst_seen = ep.join(runs.set_index("trial_id")["dataset"], on="trial_id")
+    lo = worst_seen.groupby("dataset")["curve"].min()
+    hi = worst_seen.groupby("dataset")["curve"].max()
+    for i in np.flatnonzero(bad):
+        metric = str(runs["target_metric"].iat[i])
+        ds = runs["dataset"].iat[i]
+        if runs["target_mode"].iat[i] == "min":
+            score[i] = hi.get(ds, math.inf)
+        elif metric.endswith("acc"):
+            score[i] = min(0.0, lo.get(ds, 0.0))
+        else:
+            score[i] = lo.get(ds, -math.inf)
+    return score
+
+
+def _median(x: pd.Series) -> float:
+    arr = x.to_numpy(float)
+    arr = arr[~np.isnan(arr)]
+    return float(np.median(arr)) if arr.size else math.nan
+
+
+def summarize(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Aggregate runs per group: counts, hit rate, medians, IQM of the score with a 95 %
+    stratified (by dataset) bootstrap interval, and a ``few_seeds`` flag (< 5 seeds)."""
+    rows = []
+    for key, g in runs.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key, strict=True))
+        higher = (g["target_mode"] != "min").all()
+        lo, hi = stratified_bootstrap_ci(g["score"].to_numpy(float), g["dataset"].to_numpy())
+        n_seeds = int(g["seed"].nunique())
+        row.update(
+            n_runs=len(g),
+            n_seeds=n_seeds,
+            n_datasets=int(g["dataset"].nunique()),
+            n_completed=int((g["status"] == "completed").sum()),
+            n_diverged=int((g["status"] == "diverged").sum()),
+            n_failed=int((g["status"] == "failed").sum()),
+            score_iqm=iqm(g["score"].to_numpy(float)),
+            score_ci_low=lo,
+            score_ci_high=hi,
+            higher_is_better=bool(higher),
+            hit_rate=float(np.isfinite(g["epochs_to_target"]).mean()),
+            epochs_to_target=_median(g["epochs_to_target"]),
+            steps_to_target=_median(g["steps_to_target"]),
+            seconds_to_target=_median(g["seconds_to_target"]),
+            final_metric=_median(g["final_metric"]),
+            best_metric=_median(g["best_metric"]),
+            auc=_median(g["auc"]),
+        )
+        for c in ("gap_loss_end", "gap_acc_end", "gap_loss_best", "gap_acc_best", *HEALTH_COLUMNS):
+            row[c] = _median(g[c])
+        row["few_seeds"] = n_seeds < MIN_SEEDS
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, configuration): the seeds aggregated."""
+    return summarize(runs, ["dataset", "config"])
+
+
+def technique_table(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Per (axis, technique), aggregated over seeds, datasets and the other axes."""
+    frames = []
+    for axis in axes:
+        s = summarize(runs.assign(technique=runs[axis].astype(str)), ["technique"])
+        s.insert(0, "axis", axis)
+        frames.append(s)
+    if not frames:
+        s = summarize(runs.assign(technique="all"), ["technique"])
+        s.insert(0, "axis", "(none varies)")
+        frames.append(s)
+    return pd.concat(frames, ignore_index=True)

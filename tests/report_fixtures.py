@@ -1,0 +1,220 @@
+"""A small synthetic results-store writer that follows the runner schema exactly.
+
+``OUT/trials/<trial_id>/meta.json`` ({"trial_id", "config", "status", "matrix", + meta}) and
+``OUT/trials/<trial_id>/metrics.parquet`` (step:int64 epoch:int64 split:str metric:str
+layer:str value:float64). Accuracy curves rise towards a per-technique ceiling, so tests and
+the scale benchmark have known differences to find.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "dataset": {"name": "digits", "params": {}},
+    "model": {"name": "mlp", "params": {"depth": 2, "width": 128}},
+    "activation": {"name": "relu", "params": {}},
+    "initializer": {"name": "he_normal", "params": {}},
+    "bias_initializer": {"name": "zeros", "params": {}},
+    "normalizer": {"name": "none", "params": {}},
+    "norm_placement": "before",
+    "regularizer": {"name": "none", "params": {}},
+    "optimizer": {"name": "adam", "params": {"lr": 0.001}},
+    "schedule": {"name": "constant", "params": {}},
+    "preprocessor": {"name": "standardize", "params": {}},
+    "seed": 0,
+    "data_seed": 0,
+    "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
+    "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
+    "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "deterministic": True},
+    "health": {"enabled": True, "every_n_steps": 10},
+}
+SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("epoch", pa.int64()),
+        ("split", pa.string()),
+        ("metric", pa.string()),
+        ("layer", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+HEALTH_LAYER = (
+    "grad_norm",
+    "weight_norm",
+    "update_ratio",
+    "dist_from_init",
+    "act_mean",
+    "act_std",
+    "dead_fraction",
+    "saturated_fraction",
+)
+
+
+def trial_id(config: Mapping[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_config(**axes: Any) -> dict[str, Any]:
+    """A full config; ``activation="tanh"`` or ``optimizer=("sgd", {"lr": 0.1})``, ``seed=3``."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    for key, value in axes.items():
+        if key not in config:
+            raise KeyError(key)
+        if isinstance(config[key], dict) and "name" in config[key]:
+            name, params = value if isinstance(value, tuple) else (value, {})
+            config[key] = {"name": name, "params": dict(params)}
+        elif isinstance(config[key], dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def synthetic_metrics(
+    config: Mapping[str, Any],
+    *,
+    ceiling: float,
+    status: str = "completed",
+    steps_per_epoch: int = 12,
+    n_layers: int = 3,
+    noise: float = 0.01,
+    stop_epoch: int | None = None,
+) -> pa.Table:
+    """Metric rows for one trial: accuracy rises to ``ceiling`` with seeded noise."""
+    rng = np.random.default_rng(int(trial_id(config), 16) % 2**32)
+    epochs = int(config["budget"]["epochs"])
+    every = int(config["health"]["every_n_steps"])
+    if status != "completed":
+        epochs = max(0, stop_epoch if stop_epoch is not None else epochs // 2)
+    cols: dict[str, list[Any]] = {k: [] for k in SCHEMA.names}
+
+    def add(step: int, epoch: int, split: str, metric: str, layer: str, value: float) -> None:
+        cols["step"].append(step)
+        cols["epoch"].append(epoch)
+        cols["split"].append(split)
+        cols["metric"].append(metric)
+        cols["layer"].append(layer)
+        cols["value"].append(float(value))
+
+    n_steps = epochs * steps_per_epoch
+    for step in range(n_steps):
+        add(step, step // steps_per_epoch, "train", "loss", "", 2.3 * math.exp(-step / 40) + 0.05)
+    for step in range(0, n_steps + 1, every):
+        epoch = min(step // steps_per_epoch, max(epochs - 1, 0))
+        for layer in range(n_layers):
+            g = 0.5 * (0.6**layer) * (1 + 0.1 * rng.standard_normal())
+            vals = (g, 3.0, 1e-3, 0.1 * step / (n_steps + 1), 0.0, 1.0 / (1 + layer), 0.1, 0.02)
+            for metric, v in zip(HEALTH_LAYER, vals, strict=True):
+                add(step, epoch, "health", metric, str(layer), v)
+        glob = 0.6 * (1 + 0.1 * rng.standard_normal())
+        add(step, epoch, "health", "grad_norm_global", "", glob)
+        add(step, epoch, "health", "nonfinite_grads", "", 0.0)
+        add(step, epoch, "health", "grad_ratio_first_last", "", 0.5 / 0.18)
+    seconds = 0.0
+    for epoch in range(epochs):
+        step = (epoch + 1) * steps_per_epoch
+        acc = ceiling - (ceiling - 0.1) * math.exp(-(epoch + 1) / 2.0)
+        acc = min(1.0, acc + noise * rng.standard_normal())
+        loss = -math.log(max(acc, 1e-3))
+        seconds += 0.5 + 0.05 * rng.random()
+        add(step, epoch, "train", "epoch_loss", "", loss * 0.8)
+        add(step, epoch, "train", "epoch_acc", "", min(1.0, acc + 0.03))
+        add(step, epoch, "val", "loss", "", loss)
+        add(step, epoch, "val", "acc", "", acc)
+        add(step, epoch, "time", "seconds", "", seconds)
+    if status == "completed" and epochs:
+        for metric, v in (("loss", loss), ("acc", acc), ("best_loss", loss), ("best_acc", acc)):
+            add(n_steps, epochs - 1, "test", metric, "", v)
+    return pa.table(cols, schema=SCHEMA)
+
+
+def write_trial(
+    out: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    table: pa.Table,
+    *,
+    status: str = "completed",
+    matrix: str = "synthetic",
+    meta: Mapping[str, Any] | None = None,
+) -> str:
+    """Write one trial directory (temp folder + rename, like the store) and return its id."""
+    tid = trial_id(config)
+    final = Path(out) / "trials" / tid
+    tmp = Path(out) / ".tmp" / f"{tid}.{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    record = {
+        "trial_id": tid,
+        "config": config,
+        "status": status,
+        "matrix": matrix,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:00:05+00:00",
+        "wall_seconds": 5.0,
+        "train_seconds": 4.5,
+        "device": "cpu",
+        "versions": {"techbench": "0.1.0", "torch": "2.13", "pytorch_lightning": "2.6"},
+        "diverged_step": 30 if status == "diverged" else None,
+        "error": "Traceback: boom" if status == "failed" else None,
+        "steps": int(table.column("step").to_numpy().max()) if table.num_rows else 0,
+        "epochs": int(config["budget"]["epochs"]),
+        "num_parameters": 1000,
+        **(meta or {}),
+    }
+    (tmp / "meta.json").write_text(json.dumps(record))
+    pq.write_table(table, tmp / "metrics.parquet")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, final)
+    return tid
+
+
+def write_store(
+    out: str | os.PathLike[str],
+    *,
+    axes: Mapping[str, Iterable[Any]] | None = None,
+    datasets: Iterable[str] = ("digits",),
+    seeds: Iterable[int] = range(5),
+    ceilings: Mapping[str, float] | None = None,
+    statuses: Mapping[tuple[str, int], str] | None = None,
+    epochs: int = 8,
+    meta: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> list[str]:
+    """Cross ``axes`` x datasets x seeds. The ceiling of a trial is the sum of
+    ``ceilings[value]`` over its axis values (default 0) plus 0.8. ``statuses`` maps
+    ``(technique value, seed)`` to "diverged"/"failed"."""
+    axes = dict(axes or {"activation": ["relu", "tanh"]})
+    ceilings = dict(ceilings or {})
+    statuses = dict(statuses or {})
+    names = list(axes)
+    ids = []
+    for dataset, combo, seed in itertools.product(
+        list(datasets), itertools.product(*(axes[n] for n in names)), list(seeds)
+    ):
+        chosen = dict(zip(names, combo, strict=True))
+        config = make_config(dataset=dataset, seed=seed, **chosen)
+        config["budget"]["epochs"] = epochs
+        labels = [v[0] if isinstance(v, tuple) else v for v in combo]
+        ceiling = 0.8 + sum(ceilings.get(str(v), 0.0) for v in labels)
+        status = "completed"
+        for v in labels:
+            status = statuses.get((str(v), seed), status)
+        table = synthetic_metrics(config, ceiling=min(ceiling, 0.999), status=status, **kwargs)
+        ids.append(write_trial(out, config, table, status=status, meta=meta))
+    matrix = {"name": "synthetic", "axes": {k: [str(v) for v in vs] for k, vs in axes.items()}}
+    matrix["n_trials"] = len(ids)
+    Path(out, "matrix.json").write_text(json.dumps(matrix))
+    return ids
