@@ -2,7 +2,7 @@
 
 ``fast``: the plugin's module with autograd; ``torch``: torch's own functional with autograd;
 ``reference``: the float64 formula and its analytic derivative (value(x) and g * derivative(x)).
-Run with ``pytest benchmarks --benchmark-enable --benchmark-only``; results are grouped by
+Timed with one torch thread. Run with ``pytest benchmarks --benchmark-enable --benchmark-only``; results are grouped by
 activation so that the three implementations sit side by side.
 """
 
@@ -22,7 +22,7 @@ TORCH_OWN: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "tanh": torch.tanh,
     "relu": F.relu,
     "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
-    "prelu": lambda x: F.prelu(x, torch.tensor([0.25])),
+    "prelu": lambda x: F.prelu(x, _PRELU_WEIGHT),
     "elu": F.elu,
     "selu": F.selu,
     "gelu": F.gelu,
@@ -33,6 +33,16 @@ TORCH_OWN: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
 }
 
 SHAPE = (256, 1024)
+_PRELU_WEIGHT = torch.full((1,), 0.25, requires_grad=True)  # learnable, as the plugin's
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the ratios stay meaningful on a shared, busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
