@@ -8,6 +8,7 @@ Layout::
       trials/<trial_id>/metrics.parquet  step:int64 epoch:int64 split:str metric:str layer:str value:float64
       .tmp/                              trial directories being written (and old ones being replaced)
       .locks/<trial_id>.lock             flock(2) claims, so two executors never run one trial twice
+      .running/<trial_id>                pid of the process running it (to tell who crashed)
 
 A trial directory is written complete under ``.tmp/<id>.<pid>.<random>/`` and then renamed to
 ``trials/<id>`` (atomic on POSIX), so a killed writer leaves no partial trial behind and a reader
@@ -82,7 +83,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def metrics_table(rows: list[Mapping[str, Any]]) -> Any:
@@ -119,9 +124,10 @@ class ResultStore:
         self.trials_dir = self.root / "trials"
         self.tmp_dir = self.root / ".tmp"
         self.locks_dir = self.root / ".locks"
+        self.running_dir = self.root / ".running"
 
     def ensure(self) -> ResultStore:
-        for d in (self.trials_dir, self.tmp_dir, self.locks_dir):
+        for d in (self.trials_dir, self.tmp_dir, self.locks_dir, self.running_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -240,7 +246,17 @@ class ResultStore:
                 else:
                     p.unlink(missing_ok=True)
                 removed += 1
+        if self.running_dir.is_dir():
+            for marker in self.running_dir.iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    pid = int(marker.read_text().strip() or "0")
+                    if pid <= 0 or not _pid_alive(pid):
+                        marker.unlink()
         return removed
+
+    def running_marker(self, trial_id: str) -> Path:
+        """``.running/<id>``: holds the pid of the process running the trial (crash forensics)."""
+        return self.running_dir / trial_id
 
     @contextlib.contextmanager
     def claim(self, trial_id: str, wait: bool = False) -> Iterator[bool]:

@@ -1,0 +1,397 @@
+"""The local executor: run a matrix's trials on N worker processes into a results store.
+
+Each worker runs ``run_fn(config)`` (default :func:`techbench.trial.run_trial`) and writes the
+outcome itself with :meth:`ResultStore.write`, so a crash of the parent loses nothing finished.
+Workers are *spawned* (a fork after ``import torch`` can hang); each gets
+``max(1, cores // workers)`` torch threads so they don't fight, ignores SIGINT (the parent
+decides) and dies with the parent (Linux ``PR_SET_PDEATHSIG``), so a killed run leaves no
+orphans and re-running it redoes only the trials in flight.
+
+Every trial is claimed with a lock in the store before it runs and re-checked under the lock, so
+two executors on the same matrix and store run each trial once; a trial held by another process
+is retried at the end, waiting for its lock. A worker process that dies (segfault, OOM kill)
+breaks the pool: the trials it was running are re-run one by one in a fresh process each, the
+one that kills its process again is stored as ``failed`` with the exit code, and the rest go on.
+
+Ctrl-C: pending trials are cancelled, running ones finish and are stored (a second Ctrl-C kills
+them), and :class:`RunResult` says ``interrupted`` (the CLI exits 130). ``workers=1`` runs in
+the calling process, with the same claims and skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .matrix import trial_id
+from .progress import Progress
+from .store import ResultStore
+
+DEFAULT_RUN_FN = "techbench.trial:run_trial"
+RunFn = Callable[[dict[str, Any]], Any] | str
+
+_THREADS: int | None = None
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass
+class RunResult:
+    """What an :func:`execute` call did."""
+
+    total: int
+    already: int
+    counts: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+    seconds: float = 0.0
+    summary: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.counts["failed"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for key, dist in (
+        ("techbench", "techbench"),
+        ("torch", "torch"),
+        ("pytorch_lightning", "pytorch-lightning"),
+    ):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def failed_outcome(config: Mapping[str, Any], error: str, started_at: str | None = None) -> dict:
+    """A ``failed`` outcome (as a mapping the store accepts) for a trial that produced none."""
+    return {
+        "trial_id": trial_id(config),
+        "config": dict(config),
+        "status": "failed",
+        "metrics": [],
+        "meta": {
+            "started_at": started_at or _now(),
+            "finished_at": _now(),
+            "wall_seconds": 0.0,
+            "train_seconds": 0.0,
+            "device": None,
+            "versions": _versions(),
+            "diverged_step": None,
+            "error": error,
+            "steps": 0,
+            "epochs": 0,
+            "num_parameters": None,
+        },
+    }
+
+
+def _resolve(run_fn: RunFn) -> Callable[[dict[str, Any]], Any]:
+    if isinstance(run_fn, str):
+        from .spec import resolve
+
+        return resolve(run_fn)
+    return run_fn
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+
+def _call(run_fn: RunFn, config: dict[str, Any], tid: str) -> dict[str, Any]:
+    started = _now()
+    t0 = time.monotonic()
+    try:
+        outcome = _resolve(run_fn)(config)
+    except Exception:
+        out = failed_outcome(config, traceback.format_exc(), started)
+        out["meta"]["wall_seconds"] = time.monotonic() - t0
+        return out
+    status = _get(outcome, "status")
+    if status not in ("completed", "diverged", "failed"):
+        return failed_outcome(config, f"run_fn returned status {status!r}", started)
+    return {
+        "trial_id": tid,
+        "config": config,
+        "status": status,
+        "metrics": _get(outcome, "metrics") or [],
+        "meta": dict(_get(outcome, "meta") or {}),
+    }
+
+
+def _init_worker(threads: int) -> None:
+    global _THREADS
+    _THREADS = threads
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() == 1:
+                os._exit(1)
+
+
+def _run_claimed(
+    config: dict[str, Any],
+    tid: str,
+    out: str,
+    matrix_name: str | None,
+    run_fn: RunFn,
+    rerun_failed: bool,
+    wait: bool,
+    stop_path: str | None,
+) -> tuple[str, str]:
+    """Claim, re-check, run and store one trial; returns ``(trial_id, status)``.
+
+    Statuses beyond the outcome's: ``busy`` (another process holds the claim), ``skipped``
+    (already stored when claimed), ``cancelled`` (the run is stopping).
+    """
+    if stop_path is not None and os.path.exists(stop_path):
+        return tid, "cancelled"
+    if _THREADS is not None and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(_THREADS)
+    store = ResultStore(out)
+    with store.claim(tid, wait=wait) as claimed:
+        if not claimed:
+            return tid, "busy"
+        status = store.status(tid)
+        if status in ("completed", "diverged") or (status == "failed" and not rerun_failed):
+            return tid, "skipped"
+        marker = store.running_marker(tid)
+        marker.write_text(str(os.getpid()))
+        try:
+            outcome = _call(run_fn, config, tid)
+            store.write(outcome, matrix_name)
+        finally:
+            marker.unlink(missing_ok=True)
+        return tid, outcome["status"]
+
+
+def _quarantine_main(args: tuple, threads: int) -> None:
+    _init_worker(threads)
+    _run_claimed(*args)
+
+
+def plan(
+    configs: Iterable[Mapping[str, Any]], store: ResultStore, rerun_failed: bool = False
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """``(todo, n_already_stored)``: the trials still to run, in order, without duplicates."""
+    statuses = store.statuses()
+    todo: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    already = 0
+    for config in configs:
+        tid = trial_id(config)
+        if tid in seen:
+            continue
+        seen.add(tid)
+        status = statuses.get(tid)
+        if status is None or (status == "failed" and rerun_failed):
+            todo.append((tid, dict(config)))
+        else:
+            already += 1
+    return todo, already
+
+
+def execute(
+    configs: Iterable[Mapping[str, Any]],
+    out: str | os.PathLike[str],
+    *,
+    matrix_name: str | None = None,
+    workers: int | None = None,
+    run_fn: RunFn = DEFAULT_RUN_FN,
+    rerun_failed: bool = False,
+    progress: bool | None = None,
+    matrix_info: Mapping[str, Any] | None = None,
+    stream: Any = None,
+) -> RunResult:
+    """Run every trial of ``configs`` not yet stored in ``out``; see the module docstring.
+
+    ``workers``: processes (default: the machine's cores; 1 runs in this process).
+    ``run_fn``: ``config -> TrialOutcome`` (a callable importable by name, or ``"module:attr"``).
+    ``progress``: the bar (None: only when stderr is a terminal).
+    """
+    store = ResultStore(out).ensure()
+    store.cleanup()
+    if matrix_info is not None:
+        store.write_matrix(matrix_info)
+    todo, already = plan(configs, store, rerun_failed)
+    total = len(todo) + already
+    cores = available_cores()
+    workers = max(1, min(workers or cores, max(1, len(todo))))
+    bar = Progress(total, enabled=progress, stream=stream, already=already)
+    result = RunResult(total=total, already=already)
+    t0 = time.monotonic()
+    args = (str(store.root), matrix_name, run_fn, rerun_failed)
+    try:
+        if workers == 1:
+            result.interrupted = _run_inline(todo, store, args, bar)
+        else:
+            threads = max(1, cores // workers)
+            result.interrupted = _run_pool(todo, store, args, bar, workers, threads)
+    finally:
+        bar.close()
+        with contextlib.suppress(OSError):
+            (store.tmp_dir / f"stop.{os.getpid()}").unlink(missing_ok=True)
+    result.counts = bar.counts
+    result.seconds = time.monotonic() - t0
+    result.summary = bar.summary()
+    return result
+
+
+def _run_inline(todo: list, store: ResultStore, args: tuple, bar: Progress) -> bool:
+    waiting = [(tid, config, False) for tid, config in todo]
+    while waiting:
+        busy = []
+        for tid, config, wait in waiting:
+            try:
+                _, status = _run_claimed(config, tid, *args, wait, None)
+            except KeyboardInterrupt:
+                bar.note("interrupted: the running trial is not stored; finished trials are kept")
+                return True
+            if status == "busy":
+                busy.append((tid, config, True))
+            else:
+                bar.update(status)
+        waiting = busy
+    return False
+
+
+def _run_pool(
+    todo: list, store: ResultStore, args: tuple, bar: Progress, workers: int, threads: int
+) -> bool:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    stop_path = str(store.tmp_dir / f"stop.{os.getpid()}")
+    queue = [(tid, config, False) for tid, config in todo]
+    while queue:
+        busy: list[tuple[str, dict, bool]] = []
+        crashed: list[tuple[str, dict, bool]] = []
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(queue)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(threads,),
+        )
+        futures: dict[Future, tuple[str, dict, bool]] = {
+            pool.submit(_run_claimed, config, tid, *args, wait, stop_path): (tid, config, wait)
+            for tid, config, wait in queue
+        }
+        pending = dict(futures)
+
+        try:
+            for fut in as_completed(futures):
+                _settle(fut, pending, crashed, busy, bar)
+        except KeyboardInterrupt:
+            Path(stop_path).touch()
+            for fut in list(pending):
+                if fut.cancel():
+                    pending.pop(fut)
+            running = len(pending)
+            bar.note(
+                f"interrupted: waiting for {running} running trial(s) to finish "
+                "(Ctrl-C again to kill them); finished trials are kept"
+            )
+            try:
+                for fut in as_completed(list(pending)):
+                    _settle(fut, pending, crashed, busy, bar)
+            except KeyboardInterrupt:
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    with contextlib.suppress(Exception):
+                        proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            return True
+        pool.shutdown(wait=True)
+        for item in pending.values():
+            crashed.append(item)
+        queue = []
+        if crashed:
+            queue = _recover(crashed, store, args, bar, ctx, threads)
+        queue.extend(busy)
+    return False
+
+
+def _settle(fut: Future, pending: dict, crashed: list, busy: list, bar: Progress) -> None:
+    item = pending.pop(fut)
+    try:
+        _, status = fut.result()
+    except BrokenProcessPool:
+        crashed.append(item)
+        return
+    except Exception as exc:
+        bar.note(f"trial {item[0]}: worker error: {type(exc).__name__}: {exc}")
+        status = "failed"
+    if status == "busy":
+        busy.append((item[0], item[1], True))
+    else:
+        bar.update(status)
+
+
+def _recover(
+    crashed: list[tuple[str, dict, bool]],
+    store: ResultStore,
+    args: tuple,
+    bar: Progress,
+    ctx: Any,
+    threads: int,
+) -> list[tuple[str, dict, bool]]:
+    """After a worker died: re-run the trials that were running, each alone; return the rest."""
+    rest = []
+    for tid, config, wait in crashed:
+        marker = store.running_marker(tid)
+        if not marker.exists():
+            rest.append((tid, config, wait))
+            continue
+        marker.unlink(missing_ok=True)
+        proc = ctx.Process(
+            target=_quarantine_main, args=((config, tid, *args, True, None), threads), daemon=True
+        )
+        proc.start()
+        proc.join()
+        if proc.exitcode == 0:
+            bar.update(store.status(tid) or "failed")
+            continue
+        store.running_marker(tid).unlink(missing_ok=True)
+        code = proc.exitcode
+        why = (
+            f"signal {-code} ({signal.Signals(-code).name})"
+            if code and code < 0
+            else f"exit {code}"
+        )
+        error = f"the worker process died ({why}) while running this trial, twice"
+        bar.note(f"trial {tid}: {error}")
+        with store.claim(tid, wait=True):
+            if store.status(tid) not in ("completed", "diverged"):
+                store.write(failed_outcome(config, error), args[1])
+        bar.update("failed")
+    return rest
