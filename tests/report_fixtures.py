@@ -218,3 +218,41 @@ def write_store(
     matrix["n_trials"] = len(ids)
     Path(out, "matrix.json").write_text(json.dumps(matrix))
     return ids
+
+
+def table_from_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """A metrics table from schema dicts (``layer`` defaults to "")."""
+    cols: dict[str, list[Any]] = {k: [] for k in SCHEMA.names}
+    for r in rows:
+        for k in SCHEMA.names:
+            cols[k].append(r.get(k, "") if k == "layer" else r[k])
+    return pa.table(cols, schema=SCHEMA)
+
+
+def epoch_rows(
+    val_acc: Iterable[float],
+    *,
+    steps_per_epoch: int = 10,
+    seconds_per_epoch: float = 2.0,
+    train_loss: Iterable[float] | None = None,
+    val_loss: Iterable[float] | None = None,
+    train_acc: Iterable[float] | None = None,
+) -> list[dict[str, Any]]:
+    """Per-epoch rows (epochs counted from 0, as Lightning does) for hand-made curves."""
+    va = list(val_acc)
+    n = len(va)
+    tl = list(train_loss) if train_loss is not None else [0.5] * n
+    vl = list(val_loss) if val_loss is not None else [1.0] * n
+    ta = list(train_acc) if train_acc is not None else [1.0] * n
+    rows: list[dict[str, Any]] = []
+    for e in range(n):
+        step = (e + 1) * steps_per_epoch
+        for split, metric, v in (
+            ("time", "seconds", seconds_per_epoch * (e + 1)),
+            ("train", "epoch_loss", tl[e]),
+            ("val", "loss", vl[e]),
+            ("train", "epoch_acc", ta[e]),
+            ("val", "acc", va[e]),
+        ):
+            rows.append({"step": step, "epoch": e, "split": split, "metric": metric, "value": v})
+    return rows

@@ -45,14 +45,18 @@ def _versions(trials: pd.DataFrame) -> list[tuple[str, object]]:
 
 
 def _overhead(trials: pd.DataFrame) -> str:
-    vals = pd.to_numeric(trials.get("health_overhead"), errors="coerce")
-    vals = vals.dropna() if vals is not None else pd.Series(dtype=float)
-    if vals.empty:
+    if "health_overhead" not in trials:
         return "not measured"
-    med = float(vals.median())
-    text = f"median {med:.3g} over {len(vals)} runs (meta health_overhead)"
-    if 0 <= med < 1:
-        text += f", i.e. {med:.1%} if recorded as a fraction of training time"
+    sec = pd.to_numeric(trials["health_overhead"], errors="coerce")
+    train = pd.to_numeric(trials.get("train_seconds"), errors="coerce")
+    ok = sec.notna()
+    if not ok.any():
+        return "not measured"
+    text = f"median {sec[ok].median():.3g} s per run in health hooks ({int(ok.sum())} runs)"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = (sec / train)[ok & (train > 0)]
+    if not share.empty:
+        text += f", median {share.median():.1%} of training time"
     return text
 
 

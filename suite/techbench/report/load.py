@@ -92,7 +92,13 @@ def load_trials(results_dir: str | os.PathLike[str]) -> pd.DataFrame:
     trials_dir = Path(results_dir) / "trials"
     if not trials_dir.is_dir():
         raise FileNotFoundError(f"{results_dir} has no trials/ folder: not a techbench store")
-    paths = [os.path.join(trials_dir, name, "meta.json") for name in sorted(os.listdir(trials_dir))]
+    try:
+        from ..store import ResultStore
+
+        names = ResultStore(results_dir).trial_ids()
+    except ImportError:  # the store module is optional for reading
+        names = sorted(os.listdir(trials_dir))
+    paths = [os.path.join(trials_dir, name, "meta.json") for name in names]
     with ThreadPoolExecutor(max_workers=8) as pool:
         metas = list(pool.map(_read_meta, paths, chunksize=256))
     rows = []

@@ -55,7 +55,11 @@ def stratified_bootstrap_ci(
     if x.size < 2:
         return (math.nan, math.nan)
     stat = statistic or (lambda a, axis: stats.trim_mean(a, 0.25, axis=axis))
-    groups = [x] if strata is None else [x[np.asarray(strata) == s] for s in pd.unique(strata)]
+    if strata is None:
+        groups = [x]
+    else:
+        labels = np.asarray(strata)
+        groups = [x[labels == s] for s in pd.unique(pd.Series(labels))]
     rng = np.random.default_rng(seed)
     parts = [g[rng.integers(0, g.size, size=(n_resamples, g.size))] for g in groups if g.size]
     boot = stat(np.concatenate(parts, axis=1), axis=1)
