@@ -246,8 +246,8 @@ class LSUV(Orthogonal):
     """Layer-sequential unit-variance init (Mishkin & Matas 2015, Algorithm 1).
 
     ``init(tensor)`` gives the orthogonal start; ``init.fit(model, x)`` rescales each layer in
-    forward order, ``W <- W / sqrt(Var(B))`` with ``B`` the layer's output on the batch ``x``,
-    until ``|Var(B) - 1| < tol`` or ``max_iter`` rescalings.
+    forward order, ``W <- W / sqrt(Var(B))`` with ``B`` the layer's output on the batch ``x``
+    (population variance over all its elements), until ``|Var(B) - 1| < tol`` or ``max_iter`` rescalings.
     """
 
     data_dependent = True
@@ -294,7 +294,7 @@ class LSUV(Orthogonal):
         seen: list[float] = []
 
         def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            seen.append(float(out.detach().double().var()))
+            seen.append(float(out.detach().double().var(correction=0)))
             raise _Stop
 
         handle = layer.register_forward_hook(hook)

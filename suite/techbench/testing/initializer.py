@@ -431,7 +431,9 @@ def layer_output_variances(model: Any, x: Any) -> list[float]:
     seen: list[float] = []
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
     handles = [
-        m.register_forward_hook(lambda mod, args, out: seen.append(float(out.double().var(False))))
+        m.register_forward_hook(
+            lambda mod, args, out: seen.append(float(out.double().var(correction=0)))
+        )
         for m in model.modules()
         if isinstance(m, kinds)
     ]
