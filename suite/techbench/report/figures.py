@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 
 import matplotlib
@@ -216,7 +217,11 @@ def gap_distributions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
     for ax, axis in zip(axs[0], cols, strict=False):
         order = _top_techniques(runs, axis)
         sub = runs[runs[axis].astype(str).isin(order)].assign(_t=runs[axis].astype(str))
-        sns.boxplot(sub, x="gap_loss_end", y="_t", order=order, ax=ax, fliersize=2, color="#9ecae1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # seaborn 0.13 on mpl >= 3.11
+            sns.boxplot(
+                sub, x="gap_loss_end", y="_t", order=order, ax=ax, fliersize=2, color="#9ecae1"
+            )
         ax.set_ylabel(axis)
         ax.set_xlabel("train − val loss (end)")
         ax.set_yticks(range(len(order)), [_short(o, 20) for o in order])

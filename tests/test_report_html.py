@@ -1,0 +1,116 @@
+"""End-to-end: a synthetic store -> index.html + CSVs, escaping, CLI, headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from techbench.cli import main as cli_main
+from techbench.report import build_report
+
+from .report_fixtures import write_store
+
+EVIL = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("report")
+    store = root / "store"
+    write_store(
+        store,
+        axes={"activation": ["relu", "tanh", "sigmoid", EVIL], "initializer": ["he_normal"]},
+        datasets=["digits", "moons", "xor"],
+        seeds=range(3),
+        ceilings={"relu": 0.15, "sigmoid": -0.2},
+        statuses={("tanh", 1): "diverged", ("sigmoid", 2): "failed"},
+        epochs=5,
+        meta={"health_overhead": 0.45},
+    )
+    out = root / "out"
+    path = build_report(store, out, baselines=["tanh"])
+    return path, out
+
+
+def test_writes_index_and_csvs(report: tuple[Path, Path]) -> None:
+    path, out = report
+    assert path == out / "index.html"
+    for name in ("runs", "cells", "techniques", "best_flags", "friedman", "profiles"):
+        assert (out / f"{name}.csv").stat().st_size > 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 * 3 * 3
+    # Diverged and failed runs are listed, not dropped.
+    assert (runs["status"] == "diverged").sum() == 3
+    assert (runs["status"] == "failed").sum() == 3
+    poi = pd.read_csv(out / "improvement.csv")
+    assert set(poi["baseline"]) == {"tanh"}
+    fried = pd.read_csv(out / "friedman.csv")
+    assert bool(fried.loc[0, "ran"]) and fried.loc[0, "n_datasets"] == 3
+
+
+def test_html_is_self_contained_with_sections(report: tuple[Path, Path]) -> None:
+    text = report[0].read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    assert text.count("data:image/png;base64,") >= 6
+    for anchor in ("overview", "convergence", "profiles", "statistics", "health", "interactions"):
+        assert f'id="{anchor}"' in text
+    assert "Critical-difference diagram" in text
+    assert 'table class="sortable"' in text
+    assert "median 0.45 s per run in health hooks" in text
+    assert "fewer than 5 seeds" in text
+
+
+def test_plugin_strings_are_escaped(report: tuple[Path, Path]) -> None:
+    text = report[0].read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert EVIL not in text
+    assert text.count("<script>") == 1  # the page's own sort script
+
+
+def test_overhead_not_measured_and_enough_seeds(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    write_store(store, axes={"activation": ["relu", "tanh"]}, seeds=range(5), epochs=3)
+    text = build_report(store, tmp_path / "o").read_text(encoding="utf-8")
+    assert "not measured" in text
+    assert "fewer than 5 seeds" not in text
+    assert "needs &gt;= 3" in text  # Friedman skipped, and the page says why
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s"
+    write_store(store, axes={"activation": ["relu", "tanh"]}, seeds=range(2), epochs=2)
+    assert cli_main(["report", str(store), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "index.html").exists()
+    assert cli_main(["report", str(tmp_path / "nothing")]) == 2
+    assert cli_main(["report", str(store), "--out", str(tmp_path / "x"), "--baseline", "selu"]) == 2
+    assert "selu" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="needs chromium (apt-get install chromium)")
+def test_renders_in_headless_chromium(report: tuple[Path, Path]) -> None:
+    path, out = report
+    png = out / "screenshot.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={png}",
+                "--window-size=1400,1800", path.resolve().as_uri(),
+            ],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 50_000  # a blank page compresses to a few kB
