@@ -1,0 +1,147 @@
+"""``techbench run [MATRIX_FILE | NAME] [--out DIR] [--workers N] [--dry-run] [--report DIR]``.
+
+Runs a matrix (a TOML file, or a ready-made one by name: ``techbench run --list``) into a results
+store, skipping trials already stored; ``--rerun-failed`` retries failed ones. An invalid matrix
+prints every problem (file, key path, what, suggestion) and exits 2; Ctrl-C keeps finished trials
+and exits 130. Failed or diverged trials are results, not errors: the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import UsageError
+
+SAMPLE = 5
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a matrix of trials into a results store",
+        description="Run a matrix spec (a TOML file or a ready-made matrix name).",
+    )
+    p.add_argument(
+        "matrix", nargs="?", metavar="MATRIX_FILE|NAME", help="e.g. smoke, demo, my.toml"
+    )
+    p.add_argument("--out", metavar="DIR", help="results store (default: results/<matrix name>)")
+    p.add_argument("--workers", type=int, metavar="N", help="processes (default: CPU cores)")
+    p.add_argument("--dry-run", action="store_true", help="print the trial count and a sample")
+    p.add_argument("--rerun-failed", action="store_true", help="retry trials stored as failed")
+    p.add_argument("--report", metavar="DIR", help="build the report into DIR after the run")
+    p.add_argument(
+        "--sample", type=int, default=SAMPLE, metavar="K", help="trials shown by --dry-run"
+    )
+    p.add_argument("--list", action="store_true", help="list the ready-made matrices")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--run-fn", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..matrix import MatrixError, builtin_matrices, load_matrix
+
+    if args.list:
+        return _list(builtin_matrices())
+    if not args.matrix:
+        raise UsageError(
+            "give a matrix file or a ready-made matrix: " + ", ".join(builtin_matrices())
+        )
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.sample < 0:
+        raise UsageError(f"--sample must be >= 0, got {args.sample}")
+    try:
+        matrix = load_matrix(args.matrix)
+        trials = matrix.trials()
+    except MatrixError as exc:
+        n = len(exc.problems)
+        print(f"techbench run: error: {n} problem{'s' * (n != 1)} in the matrix:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    out = args.out or f"results/{matrix.name}"
+    if args.dry_run:
+        return _dry_run(matrix, trials, out, args)
+    from ..execute import DEFAULT_RUN_FN, execute
+
+    result = execute(
+        trials,
+        out,
+        matrix_name=matrix.name,
+        workers=args.workers,
+        run_fn=args.run_fn or DEFAULT_RUN_FN,
+        rerun_failed=args.rerun_failed,
+        progress=args.progress,
+        matrix_info=matrix.describe(len(trials)),
+    )
+    print(f"techbench run {matrix.name}: {result.summary} -> {out}")
+    if result.interrupted:
+        print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if args.report:
+        _report(out, args.report)
+    return 0
+
+
+def _list(names: list[str]) -> int:
+    import tomllib
+    from importlib import resources
+
+    width = max((len(n) for n in names), default=4)
+    for name in names:
+        text = (resources.files("techbench") / "matrices" / f"{name}.toml").read_text()
+        try:
+            description = str(tomllib.loads(text).get("description", ""))
+        except tomllib.TOMLDecodeError:
+            description = "(invalid TOML)"
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> int:
+    from ..matrix import AXES, describe_trial, trial_id
+    from ..store import ResultStore
+
+    varying = [k for k in (*AXES, "seed", "data_seed") if len({repr(t[k]) for t in trials}) > 1]
+    stored = ResultStore(out).statuses()
+    ids = [trial_id(t) for t in trials]
+    done = sum(stored.get(t) in ("completed", "diverged") for t in ids)
+    failed = sum(stored.get(t) == "failed" for t in ids)
+    todo = len(trials) - done - (0 if args.rerun_failed else failed)
+    sizes = " x ".join(f"{len(v)} {k}" for k, v in matrix.axes.items() if len(v) > 1)
+    print(f"matrix {matrix.name} ({matrix.source}): {len(trials)} trials")
+    if matrix.description:
+        print(f"  {matrix.description}")
+    seeds = len(matrix.seeds)
+    print(f"  axes: {sizes or 'none swept'}; {seeds} seed{'s' * (seeds != 1)}", end="")
+    print(f"; {len(matrix.include)} include, {len(matrix.exclude)} exclude rules")
+    budget = ", ".join(f"{k}={v}" for k, v in matrix.budget.items() if v is not None)
+    print(
+        f"  budget: {budget}; target: {matrix.target['metric']} {matrix.target['mode']} "
+        f"{matrix.target['value']}"
+    )
+    print(f"  store {out}: {done} done, {failed} failed, {todo} to run")
+    k = min(args.sample, len(trials))
+    if k:
+        print(f"sample ({k} of {len(trials)}):")
+        step = max(1, len(trials) // k)
+        for t in trials[::step][:k]:
+            print(f"  {trial_id(t)}  {describe_trial(t, varying or ['seed'])}")
+    return 0
+
+
+def _report(out: str, report_dir: str) -> None:
+    try:
+        from ..report import build_report
+    except ImportError:
+        print(
+            f"techbench run: note: techbench.report is not available; no report written to "
+            f"{report_dir}"
+        )
+        return
+    index = build_report(out, report_dir)
+    print(f"techbench run: report -> {index}")
