@@ -429,15 +429,24 @@ def check_gradcheck(spec: TechniqueSpec) -> None:
 
 
 def _single_threaded(func: Callable[[TechniqueSpec], None]) -> Callable[[TechniqueSpec], None]:
-    """Run on one intra-op thread: on these tiny tensors threads only add contention."""
+    """Run on one thread (torch and BLAS): on these tiny tensors threads only add contention."""
 
     def run(spec: TechniqueSpec) -> None:
+        import contextlib
+
         import torch
 
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - shipped with scikit-learn
+            blas: Any = contextlib.nullcontext()
+        else:
+            blas = threadpool_limits(1)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            func(spec)
+            with blas:
+                func(spec)
         finally:
             torch.set_num_threads(threads)
 
