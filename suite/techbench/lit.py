@@ -1,0 +1,354 @@
+"""The LightningModule and DataModule composed from plugins.
+
+Kept separable on purpose (so that several seeds of one configuration can later train together
+with stacked parameters): :func:`build_model` makes the network from the trial's parts,
+:class:`TechniqueModule` owns one training step, :class:`TensorDataModule` feeds in-memory
+tensors, :func:`build_trainer` maps the trial's trainer options onto a ``pl.Trainer``.
+
+Speed choices (Lightning's per-step overhead is the cost of the runner): the whole split lives on
+the device; every epoch one seeded permutation shuffles it once and the batches are contiguous
+slices of the shuffled tensors (no per-sample collation, no DataLoader workers); manual
+optimization; no validation loop, progress bar, model summary, checkpointing or logger unless
+asked. Epoch-end evaluation (train and validation sets, eval mode) runs in chunks under
+``torch.no_grad`` and moves its numbers to the host in one transfer. The per-step losses are
+buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from .families import DatasetSplits, Regularizer
+
+LOSS_FLUSH_EVERY = 10
+"""Per-step losses go to the host (and are checked for divergence) every this many steps."""
+
+DIVERGENCE_FACTOR = 1e3
+"""A training loss above this factor times the first step's loss counts as divergence."""
+
+EVAL_CHUNK = 4096
+
+
+class ShuffledBatches:
+    """Batches of in-memory tensors: one seeded permutation per epoch, contiguous slices.
+
+    A tail of a single sample is folded into the previous batch (batch norm needs two).
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+    ) -> None:
+        self.x, self.y, self.batch_size, self.generator = x, y, batch_size, generator
+        n = len(x)
+        bounds = [*range(0, n, batch_size), n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
+            del bounds[-2]
+        self.bounds = bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+        xs, ys = self.x[perm], self.y[perm]
+        for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True):
+            yield xs[lo:hi], ys[lo:hi]
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Holds a trial's splits; moves them to the training device once, in ``setup``."""
+
+    def __init__(self, splits: DatasetSplits, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.splits = splits
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        device = (
+            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        )
+        s = self.splits
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            self.tensors[name] = getattr(s, name).to(device)
+
+    def train_dataloader(self) -> ShuffledBatches:
+        t = self.tensors
+        return ShuffledBatches(t["x_train"], t["y_train"], self.batch_size, self.generator)
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        return batch  # already on the device
+
+
+def task_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy for classification, mean squared error for regression."""
+    if task == "classification":
+        return nn.functional.cross_entropy
+
+    def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(out.reshape(y.shape), y)
+
+    return mse
+
+
+class TechniqueModule(pl.LightningModule):
+    """One training step: regularizer hooks around forward, loss, backward, update, schedule.
+
+    ``optimizer_factory(params)`` and ``schedule_factory(optimizer, total_steps)`` come from the
+    optimizer and schedule plugins. Records the per-step loss, the epoch-end train/validation
+    metrics and the best-validation weights (in memory) into ``rows`` (the tidy metric rows of
+    the trial schema); stops training on divergence and sets ``diverged_step``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str,
+        optimizer_factory: Callable[[Any], torch.optim.Optimizer],
+        schedule_factory: Callable[[torch.optim.Optimizer, int], Any] | None,
+        total_steps: int,
+        regularizers: Sequence[Regularizer] = (),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.task = task
+        self.loss_fn = task_loss(task)
+        self.optimizer_factory = optimizer_factory
+        self.schedule_factory = schedule_factory
+        self.total_steps = total_steps
+        self.regularizers = list(regularizers)
+        self.seed = seed
+        self.rows: list[dict[str, Any]] = []
+        self.diverged_step: int | None = None
+        self.first_loss: float | None = None
+        self.best_val_loss = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.steps_done = 0
+        self.epochs_done = 0
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self._losses: list[torch.Tensor] = []
+        self._loss_steps: list[tuple[int, int]] = []
+        self._scheduler: Any = None
+        self._generator: torch.Generator | None = None
+        self._fit_start = 0.0
+        self._hooks = {
+            name: [r for r in self.regularizers if _overrides(r, name)]
+            for name in ("transform_batch", "penalty", "loss", "after_step")
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.schedule_factory is not None:
+            self._scheduler = self.schedule_factory(optimizer, self.total_steps)
+        return optimizer
+
+    def on_fit_start(self) -> None:
+        self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 0x7E57)
+        self._fit_start = time.perf_counter()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        for r in self._hooks["transform_batch"]:
+            x, y = r.transform_batch(x, y, self._generator)
+        out = self.model(x)
+        loss = None
+        for r in self._hooks["loss"]:
+            replaced = r.loss(out, y)
+            if replaced is not None:
+                loss = replaced
+        if loss is None:
+            loss = self.loss_fn(out, y)
+        for r in self._hooks["penalty"]:
+            term = r.penalty(self.model)
+            if term is not None:
+                loss = loss + term
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        raw = opt.optimizer if hasattr(opt, "optimizer") else opt
+        for r in self._hooks["after_step"]:
+            r.after_step(self.model, raw)
+        if self._scheduler is not None:
+            self._scheduler.step()
+        self._losses.append(loss.detach())
+        self._loss_steps.append((self.steps_done, self.current_epoch))
+        self.steps_done += 1
+        if len(self._losses) >= LOSS_FLUSH_EVERY:
+            self._flush_losses()
+
+    def _flush_losses(self) -> None:
+        if not self._losses:
+            return
+        values = torch.stack(self._losses).float().tolist()
+        for (step, epoch), value in zip(self._loss_steps, values, strict=True):
+            if self.diverged_step is not None:
+                break
+            self.rows.append(_row(step, epoch, "train", "loss", value))
+            if self.first_loss is None:
+                self.first_loss = value
+            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(self.first_loss):
+                self.diverged_step = step
+        self._losses.clear()
+        self._loss_steps.clear()
+        if self.diverged_step is not None:
+            self.trainer.should_stop = True
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss, accuracy) over (x, y) in eval mode, on the device; accuracy NaN if regression."""
+        was_training = self.model.training
+        self.model.eval()
+        total = torch.zeros((), device=x.device, dtype=torch.float64)
+        correct = torch.zeros((), device=x.device, dtype=torch.float64)
+        for lo in range(0, len(x), EVAL_CHUNK):
+            xb, yb = x[lo : lo + EVAL_CHUNK], y[lo : lo + EVAL_CHUNK]
+            out = self.model(xb)
+            total += self.loss_fn(out, yb).double() * len(xb)
+            if self.task == "classification":
+                correct += (out.argmax(dim=1) == yb).sum()
+        self.model.train(was_training)
+        n = max(len(x), 1)
+        acc = correct / n if self.task == "classification" else torch.full_like(correct, math.nan)
+        return total / n, acc
+
+    def on_train_epoch_end(self) -> None:
+        self._flush_losses()
+        now = time.perf_counter()
+        self.train_seconds = now - self._fit_start - self.eval_seconds
+        self.epochs_done = self.current_epoch + 1
+        step, epoch = self.steps_done, self.current_epoch
+        self.rows.append(_row(step, epoch, "time", "seconds", self.train_seconds))
+        if self.diverged_step is not None:
+            return
+        t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
+        train = self.evaluate(t["x_train"], t["y_train"])
+        val = self.evaluate(t["x_val"], t["y_val"])
+        train_loss, train_acc, val_loss, val_acc = torch.stack([*train, *val]).tolist()
+        self.rows.append(_row(step, epoch, "train", "epoch_loss", train_loss))
+        self.rows.append(_row(step, epoch, "val", "loss", val_loss))
+        if self.task == "classification":
+            self.rows.append(_row(step, epoch, "train", "epoch_acc", train_acc))
+            self.rows.append(_row(step, epoch, "val", "acc", val_acc))
+        if val_loss < self.best_val_loss:
+            self.best_val_loss = val_loss
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        metrics = {"val_loss": val_loss, "train_loss": train_loss}
+        if self.task == "classification":
+            metrics |= {"val_acc": val_acc, "train_acc": train_acc}
+        self.log_dict(metrics, on_epoch=True, on_step=False, batch_size=1)
+        self.eval_seconds += time.perf_counter() - now
+
+    def on_train_end(self) -> None:
+        self._flush_losses()
+        self.rows += self.test_rows()
+
+    def test_rows(self) -> list[dict[str, Any]]:
+        """Test loss/accuracy of the final weights and of the best-validation weights."""
+        t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
+        out = []
+        step, epoch = self.steps_done, max(self.epochs_done - 1, 0)
+        final = torch.stack(self.evaluate(t["x_test"], t["y_test"])).tolist()
+        named = [("loss", final[0]), ("acc", final[1])]
+        if self.best_state is not None:
+            current = copy.deepcopy(self.model.state_dict())
+            self.model.load_state_dict(self.best_state)
+            best = torch.stack(self.evaluate(t["x_test"], t["y_test"])).tolist()
+            self.model.load_state_dict(current)
+            named += [("best_loss", best[0]), ("best_acc", best[1])]
+        for metric, value in named:
+            if metric.endswith("acc") and self.task != "classification":
+                continue
+            out.append(_row(step, epoch, "test", metric, value))
+        return out
+
+
+def _row(
+    step: int, epoch: int, split: str, metric: str, value: float, layer: str = ""
+) -> dict[str, Any]:
+    return {
+        "step": step,
+        "epoch": epoch,
+        "split": split,
+        "metric": metric,
+        "layer": layer,
+        "value": value,
+    }
+
+
+def _overrides(obj: Regularizer, hook: str) -> bool:
+    """True when ``obj`` overrides the :class:`Regularizer` default of ``hook`` (unused hooks cost nothing)."""
+    impl = getattr(type(obj), hook, None)
+    base = getattr(Regularizer, hook, None)
+    return impl is not None and impl is not base
+
+
+def build_logger(kind: str | None, save_dir: str | None, name: str) -> Any:
+    """A Lightning logger: "csv" (default when a folder is given), "tensorboard", "mlflow" or None."""
+    if kind is None or kind in ("none", "false"):
+        return False
+    save_dir = save_dir or "lightning_logs"
+    if kind == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir, name=name)
+    if kind == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir, name=name)
+    if kind == "mlflow":
+        from pytorch_lightning.loggers import MLFlowLogger
+
+        return MLFlowLogger(experiment_name=name, save_dir=save_dir)
+    raise ValueError(f"unknown logger {kind!r}; one of csv, tensorboard, mlflow, none")
+
+
+def build_trainer(
+    trainer_options: Mapping[str, Any],
+    budget: Mapping[str, Any],
+    callbacks: Sequence[Any] = (),
+    logger: Any = False,
+    **extra: Any,
+) -> pl.Trainer:
+    """A ``pl.Trainer`` from the trial's ``trainer`` options and ``budget``, with low overhead."""
+    import datetime
+
+    epochs = budget.get("epochs")
+    max_steps = budget.get("max_steps")
+    max_seconds = budget.get("max_seconds")
+    options: dict[str, Any] = {
+        "accelerator": trainer_options.get("accelerator", "auto"),
+        "devices": trainer_options.get("devices", 1),
+        "precision": trainer_options.get("precision", "32-true"),
+        "deterministic": trainer_options.get("deterministic", True),
+        "max_epochs": epochs if epochs is not None else -1,
+        "max_steps": max_steps if max_steps is not None else -1,
+        "max_time": datetime.timedelta(seconds=max_seconds) if max_seconds else None,
+        "callbacks": list(callbacks),
+        "logger": logger,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "log_every_n_steps": 1,
+    }
+    options.update(extra)
+    return pl.Trainer(**options)

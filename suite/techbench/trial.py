@@ -1,0 +1,376 @@
+"""One trial: build everything from a config through the registry, train, return the metrics.
+
+:func:`run_trial` never raises for a problem in a plugin or a config: it returns a
+:class:`TrialOutcome` with status "completed", "diverged" (NaN/inf loss, or a loss above
+``DIVERGENCE_FACTOR`` = 1e3 times the first step's loss; ``meta["diverged_step"]`` says when) or
+"failed" (``meta["error"]`` holds the traceback). Only ``KeyboardInterrupt``/``SystemExit``
+propagate, so a matrix goes on after any trial.
+
+The config schema (every key is filled by :func:`complete_config`; the id is over all of them)::
+
+    dataset, model, activation, initializer, bias_initializer, normalizer, regularizer,
+    optimizer, schedule, preprocessor:  {"name": str, "params": {...}}
+    norm_placement: "before" | "after";  seed: int (init, batch order, dropout);
+    data_seed: int (data generation and split);
+    budget: {"epochs", "max_steps", "max_seconds", "batch_size"};  target: {"metric", "value", "mode"}
+    trainer: {"accelerator", "devices", "precision", "deterministic"}
+    health: {"enabled", "every_n_steps"}
+
+Reproducibility: the seed goes to ``random``, ``numpy`` and ``torch.manual_seed`` before the model
+is built, batch order comes from its own ``torch.Generator``, and ``deterministic`` is passed to
+Lightning, so the same trial run twice on CPU gives identical metrics. Torch's thread count is
+left to the caller (the executor).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import platform
+import random
+import time
+import traceback
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .lit import DIVERGENCE_FACTOR
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DIVERGENCE_FACTOR",
+    "TECHNIQUE_KEYS",
+    "TrialOutcome",
+    "complete_config",
+    "run_trial",
+    "trial_id",
+]
+
+TECHNIQUE_KEYS: dict[str, str] = {
+    "dataset": "dataset",
+    "model": "model",
+    "activation": "activation",
+    "initializer": "initializer",
+    "bias_initializer": "initializer",
+    "normalizer": "normalizer",
+    "regularizer": "regularizer",
+    "optimizer": "optimizer",
+    "schedule": "schedule",
+    "preprocessor": "preprocessor",
+}
+"""Config key -> registry family of the technique it names."""
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "dataset": {"name": "digits", "params": {}},
+    "model": {"name": "mlp", "params": {"depth": 2, "width": 128}},
+    "activation": {"name": "relu", "params": {}},
+    "initializer": {"name": "he_normal", "params": {}},
+    "bias_initializer": {"name": "zeros", "params": {}},
+    "normalizer": {"name": "none", "params": {}},
+    "norm_placement": "before",
+    "regularizer": {"name": "none", "params": {}},
+    "optimizer": {"name": "adam", "params": {"lr": 0.001}},
+    "schedule": {"name": "constant", "params": {}},
+    "preprocessor": {"name": "standardize", "params": {}},
+    "seed": 0,
+    "data_seed": 0,
+    "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
+    "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
+    "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "deterministic": True},
+    "health": {"enabled": True, "every_n_steps": 10},
+}
+
+_SECTIONS = ("budget", "target", "trainer", "health")
+
+
+def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with every key of :data:`DEFAULT_CONFIG` filled (a deep copy).
+
+    A technique given replaces the default whole (``{"name": "sgd"}`` gets ``params: {}``); a
+    technique may also be given as a string ``"name"``. Budget/target/trainer/health merge key by key.
+    """
+    out = copy.deepcopy(DEFAULT_CONFIG)
+    unknown = set(config) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise ValueError(f"unknown trial config keys: {', '.join(sorted(unknown))}")
+    for key, value in config.items():
+        if key in TECHNIQUE_KEYS:
+            if isinstance(value, str):
+                value = {"name": value, "params": {}}
+            value = dict(value)
+            if set(value) - {"name", "params"} or "name" not in value:
+                raise ValueError(f"config[{key!r}] must be {{'name': ..., 'params': {{...}}}}")
+            out[key] = {"name": value["name"], "params": dict(value.get("params") or {})}
+        elif key in _SECTIONS:
+            out[key].update(copy.deepcopy(dict(value)))
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def trial_id(config: Mapping[str, Any]) -> str:
+    """First 16 hex digits of sha256 over the canonical JSON of the config (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrialOutcome:
+    """What a trial returns; the store writes it (meta.json + metrics.parquet)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: Literal["completed", "diverged", "failed"]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def metric(self, split: str, metric: str, layer: str = "") -> list[float]:
+        """The values of one series, in row order (a convenience for tests and scripts)."""
+        return [
+            r["value"]
+            for r in self.metrics
+            if r["split"] == split and r["metric"] == metric and r["layer"] == layer
+        ]
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for key, dist in (
+        ("techbench", "techbench"),
+        ("torch", "torch"),
+        ("pytorch_lightning", "pytorch-lightning"),
+    ):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = "unknown"
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _State:
+    module: Any = None
+    health: Any = None
+    trainer: Any = None
+    num_parameters: int | None = None
+    device: str = "cpu"
+
+
+def run_trial(
+    config: Mapping[str, Any],
+    *,
+    logger: str | None = None,
+    log_dir: str | None = None,
+    callbacks: Sequence[Any] = (),
+    registry: Any = None,
+) -> TrialOutcome:
+    """Train one trial; never raises for a plugin or config error (status "failed").
+
+    ``logger``: None (default; the outcome carries every metric), "csv", "tensorboard" or
+    "mlflow", written under ``log_dir``; ``callbacks``: extra Lightning callbacks. Neither changes
+    the results, so neither is part of the config. ``registry``: where names are looked up
+    (anything with ``get_spec(name, family)``; default: the installed plugins).
+    """
+    started_at, wall0 = _now(), time.perf_counter()
+    state = _State()
+    status: Literal["completed", "diverged", "failed"] = "completed"
+    error: str | None = None
+    cfg: dict[str, Any] = dict(config)
+    try:
+        cfg = complete_config(config)
+    except Exception:
+        error = traceback.format_exc()
+        status = "failed"
+    tid = trial_id(cfg)
+    if error is None:
+        try:
+            _train(cfg, tid, state, logger, log_dir, callbacks, registry)
+            if state.module.diverged_step is not None:
+                status = "diverged"
+        except Exception:
+            status, error = "failed", traceback.format_exc()
+    module, health = state.module, state.health
+    metrics: list[dict[str, Any]] = []
+    if module is not None:
+        metrics += module.rows
+    if health is not None:
+        metrics += health.rows
+    meta = {
+        "started_at": started_at,
+        "finished_at": _now(),
+        "wall_seconds": time.perf_counter() - wall0,
+        "train_seconds": module.train_seconds if module is not None else 0.0,
+        "device": state.device,
+        "versions": _versions(),
+        "diverged_step": module.diverged_step if module is not None else None,
+        "error": error,
+        "steps": module.steps_done if module is not None else 0,
+        "epochs": module.epochs_done if module is not None else 0,
+        "num_parameters": state.num_parameters,
+        "health_overhead": health.seconds if health is not None else None,
+    }
+    return TrialOutcome(tid, cfg, status, metrics, meta)
+
+
+def _seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    return str(device)
+
+
+def _train(
+    cfg: dict[str, Any],
+    tid: str,
+    state: _State,
+    logger: str | None,
+    log_dir: str | None,
+    callbacks: Sequence[Any],
+    registry: Any,
+) -> None:
+    import torch
+
+    from .families import ModelParts, Regularizer
+    from .health import GradientHealth
+    from .lit import ShuffledBatches, TechniqueModule, TensorDataModule, build_logger, build_trainer
+    from .registry import default_registry
+
+    get_spec = (registry or default_registry()).get_spec
+    specs = {key: get_spec(cfg[key]["name"], fam) for key, fam in TECHNIQUE_KEYS.items()}
+    params = {key: cfg[key]["params"] for key in TECHNIQUE_KEYS}
+    seed, budget = int(cfg["seed"]), cfg["budget"]
+
+    splits = specs["dataset"].create(int(cfg["data_seed"]), **params["dataset"])
+    pre = specs["preprocessor"].create(**params["preprocessor"])
+    pre.fit(splits.x_train)
+    splits = dataclasses.replace(
+        splits,
+        x_train=pre.transform(splits.x_train),
+        x_val=pre.transform(splits.x_val),
+        x_test=pre.transform(splits.x_test),
+    )
+
+    _seed_all(seed)
+    weight_init = specs["initializer"].create(**params["initializer"])
+    bias_init = specs["bias_initializer"].create(**params["bias_initializer"])
+    regularizer = specs["regularizer"].create(**params["regularizer"])
+    act_spec, norm_spec = specs["activation"], specs["normalizer"]
+
+    def activation() -> Any:
+        return act_spec.create(**params["activation"])
+
+    def normalizer(num_features: int) -> Any:
+        return norm_spec.create(num_features, **params["normalizer"])
+
+    overrides_module = type(regularizer).make_module is not Regularizer.make_module
+    parts = ModelParts(
+        activation=activation,
+        weight_init=weight_init,
+        bias_init=bias_init,
+        normalizer=normalizer,
+        norm_placement=cfg["norm_placement"],
+        dropout=regularizer.make_module if overrides_module else None,
+    )
+    model = specs["model"].create(splits.input_shape, splits.num_outputs, parts, **params["model"])
+    if specs["initializer"].properties.get("data_dependent"):
+        n = min(len(splits.x_train), max(int(budget["batch_size"]), 256))
+        pick = torch.randperm(len(splits.x_train), generator=torch.Generator().manual_seed(seed))[
+            :n
+        ]
+        weight_init.fit(model, splits.x_train[pick])
+    state.num_parameters = sum(p.numel() for p in model.parameters())
+
+    batch_size = int(budget["batch_size"])
+    per_epoch = len(ShuffledBatches(splits.x_train, splits.y_train, batch_size, torch.Generator()))
+    epochs, max_steps = budget.get("epochs"), budget.get("max_steps")
+    candidates = [per_epoch * int(epochs)] if epochs is not None else []
+    if max_steps is not None:
+        candidates.append(int(max_steps))
+    if not candidates:
+        raise ValueError("budget needs epochs or max_steps")
+    total_steps = max(min(candidates), 1)
+
+    opt_spec, sched_spec = specs["optimizer"], specs["schedule"]
+    module = TechniqueModule(
+        model,
+        splits.task,
+        optimizer_factory=lambda ps: opt_spec.create(ps, **params["optimizer"]),
+        schedule_factory=lambda opt, total: sched_spec.create(opt, total, **params["schedule"]),
+        total_steps=total_steps,
+        regularizers=[regularizer],
+        seed=seed,
+    )
+    state.module = module
+    all_callbacks = list(callbacks) + list(regularizer.callbacks())
+    health_cfg = cfg["health"]
+    if health_cfg.get("enabled", True):
+        state.health = GradientHealth(int(health_cfg.get("every_n_steps", 10)), act_spec.properties)
+        all_callbacks.append(state.health)
+    datamodule = TensorDataModule(splits, batch_size, seed)
+    trainer_cfg = dict(cfg["trainer"])
+    if trainer_cfg.get("deterministic") and trainer_cfg.get("accelerator") != "cpu":
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    with _quiet():
+        trainer = build_trainer(
+            trainer_cfg,
+            budget,
+            callbacks=all_callbacks,
+            logger=build_logger(logger, log_dir, tid) if logger else False,
+        )
+        state.trainer = trainer
+        state.device = _device_name(trainer.strategy.root_device)
+        trainer.fit(module, datamodule=datamodule)
+
+
+class _quiet:
+    """Silence Lightning's informational logging and its advice warnings inside a trial."""
+
+    _names = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch")
+
+    def __enter__(self) -> None:
+        self._levels = {}
+        for name in self._names:
+            log = logging.getLogger(name)
+            self._levels[name] = log.level
+            log.setLevel(logging.WARNING)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        for pattern in (
+            ".*does not have many workers.*",
+            ".*smaller than the logging interval.*",
+            ".*IterableDataset.*",
+            ".*LightningModule.*configure_optimizers.*",
+            ".*`training_step` returned `None`.*",
+            ".*GPU available but not used.*",
+            ".*Trying to infer the `batch_size`.*",
+        ):
+            warnings.filterwarnings("ignore", message=pattern)
+
+    def __exit__(self, *exc: object) -> None:
+        self._warnings.__exit__(*exc)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
