@@ -1,0 +1,466 @@
+"""Optimizers: the built-ins against torch.optim and hand-computed steps; broken plugins fail."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from techbench.registry import get_spec, list_techniques
+from techbench.spec import ParamError, TechniqueSpec
+from techbench.testing import CheckFailure, parametrize_with_checks
+from techbench.testing import optimizer as opt_checks
+from techbench_builtins import optimizers_impl as impl
+
+NAMES = [
+    "sgd",
+    "momentum",
+    "nesterov",
+    "adagrad",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "nadam",
+    "radam",
+    "lion",
+]
+
+
+def test_all_builtins_registered() -> None:
+    assert sorted(s.name for s in list_techniques("optimizer")) >= sorted(NAMES)
+
+
+@parametrize_with_checks([f"optimizer/{n}" for n in NAMES])
+def test_conformance(technique: TechniqueSpec, check: Any) -> None:
+    check(technique)
+
+
+# --- an independent problem: a small tanh MLP regression in float64 -------------------------
+
+
+def _problem(seed: int = 1) -> tuple[list[torch.Tensor], Any]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(32, 2, generator=gen, dtype=torch.float64)
+    params = [
+        0.5 * torch.randn(8, 5, generator=gen, dtype=torch.float64),
+        torch.zeros(8, dtype=torch.float64),
+        0.5 * torch.randn(2, 8, generator=gen, dtype=torch.float64),
+        1e-3 * torch.randn(2, generator=gen, dtype=torch.float64),
+    ]
+
+    def loss(ps: list[torch.Tensor]) -> torch.Tensor:
+        w1, b1, w2, b2 = ps
+        return ((torch.tanh(x @ w1.T + b1) @ w2.T + b2 - y) ** 2).mean()
+
+    return params, loss
+
+
+def _run_optimizer(make: Any, steps: int = 25) -> list[torch.Tensor]:
+    init, loss = _problem()
+    ps = [p.clone().requires_grad_(True) for p in init]
+    opt = make(ps)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(ps).backward()
+        opt.step()
+    return [p.detach() for p in ps]
+
+
+def _run_reference(rule: Any, hp: dict[str, Any], steps: int = 25) -> list[torch.Tensor]:
+    init, loss = _problem()
+    ps = [p.clone() for p in init]
+    states = [rule.init_state(p, **hp) for p in ps]
+    for t in range(1, steps + 1):
+        leaves = [p.clone().requires_grad_(True) for p in ps]
+        grads = torch.autograd.grad(loss(leaves), leaves)
+        ps = [rule.step(p, g, s, t, **hp) for p, g, s in zip(ps, grads, states, strict=True)]
+    return ps
+
+
+# (technique, hyper-parameter overrides, torch.optim's own equivalent)
+TORCH_EQUIVALENTS: list[tuple[str, dict[str, Any], Any]] = [
+    (
+        "sgd",
+        {"lr": 0.05, "weight_decay": 0.01},
+        lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=0.01),
+    ),
+    (
+        "momentum",
+        {"lr": 0.05, "momentum": 0.8, "dampening": 0.1, "weight_decay": 0.01},
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, dampening=0.1, weight_decay=0.01),
+    ),
+    (
+        "nesterov",
+        {"lr": 0.05, "momentum": 0.7, "weight_decay": 0.01},
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.7, nesterov=True, weight_decay=0.01),
+    ),
+    (
+        "adagrad",
+        {
+            "lr": 0.1,
+            "lr_decay": 0.01,
+            "weight_decay": 0.01,
+            "initial_accumulator_value": 0.1,
+            "eps": 1e-6,
+        },
+        lambda ps: torch.optim.Adagrad(
+            ps, lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1, eps=1e-6
+        ),
+    ),
+    (
+        "rmsprop",
+        {"lr": 0.01, "alpha": 0.9, "eps": 1e-4, "weight_decay": 0.01},
+        lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.9, eps=1e-4, weight_decay=0.01),
+    ),
+    (
+        "rmsprop",
+        {"lr": 0.01, "alpha": 0.95, "momentum": 0.5},
+        lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.95, momentum=0.5),
+    ),
+    (
+        "adam",
+        {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4, "weight_decay": 0.01},
+        lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.01),
+    ),
+    (
+        "adamw",
+        {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4, "weight_decay": 0.1},
+        lambda ps: torch.optim.AdamW(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.1),
+    ),
+    (
+        "nadam",
+        {
+            "lr": 0.01,
+            "beta1": 0.8,
+            "beta2": 0.99,
+            "eps": 1e-4,
+            "weight_decay": 0.01,
+            "momentum_decay": 0.01,
+        },
+        lambda ps: torch.optim.NAdam(
+            ps, lr=0.01, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.01, momentum_decay=0.01
+        ),
+    ),
+    (
+        "radam",
+        {"lr": 0.01, "beta1": 0.8, "beta2": 0.9, "eps": 1e-4, "weight_decay": 0.01},
+        lambda ps: torch.optim.RAdam(ps, lr=0.01, betas=(0.8, 0.9), eps=1e-4, weight_decay=0.01),
+    ),
+]
+IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(TORCH_EQUIVALENTS)]
+
+
+@pytest.mark.parametrize(("name", "overrides", "make_torch"), TORCH_EQUIVALENTS, ids=IDS)
+def test_fast_matches_torch_optim(name: str, overrides: dict, make_torch: Any) -> None:
+    spec = get_spec(name, "optimizer")
+    got = _run_optimizer(lambda ps: spec.create(ps, **overrides))
+    want = _run_optimizer(make_torch)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("name", "overrides", "make_torch"), TORCH_EQUIVALENTS, ids=IDS)
+def test_reference_matches_torch_optim(name: str, overrides: dict, make_torch: Any) -> None:
+    spec = get_spec(name, "optimizer")
+    got = _run_reference(spec.load_reference(), spec.hyperparams(overrides))
+    want = _run_optimizer(make_torch)
+    # torch's NAdam keeps prod(mu_i) as a float32 scalar: ~1e-7 relative error in that factor
+    rtol, atol = (1e-6, 1e-9) if name == "nadam" else (1e-10, 1e-12)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol)
+
+
+def test_radam_runs_past_the_rectification_threshold() -> None:
+    b2 = 0.9
+    rho_inf = 2 / (1 - b2) - 1
+    rho = [rho_inf - 2 * t * b2**t / (1 - b2**t) for t in range(1, 26)]
+    assert rho[0] <= 5 < rho[-1]
+
+
+def test_custom_adam_class_matches_torch_adam() -> None:
+    kw = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-4, "weight_decay": 0.01}
+    got = _run_optimizer(lambda ps: impl.AdamVariant(ps, **kw))
+    want = _run_optimizer(lambda ps: torch.optim.Adam(ps, **kw))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_custom_rmsprop_class_with_eps_outside_matches_torch() -> None:
+    kw = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "weight_decay": 0.01, "momentum": 0.5}
+    got = _run_optimizer(lambda ps: impl.RMSpropVariant(ps, eps_inside=False, **kw))
+    want = _run_optimizer(lambda ps: torch.optim.RMSprop(ps, **kw))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_torch_is_used_where_it_implements_the_rule() -> None:
+    p = [torch.zeros(2, requires_grad=True)]
+    assert type(get_spec("adam").create(p)) is torch.optim.Adam
+    assert type(get_spec("rmsprop").create(p)) is torch.optim.RMSprop
+    assert isinstance(get_spec("adam").create(p, eps_placement="inside"), impl.AdamVariant)
+    assert isinstance(get_spec("adam").create(p, bias_correction=False), impl.AdamVariant)
+    assert isinstance(get_spec("rmsprop").create(p, eps_placement="inside"), impl.RMSpropVariant)
+
+
+# --- hand-computed steps -----------------------------------------------------------------
+
+
+P0 = [1.0, -0.5, 2.0]
+G = [0.2, -1e-3, 3.0]
+
+
+def _one_step(spec_name: str, steps: int = 1, **hp: Any) -> list[float]:
+    p = torch.tensor(P0, dtype=torch.float64, requires_grad=True)
+    opt = get_spec(spec_name).create([p], **hp)
+    for _ in range(steps):
+        p.grad = torch.tensor(G, dtype=torch.float64)
+        opt.step()
+    return p.detach().tolist()
+
+
+def test_rmsprop_eps_inside_first_step_by_hand() -> None:
+    lr, alpha, eps = 0.1, 0.9, 1e-4
+    inside = _one_step("rmsprop", lr=lr, alpha=alpha, eps=eps, eps_placement="inside")
+    outside = _one_step("rmsprop", lr=lr, alpha=alpha, eps=eps, eps_placement="outside")
+    for i, (p, g) in enumerate(zip(P0, G, strict=True)):
+        v = 0.1 * g * g  # (1 - alpha) g^2, seed 002's MS_1
+        assert inside[i] == pytest.approx(p - lr * g / math.sqrt(v + eps), rel=1e-14)
+        assert outside[i] == pytest.approx(p - lr * g / (math.sqrt(v) + eps), rel=1e-14)
+    # the tiny gradient is where the placement matters: sqrt(1e-7 + 1e-4) vs sqrt(1e-7) + 1e-4
+    assert abs(inside[1] - outside[1]) > 1e-3
+
+
+def test_rmsprop_matches_seed_002_slide_for_three_steps() -> None:
+    lr, eps = 0.05, 1e-3
+    got = _one_step("rmsprop", steps=3, lr=lr, alpha=0.9, eps=eps, eps_placement="inside")
+    for i, (p, g) in enumerate(zip(P0, G, strict=True)):
+        ms = 0.0
+        for _ in range(3):
+            ms = 0.9 * ms + 0.1 * g**2
+            p = p - lr * g / math.sqrt(ms + eps)
+        assert got[i] == pytest.approx(p, rel=1e-13)
+
+
+def test_adam_eps_inside_first_step_by_hand() -> None:
+    lr, eps = 0.01, 1e-4
+    got = _one_step("adam", lr=lr, eps=eps, eps_placement="inside")
+    for i, (p, g) in enumerate(zip(P0, G, strict=True)):
+        # bias-corrected first moments are exactly g and g^2
+        assert got[i] == pytest.approx(p - lr * g / math.sqrt(g * g + eps), rel=1e-13)
+
+
+def test_adam_without_bias_correction_is_the_seed_002_slide() -> None:
+    lr, eps = 0.01, 1e-6
+    got = _one_step(
+        "adam",
+        steps=2,
+        lr=lr,
+        beta1=0.9,
+        beta2=0.9,
+        eps=eps,
+        bias_correction=False,
+        eps_placement="inside",
+    )
+    for i, (p, g) in enumerate(zip(P0, G, strict=True)):
+        ms = v = 0.0
+        for _ in range(2):
+            ms = 0.9 * ms + 0.1 * g**2
+            v = 0.9 * v + 0.1 * g
+            p = p - lr * v / math.sqrt(ms + eps)
+        assert got[i] == pytest.approx(p, rel=1e-13)
+
+
+def test_adam_bias_correction_changes_the_early_steps() -> None:
+    on = _one_step("adam", lr=0.01)
+    off = _one_step("adam", lr=0.01, bias_correction=False)
+    # step 1: with correction ~lr*sign(g); without, lr * 0.1 g / (sqrt(0.001) |g|) ~ 3.16 lr
+    assert on[0] == pytest.approx(P0[0] - 0.01, rel=1e-6)
+    assert off[0] == pytest.approx(P0[0] - 0.01 * 0.1 / math.sqrt(0.001), rel=1e-6)
+
+
+def test_lion_two_steps_by_hand() -> None:
+    lr, b1, b2, wd = 0.1, 0.9, 0.99, 0.5
+    p = torch.tensor(P0, dtype=torch.float64, requires_grad=True)
+    opt = get_spec("lion").create([p], lr=lr, beta1=b1, beta2=b2, weight_decay=wd)
+    g2 = [-0.3, 0.5, 1.0]
+    for g in (G, g2):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    for i in range(3):
+        w, m = P0[i], 0.0
+        for g in (G[i], g2[i]):
+            c = b1 * m + (1 - b1) * g
+            w = w - lr * (math.copysign(1.0, c) + wd * w)
+            m = b2 * m + (1 - b2) * g
+        assert p[i].item() == pytest.approx(w, rel=1e-14)
+
+
+def test_lion_state_dict_resumes_exactly() -> None:
+    opt_checks.check_state_dict_round_trip(get_spec("lion"))
+
+
+def test_out_of_range_hyperparameter_is_refused() -> None:
+    with pytest.raises(ParamError, match="beta2"):
+        get_spec("adam").create([torch.zeros(1, requires_grad=True)], beta2=1.0)
+    with pytest.raises(ParamError, match="eps_placement"):
+        get_spec("rmsprop").create([torch.zeros(1, requires_grad=True)], eps_placement="middle")
+
+
+# --- deliberately broken plugins must fail with a clear message ------------------------------
+
+
+def _adam_spec(fast: Any, reference: Any = impl.adam_reference) -> TechniqueSpec:
+    base = get_spec("adam")
+    return TechniqueSpec(
+        name="broken_adam",
+        family="optimizer",
+        summary="broken",
+        fast=fast,
+        reference=reference,
+        citation="test",
+        params=base.params,
+    )
+
+
+class _BrokenAdam(impl.AdamVariant):
+    """Bias correction computed with the wrong step count or the wrong power."""
+
+    def __init__(self, params: Any, offset: int = 0, sqrt_bc2: bool = True, **kw: Any) -> None:
+        super().__init__(params, **kw)
+        self.offset, self.sqrt_bc2 = offset, sqrt_bc2
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+            for p in group["params"]:
+                s = self.state[p]
+                if not s:
+                    s.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                s["step"] += 1
+                t = s["step"] + self.offset
+                s["m"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                s["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                bc2 = math.sqrt(1 - b2**t) if self.sqrt_bc2 else 1 - b2**t
+                p.addcdiv_(s["m"], s["v"].sqrt() / bc2 + eps, value=-lr / (1 - b1**t))
+
+
+def _adam_kwargs(hp: dict[str, Any]) -> dict[str, Any]:
+    return {"lr": hp["lr"], "betas": (hp["beta1"], hp["beta2"]), "eps": hp["eps"]}
+
+
+def test_fast_off_by_1e3_fails_naming_step_and_parameter() -> None:
+    def fast(params: Any, **hp: Any) -> torch.optim.Optimizer:
+        return impl.adam(params, **{**hp, "lr": hp["lr"] * (1 + 1e-3)})
+
+    with pytest.raises(CheckFailure, match=r"step 1, parameter 0 \(W.*fast vs reference"):
+        opt_checks.check_steps_match_reference(_adam_spec(fast))
+
+
+def test_off_by_one_step_count_fails() -> None:
+    def fast(params: Any, **hp: Any) -> torch.optim.Optimizer:
+        return _BrokenAdam(params, offset=1, **_adam_kwargs(hp))
+
+    with pytest.raises(CheckFailure, match=r"step 1, parameter \d") as err:
+        opt_checks.check_steps_match_reference(_adam_spec(fast))
+    assert "values differ" in str(err.value)
+
+
+def test_wrong_bias_correction_fails() -> None:
+    def fast(params: Any, **hp: Any) -> torch.optim.Optimizer:
+        return _BrokenAdam(params, sqrt_bc2=False, **_adam_kwargs(hp))
+
+    with pytest.raises(CheckFailure, match=r"step 1, parameter \d"):
+        opt_checks.check_steps_match_reference(_adam_spec(fast))
+
+
+def test_eps_in_the_wrong_place_fails() -> None:
+    def fast(params: Any, **hp: Any) -> torch.optim.Optimizer:
+        return impl.adam(params, **{**hp, "eps_placement": "inside"})
+
+    with pytest.raises(CheckFailure, match=r"eps=0.01\).*step 1, parameter \d"):
+        opt_checks.check_variants_explicit(_adam_spec(fast))
+
+
+def test_reference_with_eps_in_the_wrong_place_fails() -> None:
+    def wrong_step(p: Any, g: Any, state: dict, t: int, **hp: Any) -> Any:
+        return impl.adam_reference.step(p, g, state, t, **{**hp, "eps_placement": "inside"})
+
+    spec = _adam_spec(impl.adam, impl.UpdateRule(impl.adam_reference.init_state, wrong_step))
+    with pytest.raises(CheckFailure, match=r"step 1, parameter"):
+        opt_checks.check_variants_explicit(spec)
+
+
+def test_ignored_hyperparameter_fails() -> None:
+    def fast(params: Any, **hp: Any) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=hp["lr"])
+
+    def ref_step(p: Any, g: Any, state: dict, t: int, *, lr: float, **_: Any) -> Any:
+        return p - lr * g
+
+    spec = TechniqueSpec(
+        name="lazy_sgd",
+        family="optimizer",
+        summary="ignores weight decay",
+        fast=fast,
+        reference=impl.UpdateRule(impl.sgd_reference.init_state, ref_step),
+        citation="test",
+        params=get_spec("sgd").params,
+    )
+    opt_checks.check_steps_match_reference(spec)
+    with pytest.raises(CheckFailure, match=r"weight_decay=0.1.*ignored"):
+        opt_checks.check_hyperparams_honoured(spec)
+
+
+def test_heavy_ball_posing_as_nesterov_fails() -> None:
+    base = get_spec("nesterov")
+    spec = TechniqueSpec(
+        name="fake_nesterov",
+        family="optimizer",
+        summary="heavy ball",
+        fast=impl.momentum,
+        reference=base.reference,
+        citation="test",
+        params=base.params,
+    )
+    with pytest.raises(CheckFailure, match=r"step 1, parameter \d"):
+        opt_checks.check_steps_match_reference(spec)
+
+
+class _ForgetfulMomentum(torch.optim.SGD):
+    """Keeps its momentum buffers outside ``self.state``: a state_dict round trip loses them."""
+
+    def __init__(self, params: Any, lr: float, momentum: float, **_: Any) -> None:
+        super().__init__(params, lr=lr)
+        self.mu, self.buffers = momentum, {}
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                b = self.buffers.get(p)
+                b = p.grad.clone() if b is None else b.mul_(self.mu).add_(p.grad)
+                self.buffers[p] = b
+                p.add_(b, alpha=-group["lr"])
+
+
+def test_state_lost_by_state_dict_fails() -> None:
+    base = get_spec("momentum")
+    spec = TechniqueSpec(
+        name="forgetful",
+        family="optimizer",
+        summary="loses state",
+        fast=_ForgetfulMomentum,
+        reference=base.reference,
+        citation="test",
+        params=base.params,
+    )
+    with pytest.raises(
+        CheckFailure,
+        match=r"state_dict saved after step 7, resumed step 8, "
+        r"parameter \d .*resumed vs uninterrupted",
+    ):
+        opt_checks.check_state_dict_round_trip(spec)
