@@ -10,6 +10,7 @@ python batches go through :class:`RestrictedUnpickler`, which only rebuilds nump
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import io
@@ -98,6 +99,7 @@ def _rng(data_seed: int) -> np.random.Generator:
     return np.random.default_rng([data_seed, 0xDA7A])
 
 
+@functools.lru_cache(maxsize=1)
 def _digits_table() -> np.ndarray:
     """The (1797, 65) table of ``sklearn/datasets/data/digits.csv.gz`` (last column: label).
 
