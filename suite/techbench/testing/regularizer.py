@@ -249,8 +249,9 @@ def _dropout_forward(spec: TechniqueSpec, p: float, seed: int) -> tuple[Any, Any
     module = _module(spec, p)
     module.train()
     x = _dropout_input().requires_grad_(True)
-    torch.manual_seed(seed)
-    y = module(x)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        y = module(x)
     if y.shape != x.shape:
         raise CheckFailure(
             f"{spec.qualified_name}: output shape {tuple(y.shape)} != {tuple(x.shape)}"
