@@ -61,9 +61,12 @@ class InitializerProperties(TypedDict, total=False):
 
 
 class NormalizerProperties(TypedDict, total=False):
-    """``batch_dependent``: output depends on other samples (batch norm); eval mode differs."""
+    """``batch_dependent``: output depends on other samples (batch norm); eval mode differs.
+    ``invariant``: the output statistic before the affine map (see techbench.testing.normalizer).
+    """
 
     batch_dependent: bool
+    invariant: str
 
 
 class RegularizerProperties(TypedDict, total=False):
