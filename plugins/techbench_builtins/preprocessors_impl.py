@@ -4,7 +4,10 @@ Every preprocessor is an affine map fitted on the training split. For ``x`` of s
 (N, *F) a *feature* is one element of ``F``; statistics are taken over the N samples:
 
 - zero_center: ``z = x - mu`` with ``mu`` the per-feature training mean;
-- standardize: ``z = (x - mu) / sqrt(var + eps)``, ``var`` the biased per-feature variance;
+- standardize: ``z = (x - mu) / sqrt(var + eps)``, ``var`` the biased per-feature variance; a
+  feature constant on the training split (``var == 0``) is only centred (scale 1, as
+  scikit-learn's StandardScaler), so that a pixel that is always 0 in training cannot blow up
+  the test data by ``1 / sqrt(eps)``;
 - channel_mean: ``z = x - m_c`` with ``m_c`` the mean of channel ``c`` (dim 1) over the samples and
   the spatial dims (VGG); for flat (N, D) input a channel is a feature, as zero_center;
 - pca_whiten: flatten to (N, D), ``Sigma = Xc^T Xc / (N - 1)`` (unbiased, as scikit-learn's PCA)
@@ -56,6 +59,8 @@ class _Fitted:
         return self
 
     def transform(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
         if self._feature_shape is None:
             raise RuntimeError(f"{type(self).__name__}: call fit(x_train) before transform")
         if tuple(x.shape[1:]) != self._feature_shape:
@@ -93,14 +98,18 @@ class ZeroCenter(_Fitted):
 
 
 class Standardize(_Fitted):
-    """``z = (x - mu) / sqrt(var + eps)`` per feature, ``var`` the biased training variance."""
+    """``z = (x - mu) / sqrt(var + eps)`` per feature, ``var`` the biased training variance.
+
+    Features constant on the training split (``var == 0``) keep scale 1 (only centred).
+    """
 
     def __init__(self, eps: float = 1e-8) -> None:
         self.eps = eps
 
     def _fit(self, x: Tensor) -> None:
         self.mean = x.mean(dim=0)
-        self.scale = torch.sqrt(x.var(dim=0, unbiased=False) + self.eps)
+        var = x.var(dim=0, unbiased=False)
+        self.scale = torch.where(var > 0, torch.sqrt(var + self.eps), torch.ones_like(var))
 
     def _transform(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x.dtype)) / self.scale.to(x.dtype)
@@ -179,9 +188,13 @@ def zero_center_reference(x_train: np.ndarray, x: np.ndarray, **hp: Any) -> np.n
 
 
 def standardize_reference(x_train: np.ndarray, x: np.ndarray, eps: float, **hp: Any) -> np.ndarray:
-    """``z = (x - mean) / sqrt(var + eps)``, per feature, biased variance of x_train."""
+    """``z = (x - mean) / sqrt(var + eps)``, per feature, biased variance of x_train (scale 1
+    where it is 0)."""
     xt = _np(x_train)
-    return (_np(x) - xt.mean(axis=0)) / np.sqrt(xt.var(axis=0) + eps)
+    var = xt.var(axis=0)
+    scale = np.sqrt(var + eps)
+    scale[var == 0] = 1.0
+    return (_np(x) - xt.mean(axis=0)) / scale
 
 
 def channel_mean_reference(x_train: np.ndarray, x: np.ndarray, **hp: Any) -> np.ndarray:

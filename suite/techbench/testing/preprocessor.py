@@ -22,7 +22,7 @@ Declared property ``laws``, a tuple of what the transformed *training* split sat
 =====================  ====================================================================
 identity               ``transform(x) == x``
 zero_mean              every feature has mean 0 over the samples
-unit_variance          every feature has (biased) variance 1, up to the eps regulariser
+unit_variance          every non-constant feature has (biased) variance 1, up to eps
 zero_channel_mean      every channel (dim 1) has mean 0 over the samples and spatial dims
 identity_covariance    the flattened features have covariance (ddof=1) I, up to eps
 closest_to_input       a whitening that is the closest to its centred input (ZCA): its
