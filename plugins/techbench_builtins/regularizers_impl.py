@@ -257,8 +257,9 @@ class GaussianNoise(Regularizer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.std == 0.0:
             return x, y
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return x + self.std * noise, y
+        device = generator.device if generator is not None else x.device
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device)
+        return x + self.std * noise.to(x.device), y
 
 
 def gaussian_noise_reference(

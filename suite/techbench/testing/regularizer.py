@@ -51,9 +51,11 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
 - ``noise_law`` (additive_noise): the draw recovered through the reference's affine law has mean 0,
   variance 1 and P(|e| < 1) = 0.6827 (three z-tests at ``ALPHA``, 20 000 draws); with every
   std-like parameter 0 the transform is the identity.
-- ``crop_flip_law`` (crop_flip): every output sample equals the reference for exactly one
-  (dy, dx, flip); the flip count passes a binomial test against ``flip_p`` and the mean shift
-  a z-test against ``padding`` (uniform offsets), both at ``ALPHA``.
+- ``crop_flip_law`` (crop_flip): the draws (dy, dx, flip) of each of 128 samples are read off a
+  probe batch whose pixels hold their own positions (matched against the reference for every
+  candidate draw); the real batch, transformed with the same seeded generator, must equal the
+  reference at those draws exactly. The flip count passes a binomial test against ``flip_p``
+  and the mean offset a z-test against ``padding`` (uniform offsets), both at ``ALPHA``.
 - ``loss``: value and autograd gradient equal the reference (float64), defaults and variants.
 - ``after_step``: with two optimizer groups whose lr was changed after construction (as a
   scheduler does), every parameter after the hook equals the reference with its group's
@@ -406,28 +408,40 @@ def _check_crop_flip_law(spec: TechniqueSpec) -> None:
     ref = spec.load_reference()
     full = spec.hyperparams()
     pad = int(full["padding"])
-    x, y = _image_batch(n=32, seed=17)
-    xt, _ = _make(spec, {}).transform_batch(x, y, torch.Generator().manual_seed(4))
-    candidates = [
+    reg = _make(spec, {})
+    x, y = _image_batch(n=128, seed=17)
+    n, c, h, w = x.shape
+    # Each draw is read off a probe batch whose pixels hold their own (nonzero) positions, fed
+    # with the same seeded generator; the real batch must then equal the reference at those draws.
+    probe = torch.arange(1, c * h * w + 1, dtype=torch.float64).reshape(1, c, h, w)
+    cand = [
         (dy, dx, f) for f in (False, True) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
     ]
-    flips, shift_sum = 0, 0
-    for i in range(x.shape[0]):
-        xi = x[i : i + 1]
-        found = None
-        for dy, dx, f in candidates:
-            out = ref(xi, torch.tensor([[dy, dx]]), torch.tensor([f]), **full)
-            if torch.equal(out[0], xt[i]):
-                found = (dy, dx, f)
-                break
-        if found is None:
-            raise CheckFailure(
-                f"{spec.qualified_name}: output sample {i} is no crop (offsets 0..{2 * pad} of the "
-                f"input zero-padded by {pad}) of it, flipped or not; max |out - in| = "
-                f"{float((xt[i] - x[i]).abs().max()):.4g}"
-            )
-        flips += int(found[2])
-        shift_sum += found[0] + found[1]
+    cand_shifts = torch.tensor([[dy, dx] for dy, dx, _ in cand])
+    cand_flips = torch.tensor([f for _, _, f in cand])
+    cand_out = ref(probe.expand(len(cand), c, h, w), cand_shifts, cand_flips, **full)
+    probe_out, _ = reg.transform_batch(
+        probe.expand(n, c, h, w).contiguous(), y, torch.Generator().manual_seed(4)
+    )
+    match = (probe_out[:, None] == cand_out[None]).reshape(n, len(cand), -1).all(dim=2)
+    if not bool(match.any(dim=1).all()):
+        i = int((~match.any(dim=1)).nonzero()[0])
+        raise CheckFailure(
+            f"{spec.qualified_name}: output sample {i} is no crop (offsets 0..{2 * pad} of the "
+            f"input zero-padded by {pad}) of its input, flipped horizontally or not"
+        )
+    found = match.to(torch.int64).argmax(dim=1)
+    xt, _ = reg.transform_batch(x, y, torch.Generator().manual_seed(4))
+    expected = ref(x, cand_shifts[found], cand_flips[found], **full)
+    assert_close(
+        xt,
+        expected,
+        what=f"{spec.qualified_name} augmented batch vs the reference at the draws read off a probe",
+        rtol=0,
+        atol=0,
+    )
+    flips = int(cand_flips[found].sum())
+    shift_sum = int(cand_shifts[found].sum())
     n = x.shape[0]
     fp = float(full["flip_p"])
     _z_check(
