@@ -70,9 +70,12 @@ class NormalizerProperties(TypedDict, total=False):
 
 
 class RegularizerProperties(TypedDict, total=False):
-    """``hooks``: which :class:`Regularizer` hooks it uses, e.g. ("penalty",) or ("module",)."""
+    """``hooks``: which :class:`Regularizer` hooks it overrides, e.g. ("penalty",) or
+    ("make_module",). ``law``: for ``transform_batch`` ones, "additive_noise" or "crop_flip",
+    which law ``techbench.testing.regularizer`` checks the transform against."""
 
     hooks: tuple[str, ...]
+    law: Literal["additive_noise", "crop_flip"]
 
 
 class OptimizerProperties(TypedDict, total=False):
