@@ -94,7 +94,7 @@ class ZeroCenter(_Fitted):
         self.mean = x.mean(dim=0)
 
     def _transform(self, x: Tensor) -> Tensor:
-        return x - self.mean.to(x.dtype)
+        return x - self.mean.to(device=x.device, dtype=x.dtype)
 
 
 class Standardize(_Fitted):
@@ -112,7 +112,9 @@ class Standardize(_Fitted):
         self.scale = torch.where(var > 0, torch.sqrt(var + self.eps), torch.ones_like(var))
 
     def _transform(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.dtype)) / self.scale.to(x.dtype)
+        return (x - self.mean.to(device=x.device, dtype=x.dtype)) / self.scale.to(
+            device=x.device, dtype=x.dtype
+        )
 
 
 class ChannelMean(_Fitted):
@@ -126,7 +128,7 @@ class ChannelMean(_Fitted):
             self.mean = x.mean(dim=dims, keepdim=True)[0]
 
     def _transform(self, x: Tensor) -> Tensor:
-        return x - self.mean.to(x.dtype)
+        return x - self.mean.to(device=x.device, dtype=x.dtype)
 
 
 def _eigh_descending(cov: Tensor) -> tuple[Tensor, Tensor]:
@@ -155,7 +157,9 @@ class _Whiten(_Fitted):
 
     def _transform(self, x: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
-        z = (flat - self.mean.to(x.dtype)) @ self.matrix.to(x.dtype)
+        z = (flat - self.mean.to(device=x.device, dtype=x.dtype)) @ self.matrix.to(
+            device=x.device, dtype=x.dtype
+        )
         return z.reshape(x.shape)
 
 

@@ -421,10 +421,10 @@ def check_gradcheck(spec: TechniqueSpec) -> None:
         try:
             torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[:6]
+            text = " ".join(str(exc).split())
             raise CheckFailure(
-                f"{spec.qualified_name} gradcheck (float64, train mode, input {shape}) failed: "
-                + " ".join(first)
+                f"{spec.qualified_name} gradcheck (float64, train mode, input {shape}, inputs "
+                f"x then {names}) failed: " + (text[:600] + " ..." if len(text) > 600 else text)
             ) from None
 
 
