@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="input, readout and weight seed")
     p.add_argument("--json", action="store_true", help="print the per-layer records as JSON")
     p.add_argument("--out", metavar="DIR", help="also write DIR/probe.html and DIR/probe.csv")
+    p.add_argument(
+        "--threads", type=_positive, help="torch intra-op threads (default: torch's choice)"
+    )
     p.add_argument("--bins", type=_positive, default=50, help="histogram bins for --out")
     p.set_defaults(handler=main)
 
@@ -80,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         histograms=bool(args.out),
         bins=args.bins,
+        threads=args.threads,
     )
     if args.json:
         records = [{k: _clean(v) for k, v in r.items()} for r in result.records]
