@@ -683,3 +683,36 @@ def test_correct_subclasses_pass_the_same_checks() -> None:
     spec = _spec("ok-dropout", impl.Dropout, "dropout_reference", ("make_module",), params=P_PARAM)
     for name in ("dropout_law", "dropout_fraction", "dropout_expectation"):
         _run(spec, name)
+
+
+# --------------------------------------------------------------------------- contract bits
+
+
+@pytest.mark.parametrize(
+    ("name", "hp"),
+    [
+        ("dropout", {"p": 1.0}),
+        ("dropout", {"p": -0.1}),
+        ("l2", {"convention": "quarter_lambda"}),
+        ("l2", {"lam": -1.0}),
+        ("augment", {"flip_p": 1.5}),
+        ("max_norm", {"c": 0.0}),
+        ("early_stopping", {"patience": 0}),
+        ("label_smoothing", {"epsilon": 2.0}),
+    ],
+)
+def test_invalid_hyperparameters_are_rejected(name: str, hp: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(hp))):
+        reg(name, **hp)
+
+
+def test_none_changes_nothing() -> None:
+    r = reg("none")
+    model = _model()
+    x, y = torch.rand(4, 3), torch.arange(4)
+    assert r.transform_batch(x, y) == (x, y)
+    assert r.make_module() is None and r.penalty(model) is None
+    assert r.loss(torch.rand(4, 3), y) is None and tuple(r.callbacks()) == ()
+    before = [p.detach().clone() for p in model.parameters()]
+    r.after_step(model, torch.optim.SGD(model.parameters(), lr=1.0))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
