@@ -493,9 +493,6 @@ def test_undeclared_properties_fail() -> None:
     )
     assert "data_dependent" in _failures(spec)["properties"]
     spec = _broken(
-        "fit_missing", lambda **hp: impl.Orthogonal(), impl.lsuv_target, data_dependent=True
-    )
-    spec = _broken(
         "fit_missing",
         lambda **hp: impl.Orthogonal(),
         lambda shape, **hp: UnitVarianceTarget(OrthogonalTarget(1.0)),
