@@ -66,7 +66,11 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
   ``on_validation_end`` and ``on_train_epoch_end``) on fake val_loss histories (plateau, steady
   decrease, improvements smaller than ``min_delta``, a NaN); the epoch where
   ``trainer.should_stop`` first becomes true equals the reference, for the defaults and for
-  ``patience=2, min_delta=0.05`` where those parameters exist.
+  ``patience=2, min_delta=0.05`` where those parameters exist. Lightning callbacks import
+  ``pytorch_lightning`` (about 4 s of CPU once per process); the stub itself takes milliseconds.
+
+Every check is deterministic (fixed seeds), so a statistical check that fails once fails always;
+the stated false-alarm rate is the chance that a correct plugin's seeded draw fails.
 """
 
 from __future__ import annotations
