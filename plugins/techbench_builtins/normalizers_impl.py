@@ -71,7 +71,12 @@ class Identity(nn.Module):
         return x
 
 
-class BatchNorm(nn.Module):
+class _Affine(nn.Module):
+    weight: Tensor | None
+    bias: Tensor | None
+
+
+class BatchNorm(_Affine):
     """Batch normalisation (Ioffe & Szegedy 2015), for (N, C) and (N, C, *spatial).
 
     Training: ``y = gamma * (x - mu_B) / sqrt(var_B + eps) + beta`` with the biased batch
@@ -79,6 +84,9 @@ class BatchNorm(nn.Module):
     where the running variance uses the *unbiased* batch variance ``var_B * n / (n - 1)`` (as
     torch does). Eval: ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta``.
     """
+
+    running_mean: Tensor
+    running_var: Tensor
 
     def __init__(
         self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True
@@ -106,7 +114,7 @@ class BatchNorm(nn.Module):
         return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}"
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(_Affine):
     """Layer normalisation (Ba et al. 2016): per sample, over C and the spatial dims.
 
     ``y = gamma_c * (x - mu) / sqrt(var + eps) + beta_c`` with ``mu``, ``var`` (biased) taken over
@@ -128,7 +136,7 @@ class LayerNorm(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(_Affine):
     """Group normalisation (Wu & He 2018): per sample, over groups of C/G channels and space."""
 
     def __init__(
@@ -152,7 +160,7 @@ class GroupNorm(nn.Module):
         return f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}"
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(_Affine):
     """RMS normalisation (Zhang & Sennrich 2019): ``y = g_c * x / sqrt(mean(x^2) + eps)``.
 
     The mean square is taken per sample over C and the spatial dims; there is no shift.

@@ -209,11 +209,11 @@ def _ref_grads(spec: TechniqueSpec, module: Any, x: Any, dy: Any, training: bool
     xr = x.clone().requires_grad_(True)
     y, _ = _ref_forward(spec, xr, params, state, training, hp)
     leaves = [xr, *params.values()]
-    grads = torch.autograd.grad((y * dy).sum(), leaves, allow_unused=True)
-    return {
-        name: torch.zeros_like(leaf) if g is None else g
-        for name, g, leaf in zip(["x", *params], grads, leaves, strict=True)
-    }
+    auto = torch.autograd.grad((y * dy).sum(), leaves, allow_unused=True)
+    out = {}
+    for name, g, leaf in zip(["x", *params], auto, leaves, strict=True):
+        out[name] = torch.zeros_like(leaf) if g is None else g
+    return out
 
 
 def check_gradients(spec: TechniqueSpec) -> None:
