@@ -1,0 +1,140 @@
+"""The third-party path end to end: install the example package into an isolated environment,
+see it in ``techbench list``, pass ``techbench check`` and its own three-line test; and broken
+plugins (a fast side off by 1e-3, a wrong derivative) fail ``techbench check`` with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.fakedist import make_dist
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "plugins" / "techbench_example"
+NAMES = ["bent_identity", "trunc_normal", "mean_only_batchnorm", "elastic_net", "signum"]
+
+
+def run(python: Path | str, *args: str, env: dict | None = None, timeout: int = 600):
+    return subprocess.run(
+        [str(python), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def example_env(tmp_path_factory) -> Path:
+    """A fresh virtual environment that sees techbench (system site) plus the example package."""
+    where = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(where)
+    python = where / "bin" / "python"
+    proc = run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(EXAMPLE))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return python
+
+
+def test_example_is_listed_with_its_distribution(example_env):
+    proc = run(example_env, "-m", "techbench.cli", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {
+        r["name"]: r for r in json.loads(proc.stdout) if r["distribution"] == "techbench-example"
+    }
+    assert sorted(rows) == sorted(NAMES)
+    assert {r["family"] for r in rows.values()} == {
+        "activation",
+        "initializer",
+        "normalizer",
+        "regularizer",
+        "optimizer",
+    }
+    assert all(r["status"] == "ok" and r["summary"] for r in rows.values())
+
+
+def test_example_is_invisible_outside_its_environment():
+    proc = run(sys.executable, "-m", "techbench.cli", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert not [r for r in json.loads(proc.stdout) if r["distribution"] == "techbench-example"]
+
+
+def test_example_passes_techbench_check(example_env):
+    proc = run(example_env, "-m", "techbench.cli", "check", *NAMES)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 failed (5 techniques, 0 broken plugins)" in proc.stdout
+
+
+def test_example_package_own_tests_pass(example_env):
+    proc = run(example_env, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+BROKEN = """
+import torch
+from types import SimpleNamespace
+from techbench import TechniqueSpec
+
+PROPS = {"output_range": (float("-inf"), float("inf")), "zero_centered": True,
+         "monotonic": True, "saturation": None, "dead_below": None, "kinks": ()}
+
+
+class Bent(torch.nn.Module):
+    def forward(self, x):
+        return (torch.sqrt(x * x + 1) - 1) / 2 + x
+
+
+class OffBent(Bent):
+    def forward(self, x):
+        return super().forward(x) + 1e-3
+
+
+RIGHT = SimpleNamespace(
+    value=lambda x, **_: (torch.sqrt(x**2 + 1) - 1) / 2 + x,
+    derivative=lambda x, **_: x / (2 * torch.sqrt(x**2 + 1)) + 1,
+)
+WRONG_DERIVATIVE = SimpleNamespace(
+    value=RIGHT.value, derivative=lambda x, **_: x / (2 * torch.sqrt(x**2 + 1))
+)
+
+off_by = TechniqueSpec(name="off_by", family="activation", summary="Off by 1e-3.",
+    citation="test", fast=OffBent, reference=RIGHT, properties=PROPS)
+bad_derivative = TechniqueSpec(name="bad_derivative", family="activation",
+    summary="Derivative forgets the +1.", citation="test", fast=Bent,
+    reference=WRONG_DERIVATIVE, properties=PROPS)
+"""
+
+
+@pytest.fixture
+def broken_dist(tmp_path) -> dict:
+    make_dist(
+        tmp_path,
+        "brokenacts",
+        {"techbench.activations": {n: f"brokenacts:{n}" for n in ("off_by", "bad_derivative")}},
+        {"brokenacts/__init__.py": BROKEN},
+    )
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_fast_off_by_1e3_fails_values_with_the_input(broken_dist):
+    proc = run(sys.executable, "-m", "techbench.cli", "check", "off_by", env=broken_dist)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED  activation/off_by :: values" in proc.stdout
+    assert "at input" in proc.stdout and "|diff| = 0.001" in proc.stdout
+
+
+def test_wrong_derivative_fails_gradient_check(broken_dist):
+    proc = run(sys.executable, "-m", "techbench.cli", "check", "bad_derivative", env=broken_dist)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED  activation/bad_derivative :: gradient" in proc.stdout
+    assert "values" not in [
+        line.split("::")[-1].strip() for line in proc.stdout.splitlines() if "FAILED" in line
+    ]
