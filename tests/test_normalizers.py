@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from techbench.registry import get_spec
@@ -375,3 +377,29 @@ def test_reference_without_forward_is_reported():
     spec = _broken(impl.BatchNorm, reference=object())
     with pytest.raises(CheckFailure, match="no forward"):
         checks(spec)[1](spec)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(2, 6),
+    c=st.integers(1, 5),
+    spatial=st.lists(st.integers(1, 3), max_size=2),
+    eps=st.floats(1e-6, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_batchnorm_backward_property(n, c, spatial, eps, seed):
+    """Hand-derived backward == autograd and fast == torch's functional, for any small shape."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, c, *spatial)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    w = torch.randn(c, generator=g, dtype=torch.float64).requires_grad_(True)
+    b = torch.randn(c, generator=g, dtype=torch.float64).requires_grad_(True)
+    dy = torch.randn(shape, generator=g, dtype=torch.float64)
+    ref = impl.batchnorm_reference
+    y, cache = ref.forward(x, {"weight": w, "bias": b}, {}, True, eps=eps, momentum=0.1)
+    hand = ref.backward(dy, cache)
+    auto = torch.autograd.grad(y, [x, w, b], dy)
+    for name, a in zip(["x", "weight", "bias"], auto, strict=True):
+        torch.testing.assert_close(hand[name], a, rtol=1e-9, atol=1e-10, msg=name)
+    expected = F.batch_norm(x, None, None, w, b, True, 0.1, eps)
+    torch.testing.assert_close(y, expected)
