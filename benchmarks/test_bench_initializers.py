@@ -4,8 +4,8 @@
 law; ``reference``: sampling the reference target in float64 (scipy's ``target.rvs``; numpy's
 QR of a Gaussian with sign fix for orthogonal; the exact values for identity), copied in.
 LSUV's ``fit`` is timed separately on the 10-layer MLP of the conformance check. Timed with one
-thread (torch and BLAS). Run with ``pytest benchmarks --benchmark-enable --benchmark-only``; results are
-grouped by initializer so the three implementations sit side by side.
+thread (torch and BLAS). Run with ``pytest benchmarks --benchmark-enable --benchmark-only``;
+results are grouped by initializer so the three implementations sit side by side.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from techbench.testing.initializer import ExactTarget, OrthogonalTarget, UnitVar
 
 
 def fans(shape: Sequence[int]) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a weight ``(out, in, *k)``; a 1-D tensor uses its length for both."""
+    """``(fan_in, fan_out)`` of a weight ``(out, in, *k)``; a 1-D tensor: its length, twice."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 0:
         raise ValueError("cannot compute fans of a 0-d tensor")
@@ -202,7 +202,7 @@ def _weight_only(name: str, tensor: torch.Tensor, min_dim: int = 2) -> None:
 
 
 class Orthogonal(Initializer):
-    """gain * Q with Q Haar-orthogonal on the weight flattened to (out, in * prod(k)) (Saxe 2013)."""
+    """gain * Q, Q Haar-orthogonal, on the weight flattened to (out, in * prod(k)) (Saxe 2013)."""
 
     def __init__(self, gain: float = 1.0) -> None:
         self.gain = float(gain)
@@ -242,12 +242,20 @@ class _Stop(Exception):
     pass
 
 
+def _weight(layer: nn.Module) -> torch.Tensor:
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"lsuv: {type(layer).__name__} has no weight tensor")
+    return weight
+
+
 class LSUV(Orthogonal):
     """Layer-sequential unit-variance init (Mishkin & Matas 2015, Algorithm 1).
 
     ``init(tensor)`` gives the orthogonal start; ``init.fit(model, x)`` rescales each layer in
     forward order, ``W <- W / sqrt(Var(B))`` with ``B`` the layer's output on the batch ``x``
-    (population variance over all its elements), until ``|Var(B) - 1| < tol`` or ``max_iter`` rescalings.
+    (population variance over all its elements), until ``|Var(B) - 1| < tol`` or ``max_iter``
+    rescalings.
     """
 
     data_dependent = True
@@ -263,7 +271,7 @@ class LSUV(Orthogonal):
         layers: Sequence[nn.Module] | None = None,
         reinit: bool = True,
     ) -> list[LayerScale]:
-        """Initialise ``model`` on batch ``x``; ``layers`` default: its Linear/Conv modules in order.
+        """Initialise ``model`` on batch ``x``; ``layers``: by default its Linear/Conv modules.
 
         The model runs in eval mode without gradients (its training flags are restored after);
         only the layers' weights change. Each forward pass stops at the layer being scaled.
@@ -280,7 +288,7 @@ class LSUV(Orthogonal):
             with torch.no_grad():
                 if reinit:
                     for layer in layers:
-                        self(layer.weight)
+                        self(_weight(layer))
                 for layer in layers:
                     records.append(self._fit_layer(model, x, layer, names.get(id(layer), "?")))
         finally:
@@ -310,7 +318,7 @@ class LSUV(Orthogonal):
                 done = abs(var - 1.0) < self.tol
                 if done or iterations >= self.max_iter or not (math.isfinite(var) and var > 0):
                     return LayerScale(name, iterations, var, done)
-                layer.weight.div_(math.sqrt(var))
+                _weight(layer).div_(math.sqrt(var))
                 iterations += 1
         finally:
             handle.remove()

@@ -25,13 +25,14 @@ Reference side: ``reference(shape, **hp)`` returns the *target*, one of:
   ``start`` and after ``fit`` every layer's output has variance within ``tol`` of ``variance``.
 
 Statistical protocol (check ``target`` for distributions): for each hyper-parameter setting (the
-defaults and one alternative value per parameter, see :func:`variants`) and each shape (a
+defaults, and one setting moving every parameter at once, see :func:`variants`) and shape (a
 512 x 1024 weight and a 96 x 32 x 3 x 3 conv weight; a 16384 bias), three two-sided tests on the
 float32 sample: Kolmogorov-Smirnov against the cdf (exact ``kstwo`` law, on every k-th entry,
-about :data:`KS_SAMPLES` of them; continuous targets only), a z-test of the sample mean and a z-test of the sample variance using the target's
-kurtosis (``Var(s^2) ~ (kurtosis + 2) sigma^4 / n``). Each check's tests share
-:data:`ALPHA` = 1e-3 by Bonferroni, so a correct plugin fails a check with probability at most
-1e-3 over seeds. The seeds are fixed, so every run of a check gives the same verdict.
+about :data:`KS_SAMPLES` of them; continuous targets only), a z-test of the sample mean and a
+z-test of the sample variance using the target's excess kurtosis (``Var(s^2) ~ (kurtosis + 2)
+sigma^4 / n``). Each check's tests share :data:`ALPHA` = 1e-3 by Bonferroni, so a correct
+plugin fails a check with probability at most 1e-3 over seeds. The seeds are fixed, so every
+run of a check gives the same verdict.
 
 LSUV (check ``unit_output_variance``): a 10-layer MLP (32 -> 64 x 9 -> 10, torch's default
 Linear init for the biases) with tanh and with ReLU, on a seeded N(0, 1) batch of 256: after
@@ -248,7 +249,8 @@ def _check_in_place(spec: TechniqueSpec) -> None:
         init(param)
     except RuntimeError as exc:
         raise CheckFailure(
-            f"{spec.qualified_name}: init fails on an nn.Parameter (fill under torch.no_grad): {exc}"
+            f"{spec.qualified_name}: init fails on an nn.Parameter "
+            f"(fill under torch.no_grad): {exc}"
         ) from None
     if param.grad_fn is not None or not param.requires_grad:
         raise CheckFailure(f"{spec.qualified_name}: init changed the parameter's autograd state")
