@@ -1,0 +1,167 @@
+"""The gradient-health callback against an independent float64 computation of one SGD step
+(autograd on a copy of the model), its cadence, its non-finite count and its host syncs."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from techbench.families import DatasetSplits, ModelParts
+from techbench.health import GradientHealth
+from techbench.lit import TechniqueModule, TensorDataModule, build_trainer
+from techbench.trial import _quiet
+from techbench_builtins.models_impl import MLP
+
+LR = 0.1
+PROPS = {"dead_below": 0.0, "saturation": (0.05, 0.95)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _splits(n: int = 32, nan: bool = False) -> DatasetSplits:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 5, generator=g)
+    if nan:
+        x[3, 2] = float("nan")
+    y = torch.randint(0, 3, (n,), generator=g)
+    return DatasetSplits("toy", x, y, x[:8], y[:8], x[:8], y[:8], "classification", 3)
+
+
+def _model(seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    parts = ModelParts(
+        activation=nn.ReLU,
+        weight_init=lambda t: nn.init.normal_(t, 0.0, 0.5),
+        bias_init=lambda t: nn.init.uniform_(t, -4.0, 0.5),
+    )
+    return MLP((5,), 3, parts, depth=2, width=16)
+
+
+def _fit(
+    model: nn.Module,
+    splits: DatasetSplits,
+    batch_size: int,
+    every: int,
+    epochs: int = 1,
+    health: bool = True,
+):
+    module = TechniqueModule(
+        model, "classification", lambda ps: torch.optim.SGD(ps, lr=LR), None, total_steps=100
+    )
+    cb = GradientHealth(every, PROPS) if health else None
+    with _quiet():
+        trainer = build_trainer(
+            {"accelerator": "cpu", "deterministic": True},
+            {"epochs": epochs},
+            callbacks=[cb] if cb else [],
+        )
+        trainer.fit(module, datamodule=TensorDataModule(splits, batch_size, seed=0))
+    return module, cb
+
+
+def _series(cb: GradientHealth, step: int) -> dict[tuple[str, str], float]:
+    return {(r["metric"], r["layer"]): r["value"] for r in cb.rows if r["step"] == step}
+
+
+def test_full_batch_step_matches_float64_autograd() -> None:
+    model = _model()
+    ref = copy.deepcopy(model).double()
+    splits = _splits()
+    _, cb = _fit(model, splits, batch_size=32, every=1)
+    got = _series(cb, 0)
+
+    x, y = splits.x_train.double(), splits.y_train
+    outs = []
+    h = x
+    for i, layer in enumerate(ref.weight_layers):
+        h = h @ layer.weight.T + layer.bias
+        if i < len(ref.weight_layers) - 1:
+            h = torch.relu(h)
+            outs.append(h.detach().numpy())
+    nn.functional.cross_entropy(h, y).backward()
+    grads = [layer.weight.grad for layer in ref.weight_layers]
+    all_grads = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
+    expected = {("grad_norm_global", ""): float(all_grads.norm()), ("nonfinite_grads", ""): 0.0}
+    expected[("grad_ratio_first_last", "")] = float(grads[0].norm() / grads[-1].norm())
+    for i, (layer, g) in enumerate(zip(ref.weight_layers, grads, strict=True)):
+        w0 = layer.weight.detach()
+        w1 = w0 - LR * g
+        expected[("grad_norm", str(i))] = float(g.norm())
+        expected[("weight_norm", str(i))] = float(w1.norm())
+        expected[("update_ratio", str(i))] = float((w1 - w0).norm() / w0.norm())
+        expected[("dist_from_init", str(i))] = float((w1 - w0).norm())
+    for i, a in enumerate(outs):
+        expected[("act_mean", str(i))] = float(a.mean())
+        expected[("act_std", str(i))] = float(a.std())
+        expected[("dead_fraction", str(i))] = float(np.mean(np.all(a <= 0.0, axis=0)))
+        expected[("saturated_fraction", str(i))] = float(np.mean((a <= 0.05) | (a >= 0.95)))
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=2e-5, abs=1e-6), key
+    assert (
+        expected[("dead_fraction", "0")] + expected[("dead_fraction", "1")] > 0
+    )  # biases kill some
+
+
+def test_dist_from_init_accumulates_and_cadence() -> None:
+    model = _model()
+    init = [layer.weight.detach().clone() for layer in model.weight_layers]
+    module, cb = _fit(model, _splits(40), batch_size=4, every=3)
+    steps = sorted({r["step"] for r in cb.rows})
+    assert module.steps_done == 10 and steps == [0, 3, 6, 9]
+    last = _series(cb, 9)
+    for i, (layer, w0) in enumerate(zip(model.weight_layers, init, strict=True)):
+        assert last[("dist_from_init", str(i))] == pytest.approx(
+            float((layer.weight.detach() - w0).norm()), rel=1e-5
+        )
+        assert last[("weight_norm", str(i))] == pytest.approx(
+            float(layer.weight.detach().norm()), rel=1e-5
+        )
+
+
+def test_nonfinite_gradients_are_counted() -> None:
+    model = _model()
+    n_params = sum(p.numel() for p in model.parameters())
+    module, cb = _fit(model, _splits(nan=True), batch_size=32, every=1)
+    got = _series(cb, 0)
+    assert got[("nonfinite_grads", "")] == n_params
+    assert math.isnan(got[("grad_norm_global", "")])
+    assert module.diverged_step == 0
+
+
+def test_activation_metrics_the_activation_cannot_have_are_left_out() -> None:
+    cb = GradientHealth(1, {"dead_below": None, "saturation": (0.01, 0.99)})
+    assert cb.act_metrics == ["act_mean", "act_std", "saturated_fraction"]
+    with pytest.raises(ValueError):
+        GradientHealth(0)
+
+
+def test_one_host_sync_per_logged_step(monkeypatch) -> None:
+    counts = {"n": 0}
+    for name in ("tolist", "item", "__float__", "__bool__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _original=original, **kw):
+            counts["n"] += 1
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+    def syncs(health: bool) -> int:
+        counts["n"] = 0
+        _fit(_model(), _splits(40), batch_size=4, every=1, health=health)
+        return counts["n"]
+
+    without, every_step = syncs(False), syncs(True)
+    assert every_step - without == 10  # 10 logged steps, one transfer each
