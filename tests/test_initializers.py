@@ -299,6 +299,12 @@ def test_lsuv_respects_max_iter_layers_reinit_and_leaves_bias_and_mode() -> None
     assert model.training and model[0].training
 
 
+def test_lsuv_fit_wants_the_model_not_a_list_of_layers() -> None:
+    model = mlp(nn.ReLU, (4, 4, 2))
+    with pytest.raises(TypeError, match="model\\(x\\)"):
+        spec_of("lsuv").create().fit([model[0], model[2]], torch.randn(8, 4))
+
+
 # ---------------------------------------------------------- the notes' 10-layer experiment
 
 

@@ -276,6 +276,11 @@ class LSUV(Orthogonal):
         The model runs in eval mode without gradients (its training flags are restored after);
         only the layers' weights change. Each forward pass stops at the layer being scaled.
         """
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "lsuv: fit(model, x, layers=None) needs the nn.Module that is called as model(x), "
+                f"got {type(model).__name__}; pass a subset of its layers as layers=[...]"
+            )
         names = {id(m): n for n, m in model.named_modules()}
         if layers is None:
             layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
