@@ -65,7 +65,7 @@ zeros = _spec(
     "zeros",
     "Zeros",
     "zeros_target",
-    "All entries 0 (the notes' usual bias init; breaks symmetry only with a random weight init).",
+    "All entries 0: the usual bias init (as a weight init, all units stay identical).",
     "Lecture notes, seed 000",
     applies_to="any",
 )
