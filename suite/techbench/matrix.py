@@ -323,7 +323,10 @@ class _Parser:
         for key in table:
             if key not in known:
                 where = f"{path}.{key}" if path else str(key)
-                self.problem(where, f"unknown key {key!r}", _did_you_mean(str(key), known))
+                hint = _did_you_mean(str(key), known)
+                if path and key in TOP_KEYS:
+                    hint = f"{key!r} is a top-level key: move it above the first [table] header"
+                self.problem(where, f"unknown key {key!r}", hint)
 
     def table(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
         value = data.get(key, {})
