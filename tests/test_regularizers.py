@@ -440,6 +440,18 @@ class FewDrops(PlainDropout):
         return M()
 
 
+class ScaleOffDropout(PlainDropout):
+    def make_module(self) -> nn.Module:
+        p = self.p
+
+        class M(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                keep = torch.rand_like(x) >= p
+                return x * keep / (1 - p) * (1 + 1e-3) if self.training else x
+
+        return M()
+
+
 class DropsInEval(PlainDropout):
     def make_module(self) -> nn.Module:
         p = self.p
@@ -536,6 +548,16 @@ BROKEN = [
     (
         "plain_dropout",
         PlainDropout,
+        "dropout_reference",
+        ("make_module",),
+        P_PARAM,
+        {},
+        "dropout_law",
+        "training output given its keep mask",
+    ),
+    (
+        "scale_off_dropout",
+        ScaleOffDropout,
         "dropout_reference",
         ("make_module",),
         P_PARAM,

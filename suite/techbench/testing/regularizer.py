@@ -37,7 +37,8 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
 
 - ``hooks``: the fast side is a ``Regularizer`` overriding exactly the declared hooks.
 - ``penalty``: on a float64 model (Linear, BatchNorm1d, Conv2d), value and autograd gradient of
-  every parameter equal the reference, for the defaults and every non-default bool / choice.
+  every parameter equal the reference, for the defaults and every non-default bool / choice;
+  and once more in float32 (defaults) with float32 tolerances.
 - ``dropout_eval_identity``: in eval mode the module returns its input unchanged.
 - ``dropout_law``: kept outputs and the input gradient equal the reference given the observed
   mask (float64, 16 000 units).
@@ -182,13 +183,14 @@ def _check_penalty(spec: TechniqueSpec) -> None:
     import torch
 
     ref = spec.load_reference()
-    for hp in _variants(spec):
+    runs = [(hp, torch.float64) for hp in _variants(spec)] + [({}, torch.float32)]
+    for hp, dtype in runs:
         full = spec.hyperparams(hp)
-        model = _probe_model()
+        model = _probe_model().to(dtype)
         named = list(model.named_parameters())
         value = _make(spec, hp).penalty(model)
         ref_value, ref_grads = ref(named, **full)
-        label = f"{spec.qualified_name} ({_label(hp)})"
+        label = f"{spec.qualified_name} ({_label(hp)}, {str(dtype).replace('torch.', '')})"
         if value is None:
             if float(ref_value) != 0.0:
                 raise CheckFailure(
@@ -197,13 +199,13 @@ def _check_penalty(spec: TechniqueSpec) -> None:
             continue
         if value.dim() != 0:
             raise CheckFailure(f"{label}: penalty must be a scalar, got shape {tuple(value.shape)}")
-        assert_close(value, ref_value, what=f"{label} penalty value", dtype=torch.float64)
+        assert_close(value, ref_value, what=f"{label} penalty value", dtype=dtype)
         params = [p for _, p in named]
         grads = torch.autograd.grad(value, params, allow_unused=True)
         for (name, p), g, rg in zip(named, grads, ref_grads, strict=True):
             got = torch.zeros_like(p) if g is None else g
             assert_close(
-                got, rg, what=f"{label} penalty gradient wrt {name}", inputs=p, dtype=torch.float64
+                got, rg, what=f"{label} penalty gradient wrt {name}", inputs=p, dtype=dtype
             )
 
 
