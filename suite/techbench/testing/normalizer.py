@@ -43,6 +43,15 @@ hyper-parameters and, when the technique has an ``eps`` parameter, also ``eps=0.
 epsilon in the wrong place shows). Tolerances: float64 ``rtol=1e-7, atol=1e-9``; float32 against the
 float64 reference ``rtol=1e-4, atol=1e-5``; invariants ``1e-4 + 4 eps (1/s + 1/sqrt(s))`` per row,
 where ``s`` is the row's input variance (mean square for ``sample_rms``/``sample_norm``).
+
+Checks: ``forward_float32``/``forward_float64`` (train mode, shape and dtype kept);
+``gradients`` (dJ/dx and dJ/dparam of the module, by autograd, against the reference's backward
+or autograd through it, train and eval mode); ``running_statistics`` (buffers after each of 3
+training steps; an eval-mode forward leaves them alone); ``eval_mode`` (output after 2 training
+steps); ``batch_dependence`` (``batch_dependent=False``: a sample's output is the same alone and
+within a batch; ``True``: it differs in train mode and not in eval mode); ``invariants``;
+``gradcheck`` (``torch.autograd.gradcheck`` in fast mode, float64, train mode, on (3, 8) and
+(2, 8, 2, 2), inputs and parameters). Checks run single-threaded (torch and BLAS).
 """
 
 from __future__ import annotations

@@ -36,6 +36,13 @@ its own statistics shows), and images (150, 3, 4, 4) with per-channel offsets. T
 float64 ``rtol=1e-7, atol=1e-9``; float32 input against the float64 reference
 ``rtol=1e-4, atol=1e-4``; laws ``1e-4 + 4 eps / lambda_min``, ``lambda_min`` the smallest
 variance (covariance eigenvalue) of the training split.
+
+Checks: ``matches_reference_float64``/``matches_reference_float32`` (fit on train, transform of
+train and val, both layouts; ``fit`` returns the preprocessor; shape and dtype kept);
+``no_leakage`` (transforming val neither refits nor depends on the other val rows; ``fit`` leaves
+its input unchanged); ``deterministic`` (two fits and a refit: bit-identical); ``laws``. The
+closest-to-input law reads ``W`` off the map, so it assumes an affine transform. Checks run
+single-threaded (torch and BLAS).
 """
 
 from __future__ import annotations
