@@ -288,8 +288,9 @@ class Augment(Regularizer):
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The random draws for ``n`` samples: shifts (n, 2) in [0, 2*padding] and flips (n,)."""
-        shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator)
-        flips = torch.rand(n, generator=generator) < self.flip_p
+        device = generator.device if generator is not None else None
+        shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator, device=device)
+        flips = torch.rand(n, generator=generator, device=device) < self.flip_p
         return shifts, flips
 
     def transform_batch(
