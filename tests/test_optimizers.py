@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from techbench.registry import get_spec, list_techniques
 from techbench.spec import ParamError, TechniqueSpec
@@ -464,3 +466,36 @@ def test_state_lost_by_state_dict_fails() -> None:
         r"parameter \d .*resumed vs uninterrupted",
     ):
         opt_checks.check_state_dict_round_trip(spec)
+
+
+# --- property: fast and reference agree across the declared ranges ---------------------------
+
+
+_unit = st.floats(0.0, 0.99)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lr=st.floats(1e-4, 0.1),
+    beta1=_unit,
+    beta2=st.floats(0.5, 0.9999),
+    eps=st.floats(1e-10, 1e-1),
+    weight_decay=st.floats(0.0, 0.1),
+    bias_correction=st.booleans(),
+    eps_placement=st.sampled_from(["outside", "inside"]),
+)
+def test_adam_agrees_with_reference_across_hyperparameters(**hp: Any) -> None:
+    opt_checks.compare_with_reference(get_spec("adam"), hp, steps=6)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lr=st.floats(1e-4, 0.1),
+    alpha=_unit,
+    eps=st.floats(1e-10, 1e-1),
+    momentum=_unit,
+    weight_decay=st.floats(0.0, 0.1),
+    eps_placement=st.sampled_from(["outside", "inside"]),
+)
+def test_rmsprop_agrees_with_reference_across_hyperparameters(**hp: Any) -> None:
+    opt_checks.compare_with_reference(get_spec("rmsprop"), hp, steps=6)

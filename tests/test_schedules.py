@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR
 
 from techbench.registry import get_spec, list_techniques
@@ -194,3 +196,25 @@ def test_state_not_in_state_dict_fails() -> None:
     sched_checks.check_lr_matches_closed_form(spec)
     with pytest.raises(CheckFailure, match=r"resumed from a state_dict saved at step 120"):
         sched_checks.check_state_dict_round_trip(spec)
+
+
+# --- property: fast and closed form agree across the declared ranges -------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    total=st.integers(2, 200),
+    warmup_steps=st.integers(0, 50),
+    min_lr_ratio=st.floats(0.0, 1.0),
+)
+def test_cosine_agrees_with_closed_form(total: int, warmup_steps: int, min_lr_ratio: float) -> None:
+    fast, ref = _both("cosine", total, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+    assert fast == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    assert all(lr >= min_lr_ratio * 0.1 * (1 - 1e-12) for lr in fast[warmup_steps:])
+
+
+@settings(max_examples=20, deadline=None)
+@given(total=st.integers(1, 100), step_size=st.integers(1, 30), gamma=st.floats(0.01, 1.0))
+def test_step_agrees_with_closed_form(total: int, step_size: int, gamma: float) -> None:
+    fast, ref = _both("step", total, step_size=step_size, gamma=gamma)
+    assert fast == pytest.approx(ref, rel=1e-12, abs=1e-300)
