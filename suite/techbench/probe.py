@@ -329,13 +329,14 @@ def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _histogram_figure(combo: Combination, per_row: int = 10) -> Any:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     depth = len(combo.act_hist)
     cols = min(depth, per_row)
@@ -349,16 +350,18 @@ def _histogram_figure(combo: Combination, per_row: int = 10) -> Any:
         for layer, (counts, edges) in enumerate(hists):
             ax = axes[2 * (layer // cols) + kind, layer % cols]
             ax.set_visible(True)
-            ax.bar(edges[:-1], counts, width=edges[1:] - edges[:-1], align="edge", linewidth=0)
+            ax.stairs(counts, edges, fill=True)
             ax.set_title(f"{'act' if kind == 0 else 'dL/dW'} L{layer + 1}", fontsize=7, pad=2)
+            if kind == 1:
+                ax.set_yscale("log")
+            ax.set_yticks([])
+            ax.set_yticks([], minor=True)
+            ax.xaxis.set_major_locator(MaxNLocator(3))
             ax.tick_params(labelsize=5)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
             ax.xaxis.get_offset_text().set_fontsize(5)
-            ax.set_yticks([])
-            if kind == 1:
-                ax.set_yscale("log")
     fig.suptitle(combo.label, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.99, bottom=0.08, top=0.88, wspace=0.25, hspace=0.6)
     return fig
 
 
@@ -370,7 +373,7 @@ def _curves_figure(frame: Any) -> Any:
     data["combination"] = (
         data["activation"] + " | " + data["initializer"] + " | " + data["normalizer"]
     )
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
     for ax, column, title in (
         (axes[0], "act_std", "activation std vs depth"),
         (axes[1], "grad_norm", "||dL/dW|| vs depth"),
@@ -379,8 +382,9 @@ def _curves_figure(frame: Any) -> Any:
         sns.lineplot(data=sub, x="layer", y=column, hue="combination", marker="o", ax=ax)
         ax.set_yscale("log")
         ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    axes[0].get_legend().remove()
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
+    fig.subplots_adjust(left=0.06, right=0.75, bottom=0.12, top=0.9, wspace=0.25)
     return fig
 
 
