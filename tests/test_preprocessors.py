@@ -242,3 +242,15 @@ def test_output_off_by_1e3_fails_both_dtypes():
 def test_undeclared_or_unknown_laws_fail():
     failures = _failures(_broken(impl.ZeroCenter, "zero_center", laws=("zero_mean", "magic")))
     assert "unknown laws ['magic']" in failures["laws"]
+
+
+@pytest.mark.parametrize("name", ["standardize", "channel_mean", "zca_whiten"])
+def test_fit_in_blocks_on_a_large_float32_training_set(name):
+    """More rows than one fitting block: statistics still equal numpy's float64 ones."""
+    rng = np.random.default_rng(5)
+    train = (rng.normal(size=(impl._CHUNK * 2 + 123, 3, 2, 1)) * 3 + 1e3).astype(np.float32)
+    val = rng.normal(size=(11, 3, 2, 1)).astype(np.float32) + 1e3
+    got = _fit_transform(name, train, val.astype(np.float64))
+    ref = get_spec(f"preprocessor/{name}").load_reference()
+    hp = get_spec(f"preprocessor/{name}").hyperparams()
+    np.testing.assert_allclose(got, ref(train, val, **hp), rtol=1e-9, atol=1e-9)

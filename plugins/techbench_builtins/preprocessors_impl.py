@@ -22,6 +22,7 @@ dtype and shape. Whitening keeps all D components, so the shape is preserved.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,25 @@ __all__ = [
 ]
 
 
+_CHUNK = 8192
+
+
+def _chunks(x: Tensor) -> Iterator[Tensor]:
+    """Rows of ``x`` in float64, a block at a time (no float64 copy of a large training set)."""
+    for start in range(0, x.shape[0], _CHUNK):
+        yield x[start : start + _CHUNK].to(torch.float64)
+
+
+def _mean(x: Tensor) -> Tensor:
+    """Per-feature mean over dim 0, in float64."""
+    return sum((c.sum(dim=0) for c in _chunks(x)), torch.zeros(())) / x.shape[0]
+
+
+def _centred_sq(x: Tensor, mean: Tensor) -> Tensor:
+    """``sum_i (x_i - mean)^2`` per feature, in float64."""
+    return sum((((c - mean) ** 2).sum(dim=0) for c in _chunks(x)), torch.zeros(()))
+
+
 class _Fitted:
     """Shared plumbing: remember the fitted feature shape, refuse to transform before fit."""
 
@@ -55,7 +75,7 @@ class _Fitted:
                 f"{type(self).__name__}.fit expects (N, *features) with N >= 2, got {tuple(x.shape)}"
             )
         self._feature_shape = tuple(x.shape[1:])
-        self._fit(x.detach().to(torch.float64))
+        self._fit(x.detach())
         return self
 
     def transform(self, x: Tensor) -> Tensor:
@@ -91,7 +111,7 @@ class ZeroCenter(_Fitted):
     """``z = x - mu``, ``mu`` the per-feature training mean."""
 
     def _fit(self, x: Tensor) -> None:
-        self.mean = x.mean(dim=0)
+        self.mean = _mean(x)
 
     def _transform(self, x: Tensor) -> Tensor:
         return x - self.mean.to(device=x.device, dtype=x.dtype)
@@ -107,8 +127,8 @@ class Standardize(_Fitted):
         self.eps = eps
 
     def _fit(self, x: Tensor) -> None:
-        self.mean = x.mean(dim=0)
-        var = x.var(dim=0, unbiased=False)
+        self.mean = _mean(x)
+        var = _centred_sq(x, self.mean) / x.shape[0]
         self.scale = torch.where(var > 0, torch.sqrt(var + self.eps), torch.ones_like(var))
 
     def _transform(self, x: Tensor) -> Tensor:
@@ -121,11 +141,11 @@ class ChannelMean(_Fitted):
     """``z = x - m_c``: per-channel training mean over samples and spatial dims (VGG)."""
 
     def _fit(self, x: Tensor) -> None:
-        if x.dim() == 2:
-            self.mean = x.mean(dim=0)
-        else:
-            dims = [0, *range(2, x.dim())]
-            self.mean = x.mean(dim=dims, keepdim=True)[0]
+        mean = _mean(x)
+        if x.dim() > 2:
+            dims = tuple(range(1, mean.dim()))
+            mean = mean.mean(dim=dims, keepdim=True)
+        self.mean = mean
 
     def _transform(self, x: Tensor) -> Tensor:
         return x - self.mean.to(device=x.device, dtype=x.dtype)
@@ -146,9 +166,9 @@ class _Whiten(_Fitted):
 
     def _fit(self, x: Tensor) -> None:
         flat = x.reshape(x.shape[0], -1)
-        self.mean = flat.mean(dim=0)
-        centred = flat - self.mean
-        cov = centred.T @ centred / (flat.shape[0] - 1)
+        self.mean = _mean(flat)
+        cov = sum(((c - self.mean).T @ (c - self.mean) for c in _chunks(flat)), torch.zeros(()))
+        cov = cov / (flat.shape[0] - 1)
         lam, u = _eigh_descending(cov)
         self.matrix = self._matrix(lam, u)
 
