@@ -122,8 +122,7 @@ def _fast_step(opt: Any, params: list[Any], loss: Callable[[list[Any]], Any]) ->
 
 
 def _label(spec: TechniqueSpec, hp: Mapping[str, Any]) -> str:
-    changed = {k: v for k, v in hp.items() if spec.defaults().get(k) != v}
-    args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    args = ", ".join(f"{k}={v!r}" for k, v in hp.items())
     return f"{spec.qualified_name}({args})"
 
 
