@@ -116,7 +116,7 @@ def build(
     flags = analyze.best_flags(runs)
     if not flags.empty:
         cells = cells.merge(
-            flags[["dataset", "config", "indistinguishable", "p_holm"]],
+            flags[["dataset", "config", "indistinguishable", "tested", "p_holm"]],
             on=["dataset", "config"],
             how="left",
         )
@@ -198,7 +198,8 @@ def build(
         html.para(
             "Per dataset, each configuration is tested against the best one (highest IQM) "
             "with a one-sided Mann-Whitney U over seeds, Holm-corrected across "
-            "configurations; 'indistinguishable' means the data do not show it is worse."
+            "configurations; 'indistinguishable' means the data do not show it is worse ('tested' "
+            "is no where either side has fewer than 2 runs)."
         )
     ]
     if not few.empty:
@@ -211,7 +212,8 @@ def build(
         )
     cell_cols = [
         "dataset", "config", "n_seeds", "n_diverged", "n_failed", "score_iqm",
-        "score_ci_low", "score_ci_high", "indistinguishable", "p_holm", "few_seeds",
+        "score_ci_low", "score_ci_high", "indistinguishable", "tested", "p_holm",
+        "few_seeds",
     ]  # fmt: skip
     order = cells.sort_values(["dataset", "score_iqm"], ascending=[True, not higher])
     stat_blocks.append(
@@ -260,7 +262,11 @@ def build(
     ]
     sections.append(("generalization", "Generalization gap", gen))
     sections.append(
-        ("interactions", "Interactions", [html.image(figures.interactions(runs, axes), "Grid")])
+        (
+            "interactions",
+            "Interactions",
+            [html.image(figures.interactions(runs, axes), "Interaction heatmaps: mean score")],
+        )
     )
     run_view = runs.sort_values("score", ascending=not higher).drop(
         columns=["versions", "error"], errors="ignore"

@@ -30,7 +30,7 @@ DPI = 80
 
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
     return buf.getvalue()
 
@@ -47,7 +47,9 @@ def _top_techniques(runs: pd.DataFrame, axis: str) -> list[str]:
 
 def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8):
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.8)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    fig, axs = plt.subplots(
+        nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained"
+    )
     return fig, axs
 
 
@@ -79,7 +81,7 @@ def learning_curves(curves: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str
             ax.set_ylabel(metric if j == 0 else "")
             if i == 0:
                 ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Learning curves: median and interquartile band over runs", y=1.0)
+    fig.suptitle("Learning curves: median and interquartile band over runs")
     return _png(fig)
 
 
@@ -143,7 +145,7 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
         ax.set_title(_short(f"{key}={rep[key]} · seed {rep['seed']}", 40), fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
-    fig.suptitle(f"Gradient norm per layer and step ({first_ds})", y=1.0)
+    fig.suptitle(f"Gradient norm per layer and step ({first_ds})")
     return _png(fig)
 
 
@@ -254,7 +256,7 @@ def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> bytes | N
     except ImportError:  # pragma: no cover
         return None
     sns.set_theme(style="white", font_scale=0.8)
-    fig, ax = plt.subplots(figsize=(7, 2.4))
+    fig, ax = plt.subplots(figsize=(7, 2.4), layout="constrained")
     labelled = {_short(str(k), 30): float(v) for k, v in ranks.items()}
     sig = nemenyi.copy()
     sig.index = sig.columns = list(labelled)

@@ -27,15 +27,27 @@ from scipy import stats
 MIN_SEEDS = 5
 
 
+def _trim_mean(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``scipy.stats.trim_mean(a, 0.25, axis)`` via one partition (no per-call overhead)."""
+    a = np.moveaxis(np.asarray(a, dtype=float), axis, -1)
+    n = a.shape[-1]
+    k = int(0.25 * n)
+    if k == 0:
+        return a.mean(axis=-1)
+    part = np.partition(a, (k, n - k - 1), axis=-1)
+    return part[..., k : n - k].mean(axis=-1)
+
+
 def iqm(values: Sequence[float] | np.ndarray, axis: int | None = None) -> float | np.ndarray:
-    """Interquartile mean: the mean of the values between the 25th and 75th percentile."""
+    """Interquartile mean: the mean of the values between the 25th and 75th percentile
+    (``int(n / 4)`` values cut from each end, as ``scipy.stats.trim_mean(x, 0.25)``)."""
     arr = np.asarray(values, dtype=float)
     if axis is None:
         arr = arr.ravel()
         if arr.size == 0:
             return math.nan
-        return float(stats.trim_mean(arr, 0.25))
-    return stats.trim_mean(arr, 0.25, axis=axis)
+        return float(_trim_mean(arr))
+    return _trim_mean(arr, axis)
 
 
 def stratified_bootstrap_ci(
@@ -46,15 +58,19 @@ def stratified_bootstrap_ci(
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    max_work: int = 4_000_000,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` (default IQM), resampling within strata.
 
-    Returns ``(nan, nan)`` with fewer than 2 values: one run supports no interval.
+    Returns ``(nan, nan)`` with fewer than 2 values: one run supports no interval. For very
+    large samples the number of resamples is lowered so that resamples x values stays under
+    ``max_work`` (never below 500); such intervals are narrow anyway.
     """
     x = np.asarray(values, dtype=float)
     if x.size < 2:
         return (math.nan, math.nan)
-    stat = statistic or (lambda a, axis: stats.trim_mean(a, 0.25, axis=axis))
+    n_resamples = max(500, min(n_resamples, max_work // x.size))
+    stat = statistic or (lambda a, axis: _trim_mean(a, axis))
     if strata is None:
         groups = [x]
     else:
@@ -92,26 +108,26 @@ def indistinguishable_from_best(
     The best group has the highest IQM (lowest when ``higher_is_better`` is false). Every other
     group is tested with a one-sided Mann-Whitney U (H1: the best is better); groups that are
     not rejected are "indistinguishable from the best". A group with fewer than 2 values
-    cannot be told apart (p = 1).
+    cannot be told apart (p = 1, ``tested`` false).
     """
     sign = 1.0 if higher_is_better else -1.0
     names = list(groups)
     centre = {n: sign * iqm(groups[n]) for n in names}
     best = max(names, key=lambda n: -math.inf if math.isnan(centre[n]) else centre[n])
     b = sign * np.asarray(groups[best], dtype=float)
-    raw = []
+    raw, tested = [], []
     for n in names:
         o = sign * np.asarray(groups[n], dtype=float)
-        if n == best or b.size < 2 or o.size < 2:
-            raw.append(1.0)
-            continue
-        raw.append(float(stats.mannwhitneyu(b, o, alternative="greater").pvalue))
+        ok = n != best and b.size >= 2 and o.size >= 2
+        tested.append(ok)
+        raw.append(float(stats.mannwhitneyu(b, o, alternative="greater").pvalue) if ok else 1.0)
     adj = holm(raw)
     return pd.DataFrame(
         {
             "group": names,
             "iqm": [sign * centre[n] for n in names],
             "is_best": [n == best for n in names],
+            "tested": tested,
             "p_raw": raw,
             "p_holm": adj,
             "indistinguishable": [n == best or p >= alpha for n, p in zip(names, adj, strict=True)],

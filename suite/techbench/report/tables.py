@@ -189,46 +189,61 @@ def _score(runs: pd.DataFrame, ep: pd.DataFrame) -> np.ndarray:
     return score
 
 
-def _median(x: pd.Series) -> float:
-    arr = x.to_numpy(float)
-    arr = arr[~np.isnan(arr)]
-    return float(np.median(arr)) if arr.size else math.nan
+MEDIAN_COLUMNS = (
+    "epochs_to_target",
+    "steps_to_target",
+    "seconds_to_target",
+    "final_metric",
+    "best_metric",
+    "auc",
+    "gap_loss_end",
+    "gap_acc_end",
+    "gap_loss_best",
+    "gap_acc_best",
+    *HEALTH_COLUMNS,
+)
 
 
 def summarize(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Aggregate runs per group: counts, hit rate, medians, IQM of the score with a 95 %
     stratified (by dataset) bootstrap interval, and a ``few_seeds`` flag (< 5 seeds)."""
-    rows = []
-    for key, g in runs.groupby(by, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key, strict=True))
-        higher = (g["target_mode"] != "min").all()
-        lo, hi = stratified_bootstrap_ci(g["score"].to_numpy(float), g["dataset"].to_numpy())
-        n_seeds = int(g["seed"].nunique())
-        row.update(
-            n_runs=len(g),
-            n_seeds=n_seeds,
-            n_datasets=int(g["dataset"].nunique()),
-            n_completed=int((g["status"] == "completed").sum()),
-            n_diverged=int((g["status"] == "diverged").sum()),
-            n_failed=int((g["status"] == "failed").sum()),
-            score_iqm=iqm(g["score"].to_numpy(float)),
-            score_ci_low=lo,
-            score_ci_high=hi,
-            higher_is_better=bool(higher),
-            hit_rate=float(np.isfinite(g["epochs_to_target"]).mean()),
-            epochs_to_target=_median(g["epochs_to_target"]),
-            steps_to_target=_median(g["steps_to_target"]),
-            seconds_to_target=_median(g["seconds_to_target"]),
-            final_metric=_median(g["final_metric"]),
-            best_metric=_median(g["best_metric"]),
-            auc=_median(g["auc"]),
-        )
-        for c in ("gap_loss_end", "gap_acc_end", "gap_loss_best", "gap_acc_best", *HEALTH_COLUMNS):
-            row[c] = _median(g[c])
-        row["few_seeds"] = n_seeds < MIN_SEEDS
-        rows.append(row)
-    return pd.DataFrame(rows)
+    status = runs["status"]
+    r = runs.assign(
+        _completed=(status == "completed"),
+        _diverged=(status == "diverged"),
+        _failed=(status == "failed"),
+        _hit=np.isfinite(runs["epochs_to_target"].to_numpy(float)),
+        _min=(runs["target_mode"] == "min"),
+    )
+    g = r.groupby(by, sort=True, dropna=False)
+    out = g.agg(
+        n_runs=("trial_id", "size"),
+        n_seeds=("seed", "nunique"),
+        n_datasets=("dataset", "nunique"),
+        n_completed=("_completed", "sum"),
+        n_diverged=("_diverged", "sum"),
+        n_failed=("_failed", "sum"),
+        _any_min=("_min", "any"),
+        hit_rate=("_hit", "mean"),
+    )
+    score = r["score"].to_numpy(float)
+    dataset = r["dataset"].astype(str).to_numpy()
+    iqms, lows, highs = [], [], []
+    indices = g.indices
+    for key in out.index:
+        idx = indices[key]
+        iqms.append(iqm(score[idx]))
+        lo, hi = stratified_bootstrap_ci(score[idx], dataset[idx])
+        lows.append(lo)
+        highs.append(hi)
+    out.insert(6, "score_iqm", iqms)
+    out.insert(7, "score_ci_low", lows)
+    out.insert(8, "score_ci_high", highs)
+    out.insert(9, "higher_is_better", ~out.pop("_any_min"))
+    med = g[list(MEDIAN_COLUMNS)].median()
+    out = out.join(med)
+    out["few_seeds"] = out["n_seeds"] < MIN_SEEDS
+    return out.reset_index()
 
 
 def cell_table(runs: pd.DataFrame) -> pd.DataFrame:
