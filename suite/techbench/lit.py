@@ -145,6 +145,7 @@ class TechniqueModule(pl.LightningModule):
         self._scheduler: Any = None
         self._generator: torch.Generator | None = None
         self._fit_start = 0.0
+        self._direct: bool | None = None
         self._hooks = {
             name: [r for r in self.regularizers if _overrides(r, name)]
             for name in ("transform_batch", "penalty", "loss", "after_step")
@@ -179,11 +180,29 @@ class TechniqueModule(pl.LightningModule):
             term = r.penalty(self.model)
             if term is not None:
                 loss = loss + term
-        opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
-        raw = opt.optimizer if hasattr(opt, "optimizer") else opt
+        if self._direct is None:
+            self._direct = _plain_precision(self.trainer)
+        if self._direct:
+            raw = self._raw_optimizer()
+            raw.zero_grad(set_to_none=True)
+            callbacks = self.trainer.callbacks
+            for cb in callbacks:
+                cb.on_before_backward(self.trainer, self, loss)
+            loss.backward()
+            for cb in callbacks:
+                cb.on_after_backward(self.trainer, self)
+            for cb in callbacks:
+                cb.on_before_optimizer_step(self.trainer, self, raw)
+            raw.step()
+            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+            progress.increment_ready()
+            progress.increment_completed()
+        else:
+            opt = self.optimizers()
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+            raw = opt.optimizer if hasattr(opt, "optimizer") else opt
         for r in self._hooks["after_step"]:
             r.after_step(self.model, raw)
         if self._scheduler is not None:
@@ -193,6 +212,10 @@ class TechniqueModule(pl.LightningModule):
         self.steps_done += 1
         if len(self._losses) >= LOSS_FLUSH_EVERY:
             self._flush_losses()
+
+    def _raw_optimizer(self) -> torch.optim.Optimizer:
+        opt = self.trainer.optimizers[0]
+        return opt.optimizer if hasattr(opt, "optimizer") else opt
 
     def _flush_losses(self) -> None:
         if not self._losses:
@@ -253,8 +276,19 @@ class TechniqueModule(pl.LightningModule):
         metrics = {"val_loss": val_loss, "train_loss": train_loss}
         if self.task == "classification":
             metrics |= {"val_acc": val_acc, "train_acc": train_acc}
-        self.log_dict(metrics, on_epoch=True, on_step=False, batch_size=1)
+        self._publish(metrics, step)
         self.eval_seconds += time.perf_counter() - now
+
+    def _publish(self, metrics: dict[str, float], step: int) -> None:
+        """Epoch metrics for callbacks (early stopping reads "val_loss") and the logger.
+
+        Written straight into ``callback_metrics`` and ``logger.log_metrics``: ``self.log``
+        costs milliseconds per call in Lightning's result collection.
+        """
+        trainer = self.trainer
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
 
     def on_train_end(self) -> None:
         self._flush_losses()
@@ -278,6 +312,22 @@ class TechniqueModule(pl.LightningModule):
                 continue
             out.append(_row(step, epoch, "test", metric, value))
         return out
+
+
+_PLAIN_PRECISIONS = {"32-true", "32", "64-true", "64", "bf16-true", "16-true"}
+
+
+def _plain_precision(trainer: pl.Trainer) -> bool:
+    """True when backward and step need nothing from Lightning (one device, no scaler, no AMP).
+
+    Then the step calls ``loss.backward()`` and ``optimizer.step()`` itself (with the callbacks'
+    backward/optimizer hooks), skipping Lightning's per-step wrappers; otherwise it goes through
+    ``manual_backward`` and the ``LightningOptimizer``.
+    """
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    precision = str(getattr(trainer.precision_plugin, "precision", trainer.precision))
+    return isinstance(trainer.strategy, SingleDeviceStrategy) and precision in _PLAIN_PRECISIONS
 
 
 def _row(
