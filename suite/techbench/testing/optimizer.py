@@ -33,6 +33,10 @@ Checks
 ------
 ``steps_match_reference``
     ``K = 20`` steps with the default hyper-parameters.
+``float32_steps``
+    ``10`` steps with the default hyper-parameters with the fast side in float32 (the training
+    dtype) against the float64 reference fed the same (float32) gradients; float32 tolerance
+    (rtol 1e-5, atol 1e-6).
 ``hyperparams_honoured``
     for each declared parameter, one other valid value (baseline: defaults with ``eps = 1e-3``
     so that it matters and ``lr = 0.05`` so that gradient signs change within the run): fast and reference still agree, and the trajectory differs from the
@@ -62,6 +66,7 @@ from .core import Check, CheckFailure
 from .tolerances import assert_close, tolerance
 
 K_STEPS = 20
+FLOAT32_STEPS = 10
 ROUND_TRIP_AT = 7
 ROUND_TRIP_MORE = 8
 PARAM_NAMES = ("W", "b", "c")
@@ -139,17 +144,22 @@ def run_fast(spec: TechniqueSpec, hp: Mapping[str, Any], steps: int = K_STEPS) -
 
 
 def compare_with_reference(
-    spec: TechniqueSpec, hp: Mapping[str, Any], steps: int = K_STEPS
+    spec: TechniqueSpec, hp: Mapping[str, Any], steps: int = K_STEPS, dtype: Any = None
 ) -> list[list[Any]]:
-    """Run fast and reference side by side; raise naming the first step where they disagree."""
+    """Run fast and reference side by side; raise naming the first step where they disagree.
+
+    ``dtype`` is the fast side's (float64 by default); the reference always runs in float64,
+    fed the fast side's gradients, and the comparison uses ``dtype``'s tolerance.
+    """
     import torch
 
+    dtype = torch.float64 if dtype is None else dtype
     hp = spec.hyperparams(hp)
     ref = spec.load_reference()
-    initial, loss = make_problem()
+    initial, loss = make_problem(dtype=dtype)
     params = _fresh_params(initial)
     opt = spec.create(params, **hp)
-    ref_params = [p.detach().clone() for p in initial]
+    ref_params = [p.detach().to(torch.float64) for p in initial]
     ref_states = [ref.init_state(p.clone(), **hp) for p in ref_params]
     fast_traj, ref_traj = [], []
     for t in range(1, steps + 1):
@@ -157,14 +167,14 @@ def compare_with_reference(
         with torch.no_grad():
             for i, (g, state) in enumerate(zip(grads, ref_states, strict=True)):
                 ref_params[i] = torch.as_tensor(
-                    ref.step(ref_params[i].clone(), g.detach().clone(), state, t, **hp),
+                    ref.step(ref_params[i].clone(), g.detach().to(torch.float64), state, t, **hp),
                     dtype=torch.float64,
                 )
         fast_traj.append([p.detach().clone() for p in params])
         ref_traj.append(list(ref_params))
-    rtol, atol = tolerance(torch.float64)
+    rtol, atol = tolerance(dtype)
     for i in range(len(params)):
-        a = torch.stack([step[i] for step in fast_traj])
+        a = torch.stack([step[i] for step in fast_traj]).to(torch.float64)
         e = torch.stack([step[i] for step in ref_traj])
         if torch.allclose(a, e, rtol=rtol, atol=atol) and bool(torch.isfinite(a).all()):
             continue
@@ -173,8 +183,8 @@ def compare_with_reference(
                 fa,
                 fe,
                 what=f"{_label(spec, hp)}: step {t}, parameter {i} ({PARAM_NAMES[i]}, shape "
-                f"{tuple(fa.shape)}): fast vs reference",
-                dtype=torch.float64,
+                f"{tuple(fa.shape)}): fast ({str(dtype).replace('torch.', '')}) vs reference",
+                dtype=dtype,
             )
     return fast_traj
 
@@ -222,6 +232,12 @@ def _baseline(spec: TechniqueSpec) -> dict[str, Any]:
 
 def check_steps_match_reference(spec: TechniqueSpec) -> None:
     compare_with_reference(spec, spec.defaults())
+
+
+def check_float32_steps(spec: TechniqueSpec) -> None:
+    import torch
+
+    compare_with_reference(spec, spec.defaults(), steps=FLOAT32_STEPS, dtype=torch.float32)
 
 
 def check_hyperparams_honoured(spec: TechniqueSpec) -> None:
@@ -321,6 +337,7 @@ def checks(spec: TechniqueSpec) -> list[Check]:
     """The optimizer conformance checks (see the module docstring)."""
     out = [
         Check("steps_match_reference", single_threaded(check_steps_match_reference)),
+        Check("float32_steps", single_threaded(check_float32_steps)),
         Check("hyperparams_honoured", single_threaded(check_hyperparams_honoured)),
         Check("state_dict_round_trip", single_threaded(check_state_dict_round_trip)),
     ]
