@@ -435,3 +435,23 @@ def test_csv_logger(tmp_path: Path) -> None:
     assert o.status == "completed", o.meta["error"]
     files = list(tmp_path.rglob("metrics.csv"))
     assert files and "val_loss" in files[0].read_text()
+
+
+def test_direct_step_equals_lightning_manual_optimization(monkeypatch) -> None:
+    import techbench.lit as lit
+
+    direct = run_trial(FAST, registry=REGISTRY)
+    monkeypatch.setattr(lit, "_plain_precision", lambda trainer: False)
+    wrapped = run_trial(FAST, registry=REGISTRY)
+    assert direct.status == wrapped.status == "completed"
+    assert _values(direct) == _values(wrapped)
+
+
+def test_mixed_precision_goes_through_lightning() -> None:
+    o = run_trial({**FAST, "trainer": {"precision": "bf16-mixed"}}, registry=REGISTRY)
+    assert o.status == "completed", o.meta["error"]
+    assert o.meta["steps"] == 27 and {r["step"] for r in o.metrics if r["split"] == "health"} == {
+        0,
+        10,
+        20,
+    }
