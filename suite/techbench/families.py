@@ -10,7 +10,7 @@ Fast-side signatures (``spec.create(*structural, **hyperparams)`` calls ``fast``
 activation     ``fast(**hp) -> torch.nn.Module``, elementwise
 initializer    ``fast(**hp) -> Initializer``: ``init(tensor)`` fills a weight in place and
                returns it (fans from the shape, as ``torch.nn.init``); data-dependent ones
-               (``properties["data_dependent"]``) also have ``init.fit(layers, x)``
+               (``properties["data_dependent"]``) also have ``init.fit(model, x)``
 normalizer     ``fast(num_features, **hp) -> torch.nn.Module`` for (N, C) and (N, C, *spatial)
 regularizer    ``fast(**hp) -> Regularizer`` (hooks below; unused hooks keep the defaults)
 optimizer      ``fast(params, **hp) -> torch.optim.Optimizer`` (``lr`` is a hyper-parameter)
