@@ -3,6 +3,7 @@ and the conformance checks against deliberately broken plugins."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -403,3 +404,26 @@ def test_batchnorm_backward_property(n, c, spatial, eps, seed):
         torch.testing.assert_close(hand[name], a, rtol=1e-9, atol=1e-10, msg=name)
     expected = F.batch_norm(x, None, None, w, b, True, 0.1, eps)
     torch.testing.assert_close(y, expected)
+
+
+@pytest.mark.parametrize(
+    ("base", "defaults"),
+    [
+        ("batchnorm", {"affine": False}),
+        ("batchnorm", {"momentum": 1.0, "eps": 0.5}),
+        ("layernorm", {"affine": False}),
+        ("groupnorm", {"num_groups": 1}),
+        ("groupnorm", {"num_groups": 8, "affine": False}),
+        ("rmsnorm", {"affine": False}),
+        ("scalenorm", {"init_scale": 0.5}),
+    ],
+)
+def test_builtins_conform_at_other_hyperparameters(base, defaults):
+    """The checks run at the declared defaults; move the defaults to cover other settings."""
+    spec = get_spec(f"normalizer/{base}")
+    params = tuple(
+        dataclasses.replace(p, default=defaults[p.name]) if p.name in defaults else p
+        for p in spec.params
+    )
+    variant = dataclasses.replace(spec, name=f"{base}_variant", params=params)
+    assert _failures(variant) == {}
