@@ -368,7 +368,9 @@ def test_fast_off_by_1e3_fails_naming_step_and_parameter() -> None:
     def fast(params: Any, **hp: Any) -> torch.optim.Optimizer:
         return impl.adam(params, **{**hp, "lr": hp["lr"] * (1 + 1e-3)})
 
-    with pytest.raises(CheckFailure, match=r"step 1, parameter 0 \(W.*fast vs reference"):
+    with pytest.raises(
+        CheckFailure, match=r"step 1, parameter 0 \(W.*fast \(float64\) vs reference"
+    ):
         opt_checks.check_steps_match_reference(_adam_spec(fast))
 
 
