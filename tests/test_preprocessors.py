@@ -3,6 +3,7 @@ conformance checks against deliberately broken plugins."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -254,3 +255,13 @@ def test_fit_in_blocks_on_a_large_float32_training_set(name):
     ref = get_spec(f"preprocessor/{name}").load_reference()
     hp = get_spec(f"preprocessor/{name}").hyperparams()
     np.testing.assert_allclose(got, ref(train, val, **hp), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("base", "eps"), [("standardize", 1e-3), ("pca_whiten", 1e-2), ("zca_whiten", 1e-9)]
+)
+def test_builtins_conform_at_other_eps(base, eps):
+    spec = get_spec(f"preprocessor/{base}")
+    params = tuple(dataclasses.replace(p, default=eps) for p in spec.params)
+    variant = dataclasses.replace(spec, name=f"{base}_variant", params=params)
+    assert _failures(variant) == {}
