@@ -293,6 +293,36 @@ def test_adam_bias_correction_changes_the_early_steps() -> None:
     assert off[0] == pytest.approx(P0[0] - 0.01 * 0.1 / math.sqrt(0.001), rel=1e-6)
 
 
+def test_adamw_decay_is_decoupled_first_step_by_hand() -> None:
+    lr, wd, eps = 0.01, 0.1, 1e-8
+    decoupled = _one_step("adamw", lr=lr, weight_decay=wd, eps=eps)
+    coupled = _one_step("adam", lr=lr, weight_decay=wd, eps=eps)
+    for i, (p, g) in enumerate(zip(P0, G, strict=True)):
+        # step 1: m_hat = g, v_hat = g^2; AdamW shrinks p first, Adam adds wd*p to g
+        assert decoupled[i] == pytest.approx(p * (1 - lr * wd) - lr * g / (abs(g) + eps), rel=1e-12)
+        gc = g + wd * p
+        assert coupled[i] == pytest.approx(p - lr * gc / (abs(gc) + eps), rel=1e-12)
+    assert decoupled != pytest.approx(coupled, rel=1e-6)
+
+
+def test_radam_first_step_is_sgd_with_momentum_by_hand() -> None:
+    # rho_1 = 2/(1-b2) - 1 - 2 b2/(1-b2) = 1 <= 5: un-adapted step lr * m_hat = lr * g
+    got = _one_step("radam", lr=0.01)
+    for i, (p, g) in enumerate(zip(P0, G, strict=True)):
+        assert got[i] == pytest.approx(p - 0.01 * g, rel=1e-13)
+
+
+def test_nadam_first_step_by_hand() -> None:
+    lr, b1, eps, psi = 0.01, 0.9, 1e-8, 0.004
+    got = _one_step("nadam", lr=lr, beta1=b1, eps=eps, momentum_decay=psi)
+    mu1 = b1 * (1 - 0.5 * 0.96**psi)
+    mu2 = b1 * (1 - 0.5 * 0.96 ** (2 * psi))
+    for i, (p, g) in enumerate(zip(P0, G, strict=True)):
+        direction = (1 - mu1) * g / (1 - mu1) + mu2 * (1 - b1) * g / (1 - mu1 * mu2)
+        # torch keeps prod(mu_i) in float32, hence rel=1e-6
+        assert got[i] == pytest.approx(p - lr * direction / (abs(g) + eps), rel=1e-6)
+
+
 def test_lion_two_steps_by_hand() -> None:
     lr, b1, b2, wd = 0.1, 0.9, 0.99, 0.5
     p = torch.tensor(P0, dtype=torch.float64, requires_grad=True)
