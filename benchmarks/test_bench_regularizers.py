@@ -11,12 +11,17 @@
 - ``max_norm``: one projection of the MLP's weights: ``fast`` vs ``torch.renorm``.
 - ``augment``: crop + flip of a (128, 3, 32, 32) batch: ``fast`` vs the per-sample reference.
 
+Torch runs single-threaded here (``TECHBENCH_BENCH_THREADS`` overrides): on a shared 2-core
+machine, intra-op thread barriers turn other processes' load into 100 ms stalls, and the ratios
+between implementations are what these benchmarks are for.
+
 Run with ``pytest benchmarks --benchmark-enable --benchmark-only``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -25,6 +30,14 @@ from torch import nn
 
 from techbench.registry import get_spec
 from techbench_builtins import regularizers_impl as impl
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("TECHBENCH_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
 
 
 def _mlp() -> nn.Module:

@@ -298,7 +298,7 @@ class Augment(Regularizer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4:
             return x, y
-        n, _, h, w = x.shape
+        n, c, h, w = x.shape
         shifts, flips = self.draw(n, generator)
         shifts, flips = shifts.to(x.device), flips.to(x.device)
         pad = self.padding
@@ -307,9 +307,10 @@ class Augment(Regularizer):
         ar_w = torch.arange(w, device=x.device)
         rows = shifts[:, 0:1] + ar_h
         cols = shifts[:, 1:2] + torch.where(flips[:, None], w - 1 - ar_w, ar_w)
-        idx = torch.arange(n, device=x.device)[:, None, None]
-        out = padded[idx, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-        return out.permute(0, 3, 1, 2).contiguous(), y
+        flat = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]  # (N, H, W) into padded
+        index = flat.reshape(n, 1, h * w).expand(n, c, h * w)
+        out = padded.reshape(n, c, -1).gather(2, index)
+        return out.reshape(n, c, h, w), y
 
 
 def augment_reference(
