@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -145,9 +146,15 @@ def _call(run_fn: RunFn, config: dict[str, Any], tid: str) -> dict[str, Any]:
     }
 
 
+def quiet_library_warnings() -> None:
+    """Hide library deprecation chatter (Lightning on newer torch) from trial output."""
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+
+
 def _init_worker(threads: int) -> None:
     global _THREADS
     _THREADS = threads
+    quiet_library_warnings()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
@@ -160,15 +167,16 @@ def _init_worker(threads: int) -> None:
                 os._exit(1)
 
 
+@dataclass(frozen=True)
+class _Job:
+    out: str
+    matrix_name: str | None
+    run_fn: RunFn
+    rerun_failed: bool
+
+
 def _run_claimed(
-    config: dict[str, Any],
-    tid: str,
-    out: str,
-    matrix_name: str | None,
-    run_fn: RunFn,
-    rerun_failed: bool,
-    wait: bool,
-    stop_path: str | None,
+    config: dict[str, Any], tid: str, job: _Job, wait: bool, stop_path: str | None
 ) -> tuple[str, str]:
     """Claim, re-check, run and store one trial; returns ``(trial_id, status)``.
 
@@ -179,26 +187,26 @@ def _run_claimed(
         return tid, "cancelled"
     if _THREADS is not None and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(_THREADS)
-    store = ResultStore(out)
+    store = ResultStore(job.out)
     with store.claim(tid, wait=wait) as claimed:
         if not claimed:
             return tid, "busy"
         status = store.status(tid)
-        if status in ("completed", "diverged") or (status == "failed" and not rerun_failed):
+        if status in ("completed", "diverged") or (status == "failed" and not job.rerun_failed):
             return tid, "skipped"
         marker = store.running_marker(tid)
         marker.write_text(str(os.getpid()))
         try:
-            outcome = _call(run_fn, config, tid)
-            store.write(outcome, matrix_name)
+            outcome = _call(job.run_fn, config, tid)
+            store.write(outcome, job.matrix_name)
         finally:
             marker.unlink(missing_ok=True)
         return tid, outcome["status"]
 
 
-def _quarantine_main(args: tuple, threads: int) -> None:
+def _quarantine_main(config: dict[str, Any], tid: str, job: _Job, threads: int) -> None:
     _init_worker(threads)
-    _run_claimed(*args)
+    _run_claimed(config, tid, job, True, None)
 
 
 def plan(
@@ -251,13 +259,13 @@ def execute(
     bar = Progress(total, enabled=progress, stream=stream, already=already)
     result = RunResult(total=total, already=already)
     t0 = time.monotonic()
-    args = (str(store.root), matrix_name, run_fn, rerun_failed)
+    job = _Job(str(store.root), matrix_name, run_fn, rerun_failed)
     try:
         if workers == 1:
-            result.interrupted = _run_inline(todo, store, args, bar)
+            result.interrupted = _run_inline(todo, job, bar)
         else:
             threads = max(1, cores // workers)
-            result.interrupted = _run_pool(todo, store, args, bar, workers, threads)
+            result.interrupted = _run_pool(todo, store, job, bar, workers, threads)
     finally:
         bar.close()
         with contextlib.suppress(OSError):
@@ -268,13 +276,13 @@ def execute(
     return result
 
 
-def _run_inline(todo: list, store: ResultStore, args: tuple, bar: Progress) -> bool:
+def _run_inline(todo: list, job: _Job, bar: Progress) -> bool:
     waiting = [(tid, config, False) for tid, config in todo]
     while waiting:
         busy = []
         for tid, config, wait in waiting:
             try:
-                _, status = _run_claimed(config, tid, *args, wait, None)
+                _, status = _run_claimed(config, tid, job, wait, None)
             except KeyboardInterrupt:
                 bar.note("interrupted: the running trial is not stored; finished trials are kept")
                 return True
@@ -287,7 +295,7 @@ def _run_inline(todo: list, store: ResultStore, args: tuple, bar: Progress) -> b
 
 
 def _run_pool(
-    todo: list, store: ResultStore, args: tuple, bar: Progress, workers: int, threads: int
+    todo: list, store: ResultStore, job: _Job, bar: Progress, workers: int, threads: int
 ) -> bool:
     import multiprocessing
 
@@ -304,7 +312,7 @@ def _run_pool(
             initargs=(threads,),
         )
         futures: dict[Future, tuple[str, dict, bool]] = {
-            pool.submit(_run_claimed, config, tid, *args, wait, stop_path): (tid, config, wait)
+            pool.submit(_run_claimed, config, tid, job, wait, stop_path): (tid, config, wait)
             for tid, config, wait in queue
         }
         pending = dict(futures)
@@ -336,7 +344,7 @@ def _run_pool(
             crashed.append(item)
         queue = []
         if crashed:
-            queue = _recover(crashed, store, args, bar, ctx, threads)
+            queue = _recover(crashed, store, job, bar, ctx, threads)
         queue.extend(busy)
     return False
 
@@ -360,7 +368,7 @@ def _settle(fut: Future, pending: dict, crashed: list, busy: list, bar: Progress
 def _recover(
     crashed: list[tuple[str, dict, bool]],
     store: ResultStore,
-    args: tuple,
+    job: _Job,
     bar: Progress,
     ctx: Any,
     threads: int,
@@ -373,9 +381,7 @@ def _recover(
             rest.append((tid, config, wait))
             continue
         marker.unlink(missing_ok=True)
-        proc = ctx.Process(
-            target=_quarantine_main, args=((config, tid, *args, True, None), threads), daemon=True
-        )
+        proc = ctx.Process(target=_quarantine_main, args=(config, tid, job, threads), daemon=True)
         proc.start()
         proc.join()
         if proc.exitcode == 0:
@@ -392,6 +398,6 @@ def _recover(
         bar.note(f"trial {tid}: {error}")
         with store.claim(tid, wait=True):
             if store.status(tid) not in ("completed", "diverged"):
-                store.write(failed_outcome(config, error), args[1])
+                store.write(failed_outcome(config, error), job.matrix_name)
         bar.update("failed")
     return rest

@@ -554,7 +554,7 @@ class _Parser:
                 self.problem(where, "an empty sweep", "give at least one value")
                 ok = False
                 continue
-            column = []
+            column: list[tuple[str, Any]] = []
             for j, v in enumerate(values):
                 good, coerced = self.param(
                     spec, key, v, f"{where}[{j}]" if isinstance(value, list) else where
@@ -675,8 +675,8 @@ def load_matrix_dict(
         n_seeds = len(seeds or []) * (1 if data_seeds == "seed" else len(data_seeds or []))
         total = n_seeds * math.prod(len(v) for v in axes.values())
         for inc in include:
-            s = len(inc.get("seeds", seeds or []))
-            total += s * math.prod(len(v) for k, v in inc.items() if k != "seeds")
+            n_inc = len(inc.get("seeds", seeds or []))
+            total += n_inc * math.prod(len(v) for k, v in inc.items() if k != "seeds")
         if total > MAX_TRIALS:
             p.problem(
                 "axes", f"expands to {total} trials, more than {MAX_TRIALS}", "split the matrix"
@@ -687,7 +687,7 @@ def load_matrix_dict(
         name=str(name),
         source=source,
         description=description,
-        seeds=list(seeds or []),
+        seeds=[int(x) for x in seeds or []],
         data_seeds=data_seeds if data_seeds is not None else [0],
         budget=budget,
         target=target,

@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--run-fn", default=None, help=argparse.SUPPRESS)
+    from ..execute_ray import add_arguments
+
+    add_arguments(p)
     p.set_defaults(handler=main)
 
 
@@ -63,21 +66,44 @@ def main(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    from ..execute_ray import check_arguments, shard_trials
+
+    check_arguments(args)
+    n_matrix, trials = len(trials), shard_trials(trials, args.shard)
     out = args.out or f"results/{matrix.name}"
     if args.dry_run:
         return _dry_run(matrix, trials, out, args)
-    from ..execute import DEFAULT_RUN_FN, execute
+    from ..execute import DEFAULT_RUN_FN, execute, quiet_library_warnings
 
-    result = execute(
-        trials,
-        out,
-        matrix_name=matrix.name,
-        workers=args.workers,
-        run_fn=args.run_fn or DEFAULT_RUN_FN,
-        rerun_failed=args.rerun_failed,
-        progress=args.progress,
-        matrix_info=matrix.describe(len(trials)),
-    )
+    quiet_library_warnings()
+
+    if args.executor == "ray":
+        from ..execute_ray import execute_ray
+
+        result = execute_ray(
+            trials,
+            out,
+            matrix_name=matrix.name,
+            run_fn=args.run_fn or DEFAULT_RUN_FN,
+            rerun_failed=args.rerun_failed,
+            progress=args.progress,
+            matrix_info=matrix.describe(n_matrix),
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            max_retries=args.max_retries,
+        )
+    else:
+        result = execute(
+            trials,
+            out,
+            matrix_name=matrix.name,
+            workers=args.workers,
+            run_fn=args.run_fn or DEFAULT_RUN_FN,
+            rerun_failed=args.rerun_failed,
+            progress=args.progress,
+            matrix_info=matrix.describe(n_matrix),
+        )
     print(f"techbench run {matrix.name}: {result.summary} -> {out}")
     if result.interrupted:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
