@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from techbench.cli import main
 from techbench.matrix import load_matrix, trial_id
@@ -191,3 +193,46 @@ def test_smoke_matrix_end_to_end_with_report(tmp_path):
         assert (report / "index.html").exists()
     again = techbench("run", "smoke", "--out", str(out), "--dry-run", timeout=120)
     assert "2 done, 0 failed, 0 to run" in again.stdout
+
+
+VALID = """name = "fuzz"
+seeds = 2
+[budget]
+epochs = 1
+[axes]
+dataset = ["digits", { name = "moons", n_samples = 200 }]
+activation = ["relu", "leaky_relu(alpha=0.2)"]
+[[exclude]]
+activation = "relu"
+dataset = "moons"
+"""
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, len(VALID)), st.integers(0, 6), st.text("=[]{}\"',.# a1\n", max_size=4)
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_mutated_matrix_files_run_or_exit_2_without_traceback(tmp_path, capsys, edits):
+    text = VALID
+    for pos, cut, insert in edits:
+        text = text[:pos] + insert + text[pos + cut :]
+    path = tmp_path / "fuzz.toml"
+    path.write_text(text)
+    code = main(["run", str(path), "--dry-run", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code in (0, 2)
+    assert "Traceback" not in captured.err
+    if code == 2:
+        lines = captured.err.splitlines()
+        assert lines[0].startswith("techbench run: error:")
+        assert all(line.startswith(f"  {path}: ") for line in lines[1:])
+    else:
+        assert "trials" in captured.out
