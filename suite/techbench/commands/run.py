@@ -3,7 +3,8 @@
 Runs a matrix (a TOML file, or a ready-made one by name: ``techbench run --list``) into a results
 store, skipping trials already stored; ``--rerun-failed`` retries failed ones. An invalid matrix
 prints every problem (file, key path, what, suggestion) and exits 2; Ctrl-C keeps finished trials
-and exits 130. Failed or diverged trials are results, not errors: the exit status is 0.
+and exits 130. Failed or diverged trials are results, not errors: the exit status is 0 (1 only
+when the --report step fails; the results are kept).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     if args.report:
-        _report(out, args.report)
+        return _report(out, args.report)
     return 0
 
 
@@ -160,7 +161,7 @@ def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> 
     return 0
 
 
-def _report(out: str, report_dir: str) -> None:
+def _report(out: str, report_dir: str) -> int:
     try:
         from ..report import build_report
     except ImportError:
@@ -168,6 +169,17 @@ def _report(out: str, report_dir: str) -> None:
             f"techbench run: note: techbench.report is not available; no report written to "
             f"{report_dir}"
         )
-        return
-    index = build_report(out, report_dir)
+        return 0
+    try:
+        index = build_report(out, report_dir)
+    except Exception as exc:
+        print(
+            f"techbench run: error: the report failed: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        print(
+            f"  the results are kept; retry with: techbench report {out} --out {report_dir}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"techbench run: report -> {index}")
+    return 0
