@@ -20,6 +20,14 @@ def test_iqm_of_known_arrays() -> None:
     assert math.isnan(stats.iqm([]))
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 10, 33, 100])
+def test_iqm_matches_scipy_trim_mean(n: int) -> None:
+    x = np.random.default_rng(n).standard_cauchy(n)
+    assert stats.iqm(x) == pytest.approx(sst.trim_mean(x, 0.25))
+    batch = np.random.default_rng(n + 1).normal(size=(6, n))
+    np.testing.assert_allclose(stats.iqm(batch, axis=1), sst.trim_mean(batch, 0.25, axis=1))
+
+
 def test_bootstrap_single_stratum_matches_scipy_percentile() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=40)
@@ -137,7 +145,9 @@ def test_indistinguishable_from_best_needs_enough_seeds() -> None:
     res = stats.indistinguishable_from_best(strong).set_index("group")
     # 3 against 3: the smallest one-sided Mann-Whitney p is 1/20 = 0.05, never below.
     assert res.loc["worse", "p_raw"] == pytest.approx(0.05)
-    assert res.loc["worse", "indistinguishable"]
+    assert res.loc["worse", "indistinguishable"] and res.loc["worse", "tested"]
+    single = stats.indistinguishable_from_best({"a": [0.9], "b": [0.1]}).set_index("group")
+    assert not single["tested"].any()
     many = {
         "best": np.linspace(0.9, 0.95, 8),
         "close": np.linspace(0.9, 0.95, 8) - 0.001,

@@ -111,7 +111,7 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
     h = h[h["layer"] != ""]
     if h.empty:
         return None
-    ok = runs[runs["trial_id"].isin(set(h["trial_id"].astype(str).unique()))]
+    ok = runs[runs["trial_id"].isin(set(h["trial_id"].unique()))]
     if ok.empty:
         return None
     first_ds = sorted(ok["dataset"].astype(str).unique())[0]
@@ -122,7 +122,8 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
     nrows = math.ceil(len(reps) / ncols)
     fig, axs = _grid(nrows, ncols, 4.0, 2.6)
     ids = set(reps["trial_id"])
-    h = h[h["trial_id"].astype(str).isin(ids)]
+    h = h[h["trial_id"].isin(ids)]
+    h = h.assign(trial_id=h["trial_id"].astype(str))
     for ax in axs.ravel()[len(reps) :]:
         ax.set_visible(False)
     for ax, (_, rep) in zip(axs.ravel(), reps.iterrows(), strict=False):
@@ -181,15 +182,15 @@ def activation_stats(
     h = h[h["layer"] != ""]
     if h.empty:
         return None
-    h = h[["trial_id", "step", "metric", "layer", "value"]].assign(
-        trial_id=h["trial_id"].astype(str), metric=h["metric"].astype(str)
-    )
-    last = h.groupby("trial_id")["step"].transform("max")
-    first = h.groupby("trial_id")["step"].transform("min")
+    h = h[["trial_id", "step", "metric", "layer", "value"]]
+    steps = h.groupby("trial_id", observed=True)["step"]
+    last, first = steps.transform("max"), steps.transform("min")
     keep = (h["step"] == last) | (h["step"] == first)
     is_first = (h["step"] == first)[keep]
     h = h[keep]
     h = h.assign(
+        trial_id=h["trial_id"].astype(str),
+        metric=h["metric"].astype(str),
         when=np.where(is_first, "first", "last"),
         layer=pd.to_numeric(h["layer"].astype(str), errors="coerce"),
     )
@@ -203,7 +204,10 @@ def activation_stats(
         axs[0], itertools.product(["act_mean", "act_std"], ["first", "last"]), strict=True
     ):
         sub = med[(med["metric"] == metric) & (med["when"] == when)]
-        sns.lineplot(sub, x="layer", y="value", hue=axis, marker="o", ax=ax, legend=ax is axs[0][0])
+        sns.lineplot(
+            sub, x="layer", y="value", hue=axis, marker="o", errorbar=None, ax=ax,
+            legend=ax is axs[0][0],
+        )  # fmt: skip
         ax.set_title(f"{metric} ({when} snapshot)", fontsize=9)
     if axs[0][0].get_legend():
         sns.move_legend(axs[0][0], "upper left", fontsize=7, title=axis)
