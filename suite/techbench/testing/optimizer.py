@@ -38,7 +38,7 @@ Checks
     dtype) against the float64 reference fed the same (float32) gradients; float32 tolerance
     (rtol 1e-5, atol 1e-6).
 ``hyperparams_honoured``
-    for each declared parameter, one other valid value (baseline: defaults with ``eps = 1e-3``
+    12 steps for each declared parameter set to one other valid value (baseline: defaults with ``eps = 1e-3``
     so that it matters and ``lr = 0.05`` so that gradient signs change within the run): fast and reference still agree, and the trajectory differs from the
     baseline's (an ignored hyper-parameter fails here).
 ``variants_explicit``
@@ -67,6 +67,7 @@ from .tolerances import assert_close, tolerance
 
 K_STEPS = 20
 FLOAT32_STEPS = 10
+HONOURED_STEPS = 12
 ROUND_TRIP_AT = 7
 ROUND_TRIP_MORE = 8
 PARAM_NAMES = ("W", "b", "c")
@@ -242,18 +243,18 @@ def check_float32_steps(spec: TechniqueSpec) -> None:
 
 def check_hyperparams_honoured(spec: TechniqueSpec) -> None:
     base = _baseline(spec)
-    base_traj = compare_with_reference(spec, base)
+    base_traj = compare_with_reference(spec, base, steps=HONOURED_STEPS)
     for p in spec.params:
         alt = alternative_value(p, base[p.name])
         if alt is None:
             continue
         hp = {**base, p.name: alt}
-        traj = compare_with_reference(spec, hp)
+        traj = compare_with_reference(spec, hp, steps=HONOURED_STEPS)
         gap = _max_gap(traj, base_traj)
         if gap < 1e-6:
             raise CheckFailure(
                 f"{spec.qualified_name}: hyper-parameter {p.name}={alt!r} (baseline "
-                f"{base[p.name]!r}) is ignored: over {K_STEPS} steps the parameters differ from "
+                f"{base[p.name]!r}) is ignored: over {HONOURED_STEPS} steps the parameters differ from "
                 f"the baseline's by at most {gap:.3g} (relative)"
             )
 
