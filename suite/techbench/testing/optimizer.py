@@ -38,9 +38,10 @@ Checks
     dtype) against the float64 reference fed the same (float32) gradients; float32 tolerance
     (rtol 1e-5, atol 1e-6).
 ``hyperparams_honoured``
-    12 steps for each declared parameter set to one other valid value (baseline: defaults with ``eps = 1e-3``
-    so that it matters and ``lr = 0.05`` so that gradient signs change within the run): fast and reference still agree, and the trajectory differs from the
-    baseline's (an ignored hyper-parameter fails here).
+    12 steps for each declared parameter set to one other valid value (baseline: defaults with
+    ``eps = 1e-3`` so that it matters and ``lr = 0.05`` so that gradient signs change within the
+    run): fast and reference still agree, and the trajectory differs from the baseline's (an
+    ignored hyper-parameter fails here).
 ``variants_explicit``
     for ``eps_placement`` (with ``eps = 1e-2``) and ``bias_correction``: the two settings give
     different trajectories (bias correction from step 1) and each matches the reference.
@@ -254,8 +255,8 @@ def check_hyperparams_honoured(spec: TechniqueSpec) -> None:
         if gap < 1e-6:
             raise CheckFailure(
                 f"{spec.qualified_name}: hyper-parameter {p.name}={alt!r} (baseline "
-                f"{base[p.name]!r}) is ignored: over {HONOURED_STEPS} steps the parameters differ from "
-                f"the baseline's by at most {gap:.3g} (relative)"
+                f"{base[p.name]!r}) is ignored: over {HONOURED_STEPS} steps the parameters differ "
+                f"from the baseline's by at most {gap:.3g} (relative)"
             )
 
 
