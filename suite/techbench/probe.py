@@ -205,7 +205,10 @@ def run_combination(
             act_hist.append(_histogram(h, bins))
     loss = (h * readout).sum() / batch
     loss.backward()
-    grads = [lin.weight.grad for lin in linears]
+    grads = [
+        lin.weight.grad if lin.weight.grad is not None else torch.zeros_like(lin.weight)
+        for lin in linears
+    ]
     grad_norms = torch.stack([g.detach().float().norm() for g in grads])
     table = torch.cat([torch.stack(stats), grad_norms[:, None]], dim=1).tolist()
 
