@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from techbench.families import Regularizer
@@ -738,3 +740,47 @@ def test_none_changes_nothing() -> None:
     before = [p.detach().clone() for p in model.parameters()]
     r.after_step(model, torch.optim.SGD(model.parameters(), lr=1.0))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+# ---------------------------------------------------------------------- property-based
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 6),
+    c=st.floats(0.05, 5.0),
+    seed=st.integers(0, 2**16),
+)
+def test_max_norm_property_matches_numpy(rows: int, cols: int, c: float, seed: int) -> None:
+    w = np.random.default_rng(seed).normal(scale=2.0, size=(rows, cols))
+    layer = nn.Linear(cols, rows).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(w))
+    reg("max_norm", c=c).after_step(layer, torch.optim.SGD(layer.parameters(), lr=0.1))
+    norms = np.linalg.norm(w, axis=1, keepdims=True)
+    expected = np.where(norms > c, w * (c / norms), w)
+    np.testing.assert_allclose(layer.weight.detach().numpy(), expected, rtol=1e-12, atol=0)
+    again = layer.weight.detach().clone()
+    reg("max_norm", c=c).after_step(layer, torch.optim.SGD(layer.parameters(), lr=0.1))
+    torch.testing.assert_close(layer.weight.detach(), again, rtol=1e-12, atol=0)  # idempotent
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    padding=st.integers(0, 5),
+    flip_p=st.sampled_from([0.0, 0.3, 1.0]),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_augment_property_matches_numpy(
+    padding: int, flip_p: float, h: int, w: int, seed: int
+) -> None:
+    x = torch.rand(6, 2, h, w, generator=torch.Generator().manual_seed(seed))
+    r = reg("augment", padding=padding, flip_p=flip_p)
+    out, _ = r.transform_batch(x, torch.arange(6), torch.Generator().manual_seed(seed))
+    shifts, flips = r.draw(6, torch.Generator().manual_seed(seed))
+    np.testing.assert_array_equal(
+        out.numpy(), _np_crop_flip(x.numpy(), shifts.numpy(), flips.numpy(), padding)
+    )
