@@ -1,0 +1,308 @@
+"""Scale out: the Ray executor (``--executor ray``) and ``--shard K/N`` for job arrays.
+
+Ray: every trial is one Ray task that calls the local executor's per-trial function (claim the
+trial's lock in the store, re-check, ``run_fn(config)``, :meth:`ResultStore.write`), so results
+are identical to the local executor's by construction and the store must be a folder every node
+can see (a shared filesystem). Tasks ask for ``cpus_per_trial`` CPUs and ``gpus_per_trial``
+GPUs (fractions allowed: 0.25 puts four small trials on one GPU); the default GPU share comes
+from the matrix's ``[trainer]``: ``accelerator = "gpu"``/``"cuda"`` asks for ``devices`` GPUs,
+``"auto"`` asks for one GPU when the cluster has any, ``"cpu"`` for none.
+
+A worker that dies mid-trial (segfault, OOM kill, a lost node) releases the trial's lock with its
+process; Ray re-runs the task up to ``max_retries`` times, and after that the driver stores the
+trial as ``failed`` with the reason. Finished trials were written by their worker before its task
+returned, so nothing finished is ever lost. Ctrl-C: pending trials are cancelled, running ones
+finish and are stored (a second Ctrl-C cancels them).
+
+Shards: :func:`shard_trials` keeps the K-th of N disjoint parts of a matrix's trials (by sorted
+trial id, see :mod:`techbench.shard`), so a SLURM array ``--array=1-N`` running
+``techbench run MATRIX --shard $SLURM_ARRAY_TASK_ID/N`` covers every trial exactly once.
+
+``ray`` is optional (``pip install 'techbench[ray]'``) and imported only when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cli import UsageError
+
+if TYPE_CHECKING:
+    from .execute import RunFn, RunResult
+
+EXECUTORS = ("local", "ray")
+DEFAULT_MAX_RETRIES = 2
+_GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The scale-out flags of ``techbench run``."""
+    g = p.add_argument_group("scale out")
+    g.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="local process pool or a Ray cluster"
+    )
+    g.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="Ray cluster to join (default: start a local one on this machine)",
+    )
+    g.add_argument("--cpus-per-trial", type=float, metavar="C", help="Ray CPUs per trial (1)")
+    g.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        metavar="G",
+        help="Ray GPUs per trial, fractions share a GPU (default: from the matrix's [trainer])",
+    )
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        metavar="R",
+        help=f"re-runs of a trial whose Ray worker died (default {DEFAULT_MAX_RETRIES})",
+    )
+    g.add_argument(
+        "--shard", metavar="K/N", help="run only the K-th of N disjoint parts (job arrays)"
+    )
+
+
+def shard_trials(trials: Sequence[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
+    """The ``--shard K/N`` part of ``trials`` (all of them for ``None``); UsageError if malformed."""
+    if text is None:
+        return list(trials)
+    from .matrix import trial_id
+    from .shard import parse_shard, shard
+
+    try:
+        k, n = parse_shard(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return shard(list(trials), k, n, key=trial_id)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """UsageError for flags that make no sense together or are out of range."""
+    ray_only = ("address", "cpus_per_trial", "gpus_per_trial")
+    if args.executor != "ray":
+        given = [f"--{a.replace('_', '-')}" for a in ray_only if getattr(args, a) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} need --executor ray")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.gpus_per_trial and args.gpus_per_trial > 1 and args.gpus_per_trial % 1:
+        raise UsageError(f"--gpus-per-trial above 1 must be whole, got {args.gpus_per_trial}")
+    if args.max_retries < 0:
+        raise UsageError(f"--max-retries must be >= 0, got {args.max_retries}")
+
+
+def gpus_for(trainer: Mapping[str, Any] | None, cluster_gpus: float) -> float:
+    """The default GPU share of a trial from the matrix's ``[trainer]`` table."""
+    trainer = trainer or {}
+    accelerator = str(trainer.get("accelerator", "cpu")).lower()
+    devices = trainer.get("devices", 1)
+    if accelerator in _GPU_ACCELERATORS:
+        return float(devices) if isinstance(devices, int) else 1.0
+    if accelerator == "auto" and cluster_gpus > 0:
+        return float(devices) if isinstance(devices, int) else 1.0
+    return 0.0
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'techbench[ray]'") from None
+    return ray
+
+
+def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
+    """Connect (or start a local cluster); True if this call started the connection."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": "error",
+        "configure_logging": True,
+    }
+    if address:
+        kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise UsageError(f"--address {address}: cannot connect to a Ray cluster: {exc}") from None
+    return True
+
+
+def _ray_task(
+    config: dict[str, Any],
+    tid: str,
+    out: str,
+    matrix_name: str | None,
+    run_fn: RunFn,
+    rerun_failed: bool,
+    wait: bool,
+    stop_path: str,
+    threads: int,
+) -> tuple[str, str]:
+    """Body of one Ray task: the local executor's claim -> run_fn -> store.write."""
+    from . import execute
+
+    execute._THREADS = threads
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    execute.quiet_library_warnings()
+    job = execute._Job(out, matrix_name, run_fn, rerun_failed)
+    return execute._run_claimed(config, tid, job, wait, stop_path)
+
+
+def execute_ray(
+    configs: Iterable[Mapping[str, Any]],
+    out: str | os.PathLike[str],
+    *,
+    matrix_name: str | None = None,
+    run_fn: RunFn | None = None,
+    rerun_failed: bool = False,
+    progress: bool | None = None,
+    matrix_info: Mapping[str, Any] | None = None,
+    stream: Any = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> RunResult:
+    """Run every trial of ``configs`` not yet stored in ``out`` as Ray tasks.
+
+    ``address``: an existing cluster (``"auto"`` or ``HOST:PORT``); None starts a local one with
+    ``num_cpus`` CPUs, or uses the one this process is already connected to.
+    ``gpus_per_trial``: None derives it from the configs' ``trainer`` (see the module docstring).
+    Returns the same :class:`~techbench.execute.RunResult` as the local executor.
+    """
+    from .execute import DEFAULT_RUN_FN, RunResult, plan
+    from .progress import Progress
+    from .store import ResultStore
+
+    ray = _import_ray()
+    store = ResultStore(out).ensure()
+    store.cleanup()
+    if matrix_info is not None:
+        store.write_matrix(matrix_info)
+    todo, already = plan(configs, store, rerun_failed)
+    bar = Progress(len(todo) + already, enabled=progress, stream=stream, already=already)
+    result = RunResult(total=len(todo) + already, already=already)
+    t0 = time.monotonic()
+    if not todo:
+        bar.close()
+        result.summary = bar.summary()
+        return result
+    started = _init_ray(ray, address, num_cpus)
+    cpus = 1.0 if cpus_per_trial is None else float(cpus_per_trial)
+    if gpus_per_trial is None:
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        gpus_per_trial = gpus_for(todo[0][1].get("trainer"), cluster_gpus)
+    task = ray.remote(_ray_task).options(
+        num_cpus=cpus,
+        num_gpus=gpus_per_trial,
+        max_retries=max_retries,
+        retry_exceptions=False,
+        name="techbench-trial",
+    )
+    stop_path = str(store.tmp_dir / f"stop.{os.getpid()}")
+    args = (str(store.root), matrix_name, run_fn or DEFAULT_RUN_FN, rerun_failed)
+    threads = max(1, int(cpus))
+    try:
+        result.interrupted = _drive(ray, task, todo, store, args, stop_path, threads, bar)
+    finally:
+        bar.close()
+        with contextlib.suppress(OSError):
+            Path(stop_path).unlink(missing_ok=True)
+        if started:
+            ray.shutdown()
+    result.counts = bar.counts
+    result.seconds = time.monotonic() - t0
+    result.summary = bar.summary()
+    return result
+
+
+def _drive(
+    ray: Any,
+    task: Any,
+    todo: list[tuple[str, dict[str, Any]]],
+    store: Any,
+    args: tuple,
+    stop_path: str,
+    threads: int,
+    bar: Any,
+) -> bool:
+    """Submit, collect, resubmit busy trials (waiting for their lock); True if interrupted."""
+    queue = [(tid, config, False) for tid, config in todo]
+    while queue:
+        pending = {
+            task.remote(config, tid, *args, wait, stop_path, threads): (tid, config)
+            for tid, config, wait in queue
+        }
+        queue = []
+        try:
+            _collect(ray, pending, queue, store, args[1], bar)
+        except KeyboardInterrupt:
+            Path(stop_path).touch()
+            bar.note(
+                "interrupted: pending trials are cancelled, waiting for the running ones "
+                "to finish (Ctrl-C again to kill them); finished trials are kept"
+            )
+            try:
+                _collect(ray, pending, [], store, args[1], bar)
+            except KeyboardInterrupt:
+                for ref in pending:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+            return True
+    return False
+
+
+def _collect(ray: Any, pending: dict, busy: list, store: Any, matrix_name: str | None, bar: Any):
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            tid, config = pending.pop(ref)
+            try:
+                _, status = ray.get(ref)
+            except ray.exceptions.TaskCancelledError:
+                bar.update("cancelled")
+                continue
+            except ray.exceptions.RayError as exc:
+                status = _store_failure(store, tid, config, matrix_name, exc, bar)
+            if status == "busy":
+                busy.append((tid, config, True))
+            else:
+                bar.update(status)
+
+
+def _store_failure(
+    store: Any, tid: str, config: dict, matrix_name: str | None, exc: BaseException, bar: Any
+) -> str:
+    """Record a trial whose task failed for good (its worker died on every try) as failed."""
+    from .execute import failed_outcome
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    error = f"the Ray task failed ({type(exc).__name__}) after its retries: {first}"
+    bar.note(f"trial {tid}: {error}")
+    with store.claim(tid, wait=True):
+        store.running_marker(tid).unlink(missing_ok=True)
+        status = store.status(tid)
+        if status in ("completed", "diverged"):
+            return status
+        store.write(failed_outcome(config, f"{error}\n{exc}"), matrix_name)
+    return "failed"
