@@ -70,8 +70,11 @@ def _header(trials: pd.DataFrame, matrix: dict, axes: list[str], seconds: float)
         ("seeds", ", ".join(map(str, sorted(trials["seed"].unique())))),
         ("target", ", ".join(sorted(_targets(trials)))),
     ]
-    if matrix.get("axes"):
-        items.append(("matrix axes", json.dumps(matrix["axes"])[:600]))
+    for key in ("description", "axes", "defaults", "budget"):
+        if matrix.get(key):
+            value = matrix[key]
+            text = value if isinstance(value, str) else json.dumps(value)
+            items.append((f"matrix {key}", text[:600]))
     devices = trials["device"].dropna().astype(str).value_counts()
     items.append(("hardware", ", ".join(f"{d} ({n} runs)" for d, n in devices.items()) or "?"))
     items += _versions(trials)
@@ -135,7 +138,8 @@ def build(
                 statistic=r["statistic"], pvalue=r["pvalue"], n_datasets=r["n_blocks"],
                 k=r["k"], critical_difference=r["cd"],
             )  # fmt: skip
-            for tech, rank in r["ranks"].items():
+            ranks: pd.Series = r["ranks"]
+            for tech, rank in ranks.items():
                 rank_rows.append({"axis": fr.axis, "technique": tech, "mean_rank": rank})
         fried_rows.append(row)
     fried_df = pd.DataFrame(fried_rows)

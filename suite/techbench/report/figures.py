@@ -55,21 +55,24 @@ def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8):
 
 def learning_curves(curves: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
     """Target metric per epoch: median and interquartile band over runs (seeds and other axes),
-    one panel per dataset (rows) x compared axis (columns)."""
+    one panel per compared axis (rows) x dataset (columns)."""
     if curves.empty:
         return None
     datasets = sorted(runs["dataset"].astype(str).unique())[:MAX_DATASETS]
-    cols = list(axes[:MAX_AXES]) or ["config"]
-    data = curves.merge(runs[["trial_id", "dataset", *cols]], on="trial_id")
-    fig, axs = _grid(len(datasets), len(cols))
+    rows = list(axes[:MAX_AXES]) or ["config"]
+    data = curves.merge(runs[["trial_id", "dataset", *rows]], on="trial_id")
+    data["dataset"] = data["dataset"].astype(str)
+    fig, axs = _grid(len(rows), len(datasets), 4.0, 3.0)
     palette = sns.color_palette("tab10", MAX_TECHNIQUES)
     metric = str(runs["target_metric"].iloc[0])
-    for i, ds in enumerate(datasets):
-        for j, axis in enumerate(cols):
+    for i, axis in enumerate(rows):
+        techs = _top_techniques(runs, axis)
+        labels = data[axis].astype(str)
+        for j, ds in enumerate(datasets):
             ax = axs[i][j]
-            sub = data[data["dataset"].astype(str) == ds]
-            for c, tech in enumerate(_top_techniques(runs, axis)):
-                t = sub[sub[axis].astype(str) == tech]
+            in_ds = data["dataset"] == ds
+            for c, tech in enumerate(techs):
+                t = data[in_ds & (labels == tech)]
                 if t.empty:
                     continue
                 q = t.groupby("epoch")["curve"].quantile([0.25, 0.5, 0.75]).unstack()
@@ -79,9 +82,9 @@ def learning_curves(curves: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str
             ax.set_title(f"{_short(ds, 16)} · {axis}", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric if j == 0 else "")
-            if i == 0:
-                ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Learning curves: median and interquartile band over runs")
+            if j == 0:
+                ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Learning curves: median and IQR band over runs", fontsize=10)
     return _png(fig)
 
 

@@ -92,7 +92,7 @@ def table(df: pd.DataFrame, *, max_rows: int = 300, csv_name: str | None = None)
 def _py(v: object) -> object:
     if hasattr(v, "item") and not isinstance(v, str):
         try:
-            return v.item()  # type: ignore[attr-defined]
+            return v.item()
         except (ValueError, AttributeError):
             return v
     return v
