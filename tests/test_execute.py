@@ -240,3 +240,15 @@ def test_progress_bar_shows_counts_when_enabled():
         bar.update("diverged")
     text = stream.getvalue()
     assert "done=3/4" in text and "failed=1" in text and "diverged=1" in text
+
+
+def test_default_workers_one_per_core_or_per_gpu(monkeypatch):
+    import techbench.execute as ex
+
+    cpu = [{"trainer": {"accelerator": "cpu"}}]
+    gpu = [{"trainer": {"accelerator": "gpu"}}]
+    monkeypatch.setattr(ex, "visible_gpus", lambda: ["0", "1"])
+    assert ex.default_workers(cpu, 8) == (8, [])
+    assert ex.default_workers(gpu, 8) == (2, ["0", "1"])
+    monkeypatch.setattr(ex, "visible_gpus", lambda: [])
+    assert ex.default_workers(gpu, 8) == (8, [])

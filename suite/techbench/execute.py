@@ -151,9 +151,39 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 
 
-def _init_worker(threads: int) -> None:
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+
+
+def visible_gpus() -> list[str]:
+    """CUDA device ids this process may use (``CUDA_VISIBLE_DEVICES`` order); [] without CUDA."""
+    try:
+        import torch
+
+        n = int(torch.cuda.device_count())
+    except Exception:
+        return []
+    listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:n] if listed else [str(i) for i in range(n)]
+
+
+def default_workers(configs: Iterable[Mapping[str, Any]], cores: int) -> tuple[int, list[str]]:
+    """``(workers, gpus)``: one worker per visible GPU for GPU matrices, else one per core."""
+    accelerators = {str((c.get("trainer") or {}).get("accelerator", "cpu")) for c in configs}
+    if accelerators & set(GPU_ACCELERATORS):
+        gpus = visible_gpus()
+        if gpus:
+            return len(gpus), gpus
+    return cores, []
+
+
+def _init_worker(threads: int, slot: Any = None, gpus: tuple[str, ...] = ()) -> None:
     global _THREADS
     _THREADS = threads
+    if slot is not None and len(gpus) > 1:
+        with slot.get_lock():
+            index = slot.value
+            slot.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     quiet_library_warnings()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -244,7 +274,9 @@ def execute(
 ) -> RunResult:
     """Run every trial of ``configs`` not yet stored in ``out``; see the module docstring.
 
-    ``workers``: processes (default: the machine's cores; 1 runs in this process).
+    ``workers``: processes (default: the machine's cores, or one per visible GPU when a trial's
+    accelerator is gpu/cuda/auto and CUDA is there, each worker pinned to its own GPU; 1 runs in
+    this process).
     ``run_fn``: ``config -> TrialOutcome`` (a callable importable by name, or ``"module:attr"``).
     ``progress``: the bar (None: only when stderr is a terminal).
     """
@@ -255,6 +287,9 @@ def execute(
     todo, already = plan(configs, store, rerun_failed)
     total = len(todo) + already
     cores = available_cores()
+    gpus: list[str] = []
+    if workers is None and todo:
+        workers, gpus = default_workers([c for _, c in todo], cores)
     workers = max(1, min(workers or cores, max(1, len(todo))))
     bar = Progress(total, enabled=progress, stream=stream, already=already)
     result = RunResult(total=total, already=already)
@@ -265,7 +300,7 @@ def execute(
             result.interrupted = _run_inline(todo, job, bar)
         else:
             threads = max(1, cores // workers)
-            result.interrupted = _run_pool(todo, store, job, bar, workers, threads)
+            result.interrupted = _run_pool(todo, store, job, bar, workers, threads, tuple(gpus))
     finally:
         bar.close()
         with contextlib.suppress(OSError):
@@ -295,11 +330,18 @@ def _run_inline(todo: list, job: _Job, bar: Progress) -> bool:
 
 
 def _run_pool(
-    todo: list, store: ResultStore, job: _Job, bar: Progress, workers: int, threads: int
+    todo: list,
+    store: ResultStore,
+    job: _Job,
+    bar: Progress,
+    workers: int,
+    threads: int,
+    gpus: tuple[str, ...] = (),
 ) -> bool:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
+    slot = ctx.Value("i", 0)
     stop_path = str(store.tmp_dir / f"stop.{os.getpid()}")
     queue = [(tid, config, False) for tid, config in todo]
     while queue:
@@ -309,7 +351,7 @@ def _run_pool(
             max_workers=min(workers, len(queue)),
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(threads,),
+            initargs=(threads, slot, gpus),
         )
         futures: dict[Future, tuple[str, dict, bool]] = {
             pool.submit(_run_claimed, config, tid, job, wait, stop_path): (tid, config, wait)
