@@ -20,7 +20,14 @@ from techbench.families import Regularizer
 from techbench.lit import DIVERGENCE_FACTOR, LOSS_FLUSH_EVERY
 from techbench.registry import default_registry
 from techbench.spec import Param, TechniqueSpec
-from techbench.trial import DEFAULT_CONFIG, TrialOutcome, complete_config, run_trial, trial_id
+from techbench.trial import (
+    DEFAULT_CONFIG,
+    TECHNIQUE_KEYS,
+    TrialOutcome,
+    complete_config,
+    run_trial,
+    trial_id,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -455,3 +462,42 @@ def test_mixed_precision_goes_through_lightning() -> None:
         10,
         20,
     }
+
+
+BUILTIN_VARIANTS = [
+    {"normalizer": {"name": "batchnorm", "params": {}}},
+    {"normalizer": {"name": "layernorm", "params": {}}, "norm_placement": "after"},
+    {"regularizer": {"name": "dropout", "params": {}}},
+    {"regularizer": {"name": "early_stopping", "params": {}}},
+    {"regularizer": {"name": "label_smoothing", "params": {}}},
+    {"regularizer": {"name": "l2", "params": {}}},
+    {"regularizer": {"name": "max_norm", "params": {}}},
+    {"initializer": {"name": "lsuv", "params": {}}},
+    {
+        "optimizer": {"name": "sgd", "params": {"lr": 0.1}},
+        "schedule": {"name": "cosine", "params": {}},
+    },
+    {"model": {"name": "resmlp", "params": {"blocks": 2, "width": 32}}},
+    {
+        "model": {"name": "cnn", "params": {}},
+        "dataset": {"name": "digits", "params": {"image": True}},
+    },
+]
+
+
+@pytest.mark.parametrize(
+    "change",
+    BUILTIN_VARIANTS,
+    ids=lambda c: "-".join(v["name"] if isinstance(v, dict) else str(v) for v in c.values()),
+)
+def test_builtins_compose_into_a_trial(change: dict) -> None:
+    cfg = complete_config({**FAST, "budget": {"epochs": 2}, **change})
+    registry = default_registry()
+    for key, family in TECHNIQUE_KEYS.items():
+        try:
+            registry.get_spec(cfg[key]["name"], family)
+        except Exception as exc:  # a built-in being written in parallel
+            pytest.skip(f"built-in {family}/{cfg[key]['name']} unavailable: {exc}")
+    o = run_trial(cfg)
+    assert o.status == "completed", o.meta["error"]
+    assert o.metric("test", "acc") and all(math.isfinite(v) for v in o.metric("val", "loss"))
