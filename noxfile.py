@@ -84,7 +84,10 @@ def report(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def ray(session: nox.Session) -> None:
-    """The Ray executor's tests on a local 2-CPU cluster."""
+    """The Ray executor and --shard: tests on a local 2-CPU cluster, then smoke through Ray."""
     install(session)
-    session.install("ray>=2.9")
-    session.run("pytest", "-q", "-m", "ray", *session.posargs)
+    session.install("-e", ".[test,ray]")
+    files = ["tests/test_execute_ray.py", "tests/test_shard_cli.py", "tests/test_shard.py"]
+    session.run("pytest", "-q", *files, *session.posargs)
+    smoke = ["smoke", "--executor", "ray", "--out", "results/smoke-ray", "--no-progress"]
+    session.run("techbench", "run", *smoke)
