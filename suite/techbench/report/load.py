@@ -44,6 +44,7 @@ _SCHEMA_FIELDS = (
     ("layer", "string"),
     ("value", "float64"),
 )
+_BATCH = 1024
 META_SCALARS = (
     "wall_seconds",
     "train_seconds",
@@ -149,31 +150,40 @@ def load_metrics(
 
     trials_dir = os.path.join(os.fspath(results_dir), "trials")
     ids = list(trial_ids)
-    files = [os.path.join(trials_dir, t, "metrics.parquet") for t in ids]
     schema = pa.schema([(n, getattr(pa, t)()) for n, t in _SCHEMA_FIELDS])
     columns = schema.names
+
+    def batch(lo: int, pool: ThreadPoolExecutor) -> Any:
+        names = ids[lo : lo + _BATCH]
+        files = [os.path.join(trials_dir, t, "metrics.parquet") for t in names]
+        tables, owners = [], []
+        for i, table in enumerate(pool.map(_read_parquet, files)):
+            if table is None or table.num_rows == 0:
+                continue
+            tables.append(table.select(columns).cast(schema))
+            owners.append(np.full(table.num_rows, i, dtype=np.int32))
+        if not tables:
+            return None
+        table = pa.concat_tables(tables).combine_chunks()
+        trial = pa.DictionaryArray.from_arrays(np.concatenate(owners), pa.array(names, pa.string()))
+        table = table.add_column(0, "trial_id", trial)
+        if not keep_step_loss:
+            split, metric = table.column("split"), table.column("metric")
+            step_loss = pc.and_(pc.equal(split, "train"), pc.equal(metric, "loss"))
+            table = table.filter(pc.invert(step_loss))
+        for name in ("split", "metric", "layer"):
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, table.column(i).dictionary_encode())
+        return table
+
+    # Batches keep the transient arrow memory bounded; only the compact result accumulates.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        read = list(pool.map(_read_parquet, files, chunksize=64))
-    tables, owners = [], []
-    for i, table in enumerate(read):
-        if table is None or table.num_rows == 0:
-            continue
-        tables.append(table.select(columns).cast(schema))
-        owners.append(np.full(table.num_rows, i, dtype=np.int32))
-    if not tables:
+        parts = [batch(lo, pool) for lo in range(0, len(ids), _BATCH)]
+    parts = [p for p in parts if p is not None]
+    if not parts:
         frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in ["trial_id", *columns]})
         return frame.astype({"trial_id": "category", "split": "category", "metric": "category"})
-    table = pa.concat_tables(tables).combine_chunks()
-    trial = pa.DictionaryArray.from_arrays(np.concatenate(owners), pa.array(ids, pa.string()))
-    table = table.add_column(0, "trial_id", trial)
-    if not keep_step_loss:
-        step_loss = pc.and_(
-            pc.equal(table.column("split"), "train"), pc.equal(table.column("metric"), "loss")
-        )
-        table = table.filter(pc.invert(step_loss))
-    for name in ("split", "metric", "layer"):
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, table.column(i).dictionary_encode())
+    table = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
     return table.to_pandas()
 
 
