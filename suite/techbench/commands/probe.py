@@ -50,7 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the per-layer records as JSON")
     p.add_argument("--out", metavar="DIR", help="also write DIR/probe.html and DIR/probe.csv")
     p.add_argument(
-        "--threads", type=_positive, help="torch intra-op threads (default: torch's choice)"
+        "--threads",
+        type=_positive,
+        help="torch intra-op threads (default: torch's, or 1 when the machine is busy)",
     )
     p.add_argument("--bins", type=_positive, default=50, help="histogram bins for --out")
     p.set_defaults(handler=main)
