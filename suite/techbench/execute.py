@@ -275,8 +275,9 @@ def execute(
     """Run every trial of ``configs`` not yet stored in ``out``; see the module docstring.
 
     ``workers``: processes (default: the machine's cores, or one per visible GPU when a trial's
-    accelerator is gpu/cuda/auto and CUDA is there, each worker pinned to its own GPU; 1 runs in
-    this process).
+    accelerator is gpu/cuda/auto and CUDA is there, each worker pinned to its own GPU; never more
+    than half the trials to run, as starting a worker costs about one trial; 1 runs in this
+    process).
     ``run_fn``: ``config -> TrialOutcome`` (a callable importable by name, or ``"module:attr"``).
     ``progress``: the bar (None: only when stderr is a terminal).
     """
@@ -290,6 +291,7 @@ def execute(
     gpus: list[str] = []
     if workers is None and todo:
         workers, gpus = default_workers([c for _, c in todo], cores)
+        workers = min(workers, max(1, len(todo) // 2))  # a worker's start costs about a trial
     workers = max(1, min(workers or cores, max(1, len(todo))))
     bar = Progress(total, enabled=progress, stream=stream, already=already)
     result = RunResult(total=total, already=already)
