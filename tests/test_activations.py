@@ -370,3 +370,30 @@ def test_non_default_value() -> None:
     q = Param(name="alpha", type=float, default=1.0, low=0.0, low_open=True, high=10.0)
     v = act_checks.non_default_value(q)
     assert v != 1.0 and 0.0 < v <= 10.0
+
+
+def test_reference_ignoring_hyperparameter_fails() -> None:
+    leaky = get_spec("leaky_relu", "activation")
+
+    class Ref:
+        @staticmethod
+        def value(x, **hp):
+            return torch.where(x >= 0, x, 0.01 * x)
+
+        @staticmethod
+        def derivative(x, **hp):
+            return torch.where(x >= 0, torch.ones_like(x), torch.full_like(x, 0.01))
+
+    spec = TechniqueSpec(
+        name="stubborn_leaky",
+        family="activation",
+        summary="fast and reference both ignore alpha",
+        citation="test",
+        fast=lambda alpha: nn.LeakyReLU(0.01),
+        reference=Ref(),
+        params=(Param(name="alpha", type=float, default=0.01, low=0.0, high=1.0),),
+        properties=leaky.properties,
+    )
+    failed = _failures(spec)
+    assert set(failed) == {"hyperparams"}
+    assert "reference.value ignores alpha=0.5" in failed["hyperparams"]

@@ -25,7 +25,8 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` naming the worst in
   derivative is < 0.05 (and such inputs exist); where outputs are <= ``dead_below`` the autograd
   gradient is exactly 0 (and such inputs exist);
 - ``hyperparams``: for each parameter, one non-default value (another choice, the negated bool, a
-  scaled number inside the range) gives the outputs and derivative the reference gives with it.
+  scaled number inside the range) gives the outputs and derivative the reference gives with it;
+  a non-bool value must change ``reference.value`` somewhere on the grid.
 
 Every grid keeps at least 1e-3 away from the declared ``kinks``.
 """
@@ -248,11 +249,19 @@ def non_default_value(param: Param, technique: str = "") -> Any:
 def check_hyperparams(spec: TechniqueSpec) -> None:
     import torch
 
+    ref = spec.load_reference()
+    x = _grid(spec, torch.float64)
+    base = ref.value(x, **spec.defaults())
     for param in spec.params:
         value = non_default_value(param, spec.qualified_name)
         if value is None:
             continue
         hp = spec.hyperparams({param.name: value})
+        if param.type is not bool and torch.equal(ref.value(x, **hp), base):
+            raise CheckFailure(
+                f"{spec.qualified_name}: reference.value ignores {param.name}={value!r} "
+                f"(same outputs as the default {param.default!r} on the whole grid)"
+            )
         _compare(spec, hp, grad=True, dtypes=(torch.float64,))
 
 
