@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -189,3 +190,15 @@ def test_trials_share_a_gpu_with_fractional_gpus(ray_cluster, tmp_path):
     assert result.counts["completed"] == 2
     trials, _ = load_results(tmp_path / "gpu")
     assert trials.device.str.startswith("cuda").all(), trials.device.tolist()
+
+
+def test_cleanup_on_a_shared_store_leaves_other_hosts_temp_files(tmp_path):
+    """Shards on other nodes write into the same tmp folder: their pids mean nothing here."""
+    store = ResultStore(tmp_path / "store").ensure()
+    dead = 2**22 + 12345
+    other = store.tmp_dir / f"abcd.{dead}.@some-other-node.0000"
+    mine = store.tmp_dir / f"abcd.{dead}.@{socket.gethostname().replace('.', '-')}.1111"
+    other.mkdir()
+    mine.mkdir()
+    assert store.cleanup() == 1
+    assert [p.name for p in store.tmp_dir.iterdir()] == [other.name]

@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -74,6 +75,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return repr(value)
+
+
+_HOST = "@" + socket.gethostname().replace(".", "-")
+"""Tags temp names, so a store on a shared filesystem only cleans up its own host's leftovers."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -188,7 +193,7 @@ class ResultStore:
             "matrix": matrix_name,
             **dict(_get(outcome, "meta") or {}),
         }
-        tmp = self.tmp_dir / f"{tid}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = self.tmp_dir / f"{tid}.{os.getpid()}.{_HOST}.{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
             import pyarrow.parquet as pq
@@ -228,7 +233,7 @@ class ResultStore:
     def write_matrix(self, info: Mapping[str, Any]) -> None:
         """Write ``matrix.json`` atomically (temp file + replace)."""
         self.ensure()
-        tmp = self.tmp_dir / f"matrix.json.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = self.tmp_dir / f"matrix.json.{os.getpid()}.{_HOST}.{secrets.token_hex(4)}"
         tmp.write_text(json.dumps(info, indent=1, default=_json_default), encoding="utf-8")
         os.replace(tmp, self.root / "matrix.json")
 
@@ -239,6 +244,8 @@ class ResultStore:
             return 0
         for p in self.tmp_dir.iterdir():
             parts = p.name.split(".")
+            if any(x.startswith("@") and x != _HOST for x in parts):
+                continue
             pid = next((int(x) for x in parts[1:] if x.isdigit()), None)
             if pid is not None and not _pid_alive(pid):
                 if p.is_dir():
