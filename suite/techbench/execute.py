@@ -417,14 +417,17 @@ def _recover(
     ctx: Any,
     threads: int,
 ) -> list[tuple[str, dict, bool]]:
-    """After a worker died: re-run the trials that were running, each alone; return the rest."""
-    rest = []
-    for tid, config, wait in crashed:
-        marker = store.running_marker(tid)
-        if not marker.exists():
-            rest.append((tid, config, wait))
-            continue
-        marker.unlink(missing_ok=True)
+    """After a worker died: re-run the trials that were running, each alone; return the rest.
+
+    The running ones are told by their ``.running`` markers; when none is found, every trial of
+    the broken pool is re-run alone, so a trial that kills its process can never loop.
+    """
+    suspects = [item for item in crashed if store.running_marker(item[0]).exists()]
+    if not suspects:
+        suspects = list(crashed)
+    rest = [item for item in crashed if item not in suspects]
+    for tid, config, _wait in suspects:
+        store.running_marker(tid).unlink(missing_ok=True)
         proc = ctx.Process(target=_quarantine_main, args=(config, tid, job, threads), daemon=True)
         proc.start()
         proc.join()
