@@ -126,8 +126,6 @@ def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
     """Connect (or start a local cluster); True if this call started the connection."""
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -136,8 +134,12 @@ def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
     }
     if address:
         kwargs["address"] = address
-    elif num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
+    else:
+        # a private local instance: no token to manage; a 0-GPU task must not see the GPUs
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
@@ -272,7 +274,9 @@ def _drive(
     return False
 
 
-def _collect(ray: Any, pending: dict, busy: list, store: Any, matrix_name: str | None, bar: Any):
+def _collect(
+    ray: Any, pending: dict, busy: list, store: Any, matrix_name: str | None, bar: Any
+) -> None:
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
