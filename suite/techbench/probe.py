@@ -140,13 +140,6 @@ class ProbeResult:
         return [r for c in self.combinations for r in c.records]
 
 
-def _busy() -> bool:
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1)
-    except OSError:
-        return False
-
-
 def _histogram(values: Any, bins: int) -> tuple[Any, Any]:
     import numpy as np
 
@@ -263,9 +256,9 @@ def run_probe(
     """Every activation x initializer x normalizer combination, in that nesting order.
 
     Technique arguments are ``name`` or ``name(key=value, ...)`` of any registered plugin.
-    ``threads`` sets torch's intra-op threads for the run. Default: torch's own choice, or one
-    thread when the load average exceeds the core count (on busy cores, multi-threaded kernels
-    wait on each other: measured 2-3x slower than one thread on a loaded 2-core machine).
+    ``threads`` sets torch's intra-op threads for the run (default: torch's own choice; on busy
+    cores one thread can be 2-3x faster). The thread count never depends on the machine's load,
+    so the same arguments give the same numbers.
     """
     import torch
 
@@ -278,8 +271,6 @@ def run_probe(
     if not (acts and inits and norms):
         raise ParamError("probe: give at least one activation, initializer and normalizer")
     before = torch.get_num_threads()
-    if threads is None and _busy():
-        threads = 1
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     start = time.perf_counter()
