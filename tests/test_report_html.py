@@ -16,7 +16,8 @@ from techbench.report import build_report
 
 from .report_fixtures import write_store
 
-EVIL = "<script>alert(1)</script>"
+# Also unbalanced mathtext: a plugin name must never crash matplotlib.
+EVIL = "<script>alert(1)</script>$\\undefinedcmd{$"
 
 
 @pytest.fixture(scope="module")

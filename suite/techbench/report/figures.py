@@ -36,7 +36,9 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def _short(text: str, n: int = 28) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """Shortened, with ``$`` escaped so plugin names never reach matplotlib's mathtext."""
+    text = text if len(text) <= n else text[: n - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def _top_techniques(runs: pd.DataFrame, axis: str) -> list[str]:
@@ -201,6 +203,7 @@ def activation_stats(
     data = h.merge(runs[["trial_id", axis]], on="trial_id")
     data[axis] = data[axis].astype(str)
     data = data[data[axis].isin(_top_techniques(runs, axis))]
+    data[axis] = data[axis].map(_short)
     med = data.groupby([axis, "metric", "when", "layer"])["value"].median().reset_index()
     fig, axs = _grid(1, 4, 3.4, 2.8)
     for ax, (metric, when) in zip(
