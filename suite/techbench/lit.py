@@ -1,14 +1,15 @@
 """The LightningModule and DataModule composed from plugins.
 
 Kept separable on purpose (so that several seeds of one configuration can later train together
-with stacked parameters): :func:`build_model` makes the network from the trial's parts,
+with stacked parameters): :func:`techbench.trial.build_model` makes the network from the trial's parts,
 :class:`TechniqueModule` owns one training step, :class:`TensorDataModule` feeds in-memory
 tensors, :func:`build_trainer` maps the trial's trainer options onto a ``pl.Trainer``.
 
 Speed choices (Lightning's per-step overhead is the cost of the runner): the whole split lives on
 the device; every epoch one seeded permutation shuffles it once and the batches are contiguous
 slices of the shuffled tensors (no per-sample collation, no DataLoader workers); manual
-optimization; no validation loop, progress bar, model summary, checkpointing or logger unless
+optimization, and for plain precisions on one device the step calls ``loss.backward()`` and
+``optimizer.step()`` itself (with the callbacks' hooks); no validation loop, progress bar, model summary, checkpointing or logger unless
 asked. Epoch-end evaluation (train and validation sets, eval mode) runs in chunks under
 ``torch.no_grad`` and moves its numbers to the host in one transfer. The per-step losses are
 buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY` steps.

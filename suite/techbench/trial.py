@@ -46,6 +46,7 @@ __all__ = [
     "DIVERGENCE_FACTOR",
     "TECHNIQUE_KEYS",
     "TrialOutcome",
+    "build_model",
     "complete_config",
     "run_trial",
     "trial_id",
@@ -241,38 +242,19 @@ def _device_name(device: Any) -> str:
     return str(device)
 
 
-def _train(
-    cfg: dict[str, Any],
-    tid: str,
-    state: _State,
-    logger: str | None,
-    log_dir: str | None,
-    callbacks: Sequence[Any],
-    registry: Any,
-) -> None:
+def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -> tuple[Any, Any]:
+    """The trial's network and its regularizer, from the specs of every config key.
+
+    Separate from training so that several seeds of one configuration can later be built and
+    stacked. Call it after seeding torch (the model's initial weights come from the global RNG);
+    data-dependent initializers (``properties["data_dependent"]``) are fitted with
+    ``init.fit(model, x)`` on a seeded sample of the (preprocessed) training inputs.
+    """
     import torch
 
     from .families import ModelParts, Regularizer
-    from .health import GradientHealth
-    from .lit import ShuffledBatches, TechniqueModule, TensorDataModule, build_logger, build_trainer
-    from .registry import default_registry
 
-    get_spec = (registry or default_registry()).get_spec
-    specs = {key: get_spec(cfg[key]["name"], fam) for key, fam in TECHNIQUE_KEYS.items()}
     params = {key: cfg[key]["params"] for key in TECHNIQUE_KEYS}
-    seed, budget = int(cfg["seed"]), cfg["budget"]
-
-    splits = specs["dataset"].create(int(cfg["data_seed"]), **params["dataset"])
-    pre = specs["preprocessor"].create(**params["preprocessor"])
-    pre.fit(splits.x_train)
-    splits = dataclasses.replace(
-        splits,
-        x_train=pre.transform(splits.x_train),
-        x_val=pre.transform(splits.x_val),
-        x_test=pre.transform(splits.x_test),
-    )
-
-    _seed_all(seed)
     weight_init = specs["initializer"].create(**params["initializer"])
     bias_init = specs["bias_initializer"].create(**params["bias_initializer"])
     regularizer = specs["regularizer"].create(**params["regularizer"])
@@ -295,11 +277,45 @@ def _train(
     )
     model = specs["model"].create(splits.input_shape, splits.num_outputs, parts, **params["model"])
     if specs["initializer"].properties.get("data_dependent"):
-        n = min(len(splits.x_train), max(int(budget["batch_size"]), 256))
-        pick = torch.randperm(len(splits.x_train), generator=torch.Generator().manual_seed(seed))[
-            :n
-        ]
+        n = min(len(splits.x_train), max(int(cfg["budget"]["batch_size"]), 256))
+        generator = torch.Generator().manual_seed(int(cfg["seed"]))
+        pick = torch.randperm(len(splits.x_train), generator=generator)[:n]
         weight_init.fit(model, splits.x_train[pick])
+    return model, regularizer
+
+
+def _train(
+    cfg: dict[str, Any],
+    tid: str,
+    state: _State,
+    logger: str | None,
+    log_dir: str | None,
+    callbacks: Sequence[Any],
+    registry: Any,
+) -> None:
+    import torch
+
+    from .health import GradientHealth
+    from .lit import ShuffledBatches, TechniqueModule, TensorDataModule, build_logger, build_trainer
+    from .registry import default_registry
+
+    get_spec = (registry or default_registry()).get_spec
+    specs = {key: get_spec(cfg[key]["name"], fam) for key, fam in TECHNIQUE_KEYS.items()}
+    params = {key: cfg[key]["params"] for key in TECHNIQUE_KEYS}
+    seed, budget = int(cfg["seed"]), cfg["budget"]
+
+    splits = specs["dataset"].create(int(cfg["data_seed"]), **params["dataset"])
+    pre = specs["preprocessor"].create(**params["preprocessor"])
+    pre.fit(splits.x_train)
+    splits = dataclasses.replace(
+        splits,
+        x_train=pre.transform(splits.x_train),
+        x_val=pre.transform(splits.x_val),
+        x_test=pre.transform(splits.x_test),
+    )
+
+    _seed_all(seed)
+    model, regularizer = build_model(cfg, specs, splits)
     state.num_parameters = sum(p.numel() for p in model.parameters())
 
     batch_size = int(budget["batch_size"])
@@ -326,7 +342,8 @@ def _train(
     all_callbacks = list(callbacks) + list(regularizer.callbacks())
     health_cfg = cfg["health"]
     if health_cfg.get("enabled", True):
-        state.health = GradientHealth(int(health_cfg.get("every_n_steps", 10)), act_spec.properties)
+        every = int(health_cfg.get("every_n_steps", 10))
+        state.health = GradientHealth(every, specs["activation"].properties)
         all_callbacks.append(state.health)
     datamodule = TensorDataModule(splits, batch_size, seed)
     trainer_cfg = dict(cfg["trainer"])
