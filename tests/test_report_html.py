@@ -14,7 +14,7 @@ import pytest
 from techbench.cli import main as cli_main
 from techbench.report import build_report
 
-from .report_fixtures import write_store
+from .report_fixtures import make_config, table_from_rows, write_store, write_trial
 
 # Also unbalanced mathtext: a plugin name must never crash matplotlib.
 EVIL = "<script>alert(1)</script>$\\undefinedcmd{$"
@@ -115,3 +115,19 @@ def test_renders_in_headless_chromium(report: tuple[Path, Path]) -> None:
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 50_000  # a blank page compresses to a few kB
+
+
+def test_degenerate_stores(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "trials").mkdir(parents=True)
+    assert "no trials" in build_report(empty, tmp_path / "o0").read_text(encoding="utf-8")
+    failed = tmp_path / "failed"
+    for seed, act in ((0, "relu"), (1, "tanh")):
+        write_trial(
+            failed, make_config(seed=seed, activation=act), table_from_rows([]), status="failed"
+        )
+    text = build_report(failed, tmp_path / "o1").read_text(encoding="utf-8")
+    assert "2 runs diverged or failed" in text
+    assert "No run reached the target" in text
+    runs = pd.read_csv(tmp_path / "o1" / "runs.csv")
+    assert list(runs["status"]) == ["failed", "failed"]
