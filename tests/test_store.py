@@ -210,10 +210,17 @@ def test_cleanup_removes_only_dead_writers_leftovers(tmp_path):
     live = store.tmp_dir / f"abcd.{os.getpid()}.1111"
     stale.mkdir()
     live.mkdir()
+    other_host = store.tmp_dir / f"abcd.{dead.pid}.@elsewhere.2222"
+    other_host.mkdir()
     (store.running_dir / "abcd").write_text(str(dead.pid))
+    (store.running_dir / "efgh").write_text(f"{dead.pid}@elsewhere")
     assert store.cleanup() == 1
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and other_host.exists()
     assert not (store.running_dir / "abcd").exists()
+    assert (store.running_dir / "efgh").exists()
+    assert store.mark_running("ijkl").read_text().startswith(f"{os.getpid()}@")
+    store.cleanup()
+    assert (store.running_dir / "ijkl").exists()
 
 
 def test_load_results_frames(tmp_path):

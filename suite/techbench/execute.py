@@ -224,8 +224,7 @@ def _run_claimed(
         status = store.status(tid)
         if status in ("completed", "diverged") or (status == "failed" and not job.rerun_failed):
             return tid, "skipped"
-        marker = store.running_marker(tid)
-        marker.write_text(str(os.getpid()))
+        marker = store.mark_running(tid)
         try:
             outcome = _call(job.run_fn, config, tid)
             store.write(outcome, job.matrix_name)
@@ -297,16 +296,19 @@ def execute(
     result = RunResult(total=total, already=already)
     t0 = time.monotonic()
     job = _Job(str(store.root), matrix_name, run_fn, rerun_failed)
+    stop_path = store.scratch_path("stop")
     try:
         if workers == 1:
             result.interrupted = _run_inline(todo, job, bar)
         else:
             threads = max(1, cores // workers)
-            result.interrupted = _run_pool(todo, store, job, bar, workers, threads, tuple(gpus))
+            result.interrupted = _run_pool(
+                todo, store, job, bar, workers, threads, str(stop_path), tuple(gpus)
+            )
     finally:
         bar.close()
         with contextlib.suppress(OSError):
-            (store.tmp_dir / f"stop.{os.getpid()}").unlink(missing_ok=True)
+            stop_path.unlink(missing_ok=True)
     result.counts = bar.counts
     result.seconds = time.monotonic() - t0
     result.summary = bar.summary()
@@ -338,13 +340,13 @@ def _run_pool(
     bar: Progress,
     workers: int,
     threads: int,
+    stop_path: str,
     gpus: tuple[str, ...] = (),
 ) -> bool:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     slot = ctx.Value("i", 0)
-    stop_path = str(store.tmp_dir / f"stop.{os.getpid()}")
     queue = [(tid, config, False) for tid, config in todo]
     while queue:
         busy: list[tuple[str, dict, bool]] = []

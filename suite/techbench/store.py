@@ -221,7 +221,7 @@ class ResultStore:
                 except OSError as exc:
                     if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                         raise
-                aside = self.tmp_dir / f"{target.name}.old.{os.getpid()}.{secrets.token_hex(4)}"
+                aside = self.scratch_path(f"{target.name}.old")
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(target, aside)
                     asides.append(aside)
@@ -256,14 +256,27 @@ class ResultStore:
         if self.running_dir.is_dir():
             for marker in self.running_dir.iterdir():
                 with contextlib.suppress(OSError, ValueError):
-                    pid = int(marker.read_text().strip() or "0")
+                    pid_text, _, host = marker.read_text().strip().partition("@")
+                    if host and "@" + host != _HOST:
+                        continue
+                    pid = int(pid_text or "0")
                     if pid <= 0 or not _pid_alive(pid):
                         marker.unlink()
         return removed
 
     def running_marker(self, trial_id: str) -> Path:
-        """``.running/<id>``: holds the pid of the process running the trial (crash forensics)."""
+        """``.running/<id>``: ``pid@host`` of the process running the trial (crash forensics)."""
         return self.running_dir / trial_id
+
+    def mark_running(self, trial_id: str) -> Path:
+        """Write this process's ``pid@host`` into the trial's running marker; returns its path."""
+        marker = self.running_marker(trial_id)
+        marker.write_text(f"{os.getpid()}{_HOST}")
+        return marker
+
+    def scratch_path(self, prefix: str) -> Path:
+        """A unique path under ``.tmp`` tagged with this pid and host (cleanup knows its owner)."""
+        return self.tmp_dir / f"{prefix}.{os.getpid()}.{_HOST}.{secrets.token_hex(4)}"
 
     @contextlib.contextmanager
     def claim(self, trial_id: str, wait: bool = False) -> Iterator[bool]:
