@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "matrix", nargs="?", metavar="MATRIX_FILE|NAME", help="e.g. smoke, demo, my.toml"
     )
     p.add_argument("--out", metavar="DIR", help="results store (default: results/<matrix name>)")
-    p.add_argument("--workers", type=int, metavar="N", help="processes (default: CPU cores)")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="processes (default: CPU cores, <= trials/2)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the trial count and a sample")
     p.add_argument("--rerun-failed", action="store_true", help="retry trials stored as failed")
     p.add_argument("--report", metavar="DIR", help="build the report into DIR after the run")
