@@ -236,3 +236,27 @@ def test_mutated_matrix_files_run_or_exit_2_without_traceback(tmp_path, capsys, 
         assert all(line.startswith(f"  {path}: ") for line in lines[1:])
     else:
         assert "trials" in captured.out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_exits_130_and_keeps_finished_trials(tmp_path, workers):
+    path = write(tmp_path, SMALL.replace("seeds = 3", "seeds = 6"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "techbench.cli", "run", path, "--out", str(out)]
+    cmd += ["--workers", workers, "--run-fn", "tests.test_run_cli:fast_run"]
+    env = {**os.environ, "TB_SLEEP": "0.4"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 90
+    while len(ResultStore(out).trial_ids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    store = ResultStore(out)
+    n = len(store.trial_ids())
+    assert 2 <= n < 12
+    assert all(store.status(t) == "completed" for t in store.trial_ids())
