@@ -58,9 +58,11 @@ class Progress:
     def _postfix(self) -> None:
         if self.bar is not None:
             self.bar.set_postfix(
-                done=f"{self.done}/{self.total}",
-                failed=self.counts["failed"],
-                diverged=self.counts["diverged"],
+                {
+                    "done": f"{self.done}/{self.total}",
+                    "failed": self.counts["failed"],
+                    "diverged": self.counts["diverged"],
+                },
                 refresh=False,
             )
 
