@@ -142,6 +142,15 @@ def _values(o: TrialOutcome) -> list[tuple]:
     ]
 
 
+def _skip_unless_builtins(cfg: dict) -> None:
+    registry = default_registry()
+    for key, family in TECHNIQUE_KEYS.items():
+        try:
+            registry.get_spec(cfg[key]["name"], family)
+        except Exception as exc:  # a built-in being written in parallel
+            pytest.skip(f"built-in {family}/{cfg[key]['name']} unavailable: {exc}")
+
+
 # ---------------------------------------------------------------- ids and configs
 
 
@@ -170,18 +179,14 @@ def test_complete_config_fills_defaults() -> None:
 
 
 def test_digits_mlp_relu_he_adam_reaches_95_percent_test_accuracy() -> None:
-    registry = default_registry()
-    for key, family in (
-        ("relu", "activation"),
-        ("he_normal", "initializer"),
-        ("adam", "optimizer"),
-        ("standardize", "preprocessor"),
-    ):
-        try:
-            registry.get_spec(key, family)
-        except Exception as exc:  # the built-in is being written in parallel
-            pytest.skip(f"built-in {family}/{key} unavailable: {exc}")
-    o = run_trial({"budget": {"epochs": 20}, "health": {"enabled": False}})
+    cfg = complete_config({"budget": {"epochs": 20}, "health": {"enabled": False}})
+    assert (cfg["activation"]["name"], cfg["initializer"]["name"], cfg["optimizer"]["name"]) == (
+        "relu",
+        "he_normal",
+        "adam",
+    )
+    _skip_unless_builtins(cfg)
+    o = run_trial(cfg)
     assert o.status == "completed", o.meta["error"]
     assert o.metric("test", "acc")[0] >= 0.95
     assert o.metric("test", "best_acc")[0] >= 0.95
@@ -492,12 +497,7 @@ BUILTIN_VARIANTS = [
 )
 def test_builtins_compose_into_a_trial(change: dict) -> None:
     cfg = complete_config({**FAST, "budget": {"epochs": 2}, **change})
-    registry = default_registry()
-    for key, family in TECHNIQUE_KEYS.items():
-        try:
-            registry.get_spec(cfg[key]["name"], family)
-        except Exception as exc:  # a built-in being written in parallel
-            pytest.skip(f"built-in {family}/{cfg[key]['name']} unavailable: {exc}")
+    _skip_unless_builtins(cfg)
     o = run_trial(cfg)
     assert o.status == "completed", o.meta["error"]
     assert o.metric("test", "acc") and all(math.isfinite(v) for v in o.metric("val", "loss"))
