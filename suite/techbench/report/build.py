@@ -251,6 +251,10 @@ def build(
     health = [
         html.table(techs[[c for c in health_cols if c in techs]], csv_name="techniques.csv"),
         html.image(figures.health_heatmaps(metrics, runs, axes), "Gradient norm heatmaps"),
+        html.image(
+            figures.fraction_heatmaps(metrics, runs, axes),
+            "Dead and saturated fractions per layer and step (median over runs)",
+        ),
         html.image(figures.ratio_curves(metrics, runs, axes), "First/last layer gradient ratio"),
         html.image(
             figures.activation_stats(metrics, runs, axes), "Per-layer activation statistics"

@@ -155,6 +155,50 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
     return _png(fig)
 
 
+def fraction_heatmaps(
+    metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
+) -> bytes | None:
+    """Dead and saturated fractions, layer x step, median over runs, for the techniques of
+    the first compared axis that record them (at most ``MAX_HEATMAPS`` panels)."""
+    names = ["dead_fraction", "saturated_fraction"]
+    h = metrics[(metrics["split"] == "health") & metrics["metric"].isin(names)]
+    h = h[h["layer"] != ""]
+    if h.empty:
+        return None
+    axis = axes[0] if axes else "config"
+    techs = _top_techniques(runs, axis)
+    h = h[["trial_id", "step", "metric", "layer", "value"]]
+    h = h.assign(trial_id=h["trial_id"].astype(str), metric=h["metric"].astype(str))
+    h = h.merge(runs[["trial_id"]].assign(_t=runs[axis].astype(str)), on="trial_id")
+    h = h[h["_t"].isin(techs)]
+    med = h.groupby(["_t", "metric", "layer", "step"], observed=True)["value"].median()
+    have = set(zip(med.index.get_level_values(0), med.index.get_level_values(1), strict=True))
+    panels = [(t, m) for t in techs for m in names if (t, m) in have][:MAX_HEATMAPS]
+    if not panels:
+        return None
+    ncols = min(3, len(panels))
+    fig, axs = _grid(math.ceil(len(panels) / ncols), ncols, 4.0, 2.4)
+    for ax in axs.ravel()[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (tech, metric) in zip(axs.ravel(), panels, strict=False):
+        grid = med.loc[(tech, metric)].unstack("step")
+        grid = grid.reindex(sorted(grid.index, key=lambda s: int(s) if s.isdigit() else s))
+        z = grid.to_numpy(float)
+        steps = grid.columns.to_numpy()
+        top = max(0.05, float(np.nanmax(z))) if np.isfinite(z).any() else 1.0
+        im = ax.imshow(
+            z, aspect="auto", cmap="magma", vmin=0.0, vmax=top, interpolation="nearest",
+            extent=(steps.min(), steps.max(), len(grid) - 0.5, -0.5),
+        )  # fmt: skip
+        fig.colorbar(im, ax=ax)
+        ax.set_yticks(range(len(grid)), [str(i) for i in grid.index])
+        ax.grid(False)
+        ax.set_title(f"{_short(tech)} · {metric}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("layer")
+    return _png(fig)
+
+
 def ratio_curves(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
     """First/last layer gradient-norm ratio over steps: median over runs per technique."""
     g = metrics[(metrics["split"] == "health") & (metrics["metric"] == "grad_ratio_first_last")]
