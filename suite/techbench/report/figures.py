@@ -155,6 +155,14 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
     return _png(fig)
 
 
+def _per_row(trial_ids: pd.Series, by_trial: pd.Series) -> np.ndarray:
+    """``by_trial[trial_id]`` for every row, through the categorical codes when possible."""
+    if isinstance(trial_ids.dtype, pd.CategoricalDtype):
+        lut = by_trial.reindex(trial_ids.cat.categories.astype(str)).to_numpy(object)
+        return lut[trial_ids.cat.codes.to_numpy()]
+    return trial_ids.astype(str).map(by_trial).to_numpy(object)
+
+
 def fraction_heatmaps(
     metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
 ) -> bytes | None:
@@ -167,10 +175,10 @@ def fraction_heatmaps(
         return None
     axis = axes[0] if axes else "config"
     techs = _top_techniques(runs, axis)
-    h = h[["trial_id", "step", "metric", "layer", "value"]]
-    h = h.assign(trial_id=h["trial_id"].astype(str), metric=h["metric"].astype(str))
-    h = h.merge(runs[["trial_id"]].assign(_t=runs[axis].astype(str)), on="trial_id")
-    h = h[h["_t"].isin(techs)]
+    h = h[["trial_id", "step", "metric", "layer", "value"]].assign(
+        _t=_per_row(h["trial_id"], runs.set_index("trial_id")[axis].astype(str))
+    )
+    h = h[h["_t"].isin(techs)].assign(metric=lambda d: d["metric"].astype(str))
     med = h.groupby(["_t", "metric", "layer", "step"], observed=True)["value"].median()
     have = set(zip(med.index.get_level_values(0), med.index.get_level_values(1), strict=True))
     panels = [(t, m) for t in techs for m in names if (t, m) in have][:MAX_HEATMAPS]
