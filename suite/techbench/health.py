@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .layerstats import ACTIVATION_STATS, activation_stats, grad_norms
+from .layerstats import ACTIVATION_STATS, activation_stats
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
 GLOBAL_METRICS = ("grad_norm_global", "nonfinite_grads", "grad_ratio_first_last")
@@ -114,17 +114,20 @@ class GradientHealth(pl.Callback):
         self._remove_hooks()
         device = self.weights[0].device if self.weights else torch.device("cpu")
         nan = torch.full((), math.nan, device=device)
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norms = grad_norms(grads).to(device) if grads else torch.zeros(0, device=device)
-        global_norm = norms.double().square().sum().sqrt().float()
-        nonfinite = (
-            torch.stack([(~torch.isfinite(g)).sum() for g in grads]).sum().float()
-            if grads
-            else torch.zeros((), device=device)
-        )
-        layer = [
-            w.grad.detach().float().norm() if w.grad is not None else nan for w in self.weights
-        ]
+        grads = [p.grad.detach().reshape(-1) for p in self.params if p.grad is not None]
+        if grads:
+            flat = torch.cat(grads).float()
+            global_norm = torch.linalg.vector_norm(flat, dtype=torch.float64).float()
+            nonfinite = torch.isfinite(flat).logical_not().sum().float()
+        else:
+            global_norm = nonfinite = torch.zeros((), device=device)
+        with_grad = [w.grad.detach().float() for w in self.weights if w.grad is not None]
+        if len(with_grad) == len(self.weights):
+            layer = list(_norms(with_grad))
+        else:
+            layer = [
+                w.grad.detach().float().norm() if w.grad is not None else nan for w in self.weights
+            ]
         ratio = layer[0] / layer[-1] if layer else nan
         self._pending = [global_norm, nonfinite, ratio, *layer]
         self._before = [w.detach().clone() for w in self.weights]
@@ -146,10 +149,15 @@ class GradientHealth(pl.Callback):
         if not self._pending:  # no optimizer step happened on this batch
             return
         values = list(self._pending)
-        for w, before, init in zip(self.weights, self._before, self.init, strict=True):
-            w = w.detach().float()
-            before_norm = before.float().norm()
-            values += [w.norm(), (w - before).norm() / before_norm, (w - init).norm()]
+        if self.weights:
+            ws = [w.detach().float() for w in self.weights]
+            before = [b.float() for b in self._before]
+            weight_norms = _norms(ws)
+            updates = _norms(torch._foreach_sub(ws, before))
+            before_norms = _norms(before)
+            dists = _norms(torch._foreach_sub(ws, [i.float() for i in self.init]))
+            for wn, un, bn, dn in zip(weight_norms, updates, before_norms, dists, strict=True):
+                values += [wn, un / bn, dn]
         acts = [a if a is not None else torch.full((4,), math.nan) for a in self._acts]
         flat = torch.cat(
             [torch.stack([v.to(values[0].device) for v in values])]
@@ -177,6 +185,14 @@ class GradientHealth(pl.Callback):
             stats = dict(zip(ACTIVATION_STATS, acts[4 * i : 4 * i + 4], strict=True))
             for metric in self.act_metrics:
                 rows.append(_row(step, epoch, metric, str(i), stats[metric]))
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """L2 norm of each tensor in one fused call where torch has it."""
+    foreach = getattr(torch, "_foreach_norm", None)
+    if foreach is not None:
+        return list(foreach(tensors))
+    return [t.norm() for t in tensors]
 
 
 def _row(step: int, epoch: int, metric: str, layer: str, value: float) -> dict[str, Any]:
