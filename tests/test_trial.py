@@ -501,3 +501,20 @@ def test_builtins_compose_into_a_trial(change: dict) -> None:
     o = run_trial(cfg)
     assert o.status == "completed", o.meta["error"]
     assert o.metric("test", "acc") and all(math.isfinite(v) for v in o.metric("val", "loss"))
+
+
+def test_grouped_steps_equal_one_step_per_lightning_batch(monkeypatch) -> None:
+    import techbench.lit as lit
+
+    cfg = {
+        **FAST,
+        "health": {"enabled": True, "every_n_steps": 4},
+        "budget": {"epochs": 3, "max_steps": 22},
+    }
+    grouped = run_trial(cfg, registry=REGISTRY)
+    monkeypatch.setattr(lit, "STEPS_PER_BATCH", 1)
+    single = run_trial(cfg, registry=REGISTRY)
+    assert grouped.status == single.status == "completed"
+    assert grouped.meta["steps"] == single.meta["steps"] == 22
+    assert _values(grouped) == _values(single)
+    assert {r["step"] for r in grouped.metrics if r["split"] == "health"} == {0, 4, 8, 12, 16, 20}

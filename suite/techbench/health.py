@@ -82,12 +82,16 @@ class GradientHealth(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
+        if not isinstance(batch, list):  # a list is a group of steps the module drives itself
+            self.begin_step(trainer.global_step, trainer.current_epoch)
+
+    def begin_step(self, step: int, epoch: int) -> None:
+        """Before the forward pass of optimizer step ``step``: arm the hooks if it is logged."""
         self._active = step % self.every_n_steps == 0
         if not self._active:
             return
         start = time.perf_counter()
-        self._step, self._epoch = step, trainer.current_epoch
+        self._step, self._epoch = step, epoch
         self._acts = [None] * len(self.activations)
         self._handles = [
             act.register_forward_hook(partial(self._forward_hook, i))
@@ -141,6 +145,11 @@ class GradientHealth(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        if not isinstance(batch, list):
+            self.end_step()
+
+    def end_step(self) -> None:
+        """After the optimizer step: weights after the update, one transfer, the rows."""
         if not self._active:
             return
         self._active = False

@@ -18,6 +18,7 @@ buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY`
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,39 +39,64 @@ DIVERGENCE_FACTOR = 1e3
 EVAL_CHUNK = 4096
 
 
+STEPS_PER_BATCH = 16
+"""Optimizer steps per Lightning batch: the loader yields lists of this many minibatches and
+``training_step`` runs them in a loop, so Lightning's per-batch machinery runs once per group.
+Results are identical to one minibatch per Lightning batch (same order, same steps); Lightning's
+own per-batch checks (``max_time``, per-batch callback hooks) see groups."""
+
+
 class ShuffledBatches:
     """Batches of in-memory tensors: one seeded permutation per epoch, contiguous slices.
 
-    A tail of a single sample is folded into the previous batch (batch norm needs two).
+    A tail of a single sample is folded into the previous batch (batch norm needs two). With
+    ``group`` > 1 each item is a list of up to ``group`` consecutive (x, y) minibatches.
     """
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        group: int = 1,
     ) -> None:
         self.x, self.y, self.batch_size, self.generator = x, y, batch_size, generator
+        self.group = max(int(group), 1)
         n = len(x)
         bounds = [*range(0, n, batch_size), n]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
             del bounds[-2]
         self.bounds = bounds
 
-    def __len__(self) -> int:
+    @property
+    def num_minibatches(self) -> int:
         return len(self.bounds) - 1
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __len__(self) -> int:
+        return -(-self.num_minibatches // self.group)
+
+    def __iter__(self) -> Iterator[Any]:
         perm = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
         xs, ys = self.x[perm], self.y[perm]
-        for lo, hi in zip(self.bounds[:-1], self.bounds[1:], strict=True):
-            yield xs[lo:hi], ys[lo:hi]
+        pairs = [(xs[lo:hi], ys[lo:hi]) for lo, hi in itertools.pairwise(self.bounds)]
+        if self.group == 1:
+            yield from pairs
+            return
+        for i in range(0, len(pairs), self.group):
+            yield pairs[i : i + self.group]
 
 
 class TensorDataModule(pl.LightningDataModule):
     """Holds a trial's splits; moves them to the training device once, in ``setup``."""
 
-    def __init__(self, splits: DatasetSplits, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, splits: DatasetSplits, batch_size: int, seed: int, group: int = STEPS_PER_BATCH
+    ) -> None:
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
+        self.group = group
         self.generator = torch.Generator().manual_seed(seed)
         self.tensors: dict[str, torch.Tensor] = {}
 
@@ -84,7 +110,9 @@ class TensorDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> ShuffledBatches:
         t = self.tensors
-        return ShuffledBatches(t["x_train"], t["y_train"], self.batch_size, self.generator)
+        return ShuffledBatches(
+            t["x_train"], t["y_train"], self.batch_size, self.generator, self.group
+        )
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -165,8 +193,23 @@ class TechniqueModule(pl.LightningModule):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 0x7E57)
         self._fit_start = time.perf_counter()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if not isinstance(batch, list):
+            self._step(*batch)
+            return
+        trainer = self.trainer
+        drivers = [cb for cb in trainer.callbacks if hasattr(cb, "begin_step")]
+        for x, y in batch:
+            if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
+                break
+            for cb in drivers:
+                cb.begin_step(trainer.global_step, self.current_epoch)
+            self._step(x, y)
+            for cb in drivers:
+                cb.end_step()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on the minibatch (x, y), with every regularizer hook."""
         for r in self._hooks["transform_batch"]:
             x, y = r.transform_batch(x, y, self._generator)
         out = self.model(x)

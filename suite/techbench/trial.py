@@ -295,6 +295,7 @@ def _train(
 ) -> None:
     import torch
 
+    from . import lit
     from .health import GradientHealth
     from .lit import ShuffledBatches, TechniqueModule, TensorDataModule, build_logger, build_trainer
     from .registry import default_registry
@@ -319,7 +320,9 @@ def _train(
     state.num_parameters = sum(p.numel() for p in model.parameters())
 
     batch_size = int(budget["batch_size"])
-    per_epoch = len(ShuffledBatches(splits.x_train, splits.y_train, batch_size, torch.Generator()))
+    per_epoch = ShuffledBatches(
+        splits.x_train, splits.y_train, batch_size, torch.Generator()
+    ).num_minibatches
     epochs, max_steps = budget.get("epochs"), budget.get("max_steps")
     candidates = [per_epoch * int(epochs)] if epochs is not None else []
     if max_steps is not None:
@@ -345,7 +348,7 @@ def _train(
         every = int(health_cfg.get("every_n_steps", 10))
         state.health = GradientHealth(every, specs["activation"].properties)
         all_callbacks.append(state.health)
-    datamodule = TensorDataModule(splits, batch_size, seed)
+    datamodule = TensorDataModule(splits, batch_size, seed, group=lit.STEPS_PER_BATCH)
     trainer_cfg = dict(cfg["trainer"])
     if trainer_cfg.get("deterministic") and trainer_cfg.get("accelerator") != "cpu":
         import os
