@@ -119,17 +119,19 @@ def test_concurrent_writers_of_one_trial_never_expose_a_partial_directory(tmp_pa
     stop = threading.Event()
 
     def reader() -> None:
+        d = tmp_path / "trials" / tid
         while not stop.is_set():
-            d = tmp_path / "trials" / tid
-            meta = store.read_meta(tid)
-            if meta is None:
-                continue
             try:
-                names = sorted(p.name for p in d.iterdir())
+                meta = json.loads((d / "meta.json").read_text())
+                with open(d / "metrics.parquet", "rb") as fh:
+                    table = pq.read_table(fh)
             except FileNotFoundError:
+                continue  # not there yet, or between the two renames of a replacement
+            except Exception as exc:
+                errors.append(f"partial trial: {type(exc).__name__}: {exc}")
                 continue
-            if names and names != ["meta.json", "metrics.parquet"]:
-                errors.append(f"partial directory: {names}")
+            if meta["trial_id"] != tid or table.num_rows != 4:
+                errors.append(f"wrong content: {meta.get('trial_id')} {table.num_rows} rows")
 
     def writer(k: int) -> None:
         for i in range(15):

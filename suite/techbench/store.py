@@ -356,7 +356,8 @@ def load_results(out: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFram
         row["config"] = json.dumps(config, sort_keys=True)
         rows.append(row)
         try:
-            table = pq.read_table(store.trials_dir / tid / "metrics.parquet")
+            with open(store.trials_dir / tid / "metrics.parquet", "rb") as fh:  # one open: a
+                table = pq.read_table(fh)  # concurrent replacement can't mix two versions
         except (FileNotFoundError, OSError):
             continue
         table = table.append_column("trial_id", pa.array([tid] * table.num_rows, pa.string()))
