@@ -58,4 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy, so exception classes match the commands'.
+    from techbench.cli import main as package_main
+
+    sys.exit(package_main())
