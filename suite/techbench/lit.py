@@ -9,7 +9,10 @@ Speed choices (Lightning's per-step overhead is the cost of the runner): the who
 the device; every epoch one seeded permutation shuffles it once and the batches are contiguous
 slices of the shuffled tensors (no per-sample collation, no DataLoader workers); manual
 optimization, and for plain precisions on one device the step calls ``loss.backward()`` and
-``optimizer.step()`` itself (with the callbacks' hooks); no validation loop, progress bar, model summary, checkpointing or logger unless
+``optimizer.step()`` itself (with the callbacks' hooks); :data:`STEPS_PER_BATCH` optimizer
+steps per Lightning batch (the module loops over a group of minibatches and drives the
+gradient-health callback per step), so Lightning's per-batch machinery runs once per group; no
+validation loop, progress bar, model summary, checkpointing or logger unless
 asked. Epoch-end evaluation (train and validation sets, eval mode) runs in chunks under
 ``torch.no_grad`` and moves its numbers to the host in one transfer. The per-step losses are
 buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY` steps.
