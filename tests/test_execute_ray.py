@@ -65,9 +65,17 @@ def _attempts(log: Path) -> dict[str, list[str]]:
 
 @pytest.mark.ray
 def test_smoke_matrix_through_ray_equals_local_executor(ray_cluster, tmp_path):
-    """Every stored metric is identical, except the wall-clock ones (split "time")."""
+    """Every stored metric is bit-identical (same torch thread count), except the wall-clock
+    ones (split "time")."""
+    import torch
+
     trials = load_matrix("smoke").trials()
-    local = execute(trials, tmp_path / "local", matrix_name="smoke", workers=1, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray task with 1 CPU: float reductions depend on it
+    try:
+        local = execute(trials, tmp_path / "local", matrix_name="smoke", workers=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     remote = execute_ray(trials, tmp_path / "ray", matrix_name="smoke", progress=False)
     assert local.counts["completed"] == remote.counts["completed"] == len(trials) == 2
     lt, lm = load_results(tmp_path / "local")

@@ -211,9 +211,16 @@ def execute_ray(
         return result
     started = _init_ray(ray, address, num_cpus)
     cpus = 1.0 if cpus_per_trial is None else float(cpus_per_trial)
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     if gpus_per_trial is None:
-        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
         gpus_per_trial = gpus_for(todo[0][1].get("trainer"), cluster_gpus)
+    if gpus_per_trial > cluster_gpus:
+        why = f"each trial asks for {gpus_per_trial:g} GPU(s), the Ray cluster has {cluster_gpus:g}"
+        if started and not address:
+            ray.shutdown()
+            bar.close()
+            raise UsageError(f"{why}: use --gpus-per-trial 0 or a matrix with accelerator 'cpu'")
+        bar.note(f"techbench run: warning: {why}; trials wait until the cluster has them")
     task = ray.remote(_ray_task).options(
         num_cpus=cpus,
         num_gpus=gpus_per_trial,
