@@ -518,3 +518,11 @@ def test_grouped_steps_equal_one_step_per_lightning_batch(monkeypatch) -> None:
     assert grouped.meta["steps"] == single.meta["steps"] == 22
     assert _values(grouped) == _values(single)
     assert {r["step"] for r in grouped.metrics if r["split"] == "health"} == {0, 4, 8, 12, 16, 20}
+
+
+def test_max_seconds_budget_stops_training() -> None:
+    cfg = {**FAST, "budget": {"epochs": 10_000, "max_seconds": 1.0}}
+    o = run_trial(cfg, registry=REGISTRY)
+    assert o.status == "completed", o.meta["error"]
+    assert 0 < o.meta["epochs"] < 10_000 and o.meta["train_seconds"] < 30
+    assert o.metric("test", "acc")

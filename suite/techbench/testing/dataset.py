@@ -234,18 +234,21 @@ def _check_determinism(spec: TechniqueSpec, first: Any, again: Any, other: Any) 
         )
 
 
-_cache: dict[str, Any] = {}
+_cache: list[Any] = []
 
 
 def _loads(spec: TechniqueSpec) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(seed 0, seed 0 again, seed 1, params), loaded once per spec (the last spec is kept)."""
-    key = f"{spec.qualified_name}:{id(spec)}"
-    if key not in _cache:
+    """(seed 0, seed 0 again, seed 1, params), loaded once per spec (the last spec is kept).
+
+    The cache holds the spec itself and matches by identity, so a new spec can never be served
+    an older one's loads.
+    """
+    if not _cache or _cache[0] is not spec:
         _cache.clear()
         with _fixture_params(spec) as params:
             loads = (_load(spec, 0, params), _load(spec, 0, params), _load(spec, 1, params))
-        _cache[key] = (*loads, params)
-    return _cache[key]
+        _cache.extend([spec, (*loads, params)])
+    return _cache[1]
 
 
 def checks(spec: TechniqueSpec) -> list[Check]:
