@@ -246,6 +246,7 @@ class TechniqueModule(pl.LightningModule):
             progress.increment_completed()
         else:
             opt = self.optimizers()
+            assert not isinstance(opt, list), "one optimizer per trial"
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()

@@ -390,7 +390,7 @@ class _quiet:
         ):
             warnings.filterwarnings("ignore", message=pattern)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._warnings.__exit__(*exc)
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
