@@ -250,9 +250,9 @@ def _find(root: Path, stems: tuple[str, ...], name: str) -> Path:
     )
 
 
-_IDX_DTYPES = {
-    0x08: np.uint8,
-    0x09: np.int8,
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"),
     0x0D: np.dtype(">f4"),
@@ -267,7 +267,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    dtype = _IDX_DTYPES[raw[2]]
     ndim = raw[3]
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     offset = 4 + 4 * ndim
@@ -365,7 +365,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch -> (uint8 images (N, 3, 32, 32), int64 labels)."""
     with open(path, "rb") as fh:
-        obj = RestrictedUnpickler(io.BufferedReader(fh), encoding="bytes").load()  # type: ignore[arg-type]
+        obj = RestrictedUnpickler(io.BufferedReader(fh), encoding="bytes").load()
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict)")
     obj = {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}

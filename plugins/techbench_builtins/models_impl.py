@@ -8,6 +8,7 @@ layers) plus the two ordered lists of the model contract (see ``techbench_builti
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ class TechniqueNet(nn.Module):
         """Fill every weight with ``parts.weight_init`` and every bias with ``parts.bias_init``."""
         with torch.no_grad():
             for layer in self.weight_layers:
-                parts.weight_init(layer.weight)
+                parts.weight_init(cast(torch.Tensor, layer.weight))
                 bias = getattr(layer, "bias", None)
                 if bias is not None:
                     parts.bias_init(bias)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -74,7 +74,9 @@ class GradientHealth(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = getattr(pl_module, "model", pl_module)
-        self.weights = [layer.weight for layer in weight_layers_of(model)]
+        self.weights: list[torch.Tensor] = [
+            cast(torch.Tensor, layer.weight) for layer in weight_layers_of(model)
+        ]
         self.activations = list(getattr(model, "activation_layers", []))
         self.params = [p for p in pl_module.parameters() if p.requires_grad]
         self.init = [w.detach().clone() for w in self.weights]
@@ -196,7 +198,7 @@ class GradientHealth(pl.Callback):
                 rows.append(_row(step, epoch, metric, str(i), stats[metric]))
 
 
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """L2 norm of each tensor in one fused call where torch has it."""
     foreach = getattr(torch, "_foreach_norm", None)
     if foreach is not None:

@@ -47,12 +47,3 @@ def activation_stats(y: torch.Tensor, properties: Mapping[str, Any]) -> torch.Te
     else:
         saturated = nan
     return torch.stack([y.mean(), y.std(unbiased=False), dead, saturated])
-
-
-def grad_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of each tensor, stacked; the global norm is ``sqrt(sum(norms**2))``."""
-    import torch
-
-    if not tensors:
-        return torch.zeros(0)
-    return torch.stack([t.detach().float().norm() for t in tensors])

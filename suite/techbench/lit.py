@@ -25,7 +25,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -201,7 +201,7 @@ class TechniqueModule(pl.LightningModule):
             self._step(*batch)
             return
         trainer = self.trainer
-        drivers = [cb for cb in trainer.callbacks if hasattr(cb, "begin_step")]
+        drivers: list[Any] = [cb for cb in _callbacks(trainer) if hasattr(cb, "begin_step")]
         for x, y in batch:
             if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
                 break
@@ -230,9 +230,9 @@ class TechniqueModule(pl.LightningModule):
         if self._direct is None:
             self._direct = _plain_precision(self.trainer)
         if self._direct:
-            raw = self._raw_optimizer()
+            raw: Any = self._raw_optimizer()
             raw.zero_grad(set_to_none=True)
-            callbacks = self.trainer.callbacks
+            callbacks = _callbacks(self.trainer)
             for cb in callbacks:
                 cb.on_before_backward(self.trainer, self, loss)
             loss.backward()
@@ -450,3 +450,8 @@ def build_trainer(
     }
     options.update(extra)
     return pl.Trainer(**options)
+
+
+def _callbacks(trainer: pl.Trainer) -> list[pl.Callback]:
+    """The trainer's callbacks (set at run time; Lightning's stubs don't declare the attribute)."""
+    return cast(list[pl.Callback], cast(Any, trainer).callbacks)

@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
         json.dump(rows, sys.stdout, indent=1)
         print()
         return 0
-    width = max((len(r["name"]) for r in rows), default=4)
+    width = max((len(str(r["name"])) for r in rows), default=4)
     family = None
     for r in rows:
         if r["family"] != family:
