@@ -25,7 +25,7 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
     mode = "max"                         # or "min"
 
     [trainer]                            # accelerator, devices, precision, deterministic
-    accelerator = "cpu"
+    accelerator = "auto"
 
     [health]                             # gradient-health instrumentation
     every_n_steps = 10
@@ -122,7 +122,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "data_seed": 0,
     "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
     "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
-    "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "deterministic": True},
+    "trainer": {"accelerator": "auto", "devices": 1, "precision": "32-true", "deterministic": True},
     "health": {"enabled": True, "every_n_steps": 10},
 }
 """Every key of a trial config, with the value a matrix uses when it says nothing."""

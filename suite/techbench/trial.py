@@ -82,7 +82,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "data_seed": 0,
     "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
     "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
-    "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "deterministic": True},
+    "trainer": {"accelerator": "auto", "devices": 1, "precision": "32-true", "deterministic": True},
     "health": {"enabled": True, "every_n_steps": 10},
 }
 
