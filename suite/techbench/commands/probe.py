@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=_positive,
-        help="torch intra-op threads (default: torch's, or 1 when the machine is busy)",
+        help="torch intra-op threads (default: torch's own; 1 is often faster on busy cores)",
     )
     p.add_argument("--bins", type=_positive, default=50, help="histogram bins for --out")
     p.set_defaults(handler=main)
