@@ -36,15 +36,6 @@ SHAPE = (256, 1024)
 _PRELU_WEIGHT = torch.full((1,), 0.25, requires_grad=True)  # learnable, as the plugin's
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the ratios stay meaningful on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(SHAPE, generator=gen) * 3

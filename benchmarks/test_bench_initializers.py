@@ -15,7 +15,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from techbench.registry import get_spec
@@ -41,16 +40,6 @@ TORCH_OWN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "lsuv": nn.init.orthogonal_,
     "small_positive": lambda t: nn.init.constant_(t, 0.01),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread for torch and for numpy's BLAS: ratios stay meaningful on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
 
 
 def _reference_fill(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -18,14 +18,6 @@ SHAPES = {"256x512": (256, 512), "64x32x16x16": (64, 32, 16, 16)}
 NAMES = ["none", "batchnorm", "layernorm", "groupnorm", "rmsnorm", "scalenorm"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _torch_module(name: str, shape: tuple[int, ...]) -> nn.Module | None:
     c = shape[1]
     if name == "none":

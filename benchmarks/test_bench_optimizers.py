@@ -8,7 +8,6 @@ Timed with one intra-op thread, so that the numbers are stable on a shared machi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -57,14 +56,6 @@ CASES: list[tuple[str, str, dict[str, Any], Any]] = [
     ("radam", "radam", {"lr": 1e-3}, lambda ps: torch.optim.RAdam(ps, lr=1e-3)),
     ("lion", "lion", {"lr": 1e-4}, None),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model_params(dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:

@@ -15,6 +15,7 @@ from techbench.registry import get_spec, list_techniques
 from techbench.spec import ParamError, TechniqueSpec
 from techbench.testing import CheckFailure, parametrize_with_checks
 from techbench.testing import optimizer as opt_checks
+from techbench.testing.core import single_threaded
 from techbench_builtins import optimizers_impl as impl
 
 NAMES = [
@@ -34,10 +35,8 @@ NAMES = [
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_threaded():
+        yield
 
 
 def test_all_builtins_registered() -> None:

@@ -16,6 +16,7 @@ from techbench.registry import get_spec, list_techniques
 from techbench.spec import Param, ParamError, TechniqueSpec
 from techbench.testing import CheckFailure, parametrize_with_checks
 from techbench.testing import schedule as sched_checks
+from techbench.testing.core import single_threaded
 from techbench_builtins import schedules_impl as impl
 
 NAMES = ["constant", "step", "cosine", "exponential", "inverse_time"]
@@ -24,10 +25,8 @@ NAMES = ["constant", "step", "cosine", "exponential", "inverse_time"]
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_threaded():
+        yield
 
 
 def test_all_builtins_registered() -> None:

@@ -8,10 +8,11 @@ here (summary, citation, reference, valid defaults) apply to every technique.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,31 @@ class CheckFailure(AssertionError):
     """A conformance check found the fast implementation and its reference disagreeing."""
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """One intra-op thread for torch and BLAS, restored afterwards.
+
+    Why every check runs this way: its tensors are tiny, and on a busy machine threads waiting for
+    each other made small ops 10-100x slower (measured on a loaded 2-core box); one thread also
+    makes a check's float results independent of the machine's core count.
+    """
+    import torch
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # shipped with scikit-learn; without it only torch is limited
+        blas: Any = contextlib.nullcontext()
+    else:
+        blas = threadpool_limits(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with blas:
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass(frozen=True)
 class Check:
     """A named conformance check; calling it with a spec runs it."""
@@ -30,7 +56,8 @@ class Check:
     func: Callable[[TechniqueSpec], None]
 
     def __call__(self, spec: TechniqueSpec | str) -> None:
-        self.func(_as_spec(spec))
+        with single_threaded():
+            self.func(_as_spec(spec))
 
     def __repr__(self) -> str:
         return f"Check({self.name})"

@@ -487,31 +487,14 @@ def _check_unit_output_variance(spec: TechniqueSpec) -> None:
                 )
 
 
-def _one_thread(func: Callable[[TechniqueSpec], None]) -> Callable[[TechniqueSpec], None]:
-    """Run a check with one torch thread: its small QRs and matmuls are several times faster
-    than with OpenMP threads on a busy 2-core machine. The thread count is restored after."""
-
-    def run(spec: TechniqueSpec) -> None:
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            func(spec)
-        finally:
-            torch.set_num_threads(before)
-
-    return run
-
-
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The conformance checks of an initializer (see the module docstring for the protocol)."""
     out = [
-        Check("properties", _one_thread(_check_properties)),
-        Check("in_place", _one_thread(_check_in_place)),
-        Check("reproducible", _one_thread(_check_reproducible)),
-        Check("target", _one_thread(_check_target)),
+        Check("properties", _check_properties),
+        Check("in_place", _check_in_place),
+        Check("reproducible", _check_reproducible),
+        Check("target", _check_target),
     ]
     if spec.properties.get("data_dependent"):
-        out.append(Check("unit_output_variance", _one_thread(_check_unit_output_variance)))
+        out.append(Check("unit_output_variance", _check_unit_output_variance))
     return out

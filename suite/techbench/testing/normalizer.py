@@ -439,35 +439,10 @@ def check_gradcheck(spec: TechniqueSpec) -> None:
             ) from None
 
 
-def _single_threaded(func: Callable[[TechniqueSpec], None]) -> Callable[[TechniqueSpec], None]:
-    """Run on one thread (torch and BLAS): on these tiny tensors threads only add contention."""
-
-    def run(spec: TechniqueSpec) -> None:
-        import contextlib
-
-        import torch
-
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - shipped with scikit-learn
-            blas: Any = contextlib.nullcontext()
-        else:
-            blas = threadpool_limits(1)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with blas:
-                func(spec)
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
-
-
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The conformance checks every normalizer must pass."""
     return [
-        Check(name, _single_threaded(func))
+        Check(name, func)
         for name, func in (
             ("forward_float32", check_forward("float32")),
             ("forward_float64", check_forward("float64")),

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import io
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -317,32 +316,14 @@ def check_state_dict_round_trip(spec: TechniqueSpec) -> None:
             )
 
 
-def single_threaded(func: Callable[[TechniqueSpec], None]) -> Callable[[TechniqueSpec], None]:
-    """Run a check with one intra-op thread: the tensors are tiny, and on a busy machine
-    OpenMP threads waiting for each other make each op 10-100x slower."""
-
-    @functools.wraps(func)
-    def wrapper(spec: TechniqueSpec) -> None:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            func(spec)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
-
-
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The optimizer conformance checks (see the module docstring)."""
     out = [
-        Check("steps_match_reference", single_threaded(check_steps_match_reference)),
-        Check("float32_steps", single_threaded(check_float32_steps)),
-        Check("hyperparams_honoured", single_threaded(check_hyperparams_honoured)),
-        Check("state_dict_round_trip", single_threaded(check_state_dict_round_trip)),
+        Check("steps_match_reference", check_steps_match_reference),
+        Check("float32_steps", check_float32_steps),
+        Check("hyperparams_honoured", check_hyperparams_honoured),
+        Check("state_dict_round_trip", check_state_dict_round_trip),
     ]
     if {"eps_placement", "bias_correction"} & {p.name for p in spec.params}:
-        out.insert(2, Check("variants_explicit", single_threaded(check_variants_explicit)))
+        out.insert(2, Check("variants_explicit", check_variants_explicit))
     return out

@@ -290,35 +290,10 @@ def _check_closest(
             )
 
 
-def _single_threaded(func: Callable[[TechniqueSpec], None]) -> Callable[[TechniqueSpec], None]:
-    """Run on one thread (torch and BLAS): on these small arrays threads only add contention."""
-
-    def run(spec: TechniqueSpec) -> None:
-        import contextlib
-
-        import torch
-
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - shipped with scikit-learn
-            blas: Any = contextlib.nullcontext()
-        else:
-            blas = threadpool_limits(1)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with blas:
-                func(spec)
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
-
-
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The conformance checks every preprocessor must pass."""
     return [
-        Check(name, _single_threaded(func))
+        Check(name, func)
         for name, func in (
             ("matches_reference_float64", check_matches_reference("float64")),
             ("matches_reference_float32", check_matches_reference("float32")),

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..spec import TechniqueSpec
 from .core import Check, CheckFailure
-from .optimizer import alternative_value, single_threaded
+from .optimizer import alternative_value
 from .tolerances import assert_close
 
 TOTAL_STEPS = 300
@@ -194,10 +194,10 @@ def check_monotonic(spec: TechniqueSpec) -> None:
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The schedule conformance checks (see the module docstring)."""
     out = [
-        Check("lr_matches_closed_form", single_threaded(check_lr_matches_closed_form)),
-        Check("hyperparams_honoured", single_threaded(check_hyperparams_honoured)),
-        Check("state_dict_round_trip", single_threaded(check_state_dict_round_trip)),
+        Check("lr_matches_closed_form", check_lr_matches_closed_form),
+        Check("hyperparams_honoured", check_hyperparams_honoured),
+        Check("state_dict_round_trip", check_state_dict_round_trip),
     ]
     if spec.properties.get("monotonic"):
-        out.append(Check("monotonic", single_threaded(check_monotonic)))
+        out.append(Check("monotonic", check_monotonic))
     return out
