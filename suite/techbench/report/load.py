@@ -20,20 +20,10 @@ from typing import Any
 import pandas as pd
 
 from ..spec import format_technique_arg
+from ..store import FAMILY_AXES
 
 #: Config keys holding ``{"name", "params"}`` techniques, in display order.
-TECHNIQUE_AXES = (
-    "dataset",
-    "model",
-    "activation",
-    "initializer",
-    "bias_initializer",
-    "normalizer",
-    "regularizer",
-    "optimizer",
-    "schedule",
-    "preprocessor",
-)
+TECHNIQUE_AXES = FAMILY_AXES
 #: Axes that may be compared (``dataset`` is the blocking factor, never a "technique").
 COMPARE_AXES = (*TECHNIQUE_AXES[1:], "norm_placement", "lr")
 _SCHEMA_FIELDS = (
