@@ -70,6 +70,9 @@ class GradientHealth(pl.Callback):
         self._handles: list[Any] = []
         self._acts: list[torch.Tensor | None] = []
         self._pending: list[torch.Tensor] = []
+        self._stepped = False
+        self._num_grads = 0
+        self._grad_layers: list[int] = []
         self._before: list[torch.Tensor] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -118,24 +121,21 @@ class GradientHealth(pl.Callback):
             return
         start = time.perf_counter()
         self._remove_hooks()
-        device = self.weights[0].device if self.weights else torch.device("cpu")
-        nan = torch.full((), math.nan, device=device)
-        grads = [p.grad.detach().reshape(-1) for p in self.params if p.grad is not None]
+        grads = [p.grad.detach() for p in self.params if p.grad is not None]
+        self._grad_layers = [
+            i for i, w in enumerate(self.weights) if w.grad is not None
+        ]  # weights without a gradient get NaN
+        weight_grads = [
+            cast(torch.Tensor, self.weights[i].grad).detach() for i in self._grad_layers
+        ]
+        self._num_grads = len(grads)
+        pending = _norms(_as_float([*grads, *weight_grads]))
+        self._stepped = True
         if grads:
-            flat = torch.cat(grads).float()
-            global_norm = torch.linalg.vector_norm(flat, dtype=torch.float64).float()
-            nonfinite = torch.isfinite(flat).logical_not().sum().float()
-        else:
-            global_norm = nonfinite = torch.zeros((), device=device)
-        with_grad = [w.grad.detach().float() for w in self.weights if w.grad is not None]
-        if len(with_grad) == len(self.weights):
-            layer = list(_norms(with_grad))
-        else:
-            layer = [
-                w.grad.detach().float().norm() if w.grad is not None else nan for w in self.weights
-            ]
-        ratio = layer[0] / layer[-1] if layer else nan
-        self._pending = [global_norm, nonfinite, ratio, *layer]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            # x * 0 is NaN exactly where x is NaN or +-inf
+            pending.append(flat.mul(0).isnan().sum(dtype=torch.float32))
+        self._pending = pending
         self._before = [w.detach().clone() for w in self.weights]
         self.seconds += time.perf_counter() - start
 
@@ -151,31 +151,51 @@ class GradientHealth(pl.Callback):
             self.end_step()
 
     def end_step(self) -> None:
-        """After the optimizer step: weights after the update, one transfer, the rows."""
+        """After the optimizer step: weights after the update, one transfer, the rows.
+
+        Every statistic is a device scalar (norms of gradients, weights, updates and distances
+        from init in fused ``_foreach_norm`` calls; activation statistics from the hooks); they
+        go to the host in one ``tolist()`` and the ratios and the global norm are formed there.
+        """
         if not self._active:
             return
         self._active = False
         start = time.perf_counter()
         self._remove_hooks()
-        if not self._pending:  # no optimizer step happened on this batch
+        if not self._stepped:  # no optimizer step happened on this batch
             return
-        values = list(self._pending)
-        if self.weights:
-            ws = [w.detach().float() for w in self.weights]
-            before = [b.float() for b in self._before]
-            weight_norms = _norms(ws)
-            updates = _norms(torch._foreach_sub(ws, before))
-            before_norms = _norms(before)
-            dists = _norms(torch._foreach_sub(ws, [i.float() for i in self.init]))
-            for wn, un, bn, dn in zip(weight_norms, updates, before_norms, dists, strict=True):
-                values += [wn, un / bn, dn]
-        acts = [a if a is not None else torch.full((4,), math.nan) for a in self._acts]
-        flat = torch.cat(
-            [torch.stack([v.to(values[0].device) for v in values])]
-            + [a.to(values[0].device) for a in acts]
-        ).tolist()
+        self._stepped = False
+        n = len(self.weights)
+        ws = [w.detach() for w in self.weights]
+        if ws:
+            deltas = torch._foreach_sub(ws + ws, self._before + self.init)
+            norms = _norms(_as_float([*ws, *self._before, *deltas]))
+        else:
+            norms = []
+        acts = [a for a in self._acts if a is not None]
+        scalars = [*self._pending, *norms]
+        device = (scalars or acts or [torch.zeros(())])[0].device
+        pieces = [torch.stack([v.to(device) for v in scalars])] if scalars else []
+        pieces += [a.to(device) for a in acts]
+        flat = torch.cat(pieces).tolist() if pieces else []
         self._pending, self._before = [], []
-        self._emit(flat)
+        g = self._num_grads
+        grad_norms, flat = flat[:g], flat[g:]
+        layer_grads = [math.nan] * n
+        for i, value in zip(self._grad_layers, flat, strict=False):
+            layer_grads[i] = value
+        flat = flat[len(self._grad_layers) :]
+        nonfinite = flat.pop(0) if g else 0.0
+        global_norm = math.sqrt(sum(v * v for v in grad_norms))
+        ratio = _div(layer_grads[0], layer_grads[-1]) if n else math.nan
+        values = [global_norm, nonfinite, ratio, *layer_grads]
+        after, before, updates, dists = (flat[k * n : (k + 1) * n] for k in range(4))
+        for wn, un, bn, dn in zip(after, updates, before, dists, strict=True):
+            values += [wn, _div(un, bn), dn]
+        it = iter(flat[4 * n :])
+        for a in self._acts:
+            values += [next(it) for _ in range(4)] if a is not None else [math.nan] * 4
+        self._emit(values)
         self.seconds += time.perf_counter() - start
 
     def _emit(self, flat: list[float]) -> None:
@@ -198,9 +218,24 @@ class GradientHealth(pl.Callback):
                 rows.append(_row(step, epoch, metric, str(i), stats[metric]))
 
 
+def _div(a: float, b: float) -> float:
+    """``a / b`` with IEEE semantics for the non-negative norms (x / 0 is inf, 0 / 0 NaN)."""
+    if b == 0:
+        return math.inf if a > 0 else math.nan
+    return a / b
+
+
+def _as_float(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Float32/float64 tensors as they are; lower precisions as float32 (for exact norms)."""
+    keep = (torch.float32, torch.float64)
+    return [t if t.dtype in keep else t.float() for t in tensors]
+
+
 def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """L2 norm of each tensor in one fused call where torch has it."""
     foreach = getattr(torch, "_foreach_norm", None)
+    if not tensors:
+        return []
     if foreach is not None:
         return list(foreach(tensors))
     return [t.norm() for t in tensors]

@@ -39,7 +39,8 @@ def activation_stats(y: torch.Tensor, properties: Mapping[str, Any]) -> torch.Te
     units = _units_last(y)
     nan = torch.full((), float("nan"), device=y.device)
     dead_below = properties.get("dead_below")
-    dead = (units <= dead_below).all(dim=0).float().mean() if dead_below is not None else nan
+    # a unit is dead when its largest output is <= dead_below (NaN never counts as dead)
+    dead = (units.amax(dim=0) <= dead_below).float().mean() if dead_below is not None else nan
     saturation = properties.get("saturation")
     if saturation is not None:
         lo, hi = saturation
