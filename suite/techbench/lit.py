@@ -201,18 +201,32 @@ class TechniqueModule(pl.LightningModule):
             self._step(*batch)
             return
         trainer = self.trainer
-        drivers: list[Any] = [cb for cb in _callbacks(trainer) if hasattr(cb, "begin_step")]
+        callbacks = _callbacks(trainer)
+        drivers: list[Any] = [cb for cb in callbacks if hasattr(cb, "begin_step")]
+        epoch, max_steps = self.current_epoch, trainer.max_steps
         for x, y in batch:
-            if trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step:
+            if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
                 break
             for cb in drivers:
-                cb.begin_step(trainer.global_step, self.current_epoch)
-            self._step(x, y)
+                cb.begin_step(trainer.global_step, epoch)
+            self._step(x, y, epoch, callbacks)
             for cb in drivers:
                 cb.end_step()
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One optimizer step on the minibatch (x, y), with every regularizer hook."""
+    def _step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epoch: int | None = None,
+        callbacks: list[pl.Callback] | None = None,
+    ) -> None:
+        """One optimizer step on the minibatch (x, y), with every regularizer hook.
+
+        ``epoch`` and ``callbacks`` (the current epoch, the trainer's callbacks) are looked up
+        once per group by :meth:`training_step` rather than once per step.
+        """
+        if epoch is None:
+            epoch = self.current_epoch
         for r in self._hooks["transform_batch"]:
             x, y = r.transform_batch(x, y, self._generator)
         out = self.model(x)
@@ -232,7 +246,8 @@ class TechniqueModule(pl.LightningModule):
         if self._direct:
             raw: Any = self._raw_optimizer()
             raw.zero_grad(set_to_none=True)
-            callbacks = _callbacks(self.trainer)
+            if callbacks is None:
+                callbacks = _callbacks(self.trainer)
             for cb in callbacks:
                 cb.on_before_backward(self.trainer, self, loss)
             loss.backward()
@@ -256,7 +271,7 @@ class TechniqueModule(pl.LightningModule):
         if self._scheduler is not None:
             self._scheduler.step()
         self._losses.append(loss.detach())
-        self._loss_steps.append((self.steps_done, self.current_epoch))
+        self._loss_steps.append((self.steps_done, epoch))
         self.steps_done += 1
         if len(self._losses) >= LOSS_FLUSH_EVERY:
             self._flush_losses()
@@ -287,6 +302,14 @@ class TechniqueModule(pl.LightningModule):
         """(mean loss, accuracy) over (x, y) in eval mode, on the device; accuracy NaN if regression."""
         was_training = self.model.training
         self.model.eval()
+        n = max(len(x), 1)
+        if len(x) <= EVAL_CHUNK:  # one chunk: the same numbers with fewer small ops
+            out = self.model(x)
+            self.model.train(was_training)
+            loss = self.loss_fn(out, y).double()
+            if self.task != "classification":
+                return loss, torch.full_like(loss, math.nan)
+            return loss, (out.argmax(dim=1) == y).sum().double() / n
         total = torch.zeros((), device=x.device, dtype=torch.float64)
         correct = torch.zeros((), device=x.device, dtype=torch.float64)
         for lo in range(0, len(x), EVAL_CHUNK):
@@ -296,7 +319,6 @@ class TechniqueModule(pl.LightningModule):
             if self.task == "classification":
                 correct += (out.argmax(dim=1) == yb).sum()
         self.model.train(was_training)
-        n = max(len(x), 1)
         acc = correct / n if self.task == "classification" else torch.full_like(correct, math.nan)
         return total / n, acc
 
