@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .layerstats import ACTIVATION_STATS, activation_stats
+from .layerstats import ACTIVATION_STATS, activation_stat_parts
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
 GLOBAL_METRICS = ("grad_norm_global", "nonfinite_grads", "grad_ratio_first_last")
@@ -68,11 +68,12 @@ class GradientHealth(pl.Callback):
         self.seconds = 0.0
         self._active = False
         self._handles: list[Any] = []
-        self._acts: list[torch.Tensor | None] = []
+        self._acts: list[list[torch.Tensor | None] | None] = []
         self._pending: list[torch.Tensor] = []
         self._stepped = False
         self._num_grads = 0
-        self._grad_layers: list[int] = []
+        self._grad_layers: list[int | None] = []
+        self._row_keys: list[tuple[str, str, int]] | None = None
         self._before: list[torch.Tensor] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -107,7 +108,7 @@ class GradientHealth(pl.Callback):
     def _forward_hook(
         self, index: int, module: nn.Module, inputs: Any, output: torch.Tensor
     ) -> None:
-        self._acts[index] = activation_stats(output, self.properties)
+        self._acts[index] = activation_stat_parts(output, self.properties)
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -122,19 +123,22 @@ class GradientHealth(pl.Callback):
         start = time.perf_counter()
         self._remove_hooks()
         grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        self._grad_layers = [
-            i for i, w in enumerate(self.weights) if w.grad is not None
-        ]  # weights without a gradient get NaN
-        weight_grads = [
-            cast(torch.Tensor, self.weights[i].grad).detach() for i in self._grad_layers
-        ]
         self._num_grads = len(grads)
-        pending = _norms(_as_float([*grads, *weight_grads]))
-        self._stepped = True
+        position = {id(p): k for k, p in enumerate(p for p in self.params if p.grad is not None)}
+        tensors = list(grads)
+        self._grad_layers = []  # where each weight's grad norm is (None: no grad, NaN)
+        for w in self.weights:
+            k = position.get(id(w))
+            if k is None and w.grad is not None:
+                k = len(tensors)
+                tensors.append(w.grad.detach())
+            self._grad_layers.append(k)
+        pending = _norms(_as_float(tensors))
         if grads:
             flat = torch.cat([g.reshape(-1) for g in grads])
-            # x * 0 is NaN exactly where x is NaN or +-inf
-            pending.append(flat.mul(0).isnan().sum(dtype=torch.float32))
+            # x * 0 is 0 (or -0) for finite x and NaN for NaN and +-inf
+            pending.append(torch.count_nonzero(flat.mul(0)).float())
+        self._stepped = True
         self._pending = pending
         self._before = [w.detach().clone() for w in self.weights]
         self.seconds += time.perf_counter() - start
@@ -167,55 +171,65 @@ class GradientHealth(pl.Callback):
         self._stepped = False
         n = len(self.weights)
         ws = [w.detach() for w in self.weights]
+        norms = []
         if ws:
             deltas = torch._foreach_sub(ws + ws, self._before + self.init)
             norms = _norms(_as_float([*ws, *self._before, *deltas]))
-        else:
-            norms = []
-        acts = [a for a in self._acts if a is not None]
-        scalars = [*self._pending, *norms]
-        device = (scalars or acts or [torch.zeros(())])[0].device
-        pieces = [torch.stack([v.to(device) for v in scalars])] if scalars else []
-        pieces += [a.to(device) for a in acts]
-        flat = torch.cat(pieces).tolist() if pieces else []
+        acts = [v for parts in self._acts if parts is not None for v in parts if v is not None]
+        scalars = [*self._pending, *norms, *acts]
+        flat: list[float] = []
+        if scalars:
+            device = scalars[0].device
+            flat = torch.stack([v.to(device) for v in scalars]).tolist()
+        g, pending = self._num_grads, len(self._pending)
         self._pending, self._before = [], []
-        g = self._num_grads
-        grad_norms, flat = flat[:g], flat[g:]
-        layer_grads = [math.nan] * n
-        for i, value in zip(self._grad_layers, flat, strict=False):
-            layer_grads[i] = value
-        flat = flat[len(self._grad_layers) :]
-        nonfinite = flat.pop(0) if g else 0.0
-        global_norm = math.sqrt(sum(v * v for v in grad_norms))
+        norms_host, flat = flat[:pending], flat[pending:]
+        nonfinite = norms_host.pop() if g else 0.0
+        global_norm = math.sqrt(sum(v * v for v in norms_host[:g]))
+        layer_grads = [norms_host[k] if k is not None else math.nan for k in self._grad_layers]
         ratio = _div(layer_grads[0], layer_grads[-1]) if n else math.nan
-        values = [global_norm, nonfinite, ratio, *layer_grads]
+        values = [global_norm, nonfinite, ratio]
         after, before, updates, dists = (flat[k * n : (k + 1) * n] for k in range(4))
-        for wn, un, bn, dn in zip(after, updates, before, dists, strict=True):
-            values += [wn, _div(un, bn), dn]
+        for i in range(n):
+            values += [layer_grads[i], after[i], _div(updates[i], before[i]), dists[i]]
         it = iter(flat[4 * n :])
-        for a in self._acts:
-            values += [next(it) for _ in range(4)] if a is not None else [math.nan] * 4
+        for parts in self._acts:
+            for v in parts if parts is not None else [None] * 4:
+                values.append(next(it) if v is not None else math.nan)
         self._emit(values)
         self.seconds += time.perf_counter() - start
 
-    def _emit(self, flat: list[float]) -> None:
+    def _emit(self, values: list[float]) -> None:
+        """Rows in the order of :meth:`_keys` (globals, per layer, per activation)."""
         step, epoch = self._step, self._epoch
-        rows = self.rows
-        for name, value in zip(GLOBAL_METRICS, flat[:3], strict=True):
-            rows.append(_row(step, epoch, name, "", value))
-        n = len(self.weights)
-        grads = flat[3 : 3 + n]
-        rest = flat[3 + n : 3 + n + 3 * n]
-        for i in range(n):
-            rows.append(_row(step, epoch, "grad_norm", str(i), grads[i]))
-            rows.append(_row(step, epoch, "weight_norm", str(i), rest[3 * i]))
-            rows.append(_row(step, epoch, "update_ratio", str(i), rest[3 * i + 1]))
-            rows.append(_row(step, epoch, "dist_from_init", str(i), rest[3 * i + 2]))
-        acts = flat[3 + 4 * n :]
-        for i in range(len(self.activations)):
-            stats = dict(zip(ACTIVATION_STATS, acts[4 * i : 4 * i + 4], strict=True))
-            for metric in self.act_metrics:
-                rows.append(_row(step, epoch, metric, str(i), stats[metric]))
+        keys = self._keys()
+        self.rows.extend(
+            {
+                "step": step,
+                "epoch": epoch,
+                "split": "health",
+                "metric": metric,
+                "layer": layer,
+                "value": float(values[k]),
+            }
+            for metric, layer, k in keys
+        )
+
+    def _keys(self) -> list[tuple[str, str, int]]:
+        """(metric, layer, index into the values of :meth:`end_step`) of every row."""
+        if self._row_keys is None:
+            keys = [(name, "", k) for k, name in enumerate(GLOBAL_METRICS)]
+            base = len(GLOBAL_METRICS)
+            for i in range(len(self.weights)):
+                for j, metric in enumerate(LAYER_METRICS):
+                    keys.append((metric, str(i), base + 4 * i + j))
+            base += 4 * len(self.weights)
+            for i in range(len(self.activations)):
+                for j, metric in enumerate(ACTIVATION_STATS):
+                    if metric in self.act_metrics:
+                        keys.append((metric, str(i), base + 4 * i + j))
+            self._row_keys = keys
+        return self._row_keys
 
 
 def _div(a: float, b: float) -> float:

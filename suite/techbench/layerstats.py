@@ -28,6 +28,27 @@ def _units_last(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, -1).reshape(-1, y.shape[1])
 
 
+def activation_stat_parts(
+    y: torch.Tensor, properties: Mapping[str, Any]
+) -> list[torch.Tensor | None]:
+    """``[mean, std, dead_fraction, saturated_fraction]`` as device scalars (None: not defined).
+
+    The callers stack the scalars of every layer into one tensor (one transfer).
+    """
+    y = y.detach().float()
+    dead: torch.Tensor | None = None
+    dead_below = properties.get("dead_below")
+    if dead_below is not None:
+        # a unit is dead when its largest output is <= dead_below (NaN never counts as dead)
+        dead = (_units_last(y).amax(dim=0) <= dead_below).float().mean()
+    saturated: torch.Tensor | None = None
+    saturation = properties.get("saturation")
+    if saturation is not None:
+        lo, hi = saturation
+        saturated = ((y <= lo) | (y >= hi)).float().mean()
+    return [y.mean(), y.std(unbiased=False), dead, saturated]
+
+
 def activation_stats(y: torch.Tensor, properties: Mapping[str, Any]) -> torch.Tensor:
     """``[mean, std, dead_fraction, saturated_fraction]`` of one layer's outputs, on device.
 
@@ -35,16 +56,5 @@ def activation_stats(y: torch.Tensor, properties: Mapping[str, Any]) -> torch.Te
     """
     import torch
 
-    y = y.detach().float()
-    units = _units_last(y)
     nan = torch.full((), float("nan"), device=y.device)
-    dead_below = properties.get("dead_below")
-    # a unit is dead when its largest output is <= dead_below (NaN never counts as dead)
-    dead = (units.amax(dim=0) <= dead_below).float().mean() if dead_below is not None else nan
-    saturation = properties.get("saturation")
-    if saturation is not None:
-        lo, hi = saturation
-        saturated = ((y <= lo) | (y >= hi)).float().mean()
-    else:
-        saturated = nan
-    return torch.stack([y.mean(), y.std(unbiased=False), dead, saturated])
+    return torch.stack([v if v is not None else nan for v in activation_stat_parts(y, properties)])
