@@ -20,7 +20,6 @@ buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY`
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import time
@@ -372,7 +371,7 @@ class TechniqueModule(pl.LightningModule):
         final = torch.stack(self.evaluate(t["x_test"], t["y_test"])).tolist()
         named = [("loss", final[0]), ("acc", final[1])]
         if self.best_state is not None:
-            current = copy.deepcopy(self.model.state_dict())
+            current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(self.best_state)
             best = torch.stack(self.evaluate(t["x_test"], t["y_test"])).tolist()
             self.model.load_state_dict(current)
