@@ -170,11 +170,12 @@ class GradientHealth(pl.Callback):
             return
         self._stepped = False
         n = len(self.weights)
-        ws = [w.detach() for w in self.weights]
+        ws = _as_float([w.detach() for w in self.weights])
         norms = []
         if ws:
-            deltas = torch._foreach_sub(ws + ws, self._before + self.init)
-            norms = _norms(_as_float([*ws, *self._before, *deltas]))
+            before, init = _as_float(self._before), _as_float(self.init)
+            deltas = torch._foreach_sub(ws + ws, before + init)
+            norms = _norms([*ws, *before, *deltas])
         acts = [v for parts in self._acts if parts is not None for v in parts if v is not None]
         scalars = [*self._pending, *norms, *acts]
         flat: list[float] = []
