@@ -39,6 +39,7 @@ from typing import Any
 from .matrix import trial_id
 from .progress import Progress
 from .store import ResultStore
+from .versions import package_versions
 
 DEFAULT_RUN_FN = "techbench.trial:run_trial"
 RunFn = Callable[[dict[str, Any]], Any] | str
@@ -74,22 +75,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for key, dist in (
-        ("techbench", "techbench"),
-        ("torch", "torch"),
-        ("pytorch_lightning", "pytorch-lightning"),
-    ):
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = None
-    return out
-
-
 def failed_outcome(config: Mapping[str, Any], error: str, started_at: str | None = None) -> dict:
     """A ``failed`` outcome (as a mapping the store accepts) for a trial that produced none."""
     return {
@@ -103,7 +88,7 @@ def failed_outcome(config: Mapping[str, Any], error: str, started_at: str | None
             "wall_seconds": 0.0,
             "train_seconds": 0.0,
             "device": None,
-            "versions": _versions(),
+            "versions": package_versions(),
             "diverged_step": None,
             "error": error,
             "steps": 0,

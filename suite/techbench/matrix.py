@@ -100,9 +100,8 @@ AXES: tuple[str, ...] = (
 """The axes of a matrix, in expansion order."""
 
 AXIS_FAMILY: dict[str, str] = {
-    a: a for a in AXES if a not in ("bias_initializer", "norm_placement")
+    a: "initializer" if a == "bias_initializer" else a for a in AXES if a != "norm_placement"
 }
-AXIS_FAMILY["bias_initializer"] = "initializer"
 
 NORM_PLACEMENTS = ("before", "after")
 

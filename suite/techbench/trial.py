@@ -27,11 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
-import functools
-import hashlib
-import json
 import logging
-import platform
 import random
 import time
 import traceback
@@ -41,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .lit import DIVERGENCE_FACTOR
+from .matrix import AXIS_FAMILY, DEFAULT_CONFIG, trial_id
+from .versions import package_versions
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -53,39 +51,9 @@ __all__ = [
     "trial_id",
 ]
 
-TECHNIQUE_KEYS: dict[str, str] = {
-    "dataset": "dataset",
-    "model": "model",
-    "activation": "activation",
-    "initializer": "initializer",
-    "bias_initializer": "initializer",
-    "normalizer": "normalizer",
-    "regularizer": "regularizer",
-    "optimizer": "optimizer",
-    "schedule": "schedule",
-    "preprocessor": "preprocessor",
-}
+TECHNIQUE_KEYS: dict[str, str] = AXIS_FAMILY
 """Config key -> registry family of the technique it names."""
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "dataset": {"name": "digits", "params": {}},
-    "model": {"name": "mlp", "params": {"depth": 2, "width": 128}},
-    "activation": {"name": "relu", "params": {}},
-    "initializer": {"name": "he_normal", "params": {}},
-    "bias_initializer": {"name": "zeros", "params": {}},
-    "normalizer": {"name": "none", "params": {}},
-    "norm_placement": "before",
-    "regularizer": {"name": "none", "params": {}},
-    "optimizer": {"name": "adam", "params": {"lr": 0.001}},
-    "schedule": {"name": "constant", "params": {}},
-    "preprocessor": {"name": "standardize", "params": {}},
-    "seed": 0,
-    "data_seed": 0,
-    "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
-    "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
-    "trainer": {"accelerator": "auto", "devices": 1, "precision": "32-true", "deterministic": True},
-    "health": {"enabled": True, "every_n_steps": 10},
-}
 
 _SECTIONS = ("budget", "target", "trainer", "health")
 
@@ -115,12 +83,6 @@ def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def trial_id(config: Mapping[str, Any]) -> str:
-    """First 16 hex digits of sha256 over the canonical JSON of the config (sorted keys)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 @dataclass
 class TrialOutcome:
     """What a trial returns; the store writes it (meta.json + metrics.parquet)."""
@@ -138,28 +100,6 @@ class TrialOutcome:
             for r in self.metrics
             if r["split"] == split and r["metric"] == metric and r["layer"] == layer
         ]
-
-
-@functools.cache
-def _versions_cached() -> tuple[tuple[str, str], ...]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for key, dist in (
-        ("techbench", "techbench"),
-        ("torch", "torch"),
-        ("pytorch_lightning", "pytorch-lightning"),
-    ):
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = "unknown"
-    return tuple(out.items())
-
-
-def _versions() -> dict[str, str]:
-    """Package versions for the trial's meta (looked up once per process: ~5 ms each time)."""
-    return dict(_versions_cached())
 
 
 def _now() -> str:
@@ -220,7 +160,7 @@ def run_trial(
         "wall_seconds": time.perf_counter() - wall0,
         "train_seconds": module.train_seconds if module is not None else 0.0,
         "device": state.device,
-        "versions": _versions(),
+        "versions": package_versions(),
         "diverged_step": module.diverged_step if module is not None else None,
         "error": error,
         "steps": module.steps_done if module is not None else 0,
