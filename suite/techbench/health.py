@@ -190,9 +190,14 @@ class GradientHealth(pl.Callback):
         layer_grads = [norms_host[k] if k is not None else math.nan for k in self._grad_layers]
         ratio = _div(layer_grads[0], layer_grads[-1]) if n else math.nan
         values = [global_norm, nonfinite, ratio]
-        after, before, updates, dists = (flat[k * n : (k + 1) * n] for k in range(4))
+        w_norm, before_norm, update_norm, dist_norm = (flat[k * n : (k + 1) * n] for k in range(4))
         for i in range(n):
-            values += [layer_grads[i], after[i], _div(updates[i], before[i]), dists[i]]
+            values += [
+                layer_grads[i],
+                w_norm[i],
+                _div(update_norm[i], before_norm[i]),
+                dist_norm[i],
+            ]
         it = iter(flat[4 * n :])
         for parts in self._acts:
             for v in parts if parts is not None else [None] * 4:
