@@ -171,4 +171,3 @@ class ModelParts:
     normalizer: Callable[[int], nn.Module] | None = None
     norm_placement: Literal["before", "after"] = "before"
     dropout: Callable[[], nn.Module | None] | None = None
-

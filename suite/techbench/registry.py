@@ -185,7 +185,11 @@ class Registry:
         """The spec for ``name`` (or ``family/name``); loads its plugin on first use."""
         entry = self._load(self._find(name, family))
         if entry.spec is None:
-            cls = DuplicateTechniqueError if "two distributions" in (entry.error or "") else BrokenPluginError
+            cls = (
+                DuplicateTechniqueError
+                if "two distributions" in (entry.error or "")
+                else BrokenPluginError
+            )
             raise cls(f"{entry.qualified_name}: {entry.error}")
         return entry.spec
 

@@ -201,7 +201,9 @@ class TechniqueSpec:
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
-    def hyperparams(self, overrides: Mapping[str, Any] | None = None, /, **kw: Any) -> dict[str, Any]:
+    def hyperparams(
+        self, overrides: Mapping[str, Any] | None = None, /, **kw: Any
+    ) -> dict[str, Any]:
         """Defaults updated with validated overrides; unknown names raise with the known ones."""
         values = self.defaults()
         for key, value in {**(overrides or {}), **kw}.items():
@@ -230,7 +232,12 @@ class TechniqueSpec:
             "summary": self.summary,
             "citation": self.citation,
             "params": [
-                {"name": p.name, "type": _TYPE_NAMES[p.type], "default": p.default, "allowed": p.allowed()}
+                {
+                    "name": p.name,
+                    "type": _TYPE_NAMES[p.type],
+                    "default": p.default,
+                    "allowed": p.allowed(),
+                }
                 for p in self.params
             ],
             "properties": {k: _jsonable(v) for k, v in self.properties.items()},

@@ -42,7 +42,9 @@ def main(args: argparse.Namespace) -> int:
     else:
         _print_table(results, args.verbose)
         for e in broken:
-            print(f"BROKEN  {e.qualified_name} [{e.distribution}]: {(e.error or '').splitlines()[0]}")
+            print(
+                f"BROKEN  {e.qualified_name} [{e.distribution}]: {(e.error or '').splitlines()[0]}"
+            )
         for r in failed:
             print(f"\nFAILED  {r.technique} :: {r.check}\n  " + r.message.replace("\n", "\n  "))
         n_tech = len(specs)
