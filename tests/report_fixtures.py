@@ -22,25 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "dataset": {"name": "digits", "params": {}},
-    "model": {"name": "mlp", "params": {"depth": 2, "width": 128}},
-    "activation": {"name": "relu", "params": {}},
-    "initializer": {"name": "he_normal", "params": {}},
-    "bias_initializer": {"name": "zeros", "params": {}},
-    "normalizer": {"name": "none", "params": {}},
-    "norm_placement": "before",
-    "regularizer": {"name": "none", "params": {}},
-    "optimizer": {"name": "adam", "params": {"lr": 0.001}},
-    "schedule": {"name": "constant", "params": {}},
-    "preprocessor": {"name": "standardize", "params": {}},
-    "seed": 0,
-    "data_seed": 0,
-    "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
-    "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
-    "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "deterministic": True},
-    "health": {"enabled": True, "every_n_steps": 10},
-}
+from techbench.matrix import DEFAULT_CONFIG
+
 SCHEMA = pa.schema(
     [
         ("step", pa.int64()),
