@@ -1,7 +1,7 @@
 """Runner overhead: a techbench trial against a hand-written PyTorch loop doing the same work.
 
-Both sides train the same MLP (built by the same model plugin, with the same activation,
-initializer, optimizer and schedule objects from the registry) on the same preprocessed data,
+Both sides train the same MLP (built by the runner's own ``build_model`` from the registry's
+plugins, with the same optimizer and schedule objects) on the same preprocessed data,
 with the same batch size, seed and torch thread count, and both evaluate the train and validation
 sets at every epoch end and the test set at the end. The raw loop shuffles with a seeded
 permutation per epoch and slices contiguous batches, as the runner does. What differs is only the
@@ -9,27 +9,28 @@ loop: Lightning's fit loop, hooks and the trial's bookkeeping (per-step loss row
 checks, best-weights copy) versus a bare ``for`` loop.
 
 The techbench side runs three ways: gradient health off, default cadence (every 10 steps) and
-every step. Repeats alternate the four runs; the table shows medians and the ratio to the raw
-loop for the whole trial (``wall``: ``run_trial`` from config to outcome, including its setup) and
+every step. Each round runs the four in a shuffled order; a ratio is the median over rounds of
+the run's time over the raw loop's time in the same round (paired, so slow drifts of a shared
+machine cancel), with its quartiles. Ratios are given for the whole trial (``wall``: ``run_trial`` from config to outcome, including its setup) and
 for the training loop only (``train``: ``train_seconds``, evaluation time excluded, against the
 raw loop's training time); ``cpu`` is the process CPU time of the whole trial, which other
 processes competing for the cores disturb less than wall time.
 
-    python benchmarks/overhead.py --epochs 30 --repeats 5 --threads 1
+    python benchmarks/overhead.py --epochs 30 --repeats 10 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from typing import Any
 
 import torch
 
-from techbench.families import ModelParts
 from techbench.registry import get_spec
-from techbench.trial import complete_config, run_trial
+from techbench.trial import TECHNIQUE_KEYS, build_model, complete_config, run_trial
 
 
 def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:
@@ -49,15 +50,8 @@ def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:
         x_test=pre.transform(splits.x_test),
     )
     torch.manual_seed(cfg["seed"])
-    act = spec("activation", "activation")
-    parts = ModelParts(
-        activation=lambda: act.create(**hp("activation")),
-        weight_init=spec("initializer", "initializer").create(**hp("initializer")),
-        bias_init=spec("bias_initializer", "initializer").create(**hp("bias_initializer")),
-    )
-    model = spec("model", "model").create(
-        splits.input_shape, splits.num_outputs, parts, **hp("model")
-    )
+    specs = {key: spec(key, family) for key, family in TECHNIQUE_KEYS.items()}
+    model, _ = build_model(cfg, specs, splits)  # the runner's own network ("none" regularizer)
     opt = spec("optimizer", "optimizer").create(model.parameters(), **hp("optimizer"))
     bs, epochs = cfg["budget"]["batch_size"], cfg["budget"]["epochs"]
     n = len(splits.x_train)
@@ -96,12 +90,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--dataset", default="digits")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run order shuffle")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = complete_config(
@@ -116,49 +111,61 @@ def main() -> None:
         "health default (10)": {"enabled": True, "every_n_steps": 10},
         "health every step": {"enabled": True, "every_n_steps": 1},
     }
+    names = ["raw torch", *variants]
     raw_loop(base)  # warm-up: imports, allocator, dataset cache
     run_trial(base)
-    wall: dict[str, list[float]] = {"raw torch": []} | {k: [] for k in variants}
-    train: dict[str, list[float]] = {k: [] for k in wall}
-    cpu: dict[str, list[float]] = {k: [] for k in wall}
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    train: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     accs: dict[str, float] = {}
+    order = random.Random(args.seed)
     for _ in range(args.repeats):
-        c0 = time.process_time()
-        w, t, acc = raw_loop(base)
-        cpu["raw torch"].append(time.process_time() - c0)
-        wall["raw torch"].append(w)
-        train["raw torch"].append(t)
-        accs["raw torch"] = acc
-        for name, health in variants.items():
+        for name in order.sample(names, len(names)):
             c0 = time.process_time()
-            outcome = run_trial({**base, "health": health})
+            if name == "raw torch":
+                w, t, acc = raw_loop(base)
+            else:
+                outcome = run_trial({**base, "health": variants[name]})
+                if outcome.status != "completed":
+                    raise SystemExit(f"{name}: trial {outcome.status}: {outcome.meta['error']}")
+                w, t = outcome.meta["wall_seconds"], outcome.meta["train_seconds"]
+                acc = outcome.metric("test", "acc")[0]
             cpu[name].append(time.process_time() - c0)
-            if outcome.status != "completed":
-                raise SystemExit(f"{name}: trial {outcome.status}: {outcome.meta['error']}")
-            wall[name].append(outcome.meta["wall_seconds"])
-            train[name].append(outcome.meta["train_seconds"])
-            accs[name] = outcome.metric("test", "acc")[0]
+            wall[name].append(w)
+            train[name].append(t)
+            accs[name] = acc
     steps = args.epochs * -(
         -len(get_spec(args.dataset, "dataset").create(0).x_train) // args.batch_size
     )
     print(
         f"{args.dataset}, mlp {args.depth}x{args.width}, batch {args.batch_size}, {args.epochs} epochs "
         f"(~{steps} steps), {args.threads} thread(s), torch {torch.__version__}, "
-        f"median of {args.repeats} repeats"
+        f"{args.repeats} rounds in shuffled order"
     )
     print(
-        f"{'run':<22}{'wall s':>9}{'ratio':>8}{'cpu s':>9}{'ratio':>8}{'train s':>10}{'ratio':>8}"
-        f"{'ms/step':>9}{'test acc':>10}"
+        "ratio = median over rounds of (this run / the raw loop of the same round) "
+        "[quartiles]; seconds are medians"
     )
-    raw_w, raw_t = statistics.median(wall["raw torch"]), statistics.median(train["raw torch"])
-    raw_c = statistics.median(cpu["raw torch"])
-    for name in wall:
-        mw, mt = statistics.median(wall[name]), statistics.median(train[name])
-        mc = statistics.median(cpu[name])
+    print(
+        f"{'run':<22}{'wall s':>8}{'wall ratio':>22}{'cpu ratio':>22}{'train s':>9}"
+        f"{'train ratio':>22}{'ms/step':>9}{'test acc':>9}"
+    )
+    for name in names:
+        mt = statistics.median(train[name])
         print(
-            f"{name:<22}{mw:>9.3f}{mw / raw_w:>8.3f}{mc:>9.3f}{mc / raw_c:>8.3f}"
-            f"{mt:>10.3f}{mt / raw_t:>8.3f}{1000 * mt / steps:>9.3f}{accs[name]:>10.4f}"
+            f"{name:<22}{statistics.median(wall[name]):>8.3f}{_ratio(wall, name):>22}"
+            f"{_ratio(cpu, name):>22}{mt:>9.3f}{_ratio(train, name):>22}"
+            f"{1000 * mt / steps:>9.3f}{accs[name]:>9.4f}"
         )
+
+
+def _ratio(times: dict[str, list[float]], name: str) -> str:
+    """Median and quartiles of the per-round ratios ``name`` / raw loop."""
+    ratios = [a / b for a, b in zip(times[name], times["raw torch"], strict=True)]
+    if len(ratios) < 2:
+        return f"{ratios[0]:.3f}"
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return f"{statistics.median(ratios):.3f} [{q1:.2f}-{q3:.2f}]"
 
 
 if __name__ == "__main__":

@@ -72,6 +72,19 @@ def test_identity_normalizer_is_not_inserted() -> None:
     assert not any(isinstance(m, nn.Identity) for m in model.modules())
 
 
+def test_builtin_none_normalizer_is_left_out_of_the_network() -> None:
+    none = get_spec("none", "normalizer")
+    torch.manual_seed(0)
+    with_none = get_spec("mlp").create(
+        (4,), 2, _parts(normalizer=lambda n: none.create(n)), depth=3, width=5
+    )
+    torch.manual_seed(0)
+    without = get_spec("mlp").create((4,), 2, _parts(), depth=3, width=5)
+    assert [type(m) for m in with_none.modules()] == [type(m) for m in without.modules()]
+    x = torch.randn(7, 4)
+    torch.testing.assert_close(with_none(x), without(x))
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
 def test_cnn_shapes(shape) -> None:
     parts = _parts(normalizer=lambda n: nn.GroupNorm(1, n))

@@ -526,3 +526,36 @@ def test_max_seconds_budget_stops_training() -> None:
     assert o.status == "completed", o.meta["error"]
     assert 0 < o.meta["epochs"] < 10_000 and o.meta["train_seconds"] < 30
     assert o.metric("test", "acc")
+
+
+def test_user_callback_step_hooks_run_on_every_step() -> None:
+    import pytorch_lightning as pl
+
+    class Counter(pl.Callback):
+        def __init__(self) -> None:
+            self.calls: dict[str, list[int]] = {"backward": [], "after": [], "optimizer": []}
+
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            self.calls["backward"].append(trainer.global_step)
+
+        def on_after_backward(self, trainer, pl_module) -> None:
+            self.calls["after"].append(trainer.global_step)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            assert all(p.grad is not None for p in pl_module.parameters())
+            self.calls["optimizer"].append(trainer.global_step)
+
+    class OnlyAfter(pl.Callback):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def on_after_backward(self, trainer, pl_module) -> None:
+            self.count += 1
+
+    counter, only_after = Counter(), OnlyAfter()
+    o = run_trial(FAST, registry=REGISTRY, callbacks=[counter, only_after])
+    assert o.status == "completed", o.meta["error"]
+    steps = list(range(o.meta["steps"]))
+    assert o.meta["steps"] == 27
+    assert counter.calls == {"backward": steps, "after": steps, "optimizer": steps}
+    assert only_after.count == 27

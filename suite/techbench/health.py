@@ -15,8 +15,9 @@ Every ``every_n_steps`` optimizer steps (and at step 0) it records, as tidy rows
 
 Cost: on steps that are not logged, three attribute checks. On logged steps every statistic is
 reduced on the device and the whole step's values go to the host in one ``tolist()`` (one
-sync). The hooks are registered only for the logged step's forward pass. ``seconds`` is the
-time spent inside the callback (the health overhead the trial reports).
+sync; a step whose gradients are not all finite costs a second one, to count them). The hooks
+are registered only for the logged step's forward pass. ``seconds`` is the time spent inside
+the callback and its hooks (the health overhead the trial reports).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .layerstats import ACTIVATION_STATS, activation_stat_parts
+from .layerstats import ACTIVATION_STATS, activation_stat_matrix
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
 GLOBAL_METRICS = ("grad_norm_global", "nonfinite_grads", "grad_ratio_first_last")
@@ -68,13 +69,12 @@ class GradientHealth(pl.Callback):
         self.seconds = 0.0
         self._active = False
         self._handles: list[Any] = []
-        self._acts: list[list[torch.Tensor | None] | None] = []
+        self._outs: list[torch.Tensor | None] = []
         self._pending: list[torch.Tensor] = []
+        self._grads: list[torch.Tensor] = []
         self._stepped = False
-        self._num_grads = 0
-        self._grad_layers: list[int | None] = []
+        self._layout: tuple[tuple[bool, ...], list[int | None], int] | None = None
         self._row_keys: list[tuple[str, str, int]] | None = None
-        self._before: list[torch.Tensor] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = getattr(pl_module, "model", pl_module)
@@ -83,7 +83,8 @@ class GradientHealth(pl.Callback):
         ]
         self.activations = list(getattr(model, "activation_layers", []))
         self.params = [p for p in pl_module.parameters() if p.requires_grad]
-        self.init = [w.detach().clone() for w in self.weights]
+        self.init = [w.clone() for w in _as_float([w.detach() for w in self.weights])]
+        self._before = [torch.empty_like(w) for w in self.init]
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -98,7 +99,7 @@ class GradientHealth(pl.Callback):
             return
         start = time.perf_counter()
         self._step, self._epoch = step, epoch
-        self._acts = [None] * len(self.activations)
+        self._outs = [None] * len(self.activations)
         self._handles = [
             act.register_forward_hook(partial(self._forward_hook, i))
             for i, act in enumerate(self.activations)
@@ -108,7 +109,9 @@ class GradientHealth(pl.Callback):
     def _forward_hook(
         self, index: int, module: nn.Module, inputs: Any, output: torch.Tensor
     ) -> None:
-        self._acts[index] = activation_stat_parts(output, self.properties)
+        # reduced after the step, all layers together (layerstats.activation_stat_matrix);
+        # autograd forbids in-place changes to it (the next layer saved it for backward)
+        self._outs[index] = output.detach()
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -118,30 +121,43 @@ class GradientHealth(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
+        """Gradient norms and a copy of the weights before the update (device ops only)."""
         if not self._active:
             return
         start = time.perf_counter()
         self._remove_hooks()
         grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        self._num_grads = len(grads)
-        position = {id(p): k for k, p in enumerate(p for p in self.params if p.grad is not None)}
-        tensors = list(grads)
-        self._grad_layers = []  # where each weight's grad norm is (None: no grad, NaN)
-        for w in self.weights:
-            k = position.get(id(w))
-            if k is None and w.grad is not None:
-                k = len(tensors)
-                tensors.append(w.grad.detach())
-            self._grad_layers.append(k)
-        pending = _norms(_as_float(tensors))
-        if grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            # x * 0 is 0 (or -0) for finite x and NaN for NaN and +-inf
-            pending.append(torch.count_nonzero(flat.mul(0)).float())
+        _, extra = self._grad_layout()
+        extra_grads = [cast(torch.Tensor, self.weights[i].grad).detach() for i in extra]
+        self._pending = _norms(_as_float(grads + extra_grads))
+        torch._foreach_copy_(self._before, [w.detach() for w in self.weights])
+        self._grads = grads
         self._stepped = True
-        self._pending = pending
-        self._before = [w.detach().clone() for w in self.weights]
         self.seconds += time.perf_counter() - start
+
+    def _grad_layout(self) -> tuple[list[int | None], list[int]]:
+        """Where each weight's gradient norm sits among the norms (None: no gradient, NaN).
+
+        Parameters with a gradient come first in ``self.params`` order, then the gradients of
+        weights that are not trainable parameters of the module. Cached while the set of
+        parameters with a gradient stays the same (it normally never changes).
+        """
+        has = tuple(p.grad is not None for p in self.params)
+        if self._layout is None or self._layout[0] != has:
+            position = {
+                id(p): k for k, p in enumerate(p for p in self.params if p.grad is not None)
+            }
+            layers: list[int | None] = []
+            count = sum(has)
+            for w in self.weights:
+                k = position.get(id(w))
+                if k is None and w.grad is not None:
+                    k, count = count, count + 1
+                layers.append(k)
+            self._layout = (has, layers, sum(has))
+        _, layers, num_grads = self._layout
+        extra = [i for i, k in enumerate(layers) if k is not None and k >= num_grads]
+        return layers, extra
 
     def on_train_batch_end(
         self,
@@ -157,40 +173,47 @@ class GradientHealth(pl.Callback):
     def end_step(self) -> None:
         """After the optimizer step: weights after the update, one transfer, the rows.
 
-        Every statistic is a device scalar (norms of gradients, weights, updates and distances
-        from init in fused ``_foreach_norm`` calls; activation statistics from the hooks); they
-        go to the host in one ``tolist()`` and the ratios and the global norm are formed there.
+        Every statistic is reduced on the device (norms of gradients, weights, updates and
+        distances from init in fused ``_foreach_norm`` calls; the activation statistics of all
+        layers in :func:`~techbench.layerstats.activation_stat_matrix`); they go to the host in
+        one ``tolist()`` and the ratios and the global norm are formed there. Non-finite
+        gradient entries are counted only when the global norm is not finite (a finite sum of
+        squares has none), at the cost of a second transfer on that step.
         """
         if not self._active:
             return
         self._active = False
         start = time.perf_counter()
         self._remove_hooks()
+        outs, self._outs = self._outs, []
         if not self._stepped:  # no optimizer step happened on this batch
             return
         self._stepped = False
         n = len(self.weights)
-        ws = _as_float([w.detach() for w in self.weights])
-        norms = []
-        if ws:
-            before, init = _as_float(self._before), _as_float(self.init)
-            deltas = torch._foreach_sub(ws + ws, before + init)
-            norms = _norms([*ws, *before, *deltas])
-        acts = [v for parts in self._acts if parts is not None for v in parts if v is not None]
-        scalars = [*self._pending, *norms, *acts]
-        flat: list[float] = []
-        if scalars:
-            device = scalars[0].device
-            flat = torch.stack([v.to(device) for v in scalars]).tolist()
-        g, pending = self._num_grads, len(self._pending)
-        self._pending, self._before = [], []
-        norms_host, flat = flat[:pending], flat[pending:]
-        nonfinite = norms_host.pop() if g else 0.0
-        global_norm = math.sqrt(sum(v * v for v in norms_host[:g]))
-        layer_grads = [norms_host[k] if k is not None else math.nan for k in self._grad_layers]
+        scalars = list(self._pending)
+        if n:
+            ws = _as_float([w.detach() for w in self.weights])
+            deltas = torch._foreach_sub(ws + ws, self._before + self.init)
+            scalars += _norms([*self._before, *ws, *deltas])
+        seen = [i for i, o in enumerate(outs) if o is not None]
+        matrix, order = activation_stat_matrix([o for o in outs if o is not None], self.properties)
+        parts = [torch.stack(scalars)] if scalars else []
+        if seen:
+            parts.append(matrix.reshape(-1).to(parts[0].device) if parts else matrix.reshape(-1))
+        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist() if parts else []
+        grads, self._grads, self._pending = self._grads, [], []
+        grad_layers, _ = self._grad_layout()
+        g = len(grads)
+        k = len(scalars) - 4 * n  # gradient norms: parameters, then extra weight gradients
+        grad_norms = flat[:k]
+        before_norm, w_norm, update_norm, dist_norm = (
+            flat[k + n * j : k + n * (j + 1)] for j in range(4)
+        )
+        global_norm = math.sqrt(sum(v * v for v in grad_norms[:g]))
+        nonfinite = 0.0 if math.isfinite(global_norm) else _count_nonfinite(grads)
+        layer_grads = [grad_norms[j] if j is not None else math.nan for j in grad_layers]
         ratio = _div(layer_grads[0], layer_grads[-1]) if n else math.nan
         values = [global_norm, nonfinite, ratio]
-        w_norm, before_norm, update_norm, dist_norm = (flat[k * n : (k + 1) * n] for k in range(4))
         for i in range(n):
             values += [
                 layer_grads[i],
@@ -198,10 +221,12 @@ class GradientHealth(pl.Callback):
                 _div(update_norm[i], before_norm[i]),
                 dist_norm[i],
             ]
-        it = iter(flat[4 * n :])
-        for parts in self._acts:
-            for v in parts if parts is not None else [None] * 4:
-                values.append(next(it) if v is not None else math.nan)
+        acts = [[math.nan] * 4 for _ in outs]
+        stats = flat[len(scalars) :]
+        for row, j in enumerate(order):
+            acts[seen[j]] = stats[4 * row : 4 * row + 4]
+        for row_values in acts:
+            values += row_values
         self._emit(values)
         self.seconds += time.perf_counter() - start
 
@@ -251,6 +276,14 @@ def _as_float(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t if t.dtype in keep else t.float() for t in tensors]
 
 
+def _count_nonfinite(tensors: Sequence[torch.Tensor]) -> float:
+    """Number of NaN/inf entries (``x * 0`` is 0 for finite x and NaN otherwise)."""
+    if not tensors:
+        return 0.0
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    return float(torch.count_nonzero(flat.mul(0)))
+
+
 def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """L2 norm of each tensor in one fused call where torch has it."""
     foreach = getattr(torch, "_foreach_norm", None)
@@ -259,14 +292,3 @@ def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if foreach is not None:
         return list(foreach(tensors))
     return [t.norm() for t in tensors]
-
-
-def _row(step: int, epoch: int, metric: str, layer: str, value: float) -> dict[str, Any]:
-    return {
-        "step": step,
-        "epoch": epoch,
-        "split": "health",
-        "metric": metric,
-        "layer": layer,
-        "value": float(value),
-    }

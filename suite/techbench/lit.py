@@ -177,6 +177,8 @@ class TechniqueModule(pl.LightningModule):
         self._generator: torch.Generator | None = None
         self._fit_start = 0.0
         self._direct: bool | None = None
+        self._hook_cache: tuple[tuple[int, ...], dict[str, list[Any]]] | None = None
+        self._fit_objects: tuple[Any, Any, Any] | None = None  # trainer, optimizer, progress
         self._hooks = {
             name: [r for r in self.regularizers if _overrides(r, name)]
             for name in ("transform_batch", "penalty", "loss", "after_step")
@@ -192,24 +194,46 @@ class TechniqueModule(pl.LightningModule):
         return optimizer
 
     def on_fit_start(self) -> None:
+        self._fit_objects = self._hook_cache = None
+        self._direct = None
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 0x7E57)
         self._fit_start = time.perf_counter()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets this before every hook call (about 30 times an epoch); it is never a
+        # parameter, buffer or submodule, so nn.Module's slower __setattr__ is not needed.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _callback_hooks(self) -> dict[str, list[Any]]:
+        """The trainer's callbacks that implement each per-step hook, looked up once per fit."""
+        callbacks = _callbacks(self.trainer)
+        key = tuple(map(id, callbacks))
+        if self._hook_cache is None or self._hook_cache[0] != key:
+            hooks = {
+                name: [cb for cb in callbacks if _overrides_callback(cb, name)]
+                for name in _STEP_HOOKS
+            }
+            self._hook_cache = (key, hooks)
+        return self._hook_cache[1]
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         if not isinstance(batch, list):
             self._step(*batch)
             return
         trainer = self.trainer
-        callbacks = _callbacks(trainer)
-        drivers: list[Any] = [cb for cb in callbacks if hasattr(cb, "begin_step")]
+        hooks = self._callback_hooks()
+        begin, end = hooks["begin_step"], hooks["end_step"]
         epoch, max_steps = self.current_epoch, trainer.max_steps
         for x, y in batch:
             if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
                 break
-            for cb in drivers:
+            for cb in begin:
                 cb.begin_step(trainer.global_step, epoch)
-            self._step(x, y, epoch, callbacks)
-            for cb in drivers:
+            self._step(x, y, epoch, hooks)
+            for cb in end:
                 cb.end_step()
 
     def _step(
@@ -217,12 +241,12 @@ class TechniqueModule(pl.LightningModule):
         x: torch.Tensor,
         y: torch.Tensor,
         epoch: int | None = None,
-        callbacks: list[pl.Callback] | None = None,
+        hooks: dict[str, list[Any]] | None = None,
     ) -> None:
         """One optimizer step on the minibatch (x, y), with every regularizer hook.
 
-        ``epoch`` and ``callbacks`` (the current epoch, the trainer's callbacks) are looked up
-        once per group by :meth:`training_step` rather than once per step.
+        ``epoch`` and ``hooks`` (the current epoch, the callbacks implementing each per-step
+        hook) are looked up once per group by :meth:`training_step` rather than once per step.
         """
         if epoch is None:
             epoch = self.current_epoch
@@ -243,19 +267,25 @@ class TechniqueModule(pl.LightningModule):
         if self._direct is None:
             self._direct = _plain_precision(self.trainer)
         if self._direct:
-            raw: Any = self._raw_optimizer()
+            if self._fit_objects is None:
+                trainer = self.trainer
+                self._fit_objects = (
+                    trainer,
+                    self._raw_optimizer(),
+                    trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress,
+                )
+            trainer, raw, progress = self._fit_objects
             raw.zero_grad(set_to_none=True)
-            if callbacks is None:
-                callbacks = _callbacks(self.trainer)
-            for cb in callbacks:
-                cb.on_before_backward(self.trainer, self, loss)
+            if hooks is None:
+                hooks = self._callback_hooks()
+            for cb in hooks["on_before_backward"]:
+                cb.on_before_backward(trainer, self, loss)
             loss.backward()
-            for cb in callbacks:
-                cb.on_after_backward(self.trainer, self)
-            for cb in callbacks:
-                cb.on_before_optimizer_step(self.trainer, self, raw)
+            for cb in hooks["on_after_backward"]:
+                cb.on_after_backward(trainer, self)
+            for cb in hooks["on_before_optimizer_step"]:
+                cb.on_before_optimizer_step(trainer, self, raw)
             raw.step()
-            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
             progress.increment_ready()
             progress.increment_completed()
         else:
@@ -341,7 +371,7 @@ class TechniqueModule(pl.LightningModule):
             self.rows.append(_row(step, epoch, "val", "acc", val_acc))
         if val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_state = _copy_state(self.model.state_dict(), self.best_state)
         metrics = {"val_loss": val_loss, "train_loss": train_loss}
         if self.task == "classification":
             metrics |= {"val_acc": val_acc, "train_acc": train_acc}
@@ -410,6 +440,38 @@ def _row(
         "layer": layer,
         "value": value,
     }
+
+
+_STEP_HOOKS = (
+    "begin_step",
+    "end_step",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+)
+
+
+def _overrides_callback(cb: Any, hook: str) -> bool:
+    """True when callback ``cb`` has ``hook`` and it is not ``pl.Callback``'s no-op default."""
+    impl = getattr(type(cb), hook, None)
+    return impl is not None and impl is not getattr(pl.Callback, hook, None)
+
+
+def _copy_state(
+    state: Mapping[str, torch.Tensor], into: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """A copy of ``state``, written into ``into``'s tensors when their keys and shapes match."""
+    if (
+        into is None
+        or into.keys() != state.keys()
+        or any(
+            a.shape != b.shape or a.dtype != b.dtype
+            for a, b in zip(into.values(), state.values(), strict=True)
+        )
+    ):
+        return {k: v.detach().clone() for k, v in state.items()}
+    torch._foreach_copy_(list(into.values()), [v.detach() for v in state.values()])
+    return into
 
 
 def _overrides(obj: Regularizer, hook: str) -> bool:

@@ -174,7 +174,7 @@ def run_combination(
     import torch
     from torch import nn
 
-    from .layerstats import activation_stats
+    from .layerstats import activation_stat_matrix
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, width, generator=gen)
@@ -197,10 +197,10 @@ def run_combination(
 
     properties = activation.spec.properties
     h = x
-    stats, act_hist = [], []
+    outputs, act_hist = [], []
     for lin, norm, act in zip(linears, norms, acts, strict=True):
         h = act(norm(lin(h)))
-        stats.append(activation_stats(h, properties))
+        outputs.append(h)
         if histograms:
             act_hist.append(_histogram(h, bins))
     loss = (h * readout).sum() / batch
@@ -210,7 +210,9 @@ def run_combination(
         for lin in linears
     ]
     grad_norms = torch.stack([g.detach().float().norm() for g in grads])
-    table = torch.cat([torch.stack(stats), grad_norms[:, None]], dim=1).tolist()
+    matrix, order = activation_stat_matrix(outputs, properties)
+    stats = matrix[torch.argsort(torch.tensor(order))].to(grad_norms.dtype)
+    table = torch.cat([stats, grad_norms[:, None]], dim=1).tolist()
 
     records = []
     for layer, (mean, std, dead, saturated, gnorm) in enumerate(table, start=1):
