@@ -200,9 +200,9 @@ class TechniqueModule(pl.LightningModule):
         self._fit_start = time.perf_counter()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets this before every hook call (about 30 times an epoch); it is never a
-        # parameter, buffer or submodule, so nn.Module's slower __setattr__ is not needed.
-        if name == "_current_fx_name":
+        # Per-step and per-hook state (Lightning sets _current_fx_name about 30 times an epoch)
+        # is never a parameter, buffer or submodule: skip nn.Module's slower __setattr__.
+        if name in _PLAIN_STATE:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -441,6 +441,26 @@ def _row(
         "value": value,
     }
 
+
+_PLAIN_STATE = frozenset(
+    {
+        "_current_fx_name",
+        "steps_done",
+        "epochs_done",
+        "train_seconds",
+        "eval_seconds",
+        "first_loss",
+        "diverged_step",
+        "best_val_loss",
+        "best_state",
+        "_direct",
+        "_fit_objects",
+        "_hook_cache",
+        "_generator",
+        "_fit_start",
+    }
+)
+"""Attributes of :class:`TechniqueModule` set with ``object.__setattr__`` (plain Python state)."""
 
 _STEP_HOOKS = (
     "begin_step",
