@@ -14,7 +14,9 @@ of the run's time over the raw loop's time in the same round (slow drifts of a s
 cancel), with its quartiles; ``best`` is the fastest run over the fastest raw run (noise on a
 shared machine only adds time). ``wall`` is the whole trial (``run_trial`` from config to
 outcome, setup included), ``train`` the training loop only (``train_seconds``, evaluation
-excluded, against the raw loop's training time), ``cpu`` the process CPU time of the whole trial.
+excluded, against the raw loop's training time), ``cpu`` the process CPU time of the whole trial;
+``ms/snap`` is the time inside the health callback per snapshot (its own clock, so it is not
+affected by drifts between runs).
 
     python benchmarks/overhead.py --epochs 30 --repeats 20 --threads 1
     python benchmarks/overhead.py --depth 4 --width 512 --batch-size 256 --repeats 20
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import random
 import statistics
 import time
@@ -122,6 +125,7 @@ def main() -> None:
     train: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names}
     accs: dict[str, float] = {}
+    snapshot: dict[str, list[float]] = {k: [] for k in names}
     order = random.Random(args.seed)
     for _ in range(args.repeats):
         for name in order.sample(names, len(names)):
@@ -134,6 +138,10 @@ def main() -> None:
                 if outcome.status != "completed":
                     raise SystemExit(f"{name}: trial {outcome.status}: {outcome.meta['error']}")
                 w, t = outcome.meta["wall_seconds"], outcome.meta["train_seconds"]
+                every = variants[name]["every_n_steps"]
+                if variants[name]["enabled"]:
+                    taken = -(-int(outcome.meta["steps"]) // every)
+                    snapshot[name].append(outcome.meta["health_overhead"] / taken)
                 acc = outcome.metric("test", "acc")[0]
             cpu[name].append(time.process_time() - c0)
             wall[name].append(w)
@@ -153,7 +161,8 @@ def main() -> None:
     )
     print(
         f"{'run':<22}{'wall s':>8}{'wall paired':>22}{'best':>7}{'train s':>9}"
-        f"{'train paired':>22}{'best':>7}{'cpu paired':>13}{'ms/step':>9}{'test acc':>9}"
+        f"{'train paired':>22}{'best':>7}{'cpu paired':>13}{'ms/step':>9}{'ms/snap':>9}"
+        f"{'test acc':>9}"
     )
     for name in names:
         mt = statistics.median(train[name])
@@ -161,7 +170,9 @@ def main() -> None:
             f"{name:<22}{statistics.median(wall[name]):>8.3f}{_ratio(wall, name):>22}"
             f"{min(wall[name]) / min(wall['raw torch']):>7.3f}{mt:>9.3f}{_ratio(train, name):>22}"
             f"{min(train[name]) / min(train['raw torch']):>7.3f}"
-            f"{_ratio(cpu, name).split()[0]:>13}{1000 * mt / steps:>9.3f}{accs[name]:>9.4f}"
+            f"{_ratio(cpu, name).split()[0]:>13}{1000 * mt / steps:>9.3f}"
+            f"{1000 * statistics.median(snapshot[name]) if snapshot[name] else math.nan:>9.3f}"
+            f"{accs[name]:>9.4f}"
         )
 
 

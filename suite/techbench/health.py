@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .layerstats import ACTIVATION_STATS, activation_stat_matrix
+from .layerstats import ACTIVATION_STATS, Scratch, activation_stat_matrix
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
 GLOBAL_METRICS = ("grad_norm_global", "nonfinite_grads", "grad_ratio_first_last")
@@ -85,6 +85,8 @@ class GradientHealth(pl.Callback):
         self.params = [p for p in pl_module.parameters() if p.requires_grad]
         self.init = [w.clone() for w in _as_float([w.detach() for w in self.weights])]
         self._before = [torch.empty_like(w) for w in self.init]
+        self._dist = [torch.empty_like(w) for w in self.init]
+        self._scratch = Scratch()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -129,8 +131,8 @@ class GradientHealth(pl.Callback):
         grads = [p.grad.detach() for p in self.params if p.grad is not None]
         _, extra = self._grad_layout()
         extra_grads = [cast(torch.Tensor, self.weights[i].grad).detach() for i in extra]
-        self._pending = _norms(_as_float(grads + extra_grads))
         torch._foreach_copy_(self._before, [w.detach() for w in self.weights])
+        self._pending = _norms(_as_float(grads + extra_grads) + self._before)
         self._grads = grads
         self._stepped = True
         self.seconds += time.perf_counter() - start
@@ -192,11 +194,16 @@ class GradientHealth(pl.Callback):
         n = len(self.weights)
         scalars = list(self._pending)
         if n:
+            # in place in reused buffers: before := W_before - W_after, dist := W_after - W_0
             ws = _as_float([w.detach() for w in self.weights])
-            deltas = torch._foreach_sub(ws + ws, self._before + self.init)
-            scalars += _norms([*self._before, *ws, *deltas])
+            torch._foreach_sub_(self._before, ws)
+            for w, w0, out in zip(ws, self.init, self._dist, strict=True):
+                torch.sub(w, w0, out=out)
+            scalars += _norms([*ws, *self._before, *self._dist])
         seen = [i for i, o in enumerate(outs) if o is not None]
-        matrix, order = activation_stat_matrix([o for o in outs if o is not None], self.properties)
+        matrix, order = activation_stat_matrix(
+            [o for o in outs if o is not None], self.properties, self._scratch
+        )
         parts = [torch.stack(scalars)] if scalars else []
         if seen:
             parts.append(matrix.reshape(-1).to(parts[0].device) if parts else matrix.reshape(-1))
@@ -204,7 +211,7 @@ class GradientHealth(pl.Callback):
         grads, self._grads, self._pending = self._grads, [], []
         grad_layers, _ = self._grad_layout()
         g = len(grads)
-        k = len(scalars) - 4 * n  # gradient norms: parameters, then extra weight gradients
+        k = len(scalars) - 4 * n  # gradient norms (parameters, extra weight gradients)
         grad_norms = flat[:k]
         before_norm, w_norm, update_norm, dist_norm = (
             flat[k + n * j : k + n * (j + 1)] for j in range(4)

@@ -22,39 +22,68 @@ if TYPE_CHECKING:
 ACTIVATION_STATS = ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
 
 
+class Scratch:
+    """Work buffers reused from one call to the next, one per (tag, shape, dtype, device).
+
+    A snapshot of a wide network makes megabyte-sized temporaries (the stacked outputs, the
+    centred values, masks); allocating them afresh each time costs page faults comparable to
+    the arithmetic itself.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def get(self, tag: str, like: torch.Tensor, dtype: Any = None) -> torch.Tensor:
+        import torch
+
+        dtype = dtype or like.dtype
+        key = (tag, tuple(like.shape), dtype, like.device)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        return buffer
+
+
 def activation_stat_matrix(
-    ys: Sequence[torch.Tensor], properties: Mapping[str, Any]
+    ys: Sequence[torch.Tensor], properties: Mapping[str, Any], scratch: Scratch | None = None
 ) -> tuple[torch.Tensor, list[int]]:
     """``(L, 4)`` rows ``[mean, std, dead_fraction, saturated_fraction]``, on the device.
 
     Row ``r`` belongs to ``ys[order[r]]``. Outputs of the same shape (every hidden layer of an
     MLP) are stacked and reduced together, so the number of device ops does not grow with
     depth. Dead and saturated fractions are NaN when the activation declares it cannot die or
-    saturate. Callers move the matrix to the host with the rest of their numbers (one sync).
+    saturate. Callers move the matrix to the host with the rest of their numbers (one sync);
+    a caller that takes snapshots repeatedly passes its own :class:`Scratch`.
     """
     import torch
 
+    scratch = scratch or Scratch()
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, y in enumerate(ys):
         groups.setdefault((tuple(y.shape), y.dtype, y.device), []).append(i)
     blocks, order = [], []
     for members in groups.values():
-        y = ys[members[0]] if len(members) == 1 else torch.stack([ys[i] for i in members])
-        blocks.append(_stats_block(y.detach(), len(members) > 1, properties))
+        first = ys[members[0]].detach()
+        if len(members) == 1:
+            y = first.unsqueeze(0)
+        else:
+            y = torch.stack(
+                [ys[i].detach() for i in members],
+                out=scratch.get("stack", first.new_empty((len(members), *first.shape))),
+            )
+        blocks.append(_stats_block(y, properties, scratch))
         order += members
     if not blocks:
         return torch.empty(0, 4), order
     return (blocks[0] if len(blocks) == 1 else torch.cat(blocks)), order
 
 
-def _stats_block(y: torch.Tensor, stacked: bool, properties: Mapping[str, Any]) -> torch.Tensor:
-    """Statistics of one output, or of ``k`` stacked outputs of one shape: ``(k, 4)``."""
+def _stats_block(y: torch.Tensor, properties: Mapping[str, Any], scratch: Scratch) -> torch.Tensor:
+    """Statistics of ``k`` outputs of one shape stacked on dim 0: ``(k, 4)``."""
     import torch
 
     if y.dtype not in (torch.float32, torch.float64):
         y = y.float()
-    if not stacked:
-        y = y.unsqueeze(0)
     k = y.shape[0]
     flat = y.reshape(k, -1)
     n = max(flat.shape[1], 1)
@@ -67,12 +96,17 @@ def _stats_block(y: torch.Tensor, stacked: bool, properties: Mapping[str, Any]) 
     saturation = properties.get("saturation")
     if saturation is not None:
         lo, hi = saturation
-        # symmetric about 0 (tanh, softsign): one comparison instead of two
-        mask = flat.abs() >= hi if lo == -hi else (flat <= lo) | (flat >= hi)
+        mask = scratch.get("mask", flat, torch.bool)
+        if lo == -hi:  # symmetric about 0 (tanh, softsign): one comparison instead of two
+            torch.ge(torch.abs(flat, out=scratch.get("work", flat)), hi, out=mask)
+        else:
+            torch.le(flat, lo, out=mask)
+            mask |= torch.ge(flat, hi, out=scratch.get("mask2", flat, torch.bool))
         saturated = torch.count_nonzero(mask, dim=1).to(y.dtype) / n
     mean = flat.mean(dim=1, keepdim=True)
     # two-pass std as ||y - mean|| / sqrt(n): torch's std over dim=1 is ~7x slower on CPU
-    std = torch.linalg.vector_norm(flat - mean, dim=1) / math.sqrt(n)
+    centred = torch.sub(flat, mean, out=scratch.get("work", flat))
+    std = torch.linalg.vector_norm(centred, dim=1) / math.sqrt(n)
     return torch.stack([mean.reshape(k), std, dead, saturated], dim=1)
 
 
