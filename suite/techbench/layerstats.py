@@ -33,14 +33,18 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
 
-    def get(self, tag: str, like: torch.Tensor, dtype: Any = None) -> torch.Tensor:
+    def get(
+        self, tag: str, like: torch.Tensor, dtype: Any = None, shape: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """A buffer of ``shape`` (default ``like``'s) and ``dtype`` on ``like``'s device."""
         import torch
 
         dtype = dtype or like.dtype
-        key = (tag, tuple(like.shape), dtype, like.device)
+        size = tuple(like.shape if shape is None else shape)
+        key = (tag, size, dtype, like.device)
         buffer = self._buffers.get(key)
         if buffer is None:
-            buffer = self._buffers[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+            buffer = self._buffers[key] = torch.empty(size, dtype=dtype, device=like.device)
         return buffer
 
 
@@ -69,7 +73,7 @@ def activation_stat_matrix(
         else:
             y = torch.stack(
                 [ys[i].detach() for i in members],
-                out=scratch.get("stack", first.new_empty((len(members), *first.shape))),
+                out=scratch.get("stack", first, shape=(len(members), *first.shape)),
             )
         blocks.append(_stats_block(y, properties, scratch))
         order += members

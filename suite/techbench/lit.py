@@ -213,7 +213,7 @@ class TechniqueModule(pl.LightningModule):
         key = tuple(map(id, callbacks))
         if self._hook_cache is None or self._hook_cache[0] != key:
             hooks = {
-                name: [cb for cb in callbacks if _overrides_callback(cb, name)]
+                name: [cb for cb in callbacks if _overrides(cb, name, pl.Callback)]
                 for name in _STEP_HOOKS
             }
             self._hook_cache = (key, hooks)
@@ -471,12 +471,6 @@ _STEP_HOOKS = (
 )
 
 
-def _overrides_callback(cb: Any, hook: str) -> bool:
-    """True when callback ``cb`` has ``hook`` and it is not ``pl.Callback``'s no-op default."""
-    impl = getattr(type(cb), hook, None)
-    return impl is not None and impl is not getattr(pl.Callback, hook, None)
-
-
 def _copy_state(
     state: Mapping[str, torch.Tensor], into: dict[str, torch.Tensor] | None
 ) -> dict[str, torch.Tensor]:
@@ -484,21 +478,17 @@ def _copy_state(
     if (
         into is None
         or into.keys() != state.keys()
-        or any(
-            a.shape != b.shape or a.dtype != b.dtype
-            for a, b in zip(into.values(), state.values(), strict=True)
-        )
+        or any(into[k].shape != v.shape or into[k].dtype != v.dtype for k, v in state.items())
     ):
         return {k: v.detach().clone() for k, v in state.items()}
-    torch._foreach_copy_(list(into.values()), [v.detach() for v in state.values()])
+    torch._foreach_copy_([into[k] for k in state], [v.detach() for v in state.values()])
     return into
 
 
-def _overrides(obj: Regularizer, hook: str) -> bool:
-    """True when ``obj`` overrides the :class:`Regularizer` default of ``hook`` (unused hooks cost nothing)."""
+def _overrides(obj: Any, hook: str, base: type = Regularizer) -> bool:
+    """True when ``obj`` overrides ``base``'s default of ``hook`` (unused hooks cost nothing)."""
     impl = getattr(type(obj), hook, None)
-    base = getattr(Regularizer, hook, None)
-    return impl is not None and impl is not base
+    return impl is not None and impl is not getattr(base, hook, None)
 
 
 def build_logger(kind: str | None, save_dir: str | None, name: str) -> Any:
