@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from techbench.matrix import DEFAULT_CONFIG
 from techbench.registry import get_spec
 from techbench.trial import TECHNIQUE_KEYS, build_model, complete_config, run_trial
 
@@ -102,6 +103,9 @@ def main() -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--seed", type=int, default=0, help="seed of the run order shuffle")
+    p.add_argument(
+        "--cadence", type=int, nargs="*", default=[], help="more health variants: every N steps"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = complete_config(
@@ -111,11 +115,12 @@ def main() -> None:
             "budget": {"epochs": args.epochs, "batch_size": args.batch_size},
         }
     )
+    default = DEFAULT_CONFIG["health"]["every_n_steps"]
     variants = {
-        "health off": {"enabled": False, "every_n_steps": 10},
-        "health default (10)": {"enabled": True, "every_n_steps": 10},
+        "health off": {"enabled": False, "every_n_steps": default},
+        f"health default ({default})": {"enabled": True, "every_n_steps": default},
         "health every step": {"enabled": True, "every_n_steps": 1},
-    }
+    } | {f"health every {n}": {"enabled": True, "every_n_steps": n} for n in args.cadence}
     names = ["raw torch", *variants]
     raw_loop(base)  # warm-up: imports, allocator, dataset cache
     run_trial(base)
