@@ -74,6 +74,7 @@ class GradientHealth(pl.Callback):
         self._grads: list[torch.Tensor] = []
         self._stepped = False
         self._layout: tuple[tuple[bool, ...], list[int | None], int] | None = None
+        self._grad_layers: list[int | None] = []
         self._row_keys: list[tuple[str, str, int]] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -129,7 +130,7 @@ class GradientHealth(pl.Callback):
         start = time.perf_counter()
         self._remove_hooks()
         grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        _, extra = self._grad_layout()
+        self._grad_layers, extra = self._grad_layout()
         extra_grads = [cast(torch.Tensor, self.weights[i].grad).detach() for i in extra]
         torch._foreach_copy_(self._before, [w.detach() for w in self.weights])
         self._pending = _norms(_as_float(grads + extra_grads) + self._before)
@@ -209,7 +210,7 @@ class GradientHealth(pl.Callback):
             parts.append(matrix.reshape(-1).to(parts[0].device) if parts else matrix.reshape(-1))
         flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist() if parts else []
         grads, self._grads, self._pending = self._grads, [], []
-        grad_layers, _ = self._grad_layout()
+        grad_layers = self._grad_layers  # the layout the norms were taken with
         g = len(grads)
         k = len(scalars) - 4 * n  # gradient norms (parameters, extra weight gradients)
         grad_norms = flat[:k]
