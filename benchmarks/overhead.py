@@ -8,10 +8,11 @@ permutation per epoch and slices contiguous batches, as the runner does. What di
 loop: Lightning's fit loop, hooks and the trial's bookkeeping (per-step loss rows, divergence
 checks, best-weights copy) versus a bare ``for`` loop.
 
-The techbench side runs three ways: gradient health off, default cadence (every 10 steps) and
-every step. Each round runs the four in a shuffled order. ``paired`` is the median over rounds
-of the run's time over the raw loop's time in the same round (slow drifts of a shared machine
-cancel), with its quartiles; ``best`` is the fastest run over the fastest raw run (noise on a
+The techbench side runs three ways: gradient health off, the default cadence
+(``DEFAULT_CONFIG``) and every step (``--cadence`` adds others). Each round runs them and the raw
+loop in a shuffled order. ``paired`` is the median over rounds of the run's time over the raw
+loop's time in the same round (slow drifts of a shared machine cancel), with a 95% bootstrap
+interval of that median (resampling the rounds); ``best`` is the fastest run over the fastest raw run (noise on a
 shared machine only adds time). ``wall`` is the whole trial (``run_trial`` from config to
 outcome, setup included), ``train`` the training loop only (``train_seconds``, evaluation
 excluded, against the raw loop's training time), ``cpu`` the process CPU time of the whole trial;
@@ -161,7 +162,8 @@ def main() -> None:
         f"{args.repeats} rounds in shuffled order"
     )
     print(
-        "paired = median over rounds of (this run / the raw loop of the same round) [quartiles]; "
+        "paired = median over rounds of (this run / the raw loop of the same round) "
+        "[95% bootstrap interval of the median]; "
         "best = fastest run / fastest raw run; seconds are medians"
     )
     print(
@@ -181,13 +183,17 @@ def main() -> None:
         )
 
 
-def _ratio(times: dict[str, list[float]], name: str) -> str:
-    """Median and quartiles of the per-round ratios ``name`` / raw loop."""
+def _ratio(times: dict[str, list[float]], name: str, resamples: int = 2000) -> str:
+    """Median of the per-round ratios ``name`` / raw loop, with a 95% bootstrap interval."""
     ratios = [a / b for a, b in zip(times[name], times["raw torch"], strict=True)]
     if len(ratios) < 2:
         return f"{ratios[0]:.3f}"
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
-    return f"{statistics.median(ratios):.3f} [{q1:.2f}-{q3:.2f}]"
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
+    )
+    lo, hi = medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+    return f"{statistics.median(ratios):.3f} [{lo:.2f}-{hi:.2f}]"
 
 
 if __name__ == "__main__":

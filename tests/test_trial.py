@@ -131,7 +131,11 @@ class DictRegistry:
 
 
 REGISTRY = DictRegistry()
-FAST = {"budget": {"epochs": 3}, "model": {"name": "mlp", "params": {"depth": 2, "width": 32}}}
+FAST = {
+    "budget": {"epochs": 3},
+    "model": {"name": "mlp", "params": {"depth": 2, "width": 32}},
+    "health": {"enabled": True, "every_n_steps": 10},  # snapshots at steps 0, 10, 20
+}
 
 
 def _values(o: TrialOutcome) -> list[tuple]:

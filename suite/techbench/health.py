@@ -52,7 +52,7 @@ class GradientHealth(pl.Callback):
 
     def __init__(
         self,
-        every_n_steps: int = 10,
+        every_n_steps: int = 25,
         activation_properties: Mapping[str, Any] | None = None,
     ) -> None:
         if every_n_steps < 1:

@@ -28,7 +28,7 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
     accelerator = "auto"
 
     [health]                             # gradient-health instrumentation
-    every_n_steps = 10
+    every_n_steps = 25                   # default; 1 = every step
 
     [defaults]                           # one value per axis, for axes not swept
     optimizer = { name = "adam", lr = 0.001 }
@@ -122,7 +122,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
     "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
     "trainer": {"accelerator": "auto", "devices": 1, "precision": "32-true", "deterministic": True},
-    "health": {"enabled": True, "every_n_steps": 10},
+    "health": {"enabled": True, "every_n_steps": 25},
 }
 """Every key of a trial config, with the value a matrix uses when it says nothing."""
 

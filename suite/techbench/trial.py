@@ -292,7 +292,7 @@ def _train(
     all_callbacks = list(callbacks) + list(regularizer.callbacks())
     health_cfg = cfg["health"]
     if health_cfg.get("enabled", True):
-        every = int(health_cfg.get("every_n_steps", 10))
+        every = int(health_cfg.get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"]))
         state.health = GradientHealth(every, specs["activation"].properties)
         all_callbacks.append(state.health)
     datamodule = TensorDataModule(splits, batch_size, seed, group=lit.STEPS_PER_BATCH)
