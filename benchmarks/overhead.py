@@ -8,14 +8,14 @@ permutation per epoch and slices contiguous batches, as the runner does. What di
 loop: Lightning's fit loop, hooks and the trial's bookkeeping (per-step loss rows, divergence
 checks, best-weights copy) versus a bare ``for`` loop.
 
-The techbench side runs three ways: gradient health off, the default cadence
-(``DEFAULT_CONFIG``) and every step (``--cadence`` adds others). Each round runs them and the raw
-loop in a shuffled order. ``paired`` is the median over rounds of the run's time over the raw
-loop's time in the same round (slow drifts of a shared machine cancel), with a 95% bootstrap
-interval of that median (resampling the rounds); ``best`` is the fastest run over the fastest raw run (noise on a
-shared machine only adds time). ``wall`` is the whole trial (``run_trial`` from config to
-outcome, setup included), ``train`` the training loop only (``train_seconds``, evaluation
-excluded, against the raw loop's training time), ``cpu`` the process CPU time of the whole trial;
+The techbench side runs three ways: gradient health off, the default cadence (``DEFAULT_CONFIG``)
+and every step (``--cadence`` adds others). Each round runs them and the raw loop in a shuffled
+order. ``paired`` is the median over rounds of the run's time over the raw loop's time in the same
+round (slow drifts of a shared machine cancel), with a 95% bootstrap interval of that median
+(resampling the rounds); ``best`` is the fastest run over the fastest raw run (noise on a shared
+machine only adds time). ``wall`` is the whole trial (``run_trial`` from config to outcome, setup
+included), ``train`` the training loop only (``train_seconds``, evaluation excluded, against the
+raw loop's training time), ``cpu`` the process CPU time of the whole trial;
 ``ms/snap`` is the time inside the health callback per snapshot (its own clock, so it is not
 affected by drifts between runs).
 
