@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -55,6 +56,7 @@ def _fit(
     every: int,
     epochs: int = 1,
     health: bool = True,
+    extra: tuple = (),
 ):
     module = TechniqueModule(
         model, "classification", lambda ps: torch.optim.SGD(ps, lr=LR), None, total_steps=100
@@ -64,7 +66,7 @@ def _fit(
         trainer = build_trainer(
             {"accelerator": "cpu", "deterministic": True},
             {"epochs": epochs},
-            callbacks=[cb] if cb else [],
+            callbacks=[*extra, cb] if cb else list(extra),
         )
         trainer.fit(module, datamodule=TensorDataModule(splits, batch_size, seed=0))
     return module, cb
@@ -114,16 +116,30 @@ def test_full_batch_step_matches_float64_autograd() -> None:
     )  # biases kill some
 
 
+class _WeightsBeforeStep(pl.Callback):
+    """Clones of the weights just before each optimizer step."""
+
+    def __init__(self, model: MLP) -> None:
+        self.model, self.before = model, []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.before.append([layer.weight.detach().clone() for layer in self.model.weight_layers])
+
+
 def test_dist_from_init_accumulates_and_cadence() -> None:
     model = _model()
     init = [layer.weight.detach().clone() for layer in model.weight_layers]
-    module, cb = _fit(model, _splits(40), batch_size=4, every=3)
+    recorder = _WeightsBeforeStep(model)
+    module, cb = _fit(model, _splits(40), batch_size=4, every=3, extra=(recorder,))
     steps = sorted({r["step"] for r in cb.rows})
     assert module.steps_done == 10 and steps == [0, 3, 6, 9]
     last = _series(cb, 9)
     for i, (layer, w0) in enumerate(zip(model.weight_layers, init, strict=True)):
-        assert last[("dist_from_init", str(i))] == pytest.approx(
-            float((layer.weight.detach() - w0).norm()), rel=1e-5
+        w, w_before = layer.weight.detach(), recorder.before[9][i]
+        assert last[("dist_from_init", str(i))] == pytest.approx(float((w - w0).norm()), rel=1e-5)
+        # the last step's update, not the distance from init (one buffer holds both in turn)
+        assert last[("update_ratio", str(i))] == pytest.approx(
+            float((w - w_before).norm() / w_before.norm()), rel=1e-4
         )
         assert last[("weight_norm", str(i))] == pytest.approx(
             float(layer.weight.detach().norm()), rel=1e-5

@@ -85,8 +85,7 @@ class GradientHealth(pl.Callback):
         self.activations = list(getattr(model, "activation_layers", []))
         self.params = [p for p in pl_module.parameters() if p.requires_grad]
         self.init = [w.clone() for w in _as_float([w.detach() for w in self.weights])]
-        self._before = [torch.empty_like(w) for w in self.init]
-        self._dist = [torch.empty_like(w) for w in self.init]
+        self._before = [torch.empty_like(w) for w in self.init]  # also holds W - W_0 later
         self._scratch = Scratch()
 
     def on_train_batch_start(
@@ -195,12 +194,16 @@ class GradientHealth(pl.Callback):
         n = len(self.weights)
         scalars = list(self._pending)
         if n:
-            # in place in reused buffers: before := W_before - W_after, dist := W_after - W_0
+            # one reused buffer per weight (health keeps two copies of the weights, W_0 and
+            # this): W_before - W_after, whose norms are taken, then W_after - W_0; the norms
+            # are computed before the buffer is overwritten (eager on the CPU, stream order on
+            # a GPU)
             ws = _as_float([w.detach() for w in self.weights])
             torch._foreach_sub_(self._before, ws)
-            for w, w0, out in zip(ws, self.init, self._dist, strict=True):
+            scalars += _norms([*ws, *self._before])
+            for w, w0, out in zip(ws, self.init, self._before, strict=True):
                 torch.sub(w, w0, out=out)
-            scalars += _norms([*ws, *self._before, *self._dist])
+            scalars += _norms(self._before)
         seen = [i for i, o in enumerate(outs) if o is not None]
         matrix, order = activation_stat_matrix(
             [o for o in outs if o is not None], self.properties, self._scratch
