@@ -17,7 +17,8 @@ Cost: on steps that are not logged, three attribute checks. On logged steps ever
 reduced on the device and the whole step's values go to the host in one ``tolist()`` (one
 sync; a step whose gradients are not all finite costs a second one, to count them). The hooks
 are registered only for the logged step's forward pass. ``seconds`` is the time spent inside
-the callback and its hooks (the health overhead the trial reports).
+the callback and its hooks (the health overhead the trial reports). Memory: two copies of the
+weight matrices (W_0 and one work buffer) plus the logged step's activation statistics buffers.
 """
 
 from __future__ import annotations
