@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .layerstats import ACTIVATION_STATS, Scratch, activation_stat_matrix
+from .matrix import DEFAULT_CONFIG
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
 GLOBAL_METRICS = ("grad_norm_global", "nonfinite_grads", "grad_ratio_first_last")
@@ -53,7 +54,7 @@ class GradientHealth(pl.Callback):
 
     def __init__(
         self,
-        every_n_steps: int = 25,
+        every_n_steps: int = DEFAULT_CONFIG["health"]["every_n_steps"],
         activation_properties: Mapping[str, Any] | None = None,
     ) -> None:
         if every_n_steps < 1:
