@@ -203,19 +203,24 @@ def test_sigkill_mid_matrix_then_rerun_completes_without_duplicates(tmp_path):
     assert not any((out / ".tmp").iterdir())
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_finished_trials_and_exits_130(tmp_path):
-    out = tmp_path / "out"
-    cs = configs(12, sleep=0.4)
-    proc = _spawn(_script(out, cs, 2))
-    deadline = time.monotonic() + 60
+def interrupt_after_two_stored(proc: subprocess.Popen, out: Path, wait: float = 60) -> int:
+    """Ctrl-C ``proc`` once two trials are stored in ``out``; assert a clean exit 130 and
+    return the number of stored trials."""
+    deadline = time.monotonic() + wait
     while len(ResultStore(out).trial_ids()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    n = len(ResultStore(out).trial_ids())
+    return len(ResultStore(out).trial_ids())
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_trials_and_exits_130(tmp_path):
+    out = tmp_path / "out"
+    cs = configs(12, sleep=0.4)
+    n = interrupt_after_two_stored(_spawn(_script(out, cs, 2)), out)
     assert 2 <= n < 12
     assert_complete(out, n)
     res = execute(cs, out, workers=1, run_fn=fake_run, progress=False)

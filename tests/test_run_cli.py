@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from techbench.cli import main
 from techbench.matrix import load_matrix, trial_id
 from techbench.store import ResultStore, load_results
+from tests.test_execute import interrupt_after_two_stored
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,14 +250,7 @@ def test_ctrl_c_exits_130_and_keeps_finished_trials(tmp_path, workers):
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 90
-    while len(ResultStore(out).trial_ids()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    n = interrupt_after_two_stored(proc, out, wait=90)
     store = ResultStore(out)
-    n = len(store.trial_ids())
     assert 2 <= n < 12
     assert all(store.status(t) == "completed" for t in store.trial_ids())
