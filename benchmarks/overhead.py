@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from techbench.matrix import DEFAULT_CONFIG
 from techbench.registry import get_spec
-from techbench.trial import TECHNIQUE_KEYS, build_model, complete_config, run_trial
+from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, complete_config
+from techbench.trial import build_model, run_trial
 
 
 def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:
@@ -57,7 +57,7 @@ def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:
         x_test=pre.transform(splits.x_test),
     )
     torch.manual_seed(cfg["seed"])
-    specs = {key: spec(key, family) for key, family in TECHNIQUE_KEYS.items()}
+    specs = {key: spec(key, family) for key, family in AXIS_FAMILY.items()}
     model, _ = build_model(cfg, specs, splits)  # the runner's own network ("none" regularizer)
     opt = spec("optimizer", "optimizer").create(model.parameters(), **hp("optimizer"))
     bs, epochs = cfg["budget"]["batch_size"], cfg["budget"]["epochs"]
@@ -142,12 +142,12 @@ def main() -> None:
             else:
                 outcome = run_trial({**base, "health": variants[name]})
                 if outcome.status != "completed":
-                    raise SystemExit(f"{name}: trial {outcome.status}: {outcome.meta['error']}")
-                w, t = outcome.meta["wall_seconds"], outcome.meta["train_seconds"]
+                    raise SystemExit(f"{name}: trial {outcome.status}: {outcome.meta.error}")
+                w, t = outcome.meta.wall_seconds, outcome.meta.train_seconds
                 every = variants[name]["every_n_steps"]
                 if variants[name]["enabled"]:
-                    taken = -(-int(outcome.meta["steps"]) // every)
-                    snapshot[name].append(outcome.meta["health_overhead"] / taken)
+                    taken = -(-int(outcome.meta.steps) // every)
+                    snapshot[name].append(outcome.meta.health_overhead / taken)
                 acc = outcome.metric("test", "acc")[0]
             cpu[name].append(time.process_time() - c0)
             wall[name].append(w)

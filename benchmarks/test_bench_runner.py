@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from techbench.matrix import DEFAULT_CONFIG, load_matrix, trial_id
+from techbench.matrix import load_matrix
+from techbench.schema import DEFAULT_CONFIG, trial_id
 from techbench.store import ResultStore, load_results
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from techbench.execute import execute, plan
-from techbench.matrix import trial_id
 from techbench.progress import Progress
+from techbench.schema import trial_id
 from techbench.store import ResultStore, load_results
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from techbench.cli import UsageError, main
+from techbench.cli import main
+from techbench.errors import UsageError
 from techbench.execute import execute
 from techbench.execute_ray import execute_ray, gpus_for
-from techbench.matrix import load_matrix, loads_matrix, trial_id
+from techbench.matrix import load_matrix, loads_matrix
+from techbench.schema import trial_id
 from techbench.store import ResultStore, load_results
 
 RUN_FN = "tests.test_execute_ray:fake_run"

@@ -16,17 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from techbench.matrix import (
-    AXES,
-    DEFAULT_CONFIG,
     Matrix,
     MatrixError,
     builtin_matrices,
     load_matrix,
     load_matrix_dict,
     loads_matrix,
-    trial_id,
 )
 from techbench.registry import Registry
+from techbench.schema import AXES, DEFAULT_CONFIG, trial_id
 from techbench.spec import Param, TechniqueSpec
 
 

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from techbench.cli import main
-from techbench.matrix import load_matrix, trial_id
+from techbench.matrix import load_matrix
+from techbench.schema import trial_id
 from techbench.store import ResultStore, load_results
 from tests.test_execute import interrupt_after_two_stored
 

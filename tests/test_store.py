@@ -12,7 +12,7 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from techbench.matrix import DEFAULT_CONFIG, trial_id
+from techbench.schema import DEFAULT_CONFIG, trial_id
 from techbench.store import ResultStore, load_results
 
 

@@ -19,15 +19,9 @@ from torch import nn
 from techbench.families import Regularizer
 from techbench.lit import DIVERGENCE_FACTOR, LOSS_FLUSH_EVERY
 from techbench.registry import default_registry
+from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, TrialOutcome, complete_config, trial_id
 from techbench.spec import Param, TechniqueSpec
-from techbench.trial import (
-    DEFAULT_CONFIG,
-    TECHNIQUE_KEYS,
-    TrialOutcome,
-    complete_config,
-    run_trial,
-    trial_id,
-)
+from techbench.trial import run_trial
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +142,7 @@ def _values(o: TrialOutcome) -> list[tuple]:
 
 def _skip_unless_builtins(cfg: dict) -> None:
     registry = default_registry()
-    for key, family in TECHNIQUE_KEYS.items():
+    for key, family in AXIS_FAMILY.items():
         try:
             registry.get_spec(cfg[key]["name"], family)
         except Exception as exc:  # a built-in being written in parallel
@@ -191,7 +185,7 @@ def test_digits_mlp_relu_he_adam_reaches_95_percent_test_accuracy() -> None:
     )
     _skip_unless_builtins(cfg)
     o = run_trial(cfg)
-    assert o.status == "completed", o.meta["error"]
+    assert o.status == "completed", o.meta.error
     assert o.metric("test", "acc")[0] >= 0.95
     assert o.metric("test", "best_acc")[0] >= 0.95
 
@@ -199,7 +193,7 @@ def test_digits_mlp_relu_he_adam_reaches_95_percent_test_accuracy() -> None:
 def test_same_trial_twice_gives_identical_metrics() -> None:
     cfg = {**FAST, "regularizer": {"name": "dropout", "params": {"p": 0.3}}}
     a, b = run_trial(cfg, registry=REGISTRY), run_trial(cfg, registry=REGISTRY)
-    assert a.status == b.status == "completed", a.meta["error"]
+    assert a.status == b.status == "completed", a.meta.error
     assert a.trial_id == b.trial_id
     assert _values(a) == _values(b) and len(_values(a)) > 100
     c = run_trial({**cfg, "seed": 1}, registry=REGISTRY)
@@ -216,14 +210,14 @@ def test_divergent_trial_is_diverged_with_the_step() -> None:
     }
     o = run_trial(cfg, registry=REGISTRY)
     assert o.status == "diverged"
-    step = o.meta["diverged_step"]
+    step = o.meta.diverged_step
     losses = o.metric("train", "loss")
     assert isinstance(step, int) and len(losses) == step + 1
     assert not math.isfinite(losses[-1]) or losses[-1] > DIVERGENCE_FACTOR * losses[0]
     assert all(math.isfinite(v) and v <= DIVERGENCE_FACTOR * losses[0] for v in losses[:-1])
     planned = 5 * math.ceil(2400 / 128)
-    assert o.meta["steps"] <= step + LOSS_FLUSH_EVERY < planned
-    assert o.meta["error"] is None
+    assert o.meta.steps <= step + LOSS_FLUSH_EVERY < planned
+    assert o.meta.error is None
 
 
 def test_nan_loss_is_diverged_at_step_zero() -> None:
@@ -233,29 +227,19 @@ def test_nan_loss_is_diverged_at_step_zero() -> None:
 
     registry = DictRegistry({("initializer", "nan"): _spec("nan", "initializer", NaNInit)})
     o = run_trial({**FAST, "initializer": {"name": "nan", "params": {}}}, registry=registry)
-    assert o.status == "diverged" and o.meta["diverged_step"] == 0
+    assert o.status == "diverged" and o.meta.diverged_step == 0
     assert math.isnan(o.metric("train", "loss")[0])
 
 
 def test_raising_plugin_gives_failed_with_the_traceback() -> None:
     o = run_trial({**FAST, "regularizer": {"name": "boom", "params": {}}}, registry=REGISTRY)
     assert o.status == "failed"
-    assert "Traceback" in o.meta["error"] and "RuntimeError: boom: a plugin bug" in o.meta["error"]
-    assert "penalty" in o.meta["error"]
-    for key in (
-        "started_at",
-        "finished_at",
-        "wall_seconds",
-        "train_seconds",
-        "device",
-        "versions",
-        "diverged_step",
-        "steps",
-        "epochs",
-        "num_parameters",
-    ):
-        assert key in o.meta
-    assert o.meta["diverged_step"] is None
+    assert "Traceback" in o.meta.error and "RuntimeError: boom: a plugin bug" in o.meta.error
+    assert "penalty" in o.meta.error
+    assert o.meta.started_at and o.meta.finished_at and o.meta.started_at <= o.meta.finished_at
+    assert o.meta.wall_seconds > 0 and o.meta.versions["torch"] == torch.__version__
+    assert o.meta.steps == 0 and o.meta.epochs == 0
+    assert o.meta.diverged_step is None
 
 
 @pytest.mark.parametrize(
@@ -272,7 +256,7 @@ def test_raising_plugin_gives_failed_with_the_traceback() -> None:
 )
 def test_bad_configs_fail_without_raising(change: dict, message: str) -> None:
     o = run_trial({**FAST, **change}, registry=REGISTRY)
-    assert o.status == "failed" and message in o.meta["error"]
+    assert o.status == "failed" and message in o.meta.error
 
 
 # ---------------------------------------------------------------- schema and budget
@@ -280,7 +264,7 @@ def test_bad_configs_fail_without_raising(change: dict, message: str) -> None:
 
 def test_outcome_rows_follow_the_schema() -> None:
     o = run_trial({**FAST, "health": {"enabled": True, "every_n_steps": 5}}, registry=REGISTRY)
-    assert o.status == "completed", o.meta["error"]
+    assert o.status == "completed", o.meta.error
     for r in o.metrics:
         assert set(r) == {"step", "epoch", "split", "metric", "layer", "value"}
         assert (
@@ -289,8 +273,8 @@ def test_outcome_rows_follow_the_schema() -> None:
             and isinstance(r["value"], float)
         )
     steps_per_epoch = math.ceil(1079 / 128)
-    assert o.meta["steps"] == 3 * steps_per_epoch and o.meta["epochs"] == 3
-    assert len(o.metric("train", "loss")) == o.meta["steps"]
+    assert o.meta.steps == 3 * steps_per_epoch and o.meta.epochs == 3
+    assert len(o.metric("train", "loss")) == o.meta.steps
     for split, metric in (
         ("val", "loss"),
         ("val", "acc"),
@@ -305,7 +289,7 @@ def test_outcome_rows_follow_the_schema() -> None:
         27,
     ]
     seconds = o.metric("time", "seconds")
-    assert seconds == sorted(seconds) and seconds[-1] <= o.meta["train_seconds"] + 1e-9
+    assert seconds == sorted(seconds) and seconds[-1] <= o.meta.train_seconds + 1e-9
     assert {r["metric"] for r in o.metrics if r["split"] == "test"} == {
         "loss",
         "acc",
@@ -314,9 +298,9 @@ def test_outcome_rows_follow_the_schema() -> None:
     }
     health_steps = sorted({r["step"] for r in o.metrics if r["split"] == "health"})
     assert health_steps == list(range(0, 27, 5))
-    assert o.meta["num_parameters"] == 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
-    assert o.meta["device"] == "cpu" and o.meta["versions"]["torch"] == torch.__version__
-    assert 0 < o.meta["health_overhead"] < o.meta["train_seconds"]
+    assert o.meta.num_parameters == 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    assert o.meta.device == "cpu" and o.meta.versions["torch"] == torch.__version__
+    assert 0 < o.meta.health_overhead < o.meta.train_seconds
 
 
 def test_best_weights_are_the_best_validation_epoch() -> None:
@@ -349,8 +333,8 @@ def test_max_steps_budget_and_schedule_total_steps() -> None:
         },
         registry=registry,
     )
-    assert o.status == "completed", o.meta["error"]
-    assert o.meta["steps"] == 13 and seen["total"] == 13
+    assert o.status == "completed", o.meta.error
+    assert o.meta.steps == 13 and seen["total"] == 13
     # a full epoch (9 steps), then the partial one that the budget ends is evaluated too
     assert [r["step"] for r in o.metrics if r["split"] == "val" and r["metric"] == "loss"] == [
         9,
@@ -363,7 +347,7 @@ def test_regression_trial_reports_loss_only() -> None:
         {**FAST, "dataset": {"name": "teacher_student", "params": {"n_samples": 600}}},
         registry=REGISTRY,
     )
-    assert o.status == "completed", o.meta["error"]
+    assert o.status == "completed", o.meta.error
     assert o.metric("val", "acc") == [] and o.metric("test", "acc") == []
     val = o.metric("val", "loss")
     assert val[-1] < val[0]
@@ -415,14 +399,14 @@ def test_every_regularizer_hook_is_used() -> None:
         {**FAST, "regularizer": {"name": "recorder", "params": {}}, "budget": {"epochs": 5}},
         registry=registry,
     )
-    assert o.status == "completed", o.meta["error"]
+    assert o.status == "completed", o.meta.error
     calls = Recorder.last.calls
-    steps = o.meta["steps"]
+    steps = o.meta.steps
     assert calls["make_module"] == 2  # one per hidden activation
     for hook in ("transform_batch", "penalty", "loss", "after_step"):
         assert calls[hook] == steps, hook
     assert min(o.metric("train", "loss")) > 5.0  # the penalty is in the training loss
-    assert o.meta["epochs"] == 2 and steps == 18  # early stopping on val_loss after patience 0
+    assert o.meta.epochs == 2 and steps == 18  # early stopping on val_loss after patience 0
 
 
 def test_data_dependent_initializer_is_fitted() -> None:
@@ -439,7 +423,7 @@ def test_data_dependent_initializer_is_fitted() -> None:
         {("initializer", "fitted"): _spec("fitted", "initializer", Fitted, data_dependent=True)}
     )
     o = run_trial({**FAST, "initializer": {"name": "fitted", "params": {}}}, registry=registry)
-    assert o.status == "completed", o.meta["error"]
+    assert o.status == "completed", o.meta.error
     assert hasattr(seen["model"], "weight_layers") and seen["x"].shape == (256, 64)
     assert abs(float(seen["x"].mean())) < 0.2  # preprocessed (standardized) data
 
@@ -448,7 +432,7 @@ def test_csv_logger(tmp_path: Path) -> None:
     o = run_trial(
         {**FAST, "budget": {"epochs": 2}}, registry=REGISTRY, logger="csv", log_dir=str(tmp_path)
     )
-    assert o.status == "completed", o.meta["error"]
+    assert o.status == "completed", o.meta.error
     files = list(tmp_path.rglob("metrics.csv"))
     assert files and "val_loss" in files[0].read_text()
 
@@ -465,8 +449,8 @@ def test_direct_step_equals_lightning_manual_optimization(monkeypatch) -> None:
 
 def test_mixed_precision_goes_through_lightning() -> None:
     o = run_trial({**FAST, "trainer": {"precision": "bf16-mixed"}}, registry=REGISTRY)
-    assert o.status == "completed", o.meta["error"]
-    assert o.meta["steps"] == 27 and {r["step"] for r in o.metrics if r["split"] == "health"} == {
+    assert o.status == "completed", o.meta.error
+    assert o.meta.steps == 27 and {r["step"] for r in o.metrics if r["split"] == "health"} == {
         0,
         10,
         20,
@@ -503,7 +487,7 @@ def test_builtins_compose_into_a_trial(change: dict) -> None:
     cfg = complete_config({**FAST, "budget": {"epochs": 2}, **change})
     _skip_unless_builtins(cfg)
     o = run_trial(cfg)
-    assert o.status == "completed", o.meta["error"]
+    assert o.status == "completed", o.meta.error
     assert o.metric("test", "acc") and all(math.isfinite(v) for v in o.metric("val", "loss"))
 
 
@@ -519,7 +503,7 @@ def test_grouped_steps_equal_one_step_per_lightning_batch(monkeypatch) -> None:
     monkeypatch.setattr(lit, "STEPS_PER_BATCH", 1)
     single = run_trial(cfg, registry=REGISTRY)
     assert grouped.status == single.status == "completed"
-    assert grouped.meta["steps"] == single.meta["steps"] == 22
+    assert grouped.meta.steps == single.meta.steps == 22
     assert _values(grouped) == _values(single)
     assert {r["step"] for r in grouped.metrics if r["split"] == "health"} == {0, 4, 8, 12, 16, 20}
 
@@ -527,8 +511,8 @@ def test_grouped_steps_equal_one_step_per_lightning_batch(monkeypatch) -> None:
 def test_max_seconds_budget_stops_training() -> None:
     cfg = {**FAST, "budget": {"epochs": 10_000, "max_seconds": 1.0}}
     o = run_trial(cfg, registry=REGISTRY)
-    assert o.status == "completed", o.meta["error"]
-    assert 0 < o.meta["epochs"] < 10_000 and o.meta["train_seconds"] < 30
+    assert o.status == "completed", o.meta.error
+    assert 0 < o.meta.epochs < 10_000 and o.meta.train_seconds < 30
     assert o.metric("test", "acc")
 
 
@@ -558,8 +542,8 @@ def test_user_callback_step_hooks_run_on_every_step() -> None:
 
     counter, only_after = Counter(), OnlyAfter()
     o = run_trial(FAST, registry=REGISTRY, callbacks=[counter, only_after])
-    assert o.status == "completed", o.meta["error"]
-    steps = list(range(o.meta["steps"]))
-    assert o.meta["steps"] == 27
+    assert o.status == "completed", o.meta.error
+    steps = list(range(o.meta.steps))
+    assert o.meta.steps == 27
     assert counter.calls == {"backward": steps, "after": steps, "optimizer": steps}
     assert only_after.count == 27

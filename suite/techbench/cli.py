@@ -14,13 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import UsageError
 from .spec import TechniqueError
 
 COMMANDS = ("list", "check", "run", "probe", "report")
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,14 +32,12 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .matrix import trial_id
 from .progress import Progress
+from .schema import FINISHED, TrialOutcome, now_iso, trial_id
 from .store import ResultStore
-from .versions import package_versions
 
 DEFAULT_RUN_FN = "techbench.trial:run_trial"
 RunFn = Callable[[dict[str, Any]], Any] | str
@@ -71,33 +69,6 @@ class RunResult:
         return self.counts["failed"]
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def failed_outcome(config: Mapping[str, Any], error: str, started_at: str | None = None) -> dict:
-    """A ``failed`` outcome (as a mapping the store accepts) for a trial that produced none."""
-    return {
-        "trial_id": trial_id(config),
-        "config": dict(config),
-        "status": "failed",
-        "metrics": [],
-        "meta": {
-            "started_at": started_at or _now(),
-            "finished_at": _now(),
-            "wall_seconds": 0.0,
-            "train_seconds": 0.0,
-            "device": None,
-            "versions": package_versions(),
-            "diverged_step": None,
-            "error": error,
-            "steps": 0,
-            "epochs": 0,
-            "num_parameters": None,
-        },
-    }
-
-
 def _resolve(run_fn: RunFn) -> Callable[[dict[str, Any]], Any]:
     if isinstance(run_fn, str):
         from .spec import resolve
@@ -106,29 +77,21 @@ def _resolve(run_fn: RunFn) -> Callable[[dict[str, Any]], Any]:
     return run_fn
 
 
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
-
-
-def _call(run_fn: RunFn, config: dict[str, Any], tid: str) -> dict[str, Any]:
-    started = _now()
+def _call(run_fn: RunFn, config: dict[str, Any], tid: str) -> TrialOutcome:
+    started = now_iso()
     t0 = time.monotonic()
     try:
         outcome = _resolve(run_fn)(config)
     except Exception:
-        out = failed_outcome(config, traceback.format_exc(), started)
-        out["meta"]["wall_seconds"] = time.monotonic() - t0
-        return out
-    status = _get(outcome, "status")
-    if status not in ("completed", "diverged", "failed"):
-        return failed_outcome(config, f"run_fn returned status {status!r}", started)
-    return {
-        "trial_id": tid,
-        "config": config,
-        "status": status,
-        "metrics": _get(outcome, "metrics") or [],
-        "meta": dict(_get(outcome, "meta") or {}),
-    }
+        failed = TrialOutcome.failed(config, traceback.format_exc(), started)
+        failed.meta.wall_seconds = time.monotonic() - t0
+        return failed
+    try:
+        out = TrialOutcome.from_value(outcome)
+    except ValueError as exc:
+        return TrialOutcome.failed(config, f"run_fn returned an invalid outcome: {exc}", started)
+    out.trial_id, out.config = tid, config
+    return out
 
 
 def quiet_library_warnings() -> None:
@@ -161,18 +124,26 @@ def default_workers(configs: Iterable[Mapping[str, Any]], cores: int) -> tuple[i
     return cores, []
 
 
-def _init_worker(threads: int, slot: Any = None, gpus: tuple[str, ...] = ()) -> None:
+def configure_worker(threads: int) -> None:
+    """Set up a process that runs trials: ``threads`` torch/BLAS threads, quiet library warnings.
+
+    Executors (local pool workers, Ray tasks) call it once per process before :func:`run_one`.
+    """
     global _THREADS
     _THREADS = threads
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    quiet_library_warnings()
+
+
+def _init_worker(threads: int, slot: Any = None, gpus: tuple[str, ...] = ()) -> None:
+    configure_worker(threads)
     if slot is not None and len(gpus) > 1:
         with slot.get_lock():
             index = slot.value
             slot.value += 1
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    quiet_library_warnings()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             import ctypes
@@ -183,17 +154,29 @@ def _init_worker(threads: int, slot: Any = None, gpus: tuple[str, ...] = ()) -> 
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
+    """What every trial of one executor call shares: the store, the matrix name, the trial
+    function (``run_fn(config) -> TrialOutcome``, or its ``"module:function"`` path) and whether
+    failed trials are run again."""
+
     out: str
     matrix_name: str | None
     run_fn: RunFn
     rerun_failed: bool
 
 
-def _run_claimed(
-    config: dict[str, Any], tid: str, job: _Job, wait: bool, stop_path: str | None
+def run_one(
+    config: dict[str, Any],
+    tid: str,
+    job: Job,
+    wait: bool = False,
+    stop_path: str | None = None,
 ) -> tuple[str, str]:
     """Claim, re-check, run and store one trial; returns ``(trial_id, status)``.
+
+    The per-trial entry every executor calls in the process that runs the trial (the local
+    pool's workers, the inline path, Ray tasks); ``wait`` blocks on another process's claim,
+    and an existing ``stop_path`` file cancels the trial before it starts.
 
     Statuses beyond the outcome's: ``busy`` (another process holds the claim), ``skipped``
     (already stored when claimed), ``cancelled`` (the run is stopping).
@@ -207,7 +190,7 @@ def _run_claimed(
         if not claimed:
             return tid, "busy"
         status = store.status(tid)
-        if status in ("completed", "diverged") or (status == "failed" and not job.rerun_failed):
+        if status in FINISHED or (status == "failed" and not job.rerun_failed):
             return tid, "skipped"
         marker = store.mark_running(tid)
         try:
@@ -215,12 +198,12 @@ def _run_claimed(
             store.write(outcome, job.matrix_name)
         finally:
             marker.unlink(missing_ok=True)
-        return tid, outcome["status"]
+        return tid, outcome.status
 
 
-def _quarantine_main(config: dict[str, Any], tid: str, job: _Job, threads: int) -> None:
+def _quarantine_main(config: dict[str, Any], tid: str, job: Job, threads: int) -> None:
     _init_worker(threads)
-    _run_claimed(config, tid, job, True, None)
+    run_one(config, tid, job, True, None)
 
 
 def plan(
@@ -280,7 +263,7 @@ def execute(
     bar = Progress(total, enabled=progress, stream=stream, already=already)
     result = RunResult(total=total, already=already)
     t0 = time.monotonic()
-    job = _Job(str(store.root), matrix_name, run_fn, rerun_failed)
+    job = Job(str(store.root), matrix_name, run_fn, rerun_failed)
     stop_path = store.scratch_path("stop")
     try:
         if workers == 1:
@@ -300,13 +283,13 @@ def execute(
     return result
 
 
-def _run_inline(todo: list, job: _Job, bar: Progress) -> bool:
+def _run_inline(todo: list, job: Job, bar: Progress) -> bool:
     waiting = [(tid, config, False) for tid, config in todo]
     while waiting:
         busy = []
         for tid, config, wait in waiting:
             try:
-                _, status = _run_claimed(config, tid, job, wait, None)
+                _, status = run_one(config, tid, job, wait, None)
             except KeyboardInterrupt:
                 bar.note("interrupted: the running trial is not stored; finished trials are kept")
                 return True
@@ -321,7 +304,7 @@ def _run_inline(todo: list, job: _Job, bar: Progress) -> bool:
 def _run_pool(
     todo: list,
     store: ResultStore,
-    job: _Job,
+    job: Job,
     bar: Progress,
     workers: int,
     threads: int,
@@ -343,7 +326,7 @@ def _run_pool(
             initargs=(threads, slot, gpus),
         )
         futures: dict[Future, tuple[str, dict, bool]] = {
-            pool.submit(_run_claimed, config, tid, job, wait, stop_path): (tid, config, wait)
+            pool.submit(run_one, config, tid, job, wait, stop_path): (tid, config, wait)
             for tid, config, wait in queue
         }
         pending = dict(futures)
@@ -399,7 +382,7 @@ def _settle(fut: Future, pending: dict, crashed: list, busy: list, bar: Progress
 def _recover(
     crashed: list[tuple[str, dict, bool]],
     store: ResultStore,
-    job: _Job,
+    job: Job,
     bar: Progress,
     ctx: Any,
     threads: int,
@@ -432,6 +415,6 @@ def _recover(
         bar.note(f"trial {tid}: {error}")
         with store.claim(tid, wait=True):
             if store.status(tid) not in ("completed", "diverged"):
-                store.write(failed_outcome(config, error), job.matrix_name)
+                store.write(TrialOutcome.failed(config, error), job.matrix_name)
         bar.update("failed")
     return rest

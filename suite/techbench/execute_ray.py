@@ -14,8 +14,8 @@ trial as ``failed`` with the reason. Finished trials were written by their worke
 returned, so nothing finished is ever lost. Ctrl-C: pending trials are cancelled, running ones
 finish and are stored (a second Ctrl-C cancels them).
 
-Shards: :func:`shard_trials` keeps the K-th of N disjoint parts of a matrix's trials (by sorted
-trial id, see :mod:`techbench.shard`), so a SLURM array ``--array=1-N`` running
+Shards: :func:`techbench.shard.shard_trials` keeps the K-th of N disjoint parts of a matrix's
+trials (by sorted trial id), so a SLURM array ``--array=1-N`` running
 ``techbench run MATRIX --shard $SLURM_ARRAY_TASK_ID/N`` covers every trial exactly once.
 
 ``ray`` is optional (``pip install 'techbench[ray]'``) and imported only when used.
@@ -23,15 +23,14 @@ trial id, see :mod:`techbench.shard`), so a SLURM array ``--array=1-N`` running
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli import UsageError
+from .errors import UsageError
 
 if TYPE_CHECKING:
     from .execute import RunFn, RunResult
@@ -39,67 +38,6 @@ if TYPE_CHECKING:
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2
 _GPU_ACCELERATORS = ("gpu", "cuda")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The scale-out flags of ``techbench run``."""
-    g = p.add_argument_group("scale out")
-    g.add_argument(
-        "--executor", choices=EXECUTORS, default="local", help="local process pool or a Ray cluster"
-    )
-    g.add_argument(
-        "--address",
-        metavar="auto|HOST:PORT",
-        help="Ray cluster to join (default: start a local one on this machine)",
-    )
-    g.add_argument("--cpus-per-trial", type=float, metavar="C", help="Ray CPUs per trial (1)")
-    g.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        metavar="G",
-        help="Ray GPUs per trial, fractions share a GPU (default: from the matrix's [trainer])",
-    )
-    g.add_argument(
-        "--max-retries",
-        type=int,
-        default=DEFAULT_MAX_RETRIES,
-        metavar="R",
-        help=f"re-runs of a trial whose Ray worker died (default {DEFAULT_MAX_RETRIES})",
-    )
-    g.add_argument(
-        "--shard", metavar="K/N", help="run only the K-th of N disjoint parts (job arrays)"
-    )
-
-
-def shard_trials(trials: Sequence[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
-    """The ``--shard K/N`` part of ``trials`` (all of them for ``None``); UsageError if malformed."""
-    if text is None:
-        return list(trials)
-    from .matrix import trial_id
-    from .shard import parse_shard, shard
-
-    try:
-        k, n = parse_shard(text)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return shard(list(trials), k, n, key=trial_id)
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """UsageError for flags that make no sense together or are out of range."""
-    ray_only = ("address", "cpus_per_trial", "gpus_per_trial")
-    if args.executor != "ray":
-        given = [f"--{a.replace('_', '-')}" for a in ray_only if getattr(args, a) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} need --executor ray")
-    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
-        raise UsageError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
-    if args.gpus_per_trial and args.gpus_per_trial > 1 and args.gpus_per_trial % 1:
-        raise UsageError(f"--gpus-per-trial above 1 must be whole, got {args.gpus_per_trial}")
-    if args.max_retries < 0:
-        raise UsageError(f"--max-retries must be >= 0, got {args.max_retries}")
 
 
 def gpus_for(trainer: Mapping[str, Any] | None, cluster_gpus: float) -> float:
@@ -159,14 +97,10 @@ def _ray_task(
     threads: int,
 ) -> tuple[str, str]:
     """Body of one Ray task: the local executor's claim -> run_fn -> store.write."""
-    from . import execute
+    from .execute import Job, configure_worker, run_one
 
-    execute._THREADS = threads
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    execute.quiet_library_warnings()
-    job = execute._Job(out, matrix_name, run_fn, rerun_failed)
-    return execute._run_claimed(config, tid, job, wait, stop_path)
+    configure_worker(threads)
+    return run_one(config, tid, Job(out, matrix_name, run_fn, rerun_failed), wait, stop_path)
 
 
 def execute_ray(
@@ -305,7 +239,7 @@ def _store_failure(
     store: Any, tid: str, config: dict, matrix_name: str | None, exc: BaseException, bar: Any
 ) -> str:
     """Record a trial whose task failed for good (its worker died on every try) as failed."""
-    from .execute import failed_outcome
+    from .schema import FINISHED, TrialOutcome
 
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     error = f"the Ray task failed ({type(exc).__name__}) after its retries: {first}"
@@ -313,7 +247,7 @@ def _store_failure(
     with store.claim(tid, wait=True):
         store.running_marker(tid).unlink(missing_ok=True)
         status = store.status(tid)
-        if status in ("completed", "diverged"):
+        if status in FINISHED:
             return status
-        store.write(failed_outcome(config, f"{error}\n{exc}"), matrix_name)
+        store.write(TrialOutcome.failed(config, f"{error}\n{exc}"), matrix_name)
     return "failed"

@@ -67,64 +67,20 @@ config has every key of :data:`DEFAULT_CONFIG`; its id is :func:`trial_id`.
 from __future__ import annotations
 
 import copy
-import difflib
-import hashlib
 import itertools
-import json
 import math
 import re
 import tomllib
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError
+from .errors import UsageError, did_you_mean
+from .schema import AXES, AXIS_FAMILY, DEFAULT_CONFIG, NORM_PLACEMENTS, complete_config, trial_id
 from .spec import ParamError, TechniqueError, parse_technique_arg
-
-AXES: tuple[str, ...] = (
-    "dataset",
-    "model",
-    "activation",
-    "initializer",
-    "bias_initializer",
-    "normalizer",
-    "norm_placement",
-    "regularizer",
-    "optimizer",
-    "schedule",
-    "preprocessor",
-)
-"""The axes of a matrix, in expansion order."""
-
-AXIS_FAMILY: dict[str, str] = {
-    a: "initializer" if a == "bias_initializer" else a for a in AXES if a != "norm_placement"
-}
-
-NORM_PLACEMENTS = ("before", "after")
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "dataset": {"name": "digits", "params": {}},
-    "model": {"name": "mlp", "params": {"depth": 2, "width": 128}},
-    "activation": {"name": "relu", "params": {}},
-    "initializer": {"name": "he_normal", "params": {}},
-    "bias_initializer": {"name": "zeros", "params": {}},
-    "normalizer": {"name": "none", "params": {}},
-    "norm_placement": "before",
-    "regularizer": {"name": "none", "params": {}},
-    "optimizer": {"name": "adam", "params": {"lr": 0.001}},
-    "schedule": {"name": "constant", "params": {}},
-    "preprocessor": {"name": "standardize", "params": {}},
-    "seed": 0,
-    "data_seed": 0,
-    "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
-    "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
-    "trainer": {"accelerator": "auto", "devices": 1, "precision": "32-true", "deterministic": True},
-    "health": {"enabled": True, "every_n_steps": 25},
-}
-"""Every key of a trial config, with the value a matrix uses when it says nothing."""
 
 TOP_KEYS = (
     "name",
@@ -149,12 +105,6 @@ MAX_TRIALS = 100_000
 _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 
 
-def trial_id(config: Mapping[str, Any]) -> str:
-    """First 16 hex digits of the sha256 of the canonical JSON of ``config`` (the shared formula)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a matrix: where (file, key path), what, and what to do instead."""
@@ -175,14 +125,6 @@ class MatrixError(UsageError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
-
-
-def _did_you_mean(word: str, known: Iterable[str]) -> str:
-    known = list(known)
-    close = difflib.get_close_matches(word, known, n=3, cutoff=0.6)
-    if close:
-        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    return "expected one of: " + ", ".join(known)
 
 
 def _label(value: Any) -> str:
@@ -220,13 +162,8 @@ class Matrix:
         return [(s, d) for s in seeds for d in self.data_seeds]
 
     def _base(self) -> dict[str, Any]:
-        base = copy.deepcopy(DEFAULT_CONFIG)
-        base.update(copy.deepcopy(self.defaults))
-        base["budget"] = dict(self.budget)
-        base["target"] = dict(self.target)
-        base["trainer"] = dict(self.trainer)
-        base["health"] = dict(self.health)
-        return base
+        sections = {"budget": self.budget, "target": self.target, "trainer": self.trainer}
+        return complete_config({**self.defaults, **sections, "health": self.health})
 
     def _excluded(self, config: Mapping[str, Any]) -> bool:
         return any(
@@ -322,7 +259,7 @@ class _Parser:
         for key in table:
             if key not in known:
                 where = f"{path}.{key}" if path else str(key)
-                hint = _did_you_mean(str(key), known)
+                hint = did_you_mean(str(key), known)
                 if path and key in TOP_KEYS:
                     hint = f"{key!r} is a top-level key: move it above the first [table] header"
                 self.problem(where, f"unknown key {key!r}", hint)
@@ -484,7 +421,7 @@ class _Parser:
     def param(self, spec: Any, key: str, value: Any, path: str) -> tuple[bool, Any]:
         known = [p.name for p in spec.params]
         if key not in known:
-            hint = _did_you_mean(key, known) if known else f"{spec.name} has no hyper-parameters"
+            hint = did_you_mean(key, known) if known else f"{spec.name} has no hyper-parameters"
             self.problem(path, f"unknown parameter {key!r} of {spec.qualified_name}", hint)
             return False, None
         try:
@@ -512,7 +449,7 @@ class _Parser:
         if axis == "norm_placement":
             if item in NORM_PLACEMENTS:
                 return [item]
-            hint = _did_you_mean(str(item), NORM_PLACEMENTS)
+            hint = did_you_mean(str(item), NORM_PLACEMENTS)
             self.problem(path, f"norm_placement must be 'before' or 'after', got {item!r}", hint)
             return []
         if isinstance(item, str):
@@ -724,7 +661,7 @@ def matrix_path(name_or_path: str | Path) -> tuple[str, str]:
                     str(name_or_path),
                     "",
                     "no such matrix file or ready-made matrix",
-                    _did_you_mean(str(name_or_path), names),
+                    did_you_mean(str(name_or_path), names),
                 )
             ]
         )

@@ -13,7 +13,6 @@ Lookups accept ``name`` or ``family/name``; the API mirrors timm's factories:
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import traceback
 import warnings
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from .errors import did_you_mean
 from .spec import FAMILIES, TechniqueError, TechniqueSpec
 
 
@@ -204,12 +204,8 @@ class Registry:
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
-    known = sorted(set(known))
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    if not close and len(known) <= 30:
-        hint = f"; known: {', '.join(known)}" if known else "; none is registered"
-    return f"unknown {kind} {name!r}{hint}"
+    hint = did_you_mean(name, sorted(set(known)))
+    return f"unknown {kind} {name!r}" + (f"; {hint}" if hint else "")
 
 
 _default: Registry | None = None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from .errors import UsageError
 
 T = TypeVar("T")
 
@@ -34,3 +36,16 @@ def shard(items: Sequence[T], k: int, n: int, key: Callable[[T], str]) -> list[T
         raise ValueError(f"shard {k}/{n}: need 1 <= K <= N")
     ordered = sorted(items, key=key)
     return ordered[k - 1 :: n]
+
+
+def shard_trials(trials: Sequence[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
+    """The ``--shard K/N`` part of ``trials`` (all of them for ``None``); UsageError if malformed."""
+    if text is None:
+        return list(trials)
+    from .schema import trial_id
+
+    try:
+        k, n = parse_shard(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return shard(list(trials), k, n, key=trial_id)

@@ -28,45 +28,23 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .schema import (
+    AXIS_FAMILY,
+    DEFAULT_CONFIG,
+    FINISHED,
+    META_FIELDS,
+    METRIC_COLUMNS,
+    METRIC_FIELDS,
+    TrialOutcome,
+)
+
 if TYPE_CHECKING:
     import pandas as pd
-
-STATUSES = ("completed", "diverged", "failed")
-METRIC_COLUMNS = ("step", "epoch", "split", "metric", "layer", "value")
-META_SCALARS = (
-    "wall_seconds",
-    "train_seconds",
-    "device",
-    "diverged_step",
-    "error",
-    "steps",
-    "epochs_run",
-    "num_parameters",
-    "started_at",
-    "finished_at",
-)
-FAMILY_AXES = (
-    "dataset",
-    "model",
-    "activation",
-    "initializer",
-    "bias_initializer",
-    "normalizer",
-    "regularizer",
-    "optimizer",
-    "schedule",
-    "preprocessor",
-)
-
-
-def _get(outcome: Any, key: str, default: Any = None) -> Any:
-    if isinstance(outcome, Mapping):
-        return outcome.get(key, default)
-    return getattr(outcome, key, default)
 
 
 def _json_default(value: Any) -> Any:
@@ -96,19 +74,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def metrics_table(rows: list[Mapping[str, Any]]) -> Any:
-    """The metric rows as a pyarrow table with the store's fixed schema."""
+    """The metric rows as a pyarrow table with the store's fixed schema (:data:`METRIC_FIELDS`)."""
     import pyarrow as pa
 
-    schema = pa.schema(
-        [
-            ("step", pa.int64()),
-            ("epoch", pa.int64()),
-            ("split", pa.string()),
-            ("metric", pa.string()),
-            ("layer", pa.string()),
-            ("value", pa.float64()),
-        ]
-    )
     columns: dict[str, list[Any]] = {c: [] for c in METRIC_COLUMNS}
     for row in rows:
         columns["step"].append(int(row.get("step", 0) or 0))
@@ -118,7 +86,13 @@ def metrics_table(rows: list[Mapping[str, Any]]) -> Any:
         columns["layer"].append(str(row.get("layer", "") or ""))
         value = row.get("value")
         columns["value"].append(float("nan") if value is None else float(value))
-    return pa.table(columns, schema=schema)
+    return pa.table(columns, schema=_arrow_schema())
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in METRIC_FIELDS])
 
 
 class ResultStore:
@@ -172,35 +146,37 @@ class ResultStore:
 
     def completed_ids(self) -> set[str]:
         """Trials with a finished result (completed or diverged; not failed)."""
-        return {t for t, s in self.statuses().items() if s in ("completed", "diverged")}
+        return {t for t, s in self.statuses().items() if s in FINISHED}
 
     def failed_ids(self) -> set[str]:
         return {t for t, s in self.statuses().items() if s == "failed"}
 
     # writing --------------------------------------------------------------------------------
 
-    def write(self, outcome: Any, matrix_name: str | None = None) -> Path:
-        """Store one outcome (a TrialOutcome or a mapping with the same keys) atomically."""
+    def write(
+        self, outcome: TrialOutcome | Mapping[str, Any], matrix_name: str | None = None
+    ) -> Path:
+        """Store one outcome (a TrialOutcome, or its ``to_dict()``) atomically."""
         self.ensure()
-        tid = str(_get(outcome, "trial_id"))
-        status = _get(outcome, "status")
-        if status not in STATUSES:
-            raise ValueError(f"trial {tid}: status must be one of {STATUSES}, got {status!r}")
+        try:
+            outcome = TrialOutcome.from_value(outcome)
+        except ValueError as exc:
+            tid = outcome.get("trial_id") if isinstance(outcome, Mapping) else None
+            raise ValueError(f"trial {tid}: {exc}") from None
+        tid = outcome.trial_id
         meta = {
             "trial_id": tid,
-            "config": _get(outcome, "config"),
-            "status": status,
+            "config": outcome.config,
+            "status": outcome.status,
             "matrix": matrix_name,
-            **dict(_get(outcome, "meta") or {}),
+            **outcome.meta.to_dict(),
         }
         tmp = self.tmp_dir / f"{tid}.{os.getpid()}.{_HOST}.{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
             import pyarrow.parquet as pq
 
-            pq.write_table(
-                metrics_table(list(_get(outcome, "metrics") or [])), tmp / "metrics.parquet"
-            )
+            pq.write_table(metrics_table(outcome.metrics), tmp / "metrics.parquet")
             with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
                 json.dump(meta, fh, indent=1, default=_json_default)
                 fh.flush()
@@ -302,71 +278,160 @@ class ResultStore:
             os.close(fd)
 
 
-def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+# reading in bulk ------------------------------------------------------------------------------
+
+_BATCH = 1024
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _flatten(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of the trials frame from a stored ``meta.json``."""
     from .spec import format_technique_arg
 
-    row: dict[str, Any] = {}
-    for axis in FAMILY_AXES:
-        value = config.get(axis)
-        if isinstance(value, Mapping):
-            row[axis] = format_technique_arg(value.get("name", ""), value.get("params") or {})
+    config = meta.get("config") or {}
+    row: dict[str, Any] = {
+        "trial_id": meta.get("trial_id"),
+        "status": meta.get("status", "failed"),
+        "matrix": meta.get("matrix"),
+    }
+    for axis in AXIS_FAMILY:
+        tech = config.get(axis) or {}
+        if isinstance(tech, str):
+            row[axis] = tech
         else:
-            row[axis] = value
+            row[axis] = format_technique_arg(str(tech.get("name", "?")), tech.get("params") or {})
     optimizer = config.get("optimizer") or {}
     row["lr"] = (
         (optimizer.get("params") or {}).get("lr") if isinstance(optimizer, Mapping) else None
     )
-    row["seed"] = config.get("seed")
-    row["data_seed"] = config.get("data_seed")
-    row["norm_placement"] = config.get("norm_placement")
+    row["norm_placement"] = config.get("norm_placement", DEFAULT_CONFIG["norm_placement"])
+    row["seed"] = config.get("seed", 0)
+    row["data_seed"] = config.get("data_seed", 0)
     budget = config.get("budget") or {}
-    row["epochs"] = budget.get("epochs")
-    row["max_steps"] = budget.get("max_steps")
-    row["batch_size"] = budget.get("batch_size")
+    for key in ("epochs", "max_steps", "batch_size"):
+        row[key] = budget.get(key)
+    target = {**DEFAULT_CONFIG["target"], **(config.get("target") or {})}
+    for key in ("metric", "value", "mode"):
+        row[f"target_{key}"] = target[key]
+    for key in META_FIELDS:
+        row["epochs_run" if key == "epochs" else key] = meta.get(key)
+    versions = meta.get("versions")
+    row["versions"] = json.dumps(versions, sort_keys=True) if versions else None
+    row["config"] = json.dumps(config, sort_keys=True)
     return row
 
 
-def load_results(out: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(trials, metrics)`` DataFrames of every stored trial.
+TRIAL_COLUMNS: tuple[str, ...] = tuple(_flatten({"trial_id": ""}))
+"""The columns of :func:`load_trials`' frame, in order."""
 
-    ``trials``: one row per trial: trial_id, status, matrix, one column per family axis with the
-    formatted technique (``leaky_relu(alpha=0.1)``), lr, seed, data_seed, norm_placement,
-    epochs, max_steps, batch_size, the meta scalars (wall_seconds, train_seconds, device,
-    diverged_step, error, steps, num_parameters, ...) and ``config`` (the canonical JSON).
-    ``metrics``: the long table (trial_id, step, epoch, split, metric, layer, value).
-    """
+
+def load_trials(out: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per stored trial (see :func:`load_results`); unreadable meta files are skipped."""
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     store = ResultStore(out)
+    names = store.trial_ids()
+    paths = [os.path.join(store.trials_dir, name, "meta.json") for name in names]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        metas = list(pool.map(_read_json, paths, chunksize=256))
     rows = []
-    tables = []
-    for tid in store.trial_ids():
-        meta = store.read_meta(tid)
+    for name, meta in zip(names, metas, strict=True):
         if meta is None:
             continue
-        config = meta.get("config") or {}
-        row = {"trial_id": tid, "status": meta.get("status"), "matrix": meta.get("matrix")}
-        row.update(_flat_config(config))
-        for key in META_SCALARS:
-            row[key] = meta.get(key)
-        if "epochs" in meta and not isinstance(meta["epochs"], dict | list):
-            row["epochs_run"] = meta["epochs"]
-        row["config"] = json.dumps(config, sort_keys=True)
-        rows.append(row)
-        try:
-            with open(store.trials_dir / tid / "metrics.parquet", "rb") as fh:  # one open: a
-                table = pq.read_table(fh)  # concurrent replacement can't mix two versions
-        except (FileNotFoundError, OSError):
-            continue
-        table = table.append_column("trial_id", pa.array([tid] * table.num_rows, pa.string()))
-        tables.append(table.select(["trial_id", *METRIC_COLUMNS]))
-    columns = ["trial_id", "status", "matrix", *_flat_config({}).keys(), *META_SCALARS, "config"]
-    trials = pd.DataFrame(rows, columns=columns)
-    if tables:
-        metrics = pa.concat_tables(tables).to_pandas()
-    else:
-        metrics = metrics_table([]).to_pandas()
-        metrics.insert(0, "trial_id", pd.Series([], dtype=object))
-    return trials, metrics
+        meta.setdefault("trial_id", name)
+        rows.append(_flatten(meta))
+    trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    trials["target_metric"] = trials["target_metric"].astype(str)
+    return trials
+
+
+def _read_parquet(path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).read(use_threads=False)
+    except (OSError, ValueError):
+        return None
+
+
+def load_metrics(
+    out: str | os.PathLike[str], trial_ids: Iterable[str], *, keep_step_loss: bool = True
+) -> pd.DataFrame:
+    """The metric rows of ``trial_ids`` with a leading ``trial_id`` column.
+
+    String columns are pandas categoricals (dictionary-encoded once, in bulk); files are read
+    whole by a small thread pool (per-file scan machinery costs more than the read for files
+    this small), in batches so that transient Arrow memory stays bounded at 100,000 trials.
+    ``keep_step_loss=False`` drops the per-step training loss, which no report table uses.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    trials_dir = os.path.join(os.fspath(out), "trials")
+    ids = list(trial_ids)
+    schema = _arrow_schema()
+
+    def batch(lo: int, pool: ThreadPoolExecutor) -> Any:
+        names = ids[lo : lo + _BATCH]
+        files = [os.path.join(trials_dir, t, "metrics.parquet") for t in names]
+        tables, owners = [], []
+        for i, table in enumerate(pool.map(_read_parquet, files)):
+            if table is None or table.num_rows == 0:
+                continue
+            tables.append(table.select(list(METRIC_COLUMNS)).cast(schema))
+            owners.append(np.full(table.num_rows, i, dtype=np.int32))
+        if not tables:
+            return None
+        table = pa.concat_tables(tables).combine_chunks()
+        trial = pa.DictionaryArray.from_arrays(np.concatenate(owners), pa.array(names, pa.string()))
+        table = table.add_column(0, "trial_id", trial)
+        if not keep_step_loss:
+            split, metric = table.column("split"), table.column("metric")
+            step_loss = pc.and_(pc.equal(split, "train"), pc.equal(metric, "loss"))
+            table = table.filter(pc.invert(step_loss))
+        for name in ("split", "metric", "layer"):
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, table.column(i).dictionary_encode())
+        return table
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        parts = [batch(lo, pool) for lo in range(0, len(ids), _BATCH)]
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        frame = metrics_table([]).to_pandas()
+        frame.insert(0, "trial_id", pd.Series([], dtype=object))
+        return frame.astype(
+            {"trial_id": "category", "split": "category", "metric": "category", "layer": "category"}
+        )
+    return pa.concat_tables(parts).unify_dictionaries().combine_chunks().to_pandas()
+
+
+def load_results(
+    out: str | os.PathLike[str], *, keep_step_loss: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(trials, metrics)`` DataFrames of every stored trial: the one reader of a store.
+
+    ``trials``: one row per trial: trial_id, status, matrix, one column per technique axis with
+    the formatted technique (``leaky_relu(alpha=0.1)``), lr, norm_placement, seed, data_seed,
+    the budget's epochs/max_steps/batch_size, target_metric/value/mode, the meta fields
+    (:data:`techbench.schema.META_FIELDS`; the number of epochs run as ``epochs_run``,
+    ``versions`` as JSON) and ``config`` (the canonical JSON). ``metrics``: the long table
+    (trial_id, step, epoch, split, metric, layer, value), see :func:`load_metrics`.
+    """
+    trials = load_trials(out)
+    return trials, load_metrics(out, trials["trial_id"].tolist(), keep_step_loss=keep_step_loss)
+
+
+def load_matrix_info(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The informational ``matrix.json`` (empty dict when absent or unreadable)."""
+    return _read_json(os.path.join(os.fspath(out), "matrix.json")) or {}

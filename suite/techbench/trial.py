@@ -2,19 +2,12 @@
 
 :func:`run_trial` never raises for a problem in a plugin or a config: it returns a
 :class:`TrialOutcome` with status "completed", "diverged" (NaN/inf loss, or a loss above
-``DIVERGENCE_FACTOR`` = 1e3 times the first step's loss; ``meta["diverged_step"]`` says when) or
-"failed" (``meta["error"]`` holds the traceback). Only ``KeyboardInterrupt``/``SystemExit``
+``DIVERGENCE_FACTOR`` = 1e3 times the first step's loss; ``meta.diverged_step`` says when) or
+"failed" (``meta.error`` holds the traceback). Only ``KeyboardInterrupt``/``SystemExit``
 propagate, so a matrix goes on after any trial.
 
-The config schema (every key is filled by :func:`complete_config`; the id is over all of them)::
-
-    dataset, model, activation, initializer, bias_initializer, normalizer, regularizer,
-    optimizer, schedule, preprocessor:  {"name": str, "params": {...}}
-    norm_placement: "before" | "after";  seed: int (init, batch order, dropout);
-    data_seed: int (data generation and split);
-    budget: {"epochs", "max_steps", "max_seconds", "batch_size"};  target: {"metric", "value", "mode"}
-    trainer: {"accelerator", "devices", "precision", "deterministic"}
-    health: {"enabled", "every_n_steps"}
+The config, the outcome and its rows are defined in :mod:`techbench.schema`;
+:func:`complete_config` fills a partial config and the id is over every key.
 
 Reproducibility: the seed goes to ``random``, ``numpy`` and ``torch.manual_seed`` before the model
 is built, batch order comes from its own ``torch.Generator``, and ``deterministic`` is passed to
@@ -24,86 +17,38 @@ left to the caller (the executor).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import datetime as _dt
 import logging
 import random
 import time
 import traceback
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from .lit import DIVERGENCE_FACTOR
-from .matrix import AXIS_FAMILY, DEFAULT_CONFIG, trial_id
+from .schema import (
+    AXIS_FAMILY,
+    DEFAULT_CONFIG,
+    Status,
+    TrialMeta,
+    TrialOutcome,
+    complete_config,
+    now_iso,
+    trial_id,
+)
 from .versions import package_versions
 
 __all__ = [
     "DEFAULT_CONFIG",
     "DIVERGENCE_FACTOR",
-    "TECHNIQUE_KEYS",
     "TrialOutcome",
     "build_model",
     "complete_config",
     "run_trial",
     "trial_id",
 ]
-
-TECHNIQUE_KEYS: dict[str, str] = AXIS_FAMILY
-"""Config key -> registry family of the technique it names."""
-
-
-_SECTIONS = ("budget", "target", "trainer", "health")
-
-
-def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with every key of :data:`DEFAULT_CONFIG` filled (a deep copy).
-
-    A technique given replaces the default whole (``{"name": "sgd"}`` gets ``params: {}``); a
-    technique may also be given as a string ``"name"``. Budget/target/trainer/health merge key by key.
-    """
-    out = copy.deepcopy(DEFAULT_CONFIG)
-    unknown = set(config) - set(DEFAULT_CONFIG)
-    if unknown:
-        raise ValueError(f"unknown trial config keys: {', '.join(sorted(unknown))}")
-    for key, value in config.items():
-        if key in TECHNIQUE_KEYS:
-            if isinstance(value, str):
-                value = {"name": value, "params": {}}
-            value = dict(value)
-            if set(value) - {"name", "params"} or "name" not in value:
-                raise ValueError(f"config[{key!r}] must be {{'name': ..., 'params': {{...}}}}")
-            out[key] = {"name": value["name"], "params": dict(value.get("params") or {})}
-        elif key in _SECTIONS:
-            out[key].update(copy.deepcopy(dict(value)))
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-@dataclass
-class TrialOutcome:
-    """What a trial returns; the store writes it (meta.json + metrics.parquet)."""
-
-    trial_id: str
-    config: dict[str, Any]
-    status: Literal["completed", "diverged", "failed"]
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def metric(self, split: str, metric: str, layer: str = "") -> list[float]:
-        """The values of one series, in row order (a convenience for tests and scripts)."""
-        return [
-            r["value"]
-            for r in self.metrics
-            if r["split"] == split and r["metric"] == metric and r["layer"] == layer
-        ]
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -130,9 +75,9 @@ def run_trial(
     the results, so neither is part of the config. ``registry``: where names are looked up
     (anything with ``get_spec(name, family)``; default: the installed plugins).
     """
-    started_at, wall0 = _now(), time.perf_counter()
+    started_at, wall0 = now_iso(), time.perf_counter()
     state = _State()
-    status: Literal["completed", "diverged", "failed"] = "completed"
+    status: Status = "completed"
     error: str | None = None
     cfg: dict[str, Any] = dict(config)
     try:
@@ -154,20 +99,20 @@ def run_trial(
         metrics += module.rows
     if health is not None:
         metrics += health.rows
-    meta = {
-        "started_at": started_at,
-        "finished_at": _now(),
-        "wall_seconds": time.perf_counter() - wall0,
-        "train_seconds": module.train_seconds if module is not None else 0.0,
-        "device": state.device,
-        "versions": package_versions(),
-        "diverged_step": module.diverged_step if module is not None else None,
-        "error": error,
-        "steps": module.steps_done if module is not None else 0,
-        "epochs": module.epochs_done if module is not None else 0,
-        "num_parameters": state.num_parameters,
-        "health_overhead": health.seconds if health is not None else None,
-    }
+    meta = TrialMeta(
+        started_at=started_at,
+        finished_at=now_iso(),
+        wall_seconds=time.perf_counter() - wall0,
+        train_seconds=module.train_seconds if module is not None else 0.0,
+        device=state.device,
+        versions=package_versions(),
+        diverged_step=module.diverged_step if module is not None else None,
+        error=error,
+        steps=module.steps_done if module is not None else 0,
+        epochs=module.epochs_done if module is not None else 0,
+        num_parameters=state.num_parameters,
+        health_overhead=health.seconds if health is not None else None,
+    )
     return TrialOutcome(tid, cfg, status, metrics, meta)
 
 
@@ -201,7 +146,7 @@ def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -
 
     from .families import ModelParts, Regularizer
 
-    params = {key: cfg[key]["params"] for key in TECHNIQUE_KEYS}
+    params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
     weight_init = specs["initializer"].create(**params["initializer"])
     bias_init = specs["bias_initializer"].create(**params["bias_initializer"])
     regularizer = specs["regularizer"].create(**params["regularizer"])
@@ -248,8 +193,8 @@ def _train(
     from .registry import default_registry
 
     get_spec = (registry or default_registry()).get_spec
-    specs = {key: get_spec(cfg[key]["name"], fam) for key, fam in TECHNIQUE_KEYS.items()}
-    params = {key: cfg[key]["params"] for key in TECHNIQUE_KEYS}
+    specs = {key: get_spec(cfg[key]["name"], fam) for key, fam in AXIS_FAMILY.items()}
+    params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
     seed, budget = int(cfg["seed"]), cfg["budget"]
 
     splits = specs["dataset"].create(int(cfg["data_seed"]), **params["dataset"])

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ..spec import FAMILIES
 
 

@@ -65,7 +65,7 @@ def _clean(value: object) -> object:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
+    from ..errors import UsageError
     from ..probe import format_table, run_probe, split_technique_list, write_report
     from ..spec import ParamError
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import UsageError
+from ..errors import UsageError
+from ..execute_ray import DEFAULT_MAX_RETRIES, EXECUTORS
 
 SAMPLE = 5
 
@@ -41,10 +42,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--run-fn", default=None, help=argparse.SUPPRESS)
-    from ..execute_ray import add_arguments
-
-    add_arguments(p)
+    add_scale_arguments(p)
     p.set_defaults(handler=main)
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """The scale-out flags of ``techbench run``."""
+    g = p.add_argument_group("scale out")
+    g.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="local process pool or a Ray cluster"
+    )
+    g.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="Ray cluster to join (default: start a local one on this machine)",
+    )
+    g.add_argument("--cpus-per-trial", type=float, metavar="C", help="Ray CPUs per trial (1)")
+    g.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        metavar="G",
+        help="Ray GPUs per trial, fractions share a GPU (default: from the matrix's [trainer])",
+    )
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        metavar="R",
+        help=f"re-runs of a trial whose Ray worker died (default {DEFAULT_MAX_RETRIES})",
+    )
+    g.add_argument(
+        "--shard", metavar="K/N", help="run only the K-th of N disjoint parts (job arrays)"
+    )
+
+
+def check_scale_arguments(args: argparse.Namespace) -> None:
+    """UsageError for flags that make no sense together or are out of range."""
+    ray_only = ("address", "cpus_per_trial", "gpus_per_trial")
+    if args.executor != "ray":
+        given = [f"--{a.replace('_', '-')}" for a in ray_only if getattr(args, a) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} need --executor ray")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.gpus_per_trial and args.gpus_per_trial > 1 and args.gpus_per_trial % 1:
+        raise UsageError(f"--gpus-per-trial above 1 must be whole, got {args.gpus_per_trial}")
+    if args.max_retries < 0:
+        raise UsageError(f"--max-retries must be >= 0, got {args.max_retries}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -69,9 +115,9 @@ def main(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    from ..execute_ray import check_arguments, shard_trials
+    from ..shard import shard_trials
 
-    check_arguments(args)
+    check_scale_arguments(args)
     n_matrix, trials = len(trials), shard_trials(trials, args.shard)
     out = args.out or f"results/{matrix.name}"
     if args.dry_run:
@@ -132,13 +178,14 @@ def _list(names: list[str]) -> int:
 
 
 def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> int:
-    from ..matrix import AXES, describe_trial, trial_id
+    from ..matrix import describe_trial
+    from ..schema import AXES, FINISHED, trial_id
     from ..store import ResultStore
 
     varying = [k for k in (*AXES, "seed", "data_seed") if len({repr(t[k]) for t in trials}) > 1]
     stored = ResultStore(out).statuses()
     ids = [trial_id(t) for t in trials]
-    done = sum(stored.get(t) in ("completed", "diverged") for t in ids)
+    done = sum(stored.get(t) in FINISHED for t in ids)
     failed = sum(stored.get(t) == "failed" for t in ids)
     todo = len(trials) - done - (0 if args.rerun_failed else failed)
     sizes = " x ".join(f"{len(v)} {k}" for k, v in matrix.axes.items() if len(v) > 1)

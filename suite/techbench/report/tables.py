@@ -1,7 +1,8 @@
 """Tidy tables: one row per run, per (dataset, configuration) cell, and per technique.
 
-Definitions (the target comes from each trial's ``config.target``; ``val_acc`` names split
-``val``, metric ``acc``):
+Definitions (the target comes from each trial's ``config.target``; metric names are the
+canonical keys of :func:`techbench.schema.metric_key`: ``val_acc`` is split ``val``, metric
+``acc``; ``train_acc`` the training set's accuracy at an epoch's end):
 
 - ``final_metric``: the target metric at the last recorded epoch; ``best_metric``: its best
   over epochs (max or min by ``target.mode``); ``best_epoch``: where that happened.
@@ -9,8 +10,8 @@ Definitions (the target comes from each trial's ``config.target``; ``val_acc`` n
   from 1), global step, and cumulative training seconds (split ``time``) at which the target
   metric reaches ``target.value``; ``inf`` when missed. Diverged and failed runs are misses.
 - ``auc``: mean of the target metric over the recorded epochs (normalised by epochs).
-- ``gap_loss_*`` / ``gap_acc_*``: train minus validation (train ``epoch_loss``/``epoch_acc``
-  vs val ``loss``/``acc``) at the end and at the best-validation epoch.
+- ``gap_loss_*`` / ``gap_acc_*``: train minus validation (``train_loss``/``train_acc`` vs
+  ``val_loss``/``val_acc``) at the end and at the best-validation epoch.
 - gradient health: median and 90th percentile of ``grad_norm_global``; median over snapshots
   of (largest / smallest layer ``grad_norm``); mean ``dead_fraction`` and
   ``saturated_fraction`` over layers and snapshots; share of snapshots with non-finite
@@ -27,6 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..schema import metric_key, metric_series
 from .load import COMPARE_AXES
 from .stats import MIN_SEEDS, iqm, stratified_bootstrap_ci
 
@@ -60,14 +62,12 @@ def config_labels(trials: pd.DataFrame, axes: list[str]) -> pd.Series:
     return label
 
 
-def _split_key(target: str) -> str:
-    return target if "_" in target else f"val_{target}"
-
-
 def _epoch_table(metrics: pd.DataFrame) -> pd.DataFrame:
     m = metrics[metrics["split"].isin(["val", "train", "time", "test"])]
     m = m[~((m["split"] == "train") & (m["metric"] == "loss"))]
-    key = m["split"].astype(str) + "_" + m["metric"].astype(str)
+    pairs = m[["split", "metric"]].astype(str).drop_duplicates()
+    keys = {(sp, me): metric_key(sp, me) for sp, me in pairs.itertuples(index=False)}
+    key = [keys[pair] for pair in zip(m["split"].astype(str), m["metric"].astype(str), strict=True)]
     m = m.assign(key=key, trial_id=m["trial_id"].astype(str))
     m = m[m["split"] != "test"]
     wide = m.groupby(["trial_id", "epoch", "key"], sort=True)["value"].last().unstack("key")
@@ -111,7 +111,7 @@ def target_curves(trials: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     ep = ep.join(target, on="trial_id")
     ep["curve"] = np.nan
     for key in ep["target_metric"].dropna().unique():
-        col = _split_key(str(key))
+        col = metric_key(*metric_series(str(key)))
         if col in ep:
             mask = ep["target_metric"] == key
             ep.loc[mask, "curve"] = ep.loc[mask, col]
@@ -156,7 +156,7 @@ def run_table(
         runs[f"{name}_to_target"] = v
     for when, frame in (("end", final), ("best", best)):
         for what in ("loss", "acc"):
-            train = col(frame, f"train_epoch_{what}")
+            train = col(frame, f"train_{what}")
             val = col(frame, f"val_{what}")
             runs[f"gap_{what}_{when}"] = train.astype(float) - val.astype(float)
     health = _health(metrics)
