@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from torch import nn
 
 from techbench.registry import get_spec, list_techniques
 from techbench.spec import Param, TechniqueSpec
-from techbench.testing import CheckFailure, check_technique, parametrize_with_checks
+from techbench.testing import CheckFailure, check_technique, checks_for, parametrize_with_checks
 from techbench.testing import activation as act_checks
 
 NAMES = [
@@ -73,16 +72,10 @@ def test_all_builtins_registered() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_builtin_passes_every_check(name: str) -> None:
-    results = check_technique(get_spec(name, "activation"))
-    failed = [f"{r.check}: {r.message}" for r in results if not r.passed]
-    assert not failed, failed
-    assert {r.check for r in results} >= {"values", "gradient", "gradcheck", "properties"}
-
-
-@parametrize_with_checks(["activation/relu", "activation/gelu"])
-def test_parametrize_with_checks(technique: TechniqueSpec, check) -> None:
-    check(technique)
+def test_builtin_has_every_activation_check(name: str) -> None:
+    """Every check runs once, in test_builtins; here only that none is missing."""
+    names = {c.name for c in checks_for(get_spec(name, "activation"))}
+    assert names >= {"values", "gradient", "gradcheck", "properties"}
 
 
 @pytest.mark.parametrize("key", sorted(TORCH_FUNCTIONAL))
@@ -196,16 +189,6 @@ def test_spec_module_imports_no_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_checks_are_fast() -> None:
-    specs = [get_spec(n, "activation") for n in NAMES]
-    check_technique(specs[0])  # warm up imports
-    start = time.perf_counter()
-    for spec in specs:
-        check_technique(spec)
-    per_technique = (time.perf_counter() - start) / len(specs)
-    assert per_technique < 0.3
-
-
 # ---------------------------------------------------------------------------------------------
 # Deliberately broken plugins must fail, with a message naming the input
 
@@ -290,6 +273,74 @@ def test_fast_off_by_1e3_fails_values() -> None:
     msg = failed["values"]
     assert "activation/my_sigmoid value (float32)" in msg
     assert "at input" in msg and "|diff| = 0.001" in msg
+
+
+OFF_BY_1E3 = {
+    "values": "planted: the fast side adds 1e-3",
+    "gradient": "planted: the float32 forward disagrees with the reference",
+    "properties": "planted: the output leaves (0, 1)",
+}
+
+
+@parametrize_with_checks([_sigmoid_spec(fast=_Offset)], expected_failed_checks=OFF_BY_1E3)
+def test_expected_failed_checks_of_a_broken_plugin(technique: TechniqueSpec, check) -> None:
+    """The third-party path: known failures are xfails, the other checks still run and pass."""
+    check(technique)
+
+
+def test_expected_failed_checks_are_marked_strict_xfail_with_the_reason() -> None:
+    mark = parametrize_with_checks(
+        [_sigmoid_spec(fast=_Offset)], expected_failed_checks=OFF_BY_1E3
+    ).mark
+    xfails = {p.id: m.kwargs for p in mark.args[1] for m in p.marks if m.name == "xfail"}
+    assert xfails == {
+        f"activation/my_sigmoid-{name}": {"strict": True, "reason": reason}
+        for name, reason in OFF_BY_1E3.items()
+    }
+
+
+def test_expected_failed_checks_per_technique_and_unknown_names() -> None:
+    specs = [_sigmoid_spec(), _sigmoid_spec(fast=_Offset)]
+    mark = parametrize_with_checks(
+        specs,
+        expected_failed_checks=lambda s: OFF_BY_1E3 if s.fast is _Offset else {},
+    ).mark
+    assert sum(bool(p.marks) for p in mark.args[1]) == len(OFF_BY_1E3)
+    with pytest.raises(ValueError, match="no check of these techniques: valeus"):
+        parametrize_with_checks(specs, expected_failed_checks={"valeus": "typo"})
+
+
+PASSING_PLUGIN_DECLARED_BROKEN = """
+import torch
+from techbench import TechniqueSpec
+from techbench.testing import parametrize_with_checks
+
+
+class Sigmoid:
+    value = staticmethod(lambda x, **hp: 1 / (1 + torch.exp(-x)))
+    derivative = staticmethod(lambda x, **hp: torch.sigmoid(x) * (1 - torch.sigmoid(x)))
+
+
+SPEC = TechniqueSpec(
+    name="fine", family="activation", summary="t", citation="t", fast=torch.nn.Sigmoid,
+    reference=Sigmoid(), properties={PROPS},
+)
+
+
+@parametrize_with_checks([SPEC], expected_failed_checks={{"values": "stale entry"}})
+def test_it(technique, check):
+    check(technique)
+"""
+
+
+def test_an_expected_failure_that_passes_fails_the_suite(pytester: pytest.Pytester) -> None:
+    """Strict: once the bug is fixed, the stale entry turns the run red (XPASS(strict))."""
+    pytester.makepyfile(PASSING_PLUGIN_DECLARED_BROKEN.format(PROPS=repr(SIGMOID_PROPS)))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.re_match_lines(
+        [r"_+ test_it\[activation/fine-values\] _+", r"\[XPASS\(strict\)\] stale entry"]
+    )
 
 
 def test_wrong_reference_derivative_fails_gradient() -> None:

@@ -14,7 +14,7 @@ import torch
 from techbench.families import DatasetSplits
 from techbench.registry import get_spec
 from techbench.spec import Param, TechniqueSpec
-from techbench.testing import check_technique
+from techbench.testing import check_technique, checks_for
 from techbench.testing.dataset import write_cifar10_batches, write_idx, write_idx_dataset
 from techbench_builtins import datasets_impl as impl
 
@@ -230,10 +230,9 @@ def test_restricted_unpickler_refuses_code(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", BUILTINS)
-def test_builtin_datasets_pass_the_checks(name: str) -> None:
-    results = check_technique(f"dataset/{name}")
-    assert [r.check for r in results if not r.passed] == [], [r.message for r in results]
-    assert len(results) == 5
+def test_builtin_datasets_have_every_dataset_check(name: str) -> None:
+    """Every check runs once, in test_builtins; here only that none is missing."""
+    assert len(checks_for(f"dataset/{name}")) == 5
 
 
 def _bad_spec(fast, name: str = "bad") -> TechniqueSpec:

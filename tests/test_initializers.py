@@ -21,7 +21,7 @@ from torch import nn
 
 from techbench.registry import get_spec, list_techniques
 from techbench.spec import Param, ParamError, TechniqueSpec
-from techbench.testing import check_technique, parametrize_with_checks
+from techbench.testing import check_technique, checks_for
 from techbench.testing.initializer import ExactTarget, OrthogonalTarget, UnitVarianceTarget, mlp
 from techbench_builtins import initializers_impl as impl
 
@@ -82,14 +82,6 @@ def test_hyperparameters_are_validated() -> None:
         spec_of("lsuv").create(tol=1.5)
     with pytest.raises(ValueError, match="a < b"):
         spec_of("uniform").create(a=1.0, b=0.5)
-
-
-# --------------------------------------------------------------------------------- conformance
-
-
-@parametrize_with_checks([f"initializer/{n}" for n in NAMES])
-def test_conformance(technique: TechniqueSpec, check) -> None:
-    check(technique)
 
 
 # ----------------------------------------------------------------------------------------- fans
@@ -538,13 +530,25 @@ def test_targets_are_well_formed() -> None:
     assert math.isclose(float(target.support()[1]), math.sqrt(6 / 30))
 
 
+STATISTICAL = ("target", "unit_output_variance")
+
+
 @pytest.mark.parametrize("name", ["he_uniform", "xavier_normal", "orthogonal", "lsuv"])
-def test_correct_plugins_pass_under_other_seeds(name: str, monkeypatch) -> None:
-    """The verdict is not an accident of the fixed seed (false-alarm rate <= 1e-3 per check)."""
+def test_statistical_checks_pass_correct_plugins_under_other_seeds(name: str, monkeypatch) -> None:
+    """The verdict is not an accident of the fixed seed (false-alarm rate <= 1e-3 per check).
+
+    Only the statistical checks: the others do not depend on the seed, and every check runs at
+    the shipped seed once, in test_builtins.
+    """
     from techbench.testing import initializer as checks_module
 
     spec = spec_of(name)
+    statistical = [c for c in checks_for(spec) if c.name in STATISTICAL]
+    assert statistical
     for seed in range(1, 9):
         monkeypatch.setattr(checks_module, "SEED", seed * 7919)
-        failed = {r.check: r.message for r in check_technique(spec) if not r.passed}
-        assert not failed, (seed, failed)
+        for check in statistical:
+            try:
+                check(spec)
+            except AssertionError as exc:
+                raise AssertionError(f"SEED = {seed * 7919}: {exc}") from exc

@@ -13,7 +13,7 @@ from torch import nn
 from techbench.families import ModelParts
 from techbench.registry import get_spec
 from techbench.spec import Param, TechniqueSpec
-from techbench.testing import check_technique
+from techbench.testing import check_technique, checks_for
 from techbench_builtins import models_impl
 
 
@@ -128,10 +128,9 @@ def test_deep_narrow_mlp_trains_a_step() -> None:
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resmlp"])
-def test_builtin_models_pass_the_checks(name: str) -> None:
-    results = check_technique(f"model/{name}")
-    assert [r.message for r in results if not r.passed] == []
-    assert {r.check for r in results} >= {
+def test_builtin_models_have_every_model_check(name: str) -> None:
+    """Every check runs once, in test_builtins; here only that none is missing."""
+    assert {c.name for c in checks_for(f"model/{name}")} >= {
         "output_shape",
         "initialization_applied",
         "parts_used_in_order",

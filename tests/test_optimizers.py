@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from techbench.registry import get_spec, list_techniques
 from techbench.spec import ParamError, TechniqueSpec
-from techbench.testing import CheckFailure, parametrize_with_checks
+from techbench.testing import CheckFailure
 from techbench.testing import optimizer as opt_checks
 from techbench.testing.core import single_threaded
 from techbench_builtins import optimizers_impl as impl
@@ -41,11 +41,6 @@ def _one_thread() -> Iterator[None]:
 
 def test_all_builtins_registered() -> None:
     assert sorted(s.name for s in list_techniques("optimizer")) >= sorted(NAMES)
-
-
-@parametrize_with_checks([f"optimizer/{n}" for n in NAMES])
-def test_conformance(technique: TechniqueSpec, check: Any) -> None:
-    check(technique)
 
 
 # --- an independent problem: a small tanh MLP regression in float64 -------------------------

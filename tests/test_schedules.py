@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR
 
 from techbench.registry import get_spec, list_techniques
 from techbench.spec import Param, ParamError, TechniqueSpec
-from techbench.testing import CheckFailure, parametrize_with_checks
+from techbench.testing import CheckFailure
 from techbench.testing import schedule as sched_checks
 from techbench.testing.core import single_threaded
 from techbench_builtins import schedules_impl as impl
@@ -31,11 +31,6 @@ def _one_thread() -> Iterator[None]:
 
 def test_all_builtins_registered() -> None:
     assert {s.name for s in list_techniques("schedule")} >= set(NAMES)
-
-
-@parametrize_with_checks([f"schedule/{n}" for n in NAMES])
-def test_conformance(technique: TechniqueSpec, check: Any) -> None:
-    check(technique)
 
 
 def _lrs(scheduler_factory: Any, total: int, base_lr: float = 0.1) -> list[float]:
