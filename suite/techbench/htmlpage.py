@@ -1,7 +1,11 @@
-"""A self-contained HTML page: images embedded as base64, sortable tables with inline JS.
+"""The one writer of techbench's HTML pages (``techbench report`` and ``techbench probe``).
 
-Every string that reaches the page goes through :func:`html.escape` (technique names,
-summaries and errors come from plugins and must render as text).
+A page is self-contained: PNGs embedded as base64, CSS and the table-sorting script inline, no
+external request, so it can be mailed or archived as one file. Every string that reaches the
+page goes through :func:`html.escape` (technique names, summaries, parameters and errors come
+from plugins and must render as text); block helpers return already-escaped HTML. The file is
+written atomically (a temp file in the same folder, then :func:`os.replace`), so a reader never
+sees a half-written page and an interrupted build leaves the previous page in place.
 """
 
 from __future__ import annotations
@@ -9,10 +13,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
+import secrets
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-from pandas.api.types import is_numeric_dtype
+if TYPE_CHECKING:
+    import pandas as pd
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 2em 3em;color:#222}
@@ -44,15 +52,19 @@ document.querySelectorAll('table.sortable th').forEach(function(th){
   r.forEach(function(x){b.appendChild(x)});});});
 """
 
+PageSection = tuple[str, str, Sequence[str]]
+"""``(anchor, heading, blocks)``: one ``<section>`` of a page; blocks are escaped HTML."""
+
 
 def esc(value: object) -> str:
+    """``str(value)`` as HTML text, quotes included (safe in attributes too)."""
     return html.escape(str(value), quote=True)
 
 
 def _cell(value: object) -> str:
     if isinstance(value, bool):
         return f'<td class="s">{"yes" if value else "no"}</td>'
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float):
         v = float(value)
         if math.isnan(v):
             return '<td data-v="NaN">–</td>'
@@ -62,13 +74,24 @@ def _cell(value: object) -> str:
             )
         text = f"{int(v)}" if v.is_integer() and abs(v) < 1e12 else f"{v:.4g}"
         return f'<td data-v="{v!r}">{text}</td>'
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return '<td class="s"></td>'
     return f'<td class="s">{esc(value)}</td>'
 
 
+def _py(v: object) -> object:
+    if hasattr(v, "item") and not isinstance(v, str):
+        try:
+            return v.item()
+        except (ValueError, AttributeError):
+            return v
+    return v
+
+
 def table(df: pd.DataFrame, *, max_rows: int = 300, csv_name: str | None = None) -> str:
     """A sortable table (first ``max_rows`` rows) with a note pointing at the full CSV."""
+    from pandas.api.types import is_numeric_dtype
+
     if df is None or df.empty:
         return '<p class="note">(no rows)</p>'
     head = "".join(
@@ -89,16 +112,8 @@ def table(df: pd.DataFrame, *, max_rows: int = 300, csv_name: str | None = None)
     )
 
 
-def _py(v: object) -> object:
-    if hasattr(v, "item") and not isinstance(v, str):
-        try:
-            return v.item()
-        except (ValueError, AttributeError):
-            return v
-    return v
-
-
 def image(png: bytes | None, caption: str) -> str:
+    """An embedded PNG with its caption, or a note when the figure had too little data."""
     if not png:
         return f'<p class="note">{esc(caption)}: not enough data for this figure.</p>'
     data = base64.b64encode(png).decode("ascii")
@@ -109,8 +124,18 @@ def image(png: bytes | None, caption: str) -> str:
 
 
 def para(text: str, cls: str = "") -> str:
-    klass = f' class="{cls}"' if cls else ""
+    klass = f' class="{esc(cls)}"' if cls else ""
     return f"<p{klass}>{esc(text)}</p>"
+
+
+def heading(text: str) -> str:
+    """A sub-heading inside a section (sections carry the ``<h2>``)."""
+    return f"<h3>{esc(text)}</h3>"
+
+
+def link(href: str, text: str) -> str:
+    """A relative link, e.g. to a CSV written next to the page."""
+    return f'<a href="{esc(href)}">{esc(text)}</a>'
 
 
 def warning(text: str) -> str:
@@ -122,8 +147,8 @@ def meta_list(items: Iterable[tuple[str, object]]) -> str:
     return f'<dl class="meta">{rows}</dl>'
 
 
-def page(title: str, header: str, sections: Sequence[tuple[str, str, Sequence[str]]]) -> str:
-    """``sections`` are ``(anchor, heading, blocks)``; blocks are already-escaped HTML."""
+def render(title: str, header: str, sections: Sequence[PageSection]) -> str:
+    """The page text: ``title`` is escaped here, ``header`` and the blocks are escaped HTML."""
     nav = " ".join(f'<a href="#{esc(a)}">{esc(h)}</a>' for a, h, _ in sections)
     body = "".join(
         f'<section id="{esc(a)}"><h2>{esc(h)}</h2>{"".join(blocks)}</section>'
@@ -135,3 +160,29 @@ def page(title: str, header: str, sections: Sequence[tuple[str, str, Sequence[st
         f"<header><h1>{esc(title)}</h1>{header}<nav>{nav}</nav></header>{body}"
         f"<script>{JS}</script></body></html>"
     )
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    Same folder, so the replace is a rename within one file system (atomic on POSIX and
+    Windows); the temp file is created with mode 0o666 minus the umask, like ``open``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_page(
+    path: str | os.PathLike[str], title: str, header: str, sections: Sequence[PageSection]
+) -> Path:
+    """Render the page (:func:`render`) and write it atomically to ``path``; returns ``path``."""
+    return write_atomic(path, render(title, header, sections))
