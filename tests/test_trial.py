@@ -441,7 +441,7 @@ def test_direct_step_equals_lightning_manual_optimization(monkeypatch) -> None:
     import techbench.lit as lit
 
     direct = run_trial(FAST, registry=REGISTRY)
-    monkeypatch.setattr(lit, "_plain_precision", lambda trainer: False)
+    monkeypatch.setattr(lit, "plain_precision", lambda trainer: False)
     wrapped = run_trial(FAST, registry=REGISTRY)
     assert direct.status == wrapped.status == "completed"
     assert _values(direct) == _values(wrapped)

@@ -19,6 +19,9 @@ sync; a step whose gradients are not all finite costs a second one, to count the
 are registered only for the logged step's forward pass. ``seconds`` is the time spent inside
 the callback and its hooks (the health overhead the trial reports). Memory: two copies of the
 weight matrices (W_0 and one work buffer) plus the logged step's activation statistics buffers.
+
+It is a :class:`~techbench.callbacks.StepCallback`: the runner calls :meth:`begin_step` and
+:meth:`end_step` around every optimizer step, Lightning's ``on_before_optimizer_step`` in between.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from typing import Any, cast
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
+from .callbacks import StepCallback
 from .layerstats import ACTIVATION_STATS, Scratch, activation_stat_matrix
-from .matrix import DEFAULT_CONFIG
+from .schema import DEFAULT_CONFIG, metric_row
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
 GLOBAL_METRICS = ("grad_norm_global", "nonfinite_grads", "grad_ratio_first_last")
@@ -49,7 +54,7 @@ def weight_layers_of(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-class GradientHealth(pl.Callback):
+class GradientHealth(StepCallback):
     """Records gradient-health rows into ``self.rows`` (see the module docstring)."""
 
     def __init__(
@@ -72,13 +77,14 @@ class GradientHealth(pl.Callback):
         self._active = False
         self._handles: list[Any] = []
         self._outs: list[torch.Tensor | None] = []
-        self._pending: list[torch.Tensor] = []
+        self._pending: dict[str, list[torch.Tensor]] = {}
         self._grads: list[torch.Tensor] = []
         self._stepped = False
         self._layout: tuple[tuple[bool, ...], list[int | None], int] | None = None
         self._grad_layers: list[int | None] = []
         self._row_keys: list[tuple[str, str, int]] | None = None
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = getattr(pl_module, "model", pl_module)
         self.weights: list[torch.Tensor] = [
@@ -90,12 +96,7 @@ class GradientHealth(pl.Callback):
         self._before = [torch.empty_like(w) for w in self.init]  # also holds W - W_0 later
         self._scratch = Scratch()
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if not isinstance(batch, list):  # a list is a group of steps the module drives itself
-            self.begin_step(trainer.global_step, trainer.current_epoch)
-
+    @override
     def begin_step(self, step: int, epoch: int) -> None:
         """Before the forward pass of optimizer step ``step``: arm the hooks if it is logged."""
         self._active = step % self.every_n_steps == 0
@@ -122,6 +123,7 @@ class GradientHealth(pl.Callback):
             handle.remove()
         self._handles = []
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
@@ -134,7 +136,9 @@ class GradientHealth(pl.Callback):
         self._grad_layers, extra = self._grad_layout()
         extra_grads = [cast(torch.Tensor, self.weights[i].grad).detach() for i in extra]
         torch._foreach_copy_(self._before, [w.detach() for w in self.weights])
-        self._pending = _norms(_as_float(grads + extra_grads) + self._before)
+        norms = _norms(_as_float(grads + extra_grads) + self._before)
+        k = len(grads) + len(extra_grads)
+        self._pending = {"grad": norms[:k], "before": norms[k:]}
         self._grads = grads
         self._stepped = True
         self.seconds += time.perf_counter() - start
@@ -163,17 +167,7 @@ class GradientHealth(pl.Callback):
         extra = [i for i, k in enumerate(layers) if k is not None and k >= num_grads]
         return layers, extra
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if not isinstance(batch, list):
-            self.end_step()
-
+    @override
     def end_step(self) -> None:
         """After the optimizer step: weights after the update, one transfer, the rows.
 
@@ -194,7 +188,9 @@ class GradientHealth(pl.Callback):
             return
         self._stepped = False
         n = len(self.weights)
-        scalars = list(self._pending)
+        host = _HostValues()
+        host.add("grad", self._pending["grad"])  # parameters', then extra weights' gradients
+        host.add("before", self._pending["before"])
         if n:
             # one reused buffer per weight (health keeps two copies of the weights, W_0 and
             # this): W_before - W_after, whose norms are taken, then W_after - W_0; the norms
@@ -202,78 +198,98 @@ class GradientHealth(pl.Callback):
             # a GPU)
             ws = _as_float([w.detach() for w in self.weights])
             torch._foreach_sub_(self._before, ws)
-            scalars += _norms([*ws, *self._before])
+            after = _norms([*ws, *self._before])
+            host.add("weight", after[:n])
+            host.add("update", after[n:])
             for w, w0, out in zip(ws, self.init, self._before, strict=True):
                 torch.sub(w, w0, out=out)
-            scalars += _norms(self._before)
+            host.add("dist", _norms(self._before))
         seen = [i for i, o in enumerate(outs) if o is not None]
-        matrix, order = activation_stat_matrix(
-            [o for o in outs if o is not None], self.properties, self._scratch
-        )
-        parts = [torch.stack(scalars)] if scalars else []
         if seen:
-            parts.append(matrix.reshape(-1).to(parts[0].device) if parts else matrix.reshape(-1))
-        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist() if parts else []
-        grads, self._grads, self._pending = self._grads, [], []
-        grad_layers = self._grad_layers  # the layout the norms were taken with
-        g = len(grads)
-        k = len(scalars) - 4 * n  # gradient norms (parameters, extra weight gradients)
-        grad_norms = flat[:k]
-        before_norm, w_norm, update_norm, dist_norm = (
-            flat[k + n * j : k + n * (j + 1)] for j in range(4)
-        )
-        global_norm = math.sqrt(sum(v * v for v in grad_norms[:g]))
+            matrix, order = activation_stat_matrix(
+                [o for o in outs if o is not None], self.properties, self._scratch
+            )
+            host.add("acts", matrix)
+        v = host.to_host()
+        grads, self._grads, self._pending = self._grads, [], {}
+        grad_norms = v["grad"]
+        global_norm = math.sqrt(sum(x * x for x in grad_norms[: len(grads)]))
         nonfinite = 0.0 if math.isfinite(global_norm) else _count_nonfinite(grads)
-        layer_grads = [grad_norms[j] if j is not None else math.nan for j in grad_layers]
+        # the layout the norms were taken with: weight i's gradient norm, or None
+        layer_grads = [grad_norms[j] if j is not None else math.nan for j in self._grad_layers]
         ratio = _div(layer_grads[0], layer_grads[-1]) if n else math.nan
-        values = [global_norm, nonfinite, ratio]
-        for i in range(n):
-            values += [
-                layer_grads[i],
-                w_norm[i],
-                _div(update_norm[i], before_norm[i]),
-                dist_norm[i],
-            ]
-        acts = [[math.nan] * 4 for _ in outs]
-        stats = flat[len(scalars) :]
-        for row, j in enumerate(order):
-            acts[seen[j]] = stats[4 * row : 4 * row + 4]
-        for row_values in acts:
-            values += row_values
+        values: dict[str, list[float]] = {
+            "grad_norm_global": [global_norm],
+            "nonfinite_grads": [nonfinite],
+            "grad_ratio_first_last": [ratio],
+        }
+        if n:
+            values["grad_norm"] = layer_grads
+            values["weight_norm"] = v["weight"]
+            values["update_ratio"] = list(map(_div, v["update"], v["before"]))
+            values["dist_from_init"] = v["dist"]
+        acts = {m: [math.nan] * len(outs) for m in ACTIVATION_STATS}
+        if seen:
+            stats, width = v["acts"], len(ACTIVATION_STATS)  # matrix rows, flattened
+            for row, j in enumerate(order):
+                for col, metric in enumerate(ACTIVATION_STATS):
+                    acts[metric][seen[j]] = stats[row * width + col]
+        values |= acts
         self._emit(values)
         self.seconds += time.perf_counter() - start
 
-    def _emit(self, values: list[float]) -> None:
+    def _emit(self, values: Mapping[str, Sequence[float]]) -> None:
         """Rows in the order of :meth:`_keys` (globals, per layer, per activation)."""
         step, epoch = self._step, self._epoch
-        keys = self._keys()
         self.rows.extend(
-            {
-                "step": step,
-                "epoch": epoch,
-                "split": "health",
-                "metric": metric,
-                "layer": layer,
-                "value": float(values[k]),
-            }
-            for metric, layer, k in keys
+            metric_row(step, epoch, "health", metric, float(values[metric][i]), layer)
+            for metric, layer, i in self._keys()
         )
 
     def _keys(self) -> list[tuple[str, str, int]]:
-        """(metric, layer, index into the values of :meth:`end_step`) of every row."""
+        """(metric, layer, index into ``values[metric]`` of :meth:`_emit`) of every row."""
         if self._row_keys is None:
-            keys = [(name, "", k) for k, name in enumerate(GLOBAL_METRICS)]
-            base = len(GLOBAL_METRICS)
+            keys = [(name, "", 0) for name in GLOBAL_METRICS]
             for i in range(len(self.weights)):
-                for j, metric in enumerate(LAYER_METRICS):
-                    keys.append((metric, str(i), base + 4 * i + j))
-            base += 4 * len(self.weights)
+                keys += [(metric, str(i), i) for metric in LAYER_METRICS]
             for i in range(len(self.activations)):
-                for j, metric in enumerate(ACTIVATION_STATS):
-                    if metric in self.act_metrics:
-                        keys.append((metric, str(i), base + 4 * i + j))
+                keys += [(m, str(i), i) for m in ACTIVATION_STATS if m in self.act_metrics]
             self._row_keys = keys
         return self._row_keys
+
+
+class _HostValues:
+    """Named groups of device values moved to the host together, in one ``tolist()`` (one sync).
+
+    Groups of 0-d tensors are stacked in one op; whole tensors (flattened) follow them.
+    """
+
+    def __init__(self) -> None:
+        self._scalars: list[torch.Tensor] = []
+        self._tensors: list[torch.Tensor] = []
+        self._scalar_groups: list[tuple[str, int]] = []
+        self._tensor_groups: list[tuple[str, int]] = []
+
+    def add(self, name: str, values: Sequence[torch.Tensor] | torch.Tensor) -> None:
+        """A group: a list of 0-d tensors, or one tensor (its entries in row-major order)."""
+        if isinstance(values, torch.Tensor):
+            flat = values.reshape(-1)
+            self._tensors.append(flat)
+            self._tensor_groups.append((name, flat.numel()))
+        else:
+            self._scalars += values
+            self._scalar_groups.append((name, len(values)))
+
+    def to_host(self) -> dict[str, list[float]]:
+        """Every group's values as Python floats, by name."""
+        parts = [torch.stack(self._scalars)] if self._scalars else []
+        parts += [t.to(parts[0].device) if parts else t for t in self._tensors]
+        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist() if parts else []
+        out, at = {}, 0
+        for name, size in self._scalar_groups + self._tensor_groups:
+            out[name] = flat[at : at + size]
+            at += size
+        return out
 
 
 def _div(a: float, b: float) -> float:

@@ -11,11 +11,13 @@ slices of the shuffled tensors (no per-sample collation, no DataLoader workers);
 optimization, and for plain precisions on one device the step calls ``loss.backward()`` and
 ``optimizer.step()`` itself (with the callbacks' hooks); :data:`STEPS_PER_BATCH` optimizer
 steps per Lightning batch (the module loops over a group of minibatches and drives the
-gradient-health callback per step), so Lightning's per-batch machinery runs once per group; no
+:class:`~techbench.callbacks.StepCallback` hooks per step), so Lightning's per-batch machinery
+runs once per group; no
 validation loop, progress bar, model summary, checkpointing or logger unless
 asked. Epoch-end evaluation (train and validation sets, eval mode) runs in chunks under
 ``torch.no_grad`` and moves its numbers to the host in one transfer. The per-step losses are
-buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY` steps.
+buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY` steps. The
+Lightning internals these shortcuts rely on are confined to :mod:`techbench._lightning_compat`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,22 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ._lightning_compat import (
+    new_trainer,
+    plain_precision,
+    step_counter,
+    trainer_callbacks,
+    unwrap_optimizer,
+)
+from .callbacks import overrides, step_hooks
 from .families import DatasetSplits, Regularizer
+from .schema import metric_row
 
 LOSS_FLUSH_EVERY = 10
 """Per-step losses go to the host (and are checked for divergence) every this many steps."""
@@ -178,9 +189,9 @@ class TechniqueModule(pl.LightningModule):
         self._fit_start = 0.0
         self._direct: bool | None = None
         self._hook_cache: tuple[tuple[int, ...], dict[str, list[Any]]] | None = None
-        self._fit_objects: tuple[Any, Any, Any] | None = None  # trainer, optimizer, progress
+        self._fit_objects: tuple[Any, Any, Any] | None = None  # trainer, optimizer, counter
         self._hooks = {
-            name: [r for r in self.regularizers if _overrides(r, name)]
+            name: [r for r in self.regularizers if overrides(r, name, Regularizer)]
             for name in ("transform_batch", "penalty", "loss", "after_step")
         }
 
@@ -208,15 +219,12 @@ class TechniqueModule(pl.LightningModule):
             super().__setattr__(name, value)
 
     def _callback_hooks(self) -> dict[str, list[Any]]:
-        """The trainer's callbacks that implement each per-step hook, looked up once per fit."""
-        callbacks = _callbacks(self.trainer)
+        """The trainer's callbacks that implement each per-step hook, looked up once per fit
+        (:func:`techbench.callbacks.step_hooks`)."""
+        callbacks = trainer_callbacks(self.trainer)
         key = tuple(map(id, callbacks))
         if self._hook_cache is None or self._hook_cache[0] != key:
-            hooks = {
-                name: [cb for cb in callbacks if _overrides(cb, name, pl.Callback)]
-                for name in _STEP_HOOKS
-            }
-            self._hook_cache = (key, hooks)
+            self._hook_cache = (key, step_hooks(callbacks))
         return self._hook_cache[1]
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -265,16 +273,16 @@ class TechniqueModule(pl.LightningModule):
             if term is not None:
                 loss = loss + term
         if self._direct is None:
-            self._direct = _plain_precision(self.trainer)
+            self._direct = plain_precision(self.trainer)
         if self._direct:
             if self._fit_objects is None:
                 trainer = self.trainer
                 self._fit_objects = (
                     trainer,
-                    self._raw_optimizer(),
-                    trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress,
+                    unwrap_optimizer(trainer.optimizers[0]),
+                    step_counter(trainer),
                 )
-            trainer, raw, progress = self._fit_objects
+            trainer, raw, count_step = self._fit_objects
             raw.zero_grad(set_to_none=True)
             if hooks is None:
                 hooks = self._callback_hooks()
@@ -286,15 +294,14 @@ class TechniqueModule(pl.LightningModule):
             for cb in hooks["on_before_optimizer_step"]:
                 cb.on_before_optimizer_step(trainer, self, raw)
             raw.step()
-            progress.increment_ready()
-            progress.increment_completed()
+            count_step()
         else:
             opt = self.optimizers()
             assert not isinstance(opt, list), "one optimizer per trial"
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()
-            raw = opt.optimizer if hasattr(opt, "optimizer") else opt
+            raw = unwrap_optimizer(opt)
         for r in self._hooks["after_step"]:
             r.after_step(self.model, raw)
         if self._scheduler is not None:
@@ -305,10 +312,6 @@ class TechniqueModule(pl.LightningModule):
         if len(self._losses) >= LOSS_FLUSH_EVERY:
             self._flush_losses()
 
-    def _raw_optimizer(self) -> torch.optim.Optimizer:
-        opt = self.trainer.optimizers[0]
-        return opt.optimizer if hasattr(opt, "optimizer") else opt
-
     def _flush_losses(self) -> None:
         if not self._losses:
             return
@@ -316,7 +319,7 @@ class TechniqueModule(pl.LightningModule):
         for (step, epoch), value in zip(self._loss_steps, values, strict=True):
             if self.diverged_step is not None:
                 break
-            self.rows.append(_row(step, epoch, "train", "loss", value))
+            self.rows.append(metric_row(step, epoch, "train", "loss", value))
             if self.first_loss is None:
                 self.first_loss = value
             if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(self.first_loss):
@@ -357,18 +360,18 @@ class TechniqueModule(pl.LightningModule):
         self.train_seconds = now - self._fit_start - self.eval_seconds
         self.epochs_done = self.current_epoch + 1
         step, epoch = self.steps_done, self.current_epoch
-        self.rows.append(_row(step, epoch, "time", "seconds", self.train_seconds))
+        self.rows.append(metric_row(step, epoch, "time", "seconds", self.train_seconds))
         if self.diverged_step is not None:
             return
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         train = self.evaluate(t["x_train"], t["y_train"])
         val = self.evaluate(t["x_val"], t["y_val"])
         train_loss, train_acc, val_loss, val_acc = torch.stack([*train, *val]).tolist()
-        self.rows.append(_row(step, epoch, "train", "epoch_loss", train_loss))
-        self.rows.append(_row(step, epoch, "val", "loss", val_loss))
+        self.rows.append(metric_row(step, epoch, "train", "epoch_loss", train_loss))
+        self.rows.append(metric_row(step, epoch, "val", "loss", val_loss))
         if self.task == "classification":
-            self.rows.append(_row(step, epoch, "train", "epoch_acc", train_acc))
-            self.rows.append(_row(step, epoch, "val", "acc", val_acc))
+            self.rows.append(metric_row(step, epoch, "train", "epoch_acc", train_acc))
+            self.rows.append(metric_row(step, epoch, "val", "acc", val_acc))
         if val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
             self.best_state = _copy_state(self.model.state_dict(), self.best_state)
@@ -409,37 +412,8 @@ class TechniqueModule(pl.LightningModule):
         for metric, value in named:
             if metric.endswith("acc") and self.task != "classification":
                 continue
-            out.append(_row(step, epoch, "test", metric, value))
+            out.append(metric_row(step, epoch, "test", metric, value))
         return out
-
-
-_PLAIN_PRECISIONS = {"32-true", "32", "64-true", "64", "bf16-true", "16-true"}
-
-
-def _plain_precision(trainer: pl.Trainer) -> bool:
-    """True when backward and step need nothing from Lightning (one device, no scaler, no AMP).
-
-    Then the step calls ``loss.backward()`` and ``optimizer.step()`` itself (with the callbacks'
-    backward/optimizer hooks), skipping Lightning's per-step wrappers; otherwise it goes through
-    ``manual_backward`` and the ``LightningOptimizer``.
-    """
-    from pytorch_lightning.strategies import SingleDeviceStrategy
-
-    precision = str(getattr(trainer.precision_plugin, "precision", trainer.precision))
-    return isinstance(trainer.strategy, SingleDeviceStrategy) and precision in _PLAIN_PRECISIONS
-
-
-def _row(
-    step: int, epoch: int, split: str, metric: str, value: float, layer: str = ""
-) -> dict[str, Any]:
-    return {
-        "step": step,
-        "epoch": epoch,
-        "split": split,
-        "metric": metric,
-        "layer": layer,
-        "value": value,
-    }
 
 
 _PLAIN_STATE = frozenset(
@@ -462,14 +436,6 @@ _PLAIN_STATE = frozenset(
 )
 """Attributes of :class:`TechniqueModule` set with ``object.__setattr__`` (plain Python state)."""
 
-_STEP_HOOKS = (
-    "begin_step",
-    "end_step",
-    "on_before_backward",
-    "on_after_backward",
-    "on_before_optimizer_step",
-)
-
 
 def _copy_state(
     state: Mapping[str, torch.Tensor], into: dict[str, torch.Tensor] | None
@@ -483,12 +449,6 @@ def _copy_state(
         return {k: v.detach().clone() for k, v in state.items()}
     torch._foreach_copy_([into[k] for k in state], [v.detach() for v in state.values()])
     return into
-
-
-def _overrides(obj: Any, hook: str, base: type = Regularizer) -> bool:
-    """True when ``obj`` overrides ``base``'s default of ``hook`` (unused hooks cost nothing)."""
-    impl = getattr(type(obj), hook, None)
-    return impl is not None and impl is not getattr(base, hook, None)
 
 
 def build_logger(kind: str | None, save_dir: str | None, name: str) -> Any:
@@ -542,37 +502,4 @@ def build_trainer(
         "log_every_n_steps": 1,
     }
     options.update(extra)
-    from pytorch_lightning.trainer.connectors import callback_connector
-
-    original = callback_connector._load_external_callbacks
-    callback_connector._load_external_callbacks = _external_callbacks
-    try:
-        return pl.Trainer(**options)
-    finally:
-        callback_connector._load_external_callbacks = original
-
-
-_FACTORIES: dict[str, list[Any]] = {}
-
-
-def _external_callbacks(group: str) -> list[Any]:
-    """Lightning's ``_load_external_callbacks`` with the entry-point scan done once per process.
-
-    Scanning the installed distributions' entry points costs ~10 ms per ``Trainer``; the
-    factories are still called per trainer, so every trainer gets fresh callback objects.
-    """
-    factories = _FACTORIES.get(group)
-    if factories is None:
-        from importlib.metadata import entry_points
-
-        factories = _FACTORIES[group] = [ep.load() for ep in entry_points(group=group)]
-    out: list[Any] = []
-    for factory in factories:
-        made = factory()
-        out.extend(made if isinstance(made, list) else [made])
-    return out
-
-
-def _callbacks(trainer: pl.Trainer) -> list[pl.Callback]:
-    """The trainer's callbacks (set at run time; Lightning's stubs don't declare the attribute)."""
-    return cast(list[pl.Callback], cast(Any, trainer).callbacks)
+    return new_trainer(options)
