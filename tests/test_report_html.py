@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -13,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from techbench import htmlpage
 from techbench.cli import main as cli_main
+from techbench.report import build as report_build
 from techbench.report import build_report
 
 from .report_fixtures import make_config, table_from_rows, write_store, write_trial
@@ -150,3 +153,83 @@ def test_degenerate_stores(tmp_path: Path) -> None:
     assert "No run reached the target" in text
     runs = pd.read_csv(tmp_path / "o1" / "runs.csv")
     assert list(runs["status"]) == ["failed", "failed"]
+
+
+def test_page_writer_escapes_every_string() -> None:
+    df = pd.DataFrame({EVIL: [EVIL, "x"], "n": [1.5, float("nan")]})
+    blocks = [
+        htmlpage.para(EVIL),
+        htmlpage.warning(EVIL),
+        htmlpage.heading(EVIL),
+        htmlpage.link(EVIL, EVIL),
+        htmlpage.table(df, csv_name=EVIL),
+        htmlpage.image(b"\x89PNG fake", EVIL),
+        htmlpage.image(None, EVIL),
+    ]
+    header = htmlpage.meta_list([(EVIL, EVIL)])
+    page = htmlpage.render(EVIL, header, [(EVIL, EVIL, blocks)])
+    assert EVIL not in page
+    assert page.count("<script>") == 1  # the page's own sort script
+    # title x2, header x2, nav x2, section id + h2, 7 blocks: para, warning, h3, href + text,
+    # column + cell + csv name, alt + caption, note
+    assert page.count(html.escape(EVIL, quote=True)) == 2 + 2 + 2 + 2 + 1 + 1 + 1 + 2 + 3 + 2 + 1
+
+
+def test_page_writer_replaces_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "page.html"
+    path.write_text("old page", encoding="utf-8")
+    sections = [("a", "A", [htmlpage.para("ünïcode ∞")])]
+    replaced: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        replaced.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    assert htmlpage.write_page(path, "t", "", sections) == path
+    assert path.read_text(encoding="utf-8") == htmlpage.render("t", "", sections)
+    assert len(replaced) == 1 and replaced[0][0].parent == tmp_path and replaced[0][1] == path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]
+    plain = tmp_path / "plain"
+    plain.write_text("")  # created by open(): the mode the umask gives
+    assert path.stat().st_mode == plain.stat().st_mode
+    plain.unlink()
+
+    def fail(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        htmlpage.write_page(path, "new", "", sections)
+    assert path.read_text(encoding="utf-8") == htmlpage.render("t", "", sections)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]  # no temp file left
+
+
+def test_a_section_is_one_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "s"
+    write_store(store, axes={"activation": ["relu", "tanh"]}, seeds=range(2), epochs=2)
+    seen: list[int] = []
+
+    def extra(ctx: report_build.ReportContext) -> report_build.Section:
+        seen.append(len(ctx.runs))
+        table = ctx.runs[["trial_id", "score"]]
+        return report_build.Section(
+            "extra", "Extra", [htmlpage.para("added by one function")], {"extra.csv": table}
+        )
+
+    monkeypatch.setattr(report_build, "SECTIONS", [*report_build.SECTIONS, extra])
+    text = build_report(store, tmp_path / "o").read_text(encoding="utf-8")
+    assert seen == [4]  # 2 activations x 2 seeds x 1 dataset, called once
+    assert '<a href="#extra">Extra</a>' in text
+    assert '<section id="extra"><h2>Extra</h2><p>added by one function</p></section>' in text
+    extra_csv = pd.read_csv(tmp_path / "o" / "extra.csv")
+    runs = pd.read_csv(tmp_path / "o" / "runs.csv")
+    pd.testing.assert_frame_equal(extra_csv, runs[["trial_id", "score"]])
+
+    def clash(ctx: report_build.ReportContext) -> report_build.Section:
+        return report_build.Section("clash", "Clash", [], {"runs.csv": ctx.runs})
+
+    monkeypatch.setattr(report_build, "SECTIONS", [report_build.runs, clash])
+    with pytest.raises(RuntimeError, match=r"runs\.csv twice"):
+        build_report(store, tmp_path / "o2")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 import os
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,6 +111,16 @@ def table(df: pd.DataFrame, *, max_rows: int = 300, csv_name: str | None = None)
         f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>{note}"
     )
+
+
+def figure_png(fig: Any, dpi: int = 80) -> bytes:
+    """A matplotlib figure as PNG bytes for :func:`image`; closes the figure (frees its memory)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def image(png: bytes | None, caption: str) -> str:

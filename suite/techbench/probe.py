@@ -28,9 +28,6 @@ combinations differ only by their techniques.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 import os
 import time
@@ -331,15 +328,6 @@ def format_table(result: ProbeResult) -> str:
     return "\n".join(lines)
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _histogram_figure(combo: Combination, per_row: int = 10) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -395,53 +383,48 @@ def _curves_figure(frame: Any) -> Any:
 
 
 def write_report(result: ProbeResult, out: str | os.PathLike[str]) -> Path:
-    """Write ``probe.html`` (self-contained: PNGs inline, strings escaped) and ``probe.csv``."""
+    """Write ``probe.html`` (via :func:`techbench.htmlpage.write_page`) and ``probe.csv``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import pandas as pd
 
+    from . import htmlpage as html
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(result.records)
     frame.to_csv(out / "probe.csv", index=False)
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>techbench probe</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em}img{max-width:100%}"
-        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-        "padding:2px 6px;text-align:right}</style></head><body>",
-        "<h1>techbench probe</h1>",
-        f"<p>{result.depth} layers x {result.width} units, batch {result.batch}, seed "
-        f"{result.seed}, unit-Gaussian input, no biases, normalizer before the activation. "
-        f"Gradients: {esc(LOSS)}. {len(result.combinations)} combinations in "
-        f"{result.seconds:.2f} s. Data: <a href='probe.csv'>probe.csv</a>.</p>",
-        "<h2>Across depth</h2>",
-        f"<img alt='curves' src='data:image/png;base64,{_png(_curves_figure(frame))}'>",
-        "<h2>Histograms per layer</h2>",
-        "<p>Top row of each block: activations; bottom row: entries of dL/dW (log count).</p>",
+    network = f"{result.depth} layers x {result.width} units, no biases"
+    setup = [
+        ("network", f"{network}, normalizer before the activation"),
+        ("input", f"unit-Gaussian, batch {result.batch}, seed {result.seed}"),
+        ("gradients", LOSS),
+        ("combinations", f"{len(result.combinations)} in {result.seconds:.2f} s"),
+    ]
+    data = f'<p class="note">Data: {html.link("probe.csv", "probe.csv")}</p>'
+    header = html.meta_list(setup) + data
+    curves = html.figure_png(_curves_figure(frame))
+    per_combo = [
+        html.para("Top row of each block: activations; bottom row: entries of dL/dW (log count).")
     ]
     for combo in result.combinations:
-        parts.append(f"<h3>{esc(combo.label)}</h3>")
+        per_combo.append(html.heading(combo.label))
         if combo.act_hist:
-            img = _png(_histogram_figure(combo))
-            parts.append(
-                f"<img alt='{esc(combo.label, quote=True)}' src='data:image/png;base64,{img}'>"
-            )
-        parts.append(_html_table(combo.records))
-    parts.append("</body></html>")
-    path = out / "probe.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+            per_combo.append(html.image(html.figure_png(_histogram_figure(combo)), combo.label))
+        per_combo.append(html.table(_layer_table(combo.records)))
+    sections = [
+        ("depth", "Across depth", [html.image(curves, "activation std and ||dL/dW|| vs depth")]),
+        ("histograms", "Histograms per layer", per_combo),
+    ]
+    return html.write_page(out / "probe.html", "techbench probe", header, sections)
 
 
-def _html_table(records: Iterable[dict[str, Any]]) -> str:
-    cols = ("layer", "act_mean", "act_std", "saturated_fraction", "dead_fraction", "grad_norm")
-    rows = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
-    for r in records:
-        cells = []
-        for c in cols:
-            v = r[c]
-            cells.append("-" if v is None else (str(v) if c == "layer" else f"{v:.4g}"))
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return "".join(rows) + "</table>"
+def _layer_table(records: Iterable[dict[str, Any]]) -> Any:
+    """One row per layer; a missing fraction (the activation declares no threshold) is NaN."""
+    import pandas as pd
+
+    cols = ["layer", "act_mean", "act_std", "saturated_fraction", "dead_fraction", "grad_norm"]
+    frame = pd.DataFrame([{c: r[c] for c in cols} for r in records], columns=cols)
+    frame[cols[1:]] = frame[cols[1:]].astype(float)
+    return frame

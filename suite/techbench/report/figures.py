@@ -6,7 +6,6 @@ the layer x step heatmaps) so a 10,000-trial store draws as fast as a 50-trial o
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import warnings
@@ -20,19 +19,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..htmlpage import figure_png
+
 MAX_DATASETS = 4
 MAX_AXES = 4
 MAX_TECHNIQUES = 8
 MAX_HEATMAPS = 6
 MAX_PAIRS = 4
 DPI = 80
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _short(text: str, n: int = 28) -> str:
@@ -87,7 +81,7 @@ def learning_curves(curves: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str
             if j == 0:
                 ax.legend(fontsize=7, loc="best")
     fig.suptitle("Learning curves: median and IQR band over runs", fontsize=10)
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def profile_plot(profiles: dict[str, tuple[pd.DataFrame, pd.Series, int]]) -> bytes | None:
@@ -106,7 +100,7 @@ def profile_plot(profiles: dict[str, tuple[pd.DataFrame, pd.Series, int]]) -> by
         ax.set_xlabel("tau (time / best time)")
         ax.set_ylabel("fraction of workloads")
         ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
@@ -152,7 +146,7 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
     fig.suptitle(f"Gradient norm per layer and step ({first_ds})")
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def _per_row(trial_ids: pd.Series, by_trial: pd.Series) -> np.ndarray:
@@ -204,7 +198,7 @@ def fraction_heatmaps(
         ax.set_title(f"{_short(tech)} · {metric}", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def ratio_curves(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
@@ -227,7 +221,7 @@ def ratio_curves(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str])
         ax.set_xlabel("step")
         ax.set_ylabel("|g first| / |g last|")
         ax.legend(fontsize=7)
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def activation_stats(
@@ -269,7 +263,7 @@ def activation_stats(
         ax.set_title(f"{metric} ({when} snapshot)", fontsize=9)
     if axs[0][0].get_legend():
         sns.move_legend(axs[0][0], "upper left", fontsize=7, title=axis)
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def gap_distributions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
@@ -289,7 +283,7 @@ def gap_distributions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
         ax.set_ylabel(axis)
         ax.set_xlabel("train − val loss (end)")
         ax.set_yticks(range(len(order)), [_short(o, 20) for o in order])
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
@@ -308,7 +302,7 @@ def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
         grid.columns = [_short(c, 18) for c in grid.columns]
         sns.heatmap(grid, annot=grid.size <= 64, fmt=".2f", cmap="mako", ax=ax, cbar=True)
         ax.set_title(f"mean score: {a} × {b}", fontsize=9)
-    return _png(fig)
+    return figure_png(fig, DPI)
 
 
 def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> bytes | None:
@@ -324,4 +318,4 @@ def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> bytes | N
     sig.index = sig.columns = list(labelled)
     sp.critical_difference_diagram(labelled, sig, ax=ax)
     ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return figure_png(fig, DPI)
