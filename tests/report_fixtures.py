@@ -1,39 +1,26 @@
-"""A small synthetic results-store writer that follows the runner schema exactly.
+"""Synthetic results stores, written through the package's own store writer.
 
-``OUT/trials/<trial_id>/meta.json`` ({"trial_id", "config", "status", "matrix", + meta}) and
-``OUT/trials/<trial_id>/metrics.parquet`` (step:int64 epoch:int64 split:str metric:str
-layer:str value:float64). Accuracy curves rise towards a per-technique ceiling, so tests and
-the scale benchmark have known differences to find.
+Each trial is a :class:`techbench.schema.TrialOutcome` (id from :func:`techbench.schema.trial_id`,
+rows from :func:`techbench.schema.metric_row`) stored by :meth:`techbench.store.ResultStore.write`,
+so the files the report tests read are exactly what the runner writes. Accuracy curves rise
+towards a per-technique ceiling, so tests and the scale benchmark have known differences to find.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from techbench.matrix import DEFAULT_CONFIG
+from techbench.schema import DEFAULT_CONFIG, TrialMeta, TrialOutcome, metric_row, trial_id
+from techbench.store import ResultStore
 
-SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("epoch", pa.int64()),
-        ("split", pa.string()),
-        ("metric", pa.string()),
-        ("layer", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
+Rows = list[dict[str, Any]]
 HEALTH_LAYER = (
     "grad_norm",
     "weight_norm",
@@ -44,11 +31,6 @@ HEALTH_LAYER = (
     "dead_fraction",
     "saturated_fraction",
 )
-
-
-def trial_id(config: Mapping[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def make_config(**axes: Any) -> dict[str, Any]:
@@ -76,22 +58,17 @@ def synthetic_metrics(
     n_layers: int = 3,
     noise: float = 0.01,
     stop_epoch: int | None = None,
-) -> pa.Table:
+) -> Rows:
     """Metric rows for one trial: accuracy rises to ``ceiling`` with seeded noise."""
     rng = np.random.default_rng(int(trial_id(config), 16) % 2**32)
     epochs = int(config["budget"]["epochs"])
     every = int(config["health"]["every_n_steps"])
     if status != "completed":
         epochs = max(0, stop_epoch if stop_epoch is not None else epochs // 2)
-    cols: dict[str, list[Any]] = {k: [] for k in SCHEMA.names}
+    rows: Rows = []
 
     def add(step: int, epoch: int, split: str, metric: str, layer: str, value: float) -> None:
-        cols["step"].append(step)
-        cols["epoch"].append(epoch)
-        cols["split"].append(split)
-        cols["metric"].append(metric)
-        cols["layer"].append(layer)
-        cols["value"].append(float(value))
+        rows.append(metric_row(step, epoch, split, metric, float(value), layer))
 
     n_steps = epochs * steps_per_epoch
     for step in range(n_steps):
@@ -122,28 +99,21 @@ def synthetic_metrics(
     if status == "completed" and epochs:
         for metric, v in (("loss", loss), ("acc", acc), ("best_loss", loss), ("best_acc", acc)):
             add(n_steps, epochs - 1, "test", metric, "", v)
-    return pa.table(cols, schema=SCHEMA)
+    return rows
 
 
 def write_trial(
     out: str | os.PathLike[str],
     config: Mapping[str, Any],
-    table: pa.Table,
+    rows: Iterable[Mapping[str, Any]],
     *,
     status: str = "completed",
     matrix: str = "synthetic",
     meta: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write one trial directory (temp folder + rename, like the store) and return its id."""
-    tid = trial_id(config)
-    final = Path(out) / "trials" / tid
-    tmp = Path(out) / ".tmp" / f"{tid}.{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    """Store one trial through :meth:`ResultStore.write` and return its id."""
+    rows = [dict(r) for r in rows]
     record = {
-        "trial_id": tid,
-        "config": config,
-        "status": status,
-        "matrix": matrix,
         "started_at": "2026-01-01T00:00:00+00:00",
         "finished_at": "2026-01-01T00:00:05+00:00",
         "wall_seconds": 5.0,
@@ -152,16 +122,22 @@ def write_trial(
         "versions": {"techbench": "0.1.0", "torch": "2.13", "pytorch_lightning": "2.6"},
         "diverged_step": 30 if status == "diverged" else None,
         "error": "Traceback: boom" if status == "failed" else None,
-        "steps": int(table.column("step").to_numpy().max()) if table.num_rows else 0,
+        "steps": max((int(r["step"]) for r in rows), default=0),
         "epochs": int(config["budget"]["epochs"]),
         "num_parameters": 1000,
         **(meta or {}),
     }
-    (tmp / "meta.json").write_text(json.dumps(record))
-    pq.write_table(table, tmp / "metrics.parquet")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, final)
-    return tid
+    outcome = TrialOutcome.from_value(
+        {
+            "trial_id": trial_id(config),
+            "config": dict(config),
+            "status": status,
+            "metrics": rows,
+            "meta": TrialMeta.from_dict(record),
+        }
+    )
+    ResultStore(out).write(outcome, matrix_name=matrix)
+    return outcome.trial_id
 
 
 def write_store(
@@ -195,21 +171,20 @@ def write_store(
         status = "completed"
         for v in labels:
             status = statuses.get((str(v), seed), status)
-        table = synthetic_metrics(config, ceiling=min(ceiling, 0.999), status=status, **kwargs)
-        ids.append(write_trial(out, config, table, status=status, meta=meta))
+        rows = synthetic_metrics(config, ceiling=min(ceiling, 0.999), status=status, **kwargs)
+        ids.append(write_trial(out, config, rows, status=status, meta=meta))
     matrix = {"name": "synthetic", "axes": {k: [str(v) for v in vs] for k, vs in axes.items()}}
     matrix["n_trials"] = len(ids)
-    Path(out, "matrix.json").write_text(json.dumps(matrix))
+    ResultStore(out).write_matrix(matrix)
     return ids
 
 
-def table_from_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """A metrics table from schema dicts (``layer`` defaults to "")."""
-    cols: dict[str, list[Any]] = {k: [] for k in SCHEMA.names}
-    for r in rows:
-        for k in SCHEMA.names:
-            cols[k].append(r.get(k, "") if k == "layer" else r[k])
-    return pa.table(cols, schema=SCHEMA)
+def table_from_rows(rows: Iterable[Mapping[str, Any]]) -> Rows:
+    """Metric rows (:func:`metric_row`) from hand-written dicts (``layer`` defaults to "")."""
+    return [
+        metric_row(r["step"], r["epoch"], r["split"], r["metric"], r["value"], r.get("layer", ""))
+        for r in rows
+    ]
 
 
 def epoch_rows(
