@@ -16,7 +16,7 @@ from torch import nn
 
 from techbench.registry import get_spec, list_techniques
 from techbench.spec import Param, TechniqueSpec
-from techbench.testing import CheckFailure, check_technique, checks_for, parametrize_with_checks
+from techbench.testing import CheckFailure, checks_for, failed_checks, parametrize_with_checks
 from techbench.testing import activation as act_checks
 
 NAMES = [
@@ -259,16 +259,12 @@ def _sigmoid_spec(fast=nn.Sigmoid, reference=_REF, **props) -> TechniqueSpec:
     )
 
 
-def _failures(spec: TechniqueSpec) -> dict[str, str]:
-    return {r.check: r.message for r in check_technique(spec) if not r.passed}
-
-
 def test_correct_third_party_plugin_passes() -> None:
-    assert _failures(_sigmoid_spec()) == {}
+    assert failed_checks(_sigmoid_spec()) == {}
 
 
 def test_fast_off_by_1e3_fails_values() -> None:
-    failed = _failures(_sigmoid_spec(fast=_Offset))
+    failed = failed_checks(_sigmoid_spec(fast=_Offset))
     assert "values" in failed
     msg = failed["values"]
     assert "activation/my_sigmoid value (float32)" in msg
@@ -344,14 +340,14 @@ def test_an_expected_failure_that_passes_fails_the_suite(pytester: pytest.Pytest
 
 
 def test_wrong_reference_derivative_fails_gradient() -> None:
-    failed = _failures(_sigmoid_spec(reference=_WrongDerivativeRef()))
+    failed = failed_checks(_sigmoid_spec(reference=_WrongDerivativeRef()))
     assert "gradient" in failed
     assert "autograd gradient vs reference.derivative" in failed["gradient"]
     assert "at input" in failed["gradient"]
 
 
 def test_wrong_backward_fails_gradient_and_gradcheck() -> None:
-    failed = _failures(_sigmoid_spec(fast=_BadBackwardModule))
+    failed = failed_checks(_sigmoid_spec(fast=_BadBackwardModule))
     assert {"gradient", "gradcheck"} <= set(failed)
     assert "at input" in failed["gradient"]
     assert "gradcheck in float64 failed" in failed["gradcheck"]
@@ -373,7 +369,7 @@ def test_check_raises_checkfailure_directly() -> None:
     ],
 )
 def test_false_property_claims_fail(props: dict, needle: str) -> None:
-    failed = _failures(_sigmoid_spec(**props))
+    failed = failed_checks(_sigmoid_spec(**props))
     assert set(failed) == {"properties"}
     assert needle in failed["properties"]
 
@@ -393,7 +389,7 @@ def test_relu_like_with_leaky_gradient_is_not_dead() -> None:
             "zero_centered": True,
         },
     )
-    failed = _failures(spec)
+    failed = failed_checks(spec)
     assert "properties" in failed and "not 0" in failed["properties"]
 
 
@@ -409,7 +405,7 @@ def test_ignored_hyperparameter_fails() -> None:
         params=(Param(name="alpha", type=float, default=0.01, low=0.0, high=1.0),),
         properties=leaky.properties,
     )
-    failed = _failures(spec)
+    failed = failed_checks(spec)
     assert set(failed) == {"hyperparams"}
     assert "lazy_leaky(alpha=0.5) value" in failed["hyperparams"]
 
@@ -445,6 +441,6 @@ def test_reference_ignoring_hyperparameter_fails() -> None:
         params=(Param(name="alpha", type=float, default=0.01, low=0.0, high=1.0),),
         properties=leaky.properties,
     )
-    failed = _failures(spec)
+    failed = failed_checks(spec)
     assert set(failed) == {"hyperparams"}
     assert "reference.value ignores alpha=0.5" in failed["hyperparams"]

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakedist import make_dist
-
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "plugins" / "techbench_example"
 NAMES = ["bent_identity", "trunc_normal", "mean_only_batchnorm", "elastic_net", "signum"]
@@ -114,14 +112,13 @@ bad_derivative = TechniqueSpec(name="bad_derivative", family="activation",
 
 
 @pytest.fixture
-def broken_dist(tmp_path) -> dict:
-    make_dist(
-        tmp_path,
+def broken_dist(fake_dists) -> dict:
+    fake_dists.add(
         "brokenacts",
         {"techbench.activations": {n: f"brokenacts:{n}" for n in ("off_by", "bad_derivative")}},
         {"brokenacts/__init__.py": BROKEN},
     )
-    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    return fake_dists.env
 
 
 def test_fast_off_by_1e3_fails_values_with_the_input(broken_dist):

@@ -21,7 +21,7 @@ from torch import nn
 
 from techbench.registry import get_spec, list_techniques
 from techbench.spec import Param, ParamError, TechniqueSpec
-from techbench.testing import check_technique, checks_for
+from techbench.testing import checks_for, failed_checks
 from techbench.testing.initializer import ExactTarget, OrthogonalTarget, UnitVarianceTarget, mlp
 from techbench_builtins import initializers_impl as impl
 
@@ -339,10 +339,6 @@ def _broken(name: str, fast, reference, *, params=(), **properties) -> Technique
     )
 
 
-def _failures(spec: TechniqueSpec) -> dict[str, str]:
-    return {r.check: r.message for r in check_technique(spec) if not r.passed}
-
-
 class _Fill:
     def __init__(self, fill) -> None:
         self.fill = fill
@@ -361,7 +357,7 @@ def test_he_with_lecun_variance_fails_the_variance_test() -> None:
             shape, mode="fan_in", nonlinearity="relu", negative_slope=0.0
         ),
     )
-    failures = _failures(spec)
+    failures = failed_checks(spec)
     assert set(failures) == {"target"}
     assert "sample variance" in failures["target"] or "Kolmogorov" in failures["target"]
     assert "(512, 1024)" in failures["target"]
@@ -373,7 +369,7 @@ def test_variance_off_by_two_percent_fails() -> None:
         lambda **hp: impl.XavierNormal(gain=1.02),
         lambda shape, **hp: impl.xavier_normal_target(shape, gain=1.0),
     )
-    message = _failures(spec)["target"]
+    message = failed_checks(spec)["target"]
     assert "sample variance" in message and "ratio 1.04" in message
 
 
@@ -385,7 +381,7 @@ def test_uniform_declared_as_normal_fails_the_ks_test() -> None:
             shape, mode="fan_in", nonlinearity="relu", negative_slope=0.0
         ),
     )
-    assert "Kolmogorov-Smirnov" in _failures(spec)["target"]
+    assert "Kolmogorov-Smirnov" in failed_checks(spec)["target"]
 
 
 def test_fans_ignoring_the_kernel_fail_on_the_conv_shape() -> None:
@@ -399,7 +395,7 @@ def test_fans_ignoring_the_kernel_fail_on_the_conv_shape() -> None:
             shape, mode="fan_in", nonlinearity="relu", negative_slope=0.0
         ),
     )
-    message = _failures(spec)["target"]
+    message = failed_checks(spec)["target"]
     assert "(96, 32, 3, 3)" in message
 
 
@@ -411,7 +407,7 @@ def test_ignoring_a_hyperparameter_fails() -> None:
     spec = _broken(
         "he_slope_wrong", fast, impl.he_normal_target, params=spec_of("he_normal").params
     )
-    message = _failures(spec)["target"]
+    message = failed_checks(spec)["target"]
     assert "negative_slope=0.5" in message
 
 
@@ -422,7 +418,7 @@ def test_non_orthogonal_orthogonal_fails() -> None:
     spec = _broken(
         "orth_wrong", lambda **hp: _Fill(fill), lambda shape, **hp: OrthogonalTarget(1.0)
     )
-    message = _failures(spec)["target"]
+    message = failed_checks(spec)["target"]
     assert "W W^T" in message or "W^T W" in message
 
 
@@ -433,7 +429,7 @@ def test_wrong_dirac_centre_fails_the_exact_check() -> None:
             t[(i, i, *([0] * (t.dim() - 2)))] = 1.0
 
     spec = _broken("dirac_wrong", lambda **hp: _Fill(fill), impl.identity_target)
-    message = _failures(spec)["target"]
+    message = failed_checks(spec)["target"]
     assert "(5, 3, 3, 3)" in message and "differ" in message
 
 
@@ -444,7 +440,7 @@ def test_constant_off_by_1e_3_fails() -> None:
         impl.small_positive_target,
         applies_to="bias",
     )
-    message = _failures(spec)["target"]
+    message = failed_checks(spec)["target"]
     assert "constant 0.01" in message and "0.011" in message
 
 
@@ -454,7 +450,7 @@ def test_private_generator_is_not_reproducible() -> None:
         t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t.shape[1]))
 
     spec = _broken("rng_wrong", lambda **hp: _Fill(fill), impl.lecun_normal_target)
-    assert "not reproducible" in _failures(spec)["reproducible"]
+    assert "not reproducible" in failed_checks(spec)["reproducible"]
 
 
 def test_reseeding_the_global_rng_is_caught() -> None:
@@ -463,7 +459,7 @@ def test_reseeding_the_global_rng_is_caught() -> None:
         t.normal_(0.0, 1.0 / math.sqrt(t.shape[1]))
 
     spec = _broken("reseed_wrong", lambda **hp: _Fill(fill), impl.lecun_normal_target)
-    assert "ignores torch's global RNG" in _failures(spec)["reproducible"]
+    assert "ignores torch's global RNG" in failed_checks(spec)["reproducible"]
 
 
 def test_out_of_place_and_autograd_unsafe_initializers_fail() -> None:
@@ -471,13 +467,13 @@ def test_out_of_place_and_autograd_unsafe_initializers_fail() -> None:
         return torch.randn(tensor.shape) / math.sqrt(tensor.shape[1])
 
     spec = _broken("copy_wrong", lambda **hp: copy, impl.lecun_normal_target)
-    assert "must return the tensor it filled" in _failures(spec)["in_place"]
+    assert "must return the tensor it filled" in failed_checks(spec)["in_place"]
 
     def no_grad_missing(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.normal_(0.0, 1.0 / math.sqrt(tensor.shape[1]))
 
     spec = _broken("grad_wrong", lambda **hp: no_grad_missing, impl.lecun_normal_target)
-    assert "nn.Parameter" in _failures(spec)["in_place"]
+    assert "nn.Parameter" in failed_checks(spec)["in_place"]
 
 
 def test_undeclared_properties_fail() -> None:
@@ -489,14 +485,14 @@ def test_undeclared_properties_fail() -> None:
         fast=lambda **hp: impl.LecunNormal(),
         reference=impl.lecun_normal_target,
     )
-    assert "data_dependent" in _failures(spec)["properties"]
+    assert "data_dependent" in failed_checks(spec)["properties"]
     spec = _broken(
         "fit_missing",
         lambda **hp: impl.Orthogonal(),
         lambda shape, **hp: UnitVarianceTarget(OrthogonalTarget(1.0)),
         data_dependent=True,
     )
-    assert "no fit()" in _failures(spec)["properties"]
+    assert "no fit()" in failed_checks(spec)["properties"]
 
 
 class _LazyLSUV(impl.LSUV):
@@ -518,7 +514,7 @@ def test_lsuv_that_does_not_rescale_fails() -> None:
         params=params,
         data_dependent=True,
     )
-    message = _failures(spec)["unit_output_variance"]
+    message = failed_checks(spec)["unit_output_variance"]
     assert "output variance of layer" in message and "tanh" in message
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from techbench.families import ModelParts
 from techbench.registry import get_spec
 from techbench.spec import Param, TechniqueSpec
-from techbench.testing import check_technique, checks_for
+from techbench.testing import checks_for, failed_checks
 from techbench_builtins import models_impl
 
 
@@ -150,7 +150,7 @@ def _spec(fast, **props) -> TechniqueSpec:
 
 
 def _failures(fast, **props) -> dict[str, str]:
-    return {r.check: r.message for r in check_technique(_spec(fast, **props)) if not r.passed}
+    return failed_checks(_spec(fast, **props))
 
 
 def test_correct_model_passes() -> None:

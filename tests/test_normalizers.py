@@ -16,7 +16,7 @@ from torch import nn
 
 from techbench.registry import get_spec
 from techbench.spec import ParamError, TechniqueSpec
-from techbench.testing import CheckFailure, check_technique
+from techbench.testing import CheckFailure, failed_checks
 from techbench.testing.normalizer import checks
 from techbench_builtins import normalizers_impl as impl
 
@@ -223,8 +223,9 @@ def _broken(fast, reference=impl.batchnorm_reference, base="batchnorm", **props)
     )
 
 
-def _failures(spec):
-    return {r.check: r.message for r in check_technique(spec) if not r.passed}
+def per_channel(p, x):
+    """A (C,) vector shaped to broadcast against (N, C, *spatial)."""
+    return p.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 class EpsOutsideRoot(impl.BatchNorm):
@@ -239,10 +240,10 @@ class EpsOutsideRoot(impl.BatchNorm):
                 x.detach(), self.running_mean, self.running_var, None, None, True, self.momentum
             )
         else:
-            mu = impl._channel_view(self.running_mean, x)
-            var = impl._channel_view(self.running_var, x)
+            mu = per_channel(self.running_mean, x)
+            var = per_channel(self.running_var, x)
         y = (x - mu) / (var.sqrt() + self.eps)
-        return y * impl._channel_view(self.weight, x) + impl._channel_view(self.bias, x)
+        return y * per_channel(self.weight, x) + per_channel(self.bias, x)
 
 
 class StaleRunningStats(impl.BatchNorm):
@@ -304,67 +305,67 @@ class WrongBackwardReference(impl.BatchNormReference):
         if cache["training"]:
             x, v, eps = cache["x"], cache["v"], cache["eps"]
             dims = [0, *range(2, x.dim())]
-            g = dy * impl._channel_view(cache["weight"], dy)
+            g = dy * per_channel(cache["weight"], dy)
             dmu = -(g / torch.sqrt(v + eps)).sum(dim=dims, keepdim=True)
             grads["x"] = grads["x"] - dmu / (x.numel() // x.shape[1])
         return grads
 
 
 def test_correct_plugins_built_from_spec_objects_pass():
-    assert _failures(_broken(impl.BatchNorm)) == {}
-    assert _failures(_broken(impl.LayerNorm, impl.layernorm_reference, "layernorm")) == {}
+    assert failed_checks(_broken(impl.BatchNorm)) == {}
+    assert failed_checks(_broken(impl.LayerNorm, impl.layernorm_reference, "layernorm")) == {}
 
 
 def test_eps_in_the_wrong_place_fails_forward():
-    failures = _failures(_broken(EpsOutsideRoot))
+    failures = failed_checks(_broken(EpsOutsideRoot))
     assert "forward_float64" in failures
     assert "forward (float64, train mode" in failures["forward_float64"]
     assert "values differ" in failures["forward_float64"]
 
 
 def test_stale_running_stats_fail():
-    failures = _failures(_broken(StaleRunningStats))
+    failures = failed_checks(_broken(StaleRunningStats))
     assert "running_statistics" in failures and "eval_mode" in failures
     assert "buffer 'running_mean' after 1 training step" in failures["running_statistics"]
     assert "forward" not in failures.get("forward_float64", "")
 
 
 def test_biased_running_variance_fails():
-    failures = _failures(_broken(BiasedRunningVar))
+    failures = failed_checks(_broken(BiasedRunningVar))
     assert set(failures) >= {"running_statistics"}
     assert "running_var" in failures["running_statistics"]
     assert "running_mean" not in failures["running_statistics"]
 
 
 def test_wrong_backward_in_reference_fails_gradients():
-    failures = _failures(_broken(impl.BatchNorm, WrongBackwardReference()))
+    failures = failed_checks(_broken(impl.BatchNorm, WrongBackwardReference()))
     assert set(failures) == {"gradients"}
     assert "dJ/dx vs reference hand-derived backward (train mode" in failures["gradients"]
 
 
 def test_wrong_derivative_in_fast_fails_gradients_and_gradcheck():
-    failures = _failures(_broken(WrongDerivative, impl.layernorm_reference, "layernorm"))
+    failures = failed_checks(_broken(WrongDerivative, impl.layernorm_reference, "layernorm"))
     assert "gradients" in failures and "gradcheck" in failures
     assert "dJ/dx vs reference autograd" in failures["gradients"]
     assert "forward_float64" not in failures
 
 
 def test_output_off_by_1e3_fails_forward_both_dtypes():
-    failures = _failures(_broken(OffBy1e3, impl.layernorm_reference, "layernorm"))
+    failures = failed_checks(_broken(OffBy1e3, impl.layernorm_reference, "layernorm"))
     assert {"forward_float32", "forward_float64"} <= set(failures)
     assert "|diff| = 0.001" in failures["forward_float32"]
 
 
 def test_wrong_batch_dependence_declaration_fails():
     spec = _broken(impl.LayerNorm, impl.layernorm_reference, "layernorm", batch_dependent=True)
-    failures = _failures(spec)
+    failures = failed_checks(spec)
     assert set(failures) == {"batch_dependence"}
     assert "although batch_dependent=True" in failures["batch_dependence"]
 
 
 def test_wrong_invariant_declaration_fails():
     spec = _broken(impl.RMSNorm, impl.rmsnorm_reference, "rmsnorm", invariant="sample")
-    failures = _failures(spec)
+    failures = failed_checks(spec)
     assert set(failures) == {"invariants"}
     assert "mean is" in failures["invariants"]
 
@@ -421,4 +422,4 @@ def test_builtins_conform_at_other_hyperparameters(base, defaults):
         for p in spec.params
     )
     variant = dataclasses.replace(spec, name=f"{base}_variant", params=params)
-    assert _failures(variant) == {}
+    assert failed_checks(variant) == {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from techbench.registry import get_spec, list_techniques
 from techbench.spec import ParamError, TechniqueSpec
 from techbench.testing import CheckFailure
 from techbench.testing import optimizer as opt_checks
-from techbench.testing.core import single_threaded
 from techbench_builtins import optimizers_impl as impl
 
 NAMES = [
@@ -32,11 +30,7 @@ NAMES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy machine."""
-    with single_threaded():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_all_builtins_registered() -> None:

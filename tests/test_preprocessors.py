@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from techbench.registry import get_spec
 from techbench.spec import TechniqueSpec
-from techbench.testing import check_technique
+from techbench.testing import failed_checks
 from techbench_builtins import preprocessors_impl as impl
 
 NAMES = ["none", "zero_center", "standardize", "channel_mean", "pca_whiten", "zca_whiten"]
@@ -147,10 +147,6 @@ def _broken(fast, base, **props):
     )
 
 
-def _failures(spec):
-    return {r.check: r.message for r in check_technique(spec) if not r.passed}
-
-
 class LeakyStandardize(impl.Standardize):
     """Standardises every batch with its own statistics (fits on val/test data)."""
 
@@ -183,25 +179,25 @@ class OffBy1e3(impl.ZeroCenter):
 
 
 def test_correct_plugins_built_from_spec_objects_pass():
-    assert _failures(_broken(impl.ZCAWhiten, "zca_whiten")) == {}
-    assert _failures(_broken(impl.Standardize, "standardize")) == {}
+    assert failed_checks(_broken(impl.ZCAWhiten, "zca_whiten")) == {}
+    assert failed_checks(_broken(impl.Standardize, "standardize")) == {}
 
 
 def test_leaking_val_statistics_fails():
-    failures = _failures(_broken(LeakyStandardize, "standardize"))
+    failures = failed_checks(_broken(LeakyStandardize, "standardize"))
     assert {"matches_reference_float64", "no_leakage"} <= set(failures)
     assert "val split" in failures["matches_reference_float64"]
     assert "alone vs within" in failures["no_leakage"]
 
 
 def test_biased_covariance_fails_reference_and_law():
-    failures = _failures(_broken(BiasedCovariancePCA, "pca_whiten"))
+    failures = failed_checks(_broken(BiasedCovariancePCA, "pca_whiten"))
     assert {"matches_reference_float64", "laws"} <= set(failures)
     assert "identity_covariance" in failures["laws"]
 
 
 def test_pca_declared_closest_to_input_fails():
-    failures = _failures(
+    failures = failed_checks(
         _broken(impl.PCAWhiten, "pca_whiten", laws=("zero_mean", "closest_to_input"))
     )
     assert set(failures) == {"laws"}
@@ -213,38 +209,42 @@ def test_zca_without_symmetric_matrix_fails_closest_law():
         def _matrix(self, lam, u):
             return u / torch.sqrt(lam + self.eps)  # PCA under a ZCA name
 
-    failures = _failures(_broken(RotatedZCA, "zca_whiten"))
+    failures = failed_checks(_broken(RotatedZCA, "zca_whiten"))
     assert "laws" in failures and "closest_to_input" in failures["laws"]
 
 
 def test_nondeterministic_sign_fails():
     torch.manual_seed(0)
-    failures = _failures(_broken(RandomSignPCA, "pca_whiten"))
+    failures = failed_checks(_broken(RandomSignPCA, "pca_whiten"))
     assert "deterministic" in failures
     assert "different transform" in failures["deterministic"]
 
 
 def test_shape_not_preserved_fails():
-    failures = _failures(_broken(FlatOutput, "zero_center"))
+    failures = failed_checks(_broken(FlatOutput, "zero_center"))
     assert "expected the input's shape (150, 3, 4, 4)" in failures["matches_reference_float64"]
 
 
 def test_output_off_by_1e3_fails_both_dtypes():
-    failures = _failures(_broken(OffBy1e3, "zero_center"))
+    failures = failed_checks(_broken(OffBy1e3, "zero_center"))
     assert {"matches_reference_float32", "matches_reference_float64", "laws"} <= set(failures)
     assert "|diff| = 0.001" in failures["matches_reference_float64"]
 
 
 def test_undeclared_or_unknown_laws_fail():
-    failures = _failures(_broken(impl.ZeroCenter, "zero_center", laws=("zero_mean", "magic")))
+    failures = failed_checks(_broken(impl.ZeroCenter, "zero_center", laws=("zero_mean", "magic")))
     assert "unknown laws ['magic']" in failures["laws"]
+
+
+LARGE_TRAIN_ROWS = 2 * 8192 + 123
+"""Over two of the fitting blocks of 8192 rows that preprocessors_impl accumulates in float64."""
 
 
 @pytest.mark.parametrize("name", ["standardize", "channel_mean", "zca_whiten"])
 def test_fit_in_blocks_on_a_large_float32_training_set(name):
     """More rows than one fitting block: statistics still equal numpy's float64 ones."""
     rng = np.random.default_rng(5)
-    train = (rng.normal(size=(impl._CHUNK * 2 + 123, 3, 2, 1)) * 3 + 1e3).astype(np.float32)
+    train = (rng.normal(size=(LARGE_TRAIN_ROWS, 3, 2, 1)) * 3 + 1e3).astype(np.float32)
     val = rng.normal(size=(11, 3, 2, 1)).astype(np.float32) + 1e3
     got = _fit_transform(name, train, val.astype(np.float64))
     ref = get_spec(f"preprocessor/{name}").load_reference()
@@ -259,4 +259,4 @@ def test_builtins_conform_at_other_eps(base, eps):
     spec = get_spec(f"preprocessor/{base}")
     params = tuple(dataclasses.replace(p, default=eps) for p in spec.params)
     variant = dataclasses.replace(spec, name=f"{base}_variant", params=params)
-    assert _failures(variant) == {}
+    assert failed_checks(variant) == {}

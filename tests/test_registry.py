@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -14,10 +13,8 @@ from techbench.registry import (
     BrokenPluginError,
     DuplicateTechniqueError,
     PluginWarning,
-    Registry,
     UnknownTechniqueError,
 )
-from tests.fakedist import entry_points_in, make_dist
 
 pytestmark = pytest.mark.filterwarnings("ignore::techbench.registry.PluginWarning")
 
@@ -40,10 +37,9 @@ none_reg = TechniqueSpec(name="none", family="regularizer", summary="Nothing.",
 
 
 @pytest.fixture
-def plugins(tmp_path, monkeypatch):
+def plugins(fake_dists):
     """A good distribution and four broken ones, importable from ``tmp_path``."""
-    make_dist(
-        tmp_path,
+    fake_dists.add(
         "goodpkg",
         {
             "techbench.activations": {"shifted": "goodpkg.specs:shifted"},
@@ -57,43 +53,29 @@ def plugins(tmp_path, monkeypatch):
             "goodpkg/impl.py": "def make(**kw):\n    return ('made', kw)\n",
         },
     )
-    make_dist(
-        tmp_path,
+    fake_dists.add(
         "importfails",
         {"techbench.activations": {"boom": "importfails:spec"}},
         {"importfails/__init__.py": "raise RuntimeError('plugin exploded on import')\n"},
     )
-    make_dist(
-        tmp_path,
+    fake_dists.add(
         "wrongtype",
         {"techbench.activations": {"notaspec": "wrongtype:spec"}},
         {"wrongtype/__init__.py": "def spec(x):\n    return x\n"},
     )
-    make_dist(
-        tmp_path,
+    fake_dists.add(
         "mismatch",
         {"techbench.initializers": {"alias": "goodpkg.specs:shifted"}},
     )
-    make_dist(
-        tmp_path,
+    fake_dists.add(
         "copycat",
         {"techbench.optimizers": {"plain_sgd": "goodpkg.specs:plain_sgd"}},
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for mod in [m for m in sys.modules if m.split(".")[0] in FAKE_PACKAGES]:
-        monkeypatch.delitem(sys.modules, mod)
-    return tmp_path
-
-
-FAKE_PACKAGES = {"goodpkg", "importfails", "wrongtype"}
-
-
-def registry(root) -> Registry:
-    return Registry(entry_points_in(root))
+    return fake_dists
 
 
 def test_good_plugin_loads_and_creates_with_overrides(plugins):
-    reg = registry(plugins)
+    reg = plugins.registry()
     spec = reg.get_spec("shifted")
     assert spec.family == "activation"
     assert reg.create("shifted", c=2) == ("made", {"c": 2.0})
@@ -102,7 +84,7 @@ def test_good_plugin_loads_and_creates_with_overrides(plugins):
 
 
 def test_discovery_is_lazy(plugins):
-    reg = registry(plugins)
+    reg = plugins.registry()
     names = {e.name for e in reg.entries(load=False)}
     assert {"shifted", "boom", "notaspec", "plain_sgd"} <= names
     assert "importfails" not in sys.modules
@@ -110,7 +92,7 @@ def test_discovery_is_lazy(plugins):
 
 
 def test_import_error_is_isolated_with_a_warning(plugins):
-    reg = registry(plugins)
+    reg = plugins.registry()
     with pytest.warns(PluginWarning, match="boom.*importfails.*plugin exploded"):
         entries = {e.qualified_name: e for e in reg.entries()}
     boom = entries["activation/boom"]
@@ -121,7 +103,7 @@ def test_import_error_is_isolated_with_a_warning(plugins):
 
 
 def test_wrong_object_type_and_name_mismatch_are_errors(plugins):
-    reg = registry(plugins)
+    reg = plugins.registry()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)
         entries = {e.qualified_name: e for e in reg.entries()}
@@ -131,7 +113,7 @@ def test_wrong_object_type_and_name_mismatch_are_errors(plugins):
 
 def test_duplicate_name_names_both_distributions(plugins):
     with pytest.warns(PluginWarning, match="two distributions"):
-        reg = registry(plugins)
+        reg = plugins.registry()
         reg.entries(load=False)
     with pytest.raises(DuplicateTechniqueError) as info:
         reg.get_spec("plain_sgd")
@@ -139,7 +121,7 @@ def test_duplicate_name_names_both_distributions(plugins):
 
 
 def test_unknown_name_suggests_close_ones(plugins):
-    reg = registry(plugins)
+    reg = plugins.registry()
     with pytest.raises(UnknownTechniqueError, match="did you mean 'shifted'"):
         reg.get_spec("shiftd")
     with pytest.raises(UnknownTechniqueError, match="unknown family 'activations'"):
@@ -147,7 +129,7 @@ def test_unknown_name_suggests_close_ones(plugins):
 
 
 def test_same_name_in_two_families_needs_the_family(plugins):
-    reg = registry(plugins)
+    reg = plugins.registry()
     with pytest.raises(
         UnknownTechniqueError, match=r"ambiguous.*normalizer/none.*regularizer/none"
     ):
@@ -156,16 +138,12 @@ def test_same_name_in_two_families_needs_the_family(plugins):
     assert reg.get_spec("none", family="regularizer").family == "regularizer"
 
 
-def _run_cli(args, root, code="from techbench.cli import main; raise SystemExit(main({args}))"):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-    }
+def _run_cli(args, plugins, code="from techbench.cli import main; raise SystemExit(main({args}))"):
     return subprocess.run(
         [sys.executable, "-c", code.format(args=repr(args))],
         capture_output=True,
         text=True,
-        env=env,
+        env=plugins.env,
         timeout=120,
     )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,17 +15,12 @@ from techbench.registry import get_spec, list_techniques
 from techbench.spec import Param, ParamError, TechniqueSpec
 from techbench.testing import CheckFailure
 from techbench.testing import schedule as sched_checks
-from techbench.testing.core import single_threaded
 from techbench_builtins import schedules_impl as impl
 
 NAMES = ["constant", "step", "cosine", "exponential", "inverse_time"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy machine."""
-    with single_threaded():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_all_builtins_registered() -> None:

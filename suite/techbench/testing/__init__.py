@@ -15,6 +15,10 @@ or from a third-party package's tests, the way scikit-learn authors use
     def test_conformance(technique, check):
         check(technique)
 
+A check the technique is known to fail is declared with its reason,
+``parametrize_with_checks([...], expected_failed_checks={"gradcheck": "why"})``, and becomes a
+strict xfail.
+
 Each family's checks live in ``techbench.testing.<family>`` and state the reference protocol
 they expect.
 """
@@ -25,7 +29,9 @@ from .core import (
     CheckResult,
     check_technique,
     checks_for,
+    failed_checks,
     parametrize_with_checks,
+    single_threaded,
 )
 
 __all__ = [
@@ -34,5 +40,7 @@ __all__ = [
     "CheckResult",
     "check_technique",
     "checks_for",
+    "failed_checks",
     "parametrize_with_checks",
+    "single_threaded",
 ]

@@ -160,6 +160,15 @@ def check_technique(spec: TechniqueSpec | str) -> list[CheckResult]:
     return results
 
 
+def failed_checks(spec: TechniqueSpec | str) -> dict[str, str]:
+    """``{check name: message}`` for each check ``spec`` fails; empty when it passes them all.
+
+    The one-line way to assert that a deliberately broken plugin fails the check it should,
+    with the message it should (see :func:`check_technique` for the full results).
+    """
+    return {r.check: r.message for r in check_technique(spec) if not r.passed}
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, CheckFailure):
         return str(exc)
