@@ -16,8 +16,8 @@ import pytest
 
 from techbench import htmlpage
 from techbench.cli import main as cli_main
-from techbench.report import build as report_build
 from techbench.report import build_report
+from techbench.report import sections as report_sections
 
 from .report_fixtures import make_config, table_from_rows, write_store, write_trial
 
@@ -211,14 +211,14 @@ def test_a_section_is_one_function(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     write_store(store, axes={"activation": ["relu", "tanh"]}, seeds=range(2), epochs=2)
     seen: list[int] = []
 
-    def extra(ctx: report_build.ReportContext) -> report_build.Section:
+    def extra(ctx: report_sections.ReportContext) -> report_sections.Section:
         seen.append(len(ctx.runs))
         table = ctx.runs[["trial_id", "score"]]
-        return report_build.Section(
+        return report_sections.Section(
             "extra", "Extra", [htmlpage.para("added by one function")], {"extra.csv": table}
         )
 
-    monkeypatch.setattr(report_build, "SECTIONS", [*report_build.SECTIONS, extra])
+    monkeypatch.setattr(report_sections, "SECTIONS", [*report_sections.SECTIONS, extra])
     text = build_report(store, tmp_path / "o").read_text(encoding="utf-8")
     assert seen == [4]  # 2 activations x 2 seeds x 1 dataset, called once
     assert '<a href="#extra">Extra</a>' in text
@@ -227,9 +227,9 @@ def test_a_section_is_one_function(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     runs = pd.read_csv(tmp_path / "o" / "runs.csv")
     pd.testing.assert_frame_equal(extra_csv, runs[["trial_id", "score"]])
 
-    def clash(ctx: report_build.ReportContext) -> report_build.Section:
-        return report_build.Section("clash", "Clash", [], {"runs.csv": ctx.runs})
+    def clash(ctx: report_sections.ReportContext) -> report_sections.Section:
+        return report_sections.Section("clash", "Clash", [], {"runs.csv": ctx.runs})
 
-    monkeypatch.setattr(report_build, "SECTIONS", [report_build.runs, clash])
+    monkeypatch.setattr(report_sections, "SECTIONS", [report_sections.runs, clash])
     with pytest.raises(RuntimeError, match=r"runs\.csv twice"):
         build_report(store, tmp_path / "o2")

@@ -3,9 +3,9 @@
 Writes ``out_dir/index.html`` (self-contained) and one CSV per table. Modules, one job each:
 :mod:`.load` (bulk store reading), :mod:`.tables` (tidy per-run / per-cell / per-technique
 tables), :mod:`.stats` (IQM, bootstrap, rank tests, profiles), :mod:`.analyze` (applying the
-statistics), :mod:`.figures` (seaborn) and :mod:`.build` (the list of page sections, each
-returning its HTML blocks and CSVs); :mod:`techbench.htmlpage` writes the page. Importing this
-package is cheap; the heavy modules load on first call.
+statistics), :mod:`.figures` (seaborn) and :mod:`.sections` (the list of page sections, each
+returning its HTML blocks and CSVs), run in order by :mod:`.build`; :mod:`techbench.htmlpage`
+writes the page. Importing this package is cheap; the heavy modules load on first call.
 """
 
 from __future__ import annotations
