@@ -15,7 +15,7 @@ from torch import nn
 from techbench.families import DatasetSplits, ModelParts
 from techbench.health import GradientHealth
 from techbench.lit import TechniqueModule, TensorDataModule, build_trainer
-from techbench.trial import _quiet
+from techbench.trial import quiet_lightning
 from techbench_builtins.models_impl import MLP
 
 LR = 0.1
@@ -62,7 +62,7 @@ def _fit(
         model, "classification", lambda ps: torch.optim.SGD(ps, lr=LR), None, total_steps=100
     )
     cb = GradientHealth(every, PROPS) if health else None
-    with _quiet():
+    with quiet_lightning():
         trainer = build_trainer(
             {"accelerator": "cpu", "deterministic": True},
             {"epochs": epochs},

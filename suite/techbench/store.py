@@ -28,7 +28,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +73,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def metrics_table(rows: list[Mapping[str, Any]]) -> Any:
+def metrics_table(rows: Sequence[Mapping[str, Any]]) -> Any:
     """The metric rows as a pyarrow table with the store's fixed schema (:data:`METRIC_FIELDS`)."""
     import pyarrow as pa
 

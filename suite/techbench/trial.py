@@ -246,7 +246,7 @@ def _train(
         import os
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    with _quiet():
+    with quiet_lightning():
         trainer = build_trainer(
             trainer_cfg,
             budget,
@@ -258,7 +258,7 @@ def _train(
         trainer.fit(module, datamodule=datamodule)
 
 
-class _quiet:
+class quiet_lightning:
     """Silence Lightning's informational logging and its advice warnings inside a trial."""
 
     _names = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch")
