@@ -327,7 +327,7 @@ def test_size_mismatch_is_caught_before_hashing(server, cache, tmp_path, capsys)
     manifest = _manifest(tmp_path, {"tiny_shakespeare": entry})
     assert main(["data", "fetch", "tiny_shakespeare", "--manifest", manifest]) == 1
     assert "300 bytes, expected 299" in _one_line_error(capsys)
-    assert not list((cache / "tiny_shakespeare").iterdir())
+    assert not (cache / "tiny_shakespeare").exists()
 
 
 def _closed_port() -> int:
@@ -350,6 +350,7 @@ def test_unreachable_host_is_one_line_saying_where_to_put_the_files(
     assert f"cannot reach 127.0.0.1:{port}" in line
     assert str(cache / "mnist") in line and "train-images-idx3-ubyte.gz" in line
     assert "--mirror" in line
+    assert not cache.exists()  # the folders it created are not left behind
 
 
 def test_http_error_is_one_line(server, cache, tmp_path, capsys) -> None:

@@ -434,47 +434,70 @@ def fetch(
     """Make every file of ``entry`` present and verified in ``<root>/<name>``; returns the folder.
 
     Present files are verified, not downloaded again (a file put there by hand is checked the
-    same way); archives are unpacked and then removed. Raises :class:`DataError` with one line.
+    same way); archives are unpacked and then removed. Raises :class:`DataError` (or
+    :class:`DatasetFileError` for a corrupt archive) with one line; folders this call created
+    are removed again if they stay empty.
     """
     folder = dataset_dir(entry.name, root)
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
+    created = [d for d in (folder, *folder.parents) if not d.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{folder}: cannot create the folder ({exc.strerror})") from None
-    for file in entry.files:
-        dest = folder / file.name
-        if file.extract and (folder / file.extract).is_dir():
-            continue
-        if dest.is_file():
-            try:
-                verify(dest, file)
-            except DataError as exc:
-                raise DataError(f"{exc}; remove it or replace it with the published file") from None
-        elif not file.extract and file_present(folder, file):
-            continue  # kept decompressed by the user: the plugin reads it, nothing to verify
-        else:
-            url = entry.url(file, mirror)
-            try:
-                download(
-                    url,
-                    dest,
-                    file,
-                    timeout=timeout,
-                    retries=retries,
-                    retry_wait=retry_wait,
-                    progress=progress,
-                )
-            except _Unreachable as exc:
-                raise DataError(f"{entry.name}: {exc}; {_by_hand(entry, folder)}") from None
-            except OSError as exc:
-                raise DataError(f"{dest}: cannot write ({exc.strerror or exc})") from None
-            if say is not None:
-                say(
-                    f"{entry.name}/{file.name}: {dest.stat().st_size} bytes, "
-                    f"{_strongest(file)} verified"
-                )
-        if file.extract:
-            extract(dest, file.extract)
-            dest.unlink()
+    try:
+        for file in entry.files:
+            _fetch_file(entry, file, folder, mirror, timeout, retries, retry_wait, progress, say)
+    except BaseException:
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
+        raise
     return folder
+
+
+def _fetch_file(
+    entry: DatasetEntry,
+    file: FileEntry,
+    folder: Path,
+    mirror: str | None,
+    timeout: float,
+    retries: int,
+    retry_wait: float,
+    progress: bool | None,
+    say: Callable[[str], None] | None,
+) -> None:
+    dest = folder / file.name
+    if file.extract and (folder / file.extract).is_dir():
+        return
+    if dest.is_file():
+        try:
+            verify(dest, file)
+        except DataError as exc:
+            raise DataError(f"{exc}; remove it or replace it with the published file") from None
+    elif not file.extract and file_present(folder, file):
+        return  # kept decompressed by the user: the plugin reads it, nothing to verify
+    else:
+        try:
+            download(
+                entry.url(file, mirror),
+                dest,
+                file,
+                timeout=timeout,
+                retries=retries,
+                retry_wait=retry_wait,
+                progress=progress,
+            )
+        except _Unreachable as exc:
+            raise DataError(f"{entry.name}: {exc}; {_by_hand(entry, folder)}") from None
+        except OSError as exc:
+            raise DataError(f"{dest}: cannot write ({exc.strerror or exc})") from None
+        if say is not None:
+            size = dest.stat().st_size
+            say(f"{entry.name}/{file.name}: {size} bytes, {_strongest(file)} verified")
+    if file.extract:
+        try:
+            extract(dest, file.extract)
+        except OSError as exc:
+            raise DataError(f"{dest}: cannot unpack ({exc.strerror or exc})") from None
+        dest.unlink()
