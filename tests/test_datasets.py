@@ -421,7 +421,7 @@ def test_a_failed_trial_records_the_one_line_naming_the_file(tmp_path) -> None:
         {"dataset": {"name": "mnist", "params": {"root": str(root)}}, "model": "mlp"}
     )
     assert outcome.status == "failed"
-    last = outcome.meta["error"].strip().splitlines()[-1]
+    last = (outcome.meta.error or "").strip().splitlines()[-1]
     assert last.startswith("techbench.data.DatasetFileError: ")
     assert str(root / "train-images-idx3-ubyte") in last and "28x28" in last
 

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..cli import UsageError
+from ..errors import UsageError, did_you_mean
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -160,19 +160,12 @@ def main_list(args: argparse.Namespace) -> int:
 
 
 def main_fetch(args: argparse.Namespace) -> int:
-    import difflib
-
     from ..data import DataError, DatasetFileError, cache_root, fetch
 
     manifest = _manifest(args)
     for name in args.names:
         if name not in manifest:
-            close = difflib.get_close_matches(name, list(manifest), n=3)
-            hint = (
-                f"did you mean {' or '.join(map(repr, close))}?"
-                if close
-                else ("known: " + ", ".join(sorted(manifest)))
-            )
+            hint = did_you_mean(name, manifest)
             raise UsageError(f"no dataset {name!r} to fetch; {hint}")
     if args.retries < 0 or args.timeout <= 0:
         raise UsageError("--retries must be >= 0 and --timeout > 0")
