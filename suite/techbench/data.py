@@ -213,8 +213,8 @@ def file_present(folder: Path, file: FileEntry) -> bool:
 
     A ``.gz`` file also counts when it sits there decompressed (how many people keep MNIST).
     """
-    if file.extract:
-        return (folder / file.extract).is_dir()
+    if file.extract:  # also when a variable points into the unpacked folder itself
+        return (folder / file.extract).is_dir() or (folder.name == file.extract)
     if (folder / file.name).is_file():
         return True
     return file.name.endswith(".gz") and (folder / file.name[:-3]).is_file()
