@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,12 @@ from techbench.families import DatasetSplits
 from techbench.registry import get_spec
 from techbench.spec import Param, TechniqueSpec
 from techbench.testing import checks_for, failed_checks
-from techbench.testing.dataset import write_cifar10_batches, write_idx, write_idx_dataset
+from techbench.testing.dataset import (
+    write_cifar10_batches,
+    write_cifar100_files,
+    write_idx,
+    write_idx_dataset,
+)
 from techbench_builtins import datasets_impl as impl
 
 BUILTINS = [
@@ -28,6 +35,7 @@ BUILTINS = [
     "mnist",
     "fashion_mnist",
     "cifar10",
+    "cifar100",
 ]
 
 
@@ -176,8 +184,10 @@ def test_idx_dataset_reads_the_files(tmp_path, name: str) -> None:
 def test_idx_dataset_root_from_env_and_clear_error(tmp_path, monkeypatch) -> None:
     spec = get_spec("mnist", "dataset")
     monkeypatch.delenv("TECHBENCH_MNIST_DIR", raising=False)
-    with pytest.raises(impl.DatasetFilesMissing, match="TECHBENCH_MNIST_DIR"):
+    monkeypatch.setenv("TECHBENCH_DATA", str(tmp_path / "empty-cache"))
+    with pytest.raises(impl.DatasetFilesMissing, match="TECHBENCH_MNIST_DIR") as exc:
         spec.create(0)
+    assert "techbench data fetch mnist" in str(exc.value)
     monkeypatch.setenv("TECHBENCH_MNIST_DIR", str(tmp_path))
     with pytest.raises(impl.DatasetFilesMissing, match="train-images-idx3-ubyte"):
         spec.create(0)
@@ -207,6 +217,215 @@ def test_cifar10_reads_python_batches(tmp_path) -> None:
     )
 
 
+def test_cifar100_reads_fine_labels(tmp_path) -> None:
+    sub = tmp_path / "cifar-100-python"
+    sub.mkdir()
+    xs, ys, xt, yt = write_cifar100_files(sub, n_train=50, n_test=9)
+    s = get_spec("cifar100", "dataset").create(0, root=str(tmp_path), val_fraction=0.2)
+    assert s.num_classes == 100 and s.input_shape == (3, 32, 32)
+    assert (len(s.x_train), len(s.x_val), len(s.x_test)) == (40, 10, 9)
+    assert torch.equal(
+        s.x_test, torch.from_numpy(xt.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
+    )
+    assert s.y_test.tolist() == yt.tolist()
+    assert sorted(s.y_train.tolist() + s.y_val.tolist()) == sorted(ys.tolist())
+    assert _rows(s.x_train.numpy(), s.x_val.numpy()) == _rows(
+        xs.reshape(-1, 3, 32, 32).astype(np.float32) / 255
+    )
+
+
+def _tar_folder(folder: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+@pytest.mark.parametrize(
+    ("name", "top", "archive"),
+    [
+        ("cifar10", "cifar-10-batches-py", "cifar-10-python.tar.gz"),
+        ("cifar100", "cifar-100-python", "cifar-100-python.tar.gz"),
+    ],
+)
+def test_cifar_reads_the_published_tarball_put_there_by_hand(tmp_path, name, top, archive) -> None:
+    src = tmp_path / "src" / top
+    src.mkdir(parents=True)
+    if name == "cifar10":
+        _, _, xt, yt = write_cifar10_batches(src, per_batch=6, n_test=5)
+    else:
+        _, _, xt, yt = write_cifar100_files(src, n_train=30, n_test=5)
+    root = tmp_path / "root"
+    root.mkdir()
+    _tar_folder(src, root / archive)
+    s = get_spec(name, "dataset").create(0, root=str(root))
+    assert torch.equal(
+        s.x_test, torch.from_numpy(xt.reshape(-1, 3, 32, 32).astype(np.float32) / 255)
+    )
+    assert s.y_test.tolist() == yt.tolist()
+    # a truncated tarball: one line naming it
+    blob = (root / archive).read_bytes()
+    (root / archive).write_bytes(blob[: len(blob) // 2])
+    _bad_file(
+        lambda: get_spec(name, "dataset").create(0, root=str(root)), root / archive, "truncated"
+    )
+
+
+# ---------------------------------------------------------------- malformed files
+
+
+def _bad_file(load, path: Path, what: str) -> str:
+    """``load()`` raises DatasetFileError: one line, starting with ``path``, containing ``what``."""
+    with pytest.raises(impl.DatasetFileError) as exc:
+        load()
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(str(path)), msg
+    assert what in msg, msg
+    return msg
+
+
+def _mnist_dir(tmp_path: Path, **replace: np.ndarray) -> Path:
+    """MNIST files of 60 train / 20 test samples, with some arrays replaced."""
+    root = tmp_path / "mnist"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(60) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(20) % 10).astype(np.uint8),
+    }
+    arrays.update({k.replace("_", "-"): v for k, v in replace.items()})
+    for stem, a in arrays.items():
+        write_idx(root / stem, a)
+    return root
+
+
+def _mnist(root: Path):
+    return lambda: get_spec("mnist", "dataset").create(0, root=str(root))
+
+
+def test_truncated_gzip_names_the_file(tmp_path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    write_idx_dataset(root, compress=True)
+    gz = root / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:-200])
+    _bad_file(_mnist(root), gz, "truncated or corrupt gzip")
+    gz.write_bytes(b"\x1f\x8b" + b"\x00" * 40)
+    _bad_file(_mnist(root), gz, "truncated or corrupt gzip")
+
+
+def test_idx_header_and_size_errors(tmp_path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    _bad_file(lambda: impl.read_idx(f), f, "truncated IDX header")
+    write_idx(f, np.zeros((2, 3), np.uint8))
+    f.write_bytes(f.read_bytes() + b"\x00\x00")
+    _bad_file(lambda: impl.read_idx(f), f, "2 bytes after the data")
+    f.write_bytes(b"PK\x03\x04" + b"\x00" * 20)
+    _bad_file(lambda: impl.read_idx(f), f, "bad magic number 504b0304")
+
+
+def test_20x20_images_are_not_mnist(tmp_path) -> None:
+    root = _mnist_dir(tmp_path, train_images_idx3_ubyte=np.zeros((60, 20, 20), np.uint8))
+    msg = _bad_file(_mnist(root), root / "train-images-idx3-ubyte", "expected 28x28 for mnist")
+    assert "(20, 20)" in msg
+
+
+def test_swapped_image_and_label_files(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    root = _mnist_dir(
+        tmp_path,
+        train_images_idx3_ubyte=(np.arange(60) % 10).astype(np.uint8),
+        train_labels_idx1_ubyte=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
+    )
+    _bad_file(_mnist(root), root / "train-images-idx3-ubyte", "swapped")
+    # only the label file wrong: named as such
+    root2 = _mnist_dir(tmp_path / "b", t10k_labels_idx1_ubyte=np.zeros((20, 28, 28), np.uint8))
+    _bad_file(_mnist(root2), root2 / "t10k-labels-idx1-ubyte", "not labels")
+
+
+def test_labels_out_of_range(tmp_path) -> None:
+    labels = (np.arange(60) % 10).astype(np.uint8)
+    labels[5] = 12
+    root = _mnist_dir(tmp_path, train_labels_idx1_ubyte=labels)
+    _bad_file(_mnist(root), root / "train-labels-idx1-ubyte", "label 12 outside 0..9")
+
+
+def test_image_and_label_counts_must_match(tmp_path) -> None:
+    root = _mnist_dir(tmp_path, t10k_labels_idx1_ubyte=(np.arange(19) % 10).astype(np.uint8))
+    msg = _bad_file(_mnist(root), root / "t10k-images-idx3-ubyte", "20 images but")
+    assert str(root / "t10k-labels-idx1-ubyte") in msg and "19 labels" in msg
+
+
+def test_idx_dtypes(tmp_path) -> None:
+    root = _mnist_dir(tmp_path)
+    lab = root / "train-labels-idx1-ubyte"
+    lab.write_bytes(
+        bytes([0, 0, 0x0C, 1]) + np.asarray([60], ">i4").tobytes() + np.zeros(60, ">i4").tobytes()
+    )
+    _bad_file(_mnist(root), lab, "expected uint8")
+    img = root / "t10k-images-idx3-ubyte"
+    img.write_bytes(
+        bytes([0, 0, 0x0D, 3])
+        + np.asarray([20, 28, 28], ">i4").tobytes()
+        + np.zeros(20 * 28 * 28, ">f4").tobytes()
+    )
+    write_idx(lab, (np.arange(60) % 10).astype(np.uint8))
+    _bad_file(_mnist(root), img, "pixels are >f4, expected uint8")
+
+
+def _cifar_file(path: Path, **blob) -> Path:
+    with open(path, "wb") as fh:
+        pickle.dump({k.encode(): v for k, v in blob.items()}, fh, protocol=4)
+    return path
+
+
+def test_cifar_batch_errors_name_the_file(tmp_path) -> None:
+    ok = np.zeros((4, 3072), np.uint8)
+    f = tmp_path / "data_batch_1"
+    _cifar_file(f, data=ok, labels=[0, 1, 12, 3])
+    _bad_file(lambda: impl.read_cifar_batch(f), f, "label 12 outside 0..9")
+    _cifar_file(f, data=np.zeros((4, 1024), np.uint8), labels=[0, 1, 2, 3])
+    _bad_file(lambda: impl.read_cifar_batch(f), f, "expected (N, 3072)")
+    _cifar_file(f, data=ok.astype(np.float32), labels=[0, 1, 2, 3])
+    _bad_file(lambda: impl.read_cifar_batch(f), f, "pixels are float32, expected uint8")
+    _cifar_file(f, data=ok, labels=[0, 1, 2])
+    _bad_file(lambda: impl.read_cifar_batch(f), f, "4 images but 3 labels")
+    _cifar_file(f, data=ok, fine_labels=[0, 1, 2, 3])
+    _bad_file(lambda: impl.read_cifar_batch(f), f, "'fine_labels' suggests the other CIFAR")
+    _cifar_file(f, data=ok, fine_labels=[0, 1, 99, 100])
+    _bad_file(lambda: impl.read_cifar_batch(f, "fine_labels", 100), f, "label 100 outside 0..99")
+    _cifar_file(f, data=ok, labels=[0, 1, 2, 3])
+    f.write_bytes(f.read_bytes()[:-50])
+    _bad_file(lambda: impl.read_cifar_batch(f), f, "not a readable CIFAR python batch")
+
+
+def test_malformed_cifar_files_in_a_dataset_name_the_file(tmp_path) -> None:
+    write_cifar100_files(tmp_path, n_train=10, n_test=4)
+    bad = _cifar_file(
+        tmp_path / "test", data=np.zeros((4, 3072), np.uint8), fine_labels=[1, 2, 3, 400]
+    )
+    _bad_file(
+        lambda: get_spec("cifar100", "dataset").create(0, root=str(tmp_path)),
+        bad,
+        "label 400 outside 0..99",
+    )
+
+
+def test_a_failed_trial_records_the_one_line_naming_the_file(tmp_path) -> None:
+    from techbench.trial import run_trial
+
+    root = _mnist_dir(tmp_path, train_images_idx3_ubyte=np.zeros((60, 20, 20), np.uint8))
+    outcome = run_trial(
+        {"dataset": {"name": "mnist", "params": {"root": str(root)}}, "model": "mlp"}
+    )
+    assert outcome.status == "failed"
+    last = (outcome.meta.error or "").strip().splitlines()[-1]
+    assert last.startswith("techbench.data.DatasetFileError: ")
+    assert str(root / "train-images-idx3-ubyte") in last and "28x28" in last
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
@@ -217,6 +436,11 @@ def test_restricted_unpickler_refuses_code(tmp_path) -> None:
     (tmp_path / "data_batch_1").write_bytes(payload)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
         impl.read_cifar_batch(tmp_path / "data_batch_1")
+    _bad_file(
+        lambda: impl.read_cifar_batch(tmp_path / "data_batch_1"),
+        tmp_path / "data_batch_1",
+        "refusing to load posix.system",
+    )
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         impl.RestrictedUnpickler(io.BytesIO(pickle.dumps(print))).load()
     arr = np.arange(6, dtype=np.uint8)

@@ -11,7 +11,9 @@ Declared properties (read by ``techbench.testing.dataset``):
   "files" (read from a local folder: ``root`` parameter, else an environment variable);
 - ``split``: "fractions" (val and test are ``val_fraction`` / ``test_fraction`` of all samples)
   or "official_test" (test is the files' test set; val is ``val_fraction`` of the train files);
-- ``file_format`` (files only): "idx" (MNIST layout) or "cifar10-python"; ``env_var``.
+- ``file_format`` (files only): "idx" (MNIST layout), "cifar10-python" or "cifar100-python";
+  ``env_var``. With neither ``root`` nor the variable set, the files are read from the cache that
+  ``techbench data fetch NAME`` fills (see :mod:`techbench.data`).
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def _file_params(limit_doc: str) -> tuple[Param, ...]:
             name="root",
             type=str,
             default="",
-            doc="folder with the files; empty: the environment variable",
+            doc="folder with the files; empty: the environment variable, else the data cache",
         ),
         Param(
             name="val_fraction",
@@ -250,6 +252,24 @@ cifar10 = TechniqueSpec(
         "split": "official_test",
         "file_format": "cifar10-python",
         "env_var": "TECHBENCH_CIFAR10_DIR",
+    },
+    tags=("image", "files"),
+)
+
+cifar100 = TechniqueSpec(
+    name="cifar100",
+    family="dataset",
+    summary="CIFAR-100 colour images (3x32x32, 100 fine classes) from the local python files.",
+    citation="Krizhevsky 2009, Learning multiple layers of features from tiny images",
+    fast=f"{_IMPL}:cifar100",
+    params=_file_params(_LIMIT),
+    properties={
+        "task": "classification",
+        "num_classes": 100,
+        "source": "files",
+        "split": "official_test",
+        "file_format": "cifar100-python",
+        "env_var": "TECHBENCH_CIFAR100_DIR",
     },
     tags=("image", "files"),
 )

@@ -1,4 +1,4 @@
-"""The ``techbench`` command: ``list | check | run | probe | report``.
+"""The ``techbench`` command: ``list | check | run | probe | report | data``.
 
 Each sub-command lives in ``techbench.commands.<name>`` with ``add_parser(subparsers)`` and
 ``main(args) -> int``; modules import their heavy dependencies inside ``main`` so that
@@ -17,7 +17,7 @@ from . import __version__
 from .errors import UsageError
 from .spec import TechniqueError
 
-COMMANDS = ("list", "check", "run", "probe", "report")
+COMMANDS = ("list", "check", "run", "probe", "report", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

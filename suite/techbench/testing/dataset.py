@@ -7,9 +7,10 @@ is not required. The declared properties the checks read (see ``techbench_builti
 ``task``, ``num_classes``, ``split`` ("fractions": val/test are ``round(n * val_fraction)`` /
 ``round(n * test_fraction)`` of all n samples; "official_test": val is
 ``round(n_train_files * val_fraction)`` and test is the files' test set) and, for
-``source == "files"``, ``file_format`` ("idx" or "cifar10-python"): the checks then write small
-files of that format in a temporary folder (:func:`write_idx_dataset`,
-:func:`write_cifar10_batches`) and pass it as the ``root`` parameter.
+``source == "files"``, ``file_format`` ("idx", "cifar10-python" or "cifar100-python"): the
+checks then write small files of that format in a temporary folder (:func:`write_idx_dataset`,
+:func:`write_cifar10_batches`, :func:`write_cifar100_files`) and pass it as the ``root``
+parameter.
 
 Checks: the splits' dtypes and shapes; sizes as declared; disjoint splits (no sample of one split
 repeated in another beyond 1% of the smaller split, which catches leaked or reused indices);
@@ -103,6 +104,31 @@ def write_cifar10_batches(
     return np.concatenate(xs), np.asarray(ys), data, np.asarray(labels)
 
 
+def write_cifar100_files(
+    root: str | Path, n_train: int = FIXTURE_TRAIN, n_test: int = FIXTURE_TEST, *, seed: int = 0
+) -> tuple[Any, Any, Any, Any]:
+    """CIFAR-100 python files ``train`` and ``test``: dicts of bytes keys, uint8 data (N, 3072),
+    ``fine_labels`` in 0..99 and ``coarse_labels`` in 0..19 (lists of ints)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, n)]
+        blob = {
+            b"batch_label": split.encode(),
+            b"data": data,
+            b"fine_labels": fine,
+            b"coarse_labels": [f // 5 for f in fine],
+        }
+        with open(root / split, "wb") as fh:
+            pickle.dump(blob, fh, protocol=4)
+        out += [data, np.asarray(fine)]
+    return out[0], out[1], out[2], out[3]
+
+
 @contextlib.contextmanager
 def _fixture_params(spec: TechniqueSpec) -> Iterator[dict[str, Any]]:
     props = spec.properties
@@ -115,6 +141,8 @@ def _fixture_params(spec: TechniqueSpec) -> Iterator[dict[str, Any]]:
             write_idx_dataset(tmp)
         elif fmt == "cifar10-python":
             write_cifar10_batches(tmp)
+        elif fmt == "cifar100-python":
+            write_cifar100_files(tmp)
         else:
             raise CheckFailure(
                 f"{spec.qualified_name}: unknown file_format {fmt!r}; cannot write fixtures"
