@@ -69,7 +69,7 @@ sgd = TechniqueSpec(
     fast=f"{_IMPL}:sgd",
     reference=f"{_IMPL}:sgd_reference",
     params=(_lr(0.01), _wd()),
-    properties={"adaptive": False},
+    properties={"adaptive": False, "elementwise": True},
 )
 
 momentum = TechniqueSpec(
@@ -93,7 +93,7 @@ momentum = TechniqueSpec(
         ),
         _wd(),
     ),
-    properties={"adaptive": False},
+    properties={"adaptive": False, "elementwise": True},
 )
 
 nesterov = TechniqueSpec(
@@ -105,7 +105,7 @@ nesterov = TechniqueSpec(
     fast=f"{_IMPL}:nesterov",
     reference=f"{_IMPL}:nesterov_reference",
     params=(_lr(0.01), _MOMENTUM, _wd()),
-    properties={"adaptive": False},
+    properties={"adaptive": False, "elementwise": True},
 )
 
 adagrad = TechniqueSpec(
@@ -137,7 +137,7 @@ adagrad = TechniqueSpec(
         ),
         _eps(1e-10),
     ),
-    properties={"adaptive": True},
+    properties={"adaptive": True, "elementwise": True},
 )
 
 rmsprop = TechniqueSpec(
@@ -164,7 +164,7 @@ rmsprop = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True},
+    properties={"adaptive": True, "elementwise": True},
 )
 
 _ADAM_PARAMS = (
@@ -193,7 +193,7 @@ adam = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True},
+    properties={"adaptive": True, "elementwise": True},
 )
 
 adamw = TechniqueSpec(
@@ -208,7 +208,7 @@ adamw = TechniqueSpec(
         *_ADAM_PARAMS,
         _wd(0.01, "decoupled decay: p <- p * (1 - lr * weight_decay) before the Adam step"),
     ),
-    properties={"adaptive": True},
+    properties={"adaptive": True, "elementwise": True},
 )
 
 nadam = TechniqueSpec(
@@ -231,7 +231,7 @@ nadam = TechniqueSpec(
             doc="psi in mu_t = beta1 * (1 - 0.5 * 0.96^(t * psi))",
         ),
     ),
-    properties={"adaptive": True},
+    properties={"adaptive": True, "elementwise": True},
 )
 
 radam = TechniqueSpec(
@@ -242,7 +242,7 @@ radam = TechniqueSpec(
     fast=f"{_IMPL}:radam",
     reference=f"{_IMPL}:radam_reference",
     params=(_lr(1e-3), *_ADAM_PARAMS, _wd()),
-    properties={"adaptive": True},
+    properties={"adaptive": True, "elementwise": True},
 )
 
 lion = TechniqueSpec(
@@ -258,5 +258,5 @@ lion = TechniqueSpec(
         _beta("beta2", 0.99, "momentum decay"),
         _wd(0.0, "decoupled decay: p <- p - lr * weight_decay * p"),
     ),
-    properties={"adaptive": False},
+    properties={"adaptive": False, "elementwise": True},
 )

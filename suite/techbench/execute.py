@@ -201,6 +201,64 @@ def run_one(
         return tid, outcome.status
 
 
+def run_unit(
+    configs: list[dict[str, Any]],
+    tids: list[str],
+    job: Job,
+    wait: bool = False,
+    stop_path: str | None = None,
+) -> list[tuple[str, str]]:
+    """Run one unit of work (a stack of trials, see :mod:`techbench.stack`); ``(id, status)``
+    per member, in order.
+
+    A unit of one is :func:`run_one`. Otherwise every member is claimed (a member another
+    process holds is ``busy``, one already stored ``skipped``), the remaining members train
+    together with :func:`techbench.trial.run_stack` and each outcome is stored as its own trial.
+    """
+    if len(configs) == 1:
+        return [run_one(configs[0], tids[0], job, wait, stop_path)]
+    if stop_path is not None and os.path.exists(stop_path):
+        return [(tid, "cancelled") for tid in tids]
+    if _THREADS is not None and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(_THREADS)
+    store = ResultStore(job.out)
+    results: dict[str, str] = {}
+    with contextlib.ExitStack() as held:
+        run: list[tuple[str, dict[str, Any]]] = []
+        for tid, config in zip(tids, configs, strict=True):
+            if not held.enter_context(store.claim(tid, wait=wait)):
+                results[tid] = "busy"
+                continue
+            status = store.status(tid)
+            if status in FINISHED or (status == "failed" and not job.rerun_failed):
+                results[tid] = "skipped"
+                continue
+            run.append((tid, config))
+        markers = [store.mark_running(tid) for tid, _ in run]
+        try:
+            for (tid, config), outcome in zip(run, _call_stack([c for _, c in run]), strict=True):
+                outcome.trial_id, outcome.config = tid, config
+                store.write(outcome, job.matrix_name)
+                results[tid] = outcome.status
+        finally:
+            for marker in markers:
+                marker.unlink(missing_ok=True)
+    return [(tid, results[tid]) for tid in tids]
+
+
+def _call_stack(configs: list[dict[str, Any]]) -> list[TrialOutcome]:
+    from .trial import run_stack
+
+    if len(configs) == 1:
+        return [_call(DEFAULT_RUN_FN, configs[0], trial_id(configs[0]))]
+    started = now_iso()
+    try:
+        return run_stack(configs)
+    except Exception:
+        error = traceback.format_exc()
+        return [TrialOutcome.failed(c, error, started) for c in configs]
+
+
 def _quarantine_main(config: dict[str, Any], tid: str, job: Job, threads: int) -> None:
     _init_worker(threads)
     run_one(config, tid, job, True, None)
@@ -238,6 +296,7 @@ def execute(
     progress: bool | None = None,
     matrix_info: Mapping[str, Any] | None = None,
     stream: Any = None,
+    stack: str | int = "auto",
 ) -> RunResult:
     """Run every trial of ``configs`` not yet stored in ``out``; see the module docstring.
 
@@ -247,6 +306,9 @@ def execute(
     process).
     ``run_fn``: ``config -> TrialOutcome`` (a callable importable by name, or ``"module:attr"``).
     ``progress``: the bar (None: only when stderr is a terminal).
+    ``stack``: trials of one shape train together (:mod:`techbench.stack`): "auto" sizes stacks
+    from the device (:func:`stack_size`), an int caps their size, "off" (or 1) runs one by one;
+    a custom ``run_fn`` runs one by one.
     """
     store = ResultStore(out).ensure()
     store.cleanup()
@@ -256,10 +318,11 @@ def execute(
     total = len(todo) + already
     cores = available_cores()
     gpus: list[str] = []
+    units = make_units(todo, stack if run_fn == DEFAULT_RUN_FN else "off")
     if workers is None and todo:
         workers, gpus = default_workers([c for _, c in todo], cores)
-        workers = min(workers, max(1, len(todo) // 2))  # a worker's start costs about a trial
-    workers = max(1, min(workers or cores, max(1, len(todo))))
+        workers = min(workers, max(1, len(units) // 2))  # a worker's start costs about a unit
+    workers = max(1, min(workers or cores, max(1, len(units))))
     bar = Progress(total, enabled=progress, stream=stream, already=already)
     result = RunResult(total=total, already=already)
     t0 = time.monotonic()
@@ -267,11 +330,11 @@ def execute(
     stop_path = store.scratch_path("stop")
     try:
         if workers == 1:
-            result.interrupted = _run_inline(todo, job, bar)
+            result.interrupted = _run_inline(units, job, bar)
         else:
             threads = max(1, cores // workers)
             result.interrupted = _run_pool(
-                todo, store, job, bar, workers, threads, str(stop_path), tuple(gpus)
+                units, store, job, bar, workers, threads, str(stop_path), tuple(gpus)
             )
     finally:
         bar.close()
@@ -283,26 +346,57 @@ def execute(
     return result
 
 
-def _run_inline(todo: list, job: Job, bar: Progress) -> bool:
-    waiting = [(tid, config, False) for tid, config in todo]
+Unit = tuple[list[str], list[dict[str, Any]], bool]
+"""A unit of work: member ids, their configs, and whether to wait for their claims."""
+
+
+def stack_size(configs: Iterable[Mapping[str, Any]]) -> int:
+    """The ``--stack auto`` size cap: 64 members when a trial runs on a visible GPU (where a
+    stack of tiny networks costs about one network's kernel launches), else 16 (on a CPU the
+    gain saturates once the stacked matrices fill the vector units)."""
+    accelerators = {str((c.get("trainer") or {}).get("accelerator", "cpu")) for c in configs}
+    return 64 if accelerators & set(GPU_ACCELERATORS) and visible_gpus() else 16
+
+
+def make_units(todo: list[tuple[str, dict[str, Any]]], stack: str | int) -> list[Unit]:
+    """Group pending ``(id, config)`` pairs into units (stacks) per the ``stack`` policy."""
+    from .stack import plan_stacks
+
+    if stack in ("off", 0, 1, "1"):
+        return [([tid], [config], False) for tid, config in todo]
+    size = stack_size(c for _, c in todo) if stack == "auto" else int(stack)
+    return [(st.ids, list(st.configs), False) for st in plan_stacks([c for _, c in todo], size)]
+
+
+def _run_inline(units: list[Unit], job: Job, bar: Progress) -> bool:
+    waiting = list(units)
     while waiting:
-        busy = []
-        for tid, config, wait in waiting:
+        busy: list[Unit] = []
+        for tids, configs, wait in waiting:
             try:
-                _, status = run_one(config, tid, job, wait, None)
+                results = run_unit(configs, tids, job, wait, None)
             except KeyboardInterrupt:
-                bar.note("interrupted: the running trial is not stored; finished trials are kept")
+                bar.note("interrupted: the running trials are not stored; finished trials are kept")
                 return True
-            if status == "busy":
-                busy.append((tid, config, True))
-            else:
-                bar.update(status)
+            _tally(results, dict(zip(tids, configs, strict=True)), busy, bar)
         waiting = busy
     return False
 
 
+def _tally(
+    results: list[tuple[str, str]], configs: Mapping[str, dict[str, Any]], busy: list, bar: Progress
+) -> None:
+    """Count finished members; members another process holds go back to ``busy`` (one unit)."""
+    held = [tid for tid, status in results if status == "busy"]
+    for _tid, status in results:
+        if status != "busy":
+            bar.update(status)
+    if held:
+        busy.append((held, [configs[t] for t in held], True))
+
+
 def _run_pool(
-    todo: list,
+    units: list[Unit],
     store: ResultStore,
     job: Job,
     bar: Progress,
@@ -315,19 +409,19 @@ def _run_pool(
 
     ctx = multiprocessing.get_context("spawn")
     slot = ctx.Value("i", 0)
-    queue = [(tid, config, False) for tid, config in todo]
+    queue = list(units)
     while queue:
-        busy: list[tuple[str, dict, bool]] = []
-        crashed: list[tuple[str, dict, bool]] = []
+        busy: list[Unit] = []
+        crashed: list[Unit] = []
         pool = ProcessPoolExecutor(
             max_workers=min(workers, len(queue)),
             mp_context=ctx,
             initializer=_init_worker,
             initargs=(threads, slot, gpus),
         )
-        futures: dict[Future, tuple[str, dict, bool]] = {
-            pool.submit(run_one, config, tid, job, wait, stop_path): (tid, config, wait)
-            for tid, config, wait in queue
+        futures: dict[Future, Unit] = {
+            pool.submit(run_unit, configs, tids, job, wait, stop_path): (tids, configs, wait)
+            for tids, configs, wait in queue
         }
         pending = dict(futures)
 
@@ -339,7 +433,7 @@ def _run_pool(
             for fut in list(pending):
                 if fut.cancel():
                     pending.pop(fut)
-            running = len(pending)
+            running = sum(len(unit[0]) for unit in pending.values())
             bar.note(
                 f"interrupted: waiting for {running} running trial(s) to finish "
                 "(Ctrl-C again to kill them); finished trials are kept"
@@ -364,39 +458,40 @@ def _run_pool(
 
 
 def _settle(fut: Future, pending: dict, crashed: list, busy: list, bar: Progress) -> None:
-    item = pending.pop(fut)
+    tids, configs, wait = pending.pop(fut)
     try:
-        _, status = fut.result()
+        results = fut.result()
     except BrokenProcessPool:
-        crashed.append(item)
+        crashed.append((tids, configs, wait))
         return
     except Exception as exc:
-        bar.note(f"trial {item[0]}: worker error: {type(exc).__name__}: {exc}")
-        status = "failed"
-    if status == "busy":
-        busy.append((item[0], item[1], True))
-    else:
-        bar.update(status)
+        bar.note(f"trials {', '.join(tids)}: worker error: {type(exc).__name__}: {exc}")
+        results = [(tid, "failed") for tid in tids]
+    _tally(results, dict(zip(tids, configs, strict=True)), busy, bar)
 
 
 def _recover(
-    crashed: list[tuple[str, dict, bool]],
+    crashed: list[Unit],
     store: ResultStore,
     job: Job,
     bar: Progress,
     ctx: Any,
     threads: int,
-) -> list[tuple[str, dict, bool]]:
+) -> list[Unit]:
     """After a worker died: re-run the trials that were running, each alone; return the rest.
 
-    The running ones are told by their ``.running`` markers; when none is found, every trial of
-    the broken pool is re-run alone, so a trial that kills its process can never loop.
+    The running ones are told by their ``.running`` markers (a stack's members all have one);
+    when none is found, every trial of the broken pool is re-run alone, so a trial that kills
+    its process can never loop.
     """
-    suspects = [item for item in crashed if store.running_marker(item[0]).exists()]
+    members = [
+        ([t], [c], w) for tids, configs, w in crashed for t, c in zip(tids, configs, strict=True)
+    ]
+    suspects = [item for item in members if store.running_marker(item[0][0]).exists()]
     if not suspects:
-        suspects = list(crashed)
-    rest = [item for item in crashed if item not in suspects]
-    for tid, config, _wait in suspects:
+        suspects = list(members)
+    rest = [item for item in members if item not in suspects]
+    for (tid,), (config,), _wait in suspects:
         store.running_marker(tid).unlink(missing_ok=True)
         proc = ctx.Process(target=_quarantine_main, args=(config, tid, job, threads), daemon=True)
         proc.start()

@@ -79,9 +79,14 @@ class RegularizerProperties(TypedDict, total=False):
 
 
 class OptimizerProperties(TypedDict, total=False):
-    """``adaptive``: per-coordinate step sizes (Adagrad, RMSprop, Adam...)."""
+    """``adaptive``: per-coordinate step sizes (Adagrad, RMSprop, Adam...). ``elementwise``: the
+    update of each coordinate depends only on that coordinate's gradient history and the
+    hyper-parameters (no norm or other reduction over a tensor), so one optimizer over the stacked
+    parameters of K trials is K independent optimizers: trials with it may train stacked
+    (:mod:`techbench.stack`); the conformance check ``stacked`` verifies the claim."""
 
     adaptive: bool
+    elementwise: bool
 
 
 class Initializer(Protocol):

@@ -176,27 +176,13 @@ def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -
     return model, regularizer
 
 
-def _train(
-    cfg: dict[str, Any],
-    tid: str,
-    state: _State,
-    logger: str | None,
-    log_dir: str | None,
-    callbacks: Sequence[Any],
-    registry: Any,
-) -> None:
-    import torch
-
-    from . import lit
-    from .health import GradientHealth
-    from .lit import ShuffledBatches, TechniqueModule, TensorDataModule, build_logger, build_trainer
+def _prepare(cfg: Mapping[str, Any], registry: Any) -> tuple[dict[str, Any], Any]:
+    """The specs of every technique of ``cfg`` and its preprocessed data splits."""
     from .registry import default_registry
 
     get_spec = (registry or default_registry()).get_spec
     specs = {key: get_spec(cfg[key]["name"], fam) for key, fam in AXIS_FAMILY.items()}
     params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
-    seed, budget = int(cfg["seed"]), cfg["budget"]
-
     splits = specs["dataset"].create(int(cfg["data_seed"]), **params["dataset"])
     pre = specs["preprocessor"].create(**params["preprocessor"])
     pre.fit(splits.x_train)
@@ -206,10 +192,15 @@ def _train(
         x_val=pre.transform(splits.x_val),
         x_test=pre.transform(splits.x_test),
     )
+    return specs, splits
 
-    _seed_all(seed)
-    model, regularizer = build_model(cfg, specs, splits)
-    state.num_parameters = sum(p.numel() for p in model.parameters())
+
+def _total_steps(splits: Any, budget: Mapping[str, Any]) -> int:
+    """Optimizer steps the budget allows: the smaller of epochs x batches per epoch and
+    ``max_steps`` (the schedules' horizon)."""
+    import torch
+
+    from .lit import ShuffledBatches
 
     batch_size = int(budget["batch_size"])
     per_epoch = ShuffledBatches(
@@ -221,7 +212,31 @@ def _train(
         candidates.append(int(max_steps))
     if not candidates:
         raise ValueError("budget needs epochs or max_steps")
-    total_steps = max(min(candidates), 1)
+    return max(min(candidates), 1)
+
+
+def _train(
+    cfg: dict[str, Any],
+    tid: str,
+    state: _State,
+    logger: str | None,
+    log_dir: str | None,
+    callbacks: Sequence[Any],
+    registry: Any,
+) -> None:
+
+    from . import lit
+    from .health import GradientHealth
+    from .lit import TechniqueModule, TensorDataModule, build_logger, build_trainer
+
+    specs, splits = _prepare(cfg, registry)
+    params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
+    seed, budget = int(cfg["seed"]), cfg["budget"]
+    _seed_all(seed)
+    model, regularizer = build_model(cfg, specs, splits)
+    state.num_parameters = sum(p.numel() for p in model.parameters())
+    batch_size = int(budget["batch_size"])
+    total_steps = _total_steps(splits, budget)
 
     opt_spec, sched_spec = specs["optimizer"], specs["schedule"]
     module = TechniqueModule(
@@ -287,3 +302,111 @@ class quiet_lightning:
         self._warnings.__exit__(*exc)
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> list[TrialOutcome]:
+    """Train the trials of one stack together (:mod:`techbench.population`); one outcome each,
+    in the order of ``configs``.
+
+    The configs must share a :func:`techbench.stack.stack_key`. Like :func:`run_trial` it never
+    raises for a plugin or config error: the stack's members are then all "failed" with the
+    traceback (one member's plugin code failing fails the stack, never the matrix). A stack of
+    one is :func:`run_trial`.
+    """
+    if len(configs) == 1:
+        return [run_trial(configs[0], registry=registry)]
+    started_at, wall0 = now_iso(), time.perf_counter()
+    cfgs: list[dict[str, Any]] = []
+    try:
+        cfgs = [complete_config(c) for c in configs]
+        module, device, num_parameters = _train_stack(cfgs, registry)
+    except Exception:
+        error = traceback.format_exc()
+        return [
+            TrialOutcome.failed(c if cfgs else complete_config_or_raw(c), error, started_at)
+            for c in (cfgs or configs)
+        ]
+    wall = time.perf_counter() - wall0
+    outcomes: dict[int, TrialOutcome] = {}
+    for k, member in zip(module.order, module.members, strict=True):
+        metrics = member.rows + (member.health.rows if member.health is not None else [])
+        meta = TrialMeta(
+            started_at=started_at,
+            finished_at=now_iso(),
+            wall_seconds=wall,
+            train_seconds=member.train_seconds,
+            device=device,
+            versions=package_versions(),
+            diverged_step=member.diverged_step,
+            steps=member.steps_done,
+            epochs=member.epochs_done,
+            num_parameters=num_parameters,
+            health_overhead=member.health.seconds if member.health is not None else None,
+            extra={"stack_size": len(cfgs)},
+        )
+        status: Status = "diverged" if member.diverged_step is not None else "completed"
+        outcomes[k] = TrialOutcome(trial_id(cfgs[k]), cfgs[k], status, metrics, meta)
+    return [outcomes[k] for k in range(len(cfgs))]
+
+
+def complete_config_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``complete_config(config)``, or ``config`` itself when it can't be completed."""
+    try:
+        return complete_config(config)
+    except Exception:
+        return dict(config)
+
+
+def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, str, int]:
+    from .health import GradientHealth
+    from .lit import build_trainer
+    from .population import Member, StackedDataModule, StackedModule, order_members
+
+    first = cfgs[0]
+    specs, splits = _prepare(first, registry)
+    from .registry import default_registry
+
+    lookup = (registry or default_registry()).get_spec
+    order = order_members(cfgs)
+    members = []
+    num_parameters = 0
+    for k in order:
+        cfg = cfgs[k]
+        member_specs = dict(specs)
+        for key in ("initializer", "bias_initializer"):
+            member_specs[key] = lookup(cfg[key]["name"], AXIS_FAMILY[key])
+        _seed_all(int(cfg["seed"]))
+        model, regularizer = build_model(cfg, member_specs, splits)
+        num_parameters = sum(p.numel() for p in model.parameters())
+        health = None
+        if cfg["health"].get("enabled", True):
+            every = int(
+                cfg["health"].get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"])
+            )
+            health = GradientHealth(every, specs["activation"].properties)
+        members.append(
+            Member(model, int(cfg["seed"]), dict(cfg["optimizer"]["params"]), regularizer, health)
+        )
+    opt_spec, sched_spec = specs["optimizer"], specs["schedule"]
+    schedule_params = first["schedule"]["params"]
+    module = StackedModule(
+        members,
+        splits.task,
+        optimizer_factory=lambda ps, hp: opt_spec.create(ps, **hp),
+        schedule_factory=lambda opt, total: sched_spec.create(opt, total, **schedule_params),
+        total_steps=_total_steps(splits, first["budget"]),
+    )
+    module.order = order
+    datamodule = StackedDataModule(
+        splits, int(first["budget"]["batch_size"]), [m.seed for m in members]
+    )
+    trainer_cfg = dict(first["trainer"])
+    if trainer_cfg.get("deterministic") and trainer_cfg.get("accelerator") != "cpu":
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    with _quiet():
+        trainer = build_trainer(trainer_cfg, first["budget"], callbacks=[], logger=False)
+        device = _device_name(trainer.strategy.root_device)
+        trainer.fit(module, datamodule=datamodule)
+    return module, device, num_parameters

@@ -38,6 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--sample", type=int, default=SAMPLE, metavar="K", help="trials shown by --dry-run"
     )
     p.add_argument("--list", action="store_true", help="list the ready-made matrices")
+    p.add_argument(
+        "--stack",
+        default="auto",
+        metavar="auto|N|off",
+        help="train trials of one shape together: auto (default: up to 64 on a GPU, 16 on a "
+        "CPU), at most N per stack, or off (one by one)",
+    )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
@@ -106,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.sample < 0:
         raise UsageError(f"--sample must be >= 0, got {args.sample}")
+    stack = _stack_policy(args.stack)
     try:
         matrix = load_matrix(args.matrix)
         trials = matrix.trials()
@@ -152,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
             rerun_failed=args.rerun_failed,
             progress=args.progress,
             matrix_info=matrix.describe(n_matrix),
+            stack=stack,
         )
     print(f"techbench run {matrix.name}: {result.summary} -> {out}")
     if result.interrupted:
@@ -160,6 +169,19 @@ def main(args: argparse.Namespace) -> int:
     if args.report:
         return _report(out, args.report)
     return 0
+
+
+def _stack_policy(text: str) -> str | int:
+    """``--stack``: "auto", "off" or a positive size; UsageError otherwise."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UsageError(f"--stack must be auto, off or a positive number, got {text!r}")
+    return size
 
 
 def _list(names: list[str]) -> int:
@@ -201,6 +223,14 @@ def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> 
         f"{matrix.target['value']}"
     )
     print(f"  store {out}: {done} done, {failed} failed, {todo} to run")
+    from ..execute import stack_size
+    from ..stack import describe_stacks, plan_stacks
+
+    pending = [t for t, i in zip(trials, ids, strict=True) if stored.get(i) is None]
+    policy = _stack_policy(args.stack)
+    size = 1 if policy == "off" else stack_size(pending) if policy == "auto" else int(policy)
+    for line in describe_stacks(plan_stacks(pending, size)):
+        print(f"  {line}")
     k = min(args.sample, len(trials))
     if k:
         print(f"sample ({k} of {len(trials)}):")

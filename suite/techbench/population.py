@@ -1,0 +1,594 @@
+"""The population engine: K trials of one shape trained together as one LightningModule.
+
+Why: the networks technique comparisons use are small, so one trial leaves a GPU launch-bound
+and a CPU's vector units idle; stacking the parameters of K members (``torch.func``'s
+``stack_module_state``) and running one ``vmap``-ed forward/backward over them does K trials'
+work in about one trial's kernel launches.
+
+Member i is trial i: its network is built exactly as :func:`techbench.trial.run_trial` builds it
+(seeded with its seed, its initializers, data-dependent ones fitted on its own sample), then
+stacked; every random stream is per member and seeded as in the one-by-one path (batch order
+from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``); its loss is its
+own mean loss (the stack's objective is the sum of the members' losses, whose gradient with
+respect to member i's parameters is member i's gradient); optimizers are elementwise and one per
+distinct hyper-parameter setting, with the schedule over it. Regularizer ``penalty`` and ``loss``
+hooks run member by member inside ``vmap`` through ``functional_call``, ``transform_batch`` in a
+loop with each member's generator. Epoch-end evaluation, best-validation weights and test
+metrics are per member. So a member's rows equal the one-by-one run's rows within float
+tolerance (vmapped matmuls round differently), which ``tests/test_population.py`` checks.
+
+Per-member life: the per-step losses of all members go to the host every
+:data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as in the one-by-one path; a member whose loss is
+non-finite or blew up is *frozen* at that flush (its rows end where the one-by-one run's end: the
+divergence step is exact, its final metrics are taken then) and the others go on; its later
+computation is masked out of the objective.
+
+Gradient health (when enabled) is the one-by-one :class:`~techbench.health.GradientHealth`,
+one per member, driven on the snapshot steps only over a real per-member copy of the network
+(parameters, gradients and buffers copied from the stack), so its rows are the same by
+construction; it costs one extra member forward per member and snapshot.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .lit import DIVERGENCE_FACTOR, EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, task_loss
+from .schema import metric_row
+
+NOISE_SEED_OFFSET = 0x7E57
+"""The regularizer-noise generator of a member is seeded with ``seed + NOISE_SEED_OFFSET``, as in
+the one-by-one path (:class:`techbench.lit.TechniqueModule`)."""
+
+
+@dataclass
+class Member:
+    """One trial of the stack: its network (a real module, kept for health snapshots), seed,
+    optimizer hyper-parameters, the regularizer and what it records."""
+
+    model: nn.Module
+    seed: int
+    optimizer_params: dict[str, Any]
+    regularizer: Any
+    health: Any = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged_step: int | None = None
+    frozen: bool = False
+    first_loss: float | None = None
+    best_val_loss: float = math.inf
+    steps_done: int = 0
+    epochs_done: int = 0
+    train_seconds: float = 0.0
+
+
+class StackedBatches:
+    """Per-member shuffled minibatches of one in-memory split: ``x[K, B, ...]``, ``y[K, B]``.
+
+    Member k's permutation each epoch comes from its own generator exactly as
+    :class:`techbench.lit.ShuffledBatches` draws it, and the batch bounds are the same (a tail
+    of one sample folded into the previous batch), so member k sees trial k's batches.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        generators: Sequence[torch.Generator],
+        group: int = STEPS_PER_BATCH,
+    ) -> None:
+        from .lit import ShuffledBatches
+
+        self.x, self.y, self.generators = x, y, list(generators)
+        self.bounds = ShuffledBatches(x, y, batch_size, torch.Generator()).bounds
+        self.group = max(int(group), 1)
+
+    @property
+    def num_minibatches(self) -> int:
+        return len(self.bounds) - 1
+
+    def __len__(self) -> int:
+        return -(-self.num_minibatches // self.group)
+
+    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        n = len(self.x)
+        perms = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
+        perms = perms.to(self.x.device)
+        xs, ys = self.x[perms], self.y[perms]
+        pairs = [(xs[:, lo:hi], ys[:, lo:hi]) for lo, hi in itertools.pairwise(self.bounds)]
+        for i in range(0, len(pairs), self.group):
+            yield pairs[i : i + self.group]
+
+
+class StackedDataModule(pl.LightningDataModule):
+    """The shared splits on the training device, batched per member (:class:`StackedBatches`)."""
+
+    def __init__(self, splits: Any, batch_size: int, seeds: Sequence[int]) -> None:
+        super().__init__()
+        self.splits = splits
+        self.batch_size = batch_size
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        device = (
+            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        )
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            self.tensors[name] = getattr(self.splits, name).to(device)
+
+    def train_dataloader(self) -> StackedBatches:
+        t = self.tensors
+        return StackedBatches(t["x_train"], t["y_train"], self.batch_size, self.generators)
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        return batch  # already on the device
+
+
+class _Probe(nn.Module):
+    """Calls a regularizer hook on the wrapped network inside ``functional_call``, so that the
+    hook sees one member's parameters (vmap hides the member dimension)."""
+
+    def __init__(self, net: nn.Module, hook: Callable[[nn.Module], Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.hook = hook
+
+    def forward(self) -> Any:
+        return self.hook(self.net)
+
+
+class _MemberView:
+    """What :class:`~techbench.health.GradientHealth` reads of a LightningModule: ``model`` and
+    ``parameters()``, for one member's real network."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+
+class StackedModule(pl.LightningModule):
+    """Trains the members of one stack; ``members[i].rows`` are trial i's metric rows.
+
+    ``optimizer_factory(params, hp)`` and ``schedule_factory(optimizer, total_steps)`` come from
+    the plugins; members with equal optimizer hyper-parameters share one optimizer over their
+    stacked tensors (members are ordered so that each group is a contiguous slice).
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        task: str,
+        optimizer_factory: Callable[[Any, dict[str, Any]], torch.optim.Optimizer],
+        schedule_factory: Callable[[torch.optim.Optimizer, int], Any] | None,
+        total_steps: int,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.members = list(members)
+        self.task = task
+        self.loss_fn = task_loss(task)
+        self.optimizer_factory = optimizer_factory
+        self.schedule_factory = schedule_factory
+        self.total_steps = total_steps
+        # a list, so that Lightning's device moves skip the parameter-less skeleton
+        self._skeleton = [copy.deepcopy(self.members[0].model).to("meta")]
+        params, buffers = stack_module_state([m.model for m in self.members])
+        groups = _groups([m.optimizer_params for m in self.members])
+        self.group_slices = [slice(lo, hi) for lo, hi, _ in groups]
+        self.group_params = [hp for _, _, hp in groups]
+        # one leaf per (group, parameter): each group's optimizer owns its slice of the stack
+        self.leaves = nn.ParameterList(
+            nn.Parameter(v[s].detach().clone()) for s in self.group_slices for v in params.values()
+        )
+        self.names = list(params)
+        for name, value in buffers.items():
+            self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())
+        self.buffer_names = list(buffers)
+        self.regularizer = self.members[0].regularizer
+        from .callbacks import overrides
+        from .families import Regularizer
+
+        self._uses = {
+            hook: overrides(self.regularizer, hook, Regularizer)
+            for hook in ("transform_batch", "penalty", "loss")
+        }
+        self._losses: list[torch.Tensor] = []
+        self._loss_steps: list[tuple[int, int]] = []
+        self._schedulers: list[Any] = []
+        self._generators: list[torch.Generator] = []
+        self._alive: torch.Tensor | None = None
+        self.best: dict[str, torch.Tensor] | None = None
+        self.steps_done = 0
+        self._fit_start = 0.0
+        self.eval_seconds = 0.0
+        self._count_step: Callable[[], None] | None = None
+
+    # -- the stacked state ---------------------------------------------------------------------
+
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> ``[K, ...]`` (a concatenation of the groups' leaves when several)."""
+        n = len(self.names)
+        out = {}
+        for j, name in enumerate(self.names):
+            parts = [self.leaves[g * n + j] for g in range(len(self.group_slices))]
+            out[name] = parts[0] if len(parts) == 1 else torch.cat(list(parts))
+        return out
+
+    def stacked_buffers(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, "stack__" + n.replace(".", "__")) for n in self.buffer_names}
+
+    def member_tensor(self, name: str, k: int) -> torch.Tensor:
+        """Member k's slice of parameter ``name`` (a view of its group's leaf)."""
+        j = self.names.index(name)
+        for g, s in enumerate(self.group_slices):
+            if s.start <= k < s.stop:
+                return self.leaves[g * len(self.names) + j][k - s.start]
+        raise IndexError(k)
+
+    @property
+    def base(self) -> nn.Module:
+        """The network's skeleton (meta tensors) that ``functional_call`` fills per member."""
+        return self._skeleton[0]
+
+    def _forward(self, params: Any, buffers: Any, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        n = len(self.names)
+        optimizers = []
+        for g, hp in enumerate(self.group_params):
+            opt = self.optimizer_factory(list(self.leaves[g * n : (g + 1) * n]), hp)
+            optimizers.append(opt)
+            if self.schedule_factory is not None:
+                self._schedulers.append(self.schedule_factory(opt, self.total_steps))
+        return optimizers
+
+    def on_fit_start(self) -> None:
+        from ._lightning_compat import plain_precision, step_counter
+
+        if not plain_precision(self.trainer):
+            raise RuntimeError("stacked training needs a plain precision on one device")
+        self._count_step = step_counter(self.trainer)
+        device = self.device
+        self._generators = [
+            torch.Generator(device=device).manual_seed(m.seed + NOISE_SEED_OFFSET)
+            for m in self.members
+        ]
+        self._alive = torch.ones(len(self.members), dtype=torch.bool, device=device)
+        for m in self.members:
+            m.model.to(device)
+            if m.health is not None:
+                m.health.on_fit_start(self.trainer, _MemberView(m.model))
+        self._fit_start = time.perf_counter()
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        trainer = self.trainer
+        epoch, max_steps = self.current_epoch, trainer.max_steps
+        for x, y in batch:
+            if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
+                break
+            self._step(x, y, epoch)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        step = self.steps_done
+        if self._uses["transform_batch"]:
+            pairs = [
+                self.regularizer.transform_batch(x[k], y[k], self._generators[k])
+                for k in range(len(self.members))
+            ]
+            x = torch.stack([p[0] for p in pairs])
+            y = torch.stack([p[1] for p in pairs])
+        health = [m for m in self.members if m.health is not None and not m.frozen]
+        snap = bool(health) and step % health[0].health.every_n_steps == 0
+        if snap:
+            self._health_forward(health, x, y, step, epoch)
+        params, buffers = self.stacked_params(), self.stacked_buffers()
+        out = vmap(self._forward)(params, buffers, x)
+        losses = self._member_losses(out, y, params)
+        assert self._alive is not None
+        objective = torch.where(self._alive, losses, torch.zeros_like(losses)).sum()
+        for opt in self.trainer.optimizers:
+            opt.zero_grad(set_to_none=True)
+        objective.backward()
+        if snap:
+            self._health_grads(health)
+        for opt in self.trainer.optimizers:
+            opt.step()
+        assert self._count_step is not None
+        self._count_step()
+        if snap:
+            self._health_end(health)
+        for scheduler in self._schedulers:
+            scheduler.step()
+        self._losses.append(losses.detach())
+        self._loss_steps.append((step, epoch))
+        self.steps_done += 1
+        if len(self._losses) >= LOSS_FLUSH_EVERY:
+            self._flush_losses()
+
+    def _member_losses(
+        self, out: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Each member's training loss ``[K]``: task (or regularizer) loss plus penalty."""
+        r = self.regularizer
+        replaced = r.loss if self._uses["loss"] else None
+
+        def member_loss(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if replaced is not None:
+                value = replaced(o, t)
+                if value is not None:
+                    return value
+            return self.loss_fn(o, t)
+
+        if replaced is None and self.task == "classification":
+            # the per-member mean cross-entropy in one call (vmap costs more than the math)
+            flat = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+            losses = flat.view(y.shape[0], -1).mean(dim=1)
+        else:
+            losses = vmap(member_loss)(out, y)
+        if self._uses["penalty"]:
+            probe = _Probe(self.base, r.penalty)
+            named = {"net." + k: v for k, v in params.items()}
+
+            def member_penalty(p: dict[str, torch.Tensor]) -> torch.Tensor:
+                term = functional_call(probe, p, ())
+                return term if term is not None else torch.zeros(())
+
+            losses = losses + vmap(member_penalty)(named)
+        return losses
+
+    def _flush_losses(self) -> None:
+        if not self._losses:
+            return
+        values = torch.stack(self._losses).float().t().tolist()  # [K][steps]
+        newly_frozen = []
+        for k, m in enumerate(self.members):
+            if m.frozen:
+                continue
+            for (step, epoch), value in zip(self._loss_steps, values[k], strict=True):
+                if m.diverged_step is not None:
+                    break
+                m.rows.append(metric_row(step, epoch, "train", "loss", value))
+                if m.first_loss is None:
+                    m.first_loss = value
+                if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(m.first_loss):
+                    m.diverged_step = step
+            if m.diverged_step is not None:
+                newly_frozen.append(k)
+        self._losses.clear()
+        self._loss_steps.clear()
+        if newly_frozen:
+            self._freeze(newly_frozen)
+
+    def _freeze(self, ks: Sequence[int]) -> None:
+        """Members ``ks`` diverged: their epoch-end time row and test rows now, as the one-by-one
+        run records them when it stops; then they drop out of the objective."""
+        assert self._alive is not None
+        seconds = time.perf_counter() - self._fit_start - self.eval_seconds
+        test = self._test_values()
+        for k in ks:
+            m = self.members[k]
+            m.frozen = True
+            self._alive[k] = False
+            m.steps_done = self.steps_done
+            m.epochs_done = self.current_epoch + 1
+            m.train_seconds = seconds
+            m.rows.append(
+                metric_row(self.steps_done, self.current_epoch, "time", "seconds", seconds)
+            )
+            m.rows += self._test_rows(k, test, max(m.epochs_done - 1, 0))
+        if all(m.frozen for m in self.members):
+            self.trainer.should_stop = True
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        params: Mapping[str, torch.Tensor],
+        buffers: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per member ``[K]`` (mean loss, accuracy) over (x, y) in eval mode, in the chunks of
+        :meth:`techbench.lit.TechniqueModule.evaluate` (accuracy NaN for regression)."""
+        was_training = self.base.training
+        self.base.eval()
+        try:
+            forward = vmap(self._forward, in_dims=(0, 0, None))
+            per_member_loss = vmap(self.loss_fn, in_dims=(0, None))
+            n = max(len(x), 1)
+            k = len(self.members)
+            if len(x) <= EVAL_CHUNK:
+                out = forward(params, buffers, x)
+                loss = per_member_loss(out, y).double()
+                if self.task != "classification":
+                    return loss, torch.full_like(loss, math.nan)
+                return loss, (out.argmax(dim=-1) == y).sum(dim=-1).double() / n
+            total = torch.zeros(k, device=x.device, dtype=torch.float64)
+            correct = torch.zeros(k, device=x.device, dtype=torch.float64)
+            for lo in range(0, len(x), EVAL_CHUNK):
+                xb, yb = x[lo : lo + EVAL_CHUNK], y[lo : lo + EVAL_CHUNK]
+                out = forward(params, buffers, xb)
+                total += per_member_loss(out, yb).double() * len(xb)
+                if self.task == "classification":
+                    correct += (out.argmax(dim=-1) == yb).sum(dim=-1)
+            acc = (
+                correct / n if self.task == "classification" else torch.full_like(correct, math.nan)
+            )
+            return total / n, acc
+        finally:
+            self.base.train(was_training)
+
+    def on_train_epoch_end(self) -> None:
+        self._flush_losses()
+        now = time.perf_counter()
+        seconds = now - self._fit_start - self.eval_seconds
+        step, epoch = self.steps_done, self.current_epoch
+        live = [k for k, m in enumerate(self.members) if not m.frozen]
+        for k in live:
+            m = self.members[k]
+            m.train_seconds, m.epochs_done, m.steps_done = seconds, epoch + 1, step
+            m.rows.append(metric_row(step, epoch, "time", "seconds", seconds))
+        if not live:
+            return
+        t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
+        params = {k: v.detach() for k, v in self.stacked_params().items()}
+        buffers = self.stacked_buffers()
+        train = self.evaluate(params, buffers, t["x_train"], t["y_train"])
+        val = self.evaluate(params, buffers, t["x_val"], t["y_val"])
+        values = torch.stack([*train, *val]).t().tolist()  # [K][4]
+        improved = []
+        for k in live:
+            train_loss, train_acc, val_loss, val_acc = values[k]
+            m = self.members[k]
+            m.rows.append(metric_row(step, epoch, "train", "epoch_loss", train_loss))
+            m.rows.append(metric_row(step, epoch, "val", "loss", val_loss))
+            if self.task == "classification":
+                m.rows.append(metric_row(step, epoch, "train", "epoch_acc", train_acc))
+                m.rows.append(metric_row(step, epoch, "val", "acc", val_acc))
+            if val_loss < m.best_val_loss:
+                m.best_val_loss = val_loss
+                improved.append(k)
+        if improved:
+            self._keep_best(improved, params, buffers)
+        self.eval_seconds += time.perf_counter() - now
+
+    def _keep_best(
+        self,
+        ks: Sequence[int],
+        params: Mapping[str, torch.Tensor],
+        buffers: Mapping[str, torch.Tensor],
+    ) -> None:
+        state = {**params, **buffers}
+        if self.best is None:
+            self.best = {name: v.detach().clone() for name, v in state.items()}
+            return
+        index = torch.tensor(list(ks), device=self.device)
+        for name, v in state.items():
+            self.best[name][index] = v.detach()[index]
+
+    def on_train_end(self) -> None:
+        self._flush_losses()
+        live = [k for k, m in enumerate(self.members) if not m.frozen]
+        if not live:
+            return
+        test = self._test_values()
+        for k in live:
+            m = self.members[k]
+            m.rows += self._test_rows(k, test, max(m.epochs_done - 1, 0))
+
+    def _test_values(self) -> dict[str, list[list[float]]]:
+        """Test (loss, acc) of every member at its final and at its best-validation weights."""
+        t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
+        params = {k: v.detach() for k, v in self.stacked_params().items()}
+        buffers = self.stacked_buffers()
+        out = {"final": torch.stack(self.evaluate(params, buffers, t["x_test"], t["y_test"]))}
+        if self.best is not None:
+            best_p = {n: self.best[n] for n in self.names}
+            best_b = {n: self.best[n] for n in self.buffer_names}
+            out["best"] = torch.stack(self.evaluate(best_p, best_b, t["x_test"], t["y_test"]))
+        return {key: value.t().tolist() for key, value in out.items()}
+
+    def _test_rows(
+        self, k: int, test: Mapping[str, list[list[float]]], epoch: int
+    ) -> list[dict[str, Any]]:
+        m = self.members[k]
+        named = [("loss", test["final"][k][0]), ("acc", test["final"][k][1])]
+        if "best" in test and math.isfinite(m.best_val_loss):
+            named += [("best_loss", test["best"][k][0]), ("best_acc", test["best"][k][1])]
+        return [
+            metric_row(self.steps_done if not m.frozen else m.steps_done, epoch, "test", name, v)
+            for name, v in named
+            if not (name.endswith("acc") and self.task != "classification")
+        ]
+
+    # -- gradient health over real per-member copies -------------------------------------------
+
+    def _load_member(self, k: int) -> None:
+        m = self.members[k]
+        with torch.no_grad():
+            for name, p in m.model.named_parameters():
+                p.copy_(self.member_tensor(name, k))
+            buffers = self.stacked_buffers()
+            for name, b in m.model.named_buffers():
+                b.copy_(buffers[name][k])
+
+    def _health_forward(
+        self, members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, step: int, epoch: int
+    ) -> None:
+        index = {id(m): k for k, m in enumerate(self.members)}
+        for m in members:
+            k = index[id(m)]
+            self._load_member(k)
+            m.health.begin_step(step, epoch)
+            with torch.no_grad():
+                m.model(x[k])
+
+    def _health_grads(self, members: Sequence[Member]) -> None:
+        index = {id(m): k for k, m in enumerate(self.members)}
+        for m in members:
+            k = index[id(m)]
+            for name, p in m.model.named_parameters():
+                leaf_grad = self._member_grad(name, k)
+                p.grad = None if leaf_grad is None else leaf_grad
+            m.health.on_before_optimizer_step(self.trainer, _MemberView(m.model), None)
+
+    def _member_grad(self, name: str, k: int) -> torch.Tensor | None:
+        j = self.names.index(name)
+        for g, s in enumerate(self.group_slices):
+            if s.start <= k < s.stop:
+                grad = self.leaves[g * len(self.names) + j].grad
+                return None if grad is None else grad[k - s.start]
+        return None
+
+    def _health_end(self, members: Sequence[Member]) -> None:
+        index = {id(m): k for k, m in enumerate(self.members)}
+        for m in members:
+            k = index[id(m)]
+            with torch.no_grad():
+                for name, p in m.model.named_parameters():
+                    p.copy_(self.member_tensor(name, k))
+                    p.grad = None
+            m.health.end_step()
+
+
+def _groups(settings: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
+    """Contiguous runs of equal optimizer settings: ``(start, stop, setting)``.
+
+    The caller orders members so that equal settings are adjacent (:func:`order_members`).
+    """
+    out: list[tuple[int, int, dict[str, Any]]] = []
+    for i, hp in enumerate(settings):
+        if out and out[-1][2] == dict(hp):
+            out[-1] = (out[-1][0], i + 1, out[-1][2])
+        else:
+            out.append((i, i + 1, dict(hp)))
+    return out
+
+
+def order_members(configs: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of ``configs`` with equal optimizer settings adjacent (first appearance order)."""
+    import json
+
+    keys = [json.dumps(c["optimizer"]["params"], sort_keys=True) for c in configs]
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}
+    return sorted(range(len(configs)), key=lambda i: (first[keys[i]], i))

@@ -1,0 +1,135 @@
+"""Which trials train together: the stack key of a trial, and the grouping of pending trials.
+
+A *stack* is a set of trials that share everything fixing the computation's shape, so that one
+vmapped forward/backward trains all of them (see :mod:`techbench.population`). Members may differ
+in ``seed`` (initial weights, batch order, noise), ``initializer`` and ``bias_initializer``
+(weights are made per member, then stacked) and the optimizer's hyper-parameters (members with
+equal ones share one optimizer over their stacked tensors; each distinct setting gets its own).
+Everything else (data and its split, model, activation, normalizer and placement, regularizer
+and its hyper-parameters, optimizer kind, schedule, batch size, budget, trainer and health
+options) is the key.
+
+Why a trial may not stack (said by ``techbench run --dry-run``): a technique whose fast
+implementation would couple members on stacked tensors. Optimizers must declare
+``properties["elementwise"] = True`` (the update of every coordinate depends only on that
+coordinate's history, so one optimizer over stacked tensors is K independent ones); regularizers
+stack when they use only the ``transform_batch``, ``penalty`` and ``loss`` hooks, which the
+engine applies member by member; early stopping and the other loop-level hooks run one by one.
+A stack of one is the one-by-one path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schema import trial_id
+
+MEMBER_KEYS = ("seed", "initializer", "bias_initializer")
+"""Config keys that may differ inside a stack (besides the optimizer's hyper-parameters)."""
+
+STACKED_HOOKS = frozenset({"transform_batch", "penalty", "loss"})
+"""Regularizer hooks the stacked engine applies member by member."""
+
+
+@dataclass
+class Stack:
+    """Trials of one computation shape, in a stable order; ``reason`` says why it has one member
+    when stacking was refused (empty when it stacks or stacking is off)."""
+
+    key: str
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def ids(self) -> list[str]:
+        return [trial_id(c) for c in self.configs]
+
+
+def stack_key(config: Mapping[str, Any]) -> str:
+    """The canonical JSON of ``config`` without what members may vary (see the module docstring)."""
+    shape = copy.deepcopy(dict(config))
+    for key in MEMBER_KEYS:
+        shape.pop(key, None)
+    optimizer = shape.get("optimizer") or {}
+    shape["optimizer"] = {"name": optimizer.get("name")}
+    return json.dumps(shape, sort_keys=True, separators=(",", ":"))
+
+
+def unstackable_reason(config: Mapping[str, Any], registry: Any = None) -> str:
+    """Why ``config`` cannot train in a stack ("" when it can)."""
+    from .registry import default_registry
+
+    get_spec = (registry or default_registry()).get_spec
+    try:
+        optimizer = get_spec(config["optimizer"]["name"], "optimizer")
+        regularizer = get_spec(config["regularizer"]["name"], "regularizer")
+    except Exception as exc:  # an unknown technique: the trial fails on its own, alone
+        return f"cannot look up its techniques ({exc})"
+    if not optimizer.properties.get("elementwise"):
+        return f"optimizer {optimizer.name!r} does not declare an elementwise update"
+    hooks = set(regularizer.properties.get("hooks", ("?",)))
+    if not hooks <= STACKED_HOOKS:
+        extra = ", ".join(sorted(hooks - STACKED_HOOKS))
+        return (
+            f"regularizer {regularizer.name!r} uses hooks the stacked engine can't split ({extra})"
+        )
+    return ""
+
+
+def plan_stacks(
+    configs: Iterable[Mapping[str, Any]],
+    max_size: int | None,
+    registry: Any = None,
+) -> list[Stack]:
+    """Group ``configs`` into stacks of at most ``max_size`` members (None: unlimited; 1: off).
+
+    Order: stacks appear where their first member appeared; members keep their input order.
+    Trials that can't stack become stacks of one with the reason.
+    """
+    stacks: dict[str, list[Stack]] = {}
+    order: list[Stack] = []
+    reasons: dict[str, str] = {}
+    for config in configs:
+        config = dict(config)
+        key = stack_key(config)
+        if max_size == 1:
+            single = Stack(key, [config])
+            order.append(single)
+            continue
+        if key not in reasons:
+            reasons[key] = unstackable_reason(config, registry)
+        if reasons[key]:
+            order.append(Stack(key, [config], reasons[key]))
+            continue
+        open_stacks = stacks.setdefault(key, [])
+        if not open_stacks or (max_size is not None and len(open_stacks[-1].configs) >= max_size):
+            open_stacks.append(Stack(key))
+            order.append(open_stacks[-1])
+        open_stacks[-1].configs.append(config)
+    return order
+
+
+def describe_stacks(stacks: Sequence[Stack]) -> list[str]:
+    """Lines for ``--dry-run``: how many trials stack, into how many stacks, and why others don't."""
+    stacked = [s for s in stacks if len(s.configs) > 1]
+    alone = [s for s in stacks if len(s.configs) == 1]
+    n = sum(len(s.configs) for s in stacked)
+    lines = [
+        f"stacks: {n} trials in {len(stacked)} stacks"
+        + (
+            f" (sizes {min(len(s.configs) for s in stacked)}-{max(len(s.configs) for s in stacked)})"
+            if stacked
+            else ""
+        )
+        + f"; {len(alone)} one by one"
+    ]
+    why: dict[str, int] = {}
+    for s in alone:
+        if s.reason:
+            why[s.reason] = why.get(s.reason, 0) + 1
+    lines += [f"  {count} one by one: {reason}" for reason, count in why.items()]
+    return lines
