@@ -1,0 +1,192 @@
+"""Member i of a stack is trial i: the stacked engine against the one-by-one runner.
+
+The independent source is the one-by-one path (:func:`techbench.trial.run_trial`), which the rest
+of the suite checks against formulas and torch's own implementations. Every stored row of a
+member (per-step losses, epoch metrics, test metrics, gradient health) must match the trial run
+alone: same keys, values within float32 tolerance (vmapped matrix products round differently).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from techbench.registry import default_registry
+from techbench.schema import complete_config
+from techbench.stack import plan_stacks, stack_key, unstackable_reason
+from techbench.trial import run_stack, run_trial
+
+RTOL, ATOL = 1e-4, 1e-6
+
+BASE = {
+    "dataset": {"name": "moons", "params": {"n_samples": 300}},
+    "model": {"name": "mlp", "params": {"depth": 2, "width": 16}},
+    "budget": {"epochs": 2, "batch_size": 32, "max_steps": 14},
+    "trainer": {"accelerator": "cpu"},
+    "health": {"enabled": True, "every_n_steps": 5},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(**over):
+    return complete_config({**BASE, **over})
+
+
+def _rows(outcome):
+    return {
+        (r["split"], r["metric"], r["layer"], r["step"], r["epoch"]): r["value"]
+        for r in outcome.metrics
+        if r["split"] != "time"
+    }
+
+
+def assert_members_equal(configs):
+    stacked = run_stack(configs)
+    for config, member in zip(configs, stacked, strict=True):
+        alone = run_trial(config)
+        assert member.status == alone.status, (member.meta.error, alone.meta.error)
+        assert member.trial_id == alone.trial_id
+        assert member.meta.diverged_step == alone.meta.diverged_step
+        assert member.meta.steps == alone.meta.steps
+        a, b = _rows(alone), _rows(member)
+        assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
+        for key, va in a.items():
+            vb = b[key]
+            if math.isnan(va) or math.isnan(vb):
+                assert math.isnan(va) and math.isnan(vb), key
+            elif math.isinf(va) or math.isinf(vb):
+                assert va == vb, key
+            else:
+                assert vb == pytest.approx(va, rel=RTOL, abs=ATOL), key
+        assert member.meta.extra["stack_size"] == len(configs)
+
+
+def _opt(name, **params):
+    return {"name": name, "params": params}
+
+
+OPTIMIZERS = sorted(s.name for s in default_registry() if s.family == "optimizer")
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_member_equals_its_trial(name):
+    spec = default_registry().get_spec(name, "optimizer")
+    lr = next(p.default for p in spec.params if p.name == "lr")
+    configs = [
+        _config(seed=0, optimizer=_opt(name, lr=lr)),
+        _config(seed=1, optimizer=_opt(name, lr=lr * 3)),
+        _config(seed=2, optimizer=_opt(name, lr=lr)),
+    ]
+    assert len({stack_key(c) for c in configs}) == 1
+    assert_members_equal(configs)
+
+
+@pytest.mark.parametrize(
+    "regularizer",
+    [
+        {"name": "none", "params": {}},
+        {"name": "l2", "params": {"lam": 0.01}},
+        {"name": "l1", "params": {"lam": 0.001}},
+        {"name": "gaussian_noise", "params": {}},
+        {"name": "label_smoothing", "params": {}},
+    ],
+    ids=lambda r: r["name"],
+)
+def test_stackable_regularizers_member_equals_its_trial(regularizer):
+    configs = [_config(seed=s, regularizer=regularizer) for s in (0, 1)]
+    assert unstackable_reason(configs[0]) == ""
+    assert_members_equal(configs)
+
+
+def test_augment_on_images_member_equals_its_trial():
+    image = {
+        "dataset": {"name": "digits", "params": {"image": True}},
+        "model": {"name": "cnn", "params": {}},
+        "regularizer": {"name": "augment", "params": {}},
+        "budget": {"epochs": 1, "batch_size": 64, "max_steps": 6},
+    }
+    assert_members_equal([_config(seed=s, **image) for s in (0, 1)])
+
+
+@pytest.mark.parametrize(
+    "normalizer", sorted(s.name for s in default_registry() if s.family == "normalizer")
+)
+def test_every_normalizer_member_equals_its_trial(normalizer):
+    """Batch norm keeps per-member running statistics, used by the eval-mode metrics.
+
+    SGD, not the default Adam: the bias of a layer followed by batch norm has a zero gradient up
+    to rounding noise, which Adam's normalisation turns into lr-sized random steps; the running
+    mean tracks that bias, so the eval metrics would differ by the noise, not by the engine.
+    """
+    configs = [
+        _config(
+            seed=s, normalizer={"name": normalizer, "params": {}}, optimizer=_opt("sgd", lr=0.1)
+        )
+        for s in (0, 1)
+    ]
+    assert_members_equal(configs)
+
+
+def test_every_initializer_in_one_stack_equals_its_trial():
+    """Members differ in initializer (LSUV fitted per member on its own sample) and seed."""
+    names = sorted(s.name for s in default_registry() if s.family == "initializer")
+    configs = [
+        _config(seed=i % 3, initializer={"name": n, "params": {}}) for i, n in enumerate(names)
+    ]
+    (stack,) = plan_stacks(configs, None)
+    assert len(stack.configs) == len(names)
+    assert_members_equal(configs)
+
+
+@pytest.mark.parametrize(
+    "schedule", sorted(s.name for s in default_registry() if s.family == "schedule")
+)
+def test_every_schedule_member_equals_its_trial(schedule):
+    configs = [
+        _config(seed=0, schedule={"name": schedule, "params": {}}, optimizer=_opt("sgd", lr=0.1)),
+        _config(seed=1, schedule={"name": schedule, "params": {}}, optimizer=_opt("sgd", lr=0.3)),
+    ]
+    assert_members_equal(configs)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on():
+    configs = [
+        _config(seed=0, optimizer=_opt("sgd", lr=0.1)),
+        _config(
+            seed=0,
+            optimizer=_opt("sgd", lr=9.0),
+            initializer={"name": "large_normal", "params": {}},
+        ),
+    ]
+    out = run_stack(configs)
+    assert out[0].status == "completed"
+    assert out[1].status == "diverged"
+    assert_members_equal(configs)
+
+
+def test_unstackable_trials_say_why():
+    dropout = _config(regularizer={"name": "dropout", "params": {}})
+    assert "make_module" in unstackable_reason(dropout)
+    stacks = plan_stacks([dropout, _config(seed=1, regularizer=dropout["regularizer"])], None)
+    assert [len(s.configs) for s in stacks] == [1, 1]
+    assert all("dropout" in s.reason for s in stacks)
+
+
+def test_stacks_group_by_shape_and_respect_the_size_cap():
+    configs = [
+        _config(seed=s, activation={"name": a, "params": {}})
+        for a in ("relu", "tanh")
+        for s in range(5)
+    ]
+    sizes = [len(s.configs) for s in plan_stacks(configs, 3)]
+    assert sizes == [3, 2, 3, 2]
+    assert [len(s.configs) for s in plan_stacks(configs, 1)] == [1] * 10
