@@ -67,7 +67,7 @@ def assert_members_equal(configs):
                 assert va == vb, key
             else:
                 assert vb == pytest.approx(va, rel=RTOL, abs=ATOL), key
-        assert member.meta.extra["stack_size"] == len(configs)
+        assert member.meta.stack_size == len(configs) and alone.meta.stack_size == 1
 
 
 def _opt(name, **params):
@@ -190,3 +190,53 @@ def test_stacks_group_by_shape_and_respect_the_size_cap():
     sizes = [len(s.configs) for s in plan_stacks(configs, 3)]
     assert sizes == [3, 2, 3, 2]
     assert [len(s.configs) for s in plan_stacks(configs, 1)] == [1] * 10
+
+
+def _reduced(matrix: str, keep: int) -> list[dict]:
+    """Trials of a shipped matrix cut to a CPU-sized test: its first ``keep`` stack keys, two
+    seeds each, one short epoch."""
+    from techbench.matrix import load_matrix
+
+    out, keys = [], []
+    for config in load_matrix(matrix).trials():
+        if config["seed"] > 1:
+            continue
+        key = stack_key(config)
+        if key not in keys:
+            if len(keys) == keep:
+                continue
+            keys.append(key)
+        config = complete_config(
+            {**config, "budget": {**config["budget"], "epochs": 1, "max_steps": 12}}
+        )
+        config["trainer"]["accelerator"] = "cpu"
+        out.append(config)
+    return out
+
+
+@pytest.mark.parametrize(("matrix", "keep"), [("demo", 2), ("optimizers", 3), ("regularizers", 4)])
+def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep):
+    """The executor's stacked store has the one-by-one store's trial ids, statuses and rows."""
+    from techbench.execute import execute
+    from techbench.store import load_results
+
+    configs = _reduced(matrix, keep)
+    alone = execute(configs, tmp_path / "alone", workers=1, stack="off", progress=False)
+    stacked = execute(configs, tmp_path / "stacked", workers=1, stack="auto", progress=False)
+    assert alone.counts == stacked.counts
+    ta, ma = load_results(tmp_path / "alone")
+    ts, ms = load_results(tmp_path / "stacked")
+    assert sorted(ta["trial_id"]) == sorted(ts["trial_id"])
+    assert (
+        ta.set_index("trial_id")["status"].to_dict() == ts.set_index("trial_id")["status"].to_dict()
+    )
+    assert (ts["step_seconds"] > 0).all() and (ta["step_seconds"] > 0).all()
+    cols = ["trial_id", "split", "metric", "layer", "step", "epoch"]
+    a = ma[ma["split"].astype(str) != "time"].astype({c: str for c in cols[:4]}).set_index(cols)
+    s = ms[ms["split"].astype(str) != "time"].astype({c: str for c in cols[:4]}).set_index(cols)
+    assert a.index.sort_values().equals(s.index.sort_values())
+    joined = a.join(s.rename(columns={"value": "value_s"}))
+    both = joined.dropna()
+    assert len(both) > 0
+    assert ((both["value"] - both["value_s"]).abs() <= ATOL + RTOL * both["value"].abs()).all()
+    assert (joined["value"].isna() == joined["value_s"].isna()).all()

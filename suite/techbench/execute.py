@@ -195,6 +195,8 @@ def run_one(
         marker = store.mark_running(tid)
         try:
             outcome = _call(job.run_fn, config, tid)
+            if job.run_fn == DEFAULT_RUN_FN:
+                _add_modelled_time(store, outcome)
             store.write(outcome, job.matrix_name)
         finally:
             marker.unlink(missing_ok=True)
@@ -238,12 +240,25 @@ def run_unit(
         try:
             for (tid, config), outcome in zip(run, _call_stack([c for _, c in run]), strict=True):
                 outcome.trial_id, outcome.config = tid, config
+                _add_modelled_time(store, outcome)
                 store.write(outcome, job.matrix_name)
                 results[tid] = outcome.status
         finally:
             for marker in markers:
                 marker.unlink(missing_ok=True)
     return [(tid, results[tid]) for tid in tids]
+
+
+def _add_modelled_time(store: ResultStore, outcome: TrialOutcome) -> None:
+    """``step_seconds`` (the configuration's calibrated step time alone, see
+    :mod:`techbench.calibrate`) and ``modelled_seconds`` = steps x step_seconds into the meta."""
+    if outcome.status == "failed":
+        return
+    from .calibrate import step_seconds
+
+    seconds = step_seconds(store, outcome.config)
+    outcome.meta.step_seconds = seconds
+    outcome.meta.modelled_seconds = seconds * outcome.meta.steps
 
 
 def _call_stack(configs: list[dict[str, Any]]) -> list[TrialOutcome]:

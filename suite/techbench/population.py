@@ -273,8 +273,13 @@ class StackedModule(pl.LightningModule):
             for m in self.members
         ]
         self._alive = torch.ones(len(self.members), dtype=torch.bool, device=device)
+        tensors = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
+        dtype = self.leaves[0].dtype
+        for name, t in tensors.items():
+            if t.is_floating_point() and t.dtype != dtype:  # e.g. "64-true" precision
+                tensors[name] = t.to(dtype)
         for m in self.members:
-            m.model.to(device)
+            m.model.to(device=device, dtype=dtype)
             if m.health is not None:
                 m.health.on_fit_start(self.trainer, _MemberView(m.model))
         self._fit_start = time.perf_counter()

@@ -144,7 +144,11 @@ class TrialMeta:
 
     ``epochs`` is the number of epochs run (the budget's epochs live in the config);
     ``health_overhead`` the seconds the gradient-health callback took; ``versions`` the package
-    versions of the process that ran it. Keys a newer writer adds land in ``extra`` and are
+    versions of the process that ran it. Time: ``wall_seconds`` is the trial's own wall time
+    (for a stacked trial, its stack's: ``stack_size`` members shared ``stack_wall_seconds``);
+    ``step_seconds`` is the step time of its configuration measured alone
+    (:mod:`techbench.calibrate`) and ``modelled_seconds`` = ``steps`` x ``step_seconds``, the
+    time a report compares. Keys a newer writer adds land in ``extra`` and are
     written back unchanged.
     """
 
@@ -160,6 +164,10 @@ class TrialMeta:
     epochs: int = 0
     num_parameters: int | None = None
     health_overhead: float | None = None
+    stack_size: int = 1
+    stack_wall_seconds: float | None = None
+    step_seconds: float | None = None
+    modelled_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -319,7 +319,7 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
     cfgs: list[dict[str, Any]] = []
     try:
         cfgs = [complete_config(c) for c in configs]
-        module, device, num_parameters = _train_stack(cfgs, registry)
+        module, order, device, num_parameters = _train_stack(cfgs, registry)
     except Exception:
         error = traceback.format_exc()
         return [
@@ -328,7 +328,7 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
         ]
     wall = time.perf_counter() - wall0
     outcomes: dict[int, TrialOutcome] = {}
-    for k, member in zip(module.order, module.members, strict=True):
+    for k, member in zip(order, module.members, strict=True):
         metrics = member.rows + (member.health.rows if member.health is not None else [])
         meta = TrialMeta(
             started_at=started_at,
@@ -342,7 +342,8 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
             epochs=member.epochs_done,
             num_parameters=num_parameters,
             health_overhead=member.health.seconds if member.health is not None else None,
-            extra={"stack_size": len(cfgs)},
+            stack_size=len(cfgs),
+            stack_wall_seconds=wall,
         )
         status: Status = "diverged" if member.diverged_step is not None else "completed"
         outcomes[k] = TrialOutcome(trial_id(cfgs[k]), cfgs[k], status, metrics, meta)
@@ -357,7 +358,7 @@ def complete_config_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
         return dict(config)
 
 
-def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, str, int]:
+def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[int], str, int]:
     from .health import GradientHealth
     from .lit import build_trainer
     from .population import Member, StackedDataModule, StackedModule, order_members
@@ -396,7 +397,6 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, str, i
         schedule_factory=lambda opt, total: sched_spec.create(opt, total, **schedule_params),
         total_steps=_total_steps(splits, first["budget"]),
     )
-    module.order = order
     datamodule = StackedDataModule(
         splits, int(first["budget"]["batch_size"]), [m.seed for m in members]
     )
@@ -405,8 +405,8 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, str, i
         import os
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    with _quiet():
+    with quiet_lightning():
         trainer = build_trainer(trainer_cfg, first["budget"], callbacks=[], logger=False)
         device = _device_name(trainer.strategy.root_device)
         trainer.fit(module, datamodule=datamodule)
-    return module, device, num_parameters
+    return module, order, device, num_parameters
