@@ -86,8 +86,8 @@ def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
 
 
 def _ray_task(
-    config: dict[str, Any],
-    tid: str,
+    configs: list[dict[str, Any]],
+    tids: list[str],
     out: str,
     matrix_name: str | None,
     run_fn: RunFn,
@@ -95,12 +95,13 @@ def _ray_task(
     wait: bool,
     stop_path: str,
     threads: int,
-) -> tuple[str, str]:
-    """Body of one Ray task: the local executor's claim -> run_fn -> store.write."""
-    from .execute import Job, configure_worker, run_one
+) -> list[tuple[str, str]]:
+    """Body of one Ray task: the local executor's unit (a stack or one trial): claim -> run ->
+    store.write, ``(id, status)`` per member."""
+    from .execute import Job, configure_worker, run_unit
 
     configure_worker(threads)
-    return run_one(config, tid, Job(out, matrix_name, run_fn, rerun_failed), wait, stop_path)
+    return run_unit(configs, tids, Job(out, matrix_name, run_fn, rerun_failed), wait, stop_path)
 
 
 def execute_ray(
@@ -118,15 +119,18 @@ def execute_ray(
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    stack: str | int = "auto",
 ) -> RunResult:
     """Run every trial of ``configs`` not yet stored in ``out`` as Ray tasks.
 
     ``address``: an existing cluster (``"auto"`` or ``HOST:PORT``); None starts a local one with
     ``num_cpus`` CPUs, or uses the one this process is already connected to.
-    ``gpus_per_trial``: None derives it from the configs' ``trainer`` (see the module docstring).
+    ``gpus_per_trial``: None derives it from the configs' ``trainer`` (see the module docstring);
+    a task trains one stack (``stack``: as :func:`techbench.execute.execute`), so the resources
+    asked are per stack.
     Returns the same :class:`~techbench.execute.RunResult` as the local executor.
     """
-    from .execute import DEFAULT_RUN_FN, RunResult, plan
+    from .execute import DEFAULT_RUN_FN, RunResult, make_units, plan
     from .progress import Progress
     from .store import ResultStore
 
@@ -166,7 +170,8 @@ def execute_ray(
     args = (str(store.root), matrix_name, run_fn or DEFAULT_RUN_FN, rerun_failed)
     threads = max(1, int(cpus))
     try:
-        result.interrupted = _drive(ray, task, todo, store, args, stop_path, threads, bar)
+        units = make_units(todo, stack if (run_fn or DEFAULT_RUN_FN) == DEFAULT_RUN_FN else "off")
+        result.interrupted = _drive(ray, task, units, store, args, stop_path, threads, bar)
     finally:
         bar.close()
         with contextlib.suppress(OSError):
@@ -182,7 +187,7 @@ def execute_ray(
 def _drive(
     ray: Any,
     task: Any,
-    todo: list[tuple[str, dict[str, Any]]],
+    units: list[Any],
     store: Any,
     args: tuple,
     stop_path: str,
@@ -190,11 +195,11 @@ def _drive(
     bar: Any,
 ) -> bool:
     """Submit, collect, resubmit busy trials (waiting for their lock); True if interrupted."""
-    queue = [(tid, config, False) for tid, config in todo]
+    queue = list(units)
     while queue:
         pending = {
-            task.remote(config, tid, *args, wait, stop_path, threads): (tid, config)
-            for tid, config, wait in queue
+            task.remote(configs, tids, *args, wait, stop_path, threads): (tids, configs)
+            for tids, configs, wait in queue
         }
         queue = []
         try:
@@ -221,18 +226,28 @@ def _collect(
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            tid, config = pending.pop(ref)
+            tids, configs = pending.pop(ref)
             try:
-                _, status = ray.get(ref)
+                results = ray.get(ref)
             except ray.exceptions.TaskCancelledError:
-                bar.update("cancelled")
+                for _ in tids:
+                    bar.update("cancelled")
                 continue
             except ray.exceptions.RayError as exc:
-                status = _store_failure(store, tid, config, matrix_name, exc, bar)
-            if status == "busy":
-                busy.append((tid, config, True))
-            else:
-                bar.update(status)
+                results = [
+                    (tid, _store_failure(store, tid, config, matrix_name, exc, bar))
+                    for tid, config in zip(tids, configs, strict=True)
+                ]
+            held = [
+                (tid, c)
+                for (tid, status), c in zip(results, configs, strict=True)
+                if status == "busy"
+            ]
+            for _tid, status in results:
+                if status != "busy":
+                    bar.update(status)
+            if held:
+                busy.append(([t for t, _ in held], [c for _, c in held], True))
 
 
 def _store_failure(

@@ -149,6 +149,7 @@ def main(args: argparse.Namespace) -> int:
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial,
             max_retries=args.max_retries,
+            stack=stack,
         )
     else:
         result = execute(
