@@ -240,3 +240,27 @@ def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep):
     assert len(both) > 0
     assert ((both["value"] - both["value_s"]).abs() <= ATOL + RTOL * both["value"].abs()).all()
     assert (joined["value"].isna() == joined["value_s"].isna()).all()
+
+
+def test_stacked_check_catches_a_per_tensor_reduction():
+    """A LARS-like update (normalised by the tensor's gradient norm) couples stacked members."""
+    from techbench.spec import TechniqueSpec
+    from techbench.testing.core import CheckFailure
+    from techbench.testing.optimizer import check_stacked
+
+    class PerTensorNorm(torch.optim.SGD):
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(p.grad / (p.grad.norm() + 1e-12), alpha=-group["lr"])
+
+    spec = TechniqueSpec(
+        name="per_tensor_norm",
+        family="optimizer",
+        summary="normalised SGD (planted coupling)",
+        fast=lambda params, lr=0.1: PerTensorNorm(params, lr=lr),
+        properties={"elementwise": True},
+    )
+    with pytest.raises((CheckFailure, AssertionError), match="stacked vs alone"):
+        check_stacked(spec)
