@@ -6,8 +6,8 @@ Why: stacked trials share wall time, and on a shared machine wall time is noise 
 takes when it trains alone. That per-step time is measured once per *compute signature* (the
 stack key of :mod:`techbench.stack`: everything that fixes the computation's shape, without the
 seed, initializers and optimizer hyper-parameters, which don't change its cost) and device, by
-two short one-by-one runs of :data:`CALIBRATION_STEPS` steps (the second is kept: the first
-pays for warm-up), and cached in ``OUT/calibration.json`` so every trial of a signature gets the
+a short one-by-one run of :data:`CALIBRATION_STEPS` steps (preceded by a throw-away one the
+first time in a process, which pays for warm-up), and cached in ``OUT/calibration.json`` so every trial of a signature gets the
 same number and a resumed run doesn't measure again.
 """
 
@@ -22,8 +22,9 @@ from typing import Any
 
 from .stack import stack_key
 
-CALIBRATION_STEPS = 30
+CALIBRATION_STEPS = 20
 FILE = "calibration.json"
+_warm = False
 
 
 def device_label(config: Mapping[str, Any]) -> str:
@@ -53,13 +54,15 @@ def measure(config: Mapping[str, Any]) -> float:
         "max_steps": CALIBRATION_STEPS,
         "max_seconds": None,
     }
+    global _warm
     seconds = float("nan")
-    for _ in range(2):
+    for _ in range(1 if _warm else 2):
         outcome = run_trial(short)
         if outcome.status == "failed" or not outcome.meta.steps:
             return float("nan")
         train = outcome.meta.train_seconds or outcome.meta.wall_seconds
         seconds = train / outcome.meta.steps
+    _warm = True
     return seconds
 
 
