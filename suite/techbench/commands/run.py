@@ -125,6 +125,8 @@ def main(args: argparse.Namespace) -> int:
     from ..execute import DEFAULT_RUN_FN, execute, quiet_library_warnings
 
     quiet_library_warnings()
+    if matrix.tune is not None:
+        return _run_tuned(matrix, out, args, n_matrix)
 
     if args.executor == "ray":
         from ..execute_ray import execute_ray
@@ -154,6 +156,48 @@ def main(args: argparse.Namespace) -> int:
             matrix_info=matrix.describe(n_matrix),
         )
     print(f"techbench run {matrix.name}: {result.summary} -> {out}")
+    if result.interrupted:
+        print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if args.report:
+        return _report(out, args.report)
+    return 0
+
+
+def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int:
+    """Both phases of a ``[tune]`` matrix (:mod:`techbench.tune`) on the chosen executor."""
+    from ..execute import DEFAULT_RUN_FN, execute
+    from ..shard import shard_trials
+    from ..tune import run_tuned
+
+    def run_phase(configs: list[dict], phase: str):
+        common = dict(
+            matrix_name=matrix.name,
+            run_fn=args.run_fn or DEFAULT_RUN_FN,
+            rerun_failed=args.rerun_failed,
+            progress=args.progress,
+            matrix_info=matrix.describe(n_matrix),
+        )
+        if args.executor == "ray":
+            from ..execute_ray import execute_ray
+
+            result = execute_ray(
+                configs,
+                out,
+                address=args.address,
+                cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial,
+                max_retries=args.max_retries,
+                **common,
+            )
+        else:
+            result = execute(configs, out, workers=args.workers, **common)
+        print(f"techbench run {matrix.name} ({phase}): {result.summary} -> {out}")
+        return result
+
+    result = run_tuned(
+        matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard)
+    )
     if result.interrupted:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -201,6 +245,14 @@ def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> 
         f"{matrix.target['value']}"
     )
     print(f"  store {out}: {done} done, {failed} failed, {todo} to run")
+    if matrix.tune is not None:
+        t, plan = matrix.tune, matrix.tune_plan()
+        print(
+            f"  tune: {len(plan.groups)} techniques x contexts, {t.method} search of {t.budget} "
+            f"points x {len(t.seeds)} seed(s) x {t.studies} study(ies) = {len(trials)} search "
+            f"trials (counted above); then up to {plan.n_finals()} final trials on seeds "
+            f"{list(t.final_seeds)}, selected on {t.metric} ({t.mode}, {t.select} epoch)"
+        )
     k = min(args.sample, len(trials))
     if k:
         print(f"sample ({k} of {len(trials)}):")
