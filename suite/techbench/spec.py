@@ -103,6 +103,7 @@ class Param:
         where = f"parameter {self.name!r}: search"
         if self.type not in (int, float) or self.choices is not None:
             raise TypeError(f"{where} needs an int or float parameter without choices")
+        assert self.search is not None
         lo, hi = (float(x) for x in self.search)
         if not lo < hi:
             raise TypeError(f"{where} must be (low, high) with low < high, got {self.search}")
@@ -110,7 +111,9 @@ class Param:
             try:
                 self.validate("search", int(end) if self.type is int else end)
             except ParamError:
-                raise TypeError(f"{where} {self.search} leaves the valid range {self.allowed()}")
+                raise TypeError(
+                    f"{where} {self.search} leaves the valid range {self.allowed()}"
+                ) from None
         if self.scale == "log" and lo <= 0:
             raise TypeError(f"{where}: a log scale needs low > 0, got {lo}")
         if self.scale == "log1m" and hi >= 1:

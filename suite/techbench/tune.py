@@ -372,11 +372,13 @@ class TunePlan:
                     name=name,
                     type=kind,
                     default=d["default"],
-                    search=tuple(d["search"]),  # type: ignore[arg-type]
+                    search=(float(d["search"][0]), float(d["search"][1])),
                     scale=d["scale"],
                 )
                 dims.append(Dimension(axis, param))
-            groups.append(Group(g["id"], g["technique"], g["context"], dims, g["base"], g["points"]))
+            groups.append(
+                Group(g["id"], g["technique"], g["context"], dims, g["base"], g["points"])
+            )
         spec = TuneSpec(
             space={},
             method=t["method"],
@@ -416,7 +418,9 @@ def build_plan(spec: TuneSpec, bases: Iterable[Mapping[str, Any]], follow: bool)
     entries: dict[str, tuple[list[Dimension], dict[str, Any]]] = {}
     for config in bases:
         dims = [
-            Dimension(axis, q) for axis in tuned for q in spec.space.get((axis, config[axis]["name"]), ())
+            Dimension(axis, q)
+            for axis in tuned
+            for q in spec.space.get((axis, config[axis]["name"]), ())
         ]
         base = _strip(config, dims)
         base["seed"] = 0
@@ -471,9 +475,7 @@ class Selection:
     edges: dict[str, str] = field(default_factory=dict)  # dim key -> "low"/"high"
 
 
-def trial_score(
-    status: str | None, values: Sequence[float], rule: str, mode: str
-) -> float:
+def trial_score(status: str | None, values: Sequence[float], rule: str, mode: str) -> float:
     """A search trial's score, higher is better (``-value`` for min metrics).
 
     ``values``: the validation series in epoch order. Diverged or failed trials, and trials
@@ -550,9 +552,7 @@ def select(
             else:
                 best = max(range(len(scores)), key=lambda i: (scores[i], -i))
                 point = dict(points[best])
-                sel = Selection(
-                    g.id, study, point, best, sign * scores[best], len(scores), n_bad
-                )
+                sel = Selection(g.id, study, point, best, sign * scores[best], len(scores), n_bad)
             sel.edges = edge_flags(g.dims, sel.point)
             chosen.append(sel)
     return chosen, pending
@@ -626,4 +626,3 @@ def run_tuned(
     note(f"tune: final phase, {len(finals)} trials ({len(plan.spec.final_seeds)} fresh seeds)")
     result.finals = run_phase(finals, "finals")
     return result
-

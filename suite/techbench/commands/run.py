@@ -195,9 +195,7 @@ def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int
         print(f"techbench run {matrix.name} ({phase}): {result.summary} -> {out}")
         return result
 
-    result = run_tuned(
-        matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard)
-    )
+    result = run_tuned(matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard))
     if result.interrupted:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
