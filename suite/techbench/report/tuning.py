@@ -212,7 +212,7 @@ def _expected_max_figure(table: pd.DataFrame, plan: TunePlan) -> bytes | None:
 
 
 def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
-    dims = {}
+    dims: dict[str, Any] = {}
     for g in plan.groups:
         for d in g.dims:
             dims.setdefault(d.key, d)
@@ -263,7 +263,7 @@ def tuning(ctx: ReportContext) -> Section:
     chosen = _selection_table(plan, selection)
     final_trials, finals = _final_rows(plan, selection, ctx)
     emax = _expected_max_table(points, plan)
-    order = not (spec.mode == "max")
+    order = spec.mode != "max"
     val_col = f"val_{metric_series(spec.metric)[1]}"
     if not finals.empty:
         finals = finals.sort_values(["context", val_col], ascending=[True, order])
