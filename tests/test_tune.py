@@ -341,3 +341,33 @@ def test_report_tuning_section(tmp_path: Path) -> None:
     emax = pd.read_csv(tmp_path / "rep" / "tuning_expected_max.csv")
     assert set(emax["n"]) == set(range(1, 7))
     assert (tmp_path / "rep" / "tuning_search.csv").exists()
+
+
+def test_list_json_shows_search_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from techbench.cli import main
+
+    assert main(["list", "--json", "adam"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    params = {p["name"]: p for p in rows[0]["params"]}
+    assert params["lr"]["search"] == [1e-5, 1.0] and params["lr"]["scale"] == "log"
+    assert params["beta1"]["scale"] == "log1m"
+    assert params["eps_placement"]["search"] is None
+
+
+def test_shipped_tuned_matrices_search_every_optimizer_and_regularizer() -> None:
+    from techbench.matrix import load_matrix
+
+    opt = load_matrix("optimizers-tuned")
+    names = {e.name for e in default_registry().entries("optimizer")}
+    plan = opt.tune_plan()
+    assert {g.technique for g in plan.groups} == names
+    for g in plan.groups:
+        keys = [d.key for d in g.dims]
+        assert keys[0] == "optimizer.lr" and len(keys) == 2, g.technique
+    assert len(opt.tune.final_seeds) == 10
+    reg = load_matrix("regularizers-tuned").tune_plan()
+    assert {g.technique for g in reg.groups} == {
+        e.name for e in default_registry().entries("regularizer")
+    } - {"augment"}

@@ -45,6 +45,9 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
     activation = "selu"
     normalizer = "none"
 
+    [tune]                               # fair comparisons: techbench.tune
+    budget = 16                          # search points per technique and context
+
 Axes (keys of ``[axes]``, ``[defaults]``, ``[[include]]`` and ``[[exclude]]``):
 ``dataset``, ``model``, ``activation``, ``initializer``, ``bias_initializer`` (an initializer),
 ``normalizer``, ``norm_placement`` (``"before"``/``"after"`` the activation), ``regularizer``,
