@@ -234,10 +234,9 @@ def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
             x = t[key].astype(float)
             if d.param.scale == "log1m":
                 x = 1.0 - x
-            order = np.argsort(x.to_numpy())
             color = f"C{techs.index(tech) % 10}"
-            ax.plot(x.to_numpy()[order], t["score"].to_numpy()[order], "o-", color=color,
-                    markersize=3, linewidth=0.8, label=_short(str(tech)))  # fmt: skip
+            # points, not lines: with several searched dimensions the others vary along x
+            ax.scatter(x, t["score"], s=12, color=color, label=_short(str(tech)))
         if d.param.scale in ("log", "log1m"):
             ax.set_xscale("log")
         ax.set_xlabel(f"1 - {key}" if d.param.scale == "log1m" else key)
