@@ -111,7 +111,19 @@ leaky_relu = _spec(
         dead_below=None,
         kinks=(0.0,),
     ),
-    (Param(name="alpha", type=float, default=0.01, low=0.0, high=1.0, doc="negative slope"),),
+    (
+        Param(
+            name="alpha",
+            type=float,
+            default=0.01,
+            low=0.0,
+            high=1.0,
+            doc="negative slope; search 0.01..0.3 log (0.01: Maas et al. 2013; Xu et al. 2015 "
+            "find larger slopes, about 0.18, better)",
+            search=(0.01, 0.3),
+            scale="log",
+        ),
+    ),
 )
 
 prelu = _spec(
@@ -155,7 +167,10 @@ elu = _spec(
             low=0.0,
             low_open=True,
             high=10.0,
-            doc="negative saturation value -alpha",
+            doc="negative saturation value -alpha; search 0.1..3 log around Clevert et al. "
+            "2016's 1.0",
+            search=(0.1, 3.0),
+            scale="log",
         ),
     ),
 )

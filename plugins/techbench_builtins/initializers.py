@@ -91,7 +91,15 @@ normal = _spec(
     (
         Param(name="mean", type=float, default=0.0, doc="mean of every entry"),
         Param(
-            name="std", type=float, default=0.01, low=0.0, low_open=True, doc="standard deviation"
+            name="std",
+            type=float,
+            default=0.01,
+            low=0.0,
+            low_open=True,
+            doc="standard deviation; search 1e-3..1 log (0.01: Krizhevsky et al. 2012; Glorot & "
+            "Bengio 2010 show the right scale depends on the fans)",
+            search=(1e-3, 1.0),
+            scale="log",
         ),
     ),
     applies_to="any",

@@ -58,7 +58,10 @@ batchnorm = TechniqueSpec(
             default=0.1,
             low=0.0,
             high=1.0,
-            doc="running stat <- (1 - momentum) * running stat + momentum * batch stat",
+            doc="running stat <- (1 - momentum) * running stat + momentum * batch stat; search "
+            "0.01..0.5 log around Ioffe & Szegedy's (torch's) 0.1",
+            search=(0.01, 0.5),
+            scale="log",
         ),
         _eps(1e-5),
         _AFFINE,

@@ -2,6 +2,18 @@
 
 Implementations and references live in :mod:`techbench_builtins.optimizers_impl`; the reference
 protocol the conformance checks expect is stated in :mod:`techbench.testing.optimizer`.
+
+Search ranges (what ``[tune]`` searches; see ``Param.search``):
+
+- ``lr``: 1e-5 to 1, log: as wide as the learning-rate spaces of Schmidt et al. 2021 (Descending
+  through a Crowded Valley, log-uniform learning rates over several decades) and the AlgoPerf
+  baselines (Dahl et al. 2023), so that every optimizer's optimum lies inside on small problems.
+- momentum-like coefficients (``momentum``, ``beta1``, ``beta2``, RMSprop's ``alpha``): on the
+  1 - x log scale, as Choi et al. 2019 (On Empirical Comparisons of Optimizers for Deep Learning)
+  searched them; momentum/beta1 0.5 to 0.999, beta2/alpha 0.9 to 0.9999.
+- ``weight_decay``: 1e-6 to 1e-1, log (AlgoPerf baselines search it on a log scale).
+- ``eps``: 1e-10 to 1e-3, log: Choi et al. 2019 show eps matters for adaptive methods.
+- the rest as each doc states.
 """
 
 from __future__ import annotations
@@ -19,16 +31,41 @@ def _lr(default: float) -> Param:
         low=0.0,
         high=10.0,
         low_open=True,
-        doc="learning rate alpha",
+        doc="learning rate alpha; search 1e-5..1 log (Schmidt et al. 2021; AlgoPerf)",
+        search=(1e-5, 1.0),
+        scale="log",
     )
 
 
 def _wd(default: float = 0.0, doc: str = "coupled L2 term: g <- g + weight_decay * p") -> Param:
-    return Param(name="weight_decay", type=float, default=default, low=0.0, high=1.0, doc=doc)
+    return Param(
+        name="weight_decay",
+        type=float,
+        default=default,
+        low=0.0,
+        high=1.0,
+        doc=doc + "; search 1e-6..1e-1 log (AlgoPerf)",
+        search=(1e-6, 0.1),
+        scale="log",
+    )
 
 
-def _beta(name: str, default: float, doc: str) -> Param:
-    return Param(name=name, type=float, default=default, low=0.0, high=1.0, high_open=True, doc=doc)
+def _beta(name: str, default: float, doc: str, search: tuple[float, float]) -> Param:
+    return Param(
+        name=name,
+        type=float,
+        default=default,
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        doc=doc + f"; search {search[0]}..{search[1]} on log(1 - x) (Choi et al. 2019)",
+        search=search,
+        scale="log1m",
+    )
+
+
+_B1 = (0.5, 0.999)
+_B2 = (0.9, 0.9999)
 
 
 def _eps(default: float) -> Param:
@@ -39,7 +76,9 @@ def _eps(default: float) -> Param:
         low=0.0,
         high=1.0,
         low_open=True,
-        doc="denominator guard epsilon",
+        doc="denominator guard epsilon; search 1e-10..1e-3 log (Choi et al. 2019)",
+        search=(1e-10, 1e-3),
+        scale="log",
     )
 
 
@@ -58,7 +97,9 @@ _MOMENTUM = Param(
     low=0.0,
     high=1.0,
     high_open=True,
-    doc="momentum coefficient mu",
+    doc="momentum coefficient mu; search 0.5..0.999 on log(1 - x) (Choi et al. 2019)",
+    search=_B1,
+    scale="log1m",
 )
 
 sgd = TechniqueSpec(
@@ -89,7 +130,8 @@ momentum = TechniqueSpec(
             low=0.0,
             high=1.0,
             high_open=True,
-            doc="scales the new gradient by (1 - dampening) after the first step",
+            doc="scales the new gradient by (1 - dampening) after the first step; search 0..0.9",
+            search=(0.0, 0.9),
         ),
         _wd(),
     ),
@@ -124,7 +166,10 @@ adagrad = TechniqueSpec(
             default=0.0,
             low=0.0,
             high=1.0,
-            doc="lr_t = lr / (1 + (t - 1) * lr_decay)",
+            doc="lr_t = lr / (1 + (t - 1) * lr_decay); search 1e-6..1e-2 log (halves lr "
+            "somewhere between 100 and 10^6 steps)",
+            search=(1e-6, 1e-2),
+            scale="log",
         ),
         _wd(),
         Param(
@@ -133,7 +178,9 @@ adagrad = TechniqueSpec(
             default=0.0,
             low=0.0,
             high=10.0,
-            doc="initial value of the squared-gradient sum",
+            doc="initial value of the squared-gradient sum; search 0..1 (torch's default 0, "
+            "Duchi et al.'s delta-style offset up to 1)",
+            search=(0.0, 1.0),
         ),
         _eps(1e-10),
     ),
@@ -150,7 +197,7 @@ rmsprop = TechniqueSpec(
     reference=f"{_IMPL}:rmsprop_reference",
     params=(
         _lr(0.01),
-        _beta("alpha", 0.99, "decay of the mean square: v <- alpha*v + (1-alpha)*g^2"),
+        _beta("alpha", 0.99, "decay of the mean square: v <- alpha*v + (1-alpha)*g^2", _B2),
         _eps(1e-8),
         _wd(),
         Param(
@@ -160,7 +207,10 @@ rmsprop = TechniqueSpec(
             low=0.0,
             high=1.0,
             high_open=True,
-            doc="momentum on the normalised step (torch's RMSprop momentum)",
+            doc="momentum on the normalised step (torch's RMSprop momentum); search 0..0.99 "
+            "on log(1 - x) (Choi et al. 2019)",
+            search=(0.0, 0.99),
+            scale="log1m",
         ),
         _EPS_PLACEMENT,
     ),
@@ -168,8 +218,8 @@ rmsprop = TechniqueSpec(
 )
 
 _ADAM_PARAMS = (
-    _beta("beta1", 0.9, "first-moment decay"),
-    _beta("beta2", 0.999, "second-moment decay"),
+    _beta("beta1", 0.9, "first-moment decay", _B1),
+    _beta("beta2", 0.999, "second-moment decay", _B2),
     _eps(1e-8),
 )
 
@@ -228,7 +278,10 @@ nadam = TechniqueSpec(
             default=0.004,
             low=0.0,
             high=1.0,
-            doc="psi in mu_t = beta1 * (1 - 0.5 * 0.96^(t * psi))",
+            doc="psi in mu_t = beta1 * (1 - 0.5 * 0.96^(t * psi)); search 1e-4..1e-1 log "
+            "around Dozat 2016's 0.004",
+            search=(1e-4, 0.1),
+            scale="log",
         ),
     ),
     properties={"adaptive": True, "elementwise": True},
@@ -254,8 +307,8 @@ lion = TechniqueSpec(
     reference=f"{_IMPL}:lion_reference",
     params=(
         _lr(1e-4),
-        _beta("beta1", 0.9, "interpolation for the update direction"),
-        _beta("beta2", 0.99, "momentum decay"),
+        _beta("beta1", 0.9, "interpolation for the update direction", _B1),
+        _beta("beta2", 0.99, "momentum decay", _B2),
         _wd(0.0, "decoupled decay: p <- p - lr * weight_decay * p"),
     ),
     properties={"adaptive": False, "elementwise": True},

@@ -36,7 +36,15 @@ l2 = TechniqueSpec(
     reference=f"{_IMPL}:l2_reference",
     citation="Lecture notes, seed 003 (L2 regularisation in the cost, gradient 2*lambda*W)",
     params=(
-        Param(name="lam", type=float, default=1e-4, low=0.0, doc="penalty strength lambda"),
+        Param(
+            name="lam",
+            type=float,
+            default=1e-4,
+            low=0.0,
+            doc="penalty strength lambda; search 1e-6..1e-1 log (as weight decay in AlgoPerf)",
+            search=(1e-6, 0.1),
+            scale="log",
+        ),
         Param(
             name="convention",
             type=str,
@@ -59,7 +67,16 @@ weight_decay = TechniqueSpec(
         "Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019 (arXiv:1711.05101)"
     ),
     params=(
-        Param(name="lam", type=float, default=1e-2, low=0.0, doc="decay rate lambda (per unit lr)"),
+        Param(
+            name="lam",
+            type=float,
+            default=1e-2,
+            low=0.0,
+            doc="decay rate lambda (per unit lr); search 1e-5..1 log (Loshchilov & Hutter 2019 "
+            "tune the normalized decay over decades)",
+            search=(1e-5, 1.0),
+            scale="log",
+        ),
         _INCLUDE_BIAS,
     ),
     properties={"hooks": ("after_step",)},
@@ -73,7 +90,16 @@ l1 = TechniqueSpec(
     reference=f"{_IMPL}:l1_reference",
     citation="Tibshirani, Regression Shrinkage and Selection via the Lasso, JRSS-B 1996",
     params=(
-        Param(name="lam", type=float, default=1e-5, low=0.0, doc="penalty strength lambda"),
+        Param(
+            name="lam",
+            type=float,
+            default=1e-5,
+            low=0.0,
+            doc="penalty strength lambda; search 1e-7..1e-2 log (lasso paths span decades; "
+            "Tibshirani 1996)",
+            search=(1e-7, 1e-2),
+            scale="log",
+        ),
         _INCLUDE_BIAS,
     ),
     properties={"hooks": ("penalty",)},
@@ -91,7 +117,15 @@ dropout = TechniqueSpec(
     ),
     params=(
         Param(
-            name="p", type=float, default=0.5, low=0.0, high=1.0, high_open=True, doc="drop rate"
+            name="p",
+            type=float,
+            default=0.5,
+            low=0.0,
+            high=1.0,
+            high_open=True,
+            doc="drop rate; search 0..0.7 linear (Srivastava et al. 2014 use 0.2-0.5 and find "
+            "0.4-0.8 retention works)",
+            search=(0.0, 0.7),
         ),
     ),
     properties={"hooks": ("make_module",)},
@@ -104,7 +138,18 @@ gaussian_noise = TechniqueSpec(
     fast=f"{_IMPL}:GaussianNoise",
     reference=f"{_IMPL}:gaussian_noise_reference",
     citation="Bishop, Training with Noise is Equivalent to Tikhonov Regularization, Neural Comp. 1995",
-    params=(Param(name="std", type=float, default=0.1, low=0.0, doc="noise standard deviation"),),
+    params=(
+        Param(
+            name="std",
+            type=float,
+            default=0.1,
+            low=0.0,
+            doc="noise standard deviation; search 0.01..1 log (inputs are standardized; "
+            "Bishop 1995: the Tikhonov strength grows as std^2)",
+            search=(0.01, 1.0),
+            scale="log",
+        ),
+    ),
     properties={"hooks": ("transform_batch",), "law": "additive_noise"},
 )
 
@@ -119,8 +164,24 @@ augment = TechniqueSpec(
         "NeurIPS 2012; lecture notes, seed 004"
     ),
     params=(
-        Param(name="padding", type=int, default=4, low=0, high=64, doc="zero padding per side"),
-        Param(name="flip_p", type=float, default=0.5, low=0.0, high=1.0, doc="flip probability"),
+        Param(
+            name="padding",
+            type=int,
+            default=4,
+            low=0,
+            high=64,
+            doc="zero padding per side; search 0..8 (Krizhevsky et al. 2012 crop 224 of 256)",
+            search=(0, 8),
+        ),
+        Param(
+            name="flip_p",
+            type=float,
+            default=0.5,
+            low=0.0,
+            high=1.0,
+            doc="flip probability; search 0..0.5 (0.5: Krizhevsky et al. 2012)",
+            search=(0.0, 0.5),
+        ),
     ),
     properties={"hooks": ("transform_batch",), "law": "crop_flip"},
 )
@@ -135,7 +196,16 @@ label_smoothing = TechniqueSpec(
         "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
     ),
     params=(
-        Param(name="epsilon", type=float, default=0.1, low=0.0, high=1.0, doc="smoothing mass eps"),
+        Param(
+            name="epsilon",
+            type=float,
+            default=0.1,
+            low=0.0,
+            high=1.0,
+            doc="smoothing mass eps; search 0..0.3 linear (Szegedy et al. 2016 use 0.1; AlgoPerf "
+            "baselines search 0.1 and 0.2)",
+            search=(0.0, 0.3),
+        ),
     ),
     properties={"hooks": ("loss",)},
 )
@@ -150,7 +220,18 @@ max_norm = TechniqueSpec(
         "Srivastava et al., Dropout: A Simple Way to Prevent Neural Networks from Overfitting, "
         "JMLR 2014 (max-norm constraint)"
     ),
-    params=(Param(name="c", type=float, default=3.0, low=0.0, low_open=True, doc="norm bound c"),),
+    params=(
+        Param(
+            name="c",
+            type=float,
+            default=3.0,
+            low=0.0,
+            low_open=True,
+            doc="norm bound c; search 0.5..10 log (Srivastava et al. 2014 use 3-4)",
+            search=(0.5, 10.0),
+            scale="log",
+        ),
+    ),
     properties={"hooks": ("after_step",)},
 )
 
@@ -162,7 +243,16 @@ early_stopping = TechniqueSpec(
     reference=f"{_IMPL}:early_stopping_reference",
     citation="Prechelt, Early Stopping - But When?, Neural Networks: Tricks of the Trade, 1998",
     params=(
-        Param(name="patience", type=int, default=5, low=1, doc="checks without improvement"),
+        Param(
+            name="patience",
+            type=int,
+            default=5,
+            low=1,
+            doc="checks without improvement; search 1..20 log (Prechelt 1998 compares strips of "
+            "5 epochs and patience criteria over that span)",
+            search=(1, 20),
+            scale="log",
+        ),
         Param(
             name="min_delta",
             type=float,

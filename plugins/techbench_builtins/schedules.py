@@ -37,7 +37,10 @@ step = TechniqueSpec(
             low=0.0,
             high=1.0,
             low_open=True,
-            doc="multiplicative factor per decay",
+            doc="multiplicative factor per decay; search 0.05..0.9 log (0.1: Krizhevsky et al. "
+            "2012, He et al. 2016)",
+            search=(0.05, 0.9),
+            scale="log",
         ),
     ),
     properties={"monotonic": "nonincreasing"},
@@ -65,7 +68,9 @@ cosine = TechniqueSpec(
             default=0.0,
             low=0.0,
             high=1.0,
-            doc="final learning rate as a fraction of lr_0",
+            doc="final learning rate as a fraction of lr_0; search 0..0.1 (0 in Loshchilov & "
+            "Hutter 2017)",
+            search=(0.0, 0.1),
         ),
     ),
     properties={"monotonic": "warmup_then_nonincreasing"},
@@ -86,7 +91,10 @@ exponential = TechniqueSpec(
             low=0.0,
             high=1.0,
             low_open=True,
-            doc="per-step multiplicative factor",
+            doc="per-step multiplicative factor; search 0.9..0.99999 on log(1 - x) (halves the "
+            "rate after 7 to 70,000 steps)",
+            search=(0.9, 0.99999),
+            scale="log1m",
         ),
     ),
     properties={"monotonic": "nonincreasing"},
@@ -101,7 +109,16 @@ inverse_time = TechniqueSpec(
     fast=f"{_IMPL}:inverse_time",
     reference=f"{_IMPL}:inverse_time_reference",
     params=(
-        Param(name="decay", type=float, default=0.01, low=0.0, doc="decay per optimizer step"),
+        Param(
+            name="decay",
+            type=float,
+            default=0.01,
+            low=0.0,
+            doc="decay per optimizer step; search 1e-5..1e-1 log (halves the rate after 10 to "
+            "100,000 steps)",
+            search=(1e-5, 0.1),
+            scale="log",
+        ),
     ),
     properties={"monotonic": "nonincreasing"},
 )

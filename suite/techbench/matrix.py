@@ -45,6 +45,9 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
     activation = "selu"
     normalizer = "none"
 
+    [tune]                               # fair comparisons: techbench.tune
+    budget = 16                          # search points per technique and context
+
 Axes (keys of ``[axes]``, ``[defaults]``, ``[[include]]`` and ``[[exclude]]``):
 ``dataset``, ``model``, ``activation``, ``initializer``, ``bias_initializer`` (an initializer),
 ``normalizer``, ``norm_placement`` (``"before"``/``"after"`` the activation), ``regularizer``,
@@ -95,6 +98,7 @@ TOP_KEYS = (
     "axes",
     "include",
     "exclude",
+    "tune",
 )
 BUDGET_KEYS = ("epochs", "steps", "max_steps", "max_seconds", "batch_size")
 TARGET_KEYS = ("metric", "value", "mode")
@@ -154,6 +158,7 @@ class Matrix:
     include: list[dict[str, Any]] = field(default_factory=list)
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
     spec_defaults: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
+    tune: Any = None  # a techbench.tune.TuneSpec when the matrix has [tune]
 
     def _seed_pairs(self, seeds: Sequence[int]) -> list[tuple[int, int]]:
         if self.data_seeds == "seed":
@@ -201,7 +206,21 @@ class Matrix:
         return out
 
     def trials(self) -> list[dict[str, Any]]:
-        """The trial configs, in a stable order, without duplicates."""
+        """The trial configs, in a stable order, without duplicates; with ``[tune]``, the search
+        trials (the finals follow from their results: :mod:`techbench.tune`)."""
+        if self.tune is not None:
+            return self.tune_plan().search_trials()
+        return self._expand()
+
+    def tune_plan(self) -> Any:
+        """The :class:`techbench.tune.TunePlan` of a tuned matrix (groups, points, seeds)."""
+        from .tune import build_plan
+
+        untuned = copy.copy(self)
+        untuned.tune, untuned.seeds = None, [0]
+        return build_plan(self.tune, untuned._expand(), self.data_seeds == "seed")
+
+    def _expand(self) -> list[dict[str, Any]]:
         configs = self._product(self.axes, self.seeds, prune=True)
         for inc in self.include:
             seeds = inc.get("seeds", self.seeds)
@@ -236,6 +255,7 @@ class Matrix:
             ],
             "exclude": [{k: [_label(x) for x in v] for k, v in p.items()} for p in self.exclude],
             "n_trials": len(self.trials()) if n_trials is None else n_trials,
+            **({"tune": self.tune.describe()} if self.tune is not None else {}),
         }
 
 
@@ -607,6 +627,13 @@ def load_matrix_dict(
             if isinstance(entry, Mapping) and not entry:
                 p.problem(path, "an empty include adds nothing", "name at least one axis")
             target_list.append(inc)
+    tune = None
+    if "tune" in data:
+        from .tune import parse_tune
+
+        tune = parse_tune(
+            p, data["tune"], _axis_techniques(axes, defaults, include), target, "seeds" in data
+        )
     if not p.problems:
         n_seeds = len(seeds or []) * (1 if data_seeds == "seed" else len(data_seeds or []))
         total = n_seeds * math.prod(len(v) for v in axes.values())
@@ -634,7 +661,24 @@ def load_matrix_dict(
         include=include,
         exclude=exclude,
         spec_defaults=p.spec_defaults,
+        tune=tune,
     )
+
+
+def _axis_techniques(
+    axes: Mapping[str, list[Any]], defaults: Mapping[str, Any], include: Sequence[Mapping]
+) -> dict[str, list[str]]:
+    """Technique names that can appear on each technique axis, in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for axis in AXIS_FAMILY:
+        values = list(axes.get(axis, []))
+        for inc in include:
+            values.extend(inc.get(axis, []))
+        if axis not in axes:
+            values.append(defaults.get(axis, DEFAULT_CONFIG[axis]))
+        names = [v["name"] for v in values if isinstance(v, Mapping)]
+        out[axis] = list(dict.fromkeys(names))
+    return out
 
 
 def builtin_matrices() -> list[str]:

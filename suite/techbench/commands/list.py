@@ -31,6 +31,7 @@ def main(args: argparse.Namespace) -> int:
                 "family": e.family,
                 "summary": e.spec.summary if e.spec else "",
                 "citation": e.spec.citation if e.spec else None,
+                "params": e.spec.describe()["params"] if e.spec else [],
                 "distribution": e.distribution,
                 "entry_point": e.value,
                 "status": e.status,

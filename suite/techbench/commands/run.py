@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.sample < 0:
         raise UsageError(f"--sample must be >= 0, got {args.sample}")
-    stack = _stack_policy(args.stack)
+    _stack_policy(args.stack)
     try:
         matrix = load_matrix(args.matrix)
         trials = matrix.trials()
@@ -130,39 +130,13 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or f"results/{matrix.name}"
     if args.dry_run:
         return _dry_run(matrix, trials, out, args)
-    from ..execute import DEFAULT_RUN_FN, execute, quiet_library_warnings
+    from ..execute import quiet_library_warnings
 
     quiet_library_warnings()
+    if matrix.tune is not None:
+        return _run_tuned(matrix, out, args, n_matrix)
 
-    if args.executor == "ray":
-        from ..execute_ray import execute_ray
-
-        result = execute_ray(
-            trials,
-            out,
-            matrix_name=matrix.name,
-            run_fn=args.run_fn or DEFAULT_RUN_FN,
-            rerun_failed=args.rerun_failed,
-            progress=args.progress,
-            matrix_info=matrix.describe(n_matrix),
-            address=args.address,
-            cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial,
-            max_retries=args.max_retries,
-            stack=stack,
-        )
-    else:
-        result = execute(
-            trials,
-            out,
-            matrix_name=matrix.name,
-            workers=args.workers,
-            run_fn=args.run_fn or DEFAULT_RUN_FN,
-            rerun_failed=args.rerun_failed,
-            progress=args.progress,
-            matrix_info=matrix.describe(n_matrix),
-            stack=stack,
-        )
+    result = _execute(trials, out, matrix, args, n_matrix)
     print(f"techbench run {matrix.name}: {result.summary} -> {out}")
     if result.interrupted:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
@@ -183,6 +157,52 @@ def _stack_policy(text: str) -> str | int:
     if size < 1:
         raise UsageError(f"--stack must be auto, off or a positive number, got {text!r}")
     return size
+
+
+def _execute(configs: list[dict], out: str, matrix, args: argparse.Namespace, n_matrix: int):
+    """Run ``configs`` into ``out`` on the executor the flags chose; the executor's RunResult."""
+    from ..execute import DEFAULT_RUN_FN, execute
+
+    common = dict(
+        matrix_name=matrix.name,
+        run_fn=args.run_fn or DEFAULT_RUN_FN,
+        rerun_failed=args.rerun_failed,
+        progress=args.progress,
+        matrix_info=matrix.describe(n_matrix),
+        stack=_stack_policy(args.stack),
+    )
+    if args.executor == "ray":
+        from ..execute_ray import execute_ray
+
+        return execute_ray(
+            configs,
+            out,
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            max_retries=args.max_retries,
+            **common,
+        )
+    return execute(configs, out, workers=args.workers, **common)
+
+
+def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int:
+    """Both phases of a ``[tune]`` matrix (:mod:`techbench.tune`) on the chosen executor."""
+    from ..shard import shard_trials
+    from ..tune import run_tuned
+
+    def run_phase(configs: list[dict], phase: str):
+        result = _execute(configs, out, matrix, args, n_matrix)
+        print(f"techbench run {matrix.name} ({phase}): {result.summary} -> {out}")
+        return result
+
+    result = run_tuned(matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard))
+    if result.interrupted:
+        print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if args.report:
+        return _report(out, args.report)
+    return 0
 
 
 def _list(names: list[str]) -> int:
@@ -232,6 +252,15 @@ def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> 
     size = 1 if policy == "off" else stack_size(pending) if policy == "auto" else int(policy)
     for line in describe_stacks(plan_stacks(pending, size)):
         print(f"  {line}")
+
+    if matrix.tune is not None:
+        t, plan = matrix.tune, matrix.tune_plan()
+        print(
+            f"  tune: {len(plan.groups)} techniques x contexts, {t.method} search of {t.budget} "
+            f"points x {len(t.seeds)} seed(s) x {t.studies} study(ies) = {len(trials)} search "
+            f"trials (counted above); then up to {plan.n_finals()} final trials on seeds "
+            f"{list(t.final_seeds)}, selected on {t.metric} ({t.mode}, {t.select} epoch)"
+        )
     k = min(args.sample, len(trials))
     if k:
         print(f"sample ({k} of {len(trials)}):")

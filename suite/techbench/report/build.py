@@ -159,7 +159,8 @@ def build(
                 raise RuntimeError(f"report sections write {name} twice ({make.__name__})")
             written.add(name)
             df.to_csv(out / name, index=False)
-        page.append((section.anchor, section.heading, section.blocks))
+        if section.blocks:
+            page.append((section.anchor, section.heading, section.blocks))
     header = _header(ctx, time.perf_counter() - start)
     title = f"techbench report: {ctx.matrix.get('name') or out.name}"
     return html.write_page(out / "index.html", title, header, page)

@@ -19,6 +19,7 @@ import pandas as pd
 from .. import htmlpage as html
 from . import analyze, figures, tables
 from .stats import MIN_SEEDS
+from .tuning import tuning
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,7 @@ def runs(ctx: ReportContext) -> Section:
 
 SECTIONS: list[Callable[[ReportContext], Section]] = [
     overview,
+    tuning,
     convergence,
     profiles,
     statistics,
