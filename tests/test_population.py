@@ -264,3 +264,17 @@ def test_stacked_check_catches_a_per_tensor_reduction():
     )
     with pytest.raises((CheckFailure, AssertionError), match="stacked vs alone"):
         check_stacked(spec)
+
+
+def test_early_stopping_stops_each_member_at_its_own_epoch():
+    """Early stopping acts per member: members stop when their own val_loss stalls."""
+    stop = {"name": "early_stopping", "params": {"patience": 1}}
+    budget = {"epochs": 8, "batch_size": 32, "max_steps": None}
+    configs = [
+        _config(seed=s, regularizer=stop, budget=budget, optimizer=_opt("sgd", lr=lr))
+        for s, lr in ((0, 0.5), (1, 0.05), (2, 2.0))
+    ]
+    assert unstackable_reason(configs[0]) == ""
+    out = run_stack(configs)
+    assert len({o.meta.epochs for o in out}) > 1, [o.meta.epochs for o in out]
+    assert_members_equal(configs)

@@ -62,6 +62,8 @@ class Member:
     optimizer_params: dict[str, Any]
     regularizer: Any
     health: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+    trainer: Any = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     diverged_step: int | None = None
     frozen: bool = False
@@ -280,6 +282,11 @@ class StackedModule(pl.LightningModule):
                 tensors[name] = t.to(dtype)
         for m in self.members:
             m.model.to(device=device, dtype=dtype)
+            m.callbacks = list(m.regularizer.callbacks())
+            if m.callbacks:
+                m.trainer = member_trainer()
+                for cb in m.callbacks:
+                    cb.setup(m.trainer, self, "fit")
             if m.health is not None:
                 m.health.on_fit_start(self.trainer, _MemberView(m.model))
         self._fit_start = time.perf_counter()
@@ -475,7 +482,43 @@ class StackedModule(pl.LightningModule):
                 improved.append(k)
         if improved:
             self._keep_best(improved, params, buffers)
+        self._member_callbacks(live, values, epoch, step)
         self.eval_seconds += time.perf_counter() - now
+
+    def _member_callbacks(
+        self, live: Sequence[int], values: Sequence[Sequence[float]], epoch: int, step: int
+    ) -> None:
+        """Each member's regularizer callbacks (early stopping) see that member's epoch metrics
+        through its own :func:`member_trainer`, as Lightning's would after the module's epoch
+        end; a member they stop ends now, with its test rows, and the others go on."""
+        stopped = []
+        for k in live:
+            m = self.members[k]
+            if not m.callbacks:
+                continue
+            trainer = m.trainer
+            train_loss, train_acc, val_loss, val_acc = values[k]
+            metrics = {"val_loss": val_loss, "train_loss": train_loss}
+            if self.task == "classification":
+                metrics |= {"val_acc": val_acc, "train_acc": train_acc}
+            trainer.callback_metrics = {key: torch.tensor(v) for key, v in metrics.items()}
+            trainer.current_epoch, trainer.global_step = epoch, step
+            for cb in m.callbacks:
+                cb.on_validation_end(trainer, self)
+            for cb in m.callbacks:
+                cb.on_train_epoch_end(trainer, self)
+            if trainer.should_stop:
+                stopped.append(k)
+        if stopped:
+            assert self._alive is not None
+            test = self._test_values()
+            for k in stopped:
+                m = self.members[k]
+                m.rows += self._test_rows(k, test, max(m.epochs_done - 1, 0))
+                m.frozen = True
+                self._alive[k] = False
+            if all(m.frozen for m in self.members):
+                self.trainer.should_stop = True
 
     def _keep_best(
         self,
@@ -574,6 +617,31 @@ class StackedModule(pl.LightningModule):
                     p.copy_(self.member_tensor(name, k))
                     p.grad = None
             m.health.end_step()
+
+
+def member_trainer() -> Any:
+    """What Lightning callbacks read of a Trainer during ``fit`` (``callback_metrics``,
+    ``should_stop``, ``current_epoch``, ...), for driving one member's callbacks: the protocol
+    the regularizer conformance checks drive callbacks with."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        callback_metrics={},
+        should_stop=False,
+        current_epoch=0,
+        global_step=0,
+        fast_dev_run=False,
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit", stage="train"),
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
+        val_check_interval=1.0,
+        check_val_every_n_epoch=1,
+        global_rank=0,
+        world_size=1,
+        is_global_zero=True,
+        logger=None,
+        loggers=[],
+    )
 
 
 def _groups(settings: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:

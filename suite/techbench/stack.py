@@ -13,8 +13,9 @@ Why a trial may not stack (said by ``techbench run --dry-run``): a technique who
 implementation would couple members on stacked tensors. Optimizers must declare
 ``properties["elementwise"] = True`` (the update of every coordinate depends only on that
 coordinate's history, so one optimizer over stacked tensors is K independent ones); regularizers
-stack when they use only the ``transform_batch``, ``penalty`` and ``loss`` hooks, which the
-engine applies member by member; early stopping and the other loop-level hooks run one by one.
+stack when they use only the ``transform_batch``, ``penalty``, ``loss`` and ``callbacks`` hooks,
+which the engine applies member by member (early stopping stops one member, the others go on);
+modules in the network (dropout) and after-step hooks (max-norm, decoupled decay) run one by one.
 A stack of one is the one-by-one path.
 """
 
@@ -31,8 +32,9 @@ from .schema import trial_id
 MEMBER_KEYS = ("seed", "initializer", "bias_initializer")
 """Config keys that may differ inside a stack (besides the optimizer's hyper-parameters)."""
 
-STACKED_HOOKS = frozenset({"transform_batch", "penalty", "loss"})
-"""Regularizer hooks the stacked engine applies member by member."""
+STACKED_HOOKS = frozenset({"transform_batch", "penalty", "loss", "callbacks"})
+"""Regularizer hooks the stacked engine applies member by member (callbacks, such as early
+stopping, are driven per member with that member's epoch metrics)."""
 
 
 @dataclass
