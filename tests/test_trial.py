@@ -299,7 +299,9 @@ def test_outcome_rows_follow_the_schema() -> None:
     health_steps = sorted({r["step"] for r in o.metrics if r["split"] == "health"})
     assert health_steps == list(range(0, 27, 5))
     assert o.meta.num_parameters == 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
-    assert o.meta.device == "cpu" and o.meta.versions["torch"] == torch.__version__
+    # accelerator "auto": the GPU when there is one (the device tool's machine), else the CPU
+    expected = "cuda:" if torch.cuda.is_available() else "cpu"
+    assert o.meta.device.startswith(expected) and o.meta.versions["torch"] == torch.__version__
     assert 0 < o.meta.health_overhead < o.meta.train_seconds
 
 
