@@ -22,12 +22,7 @@ LR = 0.1
 PROPS = {"dead_below": 0.0, "saturation": (0.05, 0.95)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _splits(n: int = 32, nan: bool = False) -> DatasetSplits:

@@ -24,12 +24,7 @@ from techbench.spec import Param, TechniqueSpec
 from techbench.trial import run_trial
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- stand-in plugins

@@ -138,12 +138,7 @@ def main(args: argparse.Namespace) -> int:
 
     result = _execute(trials, out, matrix, args, n_matrix)
     print(f"techbench run {matrix.name}: {result.summary} -> {out}")
-    if result.interrupted:
-        print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    if args.report:
-        return _report(out, args.report)
-    return 0
+    return _finish(result, out, args)
 
 
 def _stack_policy(text: str) -> str | int:
@@ -197,6 +192,12 @@ def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int
         return result
 
     result = run_tuned(matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard))
+    return _finish(result, out, args)
+
+
+def _finish(result, out: str, args: argparse.Namespace) -> int:
+    """The exit status after a run: 130 when interrupted (with the resume hint), else the
+    ``--report`` step's (0 without one)."""
     if result.interrupted:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
