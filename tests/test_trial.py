@@ -23,7 +23,6 @@ from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, TrialOutcome, complete
 from techbench.spec import Param, TechniqueSpec
 from techbench.trial import run_trial
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
