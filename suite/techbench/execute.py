@@ -189,7 +189,7 @@ def run_one(
     with store.claim(tid, wait=wait) as claimed:
         if not claimed:
             return tid, "busy"
-        status = store.status(tid)
+        status = store.status(tid, verify=True)
         if status in FINISHED or (status == "failed" and not job.rerun_failed):
             return tid, "skipped"
         marker = store.mark_running(tid)
@@ -210,7 +210,7 @@ def plan(
     configs: Iterable[Mapping[str, Any]], store: ResultStore, rerun_failed: bool = False
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     """``(todo, n_already_stored)``: the trials still to run, in order, without duplicates."""
-    statuses = store.statuses()
+    statuses = store.statuses(verify=True)
     todo: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
     already = 0
