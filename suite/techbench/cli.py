@@ -3,7 +3,9 @@
 Each sub-command lives in ``techbench.commands.<name>`` with ``add_parser(subparsers)`` and
 ``main(args) -> int``; modules import their heavy dependencies inside ``main`` so that
 ``techbench list`` starts without torch, Lightning or pandas. Usage errors and bad input exit
-with status 2 and a one-line message, never a traceback.
+with status 2 and a one-line message, never a traceback; an I/O fault (read-only, full disk, a
+file where a folder should be) exits 1 with one line naming the path (:mod:`techbench.clio`);
+a closed pipe on stdout (``techbench list | head -3``) exits quietly with 141; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .clio import describe, quiet_broken_pipe
 from .errors import UsageError
 from .spec import TechniqueError
 
@@ -39,19 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()
+        return code
     except (UsageError, TechniqueError) as exc:
         print(f"techbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("techbench: interrupted", file=sys.stderr)
+        hint = "; run the same command again to resume" if args.command == "run" else ""
+        print(f"techbench {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        print(f"techbench {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -284,21 +285,56 @@ def execute(
 
 
 def _run_inline(todo: list, job: Job, bar: Progress) -> bool:
-    waiting = [(tid, config, False) for tid, config in todo]
-    while waiting:
-        busy = []
-        for tid, config, wait in waiting:
-            try:
-                _, status = run_one(config, tid, job, wait, None)
-            except KeyboardInterrupt:
-                bar.note("interrupted: the running trial is not stored; finished trials are kept")
-                return True
-            if status == "busy":
-                busy.append((tid, config, True))
-            else:
-                bar.update(status)
-        waiting = busy
+    with _sigint_guard() as hit:
+        waiting = [(tid, config, False) for tid, config in todo]
+        while waiting:
+            busy = []
+            for tid, config, wait in waiting:
+                try:
+                    _, status = run_one(config, tid, job, wait, None)
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    if isinstance(exc, SystemExit) and not hit:
+                        raise
+                    bar.note(
+                        "interrupted: the running trial is not stored; finished trials are kept"
+                    )
+                    return True
+                if hit:  # the trial swallowed the interrupt (Lightning's graceful exit)
+                    bar.note("interrupted: finished trials are kept")
+                    return True
+                if status == "busy":
+                    busy.append((tid, config, True))
+                else:
+                    bar.update(status)
+            waiting = busy
     return False
+
+
+@contextlib.contextmanager
+def _sigint_guard() -> Any:
+    """Make Ctrl-C stop an in-process trial whatever it catches; a second one exits at once.
+
+    Lightning turns a ``KeyboardInterrupt`` inside ``trainer.fit`` into ``sys.exit(1)`` after
+    ignoring SIGINT; the handler records the signal, so the caller can tell that exit from a
+    trial's own, and the previous handler is restored afterwards. Yields a list that is
+    non-empty once SIGINT arrived."""
+    hit: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if hit:
+            sys.stderr.write("techbench: interrupted twice; stopping now\n")
+            os._exit(130)
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _run_pool(
