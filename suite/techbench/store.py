@@ -382,13 +382,19 @@ class ResultStore:
         With ``wait`` it blocks until the lock is free and always yields True.
         """
         self.ensure()
-        fd = os.open(self.locks_dir / f"{trial_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        path = self.locks_dir / f"{trial_id}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
+                os.close(fd)
                 yield False
                 return
+            if same_file(fd, path):
+                break
+            os.close(fd)  # ``techbench clean --locks`` removed it meanwhile: lock the new file
+        try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             try:
@@ -412,6 +418,15 @@ def _with_path(exc: OSError, path: Path) -> OSError:
     if code is None:
         return OSError(errno.EIO, str(exc).splitlines()[0] if str(exc) else "I/O error", str(path))
     return OSError(code, os.strerror(code), str(path))
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 # reading in bulk ------------------------------------------------------------------------------
