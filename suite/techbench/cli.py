@@ -1,4 +1,4 @@
-"""The ``techbench`` command: ``list | check | run | probe | report | data``.
+"""The ``techbench`` command: ``list | show | check | run | status | clean | probe | report | data``.
 
 Each sub-command lives in ``techbench.commands.<name>`` with ``add_parser(subparsers)`` and
 ``main(args) -> int``; modules import their heavy dependencies inside ``main`` so that
@@ -20,7 +20,7 @@ from .clio import describe, quiet_broken_pipe
 from .errors import UsageError
 from .spec import TechniqueError
 
-COMMANDS = ("list", "check", "run", "probe", "report", "data")
+COMMANDS = ("list", "show", "check", "run", "status", "clean", "probe", "report", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
