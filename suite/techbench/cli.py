@@ -68,7 +68,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        print(f"techbench {args.command}: error: {describe(exc)}", file=sys.stderr)
+        where = getattr(args, "out", None) or getattr(args, "results_dir", None)
+        print(f"techbench {args.command}: error: {describe(exc, where)}", file=sys.stderr)
         return 1
 
 

@@ -41,8 +41,9 @@ def _errno(exc: OSError) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def describe(exc: OSError) -> str:
-    """``PATH: problem`` (or just the problem when the error names no path), one line."""
+def describe(exc: OSError, where: str | os.PathLike[str] | None = None) -> str:
+    """``PATH: problem``, one line; ``where`` (e.g. the output folder) names the place when the
+    error itself names no path (a failed flush or close carries none)."""
     code = _errno(exc)
     problem = _PROBLEMS.get(code) if code is not None else None
     if problem is None:
@@ -52,6 +53,8 @@ def describe(exc: OSError) -> str:
     if path is None:
         found = re.search(r"(?:file|path|directory)[: ]+'?([^'\s,]+)'?", str(exc))
         path = found.group(1) if found else None
+    if path is None and where is not None:
+        return f"{os.fsdecode(where)}: {problem} (while writing there)"
     return f"{os.fsdecode(path)}: {problem}" if path is not None else problem
 
 

@@ -198,4 +198,3 @@ def is_store(out: str | os.PathLike[str]) -> bool:
     """Whether ``out`` looks like a results store (has ``trials/`` or ``matrix.json``)."""
     root = Path(out)
     return (root / "trials").is_dir() or (root / "matrix.json").is_file()
-

@@ -296,12 +296,15 @@ class ResultStore:
             try:
                 pq.write_table(metrics_table(outcome.metrics), tmp / METRICS_FILE)
             except OSError as exc:
-                raise _with_path(exc, tmp / METRICS_FILE) from None
+                raise _with_path(exc, self.trials_dir / tid / METRICS_FILE) from None
             meta["metrics_bytes"], meta["metrics_sha256"] = file_digest(tmp / METRICS_FILE)
-            with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=1, default=_json_default)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+                    json.dump(meta, fh, indent=1, default=_json_default)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _with_path(exc, self.trials_dir / tid / META_FILE) from None
             self._install(tmp, self.trials_dir / tid)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -183,6 +183,13 @@ def main(args: argparse.Namespace) -> int:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     code = _failures(trials, out, args)
+    if result.failed and not code:
+        print(
+            f"techbench run: {result.failed} trial(s) failed without a stored result "
+            "(see the messages above); run the same command again to retry them",
+            file=sys.stderr,
+        )
+        code = 1
     if args.report:
         return max(code, _report(out, args.report))
     return code
