@@ -310,6 +310,10 @@ def _run_inline(todo: list, job: Job, bar: Progress) -> bool:
     return False
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
 def _sigint_guard() -> Any:
     """Make Ctrl-C stop an in-process trial whatever it catches; a second one exits at once.
@@ -319,7 +323,7 @@ def _sigint_guard() -> Any:
     trial's own, and the previous handler is restored afterwards. Yields a list that is
     non-empty once SIGINT arrived."""
     hit: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield hit
         return
 
@@ -361,10 +365,17 @@ def _run_pool(
             initializer=_init_worker,
             initargs=(threads, slot, gpus),
         )
-        futures: dict[Future, tuple[str, dict, bool]] = {
-            pool.submit(run_one, config, tid, job, wait, stop_path): (tid, config, wait)
-            for tid, config, wait in queue
-        }
+        # Workers start with SIGINT ignored (inherited across exec), so a Ctrl-C while they
+        # import never prints their tracebacks; the parent decides what an interrupt does.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            futures: dict[Future, tuple[str, dict, bool]] = {
+                pool.submit(run_one, config, tid, job, wait, stop_path): (tid, config, wait)
+                for tid, config, wait in queue
+            }
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         pending = dict(futures)
 
         try:
@@ -380,14 +391,16 @@ def _run_pool(
                 f"interrupted: waiting for {running} running trial(s) to finish "
                 "(Ctrl-C again to kill them); finished trials are kept"
             )
+            killed = False
             try:
                 for fut in as_completed(list(pending)):
                     _settle(fut, pending, crashed, busy, bar)
             except KeyboardInterrupt:
+                killed = True
                 for proc in list(getattr(pool, "_processes", {}).values()):
                     with contextlib.suppress(Exception):
                         proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=not killed, cancel_futures=True)
             return True
         pool.shutdown(wait=True)
         for item in pending.values():

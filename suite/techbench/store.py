@@ -200,12 +200,13 @@ class ResultStore:
         """The trial's meta.json, or None if it is not stored (or is being replaced right now)."""
         for _ in range(3):
             try:
-                return json.loads((self.trials_dir / trial_id / "meta.json").read_text())
+                meta = json.loads((self.trials_dir / trial_id / META_FILE).read_text("utf-8"))
+                return meta if isinstance(meta, dict) else None
             except FileNotFoundError:
                 if not (self.trials_dir / trial_id).exists():
                     return None
                 time.sleep(0.01)
-            except json.JSONDecodeError:
+            except (ValueError, OSError):  # not JSON, not UTF-8, unreadable: corrupt
                 return None
         return None
 
