@@ -137,8 +137,8 @@ def main(args: argparse.Namespace) -> int:
             f"techbench run: error: {n} problem{'s' * (n != 1)} before running {matrix.name}:",
             file=sys.stderr,
         )
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
         return 2
     n_matrix, trials = len(trials), shard_trials(trials, args.shard)
     out = args.out or f"results/{matrix.name}"
