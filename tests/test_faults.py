@@ -246,7 +246,10 @@ def test_kill_or_interrupt_at_a_random_point_loses_nothing(tmp_path, sig, worker
     rng = random.Random(f"{sig}{workers}")
     args = ["run", path, "--out", str(out), "--workers", str(workers), *RUN]
     proc = techbench(*args, env={"TB_SLEEP": "0.2"})
-    time.sleep(rng.uniform(0.8, 2.5))
+    deadline = time.monotonic() + 60
+    while not (out / ".locks").exists() and time.monotonic() < deadline:  # the run has begun
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 1.5))
     proc.send_signal(getattr(signal, f"SIG{sig}"))
     code, _, err = finish(proc)
     FIGURES["kills" if sig == "KILL" else "interrupts"] += 1

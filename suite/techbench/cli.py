@@ -46,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     except BrokenPipeError:
         return quiet_broken_pipe()
+    except KeyboardInterrupt:  # while the command modules were still importing
+        print("techbench: interrupted", file=sys.stderr)
+        return 130
 
 
 def _main(argv: Sequence[str] | None) -> int:
