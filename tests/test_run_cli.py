@@ -137,11 +137,17 @@ def test_rerun_failed_retries_only_failures(tmp_path, capsys, monkeypatch):
     flag = tmp_path / "flag"
     monkeypatch.setenv("TB_FAIL_FLAG", str(flag))
     args = ["run", path, "--out", out, "--workers", "1", "--run-fn", "tests.test_run_cli:fast_run"]
-    assert main(args) == 0
-    assert "0 completed, 0 diverged, 6 failed" in capsys.readouterr().out
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "0 completed, 0 diverged, 6 failed" in captured.out
+    err = captured.err.splitlines()
+    assert err[0] == "techbench run: 6 trials failed:"
+    assert len([ln for ln in err if ln.endswith(": flag missing")]) == 5
+    assert "... and 1 more" in err[6] and err[7].endswith(f"--out {out} --rerun-failed")
     flag.write_text("ok")
-    assert main(args) == 0
-    assert "6 already stored" in capsys.readouterr().out
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "6 already stored" in captured.out and "--rerun-failed" in captured.err
     assert ResultStore(out).failed_ids() == {trial_id(t) for t in load_matrix(path).trials()}
     assert main([*args, "--rerun-failed"]) == 0
     assert "6 completed" in capsys.readouterr().out

@@ -1,9 +1,11 @@
-"""The ``techbench`` command: ``list | check | run | probe | report | data``.
+"""The ``techbench`` command: ``list | show | check | run | status | clean | probe | report | data``.
 
 Each sub-command lives in ``techbench.commands.<name>`` with ``add_parser(subparsers)`` and
 ``main(args) -> int``; modules import their heavy dependencies inside ``main`` so that
 ``techbench list`` starts without torch, Lightning or pandas. Usage errors and bad input exit
-with status 2 and a one-line message, never a traceback.
+with status 2 and a one-line message, never a traceback; an I/O fault (read-only, full disk, a
+file where a folder should be) exits 1 with one line naming the path (:mod:`techbench.clio`);
+a closed pipe on stdout (``techbench list | head -3``) exits quietly with 141; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .clio import describe, quiet_broken_pipe
 from .errors import UsageError
 from .spec import TechniqueError
 
-COMMANDS = ("list", "check", "run", "probe", "report", "data")
+COMMANDS = ("list", "show", "check", "run", "status", "clean", "probe", "report", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,19 +42,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+    except KeyboardInterrupt:  # while the command modules were still importing
+        print("techbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()
+        return code
     except (UsageError, TechniqueError) as exc:
         print(f"techbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("techbench: interrupted", file=sys.stderr)
+        hint = "; run the same command again to resume" if args.command == "run" else ""
+        print(f"techbench {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        where = getattr(args, "out", None) or getattr(args, "results_dir", None)
+        print(f"techbench {args.command}: error: {describe(exc, where)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,12 +18,13 @@ class UsageError(Exception):
 def did_you_mean(word: str, known: Iterable[str], *, list_up_to: int = 30) -> str:
     """A hint for an unknown ``word``: the close matches among ``known``, else the known values.
 
-    Close matches use :func:`difflib.get_close_matches` (ratio >= 0.6), so a typo gets
+    Close matches use :func:`difflib.get_close_matches` (ratio >= 0.7: "nonexistent" is not
+    "constant" at 0.63), so a typo gets
     "did you mean 'relu'?"; with no close match and at most ``list_up_to`` known values they are
     listed ("expected one of: ..."), otherwise the hint is empty.
     """
     options = list(dict.fromkeys(known))
-    close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.7)
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     if not options:

@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -189,7 +190,7 @@ def run_one(
     with store.claim(tid, wait=wait) as claimed:
         if not claimed:
             return tid, "busy"
-        status = store.status(tid)
+        status = store.status(tid, verify=True)
         if status in FINISHED or (status == "failed" and not job.rerun_failed):
             return tid, "skipped"
         marker = store.mark_running(tid)
@@ -231,7 +232,7 @@ def run_unit(
             if not held.enter_context(store.claim(tid, wait=wait)):
                 results[tid] = "busy"
                 continue
-            status = store.status(tid)
+            status = store.status(tid, verify=True)
             if status in FINISHED or (status == "failed" and not job.rerun_failed):
                 results[tid] = "skipped"
                 continue
@@ -283,7 +284,7 @@ def plan(
     configs: Iterable[Mapping[str, Any]], store: ResultStore, rerun_failed: bool = False
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     """``(todo, n_already_stored)``: the trials still to run, in order, without duplicates."""
-    statuses = store.statuses()
+    statuses = store.statuses(verify=True)
     todo: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
     already = 0
@@ -384,17 +385,25 @@ def make_units(todo: list[tuple[str, dict[str, Any]]], stack: str | int) -> list
 
 
 def _run_inline(units: list[Unit], job: Job, bar: Progress) -> bool:
-    waiting = list(units)
-    while waiting:
-        busy: list[Unit] = []
-        for tids, configs, wait in waiting:
-            try:
-                results = run_unit(configs, tids, job, wait, None)
-            except KeyboardInterrupt:
-                bar.note("interrupted: the running trials are not stored; finished trials are kept")
-                return True
-            _tally(results, dict(zip(tids, configs, strict=True)), busy, bar)
-        waiting = busy
+    with _sigint_guard() as hit:
+        waiting = list(units)
+        while waiting:
+            busy: list[Unit] = []
+            for tids, configs, wait in waiting:
+                try:
+                    results = run_unit(configs, tids, job, wait, None)
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    if isinstance(exc, SystemExit) and not hit:
+                        raise
+                    bar.note(
+                        "interrupted: the running trials are not stored; finished trials are kept"
+                    )
+                    return True
+                if hit:  # the trial swallowed the interrupt (Lightning's graceful exit)
+                    bar.note("interrupted: finished trials are kept")
+                    return True
+                _tally(results, dict(zip(tids, configs, strict=True)), busy, bar)
+            waiting = busy
     return False
 
 
@@ -408,6 +417,37 @@ def _tally(
             bar.update(status)
     if held:
         busy.append((held, [configs[t] for t in held], True))
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _sigint_guard() -> Any:
+    """Make Ctrl-C stop an in-process trial whatever it catches; a second one exits at once.
+
+    Lightning turns a ``KeyboardInterrupt`` inside ``trainer.fit`` into ``sys.exit(1)`` after
+    ignoring SIGINT; the handler records the signal, so the caller can tell that exit from a
+    trial's own, and the previous handler is restored afterwards. Yields a list that is
+    non-empty once SIGINT arrived."""
+    hit: list[int] = []
+    if not _main_thread():
+        yield hit
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if hit:
+            sys.stderr.write("techbench: interrupted twice; stopping now\n")
+            os._exit(130)
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _run_pool(
@@ -434,10 +474,17 @@ def _run_pool(
             initializer=_init_worker,
             initargs=(threads, slot, gpus),
         )
-        futures: dict[Future, Unit] = {
-            pool.submit(run_unit, configs, tids, job, wait, stop_path): (tids, configs, wait)
-            for tids, configs, wait in queue
-        }
+        # Workers start with SIGINT ignored (inherited across exec), so a Ctrl-C while they
+        # import never prints their tracebacks; the parent decides what an interrupt does.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            futures: dict[Future, Unit] = {
+                pool.submit(run_unit, configs, tids, job, wait, stop_path): (tids, configs, wait)
+                for tids, configs, wait in queue
+            }
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         pending = dict(futures)
 
         try:
@@ -453,14 +500,16 @@ def _run_pool(
                 f"interrupted: waiting for {running} running trial(s) to finish "
                 "(Ctrl-C again to kill them); finished trials are kept"
             )
+            killed = False
             try:
                 for fut in as_completed(list(pending)):
                     _settle(fut, pending, crashed, busy, bar)
             except KeyboardInterrupt:
+                killed = True
                 for proc in list(getattr(pool, "_processes", {}).values()):
                     with contextlib.suppress(Exception):
                         proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=not killed, cancel_futures=True)
             return True
         pool.shutdown(wait=True)
         for item in pending.values():

@@ -82,7 +82,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError, did_you_mean
-from .schema import AXES, AXIS_FAMILY, DEFAULT_CONFIG, NORM_PLACEMENTS, complete_config, trial_id
+from .schema import (
+    AXES,
+    AXIS_FAMILY,
+    DEFAULT_CONFIG,
+    EPOCH_METRICS,
+    NORM_PLACEMENTS,
+    complete_config,
+    trial_id,
+)
 from .spec import ParamError, TechniqueError, parse_technique_arg
 
 TOP_KEYS = (
@@ -368,6 +376,10 @@ class _Parser:
             m = raw["metric"]
             if not isinstance(m, str) or not m:
                 self.problem("target.metric", f"must be a metric name like 'val_acc', got {m!r}")
+            elif m not in EPOCH_METRICS:
+                self.problem(
+                    "target.metric", f"unknown metric {m!r}", did_you_mean(m, EPOCH_METRICS)
+                )
             else:
                 out["metric"] = m
         if "value" in raw:
@@ -687,17 +699,42 @@ def builtin_matrices() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
+def _read_matrix_text(path: Path) -> str:
+    """The file's text (a UTF-8 byte-order mark dropped); one :class:`Problem` when unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MatrixError([Problem(str(path), "", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MatrixError(
+            [
+                Problem(
+                    str(path),
+                    "",
+                    f"not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line})",
+                    "save the file as UTF-8",
+                )
+            ]
+        ) from None
+
+
 def matrix_path(name_or_path: str | Path) -> tuple[str, str]:
-    """``(source label, TOML text)`` of a matrix file or of a ready-made matrix by name."""
+    """``(source label, TOML text)`` of a matrix file or of a ready-made matrix by name.
+
+    A file wins over a ready-made matrix of the same name, a ready-made matrix over a folder
+    (``--out demo`` makes a folder ``demo`` that must not hide the matrix ``demo``)."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists() or "/" in str(name_or_path):
-        try:
-            return str(path), path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise MatrixError(
-                [Problem(str(path), "", f"cannot read: {exc.strerror or exc}")]
-            ) from None
     names = builtin_matrices()
+    folder_only = path.is_dir() and str(name_or_path) in names
+    if not folder_only and (path.suffix == ".toml" or path.exists() or "/" in str(name_or_path)):
+        if path.is_dir():
+            raise MatrixError(
+                [Problem(str(path), "", "is a folder, not a matrix file", "give a .toml file")]
+            )
+        return str(path), _read_matrix_text(path)
     if str(name_or_path) not in names:
         raise MatrixError(
             [

@@ -4,7 +4,8 @@ Layout::
 
     OUT/
       matrix.json                        the expanded matrix as run (informational)
-      trials/<trial_id>/meta.json        {"trial_id", "config", "status", "matrix", **outcome.meta}
+      trials/<trial_id>/meta.json        {"trial_id", "config", "status", "matrix", **outcome.meta,
+                                          "metrics_bytes", "metrics_sha256"}
       trials/<trial_id>/metrics.parquet  step:int64 epoch:int64 split:str metric:str layer:str value:float64
       .tmp/                              trial directories being written (and old ones being replaced)
       .locks/<trial_id>.lock             flock(2) claims, so two executors never run one trial twice
@@ -15,6 +16,14 @@ A trial directory is written complete under ``.tmp/<id>.<pid>.<random>/`` and th
 never sees one. Replacing an existing result (``--rerun-failed``, or a race) renames the old one
 aside first, renames the new one in, then deletes the old. Claims use ``flock``, which the kernel
 drops when the holder dies, so a killed executor never leaves a stale claim.
+
+Integrity: ``meta.json`` records the size and SHA-256 of its ``metrics.parquet``. A trial whose
+meta is unreadable or names another trial, whose metrics file is missing, of another size, of
+another digest or not valid Parquet is *corrupt*: readers never score it (the loaders leave it
+out and list it in ``frame.attrs["corrupt"]``) and the executors treat it as not stored, so a rerun
+runs it again. Policy: the size is checked on every status read (one ``stat``); the digest
+whenever the file is read anyway (loading metrics, where hashing the bytes already in memory costs
+little) and when an executor plans a run or re-checks a trial under its claim.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -40,6 +50,7 @@ from .schema import (
     META_FIELDS,
     METRIC_COLUMNS,
     METRIC_FIELDS,
+    STATUSES,
     TrialOutcome,
 )
 
@@ -95,6 +106,73 @@ def _arrow_schema() -> Any:
     return pa.schema([(name, getattr(pa, kind)()) for name, kind in METRIC_FIELDS])
 
 
+METRICS_FILE = "metrics.parquet"
+META_FILE = "meta.json"
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """``(size in bytes, SHA-256 hex digest)`` of a file (what ``meta.json`` records)."""
+    data = Path(path).read_bytes()
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _load_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(meta, problem)``: the parsed ``meta.json`` or why it cannot be used."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except FileNotFoundError:
+        return None, "meta.json is missing"
+    except (OSError, ValueError) as exc:
+        kind = "empty" if isinstance(exc, ValueError) and path.stat().st_size == 0 else "unreadable"
+        return None, f"meta.json is {kind}" + ("" if kind == "empty" else f" ({exc})")
+    if not isinstance(meta, dict):
+        return None, "meta.json is not a JSON object"
+    return meta, None
+
+
+def meta_problem(name: str, meta: Mapping[str, Any], metrics: str | os.PathLike[str]) -> str | None:
+    """Why the stored trial ``name`` with ``meta`` is inconsistent (None when it looks sound).
+
+    Checks what costs no read of the metrics file: the trial id, the status, and the metrics
+    file's existence and recorded size."""
+    if meta.get("trial_id") != name:
+        return f"meta.json belongs to trial {meta.get('trial_id')!r}"
+    if meta.get("status") not in STATUSES:
+        return f"meta.json has status {meta.get('status')!r}"
+    try:
+        size = os.stat(metrics).st_size
+    except FileNotFoundError:
+        return "metrics.parquet is missing"
+    except OSError as exc:
+        return f"metrics.parquet is unreadable ({exc.strerror})"
+    want = meta.get("metrics_bytes")
+    if isinstance(want, int) and size != want:
+        return f"metrics.parquet has {size} bytes, meta.json records {want}"
+    return None
+
+
+def digest_problem(data: bytes, meta: Mapping[str, Any]) -> str | None:
+    """A mismatch between the metrics file's bytes and the digest ``meta.json`` records."""
+    want = meta.get("metrics_sha256")
+    if isinstance(want, str) and hashlib.sha256(data).hexdigest() != want:
+        return "metrics.parquet does not match its SHA-256 in meta.json"
+    return None
+
+
+def _parse_metrics(data: bytes) -> tuple[Any, str | None]:
+    """``(table, problem)``: the metrics bytes as a table in the store's schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        return table.select(list(METRIC_COLUMNS)).cast(_arrow_schema()), None
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"metrics.parquet is not a valid metrics table ({first[:120]})"
+
+
 class ResultStore:
     """Read and write trial results under ``out``; safe for concurrent processes."""
 
@@ -122,27 +200,71 @@ class ResultStore:
         """The trial's meta.json, or None if it is not stored (or is being replaced right now)."""
         for _ in range(3):
             try:
-                return json.loads((self.trials_dir / trial_id / "meta.json").read_text())
+                meta = json.loads((self.trials_dir / trial_id / META_FILE).read_text("utf-8"))
+                return meta if isinstance(meta, dict) else None
             except FileNotFoundError:
                 if not (self.trials_dir / trial_id).exists():
                     return None
                 time.sleep(0.01)
-            except json.JSONDecodeError:
+            except (ValueError, OSError):  # not JSON, not UTF-8, unreadable: corrupt
                 return None
         return None
 
-    def status(self, trial_id: str) -> str | None:
-        """``completed`` / ``diverged`` / ``failed``, or None when not stored."""
-        meta = self.read_meta(trial_id)
-        return None if meta is None else meta.get("status")
+    def problem(self, trial_id: str, verify: bool = True) -> str | None:
+        """Why the stored trial is corrupt, or None (also None when it is not stored at all).
 
-    def statuses(self) -> dict[str, str]:
-        out = {}
-        for tid in self.trial_ids():
-            status = self.status(tid)
-            if status is not None:
-                out[tid] = status
-        return out
+        ``verify`` also reads the metrics file: its digest must match the recorded one (the writer
+        took it from a valid file), or, for a trial stored without one, the file must parse."""
+        folder = self.trials_dir / trial_id
+        if not folder.is_dir():
+            return None
+        meta, why = _load_meta(folder / META_FILE)
+        if meta is None:
+            if why == "meta.json is missing" and not folder.exists():
+                return None
+            return why
+        why = meta_problem(trial_id, meta, folder / METRICS_FILE)
+        if why is None and verify:
+            try:
+                data = (folder / METRICS_FILE).read_bytes()
+            except OSError as exc:
+                return f"metrics.parquet is unreadable ({exc.strerror})"
+            if isinstance(meta.get("metrics_sha256"), str):  # the writer's digest vouches
+                why = digest_problem(data, meta)
+            else:
+                why = _parse_metrics(data)[1]
+        return why
+
+    def status(self, trial_id: str, verify: bool = False) -> str | None:
+        """``completed`` / ``diverged`` / ``failed``, or None when not stored or corrupt.
+
+        A corrupt trial (see the module docstring) reads as not stored, so executors run it
+        again; the size check is always made, the digest only with ``verify``."""
+        meta = self.read_meta(trial_id)
+        if meta is None:
+            return None
+        folder = self.trials_dir / trial_id
+        if meta_problem(trial_id, meta, folder / METRICS_FILE) is not None:
+            return None
+        if verify and self.problem(trial_id, verify=True) is not None:
+            return None
+        return meta.get("status")
+
+    def statuses(self, verify: bool = False) -> dict[str, str]:
+        """Status of every sound stored trial (corrupt ones are left out; see :meth:`status`)."""
+        ids = self.trial_ids()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda t: self.status(t, verify), ids, chunksize=64))
+        return {t: s for t, s in zip(ids, found, strict=True) if s is not None}
+
+    def corrupt(self, verify: bool = True) -> dict[str, str]:
+        """``{trial_id: problem}`` of every corrupt trial folder (``verify``: digests too)."""
+        if not self.trials_dir.is_dir():
+            return {}
+        names = sorted(p.name for p in self.trials_dir.iterdir() if p.is_dir())
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda t: self.problem(t, verify), names, chunksize=64))
+        return {t: why for t, why in zip(names, found, strict=True) if why is not None}
 
     def completed_ids(self) -> set[str]:
         """Trials with a finished result (completed or diverged; not failed)."""
@@ -176,11 +298,18 @@ class ResultStore:
         try:
             import pyarrow.parquet as pq
 
-            pq.write_table(metrics_table(outcome.metrics), tmp / "metrics.parquet")
-            with open(tmp / "meta.json", "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=1, default=_json_default)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                pq.write_table(metrics_table(outcome.metrics), tmp / METRICS_FILE)
+            except OSError as exc:
+                raise _with_path(exc, self.trials_dir / tid / METRICS_FILE) from None
+            meta["metrics_bytes"], meta["metrics_sha256"] = file_digest(tmp / METRICS_FILE)
+            try:
+                with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+                    json.dump(meta, fh, indent=1, default=_json_default)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _with_path(exc, self.trials_dir / tid / META_FILE) from None
             self._install(tmp, self.trials_dir / tid)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -261,13 +390,19 @@ class ResultStore:
         With ``wait`` it blocks until the lock is free and always yields True.
         """
         self.ensure()
-        fd = os.open(self.locks_dir / f"{trial_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        path = self.locks_dir / f"{trial_id}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
+                os.close(fd)
                 yield False
                 return
+            if same_file(fd, path):
+                break
+            os.close(fd)  # ``techbench clean --locks`` removed it meanwhile: lock the new file
+        try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             try:
@@ -276,6 +411,30 @@ class ResultStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """``exc`` with its errno and ``path`` (pyarrow's I/O errors carry neither as attributes)."""
+    if exc.filename:
+        return exc
+    code = exc.errno
+    if code is None:
+        import re
+
+        found = re.search(r"\[Errno (\d+)\]", str(exc))
+        code = int(found.group(1)) if found else None
+    if code is None:
+        return OSError(errno.EIO, str(exc).splitlines()[0] if str(exc) else "I/O error", str(path))
+    return OSError(code, os.strerror(code), str(path))
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 # reading in bulk ------------------------------------------------------------------------------
@@ -333,37 +492,71 @@ TRIAL_COLUMNS: tuple[str, ...] = tuple(_flatten({"trial_id": ""}))
 """The columns of :func:`load_trials`' frame, in order."""
 
 
-def load_trials(out: str | os.PathLike[str]) -> pd.DataFrame:
-    """One row per stored trial (see :func:`load_results`); unreadable meta files are skipped."""
+def _scan_trials(
+    out: str | os.PathLike[str],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """``(metas of sound-looking trials, {trial_id: problem} of corrupt ones)`` (no digests)."""
+    root = Path(out) / "trials"
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return [], {}
+
+    def scan(name: str) -> tuple[dict[str, Any] | None, str | None]:
+        meta, why = _load_meta(root / name / META_FILE)
+        if meta is None:
+            if why == "meta.json is missing" and not (root / name).exists():
+                return None, None
+            return None, why
+        return meta, meta_problem(name, meta, root / name / METRICS_FILE)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(scan, names, chunksize=256))
+    metas, corrupt = [], {}
+    for name, (meta, why) in zip(names, found, strict=True):
+        if why is not None:
+            corrupt[name] = why
+        elif meta is not None:
+            metas.append(meta)
+    return metas, corrupt
+
+
+def _trials_frame(metas: list[dict[str, Any]], corrupt: Mapping[str, str]) -> pd.DataFrame:
     import pandas as pd
 
-    store = ResultStore(out)
-    names = store.trial_ids()
-    paths = [os.path.join(store.trials_dir, name, "meta.json") for name in names]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        metas = list(pool.map(_read_json, paths, chunksize=256))
-    rows = []
-    for name, meta in zip(names, metas, strict=True):
-        if meta is None:
-            continue
-        meta.setdefault("trial_id", name)
-        rows.append(_flatten(meta))
-    trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    trials = pd.DataFrame([_flatten(m) for m in metas], columns=list(TRIAL_COLUMNS))
     trials["target_metric"] = trials["target_metric"].astype(str)
+    trials.attrs["corrupt"] = dict(corrupt)
     return trials
 
 
-def _read_parquet(path: str) -> Any:
-    import pyarrow.parquet as pq
+def load_trials(out: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per stored trial (see :func:`load_results`).
 
+    Trials whose meta is unreadable or inconsistent with their metrics file (by trial id or size)
+    are left out and listed in ``attrs["corrupt"]`` as ``{trial_id: problem}``."""
+    return _trials_frame(*_scan_trials(out))
+
+
+def _read_metrics(path: str, meta: Mapping[str, Any] | None) -> tuple[Any, str | None]:
+    """``(table, problem)``: one trial's metrics, checked against the digest in ``meta``."""
     try:
-        return pq.ParquetFile(path).read(use_threads=False)
-    except (OSError, ValueError):
-        return None
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return None, f"metrics.parquet is unreadable ({exc.strerror or exc})"
+    why = digest_problem(data, meta) if meta is not None else None
+    if why is not None:
+        return None, why
+    return _parse_metrics(data)
 
 
 def load_metrics(
-    out: str | os.PathLike[str], trial_ids: Iterable[str], *, keep_step_loss: bool = True
+    out: str | os.PathLike[str],
+    trial_ids: Iterable[str],
+    *,
+    keep_step_loss: bool = True,
+    metas: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """The metric rows of ``trial_ids`` with a leading ``trial_id`` column.
 
@@ -371,6 +564,9 @@ def load_metrics(
     whole by a small thread pool (per-file scan machinery costs more than the read for files
     this small), in batches so that transient Arrow memory stays bounded at 100,000 trials.
     ``keep_step_loss=False`` drops the per-step training loss, which no report table uses.
+    ``metas`` (trial id -> its ``meta.json``) has each file checked against its recorded
+    SHA-256; files that fail it or do not parse contribute no rows and are listed in
+    ``attrs["corrupt"]`` as ``{trial_id: problem}``.
     """
     import numpy as np
     import pandas as pd
@@ -379,16 +575,22 @@ def load_metrics(
 
     trials_dir = os.path.join(os.fspath(out), "trials")
     ids = list(trial_ids)
-    schema = _arrow_schema()
+    corrupt: dict[str, str] = {}
+
+    def read(tid: str) -> tuple[Any, str | None]:
+        meta = metas.get(tid) if metas is not None else None
+        return _read_metrics(os.path.join(trials_dir, tid, METRICS_FILE), meta)
 
     def batch(lo: int, pool: ThreadPoolExecutor) -> Any:
         names = ids[lo : lo + _BATCH]
-        files = [os.path.join(trials_dir, t, "metrics.parquet") for t in names]
         tables, owners = [], []
-        for i, table in enumerate(pool.map(_read_parquet, files)):
-            if table is None or table.num_rows == 0:
+        for i, (table, why) in enumerate(pool.map(read, names)):
+            if why is not None:
+                corrupt[names[i]] = why
                 continue
-            tables.append(table.select(list(METRIC_COLUMNS)).cast(schema))
+            if table.num_rows == 0:
+                continue
+            tables.append(table)
             owners.append(np.full(table.num_rows, i, dtype=np.int32))
         if not tables:
             return None
@@ -410,16 +612,19 @@ def load_metrics(
     if not parts:
         frame = metrics_table([]).to_pandas()
         frame.insert(0, "trial_id", pd.Series([], dtype=object))
-        return frame.astype(
+        frame = frame.astype(
             {"trial_id": "category", "split": "category", "metric": "category", "layer": "category"}
         )
-    return pa.concat_tables(parts).unify_dictionaries().combine_chunks().to_pandas()
+    else:
+        frame = pa.concat_tables(parts).unify_dictionaries().combine_chunks().to_pandas()
+    frame.attrs["corrupt"] = corrupt
+    return frame
 
 
 def load_results(
     out: str | os.PathLike[str], *, keep_step_loss: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(trials, metrics)`` DataFrames of every stored trial: the one reader of a store.
+    """``(trials, metrics)`` DataFrames of every sound stored trial: the one reader of a store.
 
     ``trials``: one row per trial: trial_id, status, matrix, one column per technique axis with
     the formatted technique (``leaky_relu(alpha=0.1)``), lr, norm_placement, seed, data_seed,
@@ -427,9 +632,21 @@ def load_results(
     (:data:`techbench.schema.META_FIELDS`; the number of epochs run as ``epochs_run``,
     ``versions`` as JSON) and ``config`` (the canonical JSON). ``metrics``: the long table
     (trial_id, step, epoch, split, metric, layer, value), see :func:`load_metrics`.
+
+    Corrupt trials (unreadable or inconsistent files, see the module docstring) are in neither
+    frame: ``trials.attrs["corrupt"]`` maps each one's id to its problem. Never raises for a
+    damaged trial.
     """
-    trials = load_trials(out)
-    return trials, load_metrics(out, trials["trial_id"].tolist(), keep_step_loss=keep_step_loss)
+    metas, corrupt = _scan_trials(out)
+    by_id = {str(m["trial_id"]): m for m in metas}
+    metrics = load_metrics(out, list(by_id), keep_step_loss=keep_step_loss, metas=by_id)
+    bad = metrics.attrs.get("corrupt", {})
+    if bad:
+        corrupt = {**corrupt, **bad}
+        metas = [m for m in metas if m["trial_id"] not in bad]
+    corrupt = dict(sorted(corrupt.items()))
+    metrics.attrs["corrupt"] = corrupt
+    return _trials_frame(metas, corrupt), metrics
 
 
 def load_matrix_info(out: str | os.PathLike[str]) -> dict[str, Any]:

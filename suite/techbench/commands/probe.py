@@ -75,6 +75,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.batch < 2:
         raise UsageError("--batch must be at least 2")
+    if args.out:
+        from ..clio import writable_dir
+
+        writable_dir(args.out)  # fail before computing, not after
     result = run_probe(
         lists["activation"],
         lists["initializer"],

@@ -33,9 +33,11 @@ def main(args: argparse.Namespace) -> int:
     name = os.path.basename(os.path.normpath(results)) or "report"
     out = args.out or os.path.join("reports", name)
 
+    from ..clio import writable_dir
     from ..report import build_report
     from ..report.analyze import ReportInputError
 
+    writable_dir(out)  # fail before loading and analysing, not after
     start = time.perf_counter()
     try:
         path = build_report(results, out, baselines=args.baseline)

@@ -2,9 +2,13 @@
 
 Runs a matrix (a TOML file, or a ready-made one by name: ``techbench run --list``) into a results
 store, skipping trials already stored; ``--rerun-failed`` retries failed ones. An invalid matrix
-prints every problem (file, key path, what, suggestion) and exits 2; Ctrl-C keeps finished trials
-and exits 130. Failed or diverged trials are results, not errors: the exit status is 0 (1 only
-when the --report step fails; the results are kept).
+prints every problem (file, key path, what, suggestion) and exits 2, as does a matrix that cannot run here (a dataset that does not load, a missing
+accelerator, a target metric the task does not record, an empty expansion: see
+:mod:`techbench.preflight`); Ctrl-C keeps finished trials and exits 130. Diverged trials are
+results: exit 0. Failed trials of the matrix (new or still stored) print their error lines and
+the ``--rerun-failed`` hint, and exit 1, as does a failed --report step (the results are kept).
+``--filter``, ``--seeds``, ``--epochs`` and ``--accelerator`` narrow the matrix
+(:mod:`techbench.narrow`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import sys
 
 from ..errors import UsageError
 from ..execute_ray import DEFAULT_MAX_RETRIES, EXECUTORS
+from ..narrow import add_arguments as add_narrow_arguments
 
 SAMPLE = 5
+SHOW_FAILED = 5
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--run-fn", default=None, help=argparse.SUPPRESS)
+    add_narrow_arguments(p)
     add_scale_arguments(p)
     p.set_defaults(handler=main)
 
@@ -123,13 +130,31 @@ def main(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+    from ..narrow import describe_notes, narrow
+    from ..preflight import preflight
     from ..shard import shard_trials
 
     check_scale_arguments(args)
+    n_full = len(trials)
+    matrix, trials, notes = narrow(matrix, args)
+    narrowed = describe_notes(notes, n_full, len(trials)) if notes else ""
+    problems = preflight(trials)
+    if problems:
+        n = len(problems)
+        print(
+            f"techbench run: error: {n} problem{'s' * (n != 1)} before running {matrix.name}:",
+            file=sys.stderr,
+        )
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return 2
     n_matrix, trials = len(trials), shard_trials(trials, args.shard)
     out = args.out or f"results/{matrix.name}"
     if args.dry_run:
-        return _dry_run(matrix, trials, out, args)
+        return _dry_run(matrix, trials, out, args, narrowed)
+    from ..clio import writable_dir
+
+    writable_dir(out)
     from ..execute import quiet_library_warnings
 
     quiet_library_warnings()
@@ -138,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
 
     result = _execute(trials, out, matrix, args, n_matrix)
     print(f"techbench run {matrix.name}: {result.summary} -> {out}")
-    return _finish(result, out, args)
+    return _finish(result, trials, out, args)
 
 
 def _stack_policy(text: str) -> str | int:
@@ -192,18 +217,68 @@ def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int
         return result
 
     result = run_tuned(matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard))
-    return _finish(result, out, args)
+    return _finish(result, shard_trials(matrix.trials(), args.shard), out, args)
 
 
-def _finish(result, out: str, args: argparse.Namespace) -> int:
-    """The exit status after a run: 130 when interrupted (with the resume hint), else the
-    ``--report`` step's (0 without one)."""
+def _finish(result, trials: list[dict], out: str, args: argparse.Namespace) -> int:
+    """The exit status after a run: 130 when interrupted (with the resume hint); 1 when trials
+    of ``trials`` stand failed (their errors and the retry command printed) or failed without a
+    result; else the ``--report`` step's (0 without one)."""
     if result.interrupted:
         print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    code = _failures(trials, out, args)
+    if result.failed and not code:
+        print(
+            f"techbench run: {result.failed} trial(s) failed without a stored result "
+            "(see the messages above); run the same command again to retry them",
+            file=sys.stderr,
+        )
+        code = 1
     if args.report:
-        return _report(out, args.report)
-    return 0
+        return max(code, _report(out, args.report))
+    return code
+
+
+def _failures(trials: list[dict], out: str, args: argparse.Namespace) -> int:
+    """Print each failed trial's error line (up to :data:`SHOW_FAILED`) and the retry hint;
+    1 when trials of this run stand failed in the store, else 0."""
+    from ..integrity import error_line
+    from ..matrix import describe_trial
+    from ..schema import trial_id
+    from ..store import ResultStore
+
+    store = ResultStore(out)
+    failed = []
+    for config in trials:
+        tid = trial_id(config)
+        meta = store.read_meta(tid)
+        if meta is not None and meta.get("status") == "failed":
+            failed.append((tid, config, error_line(meta.get("error"))))
+    if not failed:
+        return 0
+    n = len(failed)
+    print(f"techbench run: {n} trial{'s' * (n != 1)} failed:", file=sys.stderr)
+    for tid, config, line in failed[:SHOW_FAILED]:
+        what = describe_trial(config, ["dataset", "activation", "optimizer", "seed"])
+        print(f"  {tid} ({what}): {line}", file=sys.stderr)
+    if n > SHOW_FAILED:
+        print(f"  ... and {n - SHOW_FAILED} more: techbench status {out}", file=sys.stderr)
+    print(f"  fix the cause, then retry them with: {_again(args, out)}", file=sys.stderr)
+    return 1
+
+
+def _again(args: argparse.Namespace, out: str) -> str:
+    """The command that retries this run's failed trials (same matrix, store and narrowing)."""
+    import shlex
+
+    parts = ["techbench", "run", str(args.matrix), "--out", out]
+    for text in args.filter:
+        parts += ["--filter", text]
+    for flag in ("seeds", "epochs", "accelerator", "shard"):
+        if getattr(args, flag, None) is not None:
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    return shlex.join([*parts, "--rerun-failed"])
 
 
 def _list(names: list[str]) -> int:
@@ -221,7 +296,9 @@ def _list(names: list[str]) -> int:
     return 0
 
 
-def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> int:
+def _dry_run(
+    matrix, trials: list[dict], out: str, args: argparse.Namespace, narrowed: str = ""
+) -> int:
     from ..matrix import describe_trial
     from ..schema import AXES, FINISHED, trial_id
     from ..store import ResultStore
@@ -244,7 +321,13 @@ def _dry_run(matrix, trials: list[dict], out: str, args: argparse.Namespace) -> 
         f"  budget: {budget}; target: {matrix.target['metric']} {matrix.target['mode']} "
         f"{matrix.target['value']}"
     )
+    if narrowed:
+        print(f"  {narrowed}")
+    accelerators = sorted({str(t["trainer"]["accelerator"]) for t in trials})
+    print(f"  accelerator: {', '.join(accelerators)}")
     print(f"  store {out}: {done} done, {failed} failed, {todo} to run")
+    if failed and not args.rerun_failed:
+        print("  (failed trials are kept; add --rerun-failed to retry them)")
     from ..execute import stack_size
     from ..stack import describe_stacks, plan_stacks
 

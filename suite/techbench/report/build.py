@@ -111,6 +111,7 @@ def _header(ctx: ReportContext, seconds: float) -> str:
     items: list[tuple[str, object]] = [
         ("matrix", matrix.get("name") or ", ".join(sorted(trials["matrix"].dropna().unique()))),
         ("trials", f"{len(trials)} stored ({', '.join(f'{v} {k}' for k, v in status.items())})"),
+        *_corrupt_item(trials),
         ("datasets", ", ".join(sorted(trials["dataset"].astype(str).unique()))),
         ("compared axes", "; ".join(f"{a}: {trials[a].astype(str).nunique()}" for a in ctx.axes)),
         ("seeds", ", ".join(map(str, sorted(trials["seed"].unique())))),
@@ -127,6 +128,13 @@ def _header(ctx: ReportContext, seconds: float) -> str:
     items.append(("instrumentation overhead", _overhead(trials)))
     items.append(("report host", f"{platform.platform()}, built in {seconds:.1f} s"))
     return html.meta_list(items)
+
+
+def _corrupt_item(trials: pd.DataFrame) -> list[tuple[str, object]]:
+    bad = trials.attrs.get("corrupt") or {}
+    text = "; ".join(f"{t} ({why})" for t, why in list(bad.items())[:20])
+    more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+    return [("corrupt, not scored", f"{len(bad)}: {text}{more}")] if bad else []
 
 
 def _empty_report(out: Path, results_dir: str | os.PathLike[str]) -> Path:

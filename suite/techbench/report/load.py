@@ -9,6 +9,7 @@ when the optimizer has none) so that it can be compared like a technique.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pandas as pd
@@ -30,10 +31,25 @@ def load_store(results_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.Da
     if not os.path.isdir(os.path.join(os.fspath(results_dir), "trials")):
         raise FileNotFoundError(f"{results_dir} has no trials/ folder: not a techbench store")
     trials, metrics = load_results(results_dir, keep_step_loss=False)
+    corrupt = trials.attrs.get("corrupt") or {}
+    if corrupt:
+        print(corrupt_line(results_dir, corrupt), file=sys.stderr)
     if trials.empty:
         return pd.DataFrame(), metrics
     trials["lr"] = trials["lr"].map(lambda v: "" if v is None or v != v else repr(v))
     return trials, metrics
+
+
+def corrupt_line(results_dir: str | os.PathLike[str], corrupt: dict[str, str]) -> str:
+    """One line naming the corrupt trials left out of the report (the first five)."""
+    shown = "; ".join(f"{t}: {why}" for t, why in list(corrupt.items())[:5])
+    more = f"; and {len(corrupt) - 5} more" if len(corrupt) > 5 else ""
+    n = len(corrupt)
+    return (
+        f"techbench report: warning: {n} corrupt trial{'s' * (n != 1)} in {results_dir} left out "
+        f"(not scored): {shown}{more}; rerun the matrix to redo them, or: techbench clean "
+        f"{results_dir} --corrupt"
+    )
 
 
 def load_matrix(results_dir: str | os.PathLike[str]) -> dict[str, Any]:

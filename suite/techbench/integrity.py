@@ -1,0 +1,200 @@
+"""What a results store holds and what is wrong with it; removing what is safe to remove.
+
+:func:`inspect_store` is what ``techbench status`` prints: counts by status, each failed trial's
+error line, corrupt trials (see :mod:`techbench.store`), lock files and whether a live process
+holds them, and the matrices the trials came from. ``techbench clean`` calls :func:`clean_failed`,
+:func:`clean_corrupt` and :func:`clean_locks`.
+
+A lock file is *stale* when no process holds its ``flock``; it is removed only while this process
+holds the lock itself, and :meth:`techbench.store.ResultStore.claim` re-checks after locking that
+the file it locked is still the one at the path, so a claim racing with the removal retries on
+the new file instead of holding a lock nobody else sees.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .schema import STATUSES
+from .store import ResultStore, same_file
+
+MAX_ERROR_LINE = 200
+
+
+def error_line(error: str | None) -> str:
+    """The line of a stored error that says what went wrong.
+
+    For a Python traceback that is the exception line (the first line after the frames, e.g.
+    ``DatasetFilesMissing: mnist: no data folder ...``), not "Traceback (most recent call last):".
+    """
+    lines = [ln for ln in (error or "").strip().splitlines() if ln.strip()]
+    if not lines:
+        return "(no error recorded)"
+    line = lines[0]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if starts:
+        rest = lines[starts[-1] + 1 :]
+        line = next((ln for ln in rest if not ln.startswith((" ", "\t"))), lines[-1])
+    line = line.strip()
+    return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 3] + "..."
+
+
+@dataclass
+class StoreReport:
+    """What :func:`inspect_store` found (``as_dict`` is ``techbench status --json``)."""
+
+    root: str
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    corrupt: dict[str, str] = field(default_factory=dict)
+    stale_locks: list[str] = field(default_factory=list)
+    held_locks: list[str] = field(default_factory=list)
+    matrices: dict[str, int] = field(default_factory=dict)
+    matrix_file: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.root,
+            "trials": sum(self.counts.values()),
+            "counts": self.counts,
+            "failed": [{"trial_id": t, "error": e} for t, e in self.failed.items()],
+            "corrupt": [{"trial_id": t, "problem": p} for t, p in self.corrupt.items()],
+            "stale_locks": self.stale_locks,
+            "held_locks": self.held_locks,
+            "matrices": self.matrices,
+            "matrix_json": self.matrix_file,
+        }
+
+
+def lock_held(path: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the ``flock`` on ``path`` (False when it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreReport:
+    """Everything ``techbench status`` shows; ``verify`` checks every metrics file's digest."""
+    store = ResultStore(out)
+    report = StoreReport(root=str(store.root))
+    report.corrupt = store.corrupt(verify=verify)
+    counts: Counter[str] = Counter({s: 0 for s in STATUSES})
+    matrices: Counter[str] = Counter()
+    for tid in store.trial_ids():
+        if tid in report.corrupt:
+            continue
+        meta = store.read_meta(tid)
+        if meta is None:
+            continue
+        status = str(meta.get("status"))
+        counts[status] += 1
+        matrices[str(meta.get("matrix") or "(none)")] += 1
+        if status == "failed":
+            report.failed[tid] = error_line(meta.get("error"))
+    report.counts = dict(counts)
+    report.matrices = dict(matrices.most_common())
+    if store.locks_dir.is_dir():
+        for lock in sorted(store.locks_dir.glob("*.lock")):
+            (report.held_locks if lock_held(lock) else report.stale_locks).append(lock.stem)
+    info = store.root / "matrix.json"
+    if info.is_file():
+        try:
+            report.matrix_file = str(json.loads(info.read_text(encoding="utf-8")).get("name"))
+        except (OSError, ValueError, AttributeError):
+            report.matrix_file = "(unreadable matrix.json)"
+    return report
+
+
+def _remove_trial(store: ResultStore, tid: str) -> bool:
+    """Remove one trial folder under its claim (moved aside first, so readers never see half)."""
+    with store.claim(tid) as claimed:
+        if not claimed:
+            return False
+        folder = store.trials_dir / tid
+        if not folder.exists():
+            return False
+        aside = store.scratch_path(f"{tid}.clean")
+        os.rename(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+
+def clean_failed(out: str | os.PathLike[str]) -> list[str]:
+    """Remove the trials stored as failed (a rerun then runs them); returns their ids."""
+    store = ResultStore(out)
+    removed = []
+    for tid, status in store.statuses().items():
+        if status == "failed" and _status_still(store, tid, "failed") and _remove_trial(store, tid):
+            removed.append(tid)
+    return removed
+
+
+def _status_still(store: ResultStore, tid: str, status: str) -> bool:
+    meta = store.read_meta(tid)
+    return meta is not None and meta.get("status") == status
+
+
+def clean_corrupt(out: str | os.PathLike[str]) -> dict[str, str]:
+    """Remove corrupt trial folders (re-checked under each one's claim); ``{id: problem}``."""
+    store = ResultStore(out)
+    removed = {}
+    for tid, why in store.corrupt(verify=True).items():
+        with store.claim(tid) as claimed:
+            if not claimed or store.problem(tid, verify=True) is None:
+                continue
+            folder = store.trials_dir / tid
+            aside = store.scratch_path(f"{tid}.clean")
+            os.rename(folder, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+            removed[tid] = why
+    return removed
+
+
+def clean_locks(out: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Remove lock files no process holds; ``(removed, held)`` trial ids.
+
+    Each is unlinked while this process holds its lock, so no claim is taken in between."""
+    store = ResultStore(out)
+    removed: list[str] = []
+    held: list[str] = []
+    if not store.locks_dir.is_dir():
+        return removed, held
+    for lock in sorted(store.locks_dir.glob("*.lock")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(lock.stem)
+                continue
+            if same_file(fd, lock):
+                lock.unlink()
+                removed.append(lock.stem)
+        finally:
+            os.close(fd)
+    store.cleanup()
+    return removed, held
+
+
+def is_store(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` looks like a results store (has ``trials/`` or ``matrix.json``)."""
+    root = Path(out)
+    return (root / "trials").is_dir() or (root / "matrix.json").is_file()
