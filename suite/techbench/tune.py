@@ -594,6 +594,11 @@ class TuneResult:
     def interrupted(self) -> bool:
         return bool(self.search.interrupted or (self.finals and self.finals.interrupted))
 
+    @property
+    def failed(self) -> int:
+        """Trials of either phase that failed without a stored result."""
+        return int(self.search.failed) + (int(self.finals.failed) if self.finals else 0)
+
 
 def run_tuned(
     plan: TunePlan,
