@@ -135,6 +135,16 @@ def _targets(trials: pd.DataFrame) -> set[str]:
     return {f"{m} ({mode}) reaches {v}" for m, mode, v in trials[cols].drop_duplicates().values}
 
 
+def _axis_text(ctx: ReportContext, axis: str) -> str:
+    view = ctx.views.get(axis)
+    n_settings = ctx.runs[axis].astype(str).nunique()
+    if view is None or not view.by_name:
+        return f"{axis}: {n_settings} settings"
+    n_names = view.runs["_tech"].nunique()
+    extra = f" ({n_settings} settings)" if n_settings > n_names else ""
+    return f"{axis}: {n_names} techniques{extra}"
+
+
 def _header(ctx: ReportContext, seconds: float) -> str:
     trials, matrix = ctx.trials, ctx.matrix
     status = trials["status"].value_counts().to_dict()
@@ -143,7 +153,7 @@ def _header(ctx: ReportContext, seconds: float) -> str:
         ("scored", f"{ctx.score_rule}: {scoring.describe(ctx.score_rule)}"),
         ("trials", f"{len(trials)} stored ({', '.join(f'{v} {k}' for k, v in status.items())})"),
         ("datasets", ", ".join(sorted(trials["dataset"].astype(str).unique()))),
-        ("compared axes", "; ".join(f"{a}: {trials[a].astype(str).nunique()}" for a in ctx.axes)),
+        ("compared axes", "; ".join(_axis_text(ctx, a) for a in ctx.axes) or "none"),
         ("seeds", ", ".join(map(str, sorted(trials["seed"].unique())))),
         ("stopped by", ", ".join(f"{k}: {v}" for k, v in ctx.runs["stop_reason"].value_counts().items())),
         ("target", ", ".join(sorted(_targets(trials)))),

@@ -394,10 +394,11 @@ def gap_distributions(
         if not order:
             _no_data(ax)
             continue
-        sns.boxplot(
-            sub, x="gap_loss_end", y="_t", order=order, ax=ax, fliersize=2, hue="_t",
-            palette={o: technique_color(o) for o in order}, legend=False,
-        )  # fmt: skip
+        with _quiet():  # seaborn 0.13 passes vert= to matplotlib >= 3.11
+            sns.boxplot(
+                sub, x="gap_loss_end", y="_t", order=order, ax=ax, fliersize=2, hue="_t",
+                palette={o: technique_color(o) for o in order}, legend=False,
+            )  # fmt: skip
         ax.set_ylabel(axis)
         ax.set_xlabel("train − val loss (end)")
         ax.set_yticks(range(len(order)), [_short(o, 24) for o in order])

@@ -85,6 +85,8 @@ def load_stores(
             trials, metrics = select_matrix(trials, metrics, os.fspath(d), matrix)
         parts.append((label, trials, metrics))
     info = load_matrix(dirs[0]) if len(dirs) == 1 else {}
+    if matrix is not None and info.get("name") != matrix:
+        info = {"name": matrix}
     if len(parts) == 1:
         label, trials, metrics = parts[0]
         return trials.assign(store=label) if not trials.empty else trials, metrics, info, False
