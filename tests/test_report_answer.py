@@ -50,12 +50,10 @@ def _ctx(store: Path, tmp: Path, **kw: object):
 def test_poi_interval_matches_brute_force() -> None:
     rng = np.random.default_rng(3)
     pairs = [(rng.normal(1, 1, 5), rng.normal(0, 1, 4)), (rng.normal(0, 1, 6), rng.normal(0, 1, 3))]
-    brute = np.mean(
-        [np.mean([(a > b) + 0.5 * (a == b) for a in x for b in y]) for x, y in pairs]
-    )
+    brute = np.mean([np.mean([(a > b) + 0.5 * (a == b) for a in x for b in y]) for x, y in pairs])
     p, lo, hi = poi_with_ci(pairs, n_resamples=400)
     assert p == pytest.approx(brute)
-    assert lo <= p <= hi and 0 <= lo and hi <= 1
+    assert lo <= p <= hi and lo >= 0 and hi <= 1
     sep = [(np.array([2.0, 3.0]), np.array([0.0, 1.0]))]
     assert poi_with_ci(sep, n_resamples=200) == (1.0, 1.0, 1.0)
 
@@ -170,9 +168,9 @@ def test_a_learning_rate_sweep_keeps_optimizer_the_only_axis(tmp_path: Path) -> 
     view = ctx.views["optimizer"]
     assert view.by_name and view.n_settings == 2
     assert set(ctx.leaderboard["technique"]) == {"sgd", "adam", "momentum"}
-    for (ds, tech), g in ctx.runs.assign(
-        t=ctx.runs["optimizer"].str.split("(").str[0]
-    ).groupby(["dataset", "t"]):
+    for (ds, tech), g in ctx.runs.assign(t=ctx.runs["optimizer"].str.split("(").str[0]).groupby(
+        ["dataset", "t"]
+    ):
         iqm = g.groupby("optimizer")["score"].agg(lambda s: sstats.trim_mean(s, 0.25))
         chosen = view.runs[(view.runs["dataset"] == ds) & (view.runs["_tech"] == tech)]
         assert set(chosen["_setting"]) == {iqm.idxmax()}
@@ -191,7 +189,9 @@ def test_confounded_cells_are_named() -> None:
     found = confounded_cells(runs, ["activation", "initializer"])
     assert list(found["config"]) == ["sigmoid/small"]
     assert found.loc[0, "changes_together"] == "activation, initializer"
-    assert confounded_cells(runs[runs["activation"] != "sigmoid"], ["activation", "initializer"]).empty
+    assert confounded_cells(
+        runs[runs["activation"] != "sigmoid"], ["activation", "initializer"]
+    ).empty
 
 
 # -- honest inputs ----------------------------------------------------------------------------
@@ -353,6 +353,6 @@ def test_first_screen_shows_the_headline(built: Path) -> None:
     assert pixels.shape[:2] == (1000, 1400)
     # Table headers are #eeeeff; the headline is the page's first table (checked above), so
     # header-coloured rows on the first screen are the headline's.
-    header = (np.abs(pixels - np.array([0xEE, 0xEE, 0xFF]) / 255).max(axis=-1) < 0.01)
+    header = np.abs(pixels - np.array([0xEE, 0xEE, 0xFF]) / 255).max(axis=-1) < 0.01
     rows = np.flatnonzero(header.sum(axis=1) > 200)
     assert rows.size and rows.min() < 1000, "headline table header not on the first screen"

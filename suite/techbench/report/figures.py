@@ -18,6 +18,7 @@ import textwrap
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import matplotlib
 
@@ -26,7 +27,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-
 from matplotlib.ticker import MaxNLocator
 
 from .. import htmlpage
@@ -115,9 +115,9 @@ def _no_data(ax: plt.Axes) -> None:
     ax.set_yticks([])
 
 
-def _legend(ax: plt.Axes, **kw: object) -> None:
+def _legend(ax: plt.Axes, **kw: Any) -> None:
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=FONT, **kw)  # type: ignore[arg-type]
+        ax.legend(fontsize=FONT, **kw)
 
 
 def learning_curves(

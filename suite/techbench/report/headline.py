@@ -36,7 +36,8 @@ N_RESAMPLES = 1000
 
 def _boot_iqm(values: np.ndarray, strata: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return stats.iqm(stats.stratified_resamples(values, strata, N_RESAMPLES, rng), axis=1)
+    boot = stats.stratified_resamples(values, strata, N_RESAMPLES, rng)
+    return np.asarray(stats.iqm(boot, axis=1), dtype=float)
 
 
 def _ci(boot: np.ndarray) -> tuple[float, float]:
@@ -63,13 +64,13 @@ def compare(view: AxisView, higher: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
         per: dict[str, pd.DataFrame] = dict(tuple(g.groupby("_tech", sort=True)))
         centre = {t: stats.iqm(r["score"].to_numpy(float)) for t, r in per.items()}
         mean = {t: float(np.nanmean(r["score"].to_numpy(float))) for t, r in per.items()}
-
-        def key(t: str) -> tuple[float, float]:
-            if math.isnan(centre[t]):
-                return (math.inf, math.inf)
-            return (-sign * centre[t], -sign * mean[t])
-
-        order = sorted(per, key=key)
+        keys = {
+            t: (math.inf, math.inf)
+            if math.isnan(centre[t])
+            else (-sign * centre[t], -sign * mean[t])
+            for t in per
+        }
+        order = sorted(per, key=keys.__getitem__)
         best = order[0]
         boots = {
             t: _boot_iqm(per[t]["score"].to_numpy(float), per[t]["_ctx"].to_numpy(), seed=i)
@@ -161,11 +162,13 @@ def summary(leaderboard: pd.DataFrame, higher: bool) -> pd.DataFrame:
             present = wide[tech].notna()
             rows.append(
                 {
-                    "axis": axis, "technique": tech, "n_datasets": int(present.sum()),
+                    "axis": axis,
+                    "technique": tech,
+                    "n_datasets": int(present.sum()),
                     "normalized_score": float(norm[tech][present].fillna(1.0).mean()),
                     "mean_rank": float(ranks[tech][present].mean()),
                     "wins": int((ranks[tech] == 1).sum()),
-                }  # fmt: skip
+                }
             )
     out = pd.DataFrame(rows)
     if not out.empty:

@@ -213,7 +213,9 @@ def convergence(ctx: ReportContext) -> Section:
             "by dataset; time-to-target is the median over runs (∞ when most runs missed)."
         ),
         html.table(_cols(ctx.techs, tech_cols), csv_name="techniques.csv"),
-        html.image(figures.learning_curves(ctx.curves, ctx.runs, ctx.axes, ctx.views), "Learning curves"),
+        html.image(
+            figures.learning_curves(ctx.curves, ctx.runs, ctx.axes, ctx.views), "Learning curves"
+        ),
     ]
     return Section("convergence", "Convergence", blocks, {"techniques.csv": ctx.techs})
 
@@ -247,9 +249,7 @@ def profiles(ctx: ReportContext) -> Section:
                 )
             )
         blocks.append(
-            html.image(
-                figures.profile_plot(per_axis, measure), f"Performance profiles ({measure})"
-            )
+            html.image(figures.profile_plot(per_axis, measure), f"Performance profiles ({measure})")
         )
     blocks.append(html.table(prof_df, csv_name="profiles.csv"))
     return Section("profiles", "Time-to-target profiles", blocks, {"profiles.csv": prof_df})
@@ -342,7 +342,9 @@ def health(ctx: ReportContext) -> Section:
             figures.fraction_heatmaps(metrics, runs, axes),
             "Dead and saturated fractions per layer and step (median over runs)",
         ),
-        html.image(figures.ratio_curves(metrics, runs, axes, ctx.views), "First/last layer gradient ratio"),
+        html.image(
+            figures.ratio_curves(metrics, runs, axes, ctx.views), "First/last layer gradient ratio"
+        ),
         html.image(
             figures.activation_stats(metrics, runs, axes, ctx.views),
             "Per-layer activation statistics",

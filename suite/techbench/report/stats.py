@@ -219,7 +219,9 @@ def friedman(scores: pd.DataFrame, *, higher_is_better: bool = True) -> dict[str
     return out
 
 
-def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
+def probability_of_improvement(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
+) -> float:
     """``P(X > Y) + 0.5 P(X = Y)`` over all pairs (the Mann-Whitney U statistic / (n m))."""
     a = np.asarray(x, dtype=float)[:, None]
     b = np.asarray(y, dtype=float)[None, :]
