@@ -16,6 +16,7 @@ import pytest
 
 from techbench import htmlpage
 from techbench.cli import main as cli_main
+from techbench.palette import technique_color
 from techbench.report import build_report
 from techbench.report import sections as report_sections
 
@@ -116,7 +117,7 @@ def test_renders_in_headless_chromium(report: tuple[Path, Path]) -> None:
                 str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={png}",
-                "--window-size=1400,1800", path.resolve().as_uri(),
+                "--window-size=1400,6000", path.resolve().as_uri(),
             ],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
@@ -126,17 +127,15 @@ def test_renders_in_headless_chromium(report: tuple[Path, Path]) -> None:
     import matplotlib.image
 
     pixels = matplotlib.image.imread(png)[..., :3]
-    palette = {  # seaborn/matplotlib's first four line colours: only figures draw them
-        "blue": (0.122, 0.467, 0.706),
-        "orange": (1.0, 0.498, 0.055),
-        "green": (0.173, 0.627, 0.173),
-        "red": (0.839, 0.153, 0.157),
+    palette = {  # the techniques' line colours: only figures draw them
+        t: tuple(int(technique_color(t)[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        for t in ("relu", "tanh", "sigmoid")
     }
     drawn = {
         name: int((np.abs(pixels - np.array(rgb)).max(axis=-1) < 0.08).sum())
         for name, rgb in palette.items()
     }
-    assert sum(n >= 50 for n in drawn.values()) >= 3, f"figure colours on screen: {drawn}"
+    assert sum(n >= 50 for n in drawn.values()) >= 3, f"figure colours on the page: {drawn}"
 
 
 def test_degenerate_stores(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from techbench.report.load import load_store
 from .report_fixtures import epoch_rows, make_config, table_from_rows, write_store, write_trial
 
 
-def _runs(out: Path):
+def _runs(out: Path, score: str = "final"):
     trials, metrics = load_store(out)
-    return tables.run_table(trials, metrics).set_index("trial_id")
+    return tables.run_table(trials, metrics, score=score).set_index("trial_id")
 
 
 def test_run_table_hand_curve(tmp_path: Path) -> None:
@@ -45,7 +45,8 @@ def test_run_table_hand_curve(tmp_path: Path) -> None:
     assert r["gap_acc_end"] == pytest.approx(0.99 - 0.9)
     assert r["gap_loss_best"] == pytest.approx(0.3 - 0.5)
     assert r["gap_acc_best"] == pytest.approx(0.97 - 0.95)
-    assert r["score"] == pytest.approx(0.95)
+    assert r["score"] == pytest.approx(0.9)  # the default rule scores the final epoch
+    assert _runs(tmp_path, "best").loc[tid, "score"] == pytest.approx(0.95)
 
 
 def test_min_mode_target_and_miss(tmp_path: Path) -> None:

@@ -30,6 +30,9 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
     [health]                             # gradient-health instrumentation
     every_n_steps = 25                   # default; 1 = every step
 
+    [report]                             # how `techbench report` scores runs
+    score = "final"                      # or "best" (best-validation epoch); default "final"
+
     [defaults]                           # one value per axis, for axes not swept
     optimizer = { name = "adam", lr = 0.001 }
 
@@ -102,6 +105,7 @@ TOP_KEYS = (
     "target",
     "trainer",
     "health",
+    "report",
     "defaults",
     "axes",
     "include",
@@ -112,6 +116,9 @@ BUDGET_KEYS = ("epochs", "steps", "max_steps", "max_seconds", "batch_size")
 TARGET_KEYS = ("metric", "value", "mode")
 TRAINER_KEYS = ("accelerator", "devices", "precision", "deterministic")
 HEALTH_KEYS = ("enabled", "every_n_steps")
+REPORT_KEYS = ("score",)
+SCORE_RULES = ("final", "best")
+"""``[report] score``: the epoch a run is scored at (see :mod:`techbench.report.scoring`)."""
 PATTERN_EXTRA = ("seed", "data_seed")
 MAX_TRIALS = 100_000
 _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
@@ -161,6 +168,7 @@ class Matrix:
     target: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CONFIG["target"]))
     trainer: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CONFIG["trainer"]))
     health: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CONFIG["health"]))
+    report: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     axes: dict[str, list[Any]] = field(default_factory=dict)
     include: list[dict[str, Any]] = field(default_factory=list)
@@ -255,6 +263,7 @@ class Matrix:
             "target": self.target,
             "trainer": self.trainer,
             "health": self.health,
+            "report": self.report,
             "defaults": {k: _label(v) for k, v in self.defaults.items()},
             "axes": {k: [_label(v) for v in vs] for k, vs in self.axes.items()},
             "include": [
@@ -436,6 +445,14 @@ class _Parser:
             out["every_n_steps"] = self.int_value(raw["every_n_steps"], "health.every_n_steps", 1)
         return out
 
+    def report(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        raw = self.table(data, "report")
+        self.unknown_keys(raw, REPORT_KEYS, "report")
+        if "score" in raw and raw["score"] not in SCORE_RULES:
+            self.problem("report.score", f"must be one of {SCORE_RULES}, got {raw['score']!r}")
+            return {}
+        return {k: raw[k] for k in REPORT_KEYS if k in raw}
+
     # axis values ---------------------------------------------------------------------------
 
     def spec(self, axis: str, name: str, path: str) -> Any:
@@ -615,6 +632,7 @@ def load_matrix_dict(
     target = p.target(data)
     trainer = p.trainer(data)
     health = p.health(data)
+    report = p.report(data)
     defaults = p.axes_table(data.get("defaults", {}), "defaults", sweep=False)
     axes = p.axes_table(data.get("axes", {}), "axes", sweep=True)
     include: list[dict[str, Any]] = []
@@ -668,6 +686,7 @@ def load_matrix_dict(
         target=target,
         trainer=trainer,
         health=health,
+        report=report,
         defaults=defaults,
         axes=axes,
         include=include,

@@ -328,15 +328,17 @@ def format_table(result: ProbeResult) -> str:
     return "\n".join(lines)
 
 
-def _histogram_figure(combo: Combination, per_row: int = 10) -> Any:
+def _histogram_figure(combo: Combination, per_row: int = 5) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from .palette import technique_color
 
     depth = len(combo.act_hist)
     cols = min(depth, per_row)
     blocks = math.ceil(depth / cols)
     fig, axes = plt.subplots(
-        2 * blocks, cols, figsize=(1.7 * cols, 1.5 * 2 * blocks), squeeze=False
+        2 * blocks, cols, figsize=(2.3 * cols, 1.9 * 2 * blocks), squeeze=False
     )
     for ax in axes.flat:
         ax.set_visible(False)
@@ -344,40 +346,47 @@ def _histogram_figure(combo: Combination, per_row: int = 10) -> Any:
         for layer, (counts, edges) in enumerate(hists):
             ax = axes[2 * (layer // cols) + kind, layer % cols]
             ax.set_visible(True)
-            ax.stairs(counts, edges, fill=True)
-            ax.set_title(f"{'act' if kind == 0 else 'dL/dW'} L{layer + 1}", fontsize=7, pad=2)
+            ax.stairs(counts, edges, fill=True, color=technique_color(combo.label))
+            ax.set_title(f"{'act' if kind == 0 else 'dL/dW'} L{layer + 1}", fontsize=9, pad=2)
             if kind == 1:
                 ax.set_yscale("log")
             ax.set_yticks([])
             ax.set_yticks([], minor=True)
             ax.xaxis.set_major_locator(MaxNLocator(3))
-            ax.tick_params(labelsize=5)
+            ax.tick_params(labelsize=9)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
-            ax.xaxis.get_offset_text().set_fontsize(5)
-    fig.suptitle(combo.label, fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.99, bottom=0.08, top=0.88, wspace=0.25, hspace=0.6)
+            ax.xaxis.get_offset_text().set_fontsize(9)
+    fig.suptitle(combo.label, fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.99, bottom=0.1, top=0.85, wspace=0.25, hspace=0.9)
     return fig
 
 
 def _curves_figure(frame: Any) -> Any:
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
+
+    from .palette import technique_color
 
     data = frame.copy()
     data["combination"] = (
         data["activation"] + " | " + data["initializer"] + " | " + data["normalizer"]
     )
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    colors = {c: technique_color(c) for c in data["combination"].unique()}
     for ax, column, title in (
         (axes[0], "act_std", "activation std vs depth"),
         (axes[1], "grad_norm", "||dL/dW|| vs depth"),
     ):
         sub = data[data[column] > 0]
-        sns.lineplot(data=sub, x="layer", y=column, hue="combination", marker="o", ax=ax)
+        sns.lineplot(
+            data=sub, x="layer", y=column, hue="combination", marker="o", ax=ax, palette=colors
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
         ax.set_title(title)
     axes[0].get_legend().remove()
-    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=9, title=None)
     fig.subplots_adjust(left=0.06, right=0.75, bottom=0.12, top=0.9, wspace=0.25)
     return fig
 
@@ -404,14 +413,16 @@ def write_report(result: ProbeResult, out: str | os.PathLike[str]) -> Path:
     ]
     data = f'<p class="note">Data: {html.link("probe.csv", "probe.csv")}</p>'
     header = html.meta_list(setup) + data
-    curves = html.figure_png(_curves_figure(frame))
+    curves = html.figure_png(_curves_figure(frame), 110)
     per_combo = [
         html.para("Top row of each block: activations; bottom row: entries of dL/dW (log count).")
     ]
     for combo in result.combinations:
         per_combo.append(html.heading(combo.label))
         if combo.act_hist:
-            per_combo.append(html.image(html.figure_png(_histogram_figure(combo)), combo.label))
+            per_combo.append(
+                html.image(html.figure_png(_histogram_figure(combo), 110), combo.label)
+            )
         per_combo.append(html.table(_layer_table(combo.records)))
     sections = [
         ("depth", "Across depth", [html.image(curves, "activation std and ||dL/dW|| vs depth")]),

@@ -1,4 +1,5 @@
-"""``techbench report RESULTS_DIR [--out reports/NAME] [--baseline TECHNIQUE ...]``."""
+"""``techbench report RESULTS_DIR [RESULTS_DIR ...] [--out DIR] [--score final|best]
+[--matrix NAME] [--wall-clock] [--baseline TECHNIQUE ...]``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="build an HTML + CSV report from stored results (no re-training)"
     )
-    p.add_argument("results_dir", metavar="RESULTS_DIR", help="a results store (has trials/)")
+    p.add_argument(
+        "results_dir",
+        metavar="RESULTS_DIR",
+        nargs="+",
+        help="a results store (has trials/); several stores are compared on purpose",
+    )
     p.add_argument("--out", help="output folder (default: reports/<name of RESULTS_DIR>)")
+    p.add_argument(
+        "--score",
+        choices=("final", "best"),
+        help="score each run at its final epoch or its best-validation epoch "
+        "(default: the matrix's [report] score, else final)",
+    )
+    p.add_argument("--matrix", metavar="NAME", help="report the trials of one matrix of a store")
+    p.add_argument(
+        "--wall-clock",
+        action="store_true",
+        help="also profile time-to-target on raw wall-clock seconds (noisy under load)",
+    )
     p.add_argument(
         "--baseline",
         action="append",
@@ -27,10 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..errors import UsageError
 
-    results = args.results_dir
-    if not os.path.isdir(os.path.join(results, "trials")):
-        raise UsageError(f"{results} is not a results store (no trials/ folder)")
-    name = os.path.basename(os.path.normpath(results)) or "report"
+    stores = list(args.results_dir)
+    for results in stores:
+        if not os.path.isdir(os.path.join(results, "trials")):
+            raise UsageError(f"{results} is not a results store (no trials/ folder)")
+    name = "-vs-".join(os.path.basename(os.path.normpath(r)) or "report" for r in stores)
     out = args.out or os.path.join("reports", name)
 
     from ..clio import writable_dir
@@ -40,9 +59,19 @@ def main(args: argparse.Namespace) -> int:
     writable_dir(out)  # fail before loading and analysing, not after
     start = time.perf_counter()
     try:
-        path = build_report(results, out, baselines=args.baseline)
+        path = build_report(
+            stores if len(stores) > 1 else stores[0],
+            out,
+            baselines=args.baseline,
+            score=args.score,
+            matrix=args.matrix,
+            wall_clock=args.wall_clock,
+        )
     except ReportInputError as exc:
         raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        print(f"techbench report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"report: {path} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     print(path)
     return 0

@@ -18,11 +18,21 @@ __all__ = ["build_report"]
 
 
 def build_report(
-    results_dir: str | os.PathLike[str],
+    results_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     baselines: Sequence[str] = (),
+    *,
+    score: str | None = None,
+    matrix: str | None = None,
+    wall_clock: bool = False,
 ) -> Path:
-    """Build the report of the store at ``results_dir`` into ``out_dir``; returns index.html."""
+    """Build the report of the store at ``results_dir`` (or of several stores, compared on
+    purpose) into ``out_dir``; returns index.html. ``score``: ``final``/``best`` (default: the
+    matrix's ``[report] score``, else final); ``matrix``: one matrix of a mixed store;
+    ``wall_clock``: add time-to-target profiles on raw wall-clock seconds."""
     from .build import build
 
-    return build(results_dir, out_dir, baselines=baselines)
+    return build(
+        results_dir, out_dir, baselines=baselines, score=score, matrix=matrix,
+        wall_clock=wall_clock,
+    )  # fmt: skip

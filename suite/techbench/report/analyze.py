@@ -8,13 +8,14 @@ compared axis changes; seeds are the replicates. Blocks of the Friedman test are
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from . import stats
+from .settings import AxisView, comparison_group
 
 MIN_FRIEDMAN_DATASETS = 3
 
@@ -139,13 +140,15 @@ def improvement_table(
 
 
 def profiles(
-    runs: pd.DataFrame, axes: Sequence[str], column: str = "seconds_to_target"
+    views: Mapping[str, AxisView], column: str = "steps_to_target"
 ) -> dict[str, tuple[pd.DataFrame, pd.Series, int]]:
-    """Per axis: AlgoPerf performance profile over contexts (median time over seeds)."""
+    """Per axis: AlgoPerf performance profile over the workloads (contexts) that hold the
+    largest technique set, each technique at its selected setting (median time over seeds)."""
     out = {}
-    for axis in axes:
-        ctx = _contexts(runs, axis, axes)
-        times = runs.assign(_ctx=ctx, _tech=runs[axis].astype(str))
+    for axis, view in views.items():
+        times = comparison_group(view.runs)
+        if times.empty:
+            continue
         table = times.groupby(["_ctx", "_tech"])[column].median().unstack("_tech")
         rho, score = stats.performance_profile(table)
         out[axis] = (rho, score, int(table.dropna().shape[0]))

@@ -17,24 +17,38 @@ import numpy as np
 import pandas as pd
 
 from .. import htmlpage as html
-from . import analyze, sections, tables
-from .load import load_matrix, load_store
+from . import analyze, atomic, headline, inputs, scoring, sections, settings, tables
 from .sections import ReportContext
 
 REPORT_LIBS = ("techbench", "pandas", "scipy", "seaborn", "matplotlib", "scikit-posthocs")
 
 
 def load_context(
-    results_dir: str | os.PathLike[str], out: Path, baselines: Sequence[str] = ()
+    results_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: Path,
+    baselines: Sequence[str] = (),
+    *,
+    score: str | None = None,
+    matrix: str | None = None,
+    wall_clock: bool = False,
 ) -> ReportContext | None:
-    """Load the store and derive every shared table; ``None`` when the store has no trials."""
-    trials, metrics = load_store(results_dir)
+    """Load the store(s) and derive every shared table; ``None`` when there are no trials.
+
+    ``score`` overrides the matrix's score rule (:mod:`.scoring`); ``matrix`` picks one matrix
+    of a mixed store (:mod:`.inputs`); ``wall_clock`` adds profiles on raw wall-clock seconds.
+    """
+    dirs = [results_dir] if isinstance(results_dir, str | os.PathLike) else list(results_dir)
+    trials, metrics, info, store_axis = inputs.load_stores(dirs, matrix)
     if trials.empty:
         return None
-    matrix = load_matrix(results_dir)
-    axes = tables.varying_axes(trials)
+    try:
+        rule = scoring.score_rule(info, score)
+    except ValueError as exc:
+        raise analyze.ReportInputError(str(exc)) from exc
+    trials["stop_reason"] = inputs.stop_reasons(trials)
+    axes = tables.varying_axes(trials) + (["store"] if store_axis else [])
     curves = tables.target_curves(trials, metrics)
-    runs = tables.run_table(trials, metrics, curves)
+    runs = tables.run_table(trials, metrics, curves, score=rule, axes=axes)
     cells = tables.cell_table(runs)
     techs = tables.technique_table(runs, axes)
     flags = analyze.best_flags(runs)
@@ -44,24 +58,40 @@ def load_context(
             on=["dataset", "config"],
             how="left",
         )
+    higher = bool((runs["target_mode"] != "min").all())
+    views = {a: settings.axis_view(runs, a, axes, higher) for a in axes}
+    head, board = headline.headline_tables(views, higher)
+    measures = {"steps": "steps_to_target"}
+    if np.isfinite(runs["modelled_seconds_to_target"]).any():
+        measures["modelled seconds"] = "modelled_seconds_to_target"
+    if wall_clock or "modelled seconds" not in measures:
+        measures["wall-clock seconds"] = "seconds_to_target"
+    tech_runs = {a: v.runs.assign(**{a: v.runs["_tech"]}) for a, v in views.items()}
     return ReportContext(
-        results_dir=results_dir,
+        results_dir=dirs[0],
         out=out,
         baselines=tuple(baselines),
         trials=trials,
         metrics=metrics,
-        matrix=matrix,
+        matrix=info,
         axes=axes,
         curves=curves,
         runs=runs,
         cells=cells,
         techs=techs,
         flags=flags,
-        fried=analyze.friedman_by_axis(runs, axes),
-        prof_seconds=analyze.profiles(runs, axes, "seconds_to_target"),
-        prof_steps=analyze.profiles(runs, axes, "steps_to_target"),
+        fried=[f for a, r in tech_runs.items() for f in analyze.friedman_by_axis(r, [a])],
+        profiles={m: analyze.profiles(views, col) for m, col in measures.items()},
         poi=analyze.improvement_table(runs, axes, baselines) if baselines else pd.DataFrame(),
         few=analyze.few_seed_cells(cells),
+        score_rule=rule,
+        views=views,
+        headline=head,
+        leaderboard=board,
+        summary=headline.summary(board, higher),
+        confounded=settings.confounded_cells(runs, axes),
+        stores=tuple(os.fspath(d) for d in dirs),
+        wall_clock=wall_clock,
     )
 
 
@@ -105,29 +135,49 @@ def _targets(trials: pd.DataFrame) -> set[str]:
     return {f"{m} ({mode}) reaches {v}" for m, mode, v in trials[cols].drop_duplicates().values}
 
 
+def _axis_text(ctx: ReportContext, axis: str) -> str:
+    view = ctx.views.get(axis)
+    n_settings = ctx.runs[axis].astype(str).nunique()
+    if view is None or not view.by_name:
+        return f"{axis}: {n_settings} settings"
+    n_names = view.runs["_tech"].nunique()
+    extra = f" ({n_settings} settings)" if n_settings > n_names else ""
+    return f"{axis}: {n_names} techniques{extra}"
+
+
 def _header(ctx: ReportContext, seconds: float) -> str:
     trials, matrix = ctx.trials, ctx.matrix
     status = trials["status"].value_counts().to_dict()
     items: list[tuple[str, object]] = [
         ("matrix", matrix.get("name") or ", ".join(sorted(trials["matrix"].dropna().unique()))),
+        ("scored", f"{ctx.score_rule}: {scoring.describe(ctx.score_rule)}"),
         ("trials", f"{len(trials)} stored ({', '.join(f'{v} {k}' for k, v in status.items())})"),
         *_corrupt_item(trials),
         ("datasets", ", ".join(sorted(trials["dataset"].astype(str).unique()))),
-        ("compared axes", "; ".join(f"{a}: {trials[a].astype(str).nunique()}" for a in ctx.axes)),
+        ("compared axes", "; ".join(_axis_text(ctx, a) for a in ctx.axes) or "none"),
         ("seeds", ", ".join(map(str, sorted(trials["seed"].unique())))),
+        (
+            "stopped by",
+            ", ".join(f"{k}: {v}" for k, v in ctx.runs["stop_reason"].value_counts().items()),
+        ),
         ("target", ", ".join(sorted(_targets(trials)))),
     ]
+    more: list[tuple[str, object]] = []
     for key in ("description", "axes", "defaults", "budget"):
         if matrix.get(key):
             value = matrix[key]
             text = value if isinstance(value, str) else json.dumps(value)
-            items.append((f"matrix {key}", text[:600]))
+            (items if key == "description" else more).append((f"matrix {key}", text[:600]))
+    if len(ctx.stores) > 1:
+        per = trials.groupby("store")["matrix"].agg(lambda m: ", ".join(sorted(set(map(str, m)))))
+        items.insert(1, ("stores", "; ".join(f"{k} (matrix {v})" for k, v in per.items())))
     devices = trials["device"].dropna().astype(str).value_counts()
-    items.append(("hardware", ", ".join(f"{d} ({n} runs)" for d, n in devices.items()) or "?"))
-    items += _versions(trials)
-    items.append(("instrumentation overhead", _overhead(trials)))
-    items.append(("report host", f"{platform.platform()}, built in {seconds:.1f} s"))
-    return html.meta_list(items)
+    more.append(("hardware", ", ".join(f"{d} ({n} runs)" for d, n in devices.items()) or "?"))
+    more += _versions(trials)
+    more.append(("instrumentation overhead", _overhead(trials)))
+    more.append(("report host", f"{platform.platform()}, built in {seconds:.1f} s"))
+    details = "<details><summary>matrix, hardware, versions</summary>"
+    return html.meta_list(items) + details + html.meta_list(more) + "</details>"
 
 
 def _corrupt_item(trials: pd.DataFrame) -> list[tuple[str, object]]:
@@ -137,7 +187,7 @@ def _corrupt_item(trials: pd.DataFrame) -> list[tuple[str, object]]:
     return [("corrupt, not scored", f"{len(bad)}: {text}{more}")] if bad else []
 
 
-def _empty_report(out: Path, results_dir: str | os.PathLike[str]) -> Path:
+def _empty_report(out: Path, results_dir: object) -> Path:
     return html.write_page(
         out / "index.html",
         "techbench report",
@@ -147,17 +197,33 @@ def _empty_report(out: Path, results_dir: str | os.PathLike[str]) -> Path:
 
 
 def build(
-    results_dir: str | os.PathLike[str],
+    results_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     baselines: Sequence[str] = (),
+    *,
+    score: str | None = None,
+    matrix: str | None = None,
+    wall_clock: bool = False,
 ) -> Path:
-    """Write ``out_dir/index.html`` and each section's CSVs; returns the page's path."""
+    """Write ``out_dir/index.html`` and each section's CSVs; returns the page's path.
+
+    Everything is written into a fresh sibling folder first; :func:`.atomic.publish` then swaps
+    it in, so a failed or killed build leaves the previous report (or none), never a mix.
+    """
     start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = load_context(results_dir, out, baselines)
-    if ctx is None:
-        return _empty_report(out, results_dir)
+    with atomic.staging(out) as stage:
+        ctx = load_context(
+            results_dir, out, baselines, score=score, matrix=matrix, wall_clock=wall_clock
+        )
+        if ctx is None:
+            _empty_report(stage, results_dir)
+        else:
+            _write(ctx, stage, start)
+    return out / "index.html"
+
+
+def _write(ctx: ReportContext, stage: Path, start: float) -> None:
     page: list[html.PageSection] = []
     written: set[str] = set()
     for make in sections.SECTIONS:
@@ -166,9 +232,9 @@ def build(
             if name in written:
                 raise RuntimeError(f"report sections write {name} twice ({make.__name__})")
             written.add(name)
-            df.to_csv(out / name, index=False)
+            df.to_csv(stage / name, index=False)
         if section.blocks:
             page.append((section.anchor, section.heading, section.blocks))
     header = _header(ctx, time.perf_counter() - start)
-    title = f"techbench report: {ctx.matrix.get('name') or out.name}"
-    return html.write_page(out / "index.html", title, header, page)
+    title = f"techbench report: {ctx.matrix.get('name') or ctx.out.name}"
+    html.write_page(stage / "index.html", title, header, page)

@@ -2,14 +2,23 @@
 
 Work per figure is capped (datasets, axes, techniques per panel, representative runs for
 the layer x step heatmaps) so a 10,000-trial store draws as fast as a 50-trial one.
+
+Readable at 100 % zoom: figures are at most :data:`MAX_WIDTH` inches wide at :data:`DPI` (so
+the page shows them unscaled in a 1400 px window), text is at least 9 pt, titles wrap instead of
+being cut, layer axes have integer ticks, a panel without data says so, and every technique has
+its colour of :func:`techbench.palette.technique_color` in every figure. Compared axes are
+shown by technique (each at its selected setting when views are given, :mod:`.settings`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import matplotlib
 
@@ -18,15 +27,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
-from ..htmlpage import figure_png
+from .. import htmlpage
+from ..palette import technique_color
+from .settings import AxisView, technique_name
 
 MAX_DATASETS = 4
 MAX_AXES = 4
 MAX_TECHNIQUES = 8
 MAX_HEATMAPS = 6
 MAX_PAIRS = 4
-DPI = 80
+DPI = 110
+MAX_WIDTH = 11.5
+FONT = 9.5
+NO_DATA = "not enough data for this panel"
 
 
 def _short(text: str, n: int = 28) -> str:
@@ -35,56 +50,126 @@ def _short(text: str, n: int = 28) -> str:
     return text.replace("$", r"\$")
 
 
+def _wrap(text: str, width: int = 38) -> str:
+    """Wrapped onto lines (never cut), ``$`` escaped."""
+    return textwrap.fill(str(text), width).replace("$", r"\$")
+
+
+def _labels(runs: pd.DataFrame, axis: str) -> pd.Series:
+    """Technique names when they differ, else the settings (a sweep of one technique)."""
+    setting = runs[axis].astype(str)
+    names = setting.map(technique_name)
+    return names if names.nunique() > 1 else setting
+
+
+def _by_technique(
+    runs: pd.DataFrame, axis: str, views: Mapping[str, AxisView] | None
+) -> pd.DataFrame:
+    """The runs of ``axis`` with ``_t``: the selected-setting view when given, else all runs."""
+    if views and axis in views:
+        v = views[axis].runs
+        return v.assign(_t=v["_tech"].astype(str))
+    return runs.assign(_t=_labels(runs, axis) if axis in runs else "all")
+
+
 def _top_techniques(runs: pd.DataFrame, axis: str) -> list[str]:
     higher = bool((runs["target_mode"] != "min").all())
-    order = runs.groupby(runs[axis].astype(str))["score"].mean().sort_values(ascending=not higher)
+    key = runs["_t"] if "_t" in runs else _labels(runs, axis)
+    order = runs.groupby(key)["score"].mean().sort_values(ascending=not higher)
     return list(order.index[:MAX_TECHNIQUES])
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Figure code's own warnings (tight layout, empty slices) stay off the terminal."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8):
-    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.8)
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+    plt.rcParams.update({"legend.fontsize": FONT, "xtick.labelsize": FONT,
+                         "ytick.labelsize": FONT, "axes.titlesize": FONT + 0.5})  # fmt: skip
+    scale = min(1.0, MAX_WIDTH / (w * ncols))
     fig, axs = plt.subplots(
-        nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained"
-    )
+        nrows, ncols, figsize=(w * ncols * scale, h * nrows * max(scale, 0.8)), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
     return fig, axs
 
 
-def learning_curves(curves: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
+def figure_png(fig: plt.Figure) -> bytes:
+    """The figure at :data:`DPI` (warnings of the layout engine kept quiet)."""
+    with _quiet():
+        return htmlpage.figure_png(fig, DPI)
+
+
+def _no_data(ax: plt.Axes) -> None:
+    ax.text(0.5, 0.5, NO_DATA, ha="center", va="center", transform=ax.transAxes, fontsize=FONT,
+            color="#666")  # fmt: skip
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _legend(ax: plt.Axes, **kw: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=FONT, **kw)
+
+
+def learning_curves(
+    curves: pd.DataFrame,
+    runs: pd.DataFrame,
+    axes: Sequence[str],
+    views: Mapping[str, AxisView] | None = None,
+) -> bytes | None:
     """Target metric per epoch: median and interquartile band over runs (seeds and other axes),
-    one panel per compared axis (rows) x dataset (columns)."""
+    one panel per compared axis (rows) x dataset (columns); markers when there are few epochs."""
     if curves.empty:
         return None
     datasets = sorted(runs["dataset"].astype(str).unique())[:MAX_DATASETS]
     rows = list(axes[:MAX_AXES]) or ["config"]
-    data = curves.merge(runs[["trial_id", "dataset", *rows]], on="trial_id")
-    data["dataset"] = data["dataset"].astype(str)
     fig, axs = _grid(len(rows), len(datasets), 4.0, 3.0)
-    palette = sns.color_palette("tab10", MAX_TECHNIQUES)
     metric = str(runs["target_metric"].iloc[0])
     for i, axis in enumerate(rows):
-        techs = _top_techniques(runs, axis)
-        labels = data[axis].astype(str)
+        tagged = _by_technique(runs, axis, views)
+        data = curves.merge(tagged[["trial_id", "dataset", "_t"]], on="trial_id")
+        data["dataset"] = data["dataset"].astype(str)
+        techs = _top_techniques(tagged, axis)
         for j, ds in enumerate(datasets):
             ax = axs[i][j]
             in_ds = data["dataset"] == ds
-            for c, tech in enumerate(techs):
-                t = data[in_ds & (labels == tech)]
+            drawn = False
+            for tech in techs:
+                t = data[in_ds & (data["_t"] == tech)]
                 if t.empty:
                     continue
                 q = t.groupby("epoch")["curve"].quantile([0.25, 0.5, 0.75]).unstack()
                 x = q.index.to_numpy() + 1
-                ax.plot(x, q[0.5], color=palette[c], label=_short(tech), lw=1.5)
-                ax.fill_between(x, q[0.25], q[0.75], color=palette[c], alpha=0.2, lw=0)
-            ax.set_title(f"{_short(ds, 16)} · {axis}", fontsize=9)
+                color = technique_color(tech)
+                marker = "o" if len(x) <= 3 else None
+                ax.plot(x, q[0.5], color=color, label=_short(tech), lw=1.5, marker=marker)
+                ax.fill_between(x, q[0.25], q[0.75], color=color, alpha=0.2, lw=0)
+                drawn = True
+            ax.set_title(_wrap(f"{ds} · {axis}", 40))
+            if not drawn:
+                _no_data(ax)
+                continue
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric if j == 0 else "")
             if j == 0:
-                ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Learning curves: median and IQR band over runs", fontsize=10)
-    return figure_png(fig, DPI)
+                _legend(ax, loc="best")
+    fig.suptitle("Learning curves: median and IQR band over runs")
+    return figure_png(fig)
 
 
-def profile_plot(profiles: dict[str, tuple[pd.DataFrame, pd.Series, int]]) -> bytes | None:
+def profile_plot(
+    profiles: Mapping[str, tuple[pd.DataFrame, pd.Series, int]], measure: str = "steps"
+) -> bytes | None:
     """Performance profiles rho(tau) on time-to-target, one panel per compared axis."""
     items = [(a, p) for a, p in profiles.items() if p[2] > 0][:MAX_AXES]
     if not items:
@@ -93,14 +178,17 @@ def profile_plot(profiles: dict[str, tuple[pd.DataFrame, pd.Series, int]]) -> by
     for ax, (axis, (rho, score, n)) in zip(axs[0], items, strict=False):
         best = score.sort_values(ascending=False).index[:MAX_TECHNIQUES]
         for tech in best:
-            ax.step(rho.index, rho[tech], where="post", label=f"{_short(tech)} ({score[tech]:.2f})")
+            ax.step(
+                rho.index, rho[tech], where="post", color=technique_color(str(tech)),
+                label=f"{_short(str(tech))} ({score[tech]:.2f})",
+            )  # fmt: skip
         ax.set_xlim(1, float(rho.index.max()))
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{axis} ({n} workloads)", fontsize=9)
-        ax.set_xlabel("tau (time / best time)")
+        ax.set_title(_wrap(f"{axis} ({n} workloads)"))
+        ax.set_xlabel(f"tau ({measure} / best)")
         ax.set_ylabel("fraction of workloads")
-        ax.legend(fontsize=7, loc="lower right")
-    return figure_png(fig, DPI)
+        _legend(ax, loc="lower right")
+    return figure_png(fig)
 
 
 def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
@@ -137,16 +225,22 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
             aspect="auto",
             cmap="viridis",
             interpolation="nearest",
-            extent=(steps.min(), steps.max(), len(grid) - 0.5, -0.5),
+            extent=(*_span(steps), len(grid) - 0.5, -0.5),
         )
         fig.colorbar(im, ax=ax, label="log10 |g|")
         ax.set_yticks(range(len(grid)), list(grid.index))
         ax.grid(False)
-        ax.set_title(_short(f"{key}={rep[key]} · seed {rep['seed']}", 40), fontsize=9)
+        ax.set_title(_wrap(f"{key}={rep[key]} · seed {rep['seed']}"))
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
     fig.suptitle(f"Gradient norm per layer and step ({first_ds})")
-    return figure_png(fig, DPI)
+    return figure_png(fig)
+
+
+def _span(steps: np.ndarray) -> tuple[float, float]:
+    """x extent of a step axis (a single snapshot gets a width of one step)."""
+    lo, hi = float(steps.min()), float(steps.max())
+    return (lo - 0.5, hi + 0.5) if hi <= lo else (lo, hi)
 
 
 def _per_row(trial_ids: pd.Series, by_trial: pd.Series) -> np.ndarray:
@@ -170,7 +264,7 @@ def fraction_heatmaps(
     axis = axes[0] if axes else "config"
     techs = _top_techniques(runs, axis)
     h = h[["trial_id", "step", "metric", "layer", "value"]].assign(
-        _t=_per_row(h["trial_id"], runs.set_index("trial_id")[axis].astype(str))
+        _t=_per_row(h["trial_id"], pd.Series(_labels(runs, axis).to_numpy(), runs["trial_id"]))
     )
     h = h[h["_t"].isin(techs)].assign(metric=lambda d: d["metric"].astype(str))
     med = h.groupby(["_t", "metric", "layer", "step"], observed=True)["value"].median()
@@ -190,42 +284,55 @@ def fraction_heatmaps(
         top = max(0.05, float(np.nanmax(z))) if np.isfinite(z).any() else 1.0
         im = ax.imshow(
             z, aspect="auto", cmap="magma", vmin=0.0, vmax=top, interpolation="nearest",
-            extent=(steps.min(), steps.max(), len(grid) - 0.5, -0.5),
+            extent=(*_span(steps), len(grid) - 0.5, -0.5),
         )  # fmt: skip
         fig.colorbar(im, ax=ax)
         ax.set_yticks(range(len(grid)), [str(i) for i in grid.index])
         ax.grid(False)
-        ax.set_title(f"{_short(tech)} · {metric}", fontsize=9)
+        ax.set_title(_wrap(f"{tech} · {metric}"))
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
-    return figure_png(fig, DPI)
+    return figure_png(fig)
 
 
-def ratio_curves(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
+def ratio_curves(
+    metrics: pd.DataFrame,
+    runs: pd.DataFrame,
+    axes: Sequence[str],
+    views: Mapping[str, AxisView] | None = None,
+) -> bytes | None:
     """First/last layer gradient-norm ratio over steps: median over runs per technique."""
     g = metrics[(metrics["split"] == "health") & (metrics["metric"] == "grad_ratio_first_last")]
     if g.empty:
         return None
     cols = list(axes[:MAX_AXES]) or ["config"]
     g = g[["trial_id", "step", "value"]].assign(trial_id=g["trial_id"].astype(str))
-    data = g.merge(runs[["trial_id", *cols]], on="trial_id")
     fig, axs = _grid(1, len(cols), 4.0, 3.0)
     for ax, axis in zip(axs[0], cols, strict=False):
-        for tech in _top_techniques(runs, axis):
-            t = data[data[axis].astype(str) == tech]
-            med = t.groupby("step")["value"].median()
-            ax.plot(med.index, med.to_numpy(), label=_short(tech))
+        tagged = _by_technique(runs, axis, views)
+        data = g.merge(tagged[["trial_id", "_t"]], on="trial_id")
+        for tech in _top_techniques(tagged, axis):
+            med = data[data["_t"] == tech].groupby("step")["value"].median()
+            med = med[med > 0]
+            if not med.empty:
+                ax.plot(med.index, med.to_numpy(), label=_short(tech), color=technique_color(tech))
+        ax.set_title(_wrap(axis))
+        if not ax.lines:
+            _no_data(ax)
+            continue
         ax.set_yscale("log")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_title(axis, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("|g first| / |g last|")
-        ax.legend(fontsize=7)
-    return figure_png(fig, DPI)
+        _legend(ax)
+    return figure_png(fig)
 
 
 def activation_stats(
-    metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
+    metrics: pd.DataFrame,
+    runs: pd.DataFrame,
+    axes: Sequence[str],
+    views: Mapping[str, AxisView] | None = None,
 ) -> bytes | None:
     """Per-layer activation mean and std at the first and last health snapshot (median over
     runs per technique): the lecture's 10-layer activation-statistics plot."""
@@ -246,50 +353,62 @@ def activation_stats(
         layer=pd.to_numeric(h["layer"].astype(str), errors="coerce"),
     )
     axis = axes[0] if axes else "config"
-    data = h.merge(runs[["trial_id", axis]], on="trial_id")
-    data[axis] = data[axis].astype(str)
-    data = data[data[axis].isin(_top_techniques(runs, axis))]
-    data[axis] = data[axis].map(_short)
-    med = data.groupby([axis, "metric", "when", "layer"])["value"].median().reset_index()
-    fig, axs = _grid(1, 4, 3.4, 2.8)
+    tagged = _by_technique(runs, axis, views)
+    techs = _top_techniques(tagged, axis)
+    data = h.merge(tagged[["trial_id", "_t"]], on="trial_id")
+    data = data[data["_t"].isin(techs)]
+    med = data.groupby(["_t", "metric", "when", "layer"])["value"].median().reset_index()
+    fig, axs = _grid(2, 2, 4.6, 2.8)
     for ax, (metric, when) in zip(
-        axs[0], itertools.product(["act_mean", "act_std"], ["first", "last"]), strict=True
+        axs.ravel(), itertools.product(["act_mean", "act_std"], ["first", "last"]), strict=True
     ):
         sub = med[(med["metric"] == metric) & (med["when"] == when)]
-        sns.lineplot(
-            sub, x="layer", y="value", hue=axis, marker="o", errorbar=None, ax=ax,
-            legend=ax is axs[0][0],
-        )  # fmt: skip
-        ax.set_title(f"{metric} ({when} snapshot)", fontsize=9)
-    if axs[0][0].get_legend():
-        sns.move_legend(axs[0][0], "upper left", fontsize=7, title=axis)
-    return figure_png(fig, DPI)
+        for tech in techs:
+            t = sub[sub["_t"] == tech].sort_values("layer")
+            if not t.empty:
+                ax.plot(t["layer"], t["value"], marker="o", color=technique_color(tech),
+                        label=_short(tech))  # fmt: skip
+        ax.set_title(_wrap(f"{metric} ({when} snapshot)"))
+        if not ax.lines:
+            _no_data(ax)
+            continue
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+    _legend(axs[0][0], title=axis)
+    return figure_png(fig)
 
 
-def gap_distributions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
+def gap_distributions(
+    runs: pd.DataFrame, axes: Sequence[str], views: Mapping[str, AxisView] | None = None
+) -> bytes | None:
     """Generalization gap (train minus validation loss, end of training) per technique."""
     cols = list(axes[:MAX_AXES]) or ["config"]
     if runs["gap_loss_end"].notna().sum() == 0:
         return None
-    fig, axs = _grid(1, len(cols), 4.0, 3.2)
-    for ax, axis in zip(axs[0], cols, strict=False):
-        order = _top_techniques(runs, axis)
-        sub = runs[runs[axis].astype(str).isin(order)].assign(_t=runs[axis].astype(str))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # seaborn 0.13 on mpl >= 3.11
+    fig, axs = _grid(len(cols), 1, 8.0, 0.6 + 0.32 * MAX_TECHNIQUES)
+    for ax, axis in zip(axs[:, 0], cols, strict=False):
+        tagged = _by_technique(runs, axis, views)
+        order = _top_techniques(tagged, axis)
+        sub = tagged[tagged["_t"].isin(order) & tagged["gap_loss_end"].notna()]
+        order = [o for o in order if (sub["_t"] == o).any()]
+        if not order:
+            _no_data(ax)
+            continue
+        with _quiet():  # seaborn 0.13 passes vert= to matplotlib >= 3.11
             sns.boxplot(
-                sub, x="gap_loss_end", y="_t", order=order, ax=ax, fliersize=2, color="#9ecae1"
-            )
+                sub, x="gap_loss_end", y="_t", order=order, ax=ax, fliersize=2, hue="_t",
+                palette={o: technique_color(o) for o in order}, legend=False,
+            )  # fmt: skip
         ax.set_ylabel(axis)
         ax.set_xlabel("train − val loss (end)")
-        ax.set_yticks(range(len(order)), [_short(o, 20) for o in order])
-    return figure_png(fig, DPI)
+        ax.set_yticks(range(len(order)), [_short(o, 24) for o in order])
+    return figure_png(fig)
 
 
 def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
     """Mean score for each pair of compared axes (e.g. activation x initializer)."""
     pairs = list(itertools.combinations(axes, 2))
-    preferred = [("activation", "initializer"), ("normalizer", "lr"), ("normalizer", "optimizer")]
+    preferred = [("activation", "initializer"), ("normalizer", "optimizer")]
     pairs.sort(key=lambda p: (p not in preferred, axes.index(p[0]), axes.index(p[1])))
     pairs = pairs[:MAX_PAIRS]
     if not pairs:
@@ -300,9 +419,10 @@ def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
         grid = grid.iloc[:12, :12]
         grid.index = [_short(i, 18) for i in grid.index]
         grid.columns = [_short(c, 18) for c in grid.columns]
-        sns.heatmap(grid, annot=grid.size <= 64, fmt=".2f", cmap="mako", ax=ax, cbar=True)
-        ax.set_title(f"mean score: {a} × {b}", fontsize=9)
-    return figure_png(fig, DPI)
+        sns.heatmap(grid, annot=grid.size <= 64, fmt=".2f", cmap="mako", ax=ax, cbar=True,
+                    annot_kws={"fontsize": FONT})  # fmt: skip
+        ax.set_title(_wrap(f"mean score: {a} × {b}"))
+    return figure_png(fig)
 
 
 def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> bytes | None:
@@ -311,11 +431,12 @@ def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> bytes | N
         import scikit_posthocs as sp
     except ImportError:  # pragma: no cover
         return None
-    sns.set_theme(style="white", font_scale=0.8)
-    fig, ax = plt.subplots(figsize=(7, 2.4), layout="constrained")
+    sns.set_theme(style="white", font_scale=0.9)
+    fig, ax = plt.subplots(figsize=(8, 2.6), layout="constrained")
     labelled = {_short(str(k), 30): float(v) for k, v in ranks.items()}
     sig = nemenyi.copy()
     sig.index = sig.columns = list(labelled)
     sp.critical_difference_diagram(labelled, sig, ax=ax)
-    ax.set_title(title, fontsize=9)
-    return figure_png(fig, DPI)
+    ax.set_title(_wrap(title, 90))
+    with _quiet():
+        return figure_png(fig)

@@ -3,7 +3,7 @@
 The store is the only reader of stored results; this module adds what only the report needs:
 the per-step training loss is dropped at read time (no report table or figure uses it, which keeps
 a 10,000-trial store well under a gigabyte) and ``lr`` becomes a label (``repr`` of the value, ""
-when the optimizer has none) so that it can be compared like a technique.
+when the optimizer has none) for the run table; it is not compared on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from ..store import load_matrix_info, load_results
 #: Config keys holding ``{"name", "params"}`` techniques, in display order.
 TECHNIQUE_AXES: tuple[str, ...] = tuple(AXIS_FAMILY)
 #: Axes that may be compared (``dataset`` is the blocking factor, never a "technique").
-COMPARE_AXES = (*TECHNIQUE_AXES[1:], "norm_placement", "lr")
+COMPARE_AXES = (*TECHNIQUE_AXES[1:], "norm_placement")
+"""``lr`` is not among them: a hyper-parameter value is a setting of its technique (the
+optimizer label carries it), see :mod:`.settings`."""
 
 
 def load_store(results_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

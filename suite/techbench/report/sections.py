@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .. import htmlpage as html
-from . import analyze, figures, tables
+from . import analyze, figures, headline, scoring, tables
+from .inputs import CUT_SHORT
+from .settings import AxisView
 from .stats import MIN_SEEDS
 from .tuning import tuning
 
@@ -28,8 +30,12 @@ class ReportContext:
 
     ``runs`` has one row per trial, ``cells`` one per (dataset, configuration) with the
     best-configuration flags merged in, ``techs`` one per (axis, technique); ``fried`` holds
-    the per-axis Friedman results, ``prof_seconds``/``prof_steps`` the performance profiles,
-    ``poi`` the probability of improvement over ``baselines`` (empty without one).
+    the per-axis Friedman results, ``profiles`` the performance profiles per time measure
+    ("steps", "modelled seconds", "wall-clock seconds") and axis, ``poi`` the probability of
+    improvement over ``baselines`` (empty without one). ``views`` holds per axis the runs that
+    compare it (techniques at their selected settings, :mod:`.settings`); ``headline``,
+    ``leaderboard`` and ``summary`` are the tables of :mod:`.headline`; ``score_rule`` is the
+    rule of :mod:`.scoring`.
     """
 
     results_dir: str | os.PathLike[str]
@@ -45,10 +51,17 @@ class ReportContext:
     techs: pd.DataFrame
     flags: pd.DataFrame
     fried: list[analyze.FriedmanResult]
-    prof_seconds: dict[str, tuple[pd.DataFrame, pd.Series, int]]
-    prof_steps: dict[str, tuple[pd.DataFrame, pd.Series, int]]
+    profiles: dict[str, dict[str, tuple[pd.DataFrame, pd.Series, int]]]
     poi: pd.DataFrame
     few: pd.DataFrame
+    score_rule: str = scoring.DEFAULT_SCORE
+    views: Mapping[str, AxisView] = field(default_factory=dict)
+    headline: pd.DataFrame = field(default_factory=pd.DataFrame)
+    leaderboard: pd.DataFrame = field(default_factory=pd.DataFrame)
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    confounded: pd.DataFrame = field(default_factory=pd.DataFrame)
+    stores: Sequence[str] = ()
+    wall_clock: bool = False
 
     @property
     def higher(self) -> bool:
@@ -68,6 +81,58 @@ class Section:
 
 def _cols(df: pd.DataFrame, wanted: Sequence[str]) -> pd.DataFrame:
     return df[[c for c in wanted if c in df]]
+
+
+def _test_name(ctx: ReportContext) -> str:
+    metric = str(ctx.runs["target_metric"].iloc[0])
+    return scoring.held_out_column(metric, ctx.score_rule).replace("_best_", "_")
+
+
+def answer(ctx: ReportContext) -> Section:
+    """The headline per dataset and compared axis, the per-technique leaderboard and the
+    cross-dataset summary on normalised scores (:mod:`.headline`)."""
+    metric = str(ctx.runs["target_metric"].iloc[0])
+    head = ctx.headline
+    if head.empty:
+        note = "No axis has two techniques in one context: nothing to compare."
+        return Section("answer", "Answer", [html.warning(note)])
+    blocks = [html.table(headline.display(head, metric, _test_name(ctx)), csv_name="headline.csv")]
+    blocks += [html.para(t) for t in headline.sentences(head, metric)]
+    selected = [v.axis for v in ctx.views.values() if v.by_name and v.n_settings > 1]
+    how = (
+        f"Score: {scoring.describe(ctx.score_rule)}. Per dataset and axis, the techniques of the "
+        "contexts (other axes fixed) holding the most techniques; IQM over runs with a 95% "
+        "stratified-bootstrap interval; P(X > Y) is the rliable probability of improvement over "
+        "runs, averaged over contexts. Test metrics are shown, never ranked on."
+    )
+    if selected:
+        how += (
+            f" Axes with several settings per technique ({', '.join(selected)}): each technique "
+            "is its best setting per context by validation IQM (optimistic for techniques with "
+            "more settings; every setting has its row in the statistics section)."
+        )
+    blocks.append(html.para(how, "note"))
+    board_cols = [
+        "dataset", "axis", "rank", "technique", "setting", "n_runs", "score_iqm",
+        "score_ci_low", "score_ci_high", "p_best_better", "p_ci_low", "p_ci_high",
+        "test_iqm", "hit_rate", "n_cut_short",
+    ]  # fmt: skip
+    blocks.append(html.heading("Every technique against the best (P(best > technique))"))
+    blocks.append(html.table(_cols(ctx.leaderboard, board_cols), csv_name="leaderboard.csv"))
+    csvs = {"headline.csv": head, "leaderboard.csv": ctx.leaderboard}
+    if not ctx.summary.empty:
+        blocks.append(html.heading("Across datasets (normalised scores, not pooled accuracies)"))
+        blocks.append(
+            html.para(
+                "Per dataset, each technique's IQM score is min-max normalised between the worst "
+                "(0) and the best (1) technique on that dataset, then averaged over datasets; "
+                "mean rank (1 = best) beside it. The Friedman/Nemenyi test is in Statistics.",
+                "note",
+            )
+        )
+        blocks.append(html.table(ctx.summary, csv_name="summary.csv"))
+        csvs["summary.csv"] = ctx.summary
+    return Section("answer", "Answer", blocks, csvs)
 
 
 def overview(ctx: ReportContext) -> Section:
@@ -108,7 +173,28 @@ def overview(ctx: ReportContext) -> Section:
         )
     if np.isinf(runs["epochs_to_target"]).all():
         blocks.append(html.warning("No run reached the target: time-to-target is ∞ everywhere."))
-    return Section("overview", "Overview", blocks)
+    cut = runs[runs["stop_reason"].isin(CUT_SHORT)]
+    if not cut.empty:
+        blocks.append(
+            html.warning(
+                f"{len(cut)} of {len(runs)} runs were cut short (stopped by the time budget "
+                "max_seconds or for no recorded reason before their epochs/steps): they are "
+                "scored where they stopped and counted as 'cut' in the answer table."
+            )
+        )
+        view = _cols(cut, ["trial_id", "stop_reason", "dataset", "config", "seed", "epochs_run",
+                           "epochs", "steps", "train_seconds"])  # fmt: skip
+        blocks.append(html.table(view, max_rows=50, csv_name="runs.csv"))
+    if not ctx.confounded.empty:
+        blocks.append(
+            html.warning(
+                f"{len(ctx.confounded)} configurations change two or more axes at once against "
+                "every other configuration (e.g. an [[include]] setting both): one cell is not "
+                "two effects, so they are compared on no axis."
+            )
+        )
+        blocks.append(html.table(ctx.confounded, csv_name="confounded.csv"))
+    return Section("overview", "Overview", blocks, {"confounded.csv": ctx.confounded})
 
 
 def convergence(ctx: ReportContext) -> Section:
@@ -121,42 +207,51 @@ def convergence(ctx: ReportContext) -> Section:
     ]  # fmt: skip
     blocks = [
         html.para(
-            "Score = best validation target metric per run (diverged/failed runs get the "
-            "worst value). IQM with a 95% bootstrap interval stratified by dataset; "
-            "time-to-target is the median over runs (∞ when most runs missed)."
+            f"Score = {scoring.describe(ctx.score_rule)} (diverged/failed runs get the worst "
+            "value). One row per setting, over datasets and the other axes (the answer "
+            "section compares within contexts). IQM with a 95% bootstrap interval stratified "
+            "by dataset; time-to-target is the median over runs (∞ when most runs missed)."
         ),
         html.table(_cols(ctx.techs, tech_cols), csv_name="techniques.csv"),
-        html.image(figures.learning_curves(ctx.curves, ctx.runs, ctx.axes), "Learning curves"),
+        html.image(
+            figures.learning_curves(ctx.curves, ctx.runs, ctx.axes, ctx.views), "Learning curves"
+        ),
     ]
     return Section("convergence", "Convergence", blocks, {"techniques.csv": ctx.techs})
 
 
 def profiles(ctx: ReportContext) -> Section:
-    """AlgoPerf performance profiles of time-to-target (Dahl et al. 2023)."""
-    prof_df = pd.DataFrame(
-        [
-            {
-                "axis": a,
-                "technique": t,
-                "score_seconds": s,
-                "score_steps": ctx.prof_steps[a][1].get(t),
-            }
-            for a, (_, score, _) in ctx.prof_seconds.items()
-            for t, s in score.items()
-        ]
-    )
+    """AlgoPerf performance profiles of time-to-target (Dahl et al. 2023) on steps, on modelled
+    seconds (steps x the configuration's calibrated step time) and, when asked, on wall-clock."""
+    rows = [
+        {"measure": m, "axis": a, "technique": t, "score": s, "workloads": n}
+        for m, per_axis in ctx.profiles.items()
+        for a, (_, score, n) in per_axis.items()
+        for t, s in score.items()
+    ]
+    prof_df = pd.DataFrame(rows)
     blocks = [
         html.para(
             "AlgoPerf-style performance profiles: per workload (a dataset with the other axes "
             "fixed) each technique's median time-to-target divided by the best technique's; "
             "rho(tau) is the fraction of workloads within tau of the best, the score its "
-            "normalised integral over tau in [1, 4]. Misses never count as solved."
-        ),
-        html.image(
-            figures.profile_plot(ctx.prof_seconds), "Performance profiles (seconds to target)"
-        ),
-        html.table(prof_df, csv_name="profiles.csv"),
+            "normalised integral over tau in [1, 4]. Misses never count as solved. Each "
+            "technique at its selected setting."
+        )
     ]
+    for measure, per_axis in ctx.profiles.items():
+        if measure == "wall-clock seconds":
+            blocks.append(
+                html.warning(
+                    "Raw wall-clock seconds: runs that shared a machine (stacks, parallel "
+                    "workers, other load) are timed with that noise; rankings by seconds can "
+                    "flip under load. Prefer steps or modelled seconds."
+                )
+            )
+        blocks.append(
+            html.image(figures.profile_plot(per_axis, measure), f"Performance profiles ({measure})")
+        )
+    blocks.append(html.table(prof_df, csv_name="profiles.csv"))
     return Section("profiles", "Time-to-target profiles", blocks, {"profiles.csv": prof_df})
 
 
@@ -247,9 +342,12 @@ def health(ctx: ReportContext) -> Section:
             figures.fraction_heatmaps(metrics, runs, axes),
             "Dead and saturated fractions per layer and step (median over runs)",
         ),
-        html.image(figures.ratio_curves(metrics, runs, axes), "First/last layer gradient ratio"),
         html.image(
-            figures.activation_stats(metrics, runs, axes), "Per-layer activation statistics"
+            figures.ratio_curves(metrics, runs, axes, ctx.views), "First/last layer gradient ratio"
+        ),
+        html.image(
+            figures.activation_stats(metrics, runs, axes, ctx.views),
+            "Per-layer activation statistics",
         ),
     ]
     return Section("health", "Gradient health", blocks)
@@ -262,7 +360,8 @@ def generalization(ctx: ReportContext) -> Section:
         html.para("Train minus validation, at the end and at the best-validation epoch."),
         html.table(_cols(ctx.techs, gap_cols), csv_name="techniques.csv"),
         html.image(
-            figures.gap_distributions(ctx.runs, ctx.axes), "Generalization gap distributions"
+            figures.gap_distributions(ctx.runs, ctx.axes, ctx.views),
+            "Generalization gap distributions",
         ),
     ]
     return Section("generalization", "Generalization gap", blocks)
@@ -286,6 +385,7 @@ def runs(ctx: ReportContext) -> Section:
 
 
 SECTIONS: list[Callable[[ReportContext], Section]] = [
+    answer,
     overview,
     tuning,
     convergence,

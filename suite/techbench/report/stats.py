@@ -10,6 +10,8 @@
 - :func:`friedman`: Friedman test over blocks (datasets) with average ranks, Nemenyi post-hoc
   and the critical difference ``q_alpha * sqrt(k (k + 1) / (6 N))`` (Demsar 2006, JMLR 7).
 - :func:`probability_of_improvement`: ``P(X > Y) + P(X = Y) / 2`` (rliable).
+- :func:`stratified_resamples` / :func:`poi_with_ci`: the stratified bootstrap of rliable applied
+  to a difference of IQMs and to the probability of improvement averaged over contexts.
 - :func:`performance_profile`: AlgoPerf (Dahl et al., 2023) profiles
   ``rho_s(tau) = |{w : t_sw / min_s' t_s'w <= tau}| / |W|`` and the score
   ``(1 / (tau_max - 1)) * integral_1^tau_max rho_s(tau) dtau``.
@@ -82,6 +84,45 @@ def stratified_bootstrap_ci(
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
+
+
+def stratified_resamples(
+    values: np.ndarray, strata: np.ndarray, n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``(n_resamples, n)`` bootstrap samples of ``values``, each stratum resampled with
+    replacement on its own (so every resample keeps each stratum's size)."""
+    x = np.asarray(values, dtype=float)
+    labels = np.asarray(strata)
+    parts = []
+    for s in pd.unique(pd.Series(labels)):
+        g = x[labels == s]
+        parts.append(g[rng.integers(0, g.size, size=(n_resamples, g.size))])
+    return np.concatenate(parts, axis=1) if parts else np.empty((n_resamples, 0))
+
+
+def poi_with_ci(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Probability of improvement of X over Y averaged over contexts (rliable: the mean over
+    tasks of ``P(X > Y) + P(X = Y) / 2``), with a percentile interval from resampling X and Y
+    within each context independently. ``pairs`` holds ``(x, y)`` per context; NaN when empty."""
+    pairs = [(np.asarray(x, float), np.asarray(y, float)) for x, y in pairs if len(x) and len(y)]
+    if not pairs:
+        return (math.nan, math.nan, math.nan)
+    point = float(np.mean([probability_of_improvement(x, y) for x, y in pairs]))
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(n_resamples)
+    for x, y in pairs:
+        xb = x[rng.integers(0, x.size, size=(n_resamples, x.size))][:, :, None]
+        yb = y[rng.integers(0, y.size, size=(n_resamples, y.size))][:, None, :]
+        boot += ((xb > yb).mean(axis=(1, 2)) + 0.5 * (xb == yb).mean(axis=(1, 2))) / len(pairs)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return (point, float(lo), float(hi))
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -178,7 +219,9 @@ def friedman(scores: pd.DataFrame, *, higher_is_better: bool = True) -> dict[str
     return out
 
 
-def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
+def probability_of_improvement(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
+) -> float:
     """``P(X > Y) + 0.5 P(X = Y)`` over all pairs (the Mann-Whitney U statistic / (n m))."""
     a = np.asarray(x, dtype=float)[:, None]
     b = np.asarray(y, dtype=float)[None, :]

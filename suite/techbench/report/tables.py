@@ -16,7 +16,11 @@ canonical keys of :func:`techbench.schema.metric_key`: ``val_acc`` is split ``va
   of (largest / smallest layer ``grad_norm``); mean ``dead_fraction`` and
   ``saturated_fraction`` over layers and snapshots; share of snapshots with non-finite
   gradients.
-- ``score``: what statistics rank: ``best_metric`` for completed runs; a diverged or failed
+- ``modelled_seconds_to_target``: ``steps_to_target`` times the trial's ``step_seconds`` (the
+  calibrated time of one step of that configuration measured alone); NaN when not recorded.
+- ``test_score``: the test metric at the scored checkpoint (:mod:`.scoring`); never ranked.
+- ``score``: what statistics rank: ``final_metric`` (rule ``final``, the default) or
+  ``best_metric`` (rule ``best``) for completed runs (:mod:`.scoring`); a diverged or failed
   run gets the worst value (0 for an accuracy, else the worst value any run recorded on that
   dataset), so it counts against its technique instead of being dropped.
 """
@@ -30,6 +34,7 @@ import pandas as pd
 
 from ..schema import metric_key, metric_series
 from .load import COMPARE_AXES
+from .scoring import DEFAULT_SCORE, held_out_scores, held_out_table
 from .stats import MIN_SEEDS, iqm, stratified_bootstrap_ci
 
 HEALTH_COLUMNS = (
@@ -119,10 +124,16 @@ def target_curves(trials: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_table(
-    trials: pd.DataFrame, metrics: pd.DataFrame, curves: pd.DataFrame | None = None
+    trials: pd.DataFrame,
+    metrics: pd.DataFrame,
+    curves: pd.DataFrame | None = None,
+    score: str = DEFAULT_SCORE,
+    axes: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per trial with the convergence, generalization and gradient-health summaries."""
-    axes = varying_axes(trials)
+    """One row per trial with the convergence, generalization and gradient-health summaries;
+    ``score`` is the rule of :mod:`.scoring` (``final`` or ``best``); ``axes`` the compared
+    axes (default :func:`varying_axes`)."""
+    axes = varying_axes(trials) if axes is None else axes
     runs = trials.copy()
     runs["trial_id"] = runs["trial_id"].astype(str)
     runs["config"] = config_labels(runs, axes)
@@ -154,6 +165,12 @@ def run_table(
             v = v + (1 - base)
         v[np.isnan(v) | ~ok] = np.inf
         runs[f"{name}_to_target"] = v
+    step_s = runs["step_seconds"] if "step_seconds" in runs else pd.Series(np.nan, runs.index)
+    step_s = pd.to_numeric(step_s, errors="coerce").to_numpy(float)
+    modelled = runs["steps_to_target"].to_numpy(float) * step_s
+    runs["modelled_seconds_to_target"] = np.where(
+        np.isinf(runs["steps_to_target"]), np.inf, modelled
+    )
     for when, frame in (("end", final), ("best", best)):
         for what in ("loss", "acc"):
             train = col(frame, f"train_{what}")
@@ -163,14 +180,15 @@ def run_table(
     for name in HEALTH_COLUMNS:
         s = health[name] if name in health else pd.Series(dtype=float)
         runs[name] = s.reindex(runs["trial_id"]).to_numpy(float)
-    runs["score"] = _score(runs, ep)
-    lead = ["trial_id", "status", "dataset", "config", *axes, "seed", "data_seed"]
+    runs["score"] = _score(runs, ep, score)
+    runs["test_score"] = held_out_scores(runs, held_out_table(metrics), score)
+    lead = ["trial_id", "status", "stop_reason", "dataset", "config", *axes, "seed", "data_seed"]
     lead = list(dict.fromkeys(c for c in lead if c in runs))
     return runs[lead + [c for c in runs.columns if c not in lead]]
 
 
-def _score(runs: pd.DataFrame, ep: pd.DataFrame) -> np.ndarray:
-    score = runs["best_metric"].to_numpy(float).copy()
+def _score(runs: pd.DataFrame, ep: pd.DataFrame, rule: str) -> np.ndarray:
+    score = runs["best_metric" if rule == "best" else "final_metric"].to_numpy(float).copy()
     bad = (runs["status"] != "completed").to_numpy() | np.isnan(score)
     if not bad.any():
         return score
@@ -193,9 +211,11 @@ MEDIAN_COLUMNS = (
     "epochs_to_target",
     "steps_to_target",
     "seconds_to_target",
+    "modelled_seconds_to_target",
     "final_metric",
     "best_metric",
     "auc",
+    "test_score",
     "gap_loss_end",
     "gap_acc_end",
     "gap_loss_best",
