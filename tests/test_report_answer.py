@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from scipy import stats as sstats
@@ -35,7 +34,7 @@ from techbench.report.settings import confounded_cells
 from techbench.report.stats import poi_with_ci
 from techbench.store import load_results
 
-from .report_fixtures import epoch_rows, make_config, write_store, write_trial
+from .report_fixtures import epoch_rows, make_config, rewrite_metrics, write_store, write_trial
 
 
 def _ctx(store: Path, tmp: Path, **kw: object):
@@ -143,7 +142,7 @@ def test_test_metrics_never_change_a_ranking(tmp_path: Path) -> None:
         table = pq.read_table(path).to_pandas()
         test = table["split"] == "test"
         table.loc[test, "value"] = rng.random(int(test.sum()))
-        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path)
+        rewrite_metrics(path, table)
     after = _ctx(store, tmp_path)
     assert not np.allclose(before.runs["test_score"], after.runs["test_score"])
     rank_cols = ["dataset", "axis", "rank", "technique", "score_iqm", "p_best_better"]

@@ -21,10 +21,12 @@ from techbench.registry import default_registry
 from techbench.schema import trial_id
 from techbench.search import Dimension, search_points, unit_points
 from techbench.spec import Param
-from techbench.store import ResultStore, file_digest
+from techbench.store import ResultStore
+
+from .report_fixtures import rewrite_metrics
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 from techbench.tune import read_plan, select_stored
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,19 +212,6 @@ def _run_all(out: Path, matrix_text: str = MATRIX) -> list:
     return result.selection
 
 
-def _rewrite_metrics(path: Path, frame: pd.DataFrame) -> None:
-    """Replace a stored trial's metrics on purpose (not damage): the new file's size and digest
-    go into its meta.json, so the store's integrity check accepts it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
-    meta_path = path.parent / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["metrics_bytes"], meta["metrics_sha256"] = file_digest(path)
-    meta_path.write_text(json.dumps(meta))
-
-
 def test_selection_uses_validation_only_and_flags_divergence(tmp_path: Path) -> None:
     out = tmp_path / "out"
     chosen = _run_all(out)
@@ -252,7 +241,7 @@ def test_selection_uses_validation_only_and_flags_divergence(tmp_path: Path) -> 
         df = pq.read_table(path).to_pandas()
         test = df["split"] == "test"
         df.loc[test, "value"] = 1000.0 * (1.0 - df.loc[test, "value"])
-        _rewrite_metrics(path, df)
+        rewrite_metrics(path, df)
     again, pending = select_stored(plan, out)
     assert not pending
     assert [(s.group, s.point) for s in again] == [(s.group, s.point) for s in chosen]
@@ -264,7 +253,7 @@ def test_selection_uses_validation_only_and_flags_divergence(tmp_path: Path) -> 
         path = store.trials_dir / trial_id(g.config(worst, seed, False)) / "metrics.parquet"
         df = pq.read_table(path).to_pandas()
         df.loc[df["split"] == "val", "value"] = 2.0
-        _rewrite_metrics(path, df)
+        rewrite_metrics(path, df)
     changed, _ = select_stored(plan, out)
     assert next(s for s in changed if s.group == g.id).point == worst
 
@@ -362,7 +351,6 @@ def test_report_tuning_section(tmp_path: Path) -> None:
 
 
 def test_list_json_shows_search_ranges(capsys: pytest.CaptureFixture[str]) -> None:
-    import json
 
     from techbench.cli import main
 
