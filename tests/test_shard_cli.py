@@ -54,7 +54,8 @@ def _toml(m: dict) -> str:
         f"initializer = {m['initializers']!r}".replace("'", '"'),
         f'optimizer = {{ name = "sgd", lr = {m["lrs"]!r} }}',
     ]
-    if m["exclude"]:
+    if m["exclude"] and (len(m["activations"]) > 1 or m["seeds"] > 1):
+        # (an exclude that empties the matrix is a usage error, tested with the preflight)
         lines += ["[[exclude]]", f'activation = "{m["activations"][0]}"', "seed = 0"]
     return "\n".join(lines) + "\n"
 
