@@ -52,9 +52,15 @@ def _fit(
     epochs: int = 1,
     health: bool = True,
     extra: tuple = (),
+    regularizers: tuple = (),
 ):
     module = TechniqueModule(
-        model, "classification", lambda ps: torch.optim.SGD(ps, lr=LR), None, total_steps=100
+        model,
+        "classification",
+        lambda ps: torch.optim.SGD(ps, lr=LR),
+        None,
+        total_steps=100,
+        regularizers=regularizers,
     )
     cb = GradientHealth(every, PROPS) if health else None
     with quiet_lightning():
@@ -109,6 +115,35 @@ def test_full_batch_step_matches_float64_autograd() -> None:
     assert (
         expected[("dead_fraction", "0")] + expected[("dead_fraction", "1")] > 0
     )  # biases kill some
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_health_sees_clipped_gradients_and_records_the_norm_before(monkeypatch, direct) -> None:
+    """Health records what the optimizer sees (the clipped gradient) and, beside it, the global
+    norm before the transform; both against float64 autograd on a copy, clipped by hand."""
+    import techbench.lit as lit
+    from techbench_builtins.regularizers_impl import ClipNorm
+
+    if not direct:
+        monkeypatch.setattr(lit, "_plain_precision", lambda trainer: False)
+    model = _model()
+    ref = copy.deepcopy(model).double()
+    splits = _splits()
+    nn.functional.cross_entropy(ref(splits.x_train.double()), splits.y_train).backward()
+    pre = float(torch.cat([p.grad.reshape(-1) for p in ref.parameters()]).norm())
+    max_norm = 0.25 * pre
+    _, cb = _fit(model, splits, batch_size=32, every=1, regularizers=(ClipNorm(max_norm),))
+    got = _series(cb, 0)
+    assert got[("grad_norm_pre_transform", "")] == pytest.approx(pre, rel=2e-5)
+    assert got[("grad_norm_global", "")] == pytest.approx(max_norm, rel=2e-5)
+    scale = max_norm / pre
+    for i, layer in enumerate(ref.weight_layers):
+        g = layer.weight.grad * scale
+        w1 = layer.weight.detach() - LR * g
+        assert got[("grad_norm", str(i))] == pytest.approx(float(g.norm()), rel=2e-5)
+        assert got[("weight_norm", str(i))] == pytest.approx(float(w1.norm()), rel=2e-5)
+    _, plain = _fit(_model(), splits, batch_size=32, every=1)
+    assert ("grad_norm_pre_transform", "") not in _series(plain, 0)
 
 
 class _WeightsBeforeStep(pl.Callback):

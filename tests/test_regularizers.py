@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,9 @@ NAMES = [
     "label_smoothing",
     "max_norm",
     "early_stopping",
+    "clip_norm",
+    "clip_value",
+    "grad_noise",
 ]
 
 
@@ -94,7 +102,7 @@ def _sgd_trajectory(opt_cls: Any, regs: list[Regularizer], steps: int = 30, **op
     with torch.no_grad():
         model.weight.copy_(torch.linspace(-1, 1, 5, dtype=torch.float64))
     opt = opt_cls(model.parameters(), **opt_kw)
-    for _ in range(steps):
+    for step in range(steps):
         opt.zero_grad()
         loss = F.mse_loss(model(x), y)
         for r in regs:
@@ -102,6 +110,8 @@ def _sgd_trajectory(opt_cls: Any, regs: list[Regularizer], steps: int = 30, **op
             if pen is not None:
                 loss = loss + pen
         loss.backward()
+        for r in regs:
+            r.transform_gradients(model, step)
         opt.step()
         for r in regs:
             r.after_step(model, opt)
@@ -119,48 +129,117 @@ def test_l2_equals_torch_coupled_weight_decay(convention: str, torch_wd: float) 
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
-def test_decoupled_vs_l2_sgd_coincide_adam_differ() -> None:
+def test_decoupled_vs_l2_sgd_equal_step_for_step_adam_differ() -> None:
+    # Loshchilov & Hutter 2019, Alg. 1: with SGD, W - lr*(g + lam*W) == W - lr*g - lr*lam*W
     lam_wd, lr, steps = 0.1, 0.01, 30
     l2 = [reg("l2", lam=lam_wd, convention="half_lambda")]
     l2_seed = [reg("l2", lam=lam_wd / 2, convention="lambda")]
     wd = [reg("weight_decay", lam=lam_wd)]
-    sgd_l2 = _sgd_trajectory(torch.optim.SGD, l2, steps, lr=lr)
-    sgd_l2_seed = _sgd_trajectory(torch.optim.SGD, l2_seed, steps, lr=lr)
-    sgd_wd = _sgd_trajectory(torch.optim.SGD, wd, steps, lr=lr)
     sgd_none = _sgd_trajectory(torch.optim.SGD, [], steps, lr=lr)
-    torch.testing.assert_close(sgd_l2, sgd_l2_seed, rtol=1e-12, atol=1e-14)
-    # decoupled decay acts on post-step weights: per-step gap lr^2*lambda*|grad| (first order equal)
-    gap_sgd = float((sgd_wd - sgd_l2).abs().max())
-    effect = float((sgd_l2 - sgd_none).abs().max())
-    assert gap_sgd < 0.02 * effect
+    for k in (1, 2, 5, steps):
+        sgd_l2 = _sgd_trajectory(torch.optim.SGD, l2, k, lr=lr)
+        sgd_wd = _sgd_trajectory(torch.optim.SGD, wd, k, lr=lr)
+        torch.testing.assert_close(sgd_wd, sgd_l2, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        _sgd_trajectory(torch.optim.SGD, l2_seed, steps, lr=lr), sgd_l2, rtol=1e-13, atol=1e-15
+    )
+    assert float((sgd_l2 - sgd_none).abs().max()) > 1e-3  # the decay did something
     adam_l2 = _sgd_trajectory(torch.optim.Adam, l2, steps, lr=lr)
     adam_wd = _sgd_trajectory(torch.optim.Adam, wd, steps, lr=lr)
     adam_none = _sgd_trajectory(torch.optim.Adam, [], steps, lr=lr)
     gap_adam = float((adam_wd - adam_l2).abs().max())
     assert gap_adam > 0.5 * float((adam_wd - adam_none).abs().max())
-    assert gap_adam > 20 * gap_sgd
 
 
-def test_weight_decay_with_adam_tracks_torch_adamw() -> None:
+def test_old_post_step_decay_is_not_the_sgd_l2_trajectory() -> None:
+    # the defect this replaces, (1 - lr*lam)(W - lr*g): off by lr^2*lam*g per step
+    class PostStep(Regularizer):
+        def after_step(self, model: nn.Module, optimizer: Any) -> None:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1 - optimizer.param_groups[0]["lr"] * 0.1)
+
+    lr = 0.01
+    l2 = _sgd_trajectory(torch.optim.SGD, [reg("l2", lam=0.1, convention="half_lambda")], lr=lr)
+    post = _sgd_trajectory(torch.optim.SGD, [PostStep()], lr=lr)
+    assert float((post - l2).abs().max()) > 1e-9
+
+
+def test_weight_decay_with_adam_equals_torch_adamw() -> None:
+    # torch's AdamW decays the pre-step weight: W*(1 - lr*lam) - lr*u, the same update
     lam, lr, steps = 0.1, 0.01, 30
     ours = _sgd_trajectory(torch.optim.Adam, [reg("weight_decay", lam=lam)], steps, lr=lr)
     adamw = _sgd_trajectory(torch.optim.AdamW, [], steps, lr=lr, weight_decay=lam)
     adam = _sgd_trajectory(torch.optim.Adam, [], steps, lr=lr)
-    # AdamW decays the pre-step weight, ours the post-step one: the gap per step is
-    # lr^2*lambda*|adam update| <= lr^2*lambda*~1, against a decay effect of lr*lambda*|w|
-    assert float((ours - adamw).abs().max()) < 2 * steps * lr**2 * lam
+    torch.testing.assert_close(ours, adamw, rtol=1e-12, atol=1e-14)
     assert float((adamw - adam).abs().max()) > 10 * steps * lr**2 * lam
 
 
-def test_weight_decay_uses_current_lr() -> None:
+def test_weight_decay_uses_current_lr_and_pre_step_weights() -> None:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     opt.param_groups[0]["lr"] = 0.25
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
     w0 = model[0].weight.detach().clone()
     b0 = model[0].bias.detach().clone()
-    reg("weight_decay", lam=0.4).after_step(model, opt)
-    torch.testing.assert_close(model[0].weight.detach(), w0 * (1 - 0.25 * 0.4))
-    assert torch.equal(model[0].bias.detach(), b0)
+    r = reg("weight_decay", lam=0.4)
+    r.transform_gradients(model, 0)
+    opt.step()
+    r.after_step(model, opt)
+    torch.testing.assert_close(model[0].weight.detach(), w0 - 0.25 - 0.25 * 0.4 * w0)
+    torch.testing.assert_close(model[0].bias.detach(), b0 - 0.25)
+    with pytest.raises(RuntimeError, match="without transform_gradients"):
+        r.after_step(model, opt)
+
+
+# ------------------------------------------------------------------------ gradient transforms
+
+
+def _grad_model(scale: float = 1.0) -> nn.Module:
+    model = _model()
+    gen = torch.Generator().manual_seed(4)
+    for k, p in enumerate(model.parameters()):
+        p.grad = scale * (k + 1) * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    return model
+
+
+@pytest.mark.parametrize("max_norm", [0.01, 1.0, 1e3])
+def test_clip_norm_equals_torch_clip_grad_norm(max_norm: float) -> None:
+    ours, theirs = _grad_model(), _grad_model()
+    reg("clip_norm", max_norm=max_norm).transform_gradients(ours, 0)
+    total = torch.nn.utils.clip_grad_norm_(list(theirs.parameters()), max_norm)
+    # torch divides by (norm + 1e-6): relative difference 1e-6 / norm
+    rel = 2e-6 / float(total)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=rel, atol=0)
+    got = torch.cat([p.grad.reshape(-1) for p in ours.parameters()]).norm()
+    assert float(got) == pytest.approx(min(max_norm, float(total)), rel=1e-12)
+
+
+def test_clip_value_equals_torch_clip_grad_value() -> None:
+    ours, theirs = _grad_model(), _grad_model()
+    reg("clip_value", clip=0.7).transform_gradients(ours, 3)
+    torch.nn.utils.clip_grad_value_(list(theirs.parameters()), 0.7)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_grad_noise_variance_anneals_as_in_neelakantan_2015() -> None:
+    eta, gamma = 0.3, 0.55
+    model = nn.Linear(200, 200).double()
+    r = reg("grad_noise", eta=eta, gamma=gamma)
+    gen = torch.Generator().manual_seed(0)
+    for t in (0, 99, 10_000):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        r.transform_gradients(model, t, gen)
+        e = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        n = e.numel()
+        var = eta / (1 + t) ** gamma  # the paper's sigma_t^2
+        # sample variance of n normals: sd var*sqrt(2/n); 5 sd
+        assert float(e.var()) == pytest.approx(var, rel=5 * math.sqrt(2 / n))
+        assert abs(float(e.mean())) < 5 * math.sqrt(var / n)
 
 
 def test_l1_value_and_subgradient() -> None:
@@ -468,6 +547,59 @@ class DecayFixedLr(impl.DecoupledWeightDecay):
                 p.mul_(1 - 0.1 * self.lam)
 
 
+class PostStepDecay(impl.DecoupledWeightDecay):
+    """The old defect: (1 - lr*lam) times the stepped weight."""
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.dim() >= 2 or self.include_bias:
+                    p.mul_(1 - group["lr"] * self.lam)
+
+
+PLANTED_CLIP = """
+    import torch
+    from techbench_builtins.regularizers_impl import ClipNorm, GradNoise
+
+
+    class PerTensorClipNorm(ClipNorm):
+        \"\"\"Planted bug: each tensor clipped to max_norm on its own (no global norm).\"\"\"
+
+        @torch.no_grad()
+        def transform_gradients(self, model, step, generator=None):
+            for p in model.parameters():
+                if p.grad is not None:
+                    torch.nn.utils.clip_grad_norm_([p], self.max_norm)
+
+
+    class VarianceAsStdNoise(GradNoise):
+        \"\"\"Planted bug: eta/(1+t)^gamma used as the standard deviation.\"\"\"
+
+        @torch.no_grad()
+        def transform_gradients(self, model, step, generator=None):
+            std = self.eta / (1.0 + step) ** self.gamma
+            for p in model.parameters():
+                if p.grad is not None:
+                    noise = torch.randn(p.grad.shape, generator=generator, dtype=p.grad.dtype)
+                    p.grad.add_(std * noise)
+"""
+_planted: dict[str, Any] = {}
+exec(compile(textwrap.dedent(PLANTED_CLIP), "<planted>", "exec"), _planted)
+PerTensorClipNorm = _planted["PerTensorClipNorm"]
+VarianceAsStdNoise = _planted["VarianceAsStdNoise"]
+
+
+class UnannealedNoise(impl.GradNoise):
+    def transform_gradients(self, model: nn.Module, step: int, generator: Any = None) -> None:
+        super().transform_gradients(model, 0, generator)
+
+
+class GlobalRngNoise(impl.GradNoise):
+    def transform_gradients(self, model: nn.Module, step: int, generator: Any = None) -> None:
+        super().transform_gradients(model, step, None)
+
+
 class ClampMaxNorm(impl.MaxNorm):
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -586,11 +718,61 @@ BROKEN = [
         "fixed_lr_decay",
         DecayFixedLr,
         "weight_decay_reference",
+        ("transform_gradients", "after_step"),
+        get_spec("regularizer/weight_decay").params,
+        {},
+        "after_step",
+        r"after the optimizer step and after_step \(lr=0.037\)",
+    ),
+    (
+        "post_step_decay",
+        PostStepDecay,
+        "weight_decay_reference",
         ("after_step",),
         get_spec("regularizer/weight_decay").params,
         {},
         "after_step",
-        r"after after_step \(lr=0.037\)",
+        r"after the optimizer step and after_step",
+    ),
+    (
+        "per_tensor_clip",
+        PerTensorClipNorm,
+        "clip_norm_reference",
+        ("transform_gradients",),
+        get_spec("regularizer/clip_norm").params,
+        {"gradient_law": "deterministic"},
+        "gradient_law",
+        r"gradient of",
+    ),
+    (
+        "variance_as_std",
+        VarianceAsStdNoise,
+        "grad_noise_reference",
+        ("transform_gradients",),
+        get_spec("regularizer/grad_noise").params,
+        {"gradient_law": "additive_noise"},
+        "gradient_noise_law",
+        r"variance of the recovered N\(0,1\) draw",
+    ),
+    (
+        "unannealed_noise",
+        UnannealedNoise,
+        "grad_noise_reference",
+        ("transform_gradients",),
+        get_spec("regularizer/grad_noise").params,
+        {"gradient_law": "additive_noise"},
+        "gradient_noise_law",
+        r"step 10\) variance of the recovered",
+    ),
+    (
+        "global_rng_noise",
+        GlobalRngNoise,
+        "grad_noise_reference",
+        ("transform_gradients",),
+        get_spec("regularizer/grad_noise").params,
+        {"gradient_law": "additive_noise"},
+        "gradient_transform_generic",
+        r"two generators seeded 1234",
     ),
     (
         "clamp_max_norm",
@@ -600,7 +782,7 @@ BROKEN = [
         get_spec("regularizer/max_norm").params,
         {},
         "after_step",
-        "after after_step",
+        "and after_step",
     ),
     (
         "global_rng_augment",
@@ -694,6 +876,54 @@ def test_broken_plugin_fails_clearly(
     with pytest.raises(CheckFailure, match=message) as info:
         _run(spec, check)
     assert spec.qualified_name.split("/")[1] in str(info.value)
+
+
+def test_planted_gradient_bugs_fail_techbench_check(tmp_path: Path) -> None:
+    """The acceptance: through the real ``techbench check`` of an installed distribution, a
+    per-tensor clip_norm and a grad_noise with its variance used as std each FAIL, naming the
+    check; the correct built-ins pass the same checks in the same run."""
+    from tests.fakedist import make_dist
+
+    specs = """
+        from techbench.spec import TechniqueSpec
+        from techbench_builtins import regularizers as R
+
+        def _planted(name, fast, base, law):
+            return TechniqueSpec(
+                name=name, family="regularizer", summary="a planted bug", citation="test",
+                fast="planted_impl:" + fast, reference=base.reference, params=base.params,
+                properties={"hooks": ("transform_gradients",), "gradient_law": law},
+            )
+
+        per_tensor_clip = _planted("per_tensor_clip", "PerTensorClipNorm", R.clip_norm, "deterministic")
+        variance_as_std = _planted("variance_as_std", "VarianceAsStdNoise", R.grad_noise, "additive_noise")
+    """
+    make_dist(
+        tmp_path,
+        "planted-bugs",
+        {
+            "techbench.regularizers": {
+                "per_tensor_clip": "planted_specs:per_tensor_clip",
+                "variance_as_std": "planted_specs:variance_as_std",
+            }
+        },
+        {"planted_specs.py": specs, "planted_impl.py": PLANTED_CLIP},
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    names = ["per_tensor_clip", "variance_as_std", "clip_norm", "grad_noise", "clip_value"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "techbench", "check", *names],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert "FAILED  regularizer/per_tensor_clip :: gradient_law" in out, out
+    assert "FAILED  regularizer/variance_as_std :: gradient_noise_law" in out, out
+    assert "variance of the recovered N(0,1) draw" in out
+    assert "2 failed (5 techniques, 0 broken plugins)" in out, out
 
 
 def test_correct_subclasses_pass_the_same_checks() -> None:

@@ -355,6 +355,7 @@ def test_regression_trial_reports_loss_only() -> None:
 class Recorder(Regularizer):
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
+        self.grad_steps: list[int] = []
         Recorder.last = self
 
     def _count(self, name: str) -> None:
@@ -377,8 +378,16 @@ class Recorder(Regularizer):
         self._count("loss")
         return nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
 
+    def transform_gradients(self, model, step, generator=None):
+        self._count("transform_gradients")
+        assert isinstance(generator, torch.Generator)
+        assert all(p.grad is not None for p in model.parameters())  # after backward
+        self.grad_steps.append(step)
+        self._pending = True
+
     def after_step(self, model, optimizer):
         self._count("after_step")
+        assert self.__dict__.pop("_pending")  # the transform ran before this step
         assert isinstance(optimizer, torch.optim.Optimizer)
 
     def callbacks(self):
@@ -399,8 +408,9 @@ def test_every_regularizer_hook_is_used() -> None:
     calls = Recorder.last.calls
     steps = o.meta.steps
     assert calls["make_module"] == 2  # one per hidden activation
-    for hook in ("transform_batch", "penalty", "loss", "after_step"):
+    for hook in ("transform_batch", "penalty", "loss", "transform_gradients", "after_step"):
         assert calls[hook] == steps, hook
+    assert Recorder.last.grad_steps == list(range(steps))
     assert min(o.metric("train", "loss")) > 5.0  # the penalty is in the training loss
     assert o.meta.epochs == 2 and steps == 18  # early stopping on val_loss after patience 0
 

@@ -60,7 +60,7 @@ l2 = TechniqueSpec(
 weight_decay = TechniqueSpec(
     name="weight_decay",
     family="regularizer",
-    summary="Decoupled weight decay w <- w - lr*lambda*w applied after each optimizer step.",
+    summary="Decoupled weight decay: w <- w - lr*u - lr*lambda*w, the decay from pre-step weights.",
     fast=f"{_IMPL}:DecoupledWeightDecay",
     reference=f"{_IMPL}:weight_decay_reference",
     citation=(
@@ -79,7 +79,7 @@ weight_decay = TechniqueSpec(
         ),
         _INCLUDE_BIAS,
     ),
-    properties={"hooks": ("after_step",)},
+    properties={"hooks": ("transform_gradients", "after_step")},
 )
 
 l1 = TechniqueSpec(
@@ -262,4 +262,66 @@ early_stopping = TechniqueSpec(
         ),
     ),
     properties={"hooks": ("callbacks",)},
+)
+
+clip_norm = TechniqueSpec(
+    name="clip_norm",
+    family="regularizer",
+    summary="Rescale the gradient to global L2 norm max_norm when it is larger (one norm, all params).",
+    fast=f"{_IMPL}:ClipNorm",
+    reference=f"{_IMPL}:clip_norm_reference",
+    citation=(
+        "Pascanu, Mikolov & Bengio, On the difficulty of training recurrent neural networks, "
+        "ICML 2013 (Algorithm 1)"
+    ),
+    params=(
+        Param(
+            name="max_norm",
+            type=float,
+            default=1.0,
+            low=0.0,
+            low_open=True,
+            doc="threshold on the global gradient norm",
+        ),
+    ),
+    properties={"hooks": ("transform_gradients",), "gradient_law": "deterministic"},
+)
+
+clip_value = TechniqueSpec(
+    name="clip_value",
+    family="regularizer",
+    summary="Clamp every gradient entry to [-clip, clip].",
+    fast=f"{_IMPL}:ClipValue",
+    reference=f"{_IMPL}:clip_value_reference",
+    citation=(
+        "Mikolov, Statistical Language Models Based on Neural Networks, PhD thesis, Brno 2012 "
+        "(section 3.3.2); Pascanu et al., ICML 2013"
+    ),
+    params=(
+        Param(name="clip", type=float, default=1.0, low=0.0, low_open=True, doc="bound per entry"),
+    ),
+    properties={"hooks": ("transform_gradients",), "gradient_law": "deterministic"},
+)
+
+grad_noise = TechniqueSpec(
+    name="grad_noise",
+    family="regularizer",
+    summary="Add N(0, eta/(1+t)^gamma) noise to every gradient entry at step t (annealed).",
+    fast=f"{_IMPL}:GradNoise",
+    reference=f"{_IMPL}:grad_noise_reference",
+    citation=(
+        "Neelakantan et al., Adding Gradient Noise Improves Learning for Very Deep Networks, "
+        "arXiv:1511.06807, 2015 (eta in {0.01, 0.3, 1.0}, gamma = 0.55)"
+    ),
+    params=(
+        Param(
+            name="eta",
+            type=float,
+            default=0.01,
+            low=0.0,
+            doc="noise variance at step 0 (the paper tries 0.01, 0.3, 1.0)",
+        ),
+        Param(name="gamma", type=float, default=0.55, low=0.0, doc="annealing exponent"),
+    ),
+    properties={"hooks": ("transform_gradients",), "gradient_law": "additive_noise"},
 )

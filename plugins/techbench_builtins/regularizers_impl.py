@@ -9,7 +9,10 @@ The reference signature per hook kind is the protocol stated in ``techbench.test
 - ``transform_batch``: the transform's law given its random draws (``gaussian_noise_reference(x,
   noise, std)``, ``augment_reference(x, shifts, flips, padding)``);
 - ``loss``: ``ref(logits, target, **hp) -> (loss, dloss/dlogits)``;
-- ``after_step``: ``ref(name, weight, lr, **hp) -> new weight`` for one parameter;
+- ``transform_gradients``: ``ref(grads, step, **hp) -> grads`` (deterministic) or
+  ``ref(grads, noise, step, **hp) -> grads`` (additive noise, given the standard normal draws);
+- ``after_step``: ``ref(name, weight, lr, **hp) -> new weight`` for one parameter (with a
+  ``before`` keyword it also gets the weight before the optimizer step);
 - ``callbacks``: ``ref(history, **hp) -> index of the check that stops training, or None``.
 
 A parameter is a *weight* when it has two or more dimensions (matrices, conv kernels); biases and
@@ -135,36 +138,195 @@ def l1_reference(
 
 
 class DecoupledWeightDecay(Regularizer):
-    """Decoupled weight decay (Loshchilov & Hutter 2019): after the optimizer's step,
-    w <- w - lr*lambda*w = (1 - lr*lambda)*w, with each parameter group's current ``lr``.
+    """Decoupled weight decay (Loshchilov & Hutter 2019, Algorithms 1 and 2):
+    W_{t+1} = W_t - lr*u_t - lr*lambda*W_t, where lr*u_t is the optimizer's own step and W_t the
+    weight *before* it, with each parameter group's current ``lr``.
 
-    Unlike an L2 penalty, the decay does not pass through the optimizer's gradient statistics,
-    so with Adam it differs from ``l2``; with plain SGD the two agree to first order in lr when
-    lambda_wd = 2*lambda_l2 (``convention="lambda"``) or lambda_wd = lambda_l2 (``half_lambda``).
+    How: ``transform_gradients`` (between backward and the step) copies W_t into a reused
+    buffer without changing anything; ``after_step`` subtracts lr*lambda*W_t from the stepped
+    weight. Decaying the stepped weight instead, (1 - lr*lambda)(W_t - lr*u_t), would add an
+    lr^2*lambda*u_t term per step. The decay does not pass through the optimizer's gradient
+    statistics, so with plain SGD it equals the L2 penalty ``l2`` of gradient lambda*W
+    (lambda_wd = 2*lambda_l2 with ``convention="lambda"``, = lambda_l2 with ``half_lambda``)
+    step for step, and with Adam it differs from it (and equals ``torch.optim.AdamW`` applied to
+    the same parameters). Cost: one copy of the decayed weights per step.
     """
 
     def __init__(self, lam: float = 1e-2, include_bias: bool = False) -> None:
         self.lam = lam
         self.include_bias = include_bias
+        self._params: list[torch.Tensor] = []
+        self._before: list[torch.Tensor] = []
+        self._armed = False
+
+    @torch.no_grad()
+    def transform_gradients(
+        self, model: nn.Module, step: int, generator: torch.Generator | None = None
+    ) -> None:
+        if self.lam == 0.0:
+            return
+        params = list(_selected(model, self.include_bias))
+        same = len(params) == len(self._before) and all(
+            p.shape == b.shape and p.dtype == b.dtype and p.device == b.device
+            for p, b in zip(params, self._before, strict=True)
+        )
+        if same:
+            torch._foreach_copy_(self._before, [p.detach() for p in params])
+        else:
+            self._before = [p.detach().clone() for p in params]
+        self._params, self._armed = params, True
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.lam == 0.0:
             return
-        owned = {id(p) for p in model.parameters()}
+        if not self._armed:
+            raise RuntimeError(
+                "weight_decay: after_step was called without transform_gradients before the "
+                "optimizer step (the decay needs the pre-step weights)"
+            )
+        self._armed = False
+        before = {id(p): b for p, b in zip(self._params, self._before, strict=True)}
         for group in optimizer.param_groups:
-            factor = 1.0 - float(group["lr"]) * self.lam
+            alpha = -float(group["lr"]) * self.lam
             for p in group["params"]:
-                if id(p) in owned and _acts_on(p, self.include_bias):
-                    p.mul_(factor)
+                b = before.get(id(p))
+                if b is not None:
+                    p.add_(b, alpha=alpha)
 
 
 def weight_decay_reference(
-    name: str, weight: torch.Tensor, lr: float, lam: float = 1e-2, include_bias: bool = False
+    name: str,
+    weight: torch.Tensor,
+    lr: float,
+    before: torch.Tensor | None = None,
+    lam: float = 1e-2,
+    include_bias: bool = False,
 ) -> torch.Tensor:
-    """w - lr*lambda*w for weights (and biases if ``include_bias``); others unchanged."""
+    """``weight - lr*lambda*before`` for weights (and biases if ``include_bias``), ``weight``
+    being the parameter after the optimizer's step and ``before`` the one before it; others
+    unchanged. Float64."""
     w = weight.detach().to(torch.float64)
-    return w - lr * lam * w if _acts_on(weight, include_bias) else w.clone()
+    if not _acts_on(weight, include_bias):
+        return w.clone()
+    w0 = w if before is None else before.detach().to(torch.float64)
+    return w - lr * lam * w0
+
+
+# ------------------------------------------------------------------------- gradient transforms
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad for p in model.parameters() if p.grad is not None]
+
+
+class ClipNorm(Regularizer):
+    """Gradient norm clipping (Pascanu, Mikolov & Bengio 2013, Algorithm 1): with
+    ||g|| = sqrt(sum over *all* parameters of ||g_p||^2), g <- g * min(1, max_norm/||g||).
+
+    One global norm, so the direction of the whole gradient is kept; computed on the device
+    (no host synchronisation); a non-finite norm makes the gradients non-finite (the step then
+    diverges visibly instead of being silently skipped).
+    """
+
+    def __init__(self, max_norm: float = 1.0) -> None:
+        self.max_norm = max_norm
+
+    @torch.no_grad()
+    def transform_gradients(
+        self, model: nn.Module, step: int, generator: torch.Generator | None = None
+    ) -> None:
+        grads = _grads(model)
+        if not grads:
+            return
+        norms = torch._foreach_norm(grads)
+        total = torch.linalg.vector_norm(torch.stack([n.to(grads[0].dtype) for n in norms]))
+        scale = torch.clamp(self.max_norm / total, max=1.0)
+        torch._foreach_mul_(grads, scale)
+
+
+def clip_norm_reference(
+    grads: Sequence[torch.Tensor], step: int, max_norm: float = 1.0
+) -> list[torch.Tensor]:
+    """Float64: c = sqrt(sum_p sum_i g_pi^2); every g_p times min(1, max_norm / c)."""
+    g64 = [g.detach().to(torch.float64) for g in grads]
+    total = math.sqrt(sum(float((g * g).sum()) for g in g64))
+    scale = min(1.0, max_norm / total) if total > 0 else 1.0
+    return [g * scale for g in g64]
+
+
+class ClipValue(Regularizer):
+    """Element-wise gradient clipping g_i <- clamp(g_i, -clip, clip) (Mikolov 2012, section
+    3.3.2; the alternative Pascanu et al. 2013 compare norm clipping with)."""
+
+    def __init__(self, clip: float = 1.0) -> None:
+        self.clip = clip
+
+    @torch.no_grad()
+    def transform_gradients(
+        self, model: nn.Module, step: int, generator: torch.Generator | None = None
+    ) -> None:
+        grads = _grads(model)
+        if grads:
+            torch._foreach_clamp_min_(grads, -self.clip)
+            torch._foreach_clamp_max_(grads, self.clip)
+
+
+def clip_value_reference(
+    grads: Sequence[torch.Tensor], step: int, clip: float = 1.0
+) -> list[torch.Tensor]:
+    """Float64, element by element: -clip if g < -clip, clip if g > clip, else g."""
+    out = []
+    for g in grads:
+        g64 = g.detach().to(torch.float64)
+        out.append(torch.where(g64 > clip, clip, torch.where(g64 < -clip, -clip, g64)))
+    return out
+
+
+class GradNoise(Regularizer):
+    """Annealed Gaussian gradient noise (Neelakantan et al. 2015, eq. 1): g <- g + N(0, s_t^2)
+    with variance s_t^2 = eta / (1 + t)^gamma at step t (from 0), independently per entry.
+
+    The paper's eta is one of 0.01, 0.3, 1.0 with gamma = 0.55. One standard normal vector for
+    all parameters is drawn from the trial's generator per step, so a trial reproduces.
+    """
+
+    def __init__(self, eta: float = 0.01, gamma: float = 0.55) -> None:
+        self.eta = eta
+        self.gamma = gamma
+
+    @torch.no_grad()
+    def transform_gradients(
+        self, model: nn.Module, step: int, generator: torch.Generator | None = None
+    ) -> None:
+        grads = _grads(model)
+        if not grads or self.eta == 0.0:
+            return
+        std = math.sqrt(self.eta / (1.0 + step) ** self.gamma)
+        device = generator.device if generator is not None else grads[0].device
+        total = sum(g.numel() for g in grads)
+        noise = torch.randn(total, generator=generator, device=device, dtype=grads[0].dtype)
+        noise = noise.to(grads[0].device)
+        chunks = [
+            c.view_as(g)
+            for c, g in zip(noise.split([g.numel() for g in grads]), grads, strict=True)
+        ]
+        torch._foreach_add_(grads, chunks, alpha=std)
+
+
+def grad_noise_reference(
+    grads: Sequence[torch.Tensor],
+    noise: Sequence[torch.Tensor],
+    step: int,
+    eta: float = 0.01,
+    gamma: float = 0.55,
+) -> list[torch.Tensor]:
+    """The law g + sqrt(eta / (1 + t)^gamma) * e given standard normal draws e; float64."""
+    std = math.sqrt(eta / (1.0 + step) ** gamma)
+    return [
+        g.detach().to(torch.float64) + std * e.to(torch.float64)
+        for g, e in zip(grads, noise, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------------------------- max-norm

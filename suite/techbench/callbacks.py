@@ -26,8 +26,9 @@ class StepCallback(pl.Callback):
 
     Per optimizer step the runner calls, in order: :meth:`begin_step` (before the forward
     pass), Lightning's ``on_before_backward(trainer, pl_module, loss)``,
-    ``on_after_backward(trainer, pl_module)`` and ``on_before_optimizer_step(trainer, pl_module,
-    optimizer)`` (on plain precisions the runner calls these three itself, on every callback
+    ``on_after_backward(trainer, pl_module)``, the regularizers' ``transform_gradients`` (not a
+    callback hook: gradients seen after it are the ones the optimizer uses) and
+    ``on_before_optimizer_step(trainer, pl_module, optimizer)`` (on plain precisions the runner calls these three itself, on every callback
     that overrides them, with the unwrapped ``torch.optim.Optimizer``; otherwise Lightning does),
     then :meth:`end_step` (after the optimizer and schedule step). A Lightning batch that is not
     a group (a ``(x, y)`` tuple rather than a list of them) is one step: then

@@ -72,10 +72,14 @@ class NormalizerProperties(TypedDict, total=False):
 class RegularizerProperties(TypedDict, total=False):
     """``hooks``: which :class:`Regularizer` hooks it overrides, e.g. ("penalty",) or
     ("make_module",). ``law``: for ``transform_batch`` ones, "additive_noise" or "crop_flip",
-    which law ``techbench.testing.regularizer`` checks the transform against."""
+    which law ``techbench.testing.regularizer`` checks the transform against. ``gradient_law``:
+    for ``transform_gradients`` ones, "deterministic" (a function of the gradients and the step)
+    or "additive_noise" (affine in a standard normal draw); without it only the generic
+    gradient-transform checks run."""
 
     hooks: tuple[str, ...]
     law: Literal["additive_noise", "crop_flip"]
+    gradient_law: Literal["deterministic", "additive_noise"]
 
 
 class OptimizerProperties(TypedDict, total=False):
@@ -97,7 +101,7 @@ class Regularizer:
     """Base class of what a regularizer's fast factory returns; override the hooks you need.
 
     Why hooks: regularizers act at different places of a training step (the data, the network,
-    the loss, after the update, the loop itself). The runner calls every hook of every active
+    the loss, the gradients, after the update, the loop itself). The runner calls every hook of every active
     regularizer; the defaults do nothing, so a regularizer is exactly the hooks it overrides.
     """
 
@@ -118,6 +122,21 @@ class Regularizer:
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """Replace the task's training loss (label smoothing), or None to keep it."""
         return None
+
+    def transform_gradients(
+        self, model: nn.Module, step: int, generator: torch.Generator | None = None
+    ) -> None:
+        """Between backward and the optimizer step: rewrite the ``p.grad`` of ``model``'s
+        parameters in place (gradient clipping, gradient noise). Default: nothing.
+
+        ``step`` counts the trial's optimizer steps from 0 (annealed schedules read it);
+        ``generator`` is the trial's random stream on the training device, the only randomness a
+        transform may use (so a trial reproduces). Parameters whose ``grad`` is None have none
+        to change. The optimizer, and the gradient-health metrics, see the transformed
+        gradients; health also records the global norm before the transform. A hook that must
+        see the pre-step weights (decoupled weight decay) may read them here; it must not
+        change them.
+        """
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called after each optimizer step (max-norm projection, decoupled weight decay)."""

@@ -11,7 +11,14 @@ Every ``every_n_steps`` optimizer steps (and at step 0) it records, as tidy rows
   not recorded);
 - globals (layer ""): ``grad_norm_global`` = sqrt(sum of squared norms of every parameter's
   gradient), ``nonfinite_grads`` = count of NaN/inf gradient entries, ``grad_ratio_first_last``
-  = first layer's grad_norm / last layer's.
+  = first layer's grad_norm / last layer's; when a regularizer transforms gradients
+  (``transform_gradients``: clipping, noise), ``grad_norm_pre_transform`` = the global norm
+  straight after backward, before any transform.
+
+Every gradient metric describes what the optimizer sees, i.e. the gradients *after* the
+regularizers' ``transform_gradients`` (clipped, noised); the pre-transform global norm beside
+them shows how much a transform changed (the runner calls the transforms between the
+callbacks' ``on_after_backward`` and ``on_before_optimizer_step``).
 
 Cost: on steps that are not logged, three attribute checks. On logged steps every statistic is
 reduced on the device and the whole step's values go to the host in one ``tolist()`` (one
@@ -43,6 +50,7 @@ from .schema import DEFAULT_CONFIG, metric_row
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
 GLOBAL_METRICS = ("grad_norm_global", "nonfinite_grads", "grad_ratio_first_last")
+PRE_TRANSFORM_METRIC = "grad_norm_pre_transform"
 
 
 def weight_layers_of(model: nn.Module) -> list[nn.Module]:
@@ -83,6 +91,8 @@ class GradientHealth(StepCallback):
         self._layout: tuple[tuple[bool, ...], list[int | None], int] | None = None
         self._grad_layers: list[int | None] = []
         self._row_keys: list[tuple[str, str, int]] | None = None
+        self._pre_transform = False
+        self._pre_norm: torch.Tensor | None = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -95,6 +105,8 @@ class GradientHealth(StepCallback):
         self.init = [w.clone() for w in _as_float([w.detach() for w in self.weights])]
         self._before = [torch.empty_like(w) for w in self.init]  # also holds W - W_0 later
         self._scratch = Scratch()
+        self._pre_transform = bool(getattr(pl_module, "gradient_transforms", None))
+        self._row_keys = None
 
     @override
     def begin_step(self, step: int, epoch: int) -> None:
@@ -122,6 +134,20 @@ class GradientHealth(StepCallback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The global gradient norm before the regularizers' gradient transforms (device op)."""
+        if not (self._active and self._pre_transform):
+            return
+        start = time.perf_counter()
+        grads = _as_float([p.grad.detach() for p in self.params if p.grad is not None])
+        self._pre_norm = (
+            torch.linalg.vector_norm(torch.stack([n.to(grads[0].dtype) for n in _norms(grads)]))
+            if grads
+            else None
+        )
+        self.seconds += time.perf_counter() - start
 
     @override
     def on_before_optimizer_step(
@@ -210,6 +236,10 @@ class GradientHealth(StepCallback):
                 [o for o in outs if o is not None], self.properties, self._scratch
             )
             host.add("acts", matrix)
+        pre, self._pre_norm = self._pre_norm, None
+        if self._pre_transform:
+            nan = torch.full((1,), math.nan, dtype=torch.float64)
+            host.add("pre", nan if pre is None else pre.reshape(1))
         v = host.to_host()
         grads, self._grads, self._pending = self._grads, [], {}
         grad_norms = v["grad"]
@@ -235,6 +265,8 @@ class GradientHealth(StepCallback):
                 for col, metric in enumerate(ACTIVATION_STATS):
                     acts[metric][seen[j]] = stats[row * width + col]
         values |= acts
+        if self._pre_transform:
+            values[PRE_TRANSFORM_METRIC] = v["pre"]
         self._emit(values)
         self.seconds += time.perf_counter() - start
 
@@ -254,6 +286,8 @@ class GradientHealth(StepCallback):
                 keys += [(metric, str(i), i) for metric in LAYER_METRICS]
             for i in range(len(self.activations)):
                 keys += [(m, str(i), i) for m in ACTIVATION_STATS if m in self.act_metrics]
+            if self._pre_transform:
+                keys.append((PRE_TRANSFORM_METRIC, "", 0))
             self._row_keys = keys
         return self._row_keys
 

@@ -192,8 +192,9 @@ class TechniqueModule(pl.LightningModule):
         self._fit_objects: tuple[Any, Any, Any] | None = None  # trainer, optimizer, counter
         self._hooks = {
             name: [r for r in self.regularizers if overrides(r, name, Regularizer)]
-            for name in ("transform_batch", "penalty", "loss", "after_step")
+            for name in ("transform_batch", "penalty", "loss", "transform_gradients", "after_step")
         }
+        self.gradient_transforms = list(self._hooks["transform_gradients"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -291,6 +292,7 @@ class TechniqueModule(pl.LightningModule):
             loss.backward()
             for cb in hooks["on_after_backward"]:
                 cb.on_after_backward(trainer, self)
+            self._transform_gradients()
             for cb in hooks["on_before_optimizer_step"]:
                 cb.on_before_optimizer_step(trainer, self, raw)
             raw.step()
@@ -300,6 +302,7 @@ class TechniqueModule(pl.LightningModule):
             assert not isinstance(opt, list), "one optimizer per trial"
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
+            self._transform_gradients()
             opt.step()
             raw = unwrap_optimizer(opt)
         for r in self._hooks["after_step"]:
@@ -311,6 +314,12 @@ class TechniqueModule(pl.LightningModule):
         self.steps_done += 1
         if len(self._losses) >= LOSS_FLUSH_EVERY:
             self._flush_losses()
+
+    def _transform_gradients(self) -> None:
+        """The regularizers' gradient hooks, after backward (and the callbacks' after-backward
+        hooks) and before the optimizer step, given the step count and the trial's generator."""
+        for r in self.gradient_transforms:
+            r.transform_gradients(self.model, self.steps_done, self._generator)
 
     def _flush_losses(self) -> None:
         if not self._losses:

@@ -2,7 +2,7 @@
 
 The fast side is ``spec.create(**hp) -> techbench.families.Regularizer``; it overrides exactly
 the hooks it declares in ``spec.properties["hooks"]`` (a subset of ``transform_batch``,
-``make_module``, ``penalty``, ``loss``, ``after_step``, ``callbacks``). The reference protocol
+``make_module``, ``penalty``, ``loss``, ``transform_gradients``, ``after_step``, ``callbacks``). The reference protocol
 depends on the hooks; ``hp`` is always the full hyper-parameter dict (defaults updated with
 overrides) passed as keyword arguments, so a reference should accept every declared parameter.
 Write references from the formula, in float64, without calling the fast side.
@@ -27,8 +27,17 @@ transform_batch     the law given the random draws, selected by ``properties["la
                     transform checks run.
 loss                ``ref(logits, target, **hp) -> (loss, dloss_dlogits)``: the mean loss over
                     the batch and its analytic gradient.
+transform_gradients by ``properties["gradient_law"]``: ``"deterministic"``: ``ref(grads,
+                    step, **hp) -> grads``, the transformed gradients of *all* parameters
+                    (``grads`` a list of float64 tensors, one per parameter with a gradient,
+                    in ``model.parameters()`` order; ``step`` from 0); ``"additive_noise"``:
+                    ``ref(grads, noise, step, **hp) -> grads`` affine in the standard normal
+                    draws ``noise`` (one tensor per gradient), i.e. the law of the noise.
+                    Without a ``gradient_law`` only the generic gradient checks run.
 after_step          ``ref(name, weight, lr, **hp) -> new_weight`` for one parameter, ``lr``
-                    the current learning rate of its optimizer group.
+                    the current learning rate of its optimizer group and ``weight`` the
+                    parameter after the optimizer's step; a reference with a ``before``
+                    keyword also gets the parameter before that step (decoupled decay).
 callbacks           ``ref(history, **hp) -> int | None``: index of the validation check after
                     which training stops (``trainer.should_stop`` becomes true), or None.
 ==================  =====================================================================
@@ -58,9 +67,27 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
   reference at those draws exactly. The flip count passes a binomial test against ``flip_p``
   and the mean offset a z-test against ``padding`` (uniform offsets), both at ``ALPHA``.
 - ``loss``: value and autograd gradient equal the reference (float64), defaults and variants.
+- ``gradient_transform_generic``: the hook returns None, leaves every parameter's value
+  bitwise unchanged, a ``grad`` that is None stays None, shapes and dtypes are kept; two
+  generators seeded alike give identical gradients although the global RNG differs.
+- ``gradient_law`` (deterministic): on a float64 probe (Linear, BatchNorm1d without a bias
+  gradient, Conv2d) whose tensors' gradients have norms spread over four decades, at overall
+  gradient scales 1e-3, 1 and 1e3 (so that thresholds are crossed both ways) and steps 0, 7 and
+  1000 (schedules), the transformed gradients equal the reference (rtol 1e-10), for the
+  defaults, every bool/choice variant and every float hyper-parameter halved; once more in
+  float32 with float32 tolerances. A wrong scale, a per-tensor instead of a global reduction
+  or an ignored step fails here.
+- ``gradient_noise_law`` (additive_noise): at steps 0, 10 and 1000 (annealing), for the
+  defaults and each float hyper-parameter set to 1.0 where valid, the draw recovered through
+  the reference's affine law from 20 000 transformed entries has mean 0, variance 1 and
+  P(|e| < 1) = 0.6827 (z-tests at ``ALPHA``): a noise scale off by any factor beyond
+  ~1 +- 0.05 at any of those steps (variance used as standard deviation, a missing or wrong
+  annealing) fails.
 - ``after_step``: with two optimizer groups whose lr was changed after construction (as a
-  scheduler does), every parameter after the hook equals the reference with its group's
-  current lr; parameters the reference leaves unchanged are bitwise unchanged. With a ``c``
+  scheduler does), one full step (``transform_gradients`` when declared, an SGD step on fixed
+  gradients, then the hook) leaves every parameter equal to the reference given the stepped
+  weight, its group's current lr (and the pre-step weight for a ``before`` keyword);
+  parameters the reference leaves unchanged are bitwise unchanged. With a ``c``
   parameter (a norm constraint), every unit's incoming weight norm is <= c afterwards.
 - ``callbacks``: each callback is driven through a Trainer-like stub (``setup(trainer, module,
   "fit")``; per epoch ``trainer.callback_metrics = {"val_loss": tensor(v)}``, then
@@ -76,6 +103,7 @@ the stated false-alarm rate is the chance that a correct plugin's seeded draw fa
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -90,6 +118,7 @@ HOOKS: tuple[str, ...] = (
     "make_module",
     "penalty",
     "loss",
+    "transform_gradients",
     "after_step",
     "callbacks",
 )
@@ -497,6 +526,7 @@ def _check_after_step(spec: TechniqueSpec) -> None:
     import torch
 
     ref = spec.load_reference()
+    takes_before = "before" in inspect.signature(ref).parameters
     for hp in _variants(spec):
         full = spec.hyperparams(hp)
         model = _probe_model()
@@ -506,6 +536,7 @@ def _check_after_step(spec: TechniqueSpec) -> None:
                 # rows of very different norms, so a norm bound sees both sides
                 rows = p.view(p.shape[0], -1) if p.dim() >= 2 else p.view(1, -1)
                 rows.mul_(torch.exp(3.0 * torch.randn((rows.shape[0], 1), generator=gen)).double())
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
         params = list(model.parameters())
         half = len(params) // 2
         optimizer = torch.optim.SGD(
@@ -515,14 +546,20 @@ def _check_after_step(spec: TechniqueSpec) -> None:
         optimizer.param_groups[1]["lr"] = 0.2
         lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        _make(spec, hp).after_step(model, optimizer)
+        reg = _make(spec, hp)
+        if "transform_gradients" in _hooks(spec):
+            reg.transform_gradients(model, 0, torch.Generator().manual_seed(5))
+        optimizer.step()
+        stepped = {n: p.detach().clone() for n, p in model.named_parameters()}
+        reg.after_step(model, optimizer)
         label = f"{spec.qualified_name} ({_label(hp)})"
         for name, p in model.named_parameters():
-            expected = ref(name, before[name], lr_of[id(p)], **full)
-            what = f"{label} {name} after after_step (lr={lr_of[id(p)]})"
-            assert_close(p, expected, what=what, inputs=before[name], dtype=torch.float64)
-            if torch.equal(expected, before[name].to(torch.float64)):
-                assert_close(p, before[name], what=what + " must stay unchanged", rtol=0, atol=0)
+            extra = {"before": before[name]} if takes_before else {}
+            expected = ref(name, stepped[name], lr_of[id(p)], **extra, **full)
+            what = f"{label} {name} after the optimizer step and after_step (lr={lr_of[id(p)]})"
+            assert_close(p, expected, what=what, inputs=stepped[name], dtype=torch.float64)
+            if torch.equal(expected, stepped[name].to(torch.float64)):
+                assert_close(p, stepped[name], what=what + " must stay unchanged", rtol=0, atol=0)
             if "c" in full and p.dim() >= 2:
                 rows = p.detach().reshape(p.shape[0], -1)
                 worst = float(torch.linalg.vector_norm(rows, dim=1).max())
@@ -530,6 +567,155 @@ def _check_after_step(spec: TechniqueSpec) -> None:
                     raise CheckFailure(
                         f"{label} {name}: a unit's weight norm is {worst:.8g} > c = {full['c']}"
                     )
+
+
+# ---------------------------------------------------------------------- transform_gradients
+
+GRADIENT_STEPS = (0, 7, 1000)
+GRADIENT_SCALES = (1e-3, 1.0, 1e3)
+NOISE_STEPS = (0, 10, 1000)
+
+
+def _gradient_probe(scale: float, dtype: Any = None, wide: bool = False) -> Any:
+    """A model whose gradients are set: per-tensor norms spread over four decades (so a global
+    and a per-tensor reduction differ), times ``scale``; the BatchNorm bias has no gradient."""
+    import torch
+    from torch import nn
+
+    dtype = dtype or torch.float64
+    gen = torch.Generator().manual_seed(61)
+    width = 100 if wide else 12
+    model = nn.ModuleList(
+        [nn.Linear(width, 2 * width), nn.BatchNorm1d(2 * width), nn.Conv2d(3, 4, 3)]
+    ).to(dtype)
+    with torch.no_grad():
+        for k, (name, p) in enumerate(model.named_parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+            if name == "1.bias":
+                continue
+            g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.grad = (g * scale * 10.0 ** (k % 5 - 2)).to(dtype)
+    return model
+
+
+def _grads_of(model: Any) -> list[Any]:
+    return [p.grad for p in model.parameters() if p.grad is not None]
+
+
+def _gradient_variants(spec: TechniqueSpec) -> list[dict[str, Any]]:
+    """``_variants`` plus each float hyper-parameter halved (an ignored or mis-scaled one shows)."""
+    out = _variants(spec)
+    for p in spec.params:
+        if p.type is float and p.default not in (None, 0.0):
+            try:
+                out.append({p.name: p.validate(spec.qualified_name, p.default * 0.5)})
+            except ValueError:
+                continue
+    return out
+
+
+def _check_gradient_generic(spec: TechniqueSpec) -> None:
+    import torch
+
+    label = f"{spec.qualified_name} transform_gradients"
+    model = _gradient_probe(1.0)
+    values = [p.detach().clone() for p in model.parameters()]
+    had = [p.grad is not None for p in model.parameters()]
+    shapes = [(tuple(g.shape), g.dtype) for g in _grads_of(model)]
+    result = _make(spec, {}).transform_gradients(model, 3, torch.Generator().manual_seed(8))
+    if result is not None:
+        raise CheckFailure(f"{label}: returned {type(result).__name__}; it must rewrite p.grad")
+    for (name, p), v, h in zip(model.named_parameters(), values, had, strict=True):
+        _same(p.detach(), v, f"{label} changed the value of parameter {name}")
+        if (p.grad is not None) != h:
+            raise CheckFailure(f"{label}: the gradient of {name} was {'set' if h else 'None'}")
+    got = [(tuple(g.shape), g.dtype) for g in _grads_of(model)]
+    if got != shapes:
+        raise CheckFailure(f"{label}: gradient shapes/dtypes {shapes} became {got}")
+    runs = []
+    for global_seed in (1, 2):
+        model = _gradient_probe(1.0)
+        torch.manual_seed(global_seed)
+        _make(spec, {}).transform_gradients(model, 3, torch.Generator().manual_seed(1234))
+        runs.append(_grads_of(model))
+    for k, (a, b) in enumerate(zip(*runs, strict=True)):
+        assert_close(
+            b,
+            a,
+            what=f"{label} gradient {k} with two generators seeded 1234 (global RNG differs)",
+            rtol=0,
+            atol=0,
+        )
+
+
+def _check_gradient_law(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    runs = [(hp, torch.float64) for hp in _gradient_variants(spec)] + [({}, torch.float32)]
+    for hp, dtype in runs:
+        full = spec.hyperparams(hp)
+        for scale in GRADIENT_SCALES:
+            for step in GRADIENT_STEPS:
+                model = _gradient_probe(scale, dtype)
+                names = [n for n, p in model.named_parameters() if p.grad is not None]
+                grads = [g.detach().clone() for g in _grads_of(model)]
+                _make(spec, hp).transform_gradients(model, step, torch.Generator().manual_seed(2))
+                expected = ref([g.to(torch.float64) for g in grads], step, **full)
+                tag = str(dtype).replace("torch.", "")
+                label = f"{spec.qualified_name} ({_label(hp)}, {tag}, step {step}, scale {scale:g})"
+                rtol = 1e-10 if dtype == torch.float64 else None
+                for name, g, g0, e in zip(names, _grads_of(model), grads, expected, strict=True):
+                    extra = {"rtol": rtol, "atol": 1e-12 * scale} if rtol else {"dtype": dtype}
+                    assert_close(g, e, what=f"{label} gradient of {name}", inputs=g0, **extra)
+
+
+def _check_gradient_noise_law(spec: TechniqueSpec) -> None:
+    import torch
+
+    ref = spec.load_reference()
+    variants: list[dict[str, Any]] = [{}]
+    for p in spec.params:
+        if p.type is float and p.default != 1.0:
+            try:
+                variants.append({p.name: p.validate(spec.qualified_name, 1.0)})
+            except ValueError:
+                continue
+    for hp in variants:
+        full = spec.hyperparams(hp)
+        for step in NOISE_STEPS:
+            model = _gradient_probe(1.0, wide=True)
+            grads = [g.detach().clone() for g in _grads_of(model)]
+            _make(spec, hp).transform_gradients(model, step, torch.Generator().manual_seed(13))
+            zeros = [torch.zeros_like(g) for g in grads]
+            offset = ref(grads, zeros, step, **full)
+            unit = ref(grads, [torch.ones_like(g) for g in grads], step, **full)
+            label = f"{spec.qualified_name} ({_label(hp)}, step {step})"
+            draws = []
+            for g, o, u in zip(_grads_of(model), offset, unit, strict=True):
+                scale = u - o
+                if bool((scale == 0).any()):
+                    raise CheckFailure(f"{label}: the reference law has zero noise scale")
+                draws.append(((g.to(torch.float64) - o) / scale).reshape(-1))
+            e = torch.cat(draws)
+            n = e.numel()
+            _z_check(f"{label} mean of the recovered N(0,1) draw", float(e.mean()), 0.0, n**-0.5, n)
+            _z_check(
+                f"{label} variance of the recovered N(0,1) draw (noise variance "
+                f"{float((unit[0] - offset[0]).flatten()[0]) ** 2:.4g} by the reference)",
+                float((e * e).mean()),
+                1.0,
+                math.sqrt(2.0 / n),
+                n,
+            )
+            inside = math.erf(1 / math.sqrt(2))
+            _z_check(
+                f"{label} P(|e| < 1) of the recovered draw",
+                float((e.abs() < 1).double().mean()),
+                inside,
+                math.sqrt(inside * (1 - inside) / n),
+                n,
+            )
 
 
 # ------------------------------------------------------------------------------- callbacks
@@ -629,6 +815,7 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         ("transform_batch", "transform_inputs_untouched", _check_transform_untouched),
         ("transform_batch", "transform_reproducible", _check_transform_reproducible),
         ("loss", "loss", _check_loss),
+        ("transform_gradients", "gradient_transform_generic", _check_gradient_generic),
         ("after_step", "after_step", _check_after_step),
         ("callbacks", "callbacks", _check_callbacks),
     ]
@@ -638,4 +825,9 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         out.append(Check("noise_law", _check_noise_law))
     elif "transform_batch" in hooks and law == "crop_flip":
         out.append(Check("crop_flip_law", _check_crop_flip_law))
+    gradient_law = spec.properties.get("gradient_law")
+    if "transform_gradients" in hooks and gradient_law == "deterministic":
+        out.append(Check("gradient_law", _check_gradient_law))
+    elif "transform_gradients" in hooks and gradient_law == "additive_noise":
+        out.append(Check("gradient_noise_law", _check_gradient_noise_law))
     return out
