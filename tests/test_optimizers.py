@@ -84,17 +84,17 @@ def _run_reference(rule: Any, hp: dict[str, Any], steps: int = 25) -> list[torch
 TORCH_EQUIVALENTS: list[tuple[str, dict[str, Any], Any]] = [
     (
         "sgd",
-        {"lr": 0.05, "weight_decay": 0.01},
+        {"lr": 0.05, "weight_decay": 0.01, "decay": "all"},
         lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=0.01),
     ),
     (
         "momentum",
-        {"lr": 0.05, "momentum": 0.8, "dampening": 0.1, "weight_decay": 0.01},
+        {"lr": 0.05, "momentum": 0.8, "dampening": 0.1, "weight_decay": 0.01, "decay": "all"},
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, dampening=0.1, weight_decay=0.01),
     ),
     (
         "nesterov",
-        {"lr": 0.05, "momentum": 0.7, "weight_decay": 0.01},
+        {"lr": 0.05, "momentum": 0.7, "weight_decay": 0.01, "decay": "all"},
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.7, nesterov=True, weight_decay=0.01),
     ),
     (
@@ -103,6 +103,7 @@ TORCH_EQUIVALENTS: list[tuple[str, dict[str, Any], Any]] = [
             "lr": 0.1,
             "lr_decay": 0.01,
             "weight_decay": 0.01,
+            "decay": "all",
             "initial_accumulator_value": 0.1,
             "eps": 1e-6,
         },
@@ -112,7 +113,7 @@ TORCH_EQUIVALENTS: list[tuple[str, dict[str, Any], Any]] = [
     ),
     (
         "rmsprop",
-        {"lr": 0.01, "alpha": 0.9, "eps": 1e-4, "weight_decay": 0.01},
+        {"lr": 0.01, "alpha": 0.9, "eps": 1e-4, "weight_decay": 0.01, "decay": "all"},
         lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.9, eps=1e-4, weight_decay=0.01),
     ),
     (
@@ -122,12 +123,19 @@ TORCH_EQUIVALENTS: list[tuple[str, dict[str, Any], Any]] = [
     ),
     (
         "adam",
-        {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4, "weight_decay": 0.01},
+        {
+            "lr": 0.01,
+            "beta1": 0.8,
+            "beta2": 0.99,
+            "eps": 1e-4,
+            "weight_decay": 0.01,
+            "decay": "all",
+        },
         lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.01),
     ),
     (
         "adamw",
-        {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4, "weight_decay": 0.1},
+        {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-4, "weight_decay": 0.1, "decay": "all"},
         lambda ps: torch.optim.AdamW(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.1),
     ),
     (
@@ -138,6 +146,7 @@ TORCH_EQUIVALENTS: list[tuple[str, dict[str, Any], Any]] = [
             "beta2": 0.99,
             "eps": 1e-4,
             "weight_decay": 0.01,
+            "decay": "all",
             "momentum_decay": 0.01,
         },
         lambda ps: torch.optim.NAdam(
@@ -146,7 +155,7 @@ TORCH_EQUIVALENTS: list[tuple[str, dict[str, Any], Any]] = [
     ),
     (
         "radam",
-        {"lr": 0.01, "beta1": 0.8, "beta2": 0.9, "eps": 1e-4, "weight_decay": 0.01},
+        {"lr": 0.01, "beta1": 0.8, "beta2": 0.9, "eps": 1e-4, "weight_decay": 0.01, "decay": "all"},
         lambda ps: torch.optim.RAdam(ps, lr=0.01, betas=(0.8, 0.9), eps=1e-4, weight_decay=0.01),
     ),
 ]
@@ -283,8 +292,9 @@ def test_adam_bias_correction_changes_the_early_steps() -> None:
 
 def test_adamw_decay_is_decoupled_first_step_by_hand() -> None:
     lr, wd, eps = 0.01, 0.1, 1e-8
-    decoupled = _one_step("adamw", lr=lr, weight_decay=wd, eps=eps)
-    coupled = _one_step("adam", lr=lr, weight_decay=wd, eps=eps)
+    # P0 is one 1-D tensor: it decays only with decay="all"
+    decoupled = _one_step("adamw", lr=lr, weight_decay=wd, eps=eps, decay="all")
+    coupled = _one_step("adam", lr=lr, weight_decay=wd, eps=eps, decay="all")
     for i, (p, g) in enumerate(zip(P0, G, strict=True)):
         # step 1: m_hat = g, v_hat = g^2; AdamW shrinks p first, Adam adds wd*p to g
         assert decoupled[i] == pytest.approx(p * (1 - lr * wd) - lr * g / (abs(g) + eps), rel=1e-12)
@@ -314,7 +324,7 @@ def test_nadam_first_step_by_hand() -> None:
 def test_lion_two_steps_by_hand() -> None:
     lr, b1, b2, wd = 0.1, 0.9, 0.99, 0.5
     p = torch.tensor(P0, dtype=torch.float64, requires_grad=True)
-    opt = get_spec("lion").create([p], lr=lr, beta1=b1, beta2=b2, weight_decay=wd)
+    opt = get_spec("lion").create([p], lr=lr, beta1=b1, beta2=b2, weight_decay=wd, decay="all")
     g2 = [-0.3, 0.5, 1.0]
     for g in (G, g2):
         p.grad = torch.tensor(g, dtype=torch.float64)
@@ -445,7 +455,7 @@ def test_ignored_hyperparameter_fails() -> None:
         params=get_spec("sgd").params,
     )
     opt_checks.check_steps_match_reference(spec)
-    with pytest.raises(CheckFailure, match=r"weight_decay=0.1.*ignored"):
+    with pytest.raises(CheckFailure, match=r"weight_decay=0.025.*ignored"):
         opt_checks.check_hyperparams_honoured(spec)
 
 
@@ -531,3 +541,55 @@ def test_adam_agrees_with_reference_across_hyperparameters(**hp: Any) -> None:
 )
 def test_rmsprop_agrees_with_reference_across_hyperparameters(**hp: Any) -> None:
     opt_checks.compare_with_reference(get_spec("rmsprop"), hp, steps=6)
+
+
+# --- which parameters decay ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "torch_cls", "kw"),
+    [
+        ("adamw", torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+        ("adam", torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.1}),
+        ("sgd", torch.optim.SGD, {"lr": 0.05, "weight_decay": 0.1}),
+    ],
+)
+def test_default_decay_is_weights_only_like_the_regularizers(name, torch_cls, kw) -> None:
+    """Default ``decay="weights"`` equals torch with the biases in a group of weight_decay 0
+    (what l2/weight_decay do by default); ``decay="all"`` equals plain torch."""
+    spec = get_spec(name, "optimizer")
+
+    def grouped(ps: list[torch.Tensor]) -> torch.optim.Optimizer:
+        weights = [p for p in ps if p.dim() >= 2]
+        biases = [p for p in ps if p.dim() < 2]
+        return torch_cls([{"params": weights}, {"params": biases, "weight_decay": 0.0}], **kw)
+
+    default = _run_optimizer(lambda ps: spec.create(ps, **kw))
+    for g, w in zip(default, _run_optimizer(grouped), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+    every = _run_optimizer(lambda ps: spec.create(ps, decay="all", **kw))
+    for g, w in zip(every, _run_optimizer(lambda ps: torch_cls(ps, **kw)), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+    assert not torch.equal(default[1], every[1])  # the bias differs
+
+
+def test_decay_choice_is_checked() -> None:
+    """An optimizer that declares decay but decays its biases anyway fails variants_explicit."""
+
+    def fast(params: Any, **hp: Any) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+
+    spec = TechniqueSpec(
+        name="all_decay_sgd",
+        family="optimizer",
+        summary="decays biases whatever decay says",
+        fast=fast,
+        reference=impl.UpdateRule(
+            impl.sgd_reference.init_state,
+            lambda p, g, state, t, *, lr, weight_decay, **_: p - lr * (g + weight_decay * p),
+        ),
+        citation="test",
+        params=get_spec("sgd").params,
+    )
+    with pytest.raises(CheckFailure, match=r"decay='weights' the 1-D parameter b"):
+        opt_checks._check_decay_choice(spec)

@@ -14,6 +14,12 @@ Search ranges (what ``[tune]`` searches; see ``Param.search``):
 - ``weight_decay``: 1e-6 to 1e-1, log (AlgoPerf baselines search it on a log scale).
 - ``eps``: 1e-10 to 1e-3, log: Choi et al. 2019 show eps matters for adaptive methods.
 - the rest as each doc states.
+
+Every optimizer with a built-in ``weight_decay`` (coupled L2 or decoupled) also has ``decay``:
+which parameters it acts on. The default ``"weights"`` decays tensors with two or more
+dimensions only, not biases or normalizer scales, exactly as the ``l2`` and ``weight_decay``
+regularizers do by default, so that "matched" comparisons differ in one way only; ``"all"``
+is ``torch.optim``'s behaviour (every parameter).
 """
 
 from __future__ import annotations
@@ -48,6 +54,16 @@ def _wd(default: float = 0.0, doc: str = "coupled L2 term: g <- g + weight_decay
         search=(1e-6, 0.1),
         scale="log",
     )
+
+
+_DECAY = Param(
+    name="decay",
+    type=str,
+    default="weights",
+    choices=("weights", "all"),
+    doc="which parameters weight_decay acts on: 'weights' (ndim >= 2; not biases or normalizer "
+    "scales, as the l2/weight_decay regularizers by default) or 'all' (torch.optim's behaviour)",
+)
 
 
 def _beta(name: str, default: float, doc: str, search: tuple[float, float]) -> Param:
@@ -109,7 +125,7 @@ sgd = TechniqueSpec(
     citation="Robbins & Monro 1951, A Stochastic Approximation Method; lecture notes, seed 002",
     fast=f"{_IMPL}:sgd",
     reference=f"{_IMPL}:sgd_reference",
-    params=(_lr(0.01), _wd()),
+    params=(_lr(0.01), _wd(), _DECAY),
     properties={"adaptive": False, "elementwise": True},
 )
 
@@ -134,6 +150,7 @@ momentum = TechniqueSpec(
             search=(0.0, 0.9),
         ),
         _wd(),
+        _DECAY,
     ),
     properties={"adaptive": False, "elementwise": True},
 )
@@ -146,7 +163,7 @@ nesterov = TechniqueSpec(
     "momentum in deep learning",
     fast=f"{_IMPL}:nesterov",
     reference=f"{_IMPL}:nesterov_reference",
-    params=(_lr(0.01), _MOMENTUM, _wd()),
+    params=(_lr(0.01), _MOMENTUM, _wd(), _DECAY),
     properties={"adaptive": False, "elementwise": True},
 )
 
@@ -172,6 +189,7 @@ adagrad = TechniqueSpec(
             scale="log",
         ),
         _wd(),
+        _DECAY,
         Param(
             name="initial_accumulator_value",
             type=float,
@@ -200,6 +218,7 @@ rmsprop = TechniqueSpec(
         _beta("alpha", 0.99, "decay of the mean square: v <- alpha*v + (1-alpha)*g^2", _B2),
         _eps(1e-8),
         _wd(),
+        _DECAY,
         Param(
             name="momentum",
             type=float,
@@ -235,6 +254,7 @@ adam = TechniqueSpec(
         _lr(1e-3),
         *_ADAM_PARAMS,
         _wd(),
+        _DECAY,
         Param(
             name="bias_correction",
             type=bool,
@@ -257,6 +277,7 @@ adamw = TechniqueSpec(
         _lr(1e-3),
         *_ADAM_PARAMS,
         _wd(0.01, "decoupled decay: p <- p * (1 - lr * weight_decay) before the Adam step"),
+        _DECAY,
     ),
     properties={"adaptive": True, "elementwise": True},
 )
@@ -272,6 +293,7 @@ nadam = TechniqueSpec(
         _lr(2e-3),
         *_ADAM_PARAMS,
         _wd(),
+        _DECAY,
         Param(
             name="momentum_decay",
             type=float,
@@ -294,7 +316,7 @@ radam = TechniqueSpec(
     citation="Liu et al. 2020, On the Variance of the Adaptive Learning Rate and Beyond (ICLR)",
     fast=f"{_IMPL}:radam",
     reference=f"{_IMPL}:radam_reference",
-    params=(_lr(1e-3), *_ADAM_PARAMS, _wd()),
+    params=(_lr(1e-3), *_ADAM_PARAMS, _wd(), _DECAY),
     properties={"adaptive": True, "elementwise": True},
 )
 
@@ -310,6 +332,7 @@ lion = TechniqueSpec(
         _beta("beta1", 0.9, "interpolation for the update direction", _B1),
         _beta("beta2", 0.99, "momentum decay", _B2),
         _wd(0.0, "decoupled decay: p <- p - lr * weight_decay * p"),
+        _DECAY,
     ),
     properties={"adaptive": False, "elementwise": True},
 )

@@ -197,25 +197,82 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
+def decay_groups(params: Params, weight_decay: float, decay: str) -> Params:
+    """``params`` split so that only the chosen ones decay (the ``decay`` hyper-parameter).
+
+    ``"all"``: unchanged (torch.optim decays every parameter of a group). ``"weights"``: every
+    group split into its tensors of two or more dimensions, which keep the group's
+    ``weight_decay``, and the others (biases, normalizer scales) with ``weight_decay`` 0, as the
+    ``l2``/``weight_decay`` regularizers choose by default. Empty groups are left out.
+    """
+    if decay == "all" or weight_decay == 0.0:
+        return params
+    if decay != "weights":
+        raise ValueError(f"decay must be 'weights' or 'all', got {decay!r}")
+    items = list(params)
+    groups = (
+        [dict(g) for g in items] if items and isinstance(items[0], dict) else [{"params": items}]
+    )
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        tensors = list(group["params"])
+        weights = [p for p in tensors if p.dim() >= 2]
+        others = [p for p in tensors if p.dim() < 2]
+        if weights:
+            out.append({**group, "params": weights})
+        if others:
+            out.append({**group, "params": others, "weight_decay": 0.0})
+    return out
+
+
+def _decays(rule_step: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A reference step that applies ``weight_decay`` only where ``decay`` says: with
+    ``decay="weights"`` a tensor of fewer than two dimensions steps with weight_decay 0."""
+
+    def step(p: Tensor, g: Tensor, state: dict, t: int, **hp: Any) -> Tensor:
+        if hp.get("decay", "all") == "weights" and p.dim() < 2:
+            hp = {**hp, "weight_decay": 0.0}
+        return rule_step(p, g, state, t, **hp)
+
+    step.__doc__ = rule_step.__doc__
+    return step
+
+
 # ---------------------------------------------------------------------------------------------
 # Fast factories: (params, **hp) -> torch.optim.Optimizer
 
 
-def sgd(params: Params, *, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def sgd(
+    params: Params, *, lr: float, weight_decay: float = 0.0, decay: str = "weights"
+) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
 def momentum(
-    params: Params, *, lr: float, momentum: float, dampening: float = 0.0, weight_decay: float = 0.0
+    params: Params,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    decay: str = "weights",
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return torch.optim.SGD(
         params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay
     )
 
 
 def nesterov(
-    params: Params, *, lr: float, momentum: float, weight_decay: float = 0.0
+    params: Params,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float = 0.0,
+    decay: str = "weights",
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
     )
@@ -227,9 +284,11 @@ def adagrad(
     lr: float,
     lr_decay: float = 0.0,
     weight_decay: float = 0.0,
+    decay: str = "weights",
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return torch.optim.Adagrad(
         params,
         lr=lr,
@@ -247,9 +306,11 @@ def rmsprop(
     alpha: float = 0.99,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    decay: str = "weights",
     momentum: float = 0.0,
     eps_placement: str = "outside",
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     if eps_placement == "outside":
         return torch.optim.RMSprop(
             params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
@@ -273,9 +334,11 @@ def adam(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    decay: str = "weights",
     bias_correction: bool = True,
     eps_placement: str = "outside",
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     if bias_correction and eps_placement == "outside":
         return torch.optim.Adam(
             params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
@@ -299,7 +362,9 @@ def adamw(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.01,
+    decay: str = "weights",
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return torch.optim.AdamW(
         params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
     )
@@ -313,8 +378,10 @@ def nadam(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    decay: str = "weights",
     momentum_decay: float = 0.004,
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return torch.optim.NAdam(
         params,
         lr=lr,
@@ -333,7 +400,9 @@ def radam(
     beta2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    decay: str = "weights",
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return torch.optim.RAdam(
         params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
     )
@@ -346,7 +415,9 @@ def lion(
     beta1: float = 0.9,
     beta2: float = 0.99,
     weight_decay: float = 0.0,
+    decay: str = "weights",
 ) -> torch.optim.Optimizer:
+    params = decay_groups(params, weight_decay, decay)
     return Lion(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
 
 
@@ -601,13 +672,13 @@ def _lion_step(
     return p_new
 
 
-sgd_reference = UpdateRule(_no_state, _sgd_step)
-momentum_reference = UpdateRule(_buffer_state, _momentum_step)
-nesterov_reference = UpdateRule(_buffer_state, _nesterov_step)
-adagrad_reference = UpdateRule(_adagrad_state, _adagrad_step)
-rmsprop_reference = UpdateRule(_rmsprop_state, _rmsprop_step)
-adam_reference = UpdateRule(_moments_state, _adam_step)
-adamw_reference = UpdateRule(_moments_state, _adamw_step)
-nadam_reference = UpdateRule(_nadam_state, _nadam_step)
-radam_reference = UpdateRule(_moments_state, _radam_step)
-lion_reference = UpdateRule(_lion_state, _lion_step)
+sgd_reference = UpdateRule(_no_state, _decays(_sgd_step))
+momentum_reference = UpdateRule(_buffer_state, _decays(_momentum_step))
+nesterov_reference = UpdateRule(_buffer_state, _decays(_nesterov_step))
+adagrad_reference = UpdateRule(_adagrad_state, _decays(_adagrad_step))
+rmsprop_reference = UpdateRule(_rmsprop_state, _decays(_rmsprop_step))
+adam_reference = UpdateRule(_moments_state, _decays(_adam_step))
+adamw_reference = UpdateRule(_moments_state, _decays(_adamw_step))
+nadam_reference = UpdateRule(_nadam_state, _decays(_nadam_step))
+radam_reference = UpdateRule(_moments_state, _decays(_radam_step))
+lion_reference = UpdateRule(_lion_state, _decays(_lion_step))

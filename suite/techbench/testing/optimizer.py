@@ -39,12 +39,17 @@ Checks
     (rtol 1e-5, atol 1e-6).
 ``hyperparams_honoured``
     12 steps for each declared parameter set to one other valid value (baseline: defaults with
-    ``eps = 1e-3`` so that it matters and ``lr = 0.05`` so that gradient signs change within the
-    run): fast and reference still agree, and the trajectory differs from the baseline's (an
+    ``eps = 1e-3`` so that it matters, ``lr = 0.05`` so that gradient signs change within the
+    run and ``weight_decay = 0.05`` so that options about the decay matter): fast and reference
+    still agree, and the trajectory differs from the baseline's (an
     ignored hyper-parameter fails here).
 ``variants_explicit``
     for ``eps_placement`` (with ``eps = 1e-2``) and ``bias_correction``: the two settings give
-    different trajectories (bias correction from step 1) and each matches the reference.
+    different trajectories (bias correction from step 1) and each matches the reference; for
+    ``decay`` (which parameters ``weight_decay`` acts on, with ``weight_decay = 0.1``): under
+    ``"weights"`` the 1-D parameters ``b`` and ``c``, stepped 5 times on fixed gradients, end
+    exactly where they end with ``weight_decay = 0`` while ``W`` does not, and ``"all"`` changes
+    ``b`` and ``c`` too; both settings match the reference on the seeded problem.
 ``state_dict_round_trip``
     on the same problem in float32 (the training dtype; torch's NAdam keeps a float32 state
     scalar that ``load_state_dict`` casts to the parameter dtype, so a float64 round trip drifts by
@@ -230,7 +235,7 @@ def alternative_value(p: Param, value: Any) -> Any:
 
 def _baseline(spec: TechniqueSpec) -> dict[str, Any]:
     hp = spec.defaults()
-    for name, value in (("eps", 1e-3), ("lr", 0.05)):
+    for name, value in (("eps", 1e-3), ("lr", 0.05), ("weight_decay", 0.05)):
         if name in hp:
             with contextlib.suppress(ValueError):
                 hp[name] = spec.param(name).validate(spec.qualified_name, value)
@@ -289,6 +294,52 @@ def check_variants_explicit(spec: TechniqueSpec) -> None:
                 f"{spec.qualified_name}: bias_correction=True and False agree at step 1 (max "
                 f"relative gap {gap:.3g}); bias correction must change the early steps"
             )
+    if {"decay", "weight_decay"} <= names:
+        _check_decay_choice(spec)
+
+
+def _fixed_gradient_run(spec: TechniqueSpec, hp: Mapping[str, Any], steps: int = 5) -> list[Any]:
+    """The fast side's parameters after ``steps`` steps on fixed gradients (so that each
+    parameter's path depends on its own hyper-parameters only)."""
+    import torch
+
+    initial, _ = make_problem()
+    gen = torch.Generator().manual_seed(3)
+    fixed = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in initial]
+    params = _fresh_params(initial)
+    opt = spec.create(params, **spec.hyperparams(hp))
+    for _ in range(steps):
+        for p, g in zip(params, fixed, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def _check_decay_choice(spec: TechniqueSpec) -> None:
+    import torch
+
+    hp = {**spec.defaults(), "weight_decay": 0.1}
+    compare_with_reference(spec, {**hp, "decay": "weights"}, steps=5)
+    compare_with_reference(spec, {**hp, "decay": "all"}, steps=5)
+    weights = _fixed_gradient_run(spec, {**hp, "decay": "weights"})
+    every = _fixed_gradient_run(spec, {**hp, "decay": "all"})
+    undecayed = _fixed_gradient_run(spec, {**hp, "weight_decay": 0.0})
+    for i in (1, 2):
+        if not torch.equal(weights[i], undecayed[i]):
+            raise CheckFailure(
+                f"{spec.qualified_name}: with decay='weights' the 1-D parameter {PARAM_NAMES[i]} "
+                "(a bias) still decays; only tensors of two or more dimensions may"
+            )
+        if torch.equal(every[i], undecayed[i]):
+            raise CheckFailure(
+                f"{spec.qualified_name}: with decay='all' the 1-D parameter {PARAM_NAMES[i]} "
+                "does not decay"
+            )
+    if torch.equal(weights[0], undecayed[0]):
+        raise CheckFailure(
+            f"{spec.qualified_name}: with decay='weights' and weight_decay=0.1 the weight "
+            f"{PARAM_NAMES[0]} does not decay"
+        )
 
 
 def check_state_dict_round_trip(spec: TechniqueSpec) -> None:
@@ -372,7 +423,7 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         Check("hyperparams_honoured", check_hyperparams_honoured),
         Check("state_dict_round_trip", check_state_dict_round_trip),
     ]
-    if {"eps_placement", "bias_correction"} & {p.name for p in spec.params}:
+    if {"eps_placement", "bias_correction", "decay"} & {p.name for p in spec.params}:
         out.insert(2, Check("variants_explicit", check_variants_explicit))
     if spec.properties.get("elementwise"):
         out.append(Check("stacked", check_stacked))
