@@ -209,8 +209,8 @@ def decay_groups(params: Params, weight_decay: float, decay: str) -> Params:
         return params
     if decay != "weights":
         raise ValueError(f"decay must be 'weights' or 'all', got {decay!r}")
-    items = list(params)
-    groups = (
+    items: list[Any] = list(params)
+    groups: list[dict[str, Any]] = (
         [dict(g) for g in items] if items and isinstance(items[0], dict) else [{"params": items}]
     )
     out: list[dict[str, Any]] = []
