@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.optimize
 import scipy.special
 import scipy.stats
 import torch
@@ -166,7 +167,7 @@ def test_declared_properties_match_known_extremes() -> None:
     x = torch.linspace(-10, 10, 200001, dtype=torch.float64)
     for name, true_min in (("gelu", -0.169971), ("silu", -0.278465), ("mish", -0.308843)):
         spec = get_spec(name, "activation")
-        lo = spec.properties["output_range"][0]
+        lo = spec.properties_for()["output_range"][0]
         m = spec.load_reference().value(x).min().item()
         assert m == pytest.approx(true_min, abs=1e-5)
         assert lo <= m < lo + 1e-3
@@ -342,7 +343,8 @@ def test_an_expected_failure_that_passes_fails_the_suite(pytester: pytest.Pytest
 def test_wrong_reference_derivative_fails_gradient() -> None:
     failed = failed_checks(_sigmoid_spec(reference=_WrongDerivativeRef()))
     assert "gradient" in failed
-    assert "autograd gradient vs reference.derivative" in failed["gradient"]
+    assert "gradient (float32): autograd vs reference.derivative" in failed["gradient"]
+    assert "value (" not in failed["gradient"]
     assert "at input" in failed["gradient"]
 
 
@@ -444,3 +446,71 @@ def test_reference_ignoring_hyperparameter_fails() -> None:
     failed = failed_checks(spec)
     assert set(failed) == {"hyperparams"}
     assert "reference.value ignores alpha=0.5" in failed["hyperparams"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties that depend on the hyper-parameters (Swish-beta: x * sigmoid(beta * x))
+
+# min_u u*sigmoid(u), from scipy (independent of the plugin): the minimum of swish is this / beta
+_U = scipy.optimize.minimize_scalar(lambda u: u * scipy.special.expit(u), bounds=(-5, 0)).x
+SWISH_MIN = float(_U * scipy.special.expit(_U))
+
+
+class _Swish(nn.Module):
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.beta * x)
+
+
+class _SwishRef:
+    @staticmethod
+    def value(x, beta=1.0, **_):
+        return x / (1 + torch.exp(-beta * x))
+
+    @staticmethod
+    def derivative(x, beta=1.0, **_):
+        s = 1 / (1 + torch.exp(-beta * x))
+        return s + beta * x * s * (1 - s)
+
+
+def _swish_spec(output_range) -> TechniqueSpec:
+    return TechniqueSpec(
+        name="swish_beta",
+        family="activation",
+        summary="test swish-beta",
+        citation="Ramachandran et al. 2017",
+        fast=_Swish,
+        reference=_SwishRef(),
+        params=(Param(name="beta", type=float, default=1.0, low=0.1, high=1.0),),
+        properties={
+            "output_range": output_range,
+            "zero_centered": True,
+            "monotonic": False,
+            "saturation": None,
+            "dead_below": None,
+            "kinks": (),
+        },
+    )
+
+
+def test_properties_for_instantiates_callable_properties() -> None:
+    spec = _swish_spec(lambda beta, **_: (SWISH_MIN / beta * (1 + 1e-9), math.inf))
+    assert abs(SWISH_MIN + 0.278464542761074) < 1e-9
+    assert spec.properties_for(beta=0.5)["output_range"][0] == pytest.approx(2 * SWISH_MIN)
+    assert spec.properties_for()["output_range"][0] == pytest.approx(SWISH_MIN)
+    assert spec.properties_for(beta=0.5)["monotonic"] is False
+    described = spec.describe()
+    assert described["properties"]["output_range"][0] == pytest.approx(SWISH_MIN)
+    assert described["param_dependent_properties"] == ["output_range"]
+
+
+def test_beta_dependent_output_range_passes_and_a_fixed_one_fails() -> None:
+    good = _swish_spec(lambda beta, **_: (SWISH_MIN / beta * (1 + 1e-9), math.inf))
+    act_checks.check_properties(good)
+    # declared at beta = 1 only: at beta = 0.55 the minimum is SWISH_MIN / 0.55 < SWISH_MIN
+    fixed = _swish_spec((SWISH_MIN * (1 + 1e-9), math.inf))
+    with pytest.raises(CheckFailure, match=r"swish_beta\(beta=0.55\): output .* outside"):
+        act_checks.check_properties(fixed)

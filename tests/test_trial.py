@@ -553,3 +553,33 @@ def test_user_callback_step_hooks_run_on_every_step() -> None:
     assert o.meta.steps == 27
     assert counter.calls == {"backward": steps, "after": steps, "optimizer": steps}
     assert only_after.count == 27
+
+
+def _hardtanh(a: float = 1.0) -> nn.Module:
+    return nn.Hardtanh(-a, a)
+
+
+def test_health_thresholds_use_properties_at_the_trials_hyperparameters() -> None:
+    """Saturation of hardtanh(a) is at outputs +-a: declared as a function of ``a``, health
+    must count with the trial's ``a`` (the same rows as a fixed declaration at that ``a``),
+    not with the default's."""
+    bound = (Param(name="a", type=float, default=1.0, low=0.0, low_open=True),)
+
+    def hardtanh(saturation: Any) -> TechniqueSpec:
+        return _spec("hardtanh", "activation", _hardtanh, bound, saturation=saturation)
+
+    cfg = {**FAST, "activation": {"name": "hardtanh", "params": {"a": 0.25}}}
+    cfg["budget"] = {"epochs": 1}
+    rows = {}
+    for kind, sat in [
+        ("callable", lambda a, **_: (-a, a)),
+        ("at_trial", (-0.25, 0.25)),
+        ("at_default", (-1.0, 1.0)),
+    ]:
+        registry = DictRegistry({("activation", "hardtanh"): hardtanh(sat)})
+        o = run_trial(cfg, registry=registry)
+        assert o.status == "completed", o.meta["error"]
+        rows[kind] = o.metric("health", "saturated_fraction", "0")
+    assert rows["callable"] == rows["at_trial"]
+    assert rows["callable"] != rows["at_default"]
+    assert max(rows["callable"]) > 0

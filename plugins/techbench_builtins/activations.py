@@ -2,10 +2,13 @@
 
 Fast implementations and references live in :mod:`techbench_builtins.activations_impl`. The
 declared properties follow :class:`techbench.families.ActivationProperties` and are verified by
-:mod:`techbench.testing.activation`; they hold for the default hyper-parameters.
+:mod:`techbench.testing.activation`; they hold for every hyper-parameter setting
+(a property that depends on the hyper-parameters is a function of them; see ``properties_for``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from techbench.spec import Param, TechniqueSpec
 
@@ -82,6 +85,27 @@ tanh = _spec(
     ),
 )
 
+
+def _elu_range(alpha: float, **_: Any) -> tuple[float, float]:
+    """ELU's infimum is -alpha (the limit of alpha * (exp(x) - 1))."""
+    return (-alpha, _INF)
+
+
+def _elu_saturation(alpha: float, **_: Any) -> tuple[float, float]:
+    """Saturated where f'(x) = f(x) + alpha <= min(0.01 * alpha, 0.04) (below 0.05)."""
+    return (-alpha + min(0.01 * alpha, 0.04), _INF)
+
+
+def _gelu_range(approximate: str = "none", **_: Any) -> tuple[float, float]:
+    """Minimum of x * Phi(x): -0.16997 exact; the tanh approximation dips to -0.17004."""
+    return (-0.17 if approximate == "none" else -0.1701, _INF)
+
+
+def _softplus_saturation(beta: float, **_: Any) -> tuple[float, float]:
+    """f'(x) = 1 - exp(-beta * f(x)) < 0.01 exactly where f(x) < -log(0.99) / beta ~ 0.01/beta."""
+    return (0.01 / beta, _INF)
+
+
 relu = _spec(
     "relu",
     "ReLU",
@@ -152,10 +176,10 @@ elu = _spec(
     "Clevert, Unterthiner & Hochreiter, Fast and accurate deep network learning by "
     "exponential linear units (ELUs), ICLR 2016",
     dict(
-        output_range=(-1.0, _INF),
+        output_range=_elu_range,
         zero_centered=True,
         monotonic=True,
-        saturation=(-0.99, _INF),
+        saturation=_elu_saturation,
         dead_below=None,
         kinks=(0.0,),
     ),
@@ -196,7 +220,7 @@ gelu = _spec(
     "Gaussian error linear unit x * Phi(x), exact or with the tanh approximation.",
     "Hendrycks & Gimpel, Gaussian error linear units (GELUs), arXiv:1606.08415, 2016",
     dict(
-        output_range=(-0.17, _INF),
+        output_range=_gelu_range,
         zero_centered=True,
         monotonic=False,
         saturation=None,
@@ -241,7 +265,7 @@ softplus = _spec(
         output_range=(0.0, _INF),
         zero_centered=False,
         monotonic=True,
-        saturation=(0.01, _INF),
+        saturation=_softplus_saturation,
         dead_below=None,
         kinks=(20.0,),
     ),

@@ -186,13 +186,13 @@ def run_combination(
     acts = [activation.create() for _ in range(depth)]
     model = nn.Sequential(*[m for trio in zip(linears, norms, acts, strict=True) for m in trio])
     model.train()
-    if initializer.spec.properties.get("data_dependent"):
+    if initializer.spec.properties_for(initializer.params).get("data_dependent"):
         init.fit(model, x, layers=linears)
         model.train()
     if keep_tensors:
         weights = [lin.weight.detach().clone() for lin in linears]
 
-    properties = activation.spec.properties
+    properties = activation.spec.properties_for(activation.params)
     h = x
     outputs, act_hist = [], []
     for lin, norm, act in zip(linears, norms, acts, strict=True):

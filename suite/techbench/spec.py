@@ -223,7 +223,10 @@ class TechniqueSpec:
     ``fast`` is the implementation training uses (a factory: ``create`` calls it with the
     structural arguments and the validated hyper-parameters); ``reference`` is the version written
     from the math that the conformance suite compares it with. Both may be ``"module:attr"``
-    strings. ``properties`` holds the family's declared properties (see ``techbench.families``).
+    strings. ``properties`` holds the family's declared properties (see ``techbench.families``);
+    a property that depends on the hyper-parameters (Swish-beta's output range depends on beta)
+    is a callable of them, ``lambda beta, **_: (-0.2785 / beta, math.inf)``: read properties
+    through :meth:`properties_for`, which returns the values at given hyper-parameters.
     """
 
     name: str
@@ -286,6 +289,19 @@ class TechniqueSpec:
             values[key] = self.param(key).validate(self.qualified_name, value)
         return values
 
+    def properties_for(
+        self, overrides: Mapping[str, Any] | None = None, /, **kw: Any
+    ) -> dict[str, Any]:
+        """The declared properties at these hyper-parameters (defaults updated with overrides).
+
+        Why: a property may be a function of the hyper-parameters; the conformance checks and
+        the gradient-health thresholds must use its value for the trial's settings, not at the
+        defaults. A callable property is called with the full validated hyper-parameters as
+        keyword arguments; other values are returned as declared.
+        """
+        hp = self.hyperparams(overrides, **kw)
+        return {k: v(**hp) if callable(v) else v for k, v in self.properties.items()}
+
     def load_fast(self) -> Any:
         return resolve(self.fast)
 
@@ -318,7 +334,8 @@ class TechniqueSpec:
                 }
                 for p in self.params
             ],
-            "properties": {k: _jsonable(v) for k, v in self.properties.items()},
+            "properties": {k: _jsonable(v) for k, v in self.properties_for().items()},
+            "param_dependent_properties": [k for k, v in self.properties.items() if callable(v)],
             "tags": list(self.tags),
         }
 

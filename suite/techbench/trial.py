@@ -168,7 +168,7 @@ def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -
         dropout=regularizer.make_module if overrides_module else None,
     )
     model = specs["model"].create(splits.input_shape, splits.num_outputs, parts, **params["model"])
-    if specs["initializer"].properties.get("data_dependent"):
+    if specs["initializer"].properties_for(params["initializer"]).get("data_dependent"):
         n = min(len(splits.x_train), max(int(cfg["budget"]["batch_size"]), 256))
         generator = torch.Generator().manual_seed(int(cfg["seed"]))
         pick = torch.randperm(len(splits.x_train), generator=generator)[:n]
@@ -253,7 +253,8 @@ def _train(
     health_cfg = cfg["health"]
     if health_cfg.get("enabled", True):
         every = int(health_cfg.get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"]))
-        state.health = GradientHealth(every, specs["activation"].properties)
+        act_properties = specs["activation"].properties_for(params["activation"])
+        state.health = GradientHealth(every, act_properties)
         all_callbacks.append(state.health)
     datamodule = TensorDataModule(splits, batch_size, seed, group=lit.STEPS_PER_BATCH)
     trainer_cfg = dict(cfg["trainer"])

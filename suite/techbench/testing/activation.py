@@ -17,9 +17,12 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` naming the worst in
 - ``values``: fast output equals ``reference.value`` in float32 and float64 on a grid from -8 to
   8, a wide grid to +-60 and large inputs up to +-1e4, with per-dtype tolerances;
 - ``gradient``: autograd of the fast module equals ``reference.derivative`` (float32, float64);
+  only gradients are compared (a wrong value is the ``values`` check's failure);
 - ``gradcheck``: :func:`torch.autograd.gradcheck` of the fast module in float64;
 - ``properties``: the declared :class:`~techbench.families.ActivationProperties` hold for the
-  default hyper-parameters: outputs inside the closed ``output_range``; ``zero_centered`` is true
+  default hyper-parameters and at one non-default value of each parameter, with the values
+  ``spec.properties_for(**hp)`` gives there (a property that depends on the hyper-parameters
+  is declared as a callable of them): outputs inside the closed ``output_range``; ``zero_centered`` is true
   exactly when f(0) = 0 and sign(f(x)) = sign(x) on [-5, 5]; ``monotonic`` is true exactly when f
   is nondecreasing on the grid; where outputs lie at or beyond the ``saturation`` ends the
   derivative is < 0.05 (and such inputs exist); where outputs are <= ``dead_below`` the autograd
@@ -44,7 +47,14 @@ SATURATED_DERIVATIVE = 0.05
 KINK_MARGIN = 1e-3
 
 
-def _grid(spec: TechniqueSpec, dtype: Any, *, wide: bool = True, kinks: tuple = ()) -> Any:
+def _grid(
+    spec: TechniqueSpec,
+    dtype: Any,
+    *,
+    wide: bool = True,
+    kinks: tuple = (),
+    hp: dict[str, Any] | None = None,
+) -> Any:
     import torch
 
     parts = [torch.linspace(-8.0, 8.0, 1601, dtype=torch.float64) + 0.00371]
@@ -57,7 +67,8 @@ def _grid(spec: TechniqueSpec, dtype: Any, *, wide: bool = True, kinks: tuple = 
             )
         )
     x = torch.cat(parts)
-    return _away_from(x, kinks or tuple(spec.properties.get("kinks", ()))).to(dtype)
+    declared = spec.properties_for(hp or {}).get("kinks", ())
+    return _away_from(x, kinks or tuple(declared)).to(dtype)
 
 
 def _away_from(x: Any, kinks: tuple) -> Any:
@@ -88,22 +99,29 @@ def _label(spec: TechniqueSpec, hp: dict[str, Any], default: dict[str, Any]) -> 
     return spec.qualified_name + "(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
 
 
-def _compare(spec: TechniqueSpec, hp: dict[str, Any], *, grad: bool, dtypes: tuple) -> None:
+def _compare(
+    spec: TechniqueSpec, hp: dict[str, Any], *, grad: bool, dtypes: tuple, value: bool = True
+) -> None:
+    """Values (when ``value``) and autograd gradients (when ``grad``) against the reference;
+    the ``gradient`` check compares gradients only, so its failures say gradient."""
     import torch
 
     ref = spec.load_reference()
     label = _label(spec, hp, spec.defaults())
     for dtype in dtypes:
-        x = _grid(spec, dtype)
+        x = _grid(spec, dtype, hp=hp)
         y, g = _forward_backward(_fast(spec, dtype, hp), x)
         name = str(dtype).replace("torch.", "")
         x64 = x.to(torch.float64)
-        assert_close(y, ref.value(x64, **hp), what=f"{label} value ({name})", inputs=x, dtype=dtype)
+        if value:
+            assert_close(
+                y, ref.value(x64, **hp), what=f"{label} value ({name})", inputs=x, dtype=dtype
+            )
         if grad:
             assert_close(
                 g,
                 ref.derivative(x64, **hp),
-                what=f"{label} autograd gradient vs reference.derivative ({name})",
+                what=f"{label} gradient ({name}): autograd vs reference.derivative",
                 inputs=x,
                 dtype=dtype,
             )
@@ -118,7 +136,7 @@ def check_values(spec: TechniqueSpec) -> None:
 def check_gradient(spec: TechniqueSpec) -> None:
     import torch
 
-    _compare(spec, spec.defaults(), grad=True, dtypes=(torch.float32, torch.float64))
+    _compare(spec, spec.defaults(), grad=True, dtypes=(torch.float32, torch.float64), value=False)
 
 
 def check_gradcheck(spec: TechniqueSpec) -> None:
@@ -139,12 +157,25 @@ def check_gradcheck(spec: TechniqueSpec) -> None:
 
 
 def check_properties(spec: TechniqueSpec) -> None:
+    """At the defaults and at one non-default value of each parameter, with the properties
+    instantiated there (a fixed declaration claims to hold for every setting)."""
+    settings: list[dict[str, Any]] = [{}]
+    if spec.params:
+        for param in spec.params:
+            value = non_default_value(param, spec.qualified_name)
+            if value is not None:
+                settings.append({param.name: value})
+    for overrides in settings:
+        _check_properties_at(spec, spec.hyperparams(overrides))
+
+
+def _check_properties_at(spec: TechniqueSpec, hp: dict[str, Any]) -> None:
     import torch
 
-    props = spec.properties
-    name = spec.qualified_name
-    x = _grid(spec, torch.float64)
-    y, g = _forward_backward(_fast(spec, torch.float64), x)
+    props = spec.properties_for(hp)
+    name = _label(spec, hp, spec.defaults())
+    x = _grid(spec, torch.float64, hp=hp)
+    y, g = _forward_backward(_fast(spec, torch.float64, hp), x)
     ref = spec.load_reference()
     required = ("output_range", "zero_centered", "monotonic", "saturation", "dead_below", "kinks")
     missing = [k for k in required if k not in props]
@@ -161,7 +192,7 @@ def check_properties(spec: TechniqueSpec) -> None:
         )
 
     xs = torch.arange(-500, 501, dtype=torch.float64) / 100.0
-    ys, _ = _forward_backward(_fast(spec, torch.float64), xs)
+    ys, _ = _forward_backward(_fast(spec, torch.float64, hp), xs)
     f0 = ys[500].item()
     sign_ok = torch.equal(torch.sign(ys), torch.sign(xs))
     centered = f0 == 0.0 and sign_ok
@@ -198,7 +229,8 @@ def check_properties(spec: TechniqueSpec) -> None:
                 f"{name}: the declared saturation interval {saturation} is never left on "
                 f"[{x.min().item():g}, {x.max().item():g}]"
             )
-        for what, d in (("reference.derivative", ref.derivative(x)), ("autograd gradient", g)):
+        derivative = ref.derivative(x, **hp)
+        for what, d in (("reference.derivative", derivative), ("autograd gradient", g)):
             big = sat & (d.abs() >= SATURATED_DERIVATIVE)
             if big.any():
                 i = int(torch.nonzero(big)[0])
