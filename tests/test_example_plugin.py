@@ -20,13 +20,17 @@ NAMES = ["bent_identity", "trunc_normal", "mean_only_batchnorm", "elastic_net", 
 
 
 def run(python: Path | str, *args: str, env: dict | None = None, timeout: int = 600):
+    # this checkout's code first, whatever techbench the system site holds
+    code = [str(ROOT / "suite"), str(ROOT / "plugins")]
+    extra = dict(env or {})
+    path = os.pathsep.join([*code, extra.pop("PYTHONPATH", os.environ.get("PYTHONPATH", ""))])
     return subprocess.run(
         [str(python), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **extra, "PYTHONPATH": path},
     )
 
 
@@ -135,3 +139,72 @@ def test_wrong_derivative_fails_gradient_check(broken_dist):
     assert "values" not in [
         line.split("::")[-1].strip() for line in proc.stdout.splitlines() if "FAILED" in line
     ]
+
+
+PROVENANCE_MATRIX = """name = "prov"
+seeds = 1
+[budget]
+epochs = 1
+[axes]
+activation = ["bent_identity", "relu"]
+"""
+
+
+def _metas(store: Path) -> dict[str, tuple[Path, dict]]:
+    out = {}
+    for path in (store / "trials").glob("*/meta.json"):
+        meta = json.loads(path.read_text())
+        out[meta["config"]["activation"]["name"]] = (path, meta)
+    return out
+
+
+def test_provenance_in_meta_report_and_reruns(example_env, tmp_path):
+    """The example package's distribution and version land in meta.json and the report
+    header; a store holding a trial made by another version of it is rerun (and says so), or
+    kept with --reuse-other-versions."""
+    import tomllib
+
+    version = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["version"]
+    matrix, store = tmp_path / "prov.toml", tmp_path / "store"
+    matrix.write_text(PROVENANCE_MATRIX)
+    cmd = ("-m", "techbench.cli", "run", str(matrix), "--out", str(store), "--workers", "1")
+    proc = run(example_env, *cmd, "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metas = _metas(store)
+    path, meta = metas["bent_identity"]
+    assert meta["techniques"]["activation"] == {
+        "technique": "activation/bent_identity",
+        "distribution": "techbench-example",
+        "version": version,
+    }
+    assert meta["techniques"]["optimizer"]["distribution"] == "techbench"
+    assert metas["relu"][1]["techniques"]["activation"]["distribution"] == "techbench"
+
+    report = tmp_path / "report"
+    proc = run(example_env, "-m", "techbench.cli", "report", str(store), "--out", str(report))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = (report / "index.html").read_text()
+    assert "plugins (not built in)" in page and f"techbench-example {version}" in page
+
+    def age(path: Path) -> None:
+        meta = json.loads(path.read_text())
+        meta["techniques"]["activation"]["version"] = "0.0.1"
+        path.write_text(json.dumps(meta))
+
+    age(path)
+    proc = run(example_env, *cmd, "--no-progress", "--reuse-other-versions")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 stored trial came from other plugin versions" in proc.stderr
+    assert "kept as results" in proc.stderr and "2 already stored" in proc.stdout
+    assert _metas(store)["bent_identity"][1]["techniques"]["activation"]["version"] == "0.0.1"
+
+    proc = run(example_env, *cmd, "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        "activation/bent_identity: techbench-example 0.0.1, now techbench-example "
+        f"{version}); rerun" in proc.stderr
+    )
+    after = _metas(store)
+    assert after["bent_identity"][1]["techniques"]["activation"]["version"] == version
+    assert after["bent_identity"][1]["started_at"] != meta["started_at"]
+    assert after["relu"][1]["started_at"] == metas["relu"][1]["started_at"]  # reused

@@ -13,6 +13,10 @@ is retried at the end, waiting for its lock. A worker process that dies (segfaul
 breaks the pool: the trials it was running are re-run one by one in a fresh process each, the
 one that kills its process again is stored as ``failed`` with the exit code, and the rest go on.
 
+A stored trial whose techniques came from other distribution versions than the installed ones
+(``meta["techniques"]``, see :mod:`techbench.provenance`) is not reused as if current: it is
+rerun, and the run says how many and why, unless ``reuse_other_versions`` is set.
+
 Ctrl-C: pending trials are cancelled, running ones finish and are stored (a second Ctrl-C kills
 them), and :class:`RunResult` says ``interrupted`` (the CLI exits 130). ``workers=1`` runs in
 the calling process, with the same claims and skips.
@@ -30,13 +34,14 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .progress import Progress
+from .provenance import other_versions, technique_sources
 from .schema import FINISHED, TrialOutcome, now_iso, trial_id
 from .store import ResultStore
 
@@ -64,6 +69,8 @@ class RunResult:
     interrupted: bool = False
     seconds: float = 0.0
     summary: str = ""
+    other_versions: list[tuple[str, str]] = field(default_factory=list)
+    """(trial id, what changed) of stored trials produced by other plugin versions."""
 
     @property
     def failed(self) -> int:
@@ -164,6 +171,7 @@ class Job:
     matrix_name: str | None
     run_fn: RunFn
     rerun_failed: bool
+    reuse_other_versions: bool = False
 
 
 def run_one(
@@ -190,8 +198,7 @@ def run_one(
     with store.claim(tid, wait=wait) as claimed:
         if not claimed:
             return tid, "busy"
-        status = store.status(tid, verify=True)
-        if status in FINISHED or (status == "failed" and not job.rerun_failed):
+        if _already_done(store, tid, config, job):
             return tid, "skipped"
         marker = store.mark_running(tid)
         try:
@@ -232,8 +239,7 @@ def run_unit(
             if not held.enter_context(store.claim(tid, wait=wait)):
                 results[tid] = "busy"
                 continue
-            status = store.status(tid, verify=True)
-            if status in FINISHED or (status == "failed" and not job.rerun_failed):
+            if _already_done(store, tid, config, job):
                 results[tid] = "skipped"
                 continue
             run.append((tid, config))
@@ -280,20 +286,57 @@ def _quarantine_main(config: dict[str, Any], tid: str, job: Job, threads: int) -
     run_one(config, tid, job, True, None)
 
 
+def _already_done(store: ResultStore, tid: str, config: Mapping[str, Any], job: Job) -> bool:
+    """Under the trial's claim: is its stored result to be kept? Finished by the installed
+    plugin versions (or by others, with ``reuse_other_versions``), or failed without
+    ``rerun_failed``."""
+    status = store.status(tid, verify=True)
+    if status in FINISHED:
+        meta = store.read_meta(tid) or {}
+        return job.reuse_other_versions or _other_versions(meta, config) is None
+    return status == "failed" and not job.rerun_failed
+
+
+def _other_versions(meta: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """What differs between the code that produced a stored trial and the installed plugins."""
+    if not isinstance(meta.get("techniques"), Mapping):
+        return None  # stored without provenance: nothing to compare
+    return other_versions(meta, technique_sources(config))
+
+
 def plan(
-    configs: Iterable[Mapping[str, Any]], store: ResultStore, rerun_failed: bool = False
+    configs: Iterable[Mapping[str, Any]],
+    store: ResultStore,
+    rerun_failed: bool = False,
+    *,
+    reuse_other_versions: bool = False,
+    changed: list[tuple[str, str]] | None = None,
 ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """``(todo, n_already_stored)``: the trials still to run, in order, without duplicates."""
+    """``(todo, n_already_stored)``: the trials still to run, in order, without duplicates.
+
+    A completed or diverged trial produced by other versions of its techniques' distributions
+    is appended to ``changed`` as ``(trial_id, what changed)`` and is to run again, unless
+    ``reuse_other_versions``.
+    """
     statuses = store.statuses(verify=True)
-    todo: list[tuple[str, dict[str, Any]]] = []
-    seen: set[str] = set()
-    already = 0
+    unique: dict[str, Mapping[str, Any]] = {}
     for config in configs:
-        tid = trial_id(config)
-        if tid in seen:
-            continue
-        seen.add(tid)
+        unique.setdefault(trial_id(config), config)
+    finished = [tid for tid in unique if statuses.get(tid) in FINISHED]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        metas = dict(zip(finished, pool.map(store.read_meta, finished, chunksize=64), strict=True))
+    todo: list[tuple[str, dict[str, Any]]] = []
+    already = 0
+    for tid, config in unique.items():
         status = statuses.get(tid)
+        meta = metas.get(tid)
+        why = None if meta is None else _other_versions(meta, config)
+        if why is not None:
+            if changed is not None:
+                changed.append((tid, why))
+            if not reuse_other_versions:
+                todo.append((tid, dict(config)))
+                continue
         if status is None or (status == "failed" and rerun_failed):
             todo.append((tid, dict(config)))
         else:
@@ -313,6 +356,7 @@ def execute(
     matrix_info: Mapping[str, Any] | None = None,
     stream: Any = None,
     stack: str | int = "auto",
+    reuse_other_versions: bool = False,
 ) -> RunResult:
     """Run every trial of ``configs`` not yet stored in ``out``; see the module docstring.
 
@@ -325,12 +369,17 @@ def execute(
     ``stack``: trials of one shape train together (:mod:`techbench.stack`): "auto" sizes stacks
     from the device (:func:`stack_size`), an int caps their size, "off" (or 1) runs one by one;
     a custom ``run_fn`` runs one by one.
+    ``reuse_other_versions``: keep stored trials produced by other plugin versions as results
+    (default: rerun them); either way they are listed in ``RunResult.other_versions``.
     """
     store = ResultStore(out).ensure()
     store.cleanup()
     if matrix_info is not None:
         store.write_matrix(matrix_info)
-    todo, already = plan(configs, store, rerun_failed)
+    changed: list[tuple[str, str]] = []
+    todo, already = plan(
+        configs, store, rerun_failed, reuse_other_versions=reuse_other_versions, changed=changed
+    )
     total = len(todo) + already
     cores = available_cores()
     gpus: list[str] = []
@@ -340,9 +389,9 @@ def execute(
         workers = min(workers, max(1, len(units) // 2))  # a worker's start costs about a unit
     workers = max(1, min(workers or cores, max(1, len(units))))
     bar = Progress(total, enabled=progress, stream=stream, already=already)
-    result = RunResult(total=total, already=already)
+    result = RunResult(total=total, already=already, other_versions=changed)
     t0 = time.monotonic()
-    job = Job(str(store.root), matrix_name, run_fn, rerun_failed)
+    job = Job(str(store.root), matrix_name, run_fn, rerun_failed, reuse_other_versions)
     stop_path = store.scratch_path("stop")
     try:
         if workers == 1:

@@ -193,6 +193,14 @@ class Registry:
             raise cls(f"{entry.qualified_name}: {entry.error}")
         return entry.spec
 
+    def source(self, name: str, family: str | None = None) -> dict[str, str | None]:
+        """The distribution that registers ``name`` and its version (None when unknown), what a
+        trial records so that a result can be traced to the plugin code that produced it."""
+        entry = self._find(name, family)
+        dist = getattr(entry.entry_point, "dist", None)
+        version = getattr(dist, "version", None) if dist is not None else None
+        return {"distribution": entry.distribution, "version": version}
+
     def create(self, name: str, *args: Any, family: str | None = None, **overrides: Any) -> Any:
         """Build the fast implementation of ``name`` with validated hyper-parameter overrides."""
         return self.get_spec(name, family).create(*args, **overrides)

@@ -148,7 +148,9 @@ class TrialMeta:
     (for a stacked trial, its stack's: ``stack_size`` members shared ``stack_wall_seconds``);
     ``step_seconds`` is the step time of its configuration measured alone
     (:mod:`techbench.calibrate`) and ``modelled_seconds`` = ``steps`` x ``step_seconds``, the
-    time a report compares. Keys a newer writer adds land in ``extra`` and are
+    time a report compares; ``techniques`` per technique key of the config, the technique and
+    the distribution and version that supplied it (:mod:`techbench.provenance`; None when not
+    recorded). Keys a newer writer adds land in ``extra`` and are
     written back unchanged.
     """
 
@@ -158,6 +160,7 @@ class TrialMeta:
     train_seconds: float = 0.0
     device: str | None = None
     versions: dict[str, Any] = field(default_factory=dict)
+    techniques: dict[str, Any] | None = None
     diverged_step: int | None = None
     error: str | None = None
     steps: int = 0

@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .provenance import plugin_sources
 from .schema import (
     AXIS_FAMILY,
     DEFAULT_CONFIG,
@@ -484,6 +485,10 @@ def _flatten(meta: Mapping[str, Any]) -> dict[str, Any]:
         row["epochs_run" if key == "epochs" else key] = meta.get(key)
     versions = meta.get("versions")
     row["versions"] = json.dumps(versions, sort_keys=True) if versions else None
+    techniques = meta.get("techniques")
+    row["techniques"] = json.dumps(techniques, sort_keys=True) if techniques else None
+    plugins = plugin_sources(meta)
+    row["plugins"] = json.dumps(plugins) if plugins else None
     row["config"] = json.dumps(config, sort_keys=True)
     return row
 
@@ -630,7 +635,9 @@ def load_results(
     the formatted technique (``leaky_relu(alpha=0.1)``), lr, norm_placement, seed, data_seed,
     the budget's epochs/max_steps/batch_size, target_metric/value/mode, the meta fields
     (:data:`techbench.schema.META_FIELDS`; the number of epochs run as ``epochs_run``,
-    ``versions`` as JSON) and ``config`` (the canonical JSON). ``metrics``: the long table
+    ``versions`` and ``techniques`` as JSON), ``plugins`` (JSON list of the non-built-in
+    "distribution version" the trial used, :func:`techbench.provenance.plugin_sources`) and
+    ``config`` (the canonical JSON). ``metrics``: the long table
     (trial_id, step, epoch, split, metric, layer, value), see :func:`load_metrics`.
 
     Corrupt trials (unreadable or inconsistent files, see the module docstring) are in neither

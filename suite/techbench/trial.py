@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .lit import DIVERGENCE_FACTOR
+from .provenance import technique_sources
 from .schema import (
     AXIS_FAMILY,
     DEFAULT_CONFIG,
@@ -94,6 +95,10 @@ def run_trial(
         except Exception:
             status, error = "failed", traceback.format_exc()
     module, health = state.module, state.health
+    try:
+        sources: dict[str, Any] | None = technique_sources(cfg, registry)
+    except Exception:  # provenance never fails a trial
+        sources = None
     metrics: list[dict[str, Any]] = []
     if module is not None:
         metrics += module.rows
@@ -106,6 +111,7 @@ def run_trial(
         train_seconds=module.train_seconds if module is not None else 0.0,
         device=state.device,
         versions=package_versions(),
+        techniques=sources,
         diverged_step=module.diverged_step if module is not None else None,
         error=error,
         steps=module.steps_done if module is not None else 0,

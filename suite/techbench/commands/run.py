@@ -39,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="print the trial count and a sample")
     p.add_argument("--rerun-failed", action="store_true", help="retry trials stored as failed")
+    p.add_argument(
+        "--reuse-other-versions",
+        action="store_true",
+        help="keep stored trials produced by other versions of their plugins' distributions "
+        "(default: rerun them)",
+    )
     p.add_argument("--report", metavar="DIR", help="build the report into DIR after the run")
     p.add_argument(
         "--sample", type=int, default=SAMPLE, metavar="K", help="trials shown by --dry-run"
@@ -203,7 +209,15 @@ def _execute(configs: list[dict], out: str, matrix, args: argparse.Namespace, n_
             max_retries=args.max_retries,
             **common,
         )
-    return execute(configs, out, workers=args.workers, **common)
+    result = execute(
+        configs,
+        out,
+        workers=args.workers,
+        reuse_other_versions=args.reuse_other_versions,
+        **common,
+    )
+    _say_other_versions(result.other_versions, args.reuse_other_versions)
+    return result
 
 
 def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int:
@@ -279,6 +293,19 @@ def _again(args: argparse.Namespace, out: str) -> str:
         if getattr(args, flag, None) is not None:
             parts += [f"--{flag}", str(getattr(args, flag))]
     return shlex.join([*parts, "--rerun-failed"])
+
+
+def _say_other_versions(changed: list[tuple[str, str]], reused: bool) -> None:
+    """One line on stderr when stored trials came from other plugin versions."""
+    if not changed:
+        return
+    n = len(changed)
+    what = "kept as results (--reuse-other-versions)" if reused else "rerun"
+    print(
+        f"techbench run: {n} stored trial{'s' * (n != 1)} came from other plugin versions "
+        f"({changed[0][1]}{'; ...' if n > 1 else ''}); {what}",
+        file=sys.stderr,
+    )
 
 
 def _list(names: list[str]) -> int:

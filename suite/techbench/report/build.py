@@ -106,6 +106,15 @@ def _versions(trials: pd.DataFrame) -> list[tuple[str, object]]:
         out.append(("runs used", ", ".join(f"{k} {v}" for k, v in sorted(d.items()))))
     if len(seen) > 3:
         out.append(("runs used", f"... and {len(seen) - 3} more version sets"))
+    plugins = sorted(
+        {
+            p
+            for blob in trials.get("plugins", pd.Series(dtype=object)).dropna()
+            for p in json.loads(blob)
+        }
+    )
+    if plugins:
+        out.append(("plugins (not built in)", ", ".join(plugins)))
     mine = []
     for lib in REPORT_LIBS:
         with contextlib.suppress(metadata.PackageNotFoundError):

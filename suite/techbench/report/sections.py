@@ -378,7 +378,7 @@ def interactions(ctx: ReportContext) -> Section:
 def runs(ctx: ReportContext) -> Section:
     """Every run, best first (the full table is runs.csv)."""
     view = ctx.runs.sort_values("score", ascending=not ctx.higher).drop(
-        columns=["versions", "error"], errors="ignore"
+        columns=["versions", "techniques", "plugins", "error"], errors="ignore"
     )
     block = html.table(view, max_rows=200, csv_name="runs.csv")
     return Section("runs", "Runs", [block], {"runs.csv": ctx.runs})
