@@ -174,3 +174,18 @@ def test_cli_unknown_technique_exits_2_with_suggestion(plugins):
     assert proc.returncode == 2
     assert "did you mean 'shifted'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_list_json_has_hyperparameters_and_version(plugins):
+    proc = _run_cli(["list", "--json", "l2"], plugins)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in json.loads(proc.stdout) if r["family"] == "regularizer"]
+    assert row["version"] and row["distribution"] == "techbench"
+    params = {p["name"]: p for p in row["params"]}
+    assert (
+        params["lam"] | {"type": "float", "default": 1e-4, "low": 0.0, "high": None}
+        == (params["lam"])
+    )
+    assert params["convention"]["choices"] == ["lambda", "half_lambda"]
+    assert params["include_bias"]["type"] == "bool" and params["include_bias"]["default"] is False
+    assert row["properties"] == {"hooks": ["penalty"]}

@@ -174,6 +174,26 @@ class Param:
                 text += f" in {left}{lo}, {hi}{right}"
         return text + (" or None" if self.optional else "")
 
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe: name, type, default, the valid range (``low``/``high`` with openness,
+        ``choices``, ``optional``), the same in words (``allowed``), the search range and scale
+        (``[tune]``; None when not searched) and ``doc``."""
+        return {
+            "name": self.name,
+            "type": _TYPE_NAMES[self.type],
+            "default": self.default,
+            "low": self.low,
+            "high": self.high,
+            "low_open": self.low_open,
+            "high_open": self.high_open,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "optional": self.optional,
+            "allowed": self.allowed(),
+            "search": list(self.search) if self.search is not None else None,
+            "scale": self.scale if self.search is not None else None,
+            "doc": self.doc,
+        }
+
     def validate(self, technique: str, value: Any) -> Any:
         """Return ``value`` coerced to the declared type, or raise :class:`ParamError`."""
 
@@ -323,17 +343,7 @@ class TechniqueSpec:
             "family": self.family,
             "summary": self.summary,
             "citation": self.citation,
-            "params": [
-                {
-                    "name": p.name,
-                    "type": _TYPE_NAMES[p.type],
-                    "default": p.default,
-                    "allowed": p.allowed(),
-                    "search": list(p.search) if p.search is not None else None,
-                    "scale": p.scale if p.search is not None else None,
-                }
-                for p in self.params
-            ],
+            "params": [p.describe() for p in self.params],
             "properties": {k: _jsonable(v) for k, v in self.properties_for().items()},
             "param_dependent_properties": [k for k, v in self.properties.items() if callable(v)],
             "tags": list(self.tags),

@@ -1,4 +1,9 @@
-"""``techbench list [--family F] [--json] [PATTERN]``: registered techniques and broken plugins."""
+"""``techbench list [--family F] [--json] [PATTERN]``: registered techniques and broken plugins.
+
+``--json`` rows also carry the distribution's version, the hyper-parameters (name, type,
+default, valid range; :meth:`techbench.spec.Param.describe`) and the declared properties at the
+defaults.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ def main(args: argparse.Namespace) -> int:
         entries = default_registry().entries(args.family, args.pattern)
     rows = []
     for e in entries:
+        described = e.spec.describe() if e.spec else {}
+        dist = getattr(e.entry_point, "dist", None)
         rows.append(
             {
                 "name": e.name,
@@ -33,9 +40,12 @@ def main(args: argparse.Namespace) -> int:
                 "citation": e.spec.citation if e.spec else None,
                 "params": e.spec.describe()["params"] if e.spec else [],
                 "distribution": e.distribution,
+                "version": getattr(dist, "version", None),
                 "entry_point": e.value,
                 "status": e.status,
                 "error": e.error,
+                "params": described.get("params", []),
+                "properties": described.get("properties", {}),
             }
         )
     if args.json:
