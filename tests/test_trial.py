@@ -583,3 +583,46 @@ def test_health_thresholds_use_properties_at_the_trials_hyperparameters() -> Non
     assert rows["callable"] == rows["at_trial"]
     assert rows["callable"] != rows["at_default"]
     assert max(rows["callable"]) > 0
+
+
+class InfAtStep(Regularizer):
+    """Makes the training loss infinite at optimizer step ``k`` (its k-th batch, from 0)."""
+
+    def __init__(self, k: int = 13) -> None:
+        self.k, self.calls = k, 0
+
+    def transform_batch(self, x, y, generator=None):
+        self.calls += 1
+        return (x * math.inf if self.calls - 1 == self.k else x), y
+
+
+@pytest.mark.parametrize("k", [0, 13, 20])
+def test_divergence_is_recorded_at_its_exact_step(k: int) -> None:
+    spec = _spec("inf_at", "regularizer", InfAtStep, (Param(name="k", type=int, default=13),))
+    registry = DictRegistry({("regularizer", "inf_at"): spec})
+    cfg = {**FAST, "regularizer": {"name": "inf_at", "params": {"k": k}}}
+    o = run_trial(cfg, registry=registry)
+    assert o.status == "diverged", o.meta["error"]
+    assert o.meta["diverged_step"] == k
+    losses = [r for r in o.metrics if r["split"] == "train" and r["metric"] == "loss"]
+    assert [r["step"] for r in losses] == list(range(k + 1))
+    assert all(math.isfinite(r["value"]) for r in losses[:-1])
+    assert not math.isfinite(losses[-1]["value"])
+    assert max(r["step"] for r in o.metrics if r["split"] != "time") <= k
+    assert k < o.meta["steps"] <= k + LOSS_FLUSH_EVERY  # stopped at the next read
+
+
+def test_float64_trial_runs_end_to_end_and_tracks_float32() -> None:
+    """``precision = "64-true"``: training and epoch-end evaluation see float64 data. The same
+    trial in float32 starts from the same weights (float32 -> float64 is exact), so the two
+    agree to float32 rounding accumulated over the run: relative 1e-5 (measured: 1e-7)."""
+    cfg = {**FAST, "budget": {"epochs": 2}, "optimizer": {"name": "sgd", "params": {"lr": 0.05}}}
+    single = run_trial({**cfg, "trainer": {"precision": "32-true"}}, registry=REGISTRY)
+    double = run_trial({**cfg, "trainer": {"precision": "64-true"}}, registry=REGISTRY)
+    assert single.status == double.status == "completed", double.meta["error"]
+    for split, metric in [("train", "loss"), ("val", "loss"), ("test", "loss"), ("test", "acc")]:
+        a, b = single.metric(split, metric), double.metric(split, metric)
+        assert len(a) == len(b) > 0
+        assert a == pytest.approx(b, rel=1e-5), (split, metric)
+    # not the same computation: float64 rounding differs from float32's
+    assert single.metric("train", "loss") != double.metric("train", "loss")

@@ -16,8 +16,12 @@ runs once per group; no
 validation loop, progress bar, model summary, checkpointing or logger unless
 asked. Epoch-end evaluation (train and validation sets, eval mode) runs in chunks under
 ``torch.no_grad`` and moves its numbers to the host in one transfer. The per-step losses are
-buffered on the device and checked for divergence every :data:`LOSS_FLUSH_EVERY` steps. The
-Lightning internals these shortcuts rely on are confined to :mod:`techbench._lightning_compat`.
+buffered on the device; divergence is checked on the device at every step (a "first bad step"
+tensor updated with ``torch.where``, no host synchronisation) and read, with the losses, every
+:data:`LOSS_FLUSH_EVERY` steps, so the recorded step is exact while training stops at the next
+flush. Data are cast to the model's floating dtype when the fit starts ("64-true" trains a
+float64 model on float64 data). The Lightning internals these shortcuts rely on are confined
+to :mod:`techbench._lightning_compat`.
 """
 
 from __future__ import annotations
@@ -121,6 +125,13 @@ class TensorDataModule(pl.LightningDataModule):
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
             self.tensors[name] = getattr(s, name).to(device)
 
+    def cast_floating(self, dtype: torch.dtype) -> None:
+        """Floating tensors (inputs, regression targets) to ``dtype``, the model's, once a
+        precision plugin has converted the model ("64-true": float64)."""
+        for name, t in self.tensors.items():
+            if t.is_floating_point() and t.dtype != dtype:
+                self.tensors[name] = t.to(dtype)
+
     def train_dataloader(self) -> ShuffledBatches:
         t = self.tensors
         return ShuffledBatches(
@@ -184,6 +195,8 @@ class TechniqueModule(pl.LightningModule):
         self.eval_seconds = 0.0
         self._losses: list[torch.Tensor] = []
         self._loss_steps: list[tuple[int, int]] = []
+        self._first_loss: torch.Tensor | None = None  # |loss| of step 0, on the device
+        self._bad_step: torch.Tensor | None = None  # first diverged step on the device, or -1
         self._scheduler: Any = None
         self._generator: torch.Generator | None = None
         self._fit_start = 0.0
@@ -208,6 +221,11 @@ class TechniqueModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_objects = self._hook_cache = None
         self._direct = None
+        self._first_loss = self._bad_step = None
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        if dtype is not None and isinstance(datamodule, TensorDataModule):
+            datamodule.cast_floating(dtype)
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 0x7E57)
         self._fit_start = time.perf_counter()
 
@@ -309,6 +327,7 @@ class TechniqueModule(pl.LightningModule):
             r.after_step(self.model, raw)
         if self._scheduler is not None:
             self._scheduler.step()
+        self._track_divergence(loss.detach())
         self._losses.append(loss.detach())
         self._loss_steps.append((self.steps_done, epoch))
         self.steps_done += 1
@@ -321,17 +340,32 @@ class TechniqueModule(pl.LightningModule):
         for r in self.gradient_transforms:
             r.transform_gradients(self.model, self.steps_done, self._generator)
 
+    def _track_divergence(self, loss: torch.Tensor) -> None:
+        """Device ops only: remember the first step whose loss is not finite or exceeds
+        ``DIVERGENCE_FACTOR`` times the first step's |loss|."""
+        if self._first_loss is None:
+            self._first_loss = loss.abs()
+            self._bad_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+        assert self._bad_step is not None
+        bad = ~torch.isfinite(loss) | (loss > DIVERGENCE_FACTOR * self._first_loss)
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.steps_done, self._bad_step)
+
     def _flush_losses(self) -> None:
         if not self._losses:
             return
-        values = torch.stack(self._losses).float().tolist()
+        parts = [torch.stack(self._losses).double()]
+        if self._bad_step is not None:
+            parts.append(self._bad_step.double().reshape(1))
+        values = torch.cat(parts).tolist()  # one transfer: the losses and the first bad step
+        bad_step = int(values.pop()) if self._bad_step is not None else -1
         for (step, epoch), value in zip(self._loss_steps, values, strict=True):
             if self.diverged_step is not None:
                 break
             self.rows.append(metric_row(step, epoch, "train", "loss", value))
             if self.first_loss is None:
                 self.first_loss = value
-            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(self.first_loss):
+            if step == bad_step:
                 self.diverged_step = step
         self._losses.clear()
         self._loss_steps.clear()
@@ -441,6 +475,8 @@ _PLAIN_STATE = frozenset(
         "_hook_cache",
         "_generator",
         "_fit_start",
+        "_first_loss",
+        "_bad_step",
     }
 )
 """Attributes of :class:`TechniqueModule` set with ``object.__setattr__`` (plain Python state)."""

@@ -104,6 +104,9 @@ def run_trial(
         metrics += module.rows
     if health is not None:
         metrics += health.rows
+    bad = module.diverged_step if module is not None else None
+    if bad is not None:  # the steps run until the check's next read are not the trial's
+        metrics = [r for r in metrics if r["split"] == "time" or r["step"] <= bad]
     meta = TrialMeta(
         started_at=started_at,
         finished_at=now_iso(),
