@@ -272,9 +272,8 @@ def test_fast_off_by_1e3_fails_values() -> None:
     assert "at input" in msg and "|diff| = 0.001" in msg
 
 
-OFF_BY_1E3 = {
+OFF_BY_1E3 = {  # its gradient is right: the gradient check compares gradients only
     "values": "planted: the fast side adds 1e-3",
-    "gradient": "planted: the float32 forward disagrees with the reference",
     "properties": "planted: the output leaves (0, 1)",
 }
 

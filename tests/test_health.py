@@ -125,7 +125,7 @@ def test_health_sees_clipped_gradients_and_records_the_norm_before(monkeypatch, 
     from techbench_builtins.regularizers_impl import ClipNorm
 
     if not direct:
-        monkeypatch.setattr(lit, "_plain_precision", lambda trainer: False)
+        monkeypatch.setattr(lit, "plain_precision", lambda trainer: False)
     model = _model()
     ref = copy.deepcopy(model).double()
     splits = _splits()

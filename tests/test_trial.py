@@ -578,7 +578,7 @@ def test_health_thresholds_use_properties_at_the_trials_hyperparameters() -> Non
     ]:
         registry = DictRegistry({("activation", "hardtanh"): hardtanh(sat)})
         o = run_trial(cfg, registry=registry)
-        assert o.status == "completed", o.meta["error"]
+        assert o.status == "completed", o.meta.error
         rows[kind] = o.metric("health", "saturated_fraction", "0")
     assert rows["callable"] == rows["at_trial"]
     assert rows["callable"] != rows["at_default"]
@@ -602,14 +602,14 @@ def test_divergence_is_recorded_at_its_exact_step(k: int) -> None:
     registry = DictRegistry({("regularizer", "inf_at"): spec})
     cfg = {**FAST, "regularizer": {"name": "inf_at", "params": {"k": k}}}
     o = run_trial(cfg, registry=registry)
-    assert o.status == "diverged", o.meta["error"]
-    assert o.meta["diverged_step"] == k
+    assert o.status == "diverged", o.meta.error
+    assert o.meta.diverged_step == k
     losses = [r for r in o.metrics if r["split"] == "train" and r["metric"] == "loss"]
     assert [r["step"] for r in losses] == list(range(k + 1))
     assert all(math.isfinite(r["value"]) for r in losses[:-1])
     assert not math.isfinite(losses[-1]["value"])
     assert max(r["step"] for r in o.metrics if r["split"] != "time") <= k
-    assert k < o.meta["steps"] <= k + LOSS_FLUSH_EVERY  # stopped at the next read
+    assert k < o.meta.steps <= k + LOSS_FLUSH_EVERY  # stopped at the next read
 
 
 def test_float64_trial_runs_end_to_end_and_tracks_float32() -> None:
@@ -619,7 +619,7 @@ def test_float64_trial_runs_end_to_end_and_tracks_float32() -> None:
     cfg = {**FAST, "budget": {"epochs": 2}, "optimizer": {"name": "sgd", "params": {"lr": 0.05}}}
     single = run_trial({**cfg, "trainer": {"precision": "32-true"}}, registry=REGISTRY)
     double = run_trial({**cfg, "trainer": {"precision": "64-true"}}, registry=REGISTRY)
-    assert single.status == double.status == "completed", double.meta["error"]
+    assert single.status == double.status == "completed", double.meta.error
     for split, metric in [("train", "loss"), ("val", "loss"), ("test", "loss"), ("test", "acc")]:
         a, b = single.metric(split, metric), double.metric(split, metric)
         assert len(a) == len(b) > 0
