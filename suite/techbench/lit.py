@@ -16,12 +16,11 @@ runs once per group; no
 validation loop, progress bar, model summary, checkpointing or logger unless
 asked. Epoch-end evaluation (train and validation sets, eval mode) runs in chunks under
 ``torch.no_grad`` and moves its numbers to the host in one transfer. The per-step losses are
-buffered on the device; divergence is checked on the device at every step (a "first bad step"
-tensor updated with ``torch.where``, no host synchronisation) and read, with the losses, every
-:data:`LOSS_FLUSH_EVERY` steps, so the recorded step is exact while training stops at the next
-flush. Data are cast to the model's floating dtype when the fit starts ("64-true" trains a
-float64 model on float64 data). The Lightning internals these shortcuts rely on are confined
-to :mod:`techbench._lightning_compat`.
+buffered on the device and moved to the host every :data:`LOSS_FLUSH_EVERY` steps in one
+transfer, where each is checked for divergence: the recorded step is exact, training stops at
+that flush, and no step pays a synchronisation. Data are cast to the model's floating dtype
+when the fit starts ("64-true" trains a float64 model on float64 data). The Lightning internals
+these shortcuts rely on are confined to :mod:`techbench._lightning_compat`.
 """
 
 from __future__ import annotations
@@ -195,8 +194,6 @@ class TechniqueModule(pl.LightningModule):
         self.eval_seconds = 0.0
         self._losses: list[torch.Tensor] = []
         self._loss_steps: list[tuple[int, int]] = []
-        self._first_loss: torch.Tensor | None = None  # |loss| of step 0, on the device
-        self._bad_step: torch.Tensor | None = None  # first diverged step on the device, or -1
         self._scheduler: Any = None
         self._generator: torch.Generator | None = None
         self._fit_start = 0.0
@@ -221,7 +218,6 @@ class TechniqueModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_objects = self._hook_cache = None
         self._direct = None
-        self._first_loss = self._bad_step = None
         datamodule = getattr(self.trainer, "datamodule", None)
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
         if dtype is not None and isinstance(datamodule, TensorDataModule):
@@ -327,7 +323,6 @@ class TechniqueModule(pl.LightningModule):
             r.after_step(self.model, raw)
         if self._scheduler is not None:
             self._scheduler.step()
-        self._track_divergence(loss.detach())
         self._losses.append(loss.detach())
         self._loss_steps.append((self.steps_done, epoch))
         self.steps_done += 1
@@ -340,32 +335,22 @@ class TechniqueModule(pl.LightningModule):
         for r in self.gradient_transforms:
             r.transform_gradients(self.model, self.steps_done, self._generator)
 
-    def _track_divergence(self, loss: torch.Tensor) -> None:
-        """Device ops only: remember the first step whose loss is not finite or exceeds
-        ``DIVERGENCE_FACTOR`` times the first step's |loss|."""
-        if self._first_loss is None:
-            self._first_loss = loss.abs()
-            self._bad_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
-        assert self._bad_step is not None
-        bad = ~torch.isfinite(loss) | (loss > DIVERGENCE_FACTOR * self._first_loss)
-        first = bad & (self._bad_step < 0)
-        self._bad_step = torch.where(first, self.steps_done, self._bad_step)
-
     def _flush_losses(self) -> None:
+        """The buffered losses to the host in one transfer (the only synchronisation, every
+        :data:`LOSS_FLUSH_EVERY` steps), then checked there, step by step: the first that is not
+        finite or exceeds ``DIVERGENCE_FACTOR`` times the first step's |loss| is the exact
+        ``diverged_step``. Checking the transferred values costs no device work at all (a
+        per-step device-side flag costs several kernel launches per step)."""
         if not self._losses:
             return
-        parts = [torch.stack(self._losses).double()]
-        if self._bad_step is not None:
-            parts.append(self._bad_step.double().reshape(1))
-        values = torch.cat(parts).tolist()  # one transfer: the losses and the first bad step
-        bad_step = int(values.pop()) if self._bad_step is not None else -1
+        values = torch.stack(self._losses).double().tolist()
         for (step, epoch), value in zip(self._loss_steps, values, strict=True):
             if self.diverged_step is not None:
                 break
             self.rows.append(metric_row(step, epoch, "train", "loss", value))
             if self.first_loss is None:
                 self.first_loss = value
-            if step == bad_step:
+            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(self.first_loss):
                 self.diverged_step = step
         self._losses.clear()
         self._loss_steps.clear()
@@ -475,8 +460,6 @@ _PLAIN_STATE = frozenset(
         "_hook_cache",
         "_generator",
         "_fit_start",
-        "_first_loss",
-        "_bad_step",
     }
 )
 """Attributes of :class:`TechniqueModule` set with ``object.__setattr__`` (plain Python state)."""
