@@ -111,6 +111,8 @@ def check_scale_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--gpus-per-trial above 1 must be whole, got {args.gpus_per_trial}")
     if args.max_retries < 0:
         raise UsageError(f"--max-retries must be >= 0, got {args.max_retries}")
+    if args.executor == "ray" and getattr(args, "reuse_other_versions", False):
+        raise UsageError("--reuse-other-versions works with the local executor only, for now")
 
 
 def main(args: argparse.Namespace) -> int:
