@@ -261,6 +261,36 @@ def test_stacked_check_catches_a_per_tensor_reduction():
         check_stacked(spec)
 
 
+def test_stacked_check_catches_decay_by_tensor_dimension():
+    """An optimizer that tells weights from biases by ``p.dim()`` decays stacked biases (their
+    shape is [K, n]); the check fails it, and the built-in (``trial_ndim``) passes."""
+    from techbench.spec import TechniqueSpec
+    from techbench.testing.core import CheckFailure
+    from techbench.testing.optimizer import check_stacked
+
+    def by_dim(params, lr=0.1, weight_decay=0.05):
+        params = list(params)
+        return torch.optim.SGD(
+            [
+                {"params": [p for p in params if p.dim() >= 2]},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ],
+            lr=lr,
+            weight_decay=weight_decay,
+        )
+
+    spec = TechniqueSpec(
+        name="decay_by_dim",
+        family="optimizer",
+        summary="weights-only decay chosen by p.dim() (planted)",
+        fast=by_dim,
+        properties={"elementwise": True},
+    )
+    with pytest.raises((CheckFailure, AssertionError), match="stacked vs alone"):
+        check_stacked(spec)
+    check_stacked(default_registry().get_spec("sgd", "optimizer"))  # decay="weights", trial_ndim
+
+
 def test_early_stopping_stops_each_member_at_its_own_epoch():
     """Early stopping acts per member: members stop when their own val_loss stalls."""
     stop = {"name": "early_stopping", "params": {"patience": 1}}

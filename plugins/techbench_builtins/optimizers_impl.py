@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from techbench.families import trial_ndim
+
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
@@ -201,7 +203,8 @@ def decay_groups(params: Params, weight_decay: float, decay: str) -> Params:
     """``params`` split so that only the chosen ones decay (the ``decay`` hyper-parameter).
 
     ``"all"``: unchanged (torch.optim decays every parameter of a group). ``"weights"``: every
-    group split into its tensors of two or more dimensions, which keep the group's
+    group split into its tensors of two or more dimensions (:func:`techbench.families.trial_ndim`,
+    so a stacked bias stays a bias), which keep the group's
     ``weight_decay``, and the others (biases, normalizer scales) with ``weight_decay`` 0, as the
     ``l2``/``weight_decay`` regularizers choose by default. Empty groups are left out.
     """
@@ -216,8 +219,8 @@ def decay_groups(params: Params, weight_decay: float, decay: str) -> Params:
     out: list[dict[str, Any]] = []
     for group in groups:
         tensors = list(group["params"])
-        weights = [p for p in tensors if p.dim() >= 2]
-        others = [p for p in tensors if p.dim() < 2]
+        weights = [p for p in tensors if trial_ndim(p) >= 2]
+        others = [p for p in tensors if trial_ndim(p) < 2]
         if weights:
             out.append({**group, "params": weights})
         if others:

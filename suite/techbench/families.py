@@ -13,7 +13,8 @@ initializer    ``fast(**hp) -> Initializer``: ``init(tensor)`` fills a weight in
                (``properties["data_dependent"]``) also have ``init.fit(model, x)``
 normalizer     ``fast(num_features, **hp) -> torch.nn.Module`` for (N, C) and (N, C, *spatial)
 regularizer    ``fast(**hp) -> Regularizer`` (hooks below; unused hooks keep the defaults)
-optimizer      ``fast(params, **hp) -> torch.optim.Optimizer`` (``lr`` is a hyper-parameter)
+optimizer      ``fast(params, **hp) -> torch.optim.Optimizer`` (``lr`` is a hyper-parameter;
+               a parameter's own dimension is :func:`trial_ndim`, stacked ones carry more)
 schedule       ``fast(optimizer, total_steps, **hp) -> torch.optim.lr_scheduler.LRScheduler``,
                stepped once per optimizer step
 preprocessor   ``fast(**hp) -> Preprocessor``: ``fit(x_train)`` then ``transform(x)``
@@ -91,6 +92,19 @@ class OptimizerProperties(TypedDict, total=False):
 
     adaptive: bool
     elementwise: bool
+
+
+STACKED_DIMS = "techbench_stacked_dims"
+"""Attribute the stacked engine (and the ``stacked`` optimizer check) sets on a stacked
+parameter: the number of leading dimensions that index members (1)."""
+
+
+def trial_ndim(tensor: torch.Tensor) -> int:
+    """Dimensions of one trial's parameter: ``tensor.dim()`` less the member dimensions of a
+    stacked parameter (:data:`STACKED_DIMS`). An optimizer that treats parameters by their
+    dimension (``decay="weights"``: tensors of two or more dimensions decay, biases do not)
+    reads this, so that a stacked bias ``[K, n]`` is still a bias."""
+    return int(tensor.dim()) - int(getattr(tensor, STACKED_DIMS, 0))
 
 
 class Initializer(Protocol):

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .families import STACKED_DIMS
 from .lit import DIVERGENCE_FACTOR, EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, task_loss
 from .schema import metric_row
 
@@ -198,6 +199,8 @@ class StackedModule(pl.LightningModule):
         self.leaves = nn.ParameterList(
             nn.Parameter(v[s].detach().clone()) for s in self.group_slices for v in params.values()
         )
+        for leaf in self.leaves:  # a stacked bias [K, n] is still a bias to an optimizer
+            setattr(leaf, STACKED_DIMS, 1)
         self.names = list(params)
         for name, value in buffers.items():
             self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())

@@ -95,18 +95,13 @@ def run_trial(
         except Exception:
             status, error = "failed", traceback.format_exc()
     module, health = state.module, state.health
-    try:
-        sources: dict[str, Any] | None = technique_sources(cfg, registry)
-    except Exception:  # provenance never fails a trial
-        sources = None
+    sources = _sources(cfg, registry)
     metrics: list[dict[str, Any]] = []
     if module is not None:
         metrics += module.rows
     if health is not None:
         metrics += health.rows
-    bad = module.diverged_step if module is not None else None
-    if bad is not None:  # the steps run until the check's next read are not the trial's
-        metrics = [r for r in metrics if r["split"] == "time" or r["step"] <= bad]
+    metrics = _until_divergence(metrics, module.diverged_step if module is not None else None)
     meta = TrialMeta(
         started_at=started_at,
         finished_at=now_iso(),
@@ -340,6 +335,7 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
     outcomes: dict[int, TrialOutcome] = {}
     for k, member in zip(order, module.members, strict=True):
         metrics = member.rows + (member.health.rows if member.health is not None else [])
+        metrics = _until_divergence(metrics, member.diverged_step)
         meta = TrialMeta(
             started_at=started_at,
             finished_at=now_iso(),
@@ -347,6 +343,7 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
             train_seconds=member.train_seconds,
             device=device,
             versions=package_versions(),
+            techniques=_sources(cfgs[k], registry),
             diverged_step=member.diverged_step,
             steps=member.steps_done,
             epochs=member.epochs_done,
@@ -358,6 +355,22 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
         status: Status = "diverged" if member.diverged_step is not None else "completed"
         outcomes[k] = TrialOutcome(trial_id(cfgs[k]), cfgs[k], status, metrics, meta)
     return [outcomes[k] for k in range(len(cfgs))]
+
+
+def _until_divergence(rows: list[dict[str, Any]], step: int | None) -> list[dict[str, Any]]:
+    """A diverged trial's rows end at its diverged step (the steps run until the divergence
+    check read the losses are not the trial's); time rows are kept."""
+    if step is None:
+        return rows
+    return [r for r in rows if r["split"] == "time" or r["step"] <= step]
+
+
+def _sources(cfg: Mapping[str, Any], registry: Any) -> dict[str, Any] | None:
+    """:func:`techbench.provenance.technique_sources`, or None: provenance never fails a trial."""
+    try:
+        return technique_sources(cfg, registry)
+    except Exception:
+        return None
 
 
 def complete_config_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,7 +407,8 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
             every = int(
                 cfg["health"].get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"])
             )
-            health = GradientHealth(every, specs["activation"].properties)
+            act_properties = specs["activation"].properties_for(cfg["activation"]["params"])
+            health = GradientHealth(every, act_properties)
         members.append(
             Member(model, int(cfg["seed"]), dict(cfg["optimizer"]["params"]), regularizer, health)
         )

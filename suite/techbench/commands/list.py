@@ -38,7 +38,6 @@ def main(args: argparse.Namespace) -> int:
                 "family": e.family,
                 "summary": e.spec.summary if e.spec else "",
                 "citation": e.spec.citation if e.spec else None,
-                "params": e.spec.describe()["params"] if e.spec else [],
                 "distribution": e.distribution,
                 "version": getattr(dist, "version", None),
                 "entry_point": e.value,

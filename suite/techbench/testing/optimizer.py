@@ -60,8 +60,10 @@ Checks
     (optimizers declaring ``properties["elementwise"]``, which the stacked engine relies on) one
     optimizer over the stacked parameters of ``K = 3`` members (each its own problem, seeded by
     its index) for 12 steps: member i's slice equals 12 standalone fast steps of member i (rtol
-    1e-7, atol 1e-9). An update that reduces over a whole tensor (a norm, a trust ratio) couples
-    the members and fails here.
+    1e-7, atol 1e-9), with the baseline's ``weight_decay``. An update that reduces over a whole
+    tensor (a norm, a trust ratio) couples the members and fails here; so does one that tells
+    weights from biases by ``p.dim()`` (a stacked bias has two dimensions): the stacked tensors
+    carry :data:`techbench.families.STACKED_DIMS`, read through ``trial_ndim``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ import io
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..families import STACKED_DIMS
 from ..spec import Param, TechniqueSpec
 from .core import Check, CheckFailure
 from .tolerances import assert_close, tolerance
@@ -393,6 +396,8 @@ def check_stacked(spec: TechniqueSpec) -> None:
         torch.stack([initial[i] for initial, _ in problems]).requires_grad_(True)
         for i in range(len(PARAM_NAMES))
     ]
+    for p in stacked:  # as the stacked engine marks them (techbench.families.trial_ndim)
+        setattr(p, STACKED_DIMS, 1)
     opt = spec.create(stacked, **hp)
     for _ in range(STACKED_STEPS):
         members = [
