@@ -281,7 +281,10 @@ clip_norm = TechniqueSpec(
             default=1.0,
             low=0.0,
             low_open=True,
-            doc="threshold on the global gradient norm",
+            doc="threshold on the global gradient norm; search 0.1..10 log (Pascanu et al. 2013 "
+            "set it from the average norm, which is of this order on small networks)",
+            search=(0.1, 10.0),
+            scale="log",
         ),
     ),
     properties={"hooks": ("transform_gradients",), "gradient_law": "deterministic"},
@@ -298,7 +301,16 @@ clip_value = TechniqueSpec(
         "(section 3.3.2); Pascanu et al., ICML 2013"
     ),
     params=(
-        Param(name="clip", type=float, default=1.0, low=0.0, low_open=True, doc="bound per entry"),
+        Param(
+            name="clip",
+            type=float,
+            default=1.0,
+            low=0.0,
+            low_open=True,
+            doc="bound per entry; search 0.01..10 log",
+            search=(0.01, 10.0),
+            scale="log",
+        ),
     ),
     properties={"hooks": ("transform_gradients",), "gradient_law": "deterministic"},
 )
@@ -319,7 +331,9 @@ grad_noise = TechniqueSpec(
             type=float,
             default=0.01,
             low=0.0,
-            doc="noise variance at step 0 (the paper tries 0.01, 0.3, 1.0)",
+            doc="noise variance at step 0; search 0.01..1 log (the paper tries 0.01, 0.3, 1.0)",
+            search=(0.01, 1.0),
+            scale="log",
         ),
         Param(name="gamma", type=float, default=0.55, low=0.0, doc="annealing exponent"),
     ),
