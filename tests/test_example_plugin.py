@@ -180,6 +180,11 @@ def test_provenance_in_meta_report_and_reruns(example_env, tmp_path):
     assert meta["techniques"]["optimizer"]["distribution"] == "techbench"
     assert metas["relu"][1]["techniques"]["activation"]["distribution"] == "techbench"
 
+    proc = run(example_env, "-m", "techbench.cli", "status", str(store))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"techbench-example {version} (1 trials)" in proc.stdout
+    assert "techbench " in proc.stdout.split("plugin versions:")[1]  # the built-ins' version
+
     report = tmp_path / "report"
     proc = run(example_env, "-m", "techbench.cli", "report", str(store), "--out", str(report))
     assert proc.returncode == 0, proc.stdout + proc.stderr

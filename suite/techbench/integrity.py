@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .provenance import distribution_versions
 from .schema import STATUSES
 from .store import ResultStore, same_file
 
@@ -58,6 +59,8 @@ class StoreReport:
     held_locks: list[str] = field(default_factory=list)
     matrices: dict[str, int] = field(default_factory=dict)
     matrix_file: str | None = None
+    versions: dict[str, int] = field(default_factory=dict)
+    """"distribution version" of the trials' techniques -> number of trials using it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +73,7 @@ class StoreReport:
             "held_locks": self.held_locks,
             "matrices": self.matrices,
             "matrix_json": self.matrix_file,
+            "plugin_versions": self.versions,
         }
 
 
@@ -95,6 +99,7 @@ def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreRepo
     report.corrupt = store.corrupt(verify=verify)
     counts: Counter[str] = Counter({s: 0 for s in STATUSES})
     matrices: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
     for tid in store.trial_ids():
         if tid in report.corrupt:
             continue
@@ -104,10 +109,12 @@ def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreRepo
         status = str(meta.get("status"))
         counts[status] += 1
         matrices[str(meta.get("matrix") or "(none)")] += 1
+        versions.update(distribution_versions(meta))
         if status == "failed":
             report.failed[tid] = error_line(meta.get("error"))
     report.counts = dict(counts)
     report.matrices = dict(matrices.most_common())
+    report.versions = dict(sorted(versions.items()))
     if store.locks_dir.is_dir():
         for lock in sorted(store.locks_dir.glob("*.lock")):
             (report.held_locks if lock_held(lock) else report.stale_locks).append(lock.stem)

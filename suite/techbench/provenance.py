@@ -68,17 +68,24 @@ def other_versions(meta: Mapping[str, Any], current: Mapping[str, Mapping[str, A
     return "; ".join(changes) or None
 
 
-def plugin_sources(meta: Mapping[str, Any]) -> list[str]:
-    """``["dist version", ...]`` of the non-built-in distributions a stored trial used."""
+def distribution_versions(meta: Mapping[str, Any]) -> list[str]:
+    """``["dist version", ...]`` of every distribution a stored trial's techniques came from
+    (empty for a trial stored without provenance)."""
     stored = meta.get("techniques")
     if not isinstance(stored, Mapping):
         return []
     found = {
         _label(src.get("distribution"), src.get("version"))
         for src in stored.values()
-        if isinstance(src, Mapping) and src.get("distribution") not in (None, BUILTIN_DISTRIBUTION)
+        if isinstance(src, Mapping) and src.get("distribution") is not None
     }
     return sorted(found)
+
+
+def plugin_sources(meta: Mapping[str, Any]) -> list[str]:
+    """``["dist version", ...]`` of the non-built-in distributions a stored trial used."""
+    builtin = BUILTIN_DISTRIBUTION + " "
+    return [d for d in distribution_versions(meta) if not d.startswith(builtin)]
 
 
 def _label(distribution: Any, version: Any) -> str:

@@ -1,8 +1,9 @@
 """``techbench status [STORE] [--json]``: what a results store holds and what is wrong with it.
 
-Counts by status, each failed trial's error line, corrupt trials (checked against their recorded
-digests), lock files no process holds, and the matrices the trials came from; the next command to
-run is suggested for each problem found.
+Counts by status, the distributions and versions the trials' techniques came from, each failed
+trial's error line, corrupt trials (checked against their recorded digests), lock files no
+process holds, and the matrices the trials came from; the next command to run is suggested for
+each problem found.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
         f"  matrices: {matrices}"
         + (f"; matrix.json: {report.matrix_file}" if report.matrix_file else "")
     )
+    if report.versions:
+        found = ", ".join(f"{v} ({n} trials)" for v, n in report.versions.items())
+        print(f"  plugin versions: {found}")
     _section("failed", report.failed, limit)
     _section("corrupt (not scored; a rerun redoes them)", report.corrupt, limit)
     print(
