@@ -87,3 +87,29 @@ def step_hooks(callbacks: list[pl.Callback]) -> dict[str, list[Any]]:
     for name in BACKWARD_HOOKS:
         hooks[name] = [cb for cb in callbacks if overrides(cb, name, pl.Callback)]
     return hooks
+
+
+def stub_trainer() -> Any:
+    """What Lightning callbacks read of a Trainer during ``fit`` (``callback_metrics``,
+    ``should_stop``, ``current_epoch``, ...): the stacked engine drives each member's
+    regularizer callbacks (early stopping) through one, and the regularizer conformance checks
+    drive callbacks through one, so both follow the same protocol."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        callback_metrics={},
+        should_stop=False,
+        current_epoch=0,
+        global_step=0,
+        fast_dev_run=False,
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit", stage="train"),
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
+        val_check_interval=1.0,
+        check_val_every_n_epoch=1,
+        global_rank=0,
+        world_size=1,
+        is_global_zero=True,
+        logger=None,
+        loggers=[],
+    )

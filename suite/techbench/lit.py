@@ -154,6 +154,25 @@ def task_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return mse
 
 
+def scan_losses(
+    steps: Sequence[tuple[int, int]], values: Sequence[float], first_loss: float | None
+) -> tuple[list[dict[str, Any]], float | None, int | None]:
+    """Per-step training-loss rows up to the first divergence: ``(rows, first_loss,
+    diverged_step)``.
+
+    A loss that is not finite or exceeds :data:`DIVERGENCE_FACTOR` times the first step's |loss|
+    is divergence; its row is the last. ``steps`` holds each value's ``(step, epoch)``.
+    """
+    rows = []
+    for (step, epoch), value in zip(steps, values, strict=True):
+        rows.append(metric_row(step, epoch, "train", "loss", value))
+        if first_loss is None:
+            first_loss = value
+        if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(first_loss):
+            return rows, first_loss, step
+    return rows, first_loss, None
+
+
 class TechniqueModule(pl.LightningModule):
     """One training step: regularizer hooks around forward, loss, backward, update, schedule.
 
@@ -344,14 +363,11 @@ class TechniqueModule(pl.LightningModule):
         if not self._losses:
             return
         values = torch.stack(self._losses).double().tolist()
-        for (step, epoch), value in zip(self._loss_steps, values, strict=True):
-            if self.diverged_step is not None:
-                break
-            self.rows.append(metric_row(step, epoch, "train", "loss", value))
-            if self.first_loss is None:
-                self.first_loss = value
-            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(self.first_loss):
-                self.diverged_step = step
+        if self.diverged_step is None:
+            rows, self.first_loss, self.diverged_step = scan_losses(
+                self._loss_steps, values, self.first_loss
+            )
+            self.rows += rows
         self._losses.clear()
         self._loss_steps.clear()
         if self.diverged_step is not None:

@@ -44,8 +44,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .callbacks import stub_trainer
 from .families import STACKED_DIMS
-from .lit import DIVERGENCE_FACTOR, EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, task_loss
+from .lit import EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, scan_losses, task_loss
 from .schema import metric_row
 
 NOISE_SEED_OFFSET = 0x7E57
@@ -287,7 +288,7 @@ class StackedModule(pl.LightningModule):
             m.model.to(device=device, dtype=dtype)
             m.callbacks = list(m.regularizer.callbacks())
             if m.callbacks:
-                m.trainer = member_trainer()
+                m.trainer = stub_trainer()
                 for cb in m.callbacks:
                     cb.setup(m.trainer, self, "fit")
             if m.health is not None:
@@ -373,19 +374,15 @@ class StackedModule(pl.LightningModule):
     def _flush_losses(self) -> None:
         if not self._losses:
             return
-        values = torch.stack(self._losses).float().t().tolist()  # [K][steps]
+        values = torch.stack(self._losses).double().t().tolist()  # [K][steps]
         newly_frozen = []
         for k, m in enumerate(self.members):
             if m.frozen:
                 continue
-            for (step, epoch), value in zip(self._loss_steps, values[k], strict=True):
-                if m.diverged_step is not None:
-                    break
-                m.rows.append(metric_row(step, epoch, "train", "loss", value))
-                if m.first_loss is None:
-                    m.first_loss = value
-                if not math.isfinite(value) or value > DIVERGENCE_FACTOR * abs(m.first_loss):
-                    m.diverged_step = step
+            rows, m.first_loss, m.diverged_step = scan_losses(
+                self._loss_steps, values[k], m.first_loss
+            )
+            m.rows += rows
             if m.diverged_step is not None:
                 newly_frozen.append(k)
         self._losses.clear()
@@ -492,7 +489,7 @@ class StackedModule(pl.LightningModule):
         self, live: Sequence[int], values: Sequence[Sequence[float]], epoch: int, step: int
     ) -> None:
         """Each member's regularizer callbacks (early stopping) see that member's epoch metrics
-        through its own :func:`member_trainer`, as Lightning's would after the module's epoch
+        through its own :func:`techbench.callbacks.stub_trainer`, as Lightning's would after the module's epoch
         end; a member they stop ends now, with its test rows, and the others go on."""
         stopped = []
         for k in live:
@@ -620,31 +617,6 @@ class StackedModule(pl.LightningModule):
                     p.copy_(self.member_tensor(name, k))
                     p.grad = None
             m.health.end_step()
-
-
-def member_trainer() -> Any:
-    """What Lightning callbacks read of a Trainer during ``fit`` (``callback_metrics``,
-    ``should_stop``, ``current_epoch``, ...), for driving one member's callbacks: the protocol
-    the regularizer conformance checks drive callbacks with."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(
-        callback_metrics={},
-        should_stop=False,
-        current_epoch=0,
-        global_step=0,
-        fast_dev_run=False,
-        sanity_checking=False,
-        state=SimpleNamespace(fn="fit", stage="train"),
-        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
-        val_check_interval=1.0,
-        check_val_every_n_epoch=1,
-        global_rank=0,
-        world_size=1,
-        is_global_zero=True,
-        logger=None,
-        loggers=[],
-    )
 
 
 def _groups(settings: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:

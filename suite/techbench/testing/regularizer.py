@@ -106,7 +106,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from ..spec import TechniqueSpec
@@ -730,30 +729,11 @@ _HISTORIES: dict[str, list[float]] = {
 }
 
 
-def stub_trainer() -> Any:
-    """A minimal Trainer-like object that Lightning callbacks read during ``fit``."""
-    return SimpleNamespace(
-        callback_metrics={},
-        should_stop=False,
-        current_epoch=0,
-        global_step=0,
-        fast_dev_run=False,
-        sanity_checking=False,
-        state=SimpleNamespace(fn="fit", stage="train"),
-        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
-        val_check_interval=1.0,
-        check_val_every_n_epoch=1,
-        global_rank=0,
-        world_size=1,
-        is_global_zero=True,
-        logger=None,
-        loggers=[],
-    )
-
-
 def drive_callbacks(callbacks: Any, history: list[float]) -> int | None:
     """Feed ``history`` as val_loss, one value per epoch; the epoch where training stops."""
     import torch
+
+    from ..callbacks import stub_trainer
 
     trainer = stub_trainer()
     for cb in callbacks:
