@@ -150,7 +150,10 @@ class TrialMeta:
     (:mod:`techbench.calibrate`) and ``modelled_seconds`` = ``steps`` x ``step_seconds``, the
     time a report compares; ``techniques`` per technique key of the config, the technique and
     the distribution and version that supplied it (:mod:`techbench.provenance`; None when not
-    recorded). Keys a newer writer adds land in ``extra`` and are
+    recorded). Data: ``data_fingerprint`` is a content hash of the data the dataset plugin read
+    or generated (``DatasetSplits.fingerprint``; None when the parameters and seed fix the data)
+    and ``data_info`` the dataset's facts (``DatasetSplits.info``). Keys a newer writer adds land
+    in ``extra`` and are
     written back unchanged.
     """
 
@@ -171,6 +174,8 @@ class TrialMeta:
     stack_wall_seconds: float | None = None
     step_seconds: float | None = None
     modelled_seconds: float | None = None
+    data_fingerprint: str | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
