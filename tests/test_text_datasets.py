@@ -177,3 +177,21 @@ def test_tiny_shakespeare_lookup_order_and_errors(tmp_path, monkeypatch) -> None
     other.write_text("xy" * 100)
     monkeypatch.setenv("TECHBENCH_TINY_SHAKESPEARE", str(other))
     assert text.tiny_shakespeare(0, "", 16, 0.1, 0.1).num_classes == 2
+
+
+def test_report_flags_runs_on_different_data_under_one_name() -> None:
+    import pandas as pd
+
+    from techbench.report.build import _fingerprints
+
+    trials = pd.DataFrame(
+        {
+            "dataset": ["pysource", "pysource", "pysource", "markov", "digits"],
+            "data_fingerprint": ["a" * 64, "a" * 64, "b" * 64, "c" * 64, None],
+        }
+    )
+    items = dict(_fingerprints(trials))
+    assert "MIXED DATA, 2 fingerprints" in items["data pysource"]
+    assert "(2 runs)" in items["data pysource"] and "(1 runs)" in items["data pysource"]
+    assert items["data markov"] == "sha256 " + "c" * 16
+    assert "data digits" not in items
