@@ -29,9 +29,9 @@ import statistics
 import time
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
+from techbench.callbacks import StepCallback
 from techbench.families import DatasetSplits
 from techbench.registry import default_registry, get_spec
 from techbench.spec import Param, TechniqueSpec
@@ -89,8 +89,11 @@ class _Clock:
         return statistics.median(per_step)
 
 
-class RunnerClock(_Clock, pl.Callback):
+class RunnerClock(_Clock, StepCallback):
     """A callback the runner drives once per optimizer step (its ``begin_step`` hook)."""
+
+    def __init__(self, window: int, device: torch.device) -> None:
+        _Clock.__init__(self, window, device)
 
     def begin_step(self, step: int, epoch: int) -> None:
         self.tick(step)
@@ -127,7 +130,7 @@ def runner_step(cfg: dict[str, Any], args: argparse.Namespace) -> float:
     clock = RunnerClock(args.window, torch.device(args.device))
     out = run_trial(cfg, callbacks=[clock], registry=_Registry())
     if out.status != "completed":
-        raise SystemExit(f"runner trial {out.status}: {out.meta['error']}")
+        raise SystemExit(f"runner trial {out.status}: {out.meta.error}")
     return clock.step_seconds()
 
 

@@ -199,7 +199,7 @@ def test_gradient_health_covers_the_resnet_layers() -> None:
             "trainer": {"accelerator": "cpu"},
         }
     )
-    assert out.status == "completed", out.meta["error"]
+    assert out.status == "completed", out.meta.error
     grads = _health_rows(out, "grad_norm")
     assert sorted(grads, key=int) == [str(i) for i in range(8)]  # 7 convs + head
     assert all(len(v) == 3 and all(math.isfinite(g) and g > 0 for g in v) for v in grads.values())
@@ -235,7 +235,7 @@ def test_gradient_health_treats_transformer_features_as_units() -> None:
         },
         callbacks=[Capture()],
     )
-    assert out.status == "completed", out.meta["error"]
+    assert out.status == "completed", out.meta.error
     y = captured[0]  # (16, 8, 64): the first step's batch
     expected_dead = (y.reshape(-1, y.shape[-1]).amax(dim=0) <= 0).double().mean().item()
     assert _health_rows(out, "dead_fraction")["0"][0] == pytest.approx(expected_dead)

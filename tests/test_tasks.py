@@ -115,8 +115,8 @@ def test_transformer_approaches_the_markov_entropy_rate() -> None:
             "trainer": {"accelerator": "cpu"},
         }
     )
-    assert out.status == "completed", out.meta["error"]
-    info = out.meta["data_info"]
+    assert out.status == "completed", out.meta.error
+    info = out.meta.data_info
     optimum = info["optimal_window_loss_nats"]
     best_val = min(out.metric("val", "loss"))
     test = out.metric("test", "best_loss")[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import platform
 import sysconfig
 from pathlib import Path
 
@@ -63,10 +64,10 @@ def test_fingerprint_and_info_land_in_the_trial_meta() -> None:
             "trainer": {"accelerator": "cpu"},
         }
     )
-    assert out.status == "completed", out.meta["error"]
+    assert out.status == "completed", out.meta.error
     corpus, _ = text.pysource_corpus(5000)
-    assert out.meta["data_fingerprint"] == hashlib.sha256(corpus.encode()).hexdigest()
-    assert out.meta["data_info"]["python"] == ".".join(map(str, __import__("sys").version_info[:3]))
+    assert out.meta.data_fingerprint == hashlib.sha256(corpus.encode()).hexdigest()
+    assert out.meta.data_info["python"] == platform.python_version()
 
 
 def test_token_inputs_refuse_a_preprocessor() -> None:
@@ -79,7 +80,7 @@ def test_token_inputs_refuse_a_preprocessor() -> None:
         }
     )
     assert out.status == "failed"
-    assert 'set preprocessor = "none"' in out.meta["error"]
+    assert 'set preprocessor = "none"' in out.meta.error
 
 
 def _block_entropy(src: text.MarkovSource, m: int) -> float:

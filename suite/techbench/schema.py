@@ -292,6 +292,8 @@ def metric_row(
     Splits: ``train`` (``loss`` per step; ``epoch_loss``/``epoch_acc`` over the training set at
     an epoch's end), ``val`` and ``test`` (``loss``, ``acc``; test also ``best_loss``/``best_acc``
     at the best-validation weights), ``time`` (``seconds``), ``health`` (gradient health).
+    Language models add ``bpc`` and ``ppl`` wherever ``loss`` is an epoch or test metric
+    (:mod:`techbench.tasks` lists each task's metrics).
     """
     return {
         "step": step,
@@ -338,4 +340,5 @@ def metric_series(key: str) -> tuple[str, str]:
 
 
 EPOCH_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_acc")
-"""The series every epoch records (accuracy for classification only); a target names one."""
+"""The series every epoch records (accuracy for classification and language models only;
+language models also ``train_bpc``, ``val_bpc``, ``train_ppl``, ``val_ppl``); a target names one."""
