@@ -243,3 +243,20 @@ def test_gradient_health_treats_transformer_features_as_units() -> None:
     layers = _health_rows(out, "grad_norm")
     # token and position embeddings, qkv, attention output, W1, W2, head
     assert sorted(layers, key=int) == [str(i) for i in range(7)]
+
+
+def test_cifar_resnet_matrix_trial_runs_on_generated_cifar_files(tmp_path) -> None:
+    """One trial of the shipped cifar-resnet matrix, end to end on CIFAR-10-format files written
+    here (budget cut to two steps): augmentation, channel-mean preprocessing, ResNet-20."""
+    from techbench.matrix import load_matrix
+    from techbench.testing.dataset import write_cifar10_batches
+
+    write_cifar10_batches(tmp_path, per_batch=8, n_test=8)
+    config = load_matrix("cifar-resnet").trials()[0]
+    config["dataset"]["params"]["root"] = str(tmp_path)
+    config["budget"] = {"epochs": 1, "max_steps": 2, "batch_size": 16}
+    config["trainer"]["accelerator"] = "cpu"
+    out = run_trial(config)
+    assert out.status == "completed", out.meta.error
+    assert out.meta.num_parameters == 269_722 and out.meta.steps == 2
+    assert len(out.metric("test", "acc")) == 1
