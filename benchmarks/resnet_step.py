@@ -34,8 +34,9 @@ import torch
 from techbench.callbacks import StepCallback
 from techbench.families import DatasetSplits
 from techbench.registry import default_registry, get_spec
+from techbench.schema import AXIS_FAMILY, complete_config
 from techbench.spec import Param, TechniqueSpec
-from techbench.trial import TECHNIQUE_KEYS, build_model, complete_config, run_trial
+from techbench.trial import build_model, run_trial
 
 
 def random_cifar(data_seed: int, n_train: int) -> DatasetSplits:
@@ -137,7 +138,7 @@ def runner_step(cfg: dict[str, Any], args: argparse.Namespace) -> float:
 def raw_step(cfg: dict[str, Any], args: argparse.Namespace) -> float:
     device = torch.device(args.device)
     reg = _Registry()
-    specs = {key: reg.get_spec(cfg[key]["name"], fam) for key, fam in TECHNIQUE_KEYS.items()}
+    specs = {key: reg.get_spec(cfg[key]["name"], fam) for key, fam in AXIS_FAMILY.items()}
     splits = specs["dataset"].create(cfg["data_seed"], **cfg["dataset"]["params"])
     torch.manual_seed(cfg["seed"])
     model, _ = build_model(cfg, specs, splits)
