@@ -132,3 +132,11 @@ def test_transformer_approaches_the_markov_entropy_rate() -> None:
     assert (unigram_entropy - optimum) / 10 >= MARGIN_NATS
     # bits per character is the same number in bits
     assert out.metric("test", "best_bpc")[0] == pytest.approx(test / math.log(2.0))
+
+
+def test_language_model_trials_run_one_by_one() -> None:
+    from techbench.stack import plan_stacks
+
+    stacks = plan_stacks(load_matrix("charlm").trials(), None)
+    assert all(len(s.configs) == 1 for s in stacks) and len(stacks) == 16
+    assert "language_model task" in stacks[0].reason
