@@ -140,3 +140,13 @@ def test_language_model_trials_run_one_by_one() -> None:
     stacks = plan_stacks(load_matrix("charlm").trials(), None)
     assert all(len(s.configs) == 1 for s in stacks) and len(stacks) == 16
     assert "language_model task" in stacks[0].reason
+
+
+def test_label_smoothing_on_per_position_logits_is_torchs() -> None:
+    from techbench.registry import get_spec
+
+    torch.manual_seed(3)
+    logits, y = torch.randn(4, 6, 9), torch.randint(0, 9, (4, 6))
+    reg = get_spec("label_smoothing", "regularizer").create(epsilon=0.2)
+    want = nn.functional.cross_entropy(logits.reshape(-1, 9), y.reshape(-1), label_smoothing=0.2)
+    torch.testing.assert_close(reg.loss(logits, y), want)
