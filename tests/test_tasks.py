@@ -150,3 +150,16 @@ def test_label_smoothing_on_per_position_logits_is_torchs() -> None:
     reg = get_spec("label_smoothing", "regularizer").create(epsilon=0.2)
     want = nn.functional.cross_entropy(logits.reshape(-1, 9), y.reshape(-1), label_smoothing=0.2)
     torch.testing.assert_close(reg.loss(logits, y), want)
+
+
+def test_preflight_checks_a_target_against_the_task() -> None:
+    from techbench.preflight import _targets
+    from techbench.registry import default_registry
+
+    def trial(dataset: str, metric: str) -> dict:
+        return {"dataset": {"name": dataset}, "target": {"metric": metric}}
+
+    registry = default_registry()
+    assert _targets([trial("pysource", "val_bpc"), trial("markov", "val_acc")], registry) == []
+    (problem,) = _targets([trial("digits", "val_bpc")], registry)
+    assert "classification task" in problem and "val_acc" in problem

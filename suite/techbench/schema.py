@@ -339,6 +339,16 @@ def metric_series(key: str) -> tuple[str, str]:
     return split, metric
 
 
-EPOCH_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_acc")
-"""The series every epoch records (accuracy for classification and language models only;
-language models also ``train_bpc``, ``val_bpc``, ``train_ppl``, ``val_ppl``); a target names one."""
+EPOCH_METRICS: tuple[str, ...] = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "train_bpc",
+    "val_bpc",
+    "train_ppl",
+    "val_ppl",
+)
+"""The series epochs record (each task records its own, :func:`techbench.tasks.metric_names`:
+accuracy for classification and language models, bits per character and perplexity for language
+models only); a target names one."""
