@@ -72,6 +72,8 @@ def demo(session: nox.Session) -> None:
         nox.param("regularizers", tags=["full"]),
         nox.param("optimizers", tags=["full"]),
         nox.param("lecture", tags=["full"]),
+        nox.param("charlm", tags=["full"]),
+        nox.param("cifar-resnet", tags=["gpu"]),  # needs `techbench data fetch cifar10`
     ],
 )
 def bench(session: nox.Session, matrix: str) -> None:

@@ -14,7 +14,12 @@ The model contract every model plugin keeps (the gradient-health callback, the p
   ``nn.Identity``) sits right before each hidden activation ("before") or right after it
   ("after"); the dropout module (``parts.dropout()``, skipped when None) follows each hidden
   activation (and its normalizer when "after");
-- the output layer is linear: logits for classification, predictions for regression.
+- the output layer is linear: logits for classification, predictions for regression, logits
+  per position (N, T, V) for a language model (``inputs`` ("tokens",): int64 windows (N, T));
+- ``model.features_last`` (optional, default False): hidden activations are (N, ..., C) with the
+  features on the last dim (token models) rather than (N, C, *spatial);
+- a model declaring ``norm_layout = "transformer"`` places its normalizers on the residual
+  stream rather than at each activation (see ``techbench.testing.model``).
 
 ``mlp_parameter_count`` is the closed form of the MLP's parameter count without normalizer
 parameters, used by the conformance check (pure Python: this module does not import torch).
@@ -91,4 +96,83 @@ resmlp = TechniqueSpec(
     ),
     properties={"inputs": ("vector", "image")},
     tags=("mlp", "residual"),
+)
+
+
+RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+
+
+def resnet_parameter_count(
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    depth: int = 20,
+    width: int = 16,
+    norm_params_per_channel: int = 0,
+) -> int:
+    """Parameters of :class:`~techbench_builtins.models_impl.ResNet` (He et al. 2016, sec. 4.2).
+
+    Convs: a stem c_in -> w, then per stage s (widths w, 2w, 4w) 2n 3x3 convs, the first from
+    the previous width; a linear head 4w -> k. Without a normalizer every conv has a bias; with
+    one placed before the activation (``norm_params_per_channel`` affine parameters per channel,
+    2 for batch norm) the convs have none and each conv is followed by a normalizer.
+    """
+    n = (depth - 2) // 6
+    bias = 0 if norm_params_per_channel else 1
+    convs = [(input_shape[0], width)]
+    c_in = width
+    for stage in range(3):
+        c = width * 2**stage
+        for _ in range(2 * n):
+            convs.append((c_in, c))
+            c_in = c
+    per_conv = sum(9 * a * b + b * (bias + norm_params_per_channel) for a, b in convs)
+    return per_conv + c_in * num_outputs + num_outputs
+
+
+resnet = TechniqueSpec(
+    name="resnet",
+    family="model",
+    summary="CIFAR ResNet-(6n+2): 3 stages of basic blocks, zero-padding shortcuts (option A).",
+    citation="He, Zhang, Ren and Sun 2016, Deep residual learning for image recognition (sec. 4.2)",
+    fast=f"{_IMPL}:ResNet",
+    params=(
+        Param(
+            name="depth",
+            type=int,
+            default=20,
+            choices=RESNET_DEPTHS,
+            doc="6n + 2 layers (20: ResNet-20, 0.27M parameters; 32: 0.46M; 56: 0.85M)",
+        ),
+        Param(name="width", type=int, default=16, low=1, high=4096, doc="channels of stage 1"),
+    ),
+    properties={
+        "inputs": ("image",),
+        "parameter_count": "techbench_builtins.models:resnet_parameter_count",
+    },
+    tags=("cnn", "image", "residual"),
+)
+
+transformer = TechniqueSpec(
+    name="transformer",
+    family="model",
+    summary="Decoder-only character-level transformer LM: causal attention + MLP blocks, pre/post-norm.",
+    citation=(
+        "Vaswani et al. 2017, Attention is all you need; Radford et al. 2019, GPT-2 "
+        "(pre-norm, learned positions); Press and Wolf 2017 (weight tying)"
+    ),
+    fast=f"{_IMPL}:Transformer",
+    params=(
+        Param(name="width", type=int, default=128, low=1, high=65536, doc="model width"),
+        Param(name="depth", type=int, default=2, low=1, high=256, doc="transformer blocks"),
+        Param(name="heads", type=int, default=4, low=1, high=256, doc="attention heads"),
+        Param(name="mlp_ratio", type=int, default=4, low=1, high=16, doc="MLP inner width factor"),
+        Param(
+            name="tie_weights",
+            type=bool,
+            default=False,
+            doc="share the token embedding with the output head",
+        ),
+    ),
+    properties={"inputs": ("tokens",), "norm_layout": "transformer"},
+    tags=("transformer", "sequence", "residual"),
 )

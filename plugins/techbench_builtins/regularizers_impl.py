@@ -509,6 +509,8 @@ class LabelSmoothing(Regularizer):
         self.epsilon = epsilon
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        # (N, K) logits, or (N, T, V) per-position logits of a language model (the mean over tokens)
+        logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
         logp = torch.log_softmax(logits, dim=1)
         nll = -logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
         uniform = -logp.mean(dim=1)

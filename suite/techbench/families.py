@@ -27,8 +27,8 @@ This module imports no torch at import time; annotations name torch types as str
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 if TYPE_CHECKING:
@@ -170,8 +170,15 @@ class Preprocessor(Protocol):
 class DatasetSplits:
     """Train / validation / test tensors, fixed by the data seed.
 
-    ``task`` is "classification" (``y`` int64 class indices, ``num_classes`` > 1) or "regression"
-    (``y`` float, ``num_classes`` == 0, ``num_outputs`` targets).
+    ``task`` is "classification" (``y`` int64 class indices, ``num_classes`` > 1), "regression"
+    (``y`` float, ``num_classes`` == 0, ``num_outputs`` targets) or "language_model" (``x`` int64
+    token windows (N, T), ``y`` int64 next tokens (N, T), ``num_classes`` = vocabulary size).
+
+    ``fingerprint``: a content hash of the data the splits were made from (None: fixed by the
+    parameters and seed alone); the trial stores it in its meta so results computed from
+    different data under the same name (another Python's standard library) are never mixed
+    silently. ``info``: JSON-able facts about the data (vocabulary, corpus size, a synthetic
+    source's optimal loss) stored beside it.
     """
 
     name: str
@@ -181,8 +188,10 @@ class DatasetSplits:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "language_model"]
     num_classes: int
+    fingerprint: str | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -190,7 +199,7 @@ class DatasetSplits:
 
     @property
     def num_outputs(self) -> int:
-        if self.task == "classification":
+        if self.task in ("classification", "language_model"):
             return self.num_classes
         return 1 if self.y_train.dim() == 1 else int(self.y_train.shape[1])
 

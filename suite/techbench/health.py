@@ -8,7 +8,8 @@ Every ``every_n_steps`` optimizer steps (and at step 0) it records, as tidy rows
   ||W - W_0||; from a forward hook on activation ``i`` (``activation_layers[i]``):
   ``act_mean``, ``act_std``, ``dead_fraction`` and ``saturated_fraction`` with the thresholds the
   activation plugin declares (``techbench.layerstats``; a metric the activation cannot have is
-  not recorded);
+  not recorded); a unit is a channel of (N, C, *spatial) outputs, or a feature of (N, T, C)
+  outputs when the model sets ``features_last`` (token models);
 - globals (layer ""): ``grad_norm_global`` = sqrt(sum of squared norms of every parameter's
   gradient), ``nonfinite_grads`` = count of NaN/inf gradient entries, ``grad_ratio_first_last``
   = first layer's grad_norm / last layer's; when a regularizer transforms gradients
@@ -93,6 +94,7 @@ class GradientHealth(StepCallback):
         self._row_keys: list[tuple[str, str, int]] | None = None
         self._pre_transform = False
         self._pre_norm: torch.Tensor | None = None
+        self._features_last = False
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,6 +103,8 @@ class GradientHealth(StepCallback):
             cast(torch.Tensor, layer.weight) for layer in weight_layers_of(model)
         ]
         self.activations = list(getattr(model, "activation_layers", []))
+        # token models (N, T, C): a unit is a feature over all samples and positions
+        self._features_last = bool(getattr(model, "features_last", False))
         self.params = [p for p in pl_module.parameters() if p.requires_grad]
         self.init = [w.clone() for w in _as_float([w.detach() for w in self.weights])]
         self._before = [torch.empty_like(w) for w in self.init]  # also holds W - W_0 later
@@ -128,7 +132,8 @@ class GradientHealth(StepCallback):
     ) -> None:
         # reduced after the step, all layers together (layerstats.activation_stat_matrix);
         # autograd forbids in-place changes to it (the next layer saved it for backward)
-        self._outs[index] = output.detach()
+        out = output.detach()
+        self._outs[index] = out.reshape(-1, out.shape[-1]) if self._features_last else out
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:

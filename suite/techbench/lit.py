@@ -35,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from . import tasks
 from ._lightning_compat import (
     new_trainer,
     plain_precision,
@@ -144,14 +145,8 @@ class TensorDataModule(pl.LightningDataModule):
 
 
 def task_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy for classification, mean squared error for regression."""
-    if task == "classification":
-        return nn.functional.cross_entropy
-
-    def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(out.reshape(y.shape), y)
-
-    return mse
+    """The task's training loss (see :mod:`techbench.tasks`)."""
+    return tasks.loss_fn(task)
 
 
 def scan_losses(
@@ -374,29 +369,20 @@ class TechniqueModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss, accuracy) over (x, y) in eval mode, on the device; accuracy NaN if regression."""
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task's metrics (:func:`techbench.tasks.metric_names`) over (x, y) in eval mode,
+        as one float64 tensor on the device."""
         was_training = self.model.training
         self.model.eval()
-        n = max(len(x), 1)
-        if len(x) <= EVAL_CHUNK:  # one chunk: the same numbers with fewer small ops
-            out = self.model(x)
-            self.model.train(was_training)
-            loss = self.loss_fn(out, y).double()
-            if self.task != "classification":
-                return loss, torch.full_like(loss, math.nan)
-            return loss, (out.argmax(dim=1) == y).sum().double() / n
-        total = torch.zeros((), device=x.device, dtype=torch.float64)
-        correct = torch.zeros((), device=x.device, dtype=torch.float64)
-        for lo in range(0, len(x), EVAL_CHUNK):
-            xb, yb = x[lo : lo + EVAL_CHUNK], y[lo : lo + EVAL_CHUNK]
-            out = self.model(xb)
-            total += self.loss_fn(out, yb).double() * len(xb)
-            if self.task == "classification":
-                correct += (out.argmax(dim=1) == yb).sum()
+        chunk = tasks.eval_chunk(self.task, x, EVAL_CHUNK)
+        total: torch.Tensor | None = None
+        for lo in range(0, max(len(x), 1), chunk):
+            xb, yb = x[lo : lo + chunk], y[lo : lo + chunk]
+            sums = tasks.eval_sums(self.task, self.model(xb), yb, self.loss_fn)
+            total = sums if total is None else total + sums
         self.model.train(was_training)
-        acc = correct / n if self.task == "classification" else torch.full_like(correct, math.nan)
-        return total / n, acc
+        assert total is not None
+        return tasks.eval_metrics(self.task, total)
 
     def on_train_epoch_end(self) -> None:
         self._flush_losses()
@@ -410,18 +396,19 @@ class TechniqueModule(pl.LightningModule):
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         train = self.evaluate(t["x_train"], t["y_train"])
         val = self.evaluate(t["x_val"], t["y_val"])
-        train_loss, train_acc, val_loss, val_acc = torch.stack([*train, *val]).tolist()
-        self.rows.append(metric_row(step, epoch, "train", "epoch_loss", train_loss))
-        self.rows.append(metric_row(step, epoch, "val", "loss", val_loss))
-        if self.task == "classification":
-            self.rows.append(metric_row(step, epoch, "train", "epoch_acc", train_acc))
-            self.rows.append(metric_row(step, epoch, "val", "acc", val_acc))
+        names = tasks.metric_names(self.task)
+        values = torch.cat([train, val]).tolist()
+        metrics: dict[str, float] = {}
+        for name, train_value, val_value in zip(
+            names, values[: len(names)], values[len(names) :], strict=True
+        ):
+            self.rows.append(metric_row(step, epoch, "train", f"epoch_{name}", train_value))
+            self.rows.append(metric_row(step, epoch, "val", name, val_value))
+            metrics |= {f"val_{name}": val_value, f"train_{name}": train_value}
+        val_loss = metrics["val_loss"]
         if val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
             self.best_state = _copy_state(self.model.state_dict(), self.best_state)
-        metrics = {"val_loss": val_loss, "train_loss": train_loss}
-        if self.task == "classification":
-            metrics |= {"val_acc": val_acc, "train_acc": train_acc}
         self._publish(metrics, step)
         self.eval_seconds += time.perf_counter() - now
 
@@ -441,23 +428,18 @@ class TechniqueModule(pl.LightningModule):
         self.rows += self.test_rows()
 
     def test_rows(self) -> list[dict[str, Any]]:
-        """Test loss/accuracy of the final weights and of the best-validation weights."""
+        """Test metrics of the final weights and (``best_*``) of the best-validation weights."""
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
-        out = []
         step, epoch = self.steps_done, max(self.epochs_done - 1, 0)
-        final = torch.stack(self.evaluate(t["x_test"], t["y_test"])).tolist()
-        named = [("loss", final[0]), ("acc", final[1])]
+        names = tasks.metric_names(self.task)
+        named = list(zip(names, self.evaluate(t["x_test"], t["y_test"]).tolist(), strict=True))
         if self.best_state is not None:
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(self.best_state)
-            best = torch.stack(self.evaluate(t["x_test"], t["y_test"])).tolist()
+            best = self.evaluate(t["x_test"], t["y_test"]).tolist()
             self.model.load_state_dict(current)
-            named += [("best_loss", best[0]), ("best_acc", best[1])]
-        for metric, value in named:
-            if metric.endswith("acc") and self.task != "classification":
-                continue
-            out.append(metric_row(step, epoch, "test", metric, value))
-        return out
+            named += [(f"best_{n}", v) for n, v in zip(names, best, strict=True)]
+        return [metric_row(step, epoch, "test", metric, value) for metric, value in named]
 
 
 _PLAIN_STATE = frozenset(

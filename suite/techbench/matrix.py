@@ -26,6 +26,8 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
 
     [trainer]                            # accelerator, devices, precision, deterministic
     accelerator = "auto"
+    precision = "bf16-mixed"             # Lightning's precision names
+    memory_format = "channels_last"      # optional: NHWC convolutions ("contiguous" if unset)
 
     [health]                             # gradient-health instrumentation
     every_n_steps = 25                   # default; 1 = every step
@@ -114,7 +116,10 @@ TOP_KEYS = (
 )
 BUDGET_KEYS = ("epochs", "steps", "max_steps", "max_seconds", "batch_size")
 TARGET_KEYS = ("metric", "value", "mode")
-TRAINER_KEYS = ("accelerator", "devices", "precision", "deterministic")
+TRAINER_KEYS = ("accelerator", "devices", "precision", "deterministic", "memory_format")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+"""``trainer.memory_format``; not in :data:`DEFAULT_CONFIG`, so trials that don't set it keep
+their ids."""
 HEALTH_KEYS = ("enabled", "every_n_steps")
 REPORT_KEYS = ("score",)
 SCORE_RULES = ("final", "best")
@@ -423,6 +428,14 @@ class _Parser:
                 out["devices"] = d
             else:
                 self.problem("trainer.devices", f"must be an integer >= 1 or 'auto', got {d!r}")
+        if "memory_format" in raw:
+            if raw["memory_format"] in MEMORY_FORMATS:
+                out["memory_format"] = raw["memory_format"]
+            else:
+                self.problem(
+                    "trainer.memory_format",
+                    f"must be one of {', '.join(MEMORY_FORMATS)}, got {raw['memory_format']!r}",
+                )
         if "deterministic" in raw:
             if isinstance(raw["deterministic"], bool):
                 out["deterministic"] = raw["deterministic"]

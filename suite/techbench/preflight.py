@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .schema import EPOCH_METRICS
+from .tasks import TASKS, metric_names
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 """Accelerator names Lightning accepts that this check knows how to test for."""
@@ -106,10 +107,20 @@ def _targets(trials: Sequence[Mapping[str, Any]], registry: Any) -> list[str]:
             task = registry.get_spec(dataset, "dataset").properties.get("task")
         except Exception:
             continue
+        if task not in TASKS:
+            continue
+        recorded = {f"{s}_{name}" for s in ("train", "val") for name in metric_names(task)}
+        if metric in recorded:
+            continue
         if task == "regression" and metric.endswith("_acc"):
             loss = metric.replace("_acc", "_loss")
             problems.append(
                 f"target metric {metric!r}: dataset {dataset} is a regression task and records "
                 f"no accuracy (did you mean {loss!r}?)"
+            )
+        else:
+            problems.append(
+                f"target metric {metric!r}: dataset {dataset} is a {task} task and records "
+                f"{', '.join(sorted(recorded))}"
             )
     return problems

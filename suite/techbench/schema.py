@@ -150,7 +150,10 @@ class TrialMeta:
     (:mod:`techbench.calibrate`) and ``modelled_seconds`` = ``steps`` x ``step_seconds``, the
     time a report compares; ``techniques`` per technique key of the config, the technique and
     the distribution and version that supplied it (:mod:`techbench.provenance`; None when not
-    recorded). Keys a newer writer adds land in ``extra`` and are
+    recorded). Data: ``data_fingerprint`` is a content hash of the data the dataset plugin read
+    or generated (``DatasetSplits.fingerprint``; None when the parameters and seed fix the data)
+    and ``data_info`` the dataset's facts (``DatasetSplits.info``). Keys a newer writer adds land
+    in ``extra`` and are
     written back unchanged.
     """
 
@@ -171,6 +174,8 @@ class TrialMeta:
     stack_wall_seconds: float | None = None
     step_seconds: float | None = None
     modelled_seconds: float | None = None
+    data_fingerprint: str | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,6 +292,8 @@ def metric_row(
     Splits: ``train`` (``loss`` per step; ``epoch_loss``/``epoch_acc`` over the training set at
     an epoch's end), ``val`` and ``test`` (``loss``, ``acc``; test also ``best_loss``/``best_acc``
     at the best-validation weights), ``time`` (``seconds``), ``health`` (gradient health).
+    Language models add ``bpc`` and ``ppl`` wherever ``loss`` is an epoch or test metric
+    (:mod:`techbench.tasks` lists each task's metrics).
     """
     return {
         "step": step,
@@ -332,5 +339,16 @@ def metric_series(key: str) -> tuple[str, str]:
     return split, metric
 
 
-EPOCH_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_acc")
-"""The series every epoch records (accuracy for classification only); a target names one."""
+EPOCH_METRICS: tuple[str, ...] = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "train_bpc",
+    "val_bpc",
+    "train_ppl",
+    "val_ppl",
+)
+"""The series epochs record (each task records its own, :func:`techbench.tasks.metric_names`:
+accuracy for classification and language models, bits per character and perplexity for language
+models only); a target names one."""

@@ -15,8 +15,10 @@ implementation would couple members on stacked tensors. Optimizers must declare
 coordinate's history, so one optimizer over stacked tensors is K independent ones); regularizers
 stack when they use only the ``transform_batch``, ``penalty``, ``loss`` and ``callbacks`` hooks,
 which the engine applies member by member (early stopping stops one member, the others go on);
-modules in the network (dropout) and after-step hooks (max-norm, decoupled decay) run one by one.
-A stack of one is the one-by-one path.
+modules in the network (dropout) and after-step hooks (max-norm, decoupled decay) run one by one;
+language-model datasets (task "language_model", :mod:`techbench.tasks`) run one by one, since the
+stacked engine evaluates classification and regression only. A stack of one is the one-by-one
+path.
 """
 
 from __future__ import annotations
@@ -69,8 +71,12 @@ def unstackable_reason(config: Mapping[str, Any], registry: Any = None) -> str:
     try:
         optimizer = get_spec(config["optimizer"]["name"], "optimizer")
         regularizer = get_spec(config["regularizer"]["name"], "regularizer")
+        dataset = get_spec(config["dataset"]["name"], "dataset")
     except Exception as exc:  # an unknown technique: the trial fails on its own, alone
         return f"cannot look up its techniques ({exc})"
+    task = dataset.properties.get("task", "classification")
+    if task not in ("classification", "regression"):
+        return f"dataset {dataset.name!r} is a {task} task (stacks train classification/regression)"
     if not optimizer.properties.get("elementwise"):
         return f"optimizer {optimizer.name!r} does not declare an elementwise update"
     hooks = set(regularizer.properties.get("hooks", ("?",)))

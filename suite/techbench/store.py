@@ -483,10 +483,9 @@ def _flatten(meta: Mapping[str, Any]) -> dict[str, Any]:
         row[f"target_{key}"] = target[key]
     for key in META_FIELDS:
         row["epochs_run" if key == "epochs" else key] = meta.get(key)
-    versions = meta.get("versions")
-    row["versions"] = json.dumps(versions, sort_keys=True) if versions else None
-    techniques = meta.get("techniques")
-    row["techniques"] = json.dumps(techniques, sort_keys=True) if techniques else None
+    for key in ("versions", "techniques", "data_info"):  # mappings as JSON text
+        value = meta.get(key)
+        row[key] = json.dumps(value, sort_keys=True) if value else None
     plugins = plugin_sources(meta)
     row["plugins"] = json.dumps(plugins) if plugins else None
     row["config"] = json.dumps(config, sort_keys=True)
@@ -635,7 +634,7 @@ def load_results(
     the formatted technique (``leaky_relu(alpha=0.1)``), lr, norm_placement, seed, data_seed,
     the budget's epochs/max_steps/batch_size, target_metric/value/mode, the meta fields
     (:data:`techbench.schema.META_FIELDS`; the number of epochs run as ``epochs_run``,
-    ``versions`` and ``techniques`` as JSON), ``plugins`` (JSON list of the non-built-in
+    ``versions``, ``techniques`` and ``data_info`` as JSON), ``plugins`` (JSON list of the non-built-in
     "distribution version" the trial used, :func:`techbench.provenance.plugin_sources`) and
     ``config`` (the canonical JSON). ``metrics``: the long table
     (trial_id, step, epoch, split, metric, layer, value), see :func:`load_metrics`.

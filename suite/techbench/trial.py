@@ -24,7 +24,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .lit import DIVERGENCE_FACTOR
@@ -59,6 +59,8 @@ class _State:
     trainer: Any = None
     num_parameters: int | None = None
     device: str = "cpu"
+    data_fingerprint: str | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
 
 
 def run_trial(
@@ -116,6 +118,8 @@ def run_trial(
         epochs=module.epochs_done if module is not None else 0,
         num_parameters=state.num_parameters,
         health_overhead=health.seconds if health is not None else None,
+        data_fingerprint=state.data_fingerprint,
+        data_info=state.data_info,
     )
     return TrialOutcome(tid, cfg, status, metrics, meta)
 
@@ -188,14 +192,21 @@ def _prepare(cfg: Mapping[str, Any], registry: Any) -> tuple[dict[str, Any], Any
     specs = {key: get_spec(cfg[key]["name"], fam) for key, fam in AXIS_FAMILY.items()}
     params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
     splits = specs["dataset"].create(int(cfg["data_seed"]), **params["dataset"])
-    pre = specs["preprocessor"].create(**params["preprocessor"])
-    pre.fit(splits.x_train)
-    splits = dataclasses.replace(
-        splits,
-        x_train=pre.transform(splits.x_train),
-        x_val=pre.transform(splits.x_val),
-        x_test=pre.transform(splits.x_test),
-    )
+    if splits.x_train.is_floating_point():
+        pre = specs["preprocessor"].create(**params["preprocessor"])
+        pre.fit(splits.x_train)
+        splits = dataclasses.replace(
+            splits,
+            x_train=pre.transform(splits.x_train),
+            x_val=pre.transform(splits.x_val),
+            x_test=pre.transform(splits.x_test),
+        )
+    elif cfg["preprocessor"]["name"] != "none":
+        raise ValueError(
+            f"dataset {cfg['dataset']['name']!r} gives {splits.x_train.dtype} inputs (token ids), "
+            f"which preprocessor {cfg['preprocessor']['name']!r} cannot transform; "
+            'set preprocessor = "none"'
+        )
     return specs, splits
 
 
@@ -234,10 +245,13 @@ def _train(
     from .lit import TechniqueModule, TensorDataModule, build_logger, build_trainer
 
     specs, splits = _prepare(cfg, registry)
+    state.data_fingerprint, state.data_info = splits.fingerprint, dict(splits.info)
     params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
     seed, budget = int(cfg["seed"]), cfg["budget"]
     _seed_all(seed)
     model, regularizer = build_model(cfg, specs, splits)
+    if cfg["trainer"].get("memory_format") == "channels_last":
+        model, splits = _channels_last(model, splits)
     state.num_parameters = sum(p.numel() for p in model.parameters())
     batch_size = int(budget["batch_size"])
     total_steps = _total_steps(splits, budget)
@@ -276,6 +290,22 @@ def _train(
         state.trainer = trainer
         state.device = _device_name(trainer.strategy.root_device)
         trainer.fit(module, datamodule=datamodule)
+
+
+def _channels_last(model: Any, splits: Any) -> tuple[Any, Any]:
+    """The model's 4-D weights and the image inputs in NHWC order (``torch.channels_last``):
+    the layout tensor-core convolutions run fastest in; values are unchanged."""
+    import torch
+
+    fmt = torch.channels_last
+
+    def nhwc(x: Any) -> Any:
+        return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
+
+    split = dataclasses.replace(
+        splits, x_train=nhwc(splits.x_train), x_val=nhwc(splits.x_val), x_test=nhwc(splits.x_test)
+    )
+    return model.to(memory_format=fmt), split
 
 
 class quiet_lightning:
@@ -324,7 +354,7 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
     cfgs: list[dict[str, Any]] = []
     try:
         cfgs = [complete_config(c) for c in configs]
-        module, order, device, num_parameters = _train_stack(cfgs, registry)
+        module, order, device, num_parameters, splits = _train_stack(cfgs, registry)
     except Exception:
         error = traceback.format_exc()
         return [
@@ -351,6 +381,8 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
             health_overhead=member.health.seconds if member.health is not None else None,
             stack_size=len(cfgs),
             stack_wall_seconds=wall,
+            data_fingerprint=splits.fingerprint,
+            data_info=dict(splits.info),
         )
         status: Status = "diverged" if member.diverged_step is not None else "completed"
         outcomes[k] = TrialOutcome(trial_id(cfgs[k]), cfgs[k], status, metrics, meta)
@@ -381,7 +413,7 @@ def complete_config_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
         return dict(config)
 
 
-def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[int], str, int]:
+def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[int], str, int, Any]:
     from .health import GradientHealth
     from .lit import build_trainer
     from .population import Member, StackedDataModule, StackedModule, order_members
@@ -433,4 +465,4 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
         trainer = build_trainer(trainer_cfg, first["budget"], callbacks=[], logger=False)
         device = _device_name(trainer.strategy.root_device)
         trainer.fit(module, datamodule=datamodule)
-    return module, order, device, num_parameters
+    return module, order, device, num_parameters, splits

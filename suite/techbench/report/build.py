@@ -123,6 +123,27 @@ def _versions(trials: pd.DataFrame) -> list[tuple[str, object]]:
     return out
 
 
+def _fingerprints(trials: pd.DataFrame) -> list[tuple[str, object]]:
+    """Per dataset with a data fingerprint: its hash, or a warning when runs trained on
+    different data under the same name (e.g. ``pysource`` from two Python versions)."""
+    if "data_fingerprint" not in trials:
+        return []
+    out: list[tuple[str, object]] = []
+    known = trials.dropna(subset=["data_fingerprint"])
+    for dataset, group in known.groupby(known["dataset"].astype(str)):
+        hashes = sorted(group["data_fingerprint"].astype(str).unique())
+        if len(hashes) == 1:
+            out.append((f"data {dataset}", f"sha256 {hashes[0][:16]}"))
+        else:
+            text = ", ".join(
+                f"{h[:12]} ({(group['data_fingerprint'] == h).sum()} runs)" for h in hashes
+            )
+            out.append(
+                (f"data {dataset}", f"WARNING: MIXED DATA, {len(hashes)} fingerprints: {text}")
+            )
+    return out
+
+
 def _overhead(trials: pd.DataFrame) -> str:
     if "health_overhead" not in trials:
         return "not measured"
@@ -183,6 +204,8 @@ def _header(ctx: ReportContext, seconds: float) -> str:
     devices = trials["device"].dropna().astype(str).value_counts()
     more.append(("hardware", ", ".join(f"{d} ({n} runs)" for d, n in devices.items()) or "?"))
     more += _versions(trials)
+    for item in _fingerprints(trials):  # mixed data is shown up front, a single hash with the rest
+        (items if "MIXED" in str(item[1]) else more).append(item)
     more.append(("instrumentation overhead", _overhead(trials)))
     more.append(("report host", f"{platform.platform()}, built in {seconds:.1f} s"))
     details = "<details><summary>matrix, hardware, versions</summary>"

@@ -2,15 +2,17 @@
 
 Protocol: ``spec.create(data_seed, **hp)`` returns a :class:`techbench.families.DatasetSplits`
 whose ``x_*`` are float32 with equal trailing shapes, ``y_*`` int64 class indices in
-``[0, num_classes)`` (classification) or float (regression, ``num_classes == 0``). A reference
-is not required. The declared properties the checks read (see ``techbench_builtins.datasets``):
-``task``, ``num_classes``, ``split`` ("fractions": val/test are ``round(n * val_fraction)`` /
+``[0, num_classes)`` (classification) or float (regression, ``num_classes == 0``); for task
+"language_model" ``x_*`` and ``y_*`` are int64 token windows (N, T) with ids in
+``[0, num_classes)``. A reference is not required. The declared properties the checks read
+(see ``techbench_builtins.datasets``): ``task``, ``num_classes``, ``split`` ("fractions", or
+"blocks" for contiguous blocks of a token stream: val/test are ``round(n * val_fraction)`` /
 ``round(n * test_fraction)`` of all n samples; "official_test": val is
 ``round(n_train_files * val_fraction)`` and test is the files' test set) and, for
-``source == "files"``, ``file_format`` ("idx", "cifar10-python" or "cifar100-python"): the
-checks then write small files of that format in a temporary folder (:func:`write_idx_dataset`,
-:func:`write_cifar10_batches`, :func:`write_cifar100_files`) and pass it as the ``root``
-parameter.
+``source == "files"``, ``file_format`` ("idx", "cifar10-python", "cifar100-python" or "text":
+one ``input.txt``): the checks then write small files of that format in a temporary folder
+(:func:`write_idx_dataset`, :func:`write_cifar10_batches`, :func:`write_cifar100_files`,
+:func:`write_text`) and pass it as the ``root`` parameter.
 
 Checks: the splits' dtypes and shapes; sizes as declared; disjoint splits (no sample of one split
 repeated in another beyond 1% of the smaller split, which catches leaked or reused indices);
@@ -129,6 +131,18 @@ def write_cifar100_files(
     return out[0], out[1], out[2], out[3]
 
 
+def write_text(path: str | Path, n_chars: int = 20_000, *, seed: int = 0) -> str:
+    """A UTF-8 text file of seeded random words (lower-case letters, spaces, newlines)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = ["".join(rng.choice(letters, rng.integers(1, 9))) for _ in range(n_chars // 4)]
+    text = "".join(w + ("\n" if i % 12 == 11 else " ") for i, w in enumerate(words))[:n_chars]
+    Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
 @contextlib.contextmanager
 def _fixture_params(spec: TechniqueSpec) -> Iterator[dict[str, Any]]:
     props = spec.properties
@@ -143,6 +157,8 @@ def _fixture_params(spec: TechniqueSpec) -> Iterator[dict[str, Any]]:
             write_cifar10_batches(tmp)
         elif fmt == "cifar100-python":
             write_cifar100_files(tmp)
+        elif fmt == "text":
+            write_text(Path(tmp) / "input.txt")
         else:
             raise CheckFailure(
                 f"{spec.qualified_name}: unknown file_format {fmt!r}; cannot write fixtures"
@@ -173,11 +189,19 @@ def _check_types(spec: TechniqueSpec, s: Any) -> None:
     shape = None
     for name in _NAMES:
         x, y = getattr(s, f"x_{name}"), getattr(s, f"y_{name}")
-        if x.dtype != torch.float32:
+        tokens = s.task == "language_model"
+        want_x = torch.int64 if tokens else torch.float32
+        if x.dtype != want_x:
             raise CheckFailure(
-                f"{spec.qualified_name}: x_{name} has dtype {x.dtype}, expected float32"
+                f"{spec.qualified_name}: x_{name} has dtype {x.dtype}, expected "
+                f"{str(want_x).removeprefix('torch.')}"
             )
-        want = torch.int64 if s.task == "classification" else torch.float32
+        if tokens and (x.shape != y.shape or x.dim() != 2):
+            raise CheckFailure(
+                f"{spec.qualified_name}: {name} windows x {tuple(x.shape)} and targets "
+                f"y {tuple(y.shape)} must both be (N, T)"
+            )
+        want = torch.int64 if s.task in ("classification", "language_model") else torch.float32
         if y.dtype != want:
             raise CheckFailure(
                 f"{spec.qualified_name}: y_{name} has dtype {y.dtype}, expected {want}"
@@ -193,8 +217,9 @@ def _check_types(spec: TechniqueSpec, s: Any) -> None:
         shape = tuple(x.shape[1:])
         if not bool(torch.isfinite(x).all()):
             raise CheckFailure(f"{spec.qualified_name}: x_{name} has non-finite values")
-        if s.task == "classification" and len(y):
-            lo, hi = int(y.min()), int(y.max())
+        if s.task != "regression" and len(y):
+            both = torch.cat([x.reshape(-1), y.reshape(-1)]) if tokens else y
+            lo, hi = int(both.min()), int(both.max())
             if lo < 0 or hi >= s.num_classes:
                 raise CheckFailure(
                     f"{spec.qualified_name}: y_{name} labels span [{lo}, {hi}], outside [0, {s.num_classes})"
@@ -210,7 +235,7 @@ def _check_sizes(spec: TechniqueSpec, s: Any, params: dict[str, Any]) -> None:
     hp = spec.hyperparams(params)
     sizes = {n: len(getattr(s, f"x_{n}")) for n in _NAMES}
     split = spec.properties.get("split")
-    if split == "fractions":
+    if split in ("fractions", "blocks"):
         total = sum(sizes.values())
         want = {
             "val": round(total * hp["val_fraction"]),

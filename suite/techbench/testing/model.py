@@ -12,9 +12,15 @@ The normalizer module (``parts.normalizer(features)``) must run right before eac
 when ``parts.norm_placement == "before"`` and right after it when "after"; the dropout module
 (``parts.dropout()``) must follow each activation. No reference is required. Declared
 properties read here: ``inputs`` (("vector",) and/or ("image",): the checks use inputs of shape
-(20,) and (3, 16, 16)) and optionally ``parameter_count``, a ``"module:function"`` string of a
-closed form ``f(input_shape, num_outputs, **hp) -> int`` that must equal the number of parameters
-without normalizer (the checks build the model with the spec's default hyper-parameters).
+(20,) and (3, 16, 16); ("tokens",): int64 token windows of shape (12,) with ids below
+``num_outputs``, mapped to logits (N, 12, num_outputs)) and optionally ``parameter_count``, a
+``"module:function"`` string of a closed form ``f(input_shape, num_outputs, **hp) -> int`` that
+must equal the number of parameters without normalizer (the checks build the model with the
+spec's default hyper-parameters).
+
+``norm_layout = "transformer"`` declares residual-stream normalizers instead of one per
+activation: per block, pre-norm ("before") runs N, attention, N, then the MLP's A and D, and a
+final N before the head; post-norm ("after") runs attention, N, the MLP's A and D, then N.
 
 The checks build models from marker parts (subclasses of ``nn.Tanh``, ``nn.GroupNorm`` and
 ``nn.Dropout`` that can be counted), so they test the model plugin alone.
@@ -31,6 +37,7 @@ WEIGHT_FILL = 0.125
 BIAS_FILL = -0.25
 VECTOR_SHAPE = (20,)
 IMAGE_SHAPE = (3, 16, 16)
+TOKENS_SHAPE = (12,)
 NUM_OUTPUTS = 7
 
 
@@ -74,7 +81,20 @@ def _parts(normalizer: bool = False, placement: str = "before", dropout: bool = 
 
 def _shapes(spec: TechniqueSpec) -> list[tuple[int, ...]]:
     inputs = spec.properties.get("inputs", ("vector",))
-    return [VECTOR_SHAPE if kind == "vector" else IMAGE_SHAPE for kind in inputs]
+    shapes = {"vector": VECTOR_SHAPE, "image": IMAGE_SHAPE, "tokens": TOKENS_SHAPE}
+    return [shapes.get(kind, IMAGE_SHAPE) for kind in inputs]
+
+
+def _tokens(spec: TechniqueSpec) -> bool:
+    return "tokens" in spec.properties.get("inputs", ())
+
+
+def _batch(spec: TechniqueSpec, n: int, shape: tuple[int, ...]) -> Any:
+    import torch
+
+    if _tokens(spec):
+        return torch.randint(0, NUM_OUTPUTS, (n, *shape))
+    return torch.randn(n, *shape)
 
 
 def _build(spec: TechniqueSpec, shape: tuple[int, ...], parts: Any) -> Any:
@@ -92,11 +112,12 @@ def check_output_shape(spec: TechniqueSpec) -> None:
     for shape in _shapes(spec):
         parts, _ = _parts()
         model = _build(spec, shape, parts)
-        out = model(torch.randn(5, *shape))
-        if tuple(out.shape) != (5, NUM_OUTPUTS):
+        out = model(_batch(spec, 5, shape))
+        want = (5, *shape, NUM_OUTPUTS) if _tokens(spec) else (5, NUM_OUTPUTS)
+        if tuple(out.shape) != want:
             raise CheckFailure(
                 f"{spec.qualified_name}: input (5, {', '.join(map(str, shape))}) gave output "
-                f"{tuple(out.shape)}, expected (5, {NUM_OUTPUTS})"
+                f"{tuple(out.shape)}, expected {want}"
             )
         out.sum().backward()
         for name, p in model.named_parameters():
@@ -157,7 +178,8 @@ def check_parts_used(spec: TechniqueSpec) -> None:
                     f"{spec.qualified_name}: {n_act} modules from parts.activation but "
                     f"activation_layers lists {len(declared)}"
                 )
-            if n_norm != n_act or n_drop != n_act:
+            transformer = spec.properties.get("norm_layout") == "transformer"
+            if n_drop != n_act or (n_norm != n_act and not transformer):
                 raise CheckFailure(
                     f"{spec.qualified_name}: expected one normalizer and one dropout per activation "
                     f"({n_act}), found {n_norm} normalizers and {n_drop} dropouts"
@@ -171,16 +193,18 @@ def check_parts_used(spec: TechniqueSpec) -> None:
             ]
             model.eval()
             with torch.no_grad():
-                model(torch.randn(3, *shape))
+                model(_batch(spec, 3, shape))
             for h in handles:
                 h.remove()
             text = "".join(order)
-            want = "NAD" if placement == "before" else "AND"
-            if text != want * n_act:
+            if transformer:
+                want = "NNAD" * n_act + "N" if placement == "before" else "NADN" * n_act
+            else:
+                want = ("NAD" if placement == "before" else "AND") * n_act
+            if text != want:
                 raise CheckFailure(
                     f"{spec.qualified_name}: with norm_placement={placement!r} the forward pass "
-                    f"ran {text!r} (N normalizer, A activation, D dropout), expected {want!r} "
-                    f"x {n_act}"
+                    f"ran {text!r} (N normalizer, A activation, D dropout), expected {want!r}"
                 )
 
 
