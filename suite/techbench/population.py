@@ -203,6 +203,10 @@ class StackedModule(pl.LightningModule):
         for leaf in self.leaves:  # a stacked bias [K, n] is still a bias to an optimizer
             setattr(leaf, STACKED_DIMS, 1)
         self.names = list(params)
+        self._index = {name: j for j, name in enumerate(self.names)}
+        self._group_of = [
+            g for g, s in enumerate(self.group_slices) for _ in range(s.start, s.stop)
+        ]
         for name, value in buffers.items():
             self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())
         self.buffer_names = list(buffers)
@@ -239,13 +243,19 @@ class StackedModule(pl.LightningModule):
     def stacked_buffers(self) -> dict[str, torch.Tensor]:
         return {n: getattr(self, "stack__" + n.replace(".", "__")) for n in self.buffer_names}
 
+    def _leaf(self, name: str, k: int) -> tuple[nn.Parameter, int]:
+        """The leaf holding member k's parameter ``name`` and the member's row in it."""
+        g = self._group_of[k]
+        return self.leaves[g * len(self.names) + self._index[name]], k - self.group_slices[g].start
+
     def member_tensor(self, name: str, k: int) -> torch.Tensor:
         """Member k's slice of parameter ``name`` (a view of its group's leaf)."""
-        j = self.names.index(name)
-        for g, s in enumerate(self.group_slices):
-            if s.start <= k < s.stop:
-                return self.leaves[g * len(self.names) + j][k - s.start]
-        raise IndexError(k)
+        leaf, row = self._leaf(name, k)
+        return leaf[row]
+
+    def _member_grad(self, name: str, k: int) -> torch.Tensor | None:
+        leaf, row = self._leaf(name, k)
+        return None if leaf.grad is None else leaf.grad[row]
 
     @property
     def base(self) -> nn.Module:
@@ -574,8 +584,11 @@ class StackedModule(pl.LightningModule):
     def _load_member(self, k: int) -> None:
         m = self.members[k]
         with torch.no_grad():
-            for name, p in m.model.named_parameters():
-                p.copy_(self.member_tensor(name, k))
+            named = list(m.model.named_parameters())
+            if named:
+                torch._foreach_copy_(
+                    [p for _, p in named], [self.member_tensor(n, k) for n, _ in named]
+                )
             buffers = self.stacked_buffers()
             for name, b in m.model.named_buffers():
                 b.copy_(buffers[name][k])
@@ -600,21 +613,17 @@ class StackedModule(pl.LightningModule):
                 p.grad = None if leaf_grad is None else leaf_grad
             m.health.on_before_optimizer_step(self.trainer, _MemberView(m.model), None)
 
-    def _member_grad(self, name: str, k: int) -> torch.Tensor | None:
-        j = self.names.index(name)
-        for g, s in enumerate(self.group_slices):
-            if s.start <= k < s.stop:
-                grad = self.leaves[g * len(self.names) + j].grad
-                return None if grad is None else grad[k - s.start]
-        return None
-
     def _health_end(self, members: Sequence[Member]) -> None:
         index = {id(m): k for k, m in enumerate(self.members)}
         for m in members:
             k = index[id(m)]
             with torch.no_grad():
-                for name, p in m.model.named_parameters():
-                    p.copy_(self.member_tensor(name, k))
+                named = list(m.model.named_parameters())
+                if named:
+                    torch._foreach_copy_(
+                        [p for _, p in named], [self.member_tensor(n, k) for n, _ in named]
+                    )
+                for _, p in named:
                     p.grad = None
             m.health.end_step()
 
