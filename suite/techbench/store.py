@@ -71,7 +71,8 @@ _HOST = "@" + socket.gethostname().replace(".", "-")
 """Tags temp names, so a store on a shared filesystem only cleans up its own host's leftovers."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -353,7 +354,7 @@ class ResultStore:
             if any(x.startswith("@") and x != _HOST for x in parts):
                 continue
             pid = next((int(x) for x in parts[1:] if x.isdigit()), None)
-            if pid is not None and not _pid_alive(pid):
+            if pid is not None and not pid_alive(pid):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
@@ -366,7 +367,7 @@ class ResultStore:
                     if host and "@" + host != _HOST:
                         continue
                     pid = int(pid_text or "0")
-                    if pid <= 0 or not _pid_alive(pid):
+                    if pid <= 0 or not pid_alive(pid):
                         marker.unlink()
         return removed
 

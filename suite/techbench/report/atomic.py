@@ -18,18 +18,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..store import pid_alive
+
 MARKER = ".techbench-report"
 """Empty file marking a folder as a whole techbench report (safe to replace as a unit)."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sweep(out: Path) -> None:
@@ -38,7 +30,7 @@ def _sweep(out: Path) -> None:
             pid = int(old.name.rsplit("-", 2)[-2])
         except (ValueError, IndexError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -397,6 +397,29 @@ def _check_transform_reproducible(spec: TechniqueSpec) -> None:
         )
 
 
+def _check_standard_normal(label: str, e: Any, note: str = "") -> None:
+    """``e`` (the noise recovered through the reference law) is a N(0, 1) sample: its mean,
+    variance and P(|e| < 1) each within the z threshold ``Z_CRIT``; ``note`` is appended to
+    the variance check's description."""
+    n = e.numel()
+    _z_check(f"{label} mean of the recovered N(0,1) draw", float(e.mean()), 0.0, n**-0.5, n)
+    _z_check(
+        f"{label} variance of the recovered N(0,1) draw{note}",
+        float((e * e).mean()),
+        1.0,
+        math.sqrt(2.0 / n),
+        n,
+    )
+    inside = math.erf(1 / math.sqrt(2))
+    _z_check(
+        f"{label} P(|e| < 1) of the recovered draw",
+        float((e.abs() < 1).double().mean()),
+        inside,
+        math.sqrt(inside * (1 - inside) / n),
+        n,
+    )
+
+
 def _check_noise_law(spec: TechniqueSpec) -> None:
     import torch
 
@@ -411,25 +434,7 @@ def _check_noise_law(spec: TechniqueSpec) -> None:
     if bool((scale == 0).any()):
         raise CheckFailure(f"{label}: the reference law has zero noise scale; use std > 0 defaults")
     e = ((xt - offset) / scale).reshape(-1)
-    n = e.numel()
-    _z_check(
-        f"{label} mean of the recovered N(0,1) draw", float(e.mean()), 0.0, 1 / math.sqrt(n), n
-    )
-    _z_check(
-        f"{label} variance of the recovered N(0,1) draw",
-        float((e * e).mean()),
-        1.0,
-        math.sqrt(2.0 / n),
-        n,
-    )
-    inside = math.erf(1 / math.sqrt(2))
-    _z_check(
-        f"{label} P(|e| < 1) of the recovered draw",
-        float((e.abs() < 1).double().mean()),
-        inside,
-        math.sqrt(inside * (1 - inside) / n),
-        n,
-    )
+    _check_standard_normal(label, e)
     zero = {p.name: 0.0 for p in spec.params if p.type is float and p.name in ("std", "sigma")}
     if zero:
         xz, _ = _make(spec, zero).transform_batch(x, torch.zeros(200), torch.Generator())
@@ -697,24 +702,8 @@ def _check_gradient_noise_law(spec: TechniqueSpec) -> None:
                     raise CheckFailure(f"{label}: the reference law has zero noise scale")
                 draws.append(((g.to(torch.float64) - o) / scale).reshape(-1))
             e = torch.cat(draws)
-            n = e.numel()
-            _z_check(f"{label} mean of the recovered N(0,1) draw", float(e.mean()), 0.0, n**-0.5, n)
-            _z_check(
-                f"{label} variance of the recovered N(0,1) draw (noise variance "
-                f"{float((unit[0] - offset[0]).flatten()[0]) ** 2:.4g} by the reference)",
-                float((e * e).mean()),
-                1.0,
-                math.sqrt(2.0 / n),
-                n,
-            )
-            inside = math.erf(1 / math.sqrt(2))
-            _z_check(
-                f"{label} P(|e| < 1) of the recovered draw",
-                float((e.abs() < 1).double().mean()),
-                inside,
-                math.sqrt(inside * (1 - inside) / n),
-                n,
-            )
+            variance = float((unit[0] - offset[0]).flatten()[0]) ** 2
+            _check_standard_normal(label, e, f" (noise variance {variance:.4g} by the reference)")
 
 
 # ------------------------------------------------------------------------------- callbacks
