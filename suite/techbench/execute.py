@@ -245,7 +245,8 @@ def run_unit(
             run.append((tid, config))
         markers = [store.mark_running(tid) for tid, _ in run]
         try:
-            for (tid, config), outcome in zip(run, _call_stack([c for _, c in run]), strict=True):
+            outcomes = _call_stack([c for _, c in run]) if run else []
+            for (tid, config), outcome in zip(run, outcomes, strict=True):
                 outcome.trial_id, outcome.config = tid, config
                 _add_modelled_time(store, outcome)
                 store.write(outcome, job.matrix_name)
