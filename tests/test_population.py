@@ -303,3 +303,19 @@ def test_early_stopping_stops_each_member_at_its_own_epoch():
     out = run_stack(configs)
     assert len({o.meta.epochs for o in out}) > 1, [o.meta.epochs for o in out]
     assert_members_equal(configs)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_float64_members_equal_their_trials_to_1e_9(name):
+    """In float64 ("64-true") a member's rows equal its trial's to 1e-9 relative."""
+    float64 = {"trainer": {"accelerator": "cpu", "precision": "64-true"}}
+    configs = [
+        _config(seed=s, optimizer=_opt(name, lr=lr), **float64) for s, lr in ((0, 0.01), (1, 0.03))
+    ]
+    for config, member in zip(configs, run_stack(configs), strict=True):
+        alone = run_trial(config)
+        assert member.status == alone.status == "completed", member.meta.error
+        a, b = _rows(alone), _rows(member)
+        assert a.keys() == b.keys()
+        for key, va in a.items():
+            assert b[key] == pytest.approx(va, rel=1e-9, abs=1e-12, nan_ok=True), key
