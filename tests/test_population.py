@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from techbench.registry import default_registry
-from techbench.schema import complete_config
+from techbench.schema import complete_config, trial_id
 from techbench.stack import plan_stacks, stack_key, unstackable_reason
 from techbench.trial import run_stack, run_trial
 
@@ -319,3 +319,23 @@ def test_float64_members_equal_their_trials_to_1e_9(name):
         assert a.keys() == b.keys()
         for key, va in a.items():
             assert b[key] == pytest.approx(va, rel=1e-9, abs=1e-12, nan_ok=True), key
+
+
+def test_a_stack_that_fails_as_a_whole_runs_its_members_alone(tmp_path, monkeypatch):
+    """Stacking never costs a result: when the stacked run fails, each member runs alone."""
+    import json
+
+    import techbench.trial
+    from techbench.execute import execute
+
+    def broken(configs, **kw):
+        raise RuntimeError("vmap: cannot batch this network")
+
+    monkeypatch.setattr(techbench.trial, "run_stack", broken)
+    configs = [_config(seed=s) for s in (0, 1)]
+    result = execute(configs, tmp_path, workers=1, stack="auto", progress=False)
+    assert result.counts["completed"] == 2
+    for config in configs:
+        meta = json.loads((tmp_path / "trials" / trial_id(config) / "meta.json").read_text())
+        assert meta["status"] == "completed" and meta["stack_size"] == 1
+        assert meta["stack_error"] == "RuntimeError: vmap: cannot batch this network"

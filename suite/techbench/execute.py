@@ -270,16 +270,30 @@ def _add_modelled_time(store: ResultStore, outcome: TrialOutcome) -> None:
 
 
 def _call_stack(configs: list[dict[str, Any]]) -> list[TrialOutcome]:
+    """The stack's outcomes; when the stack as a whole failed, each member run alone instead.
+
+    A stack fails as a whole when one member's plugin raises, or when the stacked engine can't
+    run a network (a model ``vmap`` can't batch): running the members alone then gives each
+    its own result, so stacking never costs a trial, only time; the stacked error's last line
+    is kept in each member's meta (``stack_error``).
+    """
     from .trial import run_stack
 
     if len(configs) == 1:
         return [_call(DEFAULT_RUN_FN, configs[0], trial_id(configs[0]))]
     started = now_iso()
     try:
-        return run_stack(configs)
+        outcomes = run_stack(configs)
     except Exception:
         error = traceback.format_exc()
-        return [TrialOutcome.failed(c, error, started) for c in configs]
+        outcomes = [TrialOutcome.failed(c, error, started) for c in configs]
+    if any(o.status != "failed" for o in outcomes):
+        return outcomes
+    lines = (outcomes[0].meta.error or "").strip().splitlines()
+    alone = [_call(DEFAULT_RUN_FN, c, trial_id(c)) for c in configs]
+    for outcome in alone:
+        outcome.meta.extra["stack_error"] = lines[-1] if lines else "unknown"
+    return alone
 
 
 def _quarantine_main(config: dict[str, Any], tid: str, job: Job, threads: int) -> None:
