@@ -294,8 +294,15 @@ class StackedModule(pl.LightningModule):
         for name, t in tensors.items():
             if t.is_floating_point() and t.dtype != dtype:  # e.g. "64-true" precision
                 tensors[name] = t.to(dtype)
-        for m in self.members:
+        for k, m in enumerate(self.members):
             m.model.to(device=device, dtype=dtype)
+            if m.health is not None:
+                # the member's parameters become views of its rows of the stack, so its health
+                # snapshots read the trained weights with no copies (buffers stay its own: a
+                # snapshot's forward must not update the stack's running statistics)
+                for name, p in m.model.named_parameters():
+                    leaf, row = self._leaf(name, k)
+                    p.data = leaf.detach()[row]
             m.callbacks = list(m.regularizer.callbacks())
             if m.callbacks:
                 m.trainer = stub_trainer()
@@ -582,14 +589,10 @@ class StackedModule(pl.LightningModule):
     # -- gradient health over real per-member copies -------------------------------------------
 
     def _load_member(self, k: int) -> None:
+        """Member k's buffers from the stack (its parameters are views of the stack already)."""
         m = self.members[k]
+        buffers = self.stacked_buffers()
         with torch.no_grad():
-            named = list(m.model.named_parameters())
-            if named:
-                torch._foreach_copy_(
-                    [p for _, p in named], [self.member_tensor(n, k) for n, _ in named]
-                )
-            buffers = self.stacked_buffers()
             for name, b in m.model.named_buffers():
                 b.copy_(buffers[name][k])
 
@@ -614,17 +617,9 @@ class StackedModule(pl.LightningModule):
             m.health.on_before_optimizer_step(self.trainer, _MemberView(m.model), None)
 
     def _health_end(self, members: Sequence[Member]) -> None:
-        index = {id(m): k for k, m in enumerate(self.members)}
         for m in members:
-            k = index[id(m)]
-            with torch.no_grad():
-                named = list(m.model.named_parameters())
-                if named:
-                    torch._foreach_copy_(
-                        [p for _, p in named], [self.member_tensor(n, k) for n, _ in named]
-                    )
-                for _, p in named:
-                    p.grad = None
+            for p in m.model.parameters():
+                p.grad = None
             m.health.end_step()
 
 
