@@ -130,6 +130,12 @@ class GradientHealth(StepCallback):
     def _forward_hook(
         self, index: int, module: nn.Module, inputs: Any, output: torch.Tensor
     ) -> None:
+        self.observe(index, output)
+
+    def observe(self, index: int, output: torch.Tensor) -> None:
+        """Record activation layer ``index``'s output of this step's forward pass (what the
+        forward hook does; the stacked engine calls it with a member's slice of the stacked
+        forward's outputs, so a snapshot needs no forward of its own)."""
         # reduced after the step, all layers together (layerstats.activation_stat_matrix);
         # autograd forbids in-place changes to it (the next layer saved it for backward)
         out = output.detach()

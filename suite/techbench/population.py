@@ -24,9 +24,10 @@ divergence step is exact, its final metrics are taken then) and the others go on
 computation is masked out of the objective.
 
 Gradient health (when enabled) is the one-by-one :class:`~techbench.health.GradientHealth`,
-one per member, driven on the snapshot steps only over a real per-member copy of the network
-(parameters, gradients and buffers copied from the stack), so its rows are the same by
-construction; it costs one extra member forward per member and snapshot.
+one per member, over the member's own network whose parameters and gradients are views of its
+rows of the stack; on a snapshot step the stacked forward also returns every activation
+layer's output and each member's health observes its slice, so its rows are the one-by-one
+rows by construction, with no extra forward and no copies (one host transfer per member).
 """
 
 from __future__ import annotations
@@ -210,6 +211,12 @@ class StackedModule(pl.LightningModule):
         for name, value in buffers.items():
             self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())
         self.buffer_names = list(buffers)
+        model0 = self.members[0].model
+        where = {id(module): name for name, module in model0.named_modules()}
+        skeleton = dict(self.base.named_modules())
+        self._act_modules = [
+            skeleton[where[id(a)]] for a in getattr(model0, "activation_layers", [])
+        ]
         self.regularizer = self.members[0].regularizer
         from .callbacks import overrides
         from .families import Regularizer
@@ -298,8 +305,7 @@ class StackedModule(pl.LightningModule):
             m.model.to(device=device, dtype=dtype)
             if m.health is not None:
                 # the member's parameters become views of its rows of the stack, so its health
-                # snapshots read the trained weights with no copies (buffers stay its own: a
-                # snapshot's forward must not update the stack's running statistics)
+                # snapshots read the trained weights with no copies
                 for name, p in m.model.named_parameters():
                     leaf, row = self._leaf(name, k)
                     p.data = leaf.detach()[row]
@@ -331,10 +337,12 @@ class StackedModule(pl.LightningModule):
             y = torch.stack([p[1] for p in pairs])
         health = [m for m in self.members if m.health is not None and not m.frozen]
         snap = bool(health) and step % health[0].health.every_n_steps == 0
-        if snap:
-            self._health_forward(health, x, y, step, epoch)
         params, buffers = self.stacked_params(), self.stacked_buffers()
-        out = vmap(self._forward)(params, buffers, x)
+        if snap:
+            out, acts = vmap(self._forward_capture)(params, buffers, x)
+            self._health_observe(health, acts, step, epoch)
+        else:
+            out = vmap(self._forward)(params, buffers, x)
         losses = self._member_losses(out, y, params)
         assert self._alive is not None
         objective = torch.where(self._alive, losses, torch.zeros_like(losses)).sum()
@@ -588,24 +596,35 @@ class StackedModule(pl.LightningModule):
 
     # -- gradient health over real per-member copies -------------------------------------------
 
-    def _load_member(self, k: int) -> None:
-        """Member k's buffers from the stack (its parameters are views of the stack already)."""
-        m = self.members[k]
-        buffers = self.stacked_buffers()
-        with torch.no_grad():
-            for name, b in m.model.named_buffers():
-                b.copy_(buffers[name][k])
+    def _forward_capture(
+        self, params: Any, buffers: Any, x: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`_forward` that also returns every activation layer's output (vmap stacks
+        them to ``[K, ...]``), for the gradient-health snapshot of this step."""
+        captured: dict[int, torch.Tensor] = {}
+        handles = [
+            module.register_forward_hook(
+                lambda mod, inputs, output, i=i: captured.__setitem__(i, output)
+            )
+            for i, module in enumerate(self._act_modules)
+        ]
+        try:
+            out = self._forward(params, buffers, x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out, tuple(captured[i] for i in range(len(self._act_modules)))
 
-    def _health_forward(
-        self, members: Sequence[Member], x: torch.Tensor, y: torch.Tensor, step: int, epoch: int
+    def _health_observe(
+        self, members: Sequence[Member], acts: Sequence[torch.Tensor], step: int, epoch: int
     ) -> None:
+        """Arm each member's health snapshot and hand it its slice of the activations."""
         index = {id(m): k for k, m in enumerate(self.members)}
         for m in members:
             k = index[id(m)]
-            self._load_member(k)
             m.health.begin_step(step, epoch)
-            with torch.no_grad():
-                m.model(x[k])
+            for i, a in enumerate(acts):
+                m.health.observe(i, a[k])
 
     def _health_grads(self, members: Sequence[Member]) -> None:
         index = {id(m): k for k, m in enumerate(self.members)}
