@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,3 +235,28 @@ def rewrite_metrics(path: str | os.PathLike[str], frame: Any) -> None:
     meta = json.loads(meta_path.read_text())
     meta["metrics_bytes"], meta["metrics_sha256"] = file_digest(path)
     meta_path.write_text(json.dumps(meta))
+
+
+def chromium() -> str | None:
+    """Debian's headless Chromium, when installed (``scripts/install.sh --test``)."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def screenshot(page: Path, png: Path, width: int, height: int, timeout: float) -> None:
+    """A ``width`` x ``height`` PNG of ``page`` from headless Chromium, with the flags that keep
+    it off the network (this machine's closed network refuses its background connections)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                str(chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={png}",
+                f"--window-size={width},{height}", page.resolve().as_uri(),
+            ],
+            check=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip

@@ -10,9 +10,7 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,15 @@ from techbench.report.settings import confounded_cells
 from techbench.report.stats import poi_with_ci
 from techbench.store import load_results
 
-from .report_fixtures import epoch_rows, make_config, rewrite_metrics, write_store, write_trial
+from .report_fixtures import (
+    chromium,
+    epoch_rows,
+    make_config,
+    rewrite_metrics,
+    screenshot,
+    write_store,
+    write_trial,
+)
 
 
 def _ctx(store: Path, tmp: Path, **kw: object):
@@ -328,24 +334,11 @@ def test_no_warnings_reach_the_terminal(tmp_path: Path) -> None:
     assert text.index('id="answer"') < text.index("<table")  # the first table is the headline
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="needs chromium (scripts/install.sh --test)")
+@pytest.mark.skipif(chromium() is None, reason="needs chromium (scripts/install.sh --test)")
 def test_first_screen_shows_the_headline(built: Path) -> None:
     png = built.parent / "first_screen.png"
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={png}",
-                "--window-size=1400,1000", built.resolve().as_uri(),
-            ],
-            check=True, capture_output=True, timeout=180,
-        )  # fmt: skip
+    screenshot(built, png, 1400, 1000, timeout=180)
     import matplotlib.image
 
     pixels = matplotlib.image.imread(png)[..., :3]

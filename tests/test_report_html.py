@@ -5,9 +5,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,14 @@ from techbench.palette import technique_color
 from techbench.report import build_report
 from techbench.report import sections as report_sections
 
-from .report_fixtures import make_config, table_from_rows, write_store, write_trial
+from .report_fixtures import (
+    chromium,
+    make_config,
+    screenshot,
+    table_from_rows,
+    write_store,
+    write_trial,
+)
 
 # Also unbalanced mathtext: a plugin name must never crash matplotlib.
 EVIL = "<script>alert(1)</script>$\\undefinedcmd{$"
@@ -99,28 +103,15 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "selu" in capsys.readouterr().err
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
-    _chromium() is None and not os.environ.get("CI"),
+    chromium() is None and not os.environ.get("CI"),
     reason="needs chromium (scripts/install.sh --test installs it; CI always runs this)",
 )
 def test_renders_in_headless_chromium(report: tuple[Path, Path]) -> None:
     path, out = report
     png = out / "screenshot.png"
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={png}",
-                "--window-size=1400,6000", path.resolve().as_uri(),
-            ],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+    screenshot(path, png, 1400, 6000, timeout=120)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 50_000  # a blank page compresses to a few kB
