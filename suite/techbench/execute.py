@@ -190,25 +190,7 @@ def run_one(
     Statuses beyond the outcome's: ``busy`` (another process holds the claim), ``skipped``
     (already stored when claimed), ``cancelled`` (the run is stopping).
     """
-    if stop_path is not None and os.path.exists(stop_path):
-        return tid, "cancelled"
-    if _THREADS is not None and "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(_THREADS)
-    store = ResultStore(job.out)
-    with store.claim(tid, wait=wait) as claimed:
-        if not claimed:
-            return tid, "busy"
-        if _already_done(store, tid, config, job):
-            return tid, "skipped"
-        marker = store.mark_running(tid)
-        try:
-            outcome = _call(job.run_fn, config, tid)
-            if job.run_fn == DEFAULT_RUN_FN:
-                _add_modelled_time(store, outcome)
-            store.write(outcome, job.matrix_name)
-        finally:
-            marker.unlink(missing_ok=True)
-        return tid, outcome.status
+    return run_unit([config], [tid], job, wait, stop_path)[0]
 
 
 def run_unit(
@@ -218,15 +200,13 @@ def run_unit(
     wait: bool = False,
     stop_path: str | None = None,
 ) -> list[tuple[str, str]]:
-    """Run one unit of work (a stack of trials, see :mod:`techbench.stack`); ``(id, status)``
-    per member, in order.
+    """Run one unit of work (a stack of trials, see :mod:`techbench.stack`, or one trial);
+    ``(id, status)`` per member, in order.
 
-    A unit of one is :func:`run_one`. Otherwise every member is claimed (a member another
-    process holds is ``busy``, one already stored ``skipped``), the remaining members train
-    together with :func:`techbench.trial.run_stack` and each outcome is stored as its own trial.
+    Every member is claimed (a member another process holds is ``busy``, one already stored
+    ``skipped``); the rest train together with :func:`techbench.trial.run_stack` (one alone
+    with ``job.run_fn``) and each outcome is stored as its own trial.
     """
-    if len(configs) == 1:
-        return [run_one(configs[0], tids[0], job, wait, stop_path)]
     if stop_path is not None and os.path.exists(stop_path):
         return [(tid, "cancelled") for tid in tids]
     if _THREADS is not None and "torch" in sys.modules:
@@ -245,10 +225,14 @@ def run_unit(
             run.append((tid, config))
         markers = [store.mark_running(tid) for tid, _ in run]
         try:
-            outcomes = _call_stack([c for _, c in run]) if run else []
+            if len(run) == 1:
+                outcomes = [_call(job.run_fn, run[0][1], run[0][0])]
+            else:
+                outcomes = _call_stack([c for _, c in run]) if run else []
             for (tid, config), outcome in zip(run, outcomes, strict=True):
                 outcome.trial_id, outcome.config = tid, config
-                _add_modelled_time(store, outcome)
+                if job.run_fn == DEFAULT_RUN_FN:
+                    _add_modelled_time(store, outcome)
                 store.write(outcome, job.matrix_name)
                 results[tid] = outcome.status
         finally:
@@ -279,8 +263,6 @@ def _call_stack(configs: list[dict[str, Any]]) -> list[TrialOutcome]:
     """
     from .trial import run_stack
 
-    if len(configs) == 1:
-        return [_call(DEFAULT_RUN_FN, configs[0], trial_id(configs[0]))]
     started = now_iso()
     try:
         outcomes = run_stack(configs)

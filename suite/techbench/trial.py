@@ -358,7 +358,7 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
     except Exception:
         error = traceback.format_exc()
         return [
-            TrialOutcome.failed(c if cfgs else complete_config_or_raw(c), error, started_at)
+            TrialOutcome.failed(c if cfgs else _completed_or_raw(c), error, started_at)
             for c in (cfgs or configs)
         ]
     wall = time.perf_counter() - wall0
@@ -405,7 +405,7 @@ def _sources(cfg: Mapping[str, Any], registry: Any) -> dict[str, Any] | None:
         return None
 
 
-def complete_config_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
+def _completed_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
     """``complete_config(config)``, or ``config`` itself when it can't be completed."""
     try:
         return complete_config(config)
