@@ -339,3 +339,32 @@ def test_a_stack_that_fails_as_a_whole_runs_its_members_alone(tmp_path, monkeypa
         meta = json.loads((tmp_path / "trials" / trial_id(config) / "meta.json").read_text())
         assert meta["status"] == "completed" and meta["stack_size"] == 1
         assert meta["stack_error"] == "RuntimeError: vmap: cannot batch this network"
+
+
+def test_a_stack_out_of_device_memory_is_halved_until_it_fits(tmp_path, monkeypatch):
+    """An out-of-memory stack is split in halves (not run one by one): a device that holds
+    two members runs 5 trials as stacks of 2, 1 and 2, each member with its own result."""
+    import json
+
+    import techbench.trial
+    from techbench.execute import execute
+
+    real = techbench.trial.run_stack
+    sizes: list[int] = []
+
+    def small_device(configs, **kw):
+        sizes.append(len(configs))
+        if len(configs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(configs, **kw)
+
+    monkeypatch.setattr(techbench.trial, "run_stack", small_device)
+    configs = [_config(seed=s) for s in range(5)]
+    result = execute(configs, tmp_path, workers=1, stack="auto", progress=False)
+    assert result.counts["completed"] == 5
+    assert sizes == [5, 3, 2, 1, 2]
+    stored = [
+        json.loads((tmp_path / "trials" / trial_id(c) / "meta.json").read_text()) for c in configs
+    ]
+    assert sorted(m["stack_size"] for m in stored) == [1, 2, 2, 2, 2]
+    assert not any("stack_error" in m for m in stored)

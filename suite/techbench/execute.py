@@ -259,7 +259,8 @@ def _call_stack(configs: list[dict[str, Any]]) -> list[TrialOutcome]:
     A stack fails as a whole when one member's plugin raises, or when the stacked engine can't
     run a network (a model ``vmap`` can't batch): running the members alone then gives each
     its own result, so stacking never costs a trial, only time; the stacked error's last line
-    is kept in each member's meta (``stack_error``).
+    is kept in each member's meta (``stack_error``). A stack too large for the device's memory
+    is halved until its parts fit (the ``--stack auto`` cap is a size, not a memory budget).
     """
     from .trial import run_stack
 
@@ -272,10 +273,19 @@ def _call_stack(configs: list[dict[str, Any]]) -> list[TrialOutcome]:
     if any(o.status != "failed" for o in outcomes):
         return outcomes
     lines = (outcomes[0].meta.error or "").strip().splitlines()
+    if len(configs) > 1 and lines and _out_of_memory(lines[-1]):
+        half = (len(configs) + 1) // 2
+        return _call_stack(configs[:half]) + _call_stack(configs[half:])
     alone = [_call(DEFAULT_RUN_FN, c, trial_id(c)) for c in configs]
     for outcome in alone:
         outcome.meta.extra["stack_error"] = lines[-1] if lines else "unknown"
     return alone
+
+
+def _out_of_memory(line: str) -> bool:
+    """Whether a stack's error line is the device running out of memory (torch's CUDA/MPS
+    ``OutOfMemoryError``, or an allocator's "out of memory")."""
+    return "OutOfMemoryError" in line or "out of memory" in line.lower()
 
 
 def _quarantine_main(config: dict[str, Any], tid: str, job: Job, threads: int) -> None:
