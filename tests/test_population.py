@@ -168,14 +168,6 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on():
     assert_members_equal(configs)
 
 
-def test_unstackable_trials_say_why():
-    dropout = _config(regularizer={"name": "dropout", "params": {}})
-    assert "make_module" in unstackable_reason(dropout)
-    stacks = plan_stacks([dropout, _config(seed=1, regularizer=dropout["regularizer"])], None)
-    assert [len(s.configs) for s in stacks] == [1, 1]
-    assert all("dropout" in s.reason for s in stacks)
-
-
 def test_stacks_group_by_shape_and_respect_the_size_cap():
     configs = [
         _config(seed=s, activation={"name": a, "params": {}})

@@ -644,6 +644,17 @@ class ImpatientStop(impl.EarlyStop):
         return (EarlyStopping(monitor="val_loss", patience=self.patience + 1, mode="min"),)
 
 
+class GlobalRngSampledDropout(impl.Dropout):
+    """Declares a sampled module but draws its mask from the global RNG, not its generator."""
+
+    def make_module(self) -> nn.Module:
+        class M(impl.InvertedDropout):
+            def sample(self, shape, dtype, device, generator):  # type: ignore[no-untyped-def]
+                return super().sample(shape, dtype, device, None)
+
+        return M(self.p)
+
+
 class UndeclaredPenalty(impl.Dropout):
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         return None
@@ -843,6 +854,26 @@ BROKEN = [
         {},
         "callbacks",
         "training stopped at epoch",
+    ),
+    (
+        "global_rng_sampled",
+        GlobalRngSampledDropout,
+        "dropout_reference",
+        ("make_module",),
+        P_PARAM,
+        {"stacked_module": True},
+        "sampled_module",
+        "generator seeded alike under another global seed",
+    ),
+    (
+        "unsampled_stacked",
+        PlainDropout,
+        "dropout_reference",
+        ("make_module",),
+        P_PARAM,
+        {"stacked_module": True},
+        "sampled_module",
+        "has no generator / sample / forward_with",
     ),
     (
         "undeclared",

@@ -128,7 +128,7 @@ dropout = TechniqueSpec(
             search=(0.0, 0.7),
         ),
     ),
-    properties={"hooks": ("make_module",)},
+    properties={"hooks": ("make_module",), "stacked_module": True},
 )
 
 gaussian_noise = TechniqueSpec(

@@ -371,7 +371,9 @@ class InvertedDropout(nn.Module):
     """y = x * m / (1 - p) with m_i ~ Bernoulli(1 - p) in training; y = x in eval.
 
     Srivastava et al. 2014 with the scaling moved to training time ("inverted"), so that
-    E[y] = x and inference needs no weight scaling.
+    E[y] = x and inference needs no weight scaling. A :class:`techbench.families.SampledModule`:
+    the mask comes from ``generator`` (the trial's, set by the runner; None: the global RNG),
+    so a trial's masks are its own and its stacked members draw exactly the same ones.
     """
 
     def __init__(self, p: float = 0.5) -> None:
@@ -379,12 +381,30 @@ class InvertedDropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {p}")
         self.p = p
+        self.generator: torch.Generator | None = None
+
+    def sample(
+        self,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The keep mask scaled by 1/(1 - p): m_i / (1 - p), m_i ~ Bernoulli(1 - p) (p = 0:
+        ones, nothing drawn)."""
+        if self.p == 0.0:
+            return torch.ones(tuple(shape), dtype=dtype, device=device)
+        keep = torch.empty(tuple(shape), dtype=dtype, device=device)
+        keep.bernoulli_(1.0 - self.p, generator=generator)
+        return keep.mul_(1.0 / (1.0 - self.p))
+
+    def forward_with(self, x: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        return x * sample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
-        return x * keep.mul_(1.0 / (1.0 - self.p))
+        return self.forward_with(x, self.sample(x.shape, x.dtype, x.device, self.generator))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

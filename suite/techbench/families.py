@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -76,11 +76,17 @@ class RegularizerProperties(TypedDict, total=False):
     which law ``techbench.testing.regularizer`` checks the transform against. ``gradient_law``:
     for ``transform_gradients`` ones, "deterministic" (a function of the gradients and the step)
     or "additive_noise" (affine in a standard normal draw); without it only the generic
-    gradient-transform checks run."""
+    gradient-transform checks run. ``stacked_module``: for ``make_module`` ones, the modules it
+    makes are :class:`SampledModule` and draw only from the generator they are given, so the
+    stacked engine can draw each member's samples with that member's generator and feed them into
+    the vmapped forward (:mod:`techbench.stacked_modules`); without it the trials run one by one
+    (a module using the global RNG still works there). The conformance check
+    ``sampled_module`` verifies the claim."""
 
     hooks: tuple[str, ...]
     law: Literal["additive_noise", "crop_flip"]
     gradient_law: Literal["deterministic", "additive_noise"]
+    stacked_module: bool
 
 
 class OptimizerProperties(TypedDict, total=False):
@@ -107,6 +113,59 @@ def trial_ndim(tensor: torch.Tensor) -> int:
     return int(tensor.dim()) - int(getattr(tensor, STACKED_DIMS, 0))
 
 
+MODULE_SEED_OFFSET = 0x0D70
+"""The generator a trial's :class:`SampledModule` layers draw from (dropout masks) is seeded
+with ``seed + MODULE_SEED_OFFSET`` on the training device, in both the one-by-one and the stacked
+path: a stream of its own, apart from batch order (``seed``) and regularizer noise."""
+
+
+@runtime_checkable
+class SampledModule(Protocol):
+    """A module (from ``Regularizer.make_module``) whose training-mode randomness is one tensor
+    per call, drawn from a generator it is given.
+
+    Why: a module that draws from torch's global RNG makes a trial's numbers depend on whatever
+    else drew from it, and cannot be stacked (inside ``vmap`` there is one RNG for all members).
+    A sampled module splits its training forward into ``forward_with(x, sample(...))``: the
+    runner sets ``generator`` (seeded from the trial, :data:`MODULE_SEED_OFFSET`) before
+    training, and the stacked engine calls ``sample`` per member outside ``vmap`` with that
+    member's generator, in the order the forward calls the layers, then feeds each member its
+    samples. ``generator`` None (a module used outside the runner) means torch's global RNG.
+    Eval mode must not sample (``forward`` returns the eval output without calling it).
+
+    - ``sample(shape, dtype, device, generator) -> Tensor``: the random tensor a training
+      forward on an input of ``shape`` uses; it may draw only from ``generator`` and draws
+      nothing it does not need (inverted dropout: the keep mask already scaled by 1/(1-p)).
+    - ``forward_with(x, sample) -> Tensor``: the training output given the sample (a pure
+      function of both, traceable by ``vmap``).
+    """
+
+    generator: torch.Generator | None
+
+    def sample(
+        self,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor: ...
+
+    def forward_with(self, x: torch.Tensor, sample: torch.Tensor) -> torch.Tensor: ...
+
+
+def bind_module_generator(model: nn.Module, seed: int, device: torch.device) -> int:
+    """Give every :class:`SampledModule` of ``model`` one generator, seeded with ``seed +``
+    :data:`MODULE_SEED_OFFSET` on ``device``; returns how many modules got it (0: none made)."""
+    import torch
+
+    modules = [m for m in model.modules() if isinstance(m, SampledModule)]
+    if modules:
+        generator = torch.Generator(device=device).manual_seed(int(seed) + MODULE_SEED_OFFSET)
+        for m in modules:
+            m.generator = generator
+    return len(modules)
+
+
 class Initializer(Protocol):
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor: ...
 
@@ -126,7 +185,12 @@ class Regularizer:
         return x, y
 
     def make_module(self) -> nn.Module | None:
-        """A module the model inserts after each hidden activation (dropout), or None."""
+        """A module the model inserts after each hidden activation (dropout), or None.
+
+        A fresh module per call. Its training randomness should come from a generator: make it a
+        :class:`SampledModule` (and declare ``properties["stacked_module"]``) and the trial owns
+        its stream and may stack; a module drawing from the global RNG still runs, one by one.
+        """
         return None
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:

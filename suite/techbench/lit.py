@@ -44,7 +44,7 @@ from ._lightning_compat import (
     unwrap_optimizer,
 )
 from .callbacks import overrides, step_hooks
-from .families import DatasetSplits, Regularizer
+from .families import DatasetSplits, Regularizer, bind_module_generator
 from .schema import metric_row
 
 LOSS_FLUSH_EVERY = 10
@@ -237,6 +237,7 @@ class TechniqueModule(pl.LightningModule):
         if dtype is not None and isinstance(datamodule, TensorDataModule):
             datamodule.cast_floating(dtype)
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 0x7E57)
+        bind_module_generator(self.model, self.seed, self.device)
         self._fit_start = time.perf_counter()
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -8,7 +8,9 @@ work in about one trial's kernel launches.
 Member i is trial i: its network is built exactly as :func:`techbench.trial.run_trial` builds it
 (seeded with its seed, its initializers, data-dependent ones fitted on its own sample), then
 stacked; every random stream is per member and seeded as in the one-by-one path (batch order
-from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``); its loss is its
+from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``, dropout masks
+from ``Generator(seed + MODULE_SEED_OFFSET)``, drawn outside ``vmap`` and fed in by
+:mod:`techbench.stacked_modules`, with each member's own ``p``); its loss is its
 own mean loss (the stack's objective is the sum of the members' losses, whose gradient with
 respect to member i's parameters is member i's gradient); optimizers are elementwise and one per
 distinct hyper-parameter setting, with the schedule over it. Regularizer ``penalty`` and ``loss``
@@ -49,6 +51,7 @@ from .callbacks import stub_trainer
 from .families import STACKED_DIMS
 from .lit import EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, scan_losses, task_loss
 from .schema import metric_row
+from .stacked_modules import StackedSamples
 
 NOISE_SEED_OFFSET = 0x7E57
 """The regularizer-noise generator of a member is seeded with ``seed + NOISE_SEED_OFFSET``, as in
@@ -218,6 +221,9 @@ class StackedModule(pl.LightningModule):
             skeleton[where[id(a)]] for a in getattr(model0, "activation_layers", [])
         ]
         self.regularizer = self.members[0].regularizer
+        self._samples = StackedSamples.of(
+            self.base, [m.model for m in self.members], [m.seed for m in self.members]
+        )
         from .callbacks import overrides
         from .families import Regularizer
 
@@ -269,7 +275,12 @@ class StackedModule(pl.LightningModule):
         """The network's skeleton (meta tensors) that ``functional_call`` fills per member."""
         return self._skeleton[0]
 
-    def _forward(self, params: Any, buffers: Any, x: torch.Tensor) -> torch.Tensor:
+    def _forward(
+        self, params: Any, buffers: Any, x: torch.Tensor, samples: Sequence[torch.Tensor] = ()
+    ) -> torch.Tensor:
+        if samples and self._samples is not None:  # one member's dropout masks (vmap slices)
+            with self._samples.feeding(samples):
+                return functional_call(self.base, (params, buffers), (x,))
         return functional_call(self.base, (params, buffers), (x,))
 
     # -- Lightning hooks -----------------------------------------------------------------------
@@ -296,6 +307,8 @@ class StackedModule(pl.LightningModule):
             for m in self.members
         ]
         self._alive = torch.ones(len(self.members), dtype=torch.bool, device=device)
+        if self._samples is not None:
+            self._samples.start(device)
         tensors = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         dtype = self.leaves[0].dtype
         for name, t in tensors.items():
@@ -338,11 +351,12 @@ class StackedModule(pl.LightningModule):
         health = [m for m in self.members if m.health is not None and not m.frozen]
         snap = bool(health) and step % health[0].health.every_n_steps == 0
         params, buffers = self.stacked_params(), self.stacked_buffers()
+        samples = () if self._samples is None else self._samples.draw(params, buffers, x)
         if snap:
-            out, acts = vmap(self._forward_capture)(params, buffers, x)
+            out, acts = vmap(self._forward_capture)(params, buffers, x, samples)
             self._health_observe(health, acts, step, epoch)
         else:
-            out = vmap(self._forward)(params, buffers, x)
+            out = vmap(self._forward)(params, buffers, x, samples)
         losses = self._member_losses(out, y, params)
         assert self._alive is not None
         objective = torch.where(self._alive, losses, torch.zeros_like(losses)).sum()
@@ -597,7 +611,7 @@ class StackedModule(pl.LightningModule):
     # -- gradient health over real per-member copies -------------------------------------------
 
     def _forward_capture(
-        self, params: Any, buffers: Any, x: torch.Tensor
+        self, params: Any, buffers: Any, x: torch.Tensor, samples: Sequence[torch.Tensor] = ()
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """:meth:`_forward` that also returns every activation layer's output (vmap stacks
         them to ``[K, ...]``), for the gradient-health snapshot of this step."""
@@ -609,7 +623,7 @@ class StackedModule(pl.LightningModule):
             for i, module in enumerate(self._act_modules)
         ]
         try:
-            out = self._forward(params, buffers, x)
+            out = self._forward(params, buffers, x, samples)
         finally:
             for handle in handles:
                 handle.remove()

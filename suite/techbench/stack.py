@@ -2,7 +2,7 @@
 
 A *stack* is a set of trials that share everything fixing the computation's shape, so that one
 vmapped forward/backward trains all of them (see :mod:`techbench.population`). Members may differ
-in ``seed`` (initial weights, batch order, noise), ``initializer`` and ``bias_initializer``
+in ``seed`` (initial weights, batch order, dropout masks, noise), ``initializer`` and ``bias_initializer``
 (weights are made per member, then stacked) and the optimizer's hyper-parameters (members with
 equal ones share one optimizer over their stacked tensors; each distinct setting gets its own).
 Everything else (data and its split, model, activation, normalizer and placement, regularizer
@@ -14,8 +14,10 @@ implementation would couple members on stacked tensors. Optimizers must declare
 ``properties["elementwise"] = True`` (the update of every coordinate depends only on that
 coordinate's history, so one optimizer over stacked tensors is K independent ones); regularizers
 stack when they use only the ``transform_batch``, ``penalty``, ``loss`` and ``callbacks`` hooks,
-which the engine applies member by member (early stopping stops one member, the others go on);
-modules in the network (dropout) and after-step hooks (max-norm, decoupled decay) run one by one;
+which the engine applies member by member (early stopping stops one member, the others go on),
+and ``make_module`` when the spec declares ``properties["stacked_module"]`` (dropout: each
+member's masks are drawn with its own generator, :mod:`techbench.stacked_modules`); other
+modules in the network and after-step hooks (max-norm, decoupled decay) run one by one;
 language-model datasets (task "language_model", :mod:`techbench.tasks`) run one by one, since the
 stacked engine evaluates classification and regression only. A stack of one is the one-by-one
 path.
@@ -80,6 +82,8 @@ def unstackable_reason(config: Mapping[str, Any], registry: Any = None) -> str:
     if not optimizer.properties.get("elementwise"):
         return f"optimizer {optimizer.name!r} does not declare an elementwise update"
     hooks = set(regularizer.properties.get("hooks", ("?",)))
+    if regularizer.properties.get("stacked_module"):
+        hooks.discard("make_module")
     if not hooks <= STACKED_HOOKS:
         extra = ", ".join(sorted(hooks - STACKED_HOOKS))
         return (

@@ -10,7 +10,8 @@ The config, the outcome and its rows are defined in :mod:`techbench.schema`;
 :func:`complete_config` fills a partial config and the id is over every key.
 
 Reproducibility: the seed goes to ``random``, ``numpy`` and ``torch.manual_seed`` before the model
-is built, batch order comes from its own ``torch.Generator``, and ``deterministic`` is passed to
+is built, batch order comes from its own ``torch.Generator`` (dropout masks from another,
+:data:`techbench.families.MODULE_SEED_OFFSET`), and ``deterministic`` is passed to
 Lightning, so the same trial run twice on CPU gives identical metrics. Torch's thread count is
 left to the caller (the executor).
 """

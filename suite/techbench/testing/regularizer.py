@@ -54,6 +54,12 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
 - ``dropout_fraction``: the dropped fraction is ``p``: binomial z-test, two-sided, false-alarm
   rate ``ALPHA`` = 1e-6 (|z| <= 4.89), for ``p`` = default and 0.2.
 - ``dropout_expectation``: E[y] = x: z = sum(y - x) / sqrt(sum x^2 p/(1-p)), |z| <= 4.89.
+- ``sampled_module`` (with ``properties["stacked_module"]``): the module is a
+  :class:`~techbench.families.SampledModule`; its training output equals
+  ``forward_with(x, sample(...))`` drawn from a generator seeded alike, exactly; two runs with
+  generators seeded alike agree even when the global RNG differs (the generator is the only
+  randomness: a trial's masks are its own, and stacked members draw what they draw alone);
+  ``forward_with`` under ``vmap`` over three members equals each member's own output.
 - ``transform_inputs_untouched``: the hook does not write into its inputs (validation data is
   never touched, the dataset never corrupted), keeps ``y`` and the shape of ``x``.
 - ``transform_reproducible``: two generators seeded alike give identical batches even when the
@@ -339,6 +345,56 @@ def _check_dropout_expectation(spec: TechniqueSpec) -> None:
             sd,
             n,
         )
+
+
+def _check_sampled_module(spec: TechniqueSpec) -> None:
+    import torch
+
+    from ..families import SampledModule
+
+    for p in _dropout_rates(spec):
+        label = f"{spec.qualified_name} (p={p})"
+        module = _module(spec, p).train()
+        sampled = isinstance(module, SampledModule)
+        if not sampled:
+            raise CheckFailure(
+                f"{label}: declares stacked_module but its module {type(module).__name__} has no "
+                "generator / sample / forward_with (techbench.families.SampledModule)"
+            )
+        x = _dropout_input(8, 300)
+        outputs = []
+        for global_seed in (1, 2):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(global_seed)
+                module.generator = torch.Generator().manual_seed(1234)
+                outputs.append(module(x))
+        assert_close(
+            outputs[1],
+            outputs[0],
+            what=f"{label} output with its generator seeded alike under another global seed",
+            rtol=0,
+            atol=0,
+        )
+        sample = module.sample(x.shape, x.dtype, x.device, torch.Generator().manual_seed(1234))
+        assert_close(
+            module.forward_with(x, sample),
+            outputs[0],
+            what=f"{label} forward_with(x, sample(...)) against its forward",
+            rtol=0,
+            atol=0,
+        )
+        xs = torch.stack([x, 2.0 * x, -x])
+        gen = torch.Generator().manual_seed(99)
+        samples = torch.stack([module.sample(x.shape, x.dtype, x.device, gen) for _ in range(3)])
+        own = torch.stack([module.forward_with(a, b) for a, b in zip(xs, samples, strict=True)])
+        assert_close(
+            torch.func.vmap(module.forward_with)(xs, samples),
+            own,
+            what=f"{label} forward_with under vmap against each member's own",
+            rtol=0,
+            atol=0,
+        )
+    module.generator = None
 
 
 # ------------------------------------------------------------------------------- transforms
@@ -794,6 +850,8 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         out.append(Check("noise_law", _check_noise_law))
     elif "transform_batch" in hooks and law == "crop_flip":
         out.append(Check("crop_flip_law", _check_crop_flip_law))
+    if "make_module" in hooks and spec.properties.get("stacked_module"):
+        out.append(Check("sampled_module", _check_sampled_module))
     gradient_law = spec.properties.get("gradient_law")
     if "transform_gradients" in hooks and gradient_law == "deterministic":
         out.append(Check("gradient_law", _check_gradient_law))
