@@ -10,6 +10,7 @@ difference between a member's final validation loss and its trial's.
     python benchmarks/stacking.py                       # 8 members, CPU, 3 rounds
     python benchmarks/stacking.py --members 64 --accelerator gpu --rounds 2
     python benchmarks/stacking.py --health off
+    python benchmarks/stacking.py --dropout 0.2           # members with dropout (own masks)
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from techbench.schema import complete_config
 from techbench.trial import run_stack, run_trial
 
 
-def configs(members: int, accelerator: str, health: bool, epochs: int) -> list[dict]:
+def configs(
+    members: int, accelerator: str, health: bool, epochs: int, dropout: float | None = None
+) -> list[dict]:
     base = {
         "dataset": {"name": "digits", "params": {}},
         "model": {"name": "mlp", "params": {"depth": 2, "width": 64}},
@@ -34,6 +37,8 @@ def configs(members: int, accelerator: str, health: bool, epochs: int) -> list[d
         "trainer": {"accelerator": accelerator},
         "health": {"enabled": health, "every_n_steps": 10},
     }
+    if dropout is not None:
+        base["regularizer"] = {"name": "dropout", "params": {"p": dropout}}
     return [complete_config({**base, "seed": s}) for s in range(members)]
 
 
@@ -49,10 +54,11 @@ def main() -> None:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--health", choices=("on", "off"), default="on")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--dropout", type=float, default=None, help="dropout p (default: none)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfgs = configs(a.members, a.accelerator, a.health == "on", a.epochs)
+    cfgs = configs(a.members, a.accelerator, a.health == "on", a.epochs, a.dropout)
     run_trial(cfgs[0])  # warm-up: imports, data, Lightning
     run_stack(cfgs[:2])
     alone_t, stack_t, worst = [], [], 0.0
@@ -74,6 +80,7 @@ def main() -> None:
     print(
         f"{a.members} members, {a.accelerator} ({torch.get_num_threads()} threads), health "
         f"{a.health}, {a.epochs} epochs, {a.rounds} rounds"
+        + (f", dropout p={a.dropout}" if a.dropout is not None else "")
     )
     print(f"one by one: median {ta:.2f} s  (rounds: {', '.join(f'{t:.2f}' for t in alone_t)})")
     print(f"stacked:    median {ts:.2f} s  (rounds: {', '.join(f'{t:.2f}' for t in stack_t)})")

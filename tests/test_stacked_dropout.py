@@ -179,3 +179,33 @@ def test_float64_dropout_members_equal_their_trials_to_1e_9():
         alone = run_trial(config)
         assert member.status == alone.status == "completed", member.meta.error
         _assert_rows_close(_rows(alone), _rows(member), rel=1e-9, abs_=1e-12)
+
+
+def test_executor_stacks_dropout_and_stores_the_one_by_one_rows(tmp_path):
+    """Through the executor (plan, stack, store): the stacked store's dropout trials have the
+    one-by-one store's ids and rows."""
+    from techbench.execute import execute
+    from techbench.store import load_results
+
+    configs = [_config(seed=s, regularizer=_dropout(p)) for p in (0.5, 0.2) for s in (0, 1)]
+    alone = execute(configs, tmp_path / "alone", workers=1, stack="off", progress=False)
+    stacked = execute(configs, tmp_path / "stacked", workers=1, stack="auto", progress=False)
+    assert alone.counts == stacked.counts and alone.counts["completed"] == 4
+    ta, ma = load_results(tmp_path / "alone")
+    ts, ms = load_results(tmp_path / "stacked")
+    assert set(ts["stack_size"]) == {2}
+    assert sorted(ta["trial_id"]) == sorted(ts["trial_id"])
+
+    def rows(frame):
+        frame = frame[frame["split"].astype(str) != "time"]
+        keys = zip(
+            frame["trial_id"].astype(str),
+            frame["split"].astype(str),
+            frame["metric"].astype(str),
+            frame["layer"].astype(str),
+            frame["step"],
+            strict=True,
+        )
+        return dict(zip(keys, frame["value"].astype(float), strict=True))
+
+    _assert_rows_close(rows(ma), rows(ms), rel=1e-4, abs_=1e-6)
