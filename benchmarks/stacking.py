@@ -10,7 +10,13 @@ difference between a member's final validation loss and its trial's.
     python benchmarks/stacking.py                       # 8 members, CPU, 3 rounds
     python benchmarks/stacking.py --members 64 --accelerator gpu --rounds 2
     python benchmarks/stacking.py --health off
+    python benchmarks/stacking.py --distinct-lr          # 8 members, 8 learning rates
     python benchmarks/stacking.py --dropout 0.2           # members with dropout (own masks)
+
+``--distinct-lr`` gives member k its own learning rate (log-spaced over 1e-3..1e-2, a tuning
+search) and adds a third contender: the stack with one optimizer per distinct setting (the
+optimizer's stacked implementation hidden, as for a plugin that declares none), next to the
+stack with one stacked optimizer carrying per-member learning rates.
 """
 
 from __future__ import annotations
@@ -26,7 +32,12 @@ from techbench.trial import run_stack, run_trial
 
 
 def configs(
-    members: int, accelerator: str, health: bool, epochs: int, dropout: float | None = None
+    members: int,
+    accelerator: str,
+    health: bool,
+    epochs: int,
+    distinct_lr: bool = False,
+    dropout: float | None = None,
 ) -> list[dict]:
     base = {
         "dataset": {"name": "digits", "params": {}},
@@ -39,7 +50,33 @@ def configs(
     }
     if dropout is not None:
         base["regularizer"] = {"name": "dropout", "params": {"p": dropout}}
-    return [complete_config({**base, "seed": s}) for s in range(members)]
+    out = []
+    for s in range(members):
+        cfg = {**base, "seed": s}
+        if distinct_lr:
+            lr = 1e-3 * 10 ** (s / max(members - 1, 1))
+            cfg["optimizer"] = {"name": "adam", "params": {"lr": float(f"{lr:.4g}")}}
+        out.append(complete_config(cfg))
+    return out
+
+
+class WithoutStackedOptimizers:
+    """The default registry with every optimizer's stacked implementation hidden: a stack of
+    members with distinct settings then trains one optimizer per setting."""
+
+    def __init__(self) -> None:
+        from techbench.registry import default_registry
+
+        self.inner = default_registry()
+
+    def get_spec(self, name: str, family: str | None = None):
+        import dataclasses
+
+        spec = self.inner.get_spec(name, family)
+        return dataclasses.replace(spec, stacked=None) if spec.family == "optimizer" else spec
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 
 def final_val_loss(outcome) -> float:
@@ -54,38 +91,56 @@ def main() -> None:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--health", choices=("on", "off"), default="on")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--distinct-lr",
+        action="store_true",
+        help="each member its own learning rate; also time one optimizer per setting",
+    )
     p.add_argument("--dropout", type=float, default=None, help="dropout p (default: none)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfgs = configs(a.members, a.accelerator, a.health == "on", a.epochs, a.dropout)
+    cfgs = configs(a.members, a.accelerator, a.health == "on", a.epochs, a.distinct_lr, a.dropout)
+    grouped_registry = WithoutStackedOptimizers()
+    runs = {
+        "one by one": lambda: [run_trial(c) for c in cfgs],
+        "stacked": lambda: run_stack(cfgs),
+    }
+    if a.distinct_lr:
+        runs["stacked, one optimizer per lr"] = lambda: run_stack(cfgs, registry=grouped_registry)
     run_trial(cfgs[0])  # warm-up: imports, data, Lightning
     run_stack(cfgs[:2])
-    alone_t, stack_t, worst = [], [], 0.0
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    worst = dict.fromkeys(runs, 0.0)
     for r in range(a.rounds):
-        order = ("alone", "stack") if r % 2 == 0 else ("stack", "alone")
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        outcomes = {}
         for what in order:
             t0 = time.perf_counter()
-            if what == "alone":
-                alone = [run_trial(c) for c in cfgs]
-                alone_t.append(time.perf_counter() - t0)
-            else:
-                stacked = run_stack(cfgs)
-                stack_t.append(time.perf_counter() - t0)
-        for x, y in zip(alone, stacked, strict=True):
-            assert x.status == y.status == "completed", (x.meta.error, y.meta.error)
-            ref = final_val_loss(x)
-            worst = max(worst, abs(final_val_loss(y) - ref) / abs(ref))
-    ta, ts = statistics.median(alone_t), statistics.median(stack_t)
+            outcomes[what] = runs[what]()
+            times[what].append(time.perf_counter() - t0)
+        for what, got in outcomes.items():
+            for x, y in zip(outcomes["one by one"], got, strict=True):
+                assert x.status == y.status == "completed", (x.meta.error, y.meta.error)
+                ref = final_val_loss(x)
+                worst[what] = max(worst[what], abs(final_val_loss(y) - ref) / abs(ref))
     print(
         f"{a.members} members, {a.accelerator} ({torch.get_num_threads()} threads), health "
         f"{a.health}, {a.epochs} epochs, {a.rounds} rounds"
+        + (", distinct learning rates" if a.distinct_lr else "")
         + (f", dropout p={a.dropout}" if a.dropout is not None else "")
     )
-    print(f"one by one: median {ta:.2f} s  (rounds: {', '.join(f'{t:.2f}' for t in alone_t)})")
-    print(f"stacked:    median {ts:.2f} s  (rounds: {', '.join(f'{t:.2f}' for t in stack_t)})")
-    print(f"ratio stacked / one by one: {ts / ta:.3f}  (speed-up {ta / ts:.1f}x)")
-    print(f"largest relative difference of a final validation loss: {worst:.1e}")
+    ta = statistics.median(times["one by one"])
+    width = max(len(name) for name in runs) + 1
+    for what, ts in times.items():
+        med = statistics.median(ts)
+        rounds = ", ".join(f"{t:.2f}" for t in ts)
+        print(f"{what + ':':{width}s} median {med:6.2f} s  (rounds: {rounds})")
+    for what, ts in times.items():
+        if what != "one by one":
+            med = statistics.median(ts)
+            print(f"ratio {what} / one by one: {med / ta:.3f}  (speed-up {ta / med:.1f}x)")
+            print(f"  largest relative difference of a final validation loss: {worst[what]:.1e}")
 
 
 if __name__ == "__main__":

@@ -593,3 +593,113 @@ def test_decay_choice_is_checked() -> None:
     )
     with pytest.raises(CheckFailure, match=r"decay='weights' the 1-D parameter b"):
         opt_checks._check_decay_choice(spec)
+
+
+# -- stacked implementations: per-member hyper-parameters ---------------------------------------
+
+
+def test_every_builtin_declares_a_stacked_implementation() -> None:
+    for name in NAMES:
+        spec = get_spec(name, "optimizer")
+        assert spec.load_stacked() is not None, name
+        assert "stacked_hyperparams" in [c.name for c in opt_checks.checks(spec)], name
+
+
+def test_stacked_members_differ_in_every_float_hyperparameter() -> None:
+    """The check's draws really differ per member (else an implementation using one member's
+    values for all would pass)."""
+    spec = get_spec("adam", "optimizer")
+    settings = opt_checks.member_settings(spec, spec.defaults())
+    for p in spec.params:
+        if p.type is float:
+            assert len({hp[p.name] for hp in settings}) == len(settings), p.name
+
+
+def _with_stacked(name: str, stacked: Any, fast: Any = None) -> TechniqueSpec:
+    import dataclasses
+
+    spec = get_spec(name, "optimizer")
+    return dataclasses.replace(spec, stacked=stacked, fast=fast or spec.fast)
+
+
+def test_stacked_implementation_coupling_members_fails() -> None:
+    """Normalised SGD whose stacked form divides by the norm of the whole stacked gradient (a
+    global norm across members) instead of each member's own."""
+    from techbench_builtins.optimizers_stacked import StackedSGD
+
+    class Normalised(torch.optim.SGD):
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> None:  # type: ignore[override]
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(p.grad / p.grad.norm(), alpha=-group["lr"])
+
+    class CoupledNormalised(StackedSGD):
+        def update(self, p, g, state, c, c64):  # type: ignore[no-untyped-def]
+            super().update(p, g / g.norm(), state, c, c64)
+
+    def fast(params: Any, *, lr: float, weight_decay: float = 0.0, **_: Any) -> Any:
+        return Normalised(params, lr=lr)
+
+    def stacked(params: Any, *, lr: Any, weight_decay: Any = 0.0, **_: Any) -> Any:
+        return CoupledNormalised(params, lr=lr, weight_decay=0.0)
+
+    with pytest.raises(CheckFailure, match=r"member \d of 4 .*stacked implementation vs alone"):
+        opt_checks.check_stacked_hyperparams(_with_stacked("sgd", stacked, fast))
+
+
+def test_stacked_implementation_using_one_members_values_fails() -> None:
+    from techbench_builtins import optimizers_stacked as stacked_impl
+
+    def first_only(params: Any, **hp: Any) -> Any:
+        hp = {k: v[0].expand(len(v)) if isinstance(v, torch.Tensor) else v for k, v in hp.items()}
+        return stacked_impl.adam(params, **hp)
+
+    with pytest.raises(CheckFailure, match=r"member [1-3] of 4"):
+        opt_checks.check_stacked_hyperparams(_with_stacked("adam", first_only))
+
+
+def test_stacked_implementation_ignoring_the_schedule_multiplier_fails() -> None:
+    from techbench_builtins.optimizers_stacked import StackedSGD
+
+    class NoMultiplier(StackedSGD):
+        def coefficients(self, hp, lr, t):  # type: ignore[no-untyped-def]
+            return super().coefficients(hp, hp["lr"], t)
+
+    def stacked(params: Any, **hp: Any) -> Any:
+        return NoMultiplier(params, **hp)
+
+    with pytest.raises(CheckFailure, match="step 2,"):
+        opt_checks.check_stacked_hyperparams(_with_stacked("sgd", stacked))
+
+
+def test_stacked_sgd_equals_torch_sgd_for_mixed_zero_and_nonzero_momentum() -> None:
+    """A member with momentum 0 is plain SGD (torch ignores dampening then), next to members
+    with heavy-ball momentum, in one stacked optimizer (independent source: torch.optim.SGD)."""
+    from techbench.families import STACKED_DIMS
+    from techbench_builtins import optimizers_stacked as stacked_impl
+
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(3, 5, 4, generator=gen, dtype=torch.float64) for _ in range(6)]
+    lr, mu, damp = [0.1, 0.05, 0.2], [0.0, 0.9, 0.5], [0.5, 0.1, 0.0]
+    stacked = p0.clone().requires_grad_(True)
+    setattr(stacked, STACKED_DIMS, 1)
+    opt = stacked_impl.momentum(
+        [stacked],
+        lr=torch.tensor(lr, dtype=torch.float64),
+        momentum=torch.tensor(mu, dtype=torch.float64),
+        dampening=torch.tensor(damp, dtype=torch.float64),
+    )
+    alone = [p0[k].clone().requires_grad_(True) for k in range(3)]
+    torch_opts = [
+        torch.optim.SGD([alone[k]], lr=lr[k], momentum=mu[k], dampening=damp[k]) for k in range(3)
+    ]
+    for g in grads:
+        stacked.grad = g.clone()
+        opt.step()
+        for k in range(3):
+            alone[k].grad = g[k].clone()
+            torch_opts[k].step()
+    for k in range(3):
+        torch.testing.assert_close(stacked[k].detach(), alone[k].detach(), rtol=1e-12, atol=0)

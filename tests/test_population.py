@@ -360,3 +360,125 @@ def test_a_stack_out_of_device_memory_is_halved_until_it_fits(tmp_path, monkeypa
     ]
     assert sorted(m["stack_size"] for m in stored) == [1, 2, 2, 2, 2]
     assert not any("stack_error" in m for m in stored)
+
+
+# -- members with their own optimizer hyper-parameters: one stacked optimizer -------------------
+
+DISTINCT = {
+    "adam": [
+        {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+        {"lr": 3e-3, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6},
+        {"lr": 1e-2, "beta1": 0.95, "beta2": 0.9995, "eps": 1e-8, "weight_decay": 1e-3},
+        {"lr": 3e-4, "beta1": 0.5, "beta2": 0.98, "eps": 1e-4},
+    ],
+    "momentum": [
+        {"lr": 0.01, "momentum": 0.9},
+        {"lr": 0.05, "momentum": 0.5, "dampening": 0.1},
+        {"lr": 0.1, "momentum": 0.99, "weight_decay": 1e-2},
+        {"lr": 0.02, "momentum": 0.8, "dampening": 0.5},
+    ],
+    "rmsprop": [
+        {"lr": 1e-3, "alpha": 0.99},
+        {"lr": 3e-3, "alpha": 0.9, "momentum": 0.5},
+        {"lr": 1e-2, "alpha": 0.999, "momentum": 0.9, "eps": 1e-6},
+        {"lr": 3e-4, "alpha": 0.95, "weight_decay": 1e-3},
+    ],
+    "radam": [  # beta2 0.9 rectifies from step 6, 0.999 not within the run
+        {"lr": 1e-3, "beta2": 0.9},
+        {"lr": 1e-2, "beta1": 0.8, "beta2": 0.999},
+        {"lr": 3e-3, "beta1": 0.95, "beta2": 0.95, "weight_decay": 1e-2},
+    ],
+}
+
+
+def _distinct(name, **over):
+    return [
+        _config(seed=k, optimizer=_opt(name, **hp), **over) for k, hp in enumerate(DISTINCT[name])
+    ]
+
+
+def _trained_module(configs, registry=None):
+    from techbench.trial import _train_stack
+
+    module, *_ = _train_stack([complete_config(c) for c in configs], registry)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(DISTINCT))
+def test_members_with_their_own_hyperparameters_train_with_one_stacked_optimizer(name):
+    """Members differing in lr, betas, momentum, eps and decay: one optimizer, one leaf per
+    parameter (no per-setting slices), and each member's rows equal its trial's."""
+    from techbench_builtins.optimizers_stacked import StackedOptimizer
+
+    configs = _distinct(name)
+    assert len({stack_key(c) for c in configs}) == 1
+    module = _trained_module(configs)
+    (optimizer,) = module.trainer.optimizers
+    assert isinstance(optimizer, StackedOptimizer)
+    assert len(module.leaves) == len(module.names)
+    assert_members_equal(configs)
+
+
+@pytest.mark.parametrize("name", sorted(DISTINCT))
+def test_float64_members_with_their_own_hyperparameters_equal_their_trials_to_1e_9(name):
+    float64 = {"trainer": {"accelerator": "cpu", "precision": "64-true"}}
+    configs = _distinct(name, schedule={"name": "cosine", "params": {"warmup_steps": 3}}, **float64)
+    for config, member in zip(configs, run_stack(configs), strict=True):
+        alone = run_trial(config)
+        assert member.status == alone.status == "completed", member.meta.error
+        a, b = _rows(alone), _rows(member)
+        assert a.keys() == b.keys()
+        for key, va in a.items():
+            assert b[key] == pytest.approx(va, rel=1e-9, abs=1e-12, nan_ok=True), key
+
+
+def test_members_differing_in_a_shared_choice_get_one_stacked_optimizer_per_choice():
+    """eps placement is structural: inside and outside members train under two stacked
+    optimizers (members ordered so each is one slice), each member still its trial."""
+    configs = [
+        _config(seed=k, optimizer=_opt("adam", lr=lr, eps=1e-4, eps_placement=where))
+        for k, (lr, where) in enumerate(
+            [(1e-3, "inside"), (3e-3, "outside"), (1e-2, "inside"), (2e-3, "outside")]
+        )
+    ]
+    module = _trained_module(configs)
+    assert len(module.trainer.optimizers) == 2
+    assert [(s.start, s.stop) for s in module.group_slices] == [(0, 2), (2, 4)]
+    assert_members_equal(configs)
+
+
+class _Registry:
+    """The default registry with the ``constant`` schedule's ``multiplicative`` claim removed
+    (what a third-party schedule that declares nothing looks like)."""
+
+    def __init__(self):
+        self.inner = default_registry()
+
+    def get_spec(self, name, family=None):
+        import dataclasses
+
+        spec = self.inner.get_spec(name, family)
+        if spec.family == "schedule":
+            props = {k: v for k, v in spec.properties.items() if k != "multiplicative"}
+            spec = dataclasses.replace(spec, properties=props)
+        return spec
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_schedule_not_declared_multiplicative_keeps_one_optimizer_per_setting():
+    """Without the claim the schedule can't run on a multiplier: one fast optimizer per
+    distinct setting over its slice, as before."""
+    from techbench_builtins.optimizers_stacked import StackedOptimizer
+
+    configs = _distinct("momentum")[:3]
+    module = _trained_module(configs, _Registry())
+    assert len(module.trainer.optimizers) == 3
+    assert not any(isinstance(o, StackedOptimizer) for o in module.trainer.optimizers)
+    assert len(module.leaves) == 3 * len(module.names)
+    stacked = run_stack(configs, registry=_Registry())
+    for config, member in zip(configs, stacked, strict=True):
+        alone = _rows(run_trial(config))
+        for key, va in alone.items():
+            assert _rows(member)[key] == pytest.approx(va, rel=RTOL, abs=ATOL, nan_ok=True), key

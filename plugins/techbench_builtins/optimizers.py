@@ -1,7 +1,9 @@
 """Built-in optimizers: specs only (no torch import here, so ``techbench list`` stays fast).
 
-Implementations and references live in :mod:`techbench_builtins.optimizers_impl`; the reference
-protocol the conformance checks expect is stated in :mod:`techbench.testing.optimizer`.
+Implementations and references live in :mod:`techbench_builtins.optimizers_impl`, the stacked
+implementations (members of a stack with per-member hyper-parameters, ``spec.stacked``) in
+:mod:`techbench_builtins.optimizers_stacked`; the reference protocol the conformance checks
+expect is stated in :mod:`techbench.testing.optimizer`.
 
 Search ranges (what ``[tune]`` searches; see ``Param.search``):
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 from techbench.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.optimizers_impl"
+_STACKED = "techbench_builtins.optimizers_stacked"
 
 
 def _lr(default: float) -> Param:
@@ -125,6 +128,7 @@ sgd = TechniqueSpec(
     citation="Robbins & Monro 1951, A Stochastic Approximation Method; lecture notes, seed 002",
     fast=f"{_IMPL}:sgd",
     reference=f"{_IMPL}:sgd_reference",
+    stacked=f"{_STACKED}:sgd",
     params=(_lr(0.01), _wd(), _DECAY),
     properties={"adaptive": False, "elementwise": True},
 )
@@ -136,6 +140,7 @@ momentum = TechniqueSpec(
     citation="Polyak 1964, Some methods of speeding up the convergence of iteration methods",
     fast=f"{_IMPL}:momentum",
     reference=f"{_IMPL}:momentum_reference",
+    stacked=f"{_STACKED}:momentum",
     params=(
         _lr(0.01),
         _MOMENTUM,
@@ -163,6 +168,7 @@ nesterov = TechniqueSpec(
     "momentum in deep learning",
     fast=f"{_IMPL}:nesterov",
     reference=f"{_IMPL}:nesterov_reference",
+    stacked=f"{_STACKED}:nesterov",
     params=(_lr(0.01), _MOMENTUM, _wd(), _DECAY),
     properties={"adaptive": False, "elementwise": True},
 )
@@ -175,6 +181,7 @@ adagrad = TechniqueSpec(
     "Stochastic Optimization",
     fast=f"{_IMPL}:adagrad",
     reference=f"{_IMPL}:adagrad_reference",
+    stacked=f"{_STACKED}:adagrad",
     params=(
         _lr(0.01),
         Param(
@@ -213,6 +220,7 @@ rmsprop = TechniqueSpec(
     "Learning); lecture notes, seed 002 (eps inside the root)",
     fast=f"{_IMPL}:rmsprop",
     reference=f"{_IMPL}:rmsprop_reference",
+    stacked=f"{_STACKED}:rmsprop",
     params=(
         _lr(0.01),
         _beta("alpha", 0.99, "decay of the mean square: v <- alpha*v + (1-alpha)*g^2", _B2),
@@ -250,6 +258,7 @@ adam = TechniqueSpec(
     "seed 002 (eps inside the root, no bias correction)",
     fast=f"{_IMPL}:adam",
     reference=f"{_IMPL}:adam_reference",
+    stacked=f"{_STACKED}:adam",
     params=(
         _lr(1e-3),
         *_ADAM_PARAMS,
@@ -273,6 +282,7 @@ adamw = TechniqueSpec(
     citation="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization (ICLR)",
     fast=f"{_IMPL}:adamw",
     reference=f"{_IMPL}:adamw_reference",
+    stacked=f"{_STACKED}:adamw",
     params=(
         _lr(1e-3),
         *_ADAM_PARAMS,
@@ -289,6 +299,7 @@ nadam = TechniqueSpec(
     citation="Dozat 2016, Incorporating Nesterov Momentum into Adam (ICLR workshop)",
     fast=f"{_IMPL}:nadam",
     reference=f"{_IMPL}:nadam_reference",
+    stacked=f"{_STACKED}:nadam",
     params=(
         _lr(2e-3),
         *_ADAM_PARAMS,
@@ -316,6 +327,7 @@ radam = TechniqueSpec(
     citation="Liu et al. 2020, On the Variance of the Adaptive Learning Rate and Beyond (ICLR)",
     fast=f"{_IMPL}:radam",
     reference=f"{_IMPL}:radam_reference",
+    stacked=f"{_STACKED}:radam",
     params=(_lr(1e-3), *_ADAM_PARAMS, _wd(), _DECAY),
     properties={"adaptive": True, "elementwise": True},
 )
@@ -327,6 +339,7 @@ lion = TechniqueSpec(
     citation="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms (NeurIPS)",
     fast=f"{_IMPL}:lion",
     reference=f"{_IMPL}:lion_reference",
+    stacked=f"{_STACKED}:lion",
     params=(
         _lr(1e-4),
         _beta("beta1", 0.9, "interpolation for the update direction", _B1),

@@ -18,7 +18,7 @@ constant = TechniqueSpec(
     citation="Lecture notes, seed 002",
     fast=f"{_IMPL}:constant",
     reference=f"{_IMPL}:constant_reference",
-    properties={"monotonic": "nonincreasing"},
+    properties={"monotonic": "nonincreasing", "multiplicative": True},
 )
 
 step = TechniqueSpec(
@@ -43,7 +43,7 @@ step = TechniqueSpec(
             scale="log",
         ),
     ),
-    properties={"monotonic": "nonincreasing"},
+    properties={"monotonic": "nonincreasing", "multiplicative": True},
 )
 
 cosine = TechniqueSpec(
@@ -73,7 +73,7 @@ cosine = TechniqueSpec(
             search=(0.0, 0.1),
         ),
     ),
-    properties={"monotonic": "warmup_then_nonincreasing"},
+    properties={"monotonic": "warmup_then_nonincreasing", "multiplicative": True},
 )
 
 exponential = TechniqueSpec(
@@ -97,7 +97,7 @@ exponential = TechniqueSpec(
             scale="log1m",
         ),
     ),
-    properties={"monotonic": "nonincreasing"},
+    properties={"monotonic": "nonincreasing", "multiplicative": True},
 )
 
 inverse_time = TechniqueSpec(
@@ -120,5 +120,5 @@ inverse_time = TechniqueSpec(
             scale="log",
         ),
     ),
-    properties={"monotonic": "nonincreasing"},
+    properties={"monotonic": "nonincreasing", "multiplicative": True},
 )

@@ -22,6 +22,26 @@ dataset        ``fast(data_seed, **hp) -> DatasetSplits``
 model          ``fast(input_shape, num_outputs, parts: ModelParts, **hp) -> torch.nn.Module``
 =============  ==========================================================================
 
+A technique may also provide ``spec.stacked``, a fast implementation over K stacked trials
+(:mod:`techbench.population`), which the engine uses for members that differ in numeric
+hyper-parameters:
+
+=============  ==========================================================================
+optimizer      ``stacked(params, **hp) -> torch.optim.Optimizer`` over stacked parameters
+               ``[K, ...]`` (marked with :data:`STACKED_DIMS`); every ``float``
+               hyper-parameter arrives as a float64 tensor ``[K]`` (member k's value at k),
+               the others (``bool``, ``int``, ``str``: structural choices such as ``decay``
+               or ``eps_placement``) as one plain value shared by all members. Member k's
+               update must equal ``fast([member k's slices], **member k's values)`` within
+               rounding, with no reduction across members. It has one param group whose
+               ``lr`` is a *multiplier* starting at 1.0, which the schedule drives: member
+               k's effective rate is ``param_groups[0]["lr"] * hp["lr"][k]``, so it is only
+               used under a schedule declaring ``properties["multiplicative"]``
+               (:class:`ScheduleProperties`); otherwise members with different settings each
+               get their own ``fast`` optimizer. Checked by ``stacked_hyperparams``
+               (:mod:`techbench.testing.optimizer`).
+=============  ==========================================================================
+
 This module imports no torch at import time; annotations name torch types as strings.
 """
 
@@ -98,6 +118,20 @@ class OptimizerProperties(TypedDict, total=False):
 
     adaptive: bool
     elementwise: bool
+
+
+class ScheduleProperties(TypedDict, total=False):
+    """``monotonic``: "nonincreasing" or "warmup_then_nonincreasing" (checked).
+    ``multiplicative``: every group's rate at step t is its initial rate times a factor f(t)
+    that does not depend on the initial rate (LambdaLR, StepLR, ExponentialLR, ...); then a
+    schedule run on a multiplier of 1.0 times member k's ``lr`` is member k's schedule, which
+    lets a stacked optimizer (``spec.stacked``) carry per-member learning rates under it. The
+    conformance check ``multiplicative`` verifies the claim; a schedule without it (clipping
+    at an absolute floor, say) makes members with different ``lr`` train with one optimizer per
+    setting."""
+
+    monotonic: Literal["nonincreasing", "warmup_then_nonincreasing"]
+    multiplicative: bool
 
 
 STACKED_DIMS = "techbench_stacked_dims"

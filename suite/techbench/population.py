@@ -12,8 +12,11 @@ from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``, d
 from ``Generator(seed + MODULE_SEED_OFFSET)``, drawn outside ``vmap`` and fed in by
 :mod:`techbench.stacked_modules`, with each member's own ``p``); its loss is its
 own mean loss (the stack's objective is the sum of the members' losses, whose gradient with
-respect to member i's parameters is member i's gradient); optimizers are elementwise and one per
-distinct hyper-parameter setting, with the schedule over it. Regularizer ``penalty`` and ``loss``
+respect to member i's parameters is member i's gradient); optimizers are elementwise: when the
+optimizer has a stacked implementation (``spec.stacked``) and the schedule is multiplicative,
+one optimizer per shared setting takes the members' ``float`` hyper-parameters as per-member
+tensors (:mod:`techbench.member_hp`; its group ``lr`` is the schedule's multiplier), else one
+``fast`` optimizer per distinct setting, with the schedule over it. Regularizer ``penalty`` and ``loss``
 hooks run member by member inside ``vmap`` through ``functional_call``, ``transform_batch`` in a
 loop with each member's generator. Epoch-end evaluation, best-validation weights and test
 metrics are per member. So a member's rows equal the one-by-one run's rows within float
@@ -175,7 +178,10 @@ class StackedModule(pl.LightningModule):
 
     ``optimizer_factory(params, hp)`` and ``schedule_factory(optimizer, total_steps)`` come from
     the plugins; members with equal optimizer hyper-parameters share one optimizer over their
-    stacked tensors (members are ordered so that each group is a contiguous slice).
+    stacked tensors (members are ordered so that each group is a contiguous slice). With
+    ``stacked_optimizer_factory(params, settings)`` (a stacked implementation taking each
+    member's hyper-parameters) members with equal ``group_key(hp)`` (the shared, non-numeric
+    settings) share one: usually the whole stack, one leaf per parameter.
     """
 
     def __init__(
@@ -185,6 +191,10 @@ class StackedModule(pl.LightningModule):
         optimizer_factory: Callable[[Any, dict[str, Any]], torch.optim.Optimizer],
         schedule_factory: Callable[[torch.optim.Optimizer, int], Any] | None,
         total_steps: int,
+        stacked_optimizer_factory: (
+            Callable[[Any, Sequence[Mapping[str, Any]]], torch.optim.Optimizer] | None
+        ) = None,
+        group_key: Callable[[Mapping[str, Any]], Any] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -193,11 +203,15 @@ class StackedModule(pl.LightningModule):
         self.loss_fn = task_loss(task)
         self.optimizer_factory = optimizer_factory
         self.schedule_factory = schedule_factory
+        self.stacked_optimizer_factory = stacked_optimizer_factory
         self.total_steps = total_steps
         # a list, so that Lightning's device moves skip the parameter-less skeleton
         self._skeleton = [copy.deepcopy(self.members[0].model).to("meta")]
         params, buffers = stack_module_state([m.model for m in self.members])
-        groups = _groups([m.optimizer_params for m in self.members])
+        groups = _groups(
+            [m.optimizer_params for m in self.members],
+            group_key if stacked_optimizer_factory is not None else None,
+        )
         self.group_slices = [slice(lo, hi) for lo, hi, _ in groups]
         self.group_params = [hp for _, _, hp in groups]
         # one leaf per (group, parameter): each group's optimizer owns its slice of the stack
@@ -289,7 +303,12 @@ class StackedModule(pl.LightningModule):
         n = len(self.names)
         optimizers = []
         for g, hp in enumerate(self.group_params):
-            opt = self.optimizer_factory(list(self.leaves[g * n : (g + 1) * n]), hp)
+            leaves = list(self.leaves[g * n : (g + 1) * n])
+            if self.stacked_optimizer_factory is not None:
+                settings = [m.optimizer_params for m in self.members[self.group_slices[g]]]
+                opt = self.stacked_optimizer_factory(leaves, settings)
+            else:
+                opt = self.optimizer_factory(leaves, hp)
             optimizers.append(opt)
             if self.schedule_factory is not None:
                 self._schedulers.append(self.schedule_factory(opt, self.total_steps))
@@ -656,24 +675,38 @@ class StackedModule(pl.LightningModule):
             m.health.end_step()
 
 
-def _groups(settings: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
-    """Contiguous runs of equal optimizer settings: ``(start, stop, setting)``.
+def _groups(
+    settings: Sequence[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Any] | None = None
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """Contiguous runs of optimizer settings equal under ``key`` (default: equal settings):
+    ``(start, stop, first setting)``.
 
-    The caller orders members so that equal settings are adjacent (:func:`order_members`).
+    The caller orders members so that equal keys are adjacent (:func:`order_members`).
     """
     out: list[tuple[int, int, dict[str, Any]]] = []
+    keys: list[Any] = []
     for i, hp in enumerate(settings):
-        if out and out[-1][2] == dict(hp):
+        k = dict(hp) if key is None else key(hp)
+        if out and keys[-1] == k:
             out[-1] = (out[-1][0], i + 1, out[-1][2])
         else:
             out.append((i, i + 1, dict(hp)))
+            keys.append(k)
     return out
 
 
-def order_members(configs: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Indices of ``configs`` with equal optimizer settings adjacent (first appearance order)."""
+def order_members(
+    configs: Sequence[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Any] | None = None
+) -> list[int]:
+    """Indices of ``configs`` with equal optimizer settings (equal ``key(settings)`` when
+    given) adjacent, in first appearance order."""
     import json
 
-    keys = [json.dumps(c["optimizer"]["params"], sort_keys=True) for c in configs]
+    keys = [
+        json.dumps(c["optimizer"]["params"], sort_keys=True)
+        if key is None
+        else key(c["optimizer"]["params"])
+        for c in configs
+    ]
     first = {key: i for i, key in reversed(list(enumerate(keys)))}
     return sorted(range(len(configs)), key=lambda i: (first[keys[i]], i))

@@ -242,8 +242,12 @@ class TechniqueSpec:
 
     ``fast`` is the implementation training uses (a factory: ``create`` calls it with the
     structural arguments and the validated hyper-parameters); ``reference`` is the version written
-    from the math that the conformance suite compares it with. Both may be ``"module:attr"``
-    strings. ``properties`` holds the family's declared properties (see ``techbench.families``);
+    from the math that the conformance suite compares it with. ``stacked`` (optional) is a fast
+    implementation over the stacked state of K trials whose numeric hyper-parameters are
+    per-member tensors (its signature per family is in :mod:`techbench.families`; the population
+    engine uses it so that members differing in, say, ``lr`` still train as one optimizer; a
+    conformance check proves member k of it equals ``fast`` with member k's values). All three
+    may be ``"module:attr"`` strings. ``properties`` holds the family's declared properties (see ``techbench.families``);
     a property that depends on the hyper-parameters (Swish-beta's output range depends on beta)
     is a callable of them, ``lambda beta, **_: (-0.2785 / beta, math.inf)``: read properties
     through :meth:`properties_for`, which returns the values at given hyper-parameters.
@@ -254,6 +258,7 @@ class TechniqueSpec:
     summary: str
     fast: Any
     reference: Any = None
+    stacked: Any = None
     citation: str | None = None
     params: tuple[Param, ...] = ()
     properties: Mapping[str, Any] = field(default_factory=dict)
@@ -327,6 +332,10 @@ class TechniqueSpec:
 
     def load_reference(self) -> Any:
         return resolve(self.reference)
+
+    def load_stacked(self) -> Any:
+        """The stacked implementation (None when the technique declares none)."""
+        return None if self.stacked is None else resolve(self.stacked)
 
     def create(self, *args: Any, **overrides: Any) -> Any:
         """Build the fast implementation: ``fast(*args, **hyperparams)``.

@@ -2,9 +2,13 @@
 
 A *stack* is a set of trials that share everything fixing the computation's shape, so that one
 vmapped forward/backward trains all of them (see :mod:`techbench.population`). Members may differ
-in ``seed`` (initial weights, batch order, dropout masks, noise), ``initializer`` and ``bias_initializer``
-(weights are made per member, then stacked) and the optimizer's hyper-parameters (members with
-equal ones share one optimizer over their stacked tensors; each distinct setting gets its own).
+in ``seed`` (initial weights, batch order, dropout masks, noise), ``initializer`` and
+``bias_initializer`` (weights are made per member, then stacked) and the optimizer's
+hyper-parameters: with a stacked implementation (``spec.stacked``, all built-ins) under a
+multiplicative schedule, one optimizer takes the members' ``float`` ones (lr, betas, momentum,
+eps, decay) as per-member tensors and only members differing in a choice (eps placement,
+``decay``) get another (:mod:`techbench.member_hp`); otherwise each distinct setting gets its own
+optimizer.
 Everything else (data and its split, model, activation, normalizer and placement, regularizer
 and its hyper-parameters, optimizer kind, schedule, batch size, budget, trainer and health
 options) is the key.

@@ -417,6 +417,7 @@ def _completed_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
 def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[int], str, int, Any]:
     from .health import GradientHealth
     from .lit import build_trainer
+    from .member_hp import create_stacked, optimizer_stacks_hyperparams, shared_key
     from .population import Member, StackedDataModule, StackedModule, order_members
 
     first = cfgs[0]
@@ -424,7 +425,11 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
     from .registry import default_registry
 
     lookup = (registry or default_registry()).get_spec
-    order = order_members(cfgs)
+    opt_spec, sched_spec = specs["optimizer"], specs["schedule"]
+    schedule_params = first["schedule"]["params"]
+    stacked_opt = optimizer_stacks_hyperparams(opt_spec, sched_spec, schedule_params)
+    group_key = (lambda hp: shared_key(opt_spec, opt_spec.hyperparams(hp))) if stacked_opt else None
+    order = order_members(cfgs, group_key)
     members = []
     num_parameters = 0
     for k in order:
@@ -445,14 +450,16 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
         members.append(
             Member(model, int(cfg["seed"]), dict(cfg["optimizer"]["params"]), regularizer, health)
         )
-    opt_spec, sched_spec = specs["optimizer"], specs["schedule"]
-    schedule_params = first["schedule"]["params"]
     module = StackedModule(
         members,
         splits.task,
         optimizer_factory=lambda ps, hp: opt_spec.create(ps, **hp),
         schedule_factory=lambda opt, total: sched_spec.create(opt, total, **schedule_params),
         total_steps=_total_steps(splits, first["budget"]),
+        stacked_optimizer_factory=(
+            (lambda ps, settings: create_stacked(opt_spec, ps, settings)) if stacked_opt else None
+        ),
+        group_key=group_key,
     )
     datamodule = StackedDataModule(
         splits, int(first["budget"]["batch_size"]), [m.seed for m in members]

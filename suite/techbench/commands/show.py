@@ -99,6 +99,7 @@ def card(name: str) -> dict[str, Any]:
         "tags": list(spec.tags),
         "fast": _where(spec.fast),
         "reference": _where(spec.reference),
+        "stacked": _where(spec.stacked),
     }
 
 
@@ -127,8 +128,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"  properties: {props}")
     if info["tags"]:
         print(f"  tags: {', '.join(info['tags'])}")
-    for side in ("fast", "reference"):
+    for side in ("fast", "reference", "stacked"):
         where = info[side]
+        if where is None and side == "stacked":
+            continue
         if where is None:
             print(f"  {side}: none")
         else:

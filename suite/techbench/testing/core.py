@@ -106,6 +106,11 @@ def _check_contract(spec: TechniqueSpec) -> None:
             spec.load_reference()
         except Exception as exc:
             problems.append(f"reference {spec.reference!r} does not load: {exc}")
+    if spec.stacked is not None:
+        try:
+            spec.load_stacked()
+        except Exception as exc:
+            problems.append(f"stacked implementation {spec.stacked!r} does not load: {exc}")
     if problems:
         raise CheckFailure(f"{spec.qualified_name} " + "; ".join(problems))
 

@@ -64,6 +64,18 @@ Checks
     tensor (a norm, a trust ratio) couples the members and fails here; so does one that tells
     weights from biases by ``p.dim()`` (a stacked bias has two dimensions): the stacked tensors
     carry :data:`techbench.families.STACKED_DIMS`, read through ``trial_ndim``.
+``stacked_hyperparams``
+    (optimizers declaring a stacked implementation, ``spec.stacked``; its contract is in
+    :mod:`techbench.families`) ``K = 4`` members on their own problems (seeded by index), each
+    with its own ``float`` hyper-parameters drawn from their search ranges (``Param.search`` on
+    its scale; a seeded draw), the shared ones at the defaults and then at each other choice
+    (``decay="all"``, ``eps_placement="inside"``, ...), under a schedule multiplier
+    ``f_t = 1 / (1 + 0.1 t)`` (the stacked optimizer's group ``lr``; the standalone optimizers'
+    ``lr`` is member k's times ``f_t``, as a multiplicative schedule sets it): after each of 12
+    steps member k of the one stacked optimizer equals member k's standalone fast optimizer,
+    float64 rtol 1e-9 (atol 1e-12), and in float32 (the training dtype; defaults) rtol 1e-5.
+    An implementation that couples members (a norm over the whole stacked tensor) or uses one
+    member's values for all fails here.
 """
 
 from __future__ import annotations
@@ -420,6 +432,115 @@ def check_stacked(spec: TechniqueSpec) -> None:
             )
 
 
+HP_MEMBERS = 4
+HP_STEPS = 12
+
+
+def _multiplier(t: int) -> float:
+    """The schedule factor of step ``t`` in ``stacked_hyperparams`` (a 1/t-style decay)."""
+    return 1.0 / (1.0 + 0.1 * t)
+
+
+def member_settings(spec: TechniqueSpec, shared: Mapping[str, Any], seed: int = 0) -> list[dict]:
+    """``HP_MEMBERS`` validated settings: ``shared`` with every ``float`` hyper-parameter that
+    has a search range drawn uniformly on its scale (seeded), so that members differ in all."""
+    import random
+
+    from ..member_hp import member_names
+
+    rng = random.Random(seed)
+    numeric = set(member_names(spec))
+    out = []
+    for _ in range(HP_MEMBERS):
+        hp = dict(shared)
+        for p in spec.params:
+            if p.name in numeric and p.search is not None:
+                hp[p.name] = p.from_unit(rng.random())
+        out.append(spec.hyperparams(hp))
+    return out
+
+
+def _shared_variants(spec: TechniqueSpec) -> list[dict[str, Any]]:
+    """The defaults, then each non-``float`` hyper-parameter at each other valid value."""
+    from ..member_hp import member_names
+
+    base = spec.defaults()
+    out = [base]
+    numeric = set(member_names(spec))
+    for p in spec.params:
+        if p.name in numeric:
+            continue
+        values = list(p.choices) if p.choices is not None else [alternative_value(p, base[p.name])]
+        out += [{**base, p.name: v} for v in values if v is not None and v != base[p.name]]
+    return out
+
+
+def compare_stacked_hyperparams(
+    spec: TechniqueSpec, settings: list[dict[str, Any]], dtype: Any = None
+) -> None:
+    """Member k of ``spec.stacked`` over the stacked problems equals ``spec.create`` with
+    ``settings[k]`` after each of ``HP_STEPS`` steps (see ``stacked_hyperparams``)."""
+    import torch
+
+    from ..member_hp import create_stacked
+
+    dtype = torch.float64 if dtype is None else dtype
+    problems = [make_problem(seed=k, dtype=dtype) for k in range(len(settings))]
+    alone: list[list[list[Any]]] = []
+    for (initial, loss), hp in zip(problems, settings, strict=True):
+        params = _fresh_params(initial)
+        opt = spec.create(params, **hp)
+        traj = []
+        for t in range(HP_STEPS):
+            for group in opt.param_groups:
+                group["lr"] = hp["lr"] * _multiplier(t)
+            _fast_step(opt, params, loss)
+            traj.append([p.detach().clone() for p in params])
+        alone.append(traj)
+    stacked = [
+        torch.stack([initial[i] for initial, _ in problems]).requires_grad_(True)
+        for i in range(len(PARAM_NAMES))
+    ]
+    for p in stacked:
+        setattr(p, STACKED_DIMS, 1)
+    opt = create_stacked(spec, stacked, settings)
+    if len(opt.param_groups) != 1 or opt.param_groups[0]["lr"] != 1.0:
+        raise CheckFailure(
+            f"{spec.qualified_name}: a stacked optimizer has one param group whose lr (the "
+            f"schedule's multiplier) starts at 1.0; got lrs {[g['lr'] for g in opt.param_groups]}"
+        )
+    rtol, atol = (1e-9, 1e-12) if dtype == torch.float64 else tolerance(dtype)
+    for t in range(HP_STEPS):
+        opt.param_groups[0]["lr"] = _multiplier(t)
+        members = [
+            [p[k].detach().clone().requires_grad_(True) for p in stacked]
+            for k in range(len(settings))
+        ]
+        grads = [_grads(m, loss) for m, (_, loss) in zip(members, problems, strict=True)]
+        for i, p in enumerate(stacked):
+            p.grad = torch.stack([g[i] for g in grads])
+        opt.step()
+        for k, hp in enumerate(settings):
+            for i, p in enumerate(stacked):
+                assert_close(
+                    p[k].detach(),
+                    alone[k][t][i],
+                    what=f"{_label(spec, hp)}: member {k} of {len(settings)} with per-member "
+                    f"hyper-parameters, step {t + 1}, parameter {i} ({PARAM_NAMES[i]}), "
+                    f"{str(dtype).replace('torch.', '')}: stacked implementation vs alone",
+                    rtol=rtol,
+                    atol=atol,
+                )
+
+
+def check_stacked_hyperparams(spec: TechniqueSpec) -> None:
+    import torch
+
+    for i, shared in enumerate(_shared_variants(spec)):
+        compare_stacked_hyperparams(spec, member_settings(spec, shared, seed=i))
+    compare_stacked_hyperparams(spec, member_settings(spec, spec.defaults()), torch.float32)
+
+
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The optimizer conformance checks (see the module docstring)."""
     out = [
@@ -432,4 +553,6 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         out.insert(2, Check("variants_explicit", check_variants_explicit))
     if spec.properties.get("elementwise"):
         out.append(Check("stacked", check_stacked))
+    if spec.stacked is not None:
+        out.append(Check("stacked_hyperparams", check_stacked_hyperparams))
     return out

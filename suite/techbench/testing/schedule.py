@@ -32,6 +32,12 @@ The run: an SGD optimizer with two param groups (base rates 0.1 and 0.03) and
     ``properties["monotonic"]``: ``"nonincreasing"`` (every step), or
     ``"warmup_then_nonincreasing"`` (non-decreasing for ``t < warmup_steps``, then
     non-increasing); checked with the defaults and the alternative values.
+``multiplicative``
+    ``properties["multiplicative"]`` (what lets a stacked optimizer carry per-member learning
+    rates, :class:`techbench.families.ScheduleProperties`): with the defaults and each
+    alternative value, the two groups' rates stay in the ratio of their base rates,
+    ``lr_0(t) / 0.1 == lr_1(t) / 0.03`` (rtol 1e-12), and a third run with base rate 1.0
+    gives the same factor.
 """
 
 from __future__ import annotations
@@ -66,18 +72,7 @@ def run_fast(
     spec: TechniqueSpec, hp: Mapping[str, Any], total_steps: int = TOTAL_STEPS
 ) -> list[list[float]]:
     """``lrs[t][g]``: the rate of group ``g`` used by optimizer step ``t``."""
-    import warnings
-
-    opt = _optimizer()
-    sched = spec.create(opt, total_steps, **hp)
-    lrs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(total_steps):
-            lrs.append([float(g["lr"]) for g in opt.param_groups])
-            opt.step()
-            sched.step()
-    return lrs
+    return _run_on(spec, hp, BASE_LRS, total_steps)
 
 
 def reference_lrs(
@@ -191,6 +186,44 @@ def check_monotonic(spec: TechniqueSpec) -> None:
         _assert_monotonic(spec, hp, kind)
 
 
+def check_multiplicative(spec: TechniqueSpec) -> None:
+    import torch
+
+    for hp in [spec.defaults(), *_alternatives(spec)]:
+        lrs = torch.tensor(run_fast(spec, hp), dtype=torch.float64)
+        factors = lrs / torch.tensor(BASE_LRS, dtype=torch.float64)
+        unit = torch.tensor(_run_on(spec, hp, (1.0,)), dtype=torch.float64)
+        assert_close(
+            torch.cat([factors, unit], dim=1),
+            factors[:, :1].expand(-1, len(BASE_LRS) + 1),
+            what=f"{_label(spec, hp)}: declared multiplicative, but lr(t) / base lr (bases "
+            f"{BASE_LRS} and 1.0, columns) differs between param groups",
+            rtol=1e-12,
+            atol=0.0,
+        )
+
+
+def _run_on(
+    spec: TechniqueSpec,
+    hp: Mapping[str, Any],
+    base_lrs: tuple[float, ...],
+    total_steps: int = TOTAL_STEPS,
+) -> list[list[float]]:
+    """``lrs[t][g]`` for an optimizer whose groups start at ``base_lrs``."""
+    import warnings
+
+    opt = _optimizer(base_lrs)
+    sched = spec.create(opt, total_steps, **hp)
+    lrs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(total_steps):
+            lrs.append([float(g["lr"]) for g in opt.param_groups])
+            opt.step()
+            sched.step()
+    return lrs
+
+
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The schedule conformance checks (see the module docstring)."""
     out = [
@@ -200,4 +233,6 @@ def checks(spec: TechniqueSpec) -> list[Check]:
     ]
     if spec.properties.get("monotonic"):
         out.append(Check("monotonic", check_monotonic))
+    if spec.properties.get("multiplicative"):
+        out.append(Check("multiplicative", check_multiplicative))
     return out

@@ -1,0 +1,644 @@
+"""Built-in optimizers over K stacked trials with per-member hyper-parameters (``spec.stacked``).
+
+Why: a tuning search trains members that differ in ``lr``, betas or momentum. With one
+``torch.optim`` optimizer per distinct setting, K settings cost K optimizers (and the stacked
+engine K leaves per parameter, concatenated every step), so stacking gave no speed-up. Here
+every ``float`` hyper-parameter is a float64 tensor ``[K]`` viewed as ``[K, 1, ...]`` against a
+stacked parameter ``[K, ...]``, so one optimizer does the K updates in one optimizer's kernels.
+
+The contract (:mod:`techbench.families`): parameters are ``[K, ...]``; ``param_groups[0]["lr"]``
+is the schedule's multiplier (1.0 at the start) and member k's rate is that times
+``lr[k]``. Member k's update is the fast factory's (:mod:`techbench_builtins.optimizers_impl`,
+``torch.optim`` where it implements the rule) with member k's values: each step below is
+torch's single-tensor step (torch 2.x ``_single_tensor_*``) with every scalar replaced by its
+per-member view, the per-step scalars (``1 - beta^t``, NAdam's ``mu_t``, RAdam's ``rho_t``)
+computed in float64 as torch computes them in Python floats, then cast to the parameter's
+dtype. Nothing reduces over a tensor, so members never see each other; the conformance check
+``stacked_hyperparams`` (:mod:`techbench.testing.optimizer`) proves it member by member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from techbench.families import trial_ndim
+
+_F64 = torch.float64
+
+
+def _view(c: Tensor, p: Tensor) -> Tensor:
+    """A per-member ``[K]`` coefficient as ``[K, 1, ...]`` against the stacked ``p``."""
+    return c.view((-1,) + (1,) * (p.dim() - 1))
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim keeps its state scalars in (``step``, NAdam's ``mu_product``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class StackedOptimizer(torch.optim.Optimizer):
+    """Base: one param group over stacked parameters; ``MEMBER`` names the hyper-parameters
+    given per member (float64 ``[K]``, kept on the host in ``param_groups[0]["member"]``), the
+    other keyword arguments are shared choices. ``decay`` ("weights" or "all") picks which
+    parameters the weight decay acts on, by :func:`~techbench.families.trial_ndim`.
+
+    Subclasses implement :meth:`update` for one parameter with coefficients from
+    :meth:`coefficients` (a dict of float64 ``[K]`` tensors on the parameter's device)."""
+
+    MEMBER: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Tensor], *, decay: str = "weights", **hp: Any) -> None:
+        params = list(params)
+        if not params:
+            raise ValueError("a stacked optimizer needs at least one parameter")
+        k = int(params[0].shape[0])
+        member = {}
+        for name in self.MEMBER:
+            if name not in hp:
+                raise TypeError(f"{type(self).__name__}: missing hyper-parameter {name!r}")
+            value = torch.as_tensor(hp.pop(name), dtype=_F64).detach().cpu().reshape(-1)
+            if value.numel() == 1 and k != 1:
+                value = value.expand(k).clone()
+            if value.shape != (k,):
+                raise ValueError(f"{name}: expected {k} per-member values, got {value.numel()}")
+            member[name] = value
+        for p in params:
+            if p.dim() < 1 or p.shape[0] != k:
+                raise ValueError(f"stacked parameters must all be [{k}, ...], got {tuple(p.shape)}")
+        if decay not in ("weights", "all"):
+            raise ValueError(f"decay must be 'weights' or 'all', got {decay!r}")
+        super().__init__(params, dict(lr=1.0, decay=decay, member=member, **hp))
+        self._device_hp: dict[Any, dict[str, Tensor]] = {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(dict(state_dict))
+        self._device_hp.clear()
+
+    def member_hp(self, device: torch.device) -> dict[str, Tensor]:
+        """The per-member hyper-parameters on ``device`` (float64; copied once per device)."""
+        if device not in self._device_hp:
+            member = self.param_groups[0]["member"]
+            self._device_hp[device] = {k: v.to(device, _F64) for k, v in member.items()}
+        return self._device_hp[device]
+
+    def decays(self, p: Tensor) -> bool:
+        """Whether weight decay acts on ``p`` (and any member's ``weight_decay`` is not 0)."""
+        group = self.param_groups[0]
+        wd = group["member"].get("weight_decay")
+        if wd is None or not bool((wd != 0).any()):
+            return False
+        return group["decay"] == "all" or trial_ndim(p) >= 2
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        """Per-member float64 ``[K]`` coefficients of step ``t`` (``lr``: the effective rates)."""
+        raise NotImplementedError
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        """One step of the stacked ``p``; ``c`` are :meth:`coefficients` in ``p``'s dtype,
+        ``c64`` the float64 originals."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        exact: dict[tuple[Any, int], dict[str, Tensor]] = {}
+        cast: dict[tuple[Any, Any, int], dict[str, Tensor]] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            t = state["step"] = state.get("step", 0) + 1
+            if (p.device, t) not in exact:
+                hp = self.member_hp(p.device)
+                exact[p.device, t] = self.coefficients(hp, hp["lr"] * float(group["lr"]), t)
+            c64 = exact[p.device, t]
+            if (p.device, p.dtype, t) not in cast:
+                cast[p.device, p.dtype, t] = {k: v.to(p.dtype) for k, v in c64.items()}
+            self.update(p, p.grad, state, cast[p.device, p.dtype, t], c64)
+        return loss
+
+    def coupled_decay(self, p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+        """``g + weight_decay * p`` (torch's ``grad.add(param, alpha=weight_decay)``)."""
+        return g.addcmul(p, _view(c["weight_decay"], p)) if self.decays(p) else g
+
+
+class StackedSGD(StackedOptimizer):
+    """``torch.optim.SGD`` (plain, heavy ball with dampening, or Nesterov) per member.
+
+    A member with ``momentum`` 0 steps as plain SGD (torch keeps no buffer then, and ignores
+    ``dampening``): its buffer is ``0 * b + g``."""
+
+    MEMBER = ("lr", "momentum", "dampening", "weight_decay")
+
+    def __init__(self, params: Iterable[Tensor], *, nesterov: bool = False, **hp: Any) -> None:
+        hp.setdefault("momentum", 0.0)
+        hp.setdefault("dampening", 0.0)
+        super().__init__(params, nesterov=nesterov, **hp)
+        self._momentum = bool((self.param_groups[0]["member"]["momentum"] != 0).any())
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        mu = hp["momentum"]
+        keep = torch.where(mu == 0, torch.ones_like(mu), 1 - hp["dampening"])
+        return {"neg_lr": -lr, "momentum": mu, "keep": keep, "weight_decay": hp["weight_decay"]}
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        g = self.coupled_decay(p, g, c)
+        if self._momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.detach().clone()
+            else:
+                buf.mul_(_view(c["momentum"], p)).addcmul_(g, _view(c["keep"], p))
+            nesterov = self.param_groups[0]["nesterov"]
+            g = g.addcmul(buf, _view(c["momentum"], p)) if nesterov else buf
+        p.addcmul_(g, _view(c["neg_lr"], p))
+
+
+class StackedAdagrad(StackedOptimizer):
+    """``torch.optim.Adagrad`` per member: ``clr = lr / (1 + (t - 1) lr_decay)``."""
+
+    MEMBER = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        clr = lr / (1 + (t - 1) * hp["lr_decay"])
+        return {
+            "neg_clr": -clr,
+            "eps": hp["eps"],
+            "weight_decay": hp["weight_decay"],
+            "init": hp["initial_accumulator_value"],
+        }
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        if "sum" not in state:
+            state["sum"] = (
+                _view(c["init"], p).expand_as(p).clone(memory_format=torch.preserve_format)
+            )
+        g = self.coupled_decay(p, g, c)
+        s = state["sum"]
+        s.addcmul_(g, g)
+        std = s.sqrt().add_(_view(c["eps"], p))
+        p.add_(g.mul(_view(c["neg_clr"], p)).div_(std))
+
+
+class StackedRMSprop(StackedOptimizer):
+    """``torch.optim.RMSprop`` (eps outside) or :class:`RMSpropVariant` (inside) per member."""
+
+    MEMBER = ("lr", "alpha", "eps", "weight_decay", "momentum")
+
+    def __init__(
+        self, params: Iterable[Tensor], *, eps_placement: str = "outside", **hp: Any
+    ) -> None:
+        super().__init__(params, eps_placement=eps_placement, **hp)
+        self._momentum = bool((self.param_groups[0]["member"]["momentum"] > 0).any())
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        return {
+            "neg_lr": -lr,
+            "alpha": hp["alpha"],
+            "one_minus_alpha": 1 - hp["alpha"],
+            "eps": hp["eps"],
+            "momentum": hp["momentum"],
+            "weight_decay": hp["weight_decay"],
+        }
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        g = self.coupled_decay(p, g, c)
+        if "square_avg" not in state:
+            state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self._momentum:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        v = state["square_avg"]
+        v.mul_(_view(c["alpha"], p)).addcmul_(g.mul(_view(c["one_minus_alpha"], p)), g)
+        eps = _view(c["eps"], p)
+        if self.param_groups[0]["eps_placement"] == "inside":
+            avg = v.add(eps).sqrt_()
+        else:
+            avg = v.sqrt().add_(eps)
+        if self._momentum:
+            buf = state["momentum_buffer"]
+            buf.mul_(_view(c["momentum"], p)).addcdiv_(g, avg)
+            p.addcmul_(buf, _view(c["neg_lr"], p))
+        else:
+            p.add_(g.mul(_view(c["neg_lr"], p)).div_(avg))
+
+
+class StackedAdam(StackedOptimizer):
+    """``torch.optim.Adam``/``AdamW`` and :class:`AdamVariant` per member: coupled (Adam) or
+    decoupled (AdamW: ``p <- p (1 - lr wd)`` first) decay; bias correction and eps placement
+    shared."""
+
+    MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay")
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        decoupled: bool = False,
+        bias_correction: bool = True,
+        eps_placement: str = "outside",
+        **hp: Any,
+    ) -> None:
+        super().__init__(
+            params,
+            decoupled=decoupled,
+            bias_correction=bias_correction,
+            eps_placement=eps_placement,
+            **hp,
+        )
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        b1, b2 = hp["beta1"], hp["beta2"]
+        group = self.param_groups[0]
+        if group["bias_correction"]:
+            bc1, bc2 = 1 - b1**t, 1 - b2**t
+        else:
+            bc1, bc2 = torch.ones_like(b1), torch.ones_like(b2)
+        return {
+            "one_minus_b1": 1 - b1,
+            "b2": b2,
+            "one_minus_b2": 1 - b2,
+            "eps": hp["eps"],
+            "weight_decay": hp["weight_decay"],
+            "shrink": 1 - lr * hp["weight_decay"],
+            "neg_step": -(lr / bc1),
+            "bc2": bc2,
+            "bc2_sqrt": bc2.sqrt(),
+        }
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        group = self.param_groups[0]
+        if group["decoupled"]:
+            if self.decays(p):
+                p.mul_(_view(c["shrink"], p))
+        else:
+            g = self.coupled_decay(p, g, c)
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, _view(c["one_minus_b1"], p))
+        v.mul_(_view(c["b2"], p)).addcmul_(g.mul(_view(c["one_minus_b2"], p)), g)
+        eps = _view(c["eps"], p)
+        if group["eps_placement"] == "inside":
+            denom = v.div(_view(c["bc2"], p)).add_(eps).sqrt_()
+        else:
+            denom = v.sqrt().div_(_view(c["bc2_sqrt"], p)).add_(eps)
+        p.add_(m.mul(_view(c["neg_step"], p)).div_(denom))
+
+
+class StackedNAdam(StackedOptimizer):
+    """``torch.optim.NAdam`` per member (Dozat 2016): ``mu_t`` per member, the running product
+    of the ``mu`` kept in torch's state-scalar dtype as torch keeps it."""
+
+    MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay")
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        b1, b2, psi = hp["beta1"], hp["beta2"], hp["momentum_decay"]
+        mu = b1 * (1.0 - 0.5 * torch.pow(0.96, t * psi))
+        mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1) * psi))
+        return {
+            "lr": lr,
+            "mu": mu,
+            "mu_next": mu_next,
+            "one_minus_b1": 1 - b1,
+            "b2": b2,
+            "one_minus_b2": 1 - b2,
+            "bc2": 1 - b2**t,
+            "eps": hp["eps"],
+            "weight_decay": hp["weight_decay"],
+        }
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        g = self.coupled_decay(p, g, c)
+        if "exp_avg" not in state:
+            k = p.shape[0]
+            state["mu_product"] = torch.ones(k, dtype=_scalar_dtype(), device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        mu_product = state["mu_product"]
+        mu_product.mul_(c64["mu"].to(mu_product.dtype))
+        prod = mu_product.to(_F64)
+        prod_next = prod * c64["mu_next"]
+        lr = c64["lr"]
+        on_grad = (-lr * (1.0 - c64["mu"]) / (1.0 - prod)).to(p.dtype)
+        on_avg = ((-lr * c64["mu_next"]) / (1.0 - prod_next)).to(p.dtype)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, _view(c["one_minus_b1"], p))
+        v.mul_(_view(c["b2"], p)).addcmul_(g.mul(_view(c["one_minus_b2"], p)), g)
+        denom = v.div(_view(c["bc2"], p)).sqrt().add_(_view(c["eps"], p))
+        p.add_(g.mul(_view(on_grad, p)).div_(denom))
+        p.add_(m.mul(_view(on_avg, p)).div_(denom))
+
+
+class StackedRAdam(StackedOptimizer):
+    """``torch.optim.RAdam`` per member (Liu et al. 2020): a member whose ``rho_t > 5`` takes
+    the rectified adaptive step, the others the un-adapted ``lr * m_hat``."""
+
+    MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay")
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        b1, b2 = hp["beta1"], hp["beta2"]
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        rho_inf = 2 / (1 - b2) - 1
+        rho_t = rho_inf - 2 * t * (b2**t) / bc2
+        rectified = rho_t > 5.0
+        ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        rect = torch.where(rectified, ratio, torch.ones_like(ratio)).sqrt()
+        return {
+            "lr": lr,
+            "one_minus_b1": 1 - b1,
+            "b2": b2,
+            "one_minus_b2": 1 - b2,
+            "bc1": bc1,
+            "bc2_sqrt": bc2.sqrt(),
+            "rect": rect,
+            "rectified": rectified.to(_F64),
+            "eps": hp["eps"],
+            "weight_decay": hp["weight_decay"],
+        }
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        g = self.coupled_decay(p, g, c)
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, _view(c["one_minus_b1"], p))
+        v.mul_(_view(c["b2"], p)).addcmul_(g.mul(_view(c["one_minus_b2"], p)), g)
+        plain = m.div(_view(c["bc1"], p)).mul_(_view(c["lr"], p))
+        adaptive = _view(c["bc2_sqrt"], p) / v.sqrt().add_(_view(c["eps"], p))
+        rectified = plain * adaptive * _view(c["rect"], p)
+        p.sub_(torch.where(_view(c["rectified"], p) > 0, rectified, plain))
+
+
+class StackedLion(StackedOptimizer):
+    """:class:`Lion` (Chen et al. 2023) per member: ``sign(lerp(m, g, 1 - b1))`` steps."""
+
+    MEMBER = ("lr", "beta1", "beta2", "weight_decay")
+
+    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+        return {
+            "neg_lr": -lr,
+            "shrink": 1 - lr * hp["weight_decay"],
+            "one_minus_b1": 1 - hp["beta1"],
+            "one_minus_b2": 1 - hp["beta2"],
+        }
+
+    def update(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Any],
+        c: Mapping[str, Tensor],
+        c64: Mapping[str, Tensor],
+    ) -> None:
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        m = state["exp_avg"]
+        direction = m.lerp(g, _view(c["one_minus_b1"], p))
+        if self.decays(p):
+            p.mul_(_view(c["shrink"], p))
+        p.addcmul_(direction.sign_(), _view(c["neg_lr"], p))
+        m.lerp_(g, _view(c["one_minus_b2"], p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacked factories: (params, **hp) with float hyper-parameters as float64 [K] tensors
+
+
+def sgd(
+    params: Iterable[Tensor], *, lr: Tensor, weight_decay: Any = 0.0, decay: str = "weights"
+) -> StackedSGD:
+    return StackedSGD(params, lr=lr, weight_decay=weight_decay, decay=decay)
+
+
+def momentum(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    momentum: Tensor,
+    dampening: Any = 0.0,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+) -> StackedSGD:
+    return StackedSGD(
+        params,
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        decay=decay,
+    )
+
+
+def nesterov(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    momentum: Tensor,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+) -> StackedSGD:
+    return StackedSGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, nesterov=True
+    )
+
+
+def adagrad(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    lr_decay: Any = 0.0,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+    initial_accumulator_value: Any = 0.0,
+    eps: Any = 1e-10,
+) -> StackedAdagrad:
+    return StackedAdagrad(
+        params,
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        decay=decay,
+        initial_accumulator_value=initial_accumulator_value,
+        eps=eps,
+    )
+
+
+def rmsprop(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    alpha: Any = 0.99,
+    eps: Any = 1e-8,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+    momentum: Any = 0.0,
+    eps_placement: str = "outside",
+) -> StackedRMSprop:
+    return StackedRMSprop(
+        params,
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        decay=decay,
+        momentum=momentum,
+        eps_placement=eps_placement,
+    )
+
+
+def adam(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    beta1: Any = 0.9,
+    beta2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+    bias_correction: bool = True,
+    eps_placement: str = "outside",
+) -> StackedAdam:
+    return StackedAdam(
+        params,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decay=decay,
+        bias_correction=bias_correction,
+        eps_placement=eps_placement,
+    )
+
+
+def adamw(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    beta1: Any = 0.9,
+    beta2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: Any = 0.01,
+    decay: str = "weights",
+) -> StackedAdam:
+    return StackedAdam(
+        params,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decay=decay,
+        decoupled=True,
+    )
+
+
+def nadam(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    beta1: Any = 0.9,
+    beta2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+    momentum_decay: Any = 0.004,
+) -> StackedNAdam:
+    return StackedNAdam(
+        params,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decay=decay,
+        momentum_decay=momentum_decay,
+    )
+
+
+def radam(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    beta1: Any = 0.9,
+    beta2: Any = 0.999,
+    eps: Any = 1e-8,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+) -> StackedRAdam:
+    return StackedRAdam(
+        params, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decay=decay
+    )
+
+
+def lion(
+    params: Iterable[Tensor],
+    *,
+    lr: Tensor,
+    beta1: Any = 0.9,
+    beta2: Any = 0.99,
+    weight_decay: Any = 0.0,
+    decay: str = "weights",
+) -> StackedLion:
+    return StackedLion(
+        params, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, decay=decay
+    )
