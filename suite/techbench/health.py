@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -64,7 +64,8 @@ def weight_layers_of(model: nn.Module) -> list[nn.Module]:
 
 
 class GradientHealth(StepCallback):
-    """Records gradient-health rows into ``self.rows`` (see the module docstring)."""
+    """Records gradient-health rows into ``self.rows`` (see the module docstring): the
+    one-by-one path, :class:`MemberHealth` with one member over views of the module's tensors."""
 
     def __init__(
         self,
@@ -85,16 +86,10 @@ class GradientHealth(StepCallback):
         self.seconds = 0.0
         self._active = False
         self._handles: list[Any] = []
-        self._outs: list[torch.Tensor | None] = []
-        self._pending: dict[str, list[torch.Tensor]] = {}
-        self._grads: list[torch.Tensor] = []
         self._stepped = False
         self._layout: tuple[tuple[bool, ...], list[int | None], int] | None = None
-        self._grad_layers: list[int | None] = []
-        self._row_keys: list[tuple[str, str, int]] | None = None
+        self._row_keys: list[tuple[str, str, int]] = []
         self._pre_transform = False
-        self._pre_norm: torch.Tensor | None = None
-        self._features_last = False
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,14 +98,19 @@ class GradientHealth(StepCallback):
             cast(torch.Tensor, layer.weight) for layer in weight_layers_of(model)
         ]
         self.activations = list(getattr(model, "activation_layers", []))
-        # token models (N, T, C): a unit is a feature over all samples and positions
-        self._features_last = bool(getattr(model, "features_last", False))
         self.params = [p for p in pl_module.parameters() if p.requires_grad]
-        self.init = [w.clone() for w in _as_float([w.detach() for w in self.weights])]
-        self._before = [torch.empty_like(w) for w in self.init]  # also holds W - W_0 later
-        self._scratch = Scratch()
+        self.core = MemberHealth(
+            1,
+            len(self.activations),
+            self.properties,
+            # token models (N, T, C): a unit is a feature over all samples and positions
+            features_last=bool(getattr(model, "features_last", False)),
+        )
+        self.core.start(_members(w.detach() for w in self.weights))
         self._pre_transform = bool(getattr(pl_module, "gradient_transforms", None))
-        self._row_keys = None
+        self._row_keys = row_keys(
+            len(self.weights), len(self.activations), self.act_metrics, self._pre_transform
+        )
 
     @override
     def begin_step(self, step: int, epoch: int) -> None:
@@ -120,7 +120,6 @@ class GradientHealth(StepCallback):
             return
         start = time.perf_counter()
         self._step, self._epoch = step, epoch
-        self._outs = [None] * len(self.activations)
         self._handles = [
             act.register_forward_hook(partial(self._forward_hook, i))
             for i, act in enumerate(self.activations)
@@ -134,12 +133,8 @@ class GradientHealth(StepCallback):
 
     def observe(self, index: int, output: torch.Tensor) -> None:
         """Record activation layer ``index``'s output of this step's forward pass (what the
-        forward hook does; the stacked engine calls it with a member's slice of the stacked
-        forward's outputs, so a snapshot needs no forward of its own)."""
-        # reduced after the step, all layers together (layerstats.activation_stat_matrix);
-        # autograd forbids in-place changes to it (the next layer saved it for backward)
-        out = output.detach()
-        self._outs[index] = out.reshape(-1, out.shape[-1]) if self._features_last else out
+        forward hook does)."""
+        self.core.observe(index, output.unsqueeze(0))
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -152,12 +147,7 @@ class GradientHealth(StepCallback):
         if not (self._active and self._pre_transform):
             return
         start = time.perf_counter()
-        grads = _as_float([p.grad.detach() for p in self.params if p.grad is not None])
-        self._pre_norm = (
-            torch.linalg.vector_norm(torch.stack([n.to(grads[0].dtype) for n in _norms(grads)]))
-            if grads
-            else None
-        )
+        self.core.after_backward(_members(p.grad for p in self.params if p.grad is not None))
         self.seconds += time.perf_counter() - start
 
     @override
@@ -169,14 +159,15 @@ class GradientHealth(StepCallback):
             return
         start = time.perf_counter()
         self._remove_hooks()
-        grads = [p.grad.detach() for p in self.params if p.grad is not None]
-        self._grad_layers, extra = self._grad_layout()
-        extra_grads = [cast(torch.Tensor, self.weights[i].grad).detach() for i in extra]
-        torch._foreach_copy_(self._before, [w.detach() for w in self.weights])
-        norms = _norms(_as_float(grads + extra_grads) + self._before)
-        k = len(grads) + len(extra_grads)
-        self._pending = {"grad": norms[:k], "before": norms[k:]}
-        self._grads = grads
+        grads = [p.grad for p in self.params if p.grad is not None]
+        layers, extra = self._grad_layout()
+        extra_grads = [cast(torch.Tensor, self.weights[i].grad) for i in extra]
+        self.core.before_update(
+            _members(grads + extra_grads),
+            layers,
+            _members(w.detach() for w in self.weights),
+            num_global=len(grads),
+        )
         self._stepped = True
         self.seconds += time.perf_counter() - start
 
@@ -206,135 +197,237 @@ class GradientHealth(StepCallback):
 
     @override
     def end_step(self) -> None:
-        """After the optimizer step: weights after the update, one transfer, the rows.
-
-        Every statistic is reduced on the device (norms of gradients, weights, updates and
-        distances from init in fused ``_foreach_norm`` calls; the activation statistics of all
-        layers in :func:`~techbench.layerstats.activation_stat_matrix`); they go to the host in
-        one ``tolist()`` and the ratios and the global norm are formed there. Non-finite
-        gradient entries are counted only when the global norm is not finite (a finite sum of
-        squares has none), at the cost of a second transfer on that step.
-        """
+        """After the optimizer step: weights after the update, one transfer, the rows
+        (:meth:`MemberHealth.after_update`)."""
         if not self._active:
             return
         self._active = False
         start = time.perf_counter()
         self._remove_hooks()
-        outs, self._outs = self._outs, []
         if not self._stepped:  # no optimizer step happened on this batch
+            self.core.discard()
             return
         self._stepped = False
-        n = len(self.weights)
-        host = _HostValues()
-        host.add("grad", self._pending["grad"])  # parameters', then extra weights' gradients
-        host.add("before", self._pending["before"])
-        if n:
-            # one reused buffer per weight (health keeps two copies of the weights, W_0 and
-            # this): W_before - W_after, whose norms are taken, then W_after - W_0; the norms
-            # are computed before the buffer is overwritten (eager on the CPU, stream order on
-            # a GPU)
-            ws = _as_float([w.detach() for w in self.weights])
-            torch._foreach_sub_(self._before, ws)
-            after = _norms([*ws, *self._before])
-            host.add("weight", after[:n])
-            host.add("update", after[n:])
-            for w, w0, out in zip(ws, self.init, self._before, strict=True):
-                torch.sub(w, w0, out=out)
-            host.add("dist", _norms(self._before))
-        seen = [i for i, o in enumerate(outs) if o is not None]
-        if seen:
-            matrix, order = activation_stat_matrix(
-                [o for o in outs if o is not None], self.properties, self._scratch
-            )
-            host.add("acts", matrix)
-        pre, self._pre_norm = self._pre_norm, None
-        if self._pre_transform:
-            nan = torch.full((1,), math.nan, dtype=torch.float64)
-            host.add("pre", nan if pre is None else pre.reshape(1))
-        v = host.to_host()
-        grads, self._grads, self._pending = self._grads, [], {}
-        grad_norms = v["grad"]
-        global_norm = math.sqrt(sum(x * x for x in grad_norms[: len(grads)]))
-        nonfinite = 0.0 if math.isfinite(global_norm) else _count_nonfinite(grads)
-        # the layout the norms were taken with: weight i's gradient norm, or None
-        layer_grads = [grad_norms[j] if j is not None else math.nan for j in self._grad_layers]
-        ratio = _div(layer_grads[0], layer_grads[-1]) if n else math.nan
-        values: dict[str, list[float]] = {
-            "grad_norm_global": [global_norm],
-            "nonfinite_grads": [nonfinite],
-            "grad_ratio_first_last": [ratio],
-        }
-        if n:
-            values["grad_norm"] = layer_grads
-            values["weight_norm"] = v["weight"]
-            values["update_ratio"] = list(map(_div, v["update"], v["before"]))
-            values["dist_from_init"] = v["dist"]
-        acts = {m: [math.nan] * len(outs) for m in ACTIVATION_STATS}
-        if seen:
-            stats, width = v["acts"], len(ACTIVATION_STATS)  # matrix rows, flattened
-            for row, j in enumerate(order):
-                for col, metric in enumerate(ACTIVATION_STATS):
-                    acts[metric][seen[j]] = stats[row * width + col]
-        values |= acts
-        if self._pre_transform:
-            values[PRE_TRANSFORM_METRIC] = v["pre"]
-        self._emit(values)
+        weights = _members(w.detach() for w in self.weights)
+        (values,) = self.core.after_update(weights, self._pre_transform)
+        emit_rows(self.rows, self._row_keys, self._step, self._epoch, values)
         self.seconds += time.perf_counter() - start
 
-    def _emit(self, values: Mapping[str, Sequence[float]]) -> None:
-        """Rows in the order of :meth:`_keys` (globals, per layer, per activation)."""
-        step, epoch = self._step, self._epoch
-        self.rows.extend(
-            metric_row(step, epoch, "health", metric, float(values[metric][i]), layer)
-            for metric, layer, i in self._keys()
-        )
 
-    def _keys(self) -> list[tuple[str, str, int]]:
-        """(metric, layer, index into ``values[metric]`` of :meth:`_emit`) of every row."""
-        if self._row_keys is None:
-            keys = [(name, "", 0) for name in GLOBAL_METRICS]
-            for i in range(len(self.weights)):
-                keys += [(metric, str(i), i) for metric in LAYER_METRICS]
-            for i in range(len(self.activations)):
-                keys += [(m, str(i), i) for m in ACTIVATION_STATS if m in self.act_metrics]
-            if self._pre_transform:
-                keys.append((PRE_TRANSFORM_METRIC, "", 0))
-            self._row_keys = keys
-        return self._row_keys
+class MemberHealth:
+    """The statistics of K networks of one shape at once: every tensor it is given has a
+    leading member dimension (``[K, ...]``), and each reduction runs over all members together.
+
+    The one definition of every health statistic (see the module docstring): the one-by-one
+    callback (:class:`GradientHealth`) is K = 1 over views of its module's tensors, the stacked
+    engine (:mod:`techbench.stacked_health`) K = the stack's size over its stacked tensors. A
+    snapshot is :meth:`observe` (each activation layer's outputs), :meth:`after_backward` (only
+    when gradient transforms run), :meth:`before_update` and :meth:`after_update`, which moves
+    every member's values to the host in one transfer and returns them per member.
+    """
+
+    def __init__(
+        self,
+        num_members: int,
+        num_activations: int,
+        properties: Mapping[str, Any],
+        features_last: bool = False,
+    ) -> None:
+        self.num_members = num_members
+        self.properties = dict(properties)
+        self.features_last = features_last
+        self._outs: list[torch.Tensor | None] = [None] * num_activations
+        self._scratch = Scratch()
+        self._pending: dict[str, torch.Tensor] = {}
+        self._grads: list[torch.Tensor] = []
+        self._num_global = 0
+        self._layers: Sequence[int | None] = []
+        self._pre: torch.Tensor | None = None
+
+    def start(self, weights: Sequence[torch.Tensor]) -> None:
+        """At fit start: a copy of the weights (``[K, ...]`` each) as ``W_0`` and a work buffer."""
+        self.init = [w.clone() for w in _as_float([w.detach() for w in weights])]
+        self._before = [torch.empty_like(w) for w in self.init]  # also holds W - W_0 later
+
+    def observe(self, index: int, output: torch.Tensor) -> None:
+        """Activation layer ``index``'s outputs ``[K, N, ...]`` of this step's forward pass.
+
+        Reduced after the step, all layers and members together; autograd forbids in-place
+        changes to it (the next layer saved it for backward)."""
+        out = output.detach()
+        if self.features_last:  # (K, N, T, C): a unit is a feature over samples and positions
+            out = out.reshape(out.shape[0], -1, out.shape[-1])
+        self._outs[index] = out
+
+    def after_backward(self, grads: Sequence[torch.Tensor]) -> None:
+        """Each member's global gradient norm straight after backward, before any gradient
+        transform (device op)."""
+        grads = _as_float([g.detach() for g in grads])
+        self._pre = member_norms(grads).to(torch.float64).norm(dim=0) if grads else None
+
+    def before_update(
+        self,
+        grads: Sequence[torch.Tensor],
+        layers: Sequence[int | None],
+        weights: Sequence[torch.Tensor],
+        num_global: int | None = None,
+    ) -> None:
+        """Gradient norms and a copy of the weights before the optimizer step (device ops).
+
+        ``grads[:num_global]`` (default all) make the global norm; weight layer ``i``'s gradient
+        is ``grads[layers[i]]`` (None: it has none, its norm is NaN)."""
+        grads = [g.detach() for g in grads]
+        torch._foreach_copy_(self._before, [w.detach() for w in weights])
+        norms = member_norms(_as_float(grads) + self._before)
+        self._pending = {"grad": norms[: len(grads)], "before": norms[len(grads) :]}
+        self._grads = grads
+        self._num_global = len(grads) if num_global is None else num_global
+        self._layers = list(layers)
+
+    def discard(self) -> None:
+        """Forget an armed snapshot (no optimizer step happened)."""
+        self._outs = [None] * len(self._outs)
+        self._pending, self._grads, self._pre = {}, [], None
+
+    def after_update(
+        self, weights: Sequence[torch.Tensor], pre_transform: bool = False
+    ) -> list[dict[str, list[float]]]:
+        """After the optimizer step: every member's values (metric -> one per layer), moved to
+        the host in one transfer.
+
+        Every statistic is reduced on the device (norms of gradients, weights, updates and
+        distances from init; the activation statistics of all layers and members in one
+        :func:`~techbench.layerstats.activation_stat_matrix`); the ratios and the global norms
+        are formed on the host. Non-finite gradient entries are counted only for members whose
+        global norm is not finite (a finite sum of squares has none), at the cost of a second
+        transfer on that step.
+        """
+        k, n = self.num_members, len(weights)
+        outs, self._outs = self._outs, [None] * len(self._outs)
+        host = _HostValues()
+        host.add("grad", self._pending["grad"])
+        host.add("before", self._pending["before"])
+        if n:
+            # one reused buffer per weight: W_before - W_after, whose norms are taken, then
+            # W_after - W_0 (the norms are computed before the buffer is overwritten: eager on
+            # the CPU, stream order on a GPU)
+            ws = _as_float([w.detach() for w in weights])
+            torch._foreach_sub_(self._before, ws)
+            after = member_norms([*ws, *self._before])
+            host.add("weight", after[:n])
+            host.add("update", after[n:])
+            for w, w0, buffer in zip(ws, self.init, self._before, strict=True):
+                torch.sub(w, w0, out=buffer)
+            host.add("dist", member_norms(self._before))
+        seen = [i for i, o in enumerate(outs) if o is not None]
+        if seen:
+            # one output per (layer, member): same-shaped ones are reduced as one block
+            per_member = [o[m] for o in outs if o is not None for m in range(k)]
+            matrix, order = activation_stat_matrix(per_member, self.properties, self._scratch)
+            host.add("acts", matrix)
+        pre, self._pre = self._pre, None
+        if pre_transform:
+            host.add("pre", torch.full((k,), math.nan) if pre is None else pre)
+        v = host.to_host()
+        grads, self._grads, self._pending = self._grads, [], {}
+        grad_norms = v["grad"]  # [len(grads)][K]
+        globals_ = [
+            math.sqrt(sum(g[m] * g[m] for g in grad_norms[: self._num_global])) for m in range(k)
+        ]
+        bad = [m for m in range(k) if not math.isfinite(globals_[m])]
+        counts = dict(zip(bad, _count_nonfinite(grads[: self._num_global], bad), strict=True))
+        values = []
+        for m in range(k):
+            layer_grads = [grad_norms[j][m] if j is not None else math.nan for j in self._layers]
+            out: dict[str, list[float]] = {
+                "grad_norm_global": [globals_[m]],
+                "nonfinite_grads": [counts.get(m, 0.0)],
+                "grad_ratio_first_last": [_div(layer_grads[0], layer_grads[-1]) if n else math.nan],
+            }
+            if n:
+                out["grad_norm"] = layer_grads
+                out["weight_norm"] = [x[m] for x in v["weight"]]
+                out["update_ratio"] = [
+                    _div(u[m], b[m]) for u, b in zip(v["update"], v["before"], strict=True)
+                ]
+                out["dist_from_init"] = [x[m] for x in v["dist"]]
+            acts = {metric: [math.nan] * len(outs) for metric in ACTIVATION_STATS}
+            values.append(out | acts)
+        if seen:
+            for row, j in zip(v["acts"], order, strict=True):
+                layer, m = seen[j // k], j % k
+                for metric, value in zip(ACTIVATION_STATS, row, strict=True):
+                    values[m][metric][layer] = value
+        if pre_transform:
+            for m in range(k):
+                values[m][PRE_TRANSFORM_METRIC] = [v["pre"][m]]
+        return values
+
+
+def row_keys(
+    num_weights: int, num_activations: int, act_metrics: Sequence[str], pre_transform: bool
+) -> list[tuple[str, str, int]]:
+    """(metric, layer, index into a member's values) of every health row of one snapshot, in
+    order: globals, per weight layer, per activation layer, the pre-transform norm."""
+    keys = [(name, "", 0) for name in GLOBAL_METRICS]
+    for i in range(num_weights):
+        keys += [(metric, str(i), i) for metric in LAYER_METRICS]
+    for i in range(num_activations):
+        keys += [(m, str(i), i) for m in ACTIVATION_STATS if m in act_metrics]
+    if pre_transform:
+        keys.append((PRE_TRANSFORM_METRIC, "", 0))
+    return keys
+
+
+def emit_rows(
+    rows: list[dict[str, Any]],
+    keys: Sequence[tuple[str, str, int]],
+    step: int,
+    epoch: int,
+    values: Mapping[str, Sequence[float]],
+) -> None:
+    """Append one snapshot's rows (in the order of ``keys``) of one member to ``rows``."""
+    rows.extend(
+        metric_row(step, epoch, "health", metric, float(values[metric][i]), layer)
+        for metric, layer, i in keys
+    )
 
 
 class _HostValues:
-    """Named groups of device values moved to the host together, in one ``tolist()`` (one sync).
-
-    Groups of 0-d tensors are stacked in one op; whole tensors (flattened) follow them.
-    """
+    """Named device tensors moved to the host together, in one ``tolist()`` (one sync); each
+    comes back as nested lists of its shape (``[n, K]`` -> n lists of K floats)."""
 
     def __init__(self) -> None:
-        self._scalars: list[torch.Tensor] = []
         self._tensors: list[torch.Tensor] = []
-        self._scalar_groups: list[tuple[str, int]] = []
-        self._tensor_groups: list[tuple[str, int]] = []
+        self._groups: list[tuple[str, tuple[int, ...]]] = []
 
-    def add(self, name: str, values: Sequence[torch.Tensor] | torch.Tensor) -> None:
-        """A group: a list of 0-d tensors, or one tensor (its entries in row-major order)."""
-        if isinstance(values, torch.Tensor):
-            flat = values.reshape(-1)
-            self._tensors.append(flat)
-            self._tensor_groups.append((name, flat.numel()))
-        else:
-            self._scalars += values
-            self._scalar_groups.append((name, len(values)))
+    def add(self, name: str, values: torch.Tensor) -> None:
+        self._tensors.append(values.reshape(-1))
+        self._groups.append((name, tuple(values.shape)))
 
-    def to_host(self) -> dict[str, list[float]]:
+    def to_host(self) -> dict[str, Any]:
         """Every group's values as Python floats, by name."""
-        parts = [torch.stack(self._scalars)] if self._scalars else []
-        parts += [t.to(parts[0].device) if parts else t for t in self._tensors]
-        flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist() if parts else []
-        out, at = {}, 0
-        for name, size in self._scalar_groups + self._tensor_groups:
-            out[name] = flat[at : at + size]
+        parts = self._tensors
+        if not parts:
+            return {}
+        device = parts[0].device
+        flat = torch.cat([p.to(device) for p in parts]) if len(parts) > 1 else parts[0]
+        values = _transfer(flat)
+        out: dict[str, Any] = {}
+        at = 0
+        for name, shape in self._groups:
+            size = math.prod(shape)
+            chunk = values[at : at + size]
+            if len(shape) == 2:
+                chunk = [chunk[i : i + shape[1]] for i in range(0, size, shape[1])]
+            out[name] = chunk
             at += size
         return out
+
+
+def _transfer(values: torch.Tensor) -> list[Any]:
+    """The device-to-host transfer of a snapshot (a synchronisation)."""
+    return values.tolist()
 
 
 def _div(a: float, b: float) -> float:
@@ -350,19 +443,32 @@ def _as_float(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t if t.dtype in keep else t.float() for t in tensors]
 
 
-def _count_nonfinite(tensors: Sequence[torch.Tensor]) -> float:
-    """Number of NaN/inf entries (``x * 0`` is 0 for finite x and NaN otherwise)."""
-    if not tensors:
-        return 0.0
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    return float(torch.count_nonzero(flat.mul(0)))
+def _members(tensors: Iterable[torch.Tensor | None]) -> list[torch.Tensor]:
+    """One network's tensors as a stack of one member (``[1, ...]`` views)."""
+    return [t.detach().unsqueeze(0) for t in tensors if t is not None]
 
 
-def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """L2 norm of each tensor in one fused call where torch has it."""
-    foreach = getattr(torch, "_foreach_norm", None)
-    if not tensors:
+def _count_nonfinite(grads: Sequence[torch.Tensor], members: Sequence[int]) -> list[float]:
+    """Number of NaN/inf entries of each of ``members`` over ``grads`` (``[K, ...]`` each;
+    ``x * 0`` is 0 for finite x and NaN otherwise): one transfer, none when no member asks."""
+    if not members:
         return []
-    if foreach is not None:
-        return list(foreach(tensors))
-    return [t.norm() for t in tensors]
+    if not grads:
+        return [0.0] * len(members)
+    k = grads[0].shape[0]
+    flat = torch.cat([g.reshape(k, -1) for g in grads], dim=1)[list(members)]
+    return [float(c) for c in _transfer(torch.count_nonzero(flat.mul(0), dim=1))]
+
+
+def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[n, K]``: the L2 norm of each member's slice of each of the ``n`` tensors ``[K, ...]``.
+
+    One member: torch's fused ``_foreach_norm`` over the tensors; several: one reduction over
+    all members per tensor (faster than norms of the members' slices, fused or not)."""
+    if not tensors:
+        return torch.empty(0, 0)
+    k = tensors[0].shape[0]
+    foreach = getattr(torch, "_foreach_norm", None)
+    if k == 1 and foreach is not None:
+        return torch.stack(list(foreach(list(tensors)))).unsqueeze(1)
+    return torch.stack([torch.linalg.vector_norm(t.reshape(k, -1), dim=1) for t in tensors])

@@ -28,11 +28,11 @@ non-finite or blew up is *frozen* at that flush (its rows end where the one-by-o
 divergence step is exact, its final metrics are taken then) and the others go on; its later
 computation is masked out of the objective.
 
-Gradient health (when enabled) is the one-by-one :class:`~techbench.health.GradientHealth`,
-one per member, over the member's own network whose parameters and gradients are views of its
-rows of the stack; on a snapshot step the stacked forward also returns every activation
-layer's output and each member's health observes its slice, so its rows are the one-by-one
-rows by construction, with no extra forward and no copies (one host transfer per member).
+Gradient health (when enabled) is :class:`~techbench.stacked_health.StackedHealth`: on a
+snapshot step the stacked forward also returns every activation layer's output, and the
+one-by-one statistics are reduced over the member dimension of the stacked outputs, gradients
+and weights, with one host transfer per snapshot for the whole stack; each member's
+:class:`~techbench.health.GradientHealth` receives the rows it records when run alone.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ the one-by-one path (:class:`techbench.lit.TechniqueModule`)."""
 
 @dataclass
 class Member:
-    """One trial of the stack: its network (a real module, kept for health snapshots), seed,
+    """One trial of the stack: its network (a real module: the layout gradient health reads), seed,
     optimizer hyper-parameters, the regularizer and what it records."""
 
     model: nn.Module
@@ -162,17 +162,6 @@ class _Probe(nn.Module):
         return self.hook(self.net)
 
 
-class _MemberView:
-    """What :class:`~techbench.health.GradientHealth` reads of a LightningModule: ``model`` and
-    ``parameters()``, for one member's real network."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()
-
-
 class StackedModule(pl.LightningModule):
     """Trains the members of one stack; ``members[i].rows`` are trial i's metric rows.
 
@@ -255,6 +244,7 @@ class StackedModule(pl.LightningModule):
         self._fit_start = 0.0
         self.eval_seconds = 0.0
         self._count_step: Callable[[], None] | None = None
+        self._health: Any = None
 
     # -- the stacked state ---------------------------------------------------------------------
 
@@ -265,6 +255,17 @@ class StackedModule(pl.LightningModule):
         for j, name in enumerate(self.names):
             parts = [self.leaves[g * n + j] for g in range(len(self.group_slices))]
             out[name] = parts[0] if len(parts) == 1 else torch.cat(list(parts))
+        return out
+
+    def stacked_grads(self) -> dict[str, torch.Tensor | None]:
+        """Parameter name -> its gradient ``[K, ...]`` (None when a group's leaf has none)."""
+        n, out = len(self.names), {}
+        for j, name in enumerate(self.names):
+            grads = [self.leaves[g * n + j].grad for g in range(len(self.group_slices))]
+            parts = [g for g in grads if g is not None]
+            out[name] = (
+                None if len(parts) < len(grads) else torch.cat(parts) if grads[1:] else parts[0]
+            )
         return out
 
     def stacked_buffers(self) -> dict[str, torch.Tensor]:
@@ -279,10 +280,6 @@ class StackedModule(pl.LightningModule):
         """Member k's slice of parameter ``name`` (a view of its group's leaf)."""
         leaf, row = self._leaf(name, k)
         return leaf[row]
-
-    def _member_grad(self, name: str, k: int) -> torch.Tensor | None:
-        leaf, row = self._leaf(name, k)
-        return None if leaf.grad is None else leaf.grad[row]
 
     @property
     def base(self) -> nn.Module:
@@ -333,21 +330,24 @@ class StackedModule(pl.LightningModule):
         for name, t in tensors.items():
             if t.is_floating_point() and t.dtype != dtype:  # e.g. "64-true" precision
                 tensors[name] = t.to(dtype)
-        for k, m in enumerate(self.members):
-            m.model.to(device=device, dtype=dtype)
-            if m.health is not None:
-                # the member's parameters become views of its rows of the stack, so its health
-                # snapshots read the trained weights with no copies
-                for name, p in m.model.named_parameters():
-                    leaf, row = self._leaf(name, k)
-                    p.data = leaf.detach()[row]
+        for m in self.members:
             m.callbacks = list(m.regularizer.callbacks())
             if m.callbacks:
                 m.trainer = stub_trainer()
                 for cb in m.callbacks:
                     cb.setup(m.trainer, self, "fit")
-            if m.health is not None:
-                m.health.on_fit_start(self.trainer, _MemberView(m.model))
+        if all(m.health is not None for m in self.members):
+            from .callbacks import overrides
+            from .families import Regularizer
+            from .stacked_health import StackedHealth
+
+            self._health = StackedHealth(
+                [m.health for m in self.members],
+                self.members[0].model,
+                self,
+                pre_transform=overrides(self.regularizer, "transform_gradients", Regularizer),
+            )
+            self._health.start()
         self._fit_start = time.perf_counter()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -367,13 +367,13 @@ class StackedModule(pl.LightningModule):
             ]
             x = torch.stack([p[0] for p in pairs])
             y = torch.stack([p[1] for p in pairs])
-        health = [m for m in self.members if m.health is not None and not m.frozen]
-        snap = bool(health) and step % health[0].health.every_n_steps == 0
+        health = self._health
+        snap = health is not None and health.due(step) and not all(m.frozen for m in self.members)
         params, buffers = self.stacked_params(), self.stacked_buffers()
         samples = () if self._samples is None else self._samples.draw(params, buffers, x)
         if snap:
             out, acts = vmap(self._forward_capture)(params, buffers, x, samples)
-            self._health_observe(health, acts, step, epoch)
+            health.begin(step, epoch, acts)
         else:
             out = vmap(self._forward)(params, buffers, x, samples)
         losses = self._member_losses(out, y, params)
@@ -383,13 +383,14 @@ class StackedModule(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
         objective.backward()
         if snap:
-            self._health_grads(health)
+            health.after_backward()  # gradient transforms go after this
+            health.before_update()
         for opt in self.trainer.optimizers:
             opt.step()
         assert self._count_step is not None
         self._count_step()
         if snap:
-            self._health_end(health)
+            health.end([not m.frozen for m in self.members])
         for scheduler in self._schedulers:
             scheduler.step()
         self._losses.append(losses.detach())
@@ -627,7 +628,7 @@ class StackedModule(pl.LightningModule):
             if not (name.endswith("acc") and self.task != "classification")
         ]
 
-    # -- gradient health over real per-member copies -------------------------------------------
+    # -- gradient health ---------------------------------------------------------------------------
 
     def _forward_capture(
         self, params: Any, buffers: Any, x: torch.Tensor, samples: Sequence[torch.Tensor] = ()
@@ -647,32 +648,6 @@ class StackedModule(pl.LightningModule):
             for handle in handles:
                 handle.remove()
         return out, tuple(captured[i] for i in range(len(self._act_modules)))
-
-    def _health_observe(
-        self, members: Sequence[Member], acts: Sequence[torch.Tensor], step: int, epoch: int
-    ) -> None:
-        """Arm each member's health snapshot and hand it its slice of the activations."""
-        index = {id(m): k for k, m in enumerate(self.members)}
-        for m in members:
-            k = index[id(m)]
-            m.health.begin_step(step, epoch)
-            for i, a in enumerate(acts):
-                m.health.observe(i, a[k])
-
-    def _health_grads(self, members: Sequence[Member]) -> None:
-        index = {id(m): k for k, m in enumerate(self.members)}
-        for m in members:
-            k = index[id(m)]
-            for name, p in m.model.named_parameters():
-                leaf_grad = self._member_grad(name, k)
-                p.grad = None if leaf_grad is None else leaf_grad
-            m.health.on_before_optimizer_step(self.trainer, _MemberView(m.model), None)
-
-    def _health_end(self, members: Sequence[Member]) -> None:
-        for m in members:
-            for p in m.model.parameters():
-                p.grad = None
-            m.health.end_step()
 
 
 def _groups(
