@@ -628,7 +628,7 @@ class StackedModule(pl.LightningModule):
             if not (name.endswith("acc") and self.task != "classification")
         ]
 
-    # -- gradient health ---------------------------------------------------------------------------
+    # -- gradient health -----------------------------------------------------------------------
 
     def _forward_capture(
         self, params: Any, buffers: Any, x: torch.Tensor, samples: Sequence[torch.Tensor] = ()
