@@ -46,7 +46,7 @@ from torch import nn
 from typing_extensions import override
 
 from .callbacks import StepCallback
-from .layerstats import ACTIVATION_STATS, Scratch, activation_stat_matrix
+from .layerstats import ACTIVATION_STATS, Scratch, member_stat_matrix
 from .schema import DEFAULT_CONFIG, metric_row
 
 LAYER_METRICS = ("grad_norm", "weight_norm", "update_ratio", "dist_from_init")
@@ -106,7 +106,9 @@ class GradientHealth(StepCallback):
             # token models (N, T, C): a unit is a feature over all samples and positions
             features_last=bool(getattr(model, "features_last", False)),
         )
-        self.core.start(_members(w.detach() for w in self.weights))
+        # views [1, ...] of the weights: the optimizer updates them in place
+        self._member_weights = _members(self.weights)
+        self.core.start(self._member_weights)
         self._pre_transform = bool(getattr(pl_module, "gradient_transforms", None))
         self._row_keys = row_keys(
             len(self.weights), len(self.activations), self.act_metrics, self._pre_transform
@@ -147,7 +149,7 @@ class GradientHealth(StepCallback):
         if not (self._active and self._pre_transform):
             return
         start = time.perf_counter()
-        self.core.after_backward(_members(p.grad for p in self.params if p.grad is not None))
+        self.core.after_backward([p.grad for p in self.params if p.grad is not None])
         self.seconds += time.perf_counter() - start
 
     @override
@@ -163,9 +165,9 @@ class GradientHealth(StepCallback):
         layers, extra = self._grad_layout()
         extra_grads = [cast(torch.Tensor, self.weights[i].grad) for i in extra]
         self.core.before_update(
-            _members(grads + extra_grads),
+            grads + extra_grads,
             layers,
-            _members(w.detach() for w in self.weights),
+            self._member_weights,
             num_global=len(grads),
         )
         self._stepped = True
@@ -208,8 +210,7 @@ class GradientHealth(StepCallback):
             self.core.discard()
             return
         self._stepped = False
-        weights = _members(w.detach() for w in self.weights)
-        (values,) = self.core.after_update(weights, self._pre_transform)
+        (values,) = self.core.after_update(self._member_weights, self._pre_transform)
         emit_rows(self.rows, self._row_keys, self._step, self._epoch, values)
         self.seconds += time.perf_counter() - start
 
@@ -238,7 +239,7 @@ class MemberHealth:
         self.features_last = features_last
         self._outs: list[torch.Tensor | None] = [None] * num_activations
         self._scratch = Scratch()
-        self._pending: dict[str, torch.Tensor] = {}
+        self._pending: dict[str, list[torch.Tensor]] = {}
         self._grads: list[torch.Tensor] = []
         self._num_global = 0
         self._layers: Sequence[int | None] = []
@@ -261,9 +262,10 @@ class MemberHealth:
 
     def after_backward(self, grads: Sequence[torch.Tensor]) -> None:
         """Each member's global gradient norm straight after backward, before any gradient
-        transform (device op)."""
+        transform (device op). With one member, gradients may lack the member dimension."""
         grads = _as_float([g.detach() for g in grads])
-        self._pre = member_norms(grads).to(torch.float64).norm(dim=0) if grads else None
+        k = self.num_members
+        self._pre = torch.stack(member_norms(grads, k)).norm(dim=0) if grads else None
 
     def before_update(
         self,
@@ -275,10 +277,11 @@ class MemberHealth:
         """Gradient norms and a copy of the weights before the optimizer step (device ops).
 
         ``grads[:num_global]`` (default all) make the global norm; weight layer ``i``'s gradient
-        is ``grads[layers[i]]`` (None: it has none, its norm is NaN)."""
+        is ``grads[layers[i]]`` (None: it has none, its norm is NaN). With one member, gradients
+        may lack the member dimension (every use of them is a reduction)."""
         grads = [g.detach() for g in grads]
         torch._foreach_copy_(self._before, [w.detach() for w in weights])
-        norms = member_norms(_as_float(grads) + self._before)
+        norms = member_norms(_as_float(grads) + self._before, self.num_members)
         self._pending = {"grad": norms[: len(grads)], "before": norms[len(grads) :]}
         self._grads = grads
         self._num_global = len(grads) if num_global is None else num_global
@@ -297,14 +300,14 @@ class MemberHealth:
 
         Every statistic is reduced on the device (norms of gradients, weights, updates and
         distances from init; the activation statistics of all layers and members in one
-        :func:`~techbench.layerstats.activation_stat_matrix`); the ratios and the global norms
+        :func:`~techbench.layerstats.member_stat_matrix`); the ratios and the global norms
         are formed on the host. Non-finite gradient entries are counted only for members whose
         global norm is not finite (a finite sum of squares has none), at the cost of a second
         transfer on that step.
         """
         k, n = self.num_members, len(weights)
         outs, self._outs = self._outs, [None] * len(self._outs)
-        host = _HostValues()
+        host = _HostValues(k)
         host.add("grad", self._pending["grad"])
         host.add("before", self._pending["before"])
         if n:
@@ -313,21 +316,20 @@ class MemberHealth:
             # the CPU, stream order on a GPU)
             ws = _as_float([w.detach() for w in weights])
             torch._foreach_sub_(self._before, ws)
-            after = member_norms([*ws, *self._before])
+            after = member_norms([*ws, *self._before], k)
             host.add("weight", after[:n])
             host.add("update", after[n:])
             for w, w0, buffer in zip(ws, self.init, self._before, strict=True):
                 torch.sub(w, w0, out=buffer)
-            host.add("dist", member_norms(self._before))
+            host.add("dist", member_norms(self._before, k))
         seen = [i for i, o in enumerate(outs) if o is not None]
         if seen:
-            # one output per (layer, member): same-shaped ones are reduced as one block
-            per_member = [o[m] for o in outs if o is not None for m in range(k)]
-            matrix, order = activation_stat_matrix(per_member, self.properties, self._scratch)
+            observed = [o for o in outs if o is not None]
+            matrix, order = member_stat_matrix(observed, self.properties, self._scratch)
             host.add("acts", matrix)
         pre, self._pre = self._pre, None
         if pre_transform:
-            host.add("pre", torch.full((k,), math.nan) if pre is None else pre)
+            host.add("pre", torch.full((k,), math.nan) if pre is None else pre.reshape(k))
         v = host.to_host()
         grads, self._grads, self._pending = self._grads, [], {}
         grad_norms = v["grad"]  # [len(grads)][K]
@@ -335,7 +337,7 @@ class MemberHealth:
             math.sqrt(sum(g[m] * g[m] for g in grad_norms[: self._num_global])) for m in range(k)
         ]
         bad = [m for m in range(k) if not math.isfinite(globals_[m])]
-        counts = dict(zip(bad, _count_nonfinite(grads[: self._num_global], bad), strict=True))
+        counts = dict(zip(bad, _count_nonfinite(grads[: self._num_global], k, bad), strict=True))
         values = []
         for m in range(k):
             layer_grads = [grad_norms[j][m] if j is not None else math.nan for j in self._layers]
@@ -354,8 +356,8 @@ class MemberHealth:
             acts = {metric: [math.nan] * len(outs) for metric in ACTIVATION_STATS}
             values.append(out | acts)
         if seen:
-            for row, j in zip(v["acts"], order, strict=True):
-                layer, m = seen[j // k], j % k
+            for r, row in enumerate(v["acts"]):
+                layer, m = seen[order[r // k]], r % k
                 for metric, value in zip(ACTIVATION_STATS, row, strict=True):
                     values[m][metric][layer] = value
         if pre_transform:
@@ -394,28 +396,45 @@ def emit_rows(
 
 
 class _HostValues:
-    """Named device tensors moved to the host together, in one ``tolist()`` (one sync); each
-    comes back as nested lists of its shape (``[n, K]`` -> n lists of K floats)."""
+    """Named device values moved to the host together, in one ``tolist()`` (one sync).
 
-    def __init__(self) -> None:
+    A group is a list of per-member norms (``()`` or ``[K]`` tensors, stacked together in one
+    op; it comes back as one list of K floats per tensor) or a tensor (``[n, m]`` comes back as
+    n lists of m floats, ``[n]`` as one list).
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._norms: list[torch.Tensor] = []
         self._tensors: list[torch.Tensor] = []
-        self._groups: list[tuple[str, tuple[int, ...]]] = []
+        self._norm_groups: list[tuple[str, tuple[int, ...]]] = []
+        self._tensor_groups: list[tuple[str, tuple[int, ...]]] = []
 
-    def add(self, name: str, values: torch.Tensor) -> None:
-        self._tensors.append(values.reshape(-1))
-        self._groups.append((name, tuple(values.shape)))
+    def add(self, name: str, values: Sequence[torch.Tensor] | torch.Tensor) -> None:
+        if isinstance(values, torch.Tensor):
+            self._tensors.append(values.reshape(-1))
+            self._tensor_groups.append((name, tuple(values.shape)))
+        else:
+            self._norms += values
+            self._norm_groups.append((name, (len(values), self.k)))
 
     def to_host(self) -> dict[str, Any]:
         """Every group's values as Python floats, by name."""
-        parts = self._tensors
+        parts = [torch.stack(self._norms).reshape(-1)] if self._norms else []
+        parts += self._tensors
         if not parts:
             return {}
         device = parts[0].device
-        flat = torch.cat([p.to(device) for p in parts]) if len(parts) > 1 else parts[0]
+        same = all(p.device == device for p in parts)
+        flat = (
+            parts[0]
+            if len(parts) == 1
+            else torch.cat(parts if same else [p.to(device) for p in parts])
+        )
         values = _transfer(flat)
         out: dict[str, Any] = {}
         at = 0
-        for name, shape in self._groups:
+        for name, shape in self._norm_groups + self._tensor_groups:
             size = math.prod(shape)
             chunk = values[at : at + size]
             if len(shape) == 2:
@@ -443,32 +462,32 @@ def _as_float(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t if t.dtype in keep else t.float() for t in tensors]
 
 
-def _members(tensors: Iterable[torch.Tensor | None]) -> list[torch.Tensor]:
+def _members(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """One network's tensors as a stack of one member (``[1, ...]`` views)."""
-    return [t.detach().unsqueeze(0) for t in tensors if t is not None]
+    return [t.detach().unsqueeze(0) for t in tensors]
 
 
-def _count_nonfinite(grads: Sequence[torch.Tensor], members: Sequence[int]) -> list[float]:
+def _count_nonfinite(grads: Sequence[torch.Tensor], k: int, members: Sequence[int]) -> list[float]:
     """Number of NaN/inf entries of each of ``members`` over ``grads`` (``[K, ...]`` each;
     ``x * 0`` is 0 for finite x and NaN otherwise): one transfer, none when no member asks."""
     if not members:
         return []
     if not grads:
         return [0.0] * len(members)
-    k = grads[0].shape[0]
     flat = torch.cat([g.reshape(k, -1) for g in grads], dim=1)[list(members)]
     return [float(c) for c in _transfer(torch.count_nonzero(flat.mul(0), dim=1))]
 
 
-def member_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``[n, K]``: the L2 norm of each member's slice of each of the ``n`` tensors ``[K, ...]``.
+def member_norms(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The L2 norm of each member's slice of each tensor ``[k, ...]``: one ``[k]`` tensor per
+    tensor (``()`` with one member, when the member dimension may be left out).
 
     One member: torch's fused ``_foreach_norm`` over the tensors; several: one reduction over
-    all members per tensor (faster than norms of the members' slices, fused or not)."""
-    if not tensors:
-        return torch.empty(0, 0)
-    k = tensors[0].shape[0]
+    all members per tensor (faster than norms of the members' slices, fused or not).
+    """
     foreach = getattr(torch, "_foreach_norm", None)
-    if k == 1 and foreach is not None:
-        return torch.stack(list(foreach(list(tensors)))).unsqueeze(1)
-    return torch.stack([torch.linalg.vector_norm(t.reshape(k, -1), dim=1) for t in tensors])
+    if k == 1:
+        if foreach is not None and tensors:
+            return list(foreach(list(tensors)))
+        return [t.norm() for t in tensors]
+    return [torch.linalg.vector_norm(t.reshape(k, -1), dim=1) for t in tensors]

@@ -53,11 +53,24 @@ def activation_stat_matrix(
 ) -> tuple[torch.Tensor, list[int]]:
     """``(L, 4)`` rows ``[mean, std, dead_fraction, saturated_fraction]``, on the device.
 
-    Row ``r`` belongs to ``ys[order[r]]``. Outputs of the same shape (every hidden layer of an
-    MLP) are stacked and reduced together, so the number of device ops does not grow with
-    depth. Dead and saturated fractions are NaN when the activation declares it cannot die or
-    saturate. Callers move the matrix to the host with the rest of their numbers (one sync);
-    a caller that takes snapshots repeatedly passes its own :class:`Scratch`.
+    Row ``r`` belongs to ``ys[order[r]]``: :func:`member_stat_matrix` with one member.
+    """
+    return member_stat_matrix([y.detach().unsqueeze(0) for y in ys], properties, scratch)
+
+
+def member_stat_matrix(
+    ys: Sequence[torch.Tensor], properties: Mapping[str, Any], scratch: Scratch | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """The statistics of ``L`` layers of ``K`` networks at once: ``ys[i]`` is layer ``i``'s
+    outputs ``[K, N, ...]``; ``(L * K, 4)`` rows ``[mean, std, dead_fraction,
+    saturated_fraction]`` on the device, row ``r`` for member ``r % K`` of layer
+    ``ys[order[r // K]]``.
+
+    Outputs of the same shape (every hidden layer of an MLP) are stacked and reduced together,
+    so the number of device ops grows with neither depth nor members. Dead and saturated
+    fractions are NaN when the activation declares it cannot die or saturate. Callers move the
+    matrix to the host with the rest of their numbers (one sync); a caller that takes
+    snapshots repeatedly passes its own :class:`Scratch`.
     """
     import torch
 
@@ -69,12 +82,12 @@ def activation_stat_matrix(
     for members in groups.values():
         first = ys[members[0]].detach()
         if len(members) == 1:
-            y = first.unsqueeze(0)
+            y = first
         else:
             y = torch.stack(
                 [ys[i].detach() for i in members],
                 out=scratch.get("stack", first, shape=(len(members), *first.shape)),
-            )
+            ).flatten(0, 1)
         blocks.append(_stats_block(y, properties, scratch))
         order += members
     if not blocks:
