@@ -19,8 +19,13 @@ raw loop's training time), ``cpu`` the process CPU time of the whole trial;
 ``ms/snap`` is the time inside the health callback per snapshot (its own clock, so it is not
 affected by drifts between runs).
 
+``--stack K`` adds the same three runs as one stack of K seeds (:func:`techbench.trial.run_stack`):
+their seconds are per member (the stack's time / K) against the raw loop of one trial, and
+``ms/snap`` is per snapshot of the whole stack.
+
     python benchmarks/overhead.py --epochs 30 --repeats 20 --threads 1
     python benchmarks/overhead.py --depth 4 --width 512 --batch-size 256 --repeats 20
+    python benchmarks/overhead.py --epochs 10 --repeats 7 --stack 8
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 
 from techbench.registry import get_spec
 from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, complete_config
-from techbench.trial import build_model, run_trial
+from techbench.trial import build_model, run_stack, run_trial
 
 
 def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:
@@ -107,6 +112,7 @@ def main() -> None:
     p.add_argument(
         "--cadence", type=int, nargs="*", default=[], help="more health variants: every N steps"
     )
+    p.add_argument("--stack", type=int, default=0, help="also run stacks of this many seeds")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = complete_config(
@@ -122,7 +128,8 @@ def main() -> None:
         f"health default ({default})": {"enabled": True, "every_n_steps": default},
         "health every step": {"enabled": True, "every_n_steps": 1},
     } | {f"health every {n}": {"enabled": True, "every_n_steps": n} for n in args.cadence}
-    names = ["raw torch", *variants]
+    stacked = {f"stack {args.stack}, {k}": v for k, v in variants.items()} if args.stack > 1 else {}
+    names = ["raw torch", *variants, *stacked]
     raw_loop(base)  # warm-up: imports, allocator, dataset cache
     run_trial(base)
     gc.collect()
@@ -139,6 +146,18 @@ def main() -> None:
             c0 = time.process_time()
             if name == "raw torch":
                 w, t, acc = raw_loop(base)
+            elif name in stacked:
+                health = stacked[name]
+                configs = [{**base, "seed": s, "health": health} for s in range(args.stack)]
+                outcomes = run_stack(configs)
+                if any(o.status != "completed" for o in outcomes):
+                    raise SystemExit(f"{name}: {outcomes[0].status}: {outcomes[0].meta.error}")
+                meta = outcomes[0].meta
+                w, t = meta.wall_seconds / args.stack, meta.train_seconds / args.stack
+                if health["enabled"]:
+                    taken = -(-int(meta.steps) // health["every_n_steps"])
+                    snapshot[name].append(meta.health_overhead / taken)
+                acc = outcomes[0].metric("test", "acc")[0]
             else:
                 outcome = run_trial({**base, "health": variants[name]})
                 if outcome.status != "completed":
@@ -149,7 +168,8 @@ def main() -> None:
                     taken = -(-int(outcome.meta.steps) // every)
                     snapshot[name].append(outcome.meta.health_overhead / taken)
                 acc = outcome.metric("test", "acc")[0]
-            cpu[name].append(time.process_time() - c0)
+            per = args.stack if name in stacked else 1  # a stack: per member
+            cpu[name].append((time.process_time() - c0) / per)
             wall[name].append(w)
             train[name].append(t)
             accs[name] = acc
@@ -167,14 +187,14 @@ def main() -> None:
         "best = fastest run / fastest raw run; seconds are medians"
     )
     print(
-        f"{'run':<22}{'wall s':>8}{'wall paired':>22}{'best':>7}{'train s':>9}"
+        f"{'run':<32}{'wall s':>8}{'wall paired':>22}{'best':>7}{'train s':>9}"
         f"{'train paired':>22}{'best':>7}{'cpu paired':>13}{'ms/step':>9}{'ms/snap':>9}"
         f"{'test acc':>9}"
     )
     for name in names:
         mt = statistics.median(train[name])
         print(
-            f"{name:<22}{statistics.median(wall[name]):>8.3f}{_ratio(wall, name):>22}"
+            f"{name:<32}{statistics.median(wall[name]):>8.3f}{_ratio(wall, name):>22}"
             f"{min(wall[name]) / min(wall['raw torch']):>7.3f}{mt:>9.3f}{_ratio(train, name):>22}"
             f"{min(train[name]) / min(train['raw torch']):>7.3f}"
             f"{_ratio(cpu, name).split()[0]:>13}{1000 * mt / steps:>9.3f}"

@@ -30,6 +30,10 @@ weight matrices (W_0 and one work buffer) plus the logged step's activation stat
 
 It is a :class:`~techbench.callbacks.StepCallback`: the runner calls :meth:`begin_step` and
 :meth:`end_step` around every optimizer step, Lightning's ``on_before_optimizer_step`` in between.
+
+Each statistic is defined once, in :class:`MemberHealth`, over a leading member dimension: the
+callback is its one-member case, and a stack of K trials (:mod:`techbench.stacked_health`)
+reduces all members together with one transfer per snapshot for the whole stack.
 """
 
 from __future__ import annotations
