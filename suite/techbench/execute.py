@@ -1,7 +1,8 @@
 """The local executor: run a matrix's trials on N worker processes into a results store.
 
 Each worker runs ``run_fn(config)`` (default :func:`techbench.trial.run_trial`) and writes the
-outcome itself with :meth:`ResultStore.write`, so a crash of the parent loses nothing finished.
+outcomes itself with :meth:`ResultStore.write_batch`, so a crash of the parent loses nothing
+finished.
 Workers are *spawned* (a fork after ``import torch`` can hang); each gets
 ``max(1, cores // workers)`` torch threads so they don't fight, ignores SIGINT (the parent
 decides) and dies with the parent (Linux ``PR_SET_PDEATHSIG``), so a killed run leaves no
@@ -205,7 +206,8 @@ def run_unit(
 
     Every member is claimed (a member another process holds is ``busy``, one already stored
     ``skipped``); the rest train together with :func:`techbench.trial.run_stack` (one alone
-    with ``job.run_fn``) and each outcome is stored as its own trial.
+    with ``job.run_fn``) and each outcome is stored as its own trial, their rows in one batch
+    file (:meth:`ResultStore.write_batch`).
     """
     if stop_path is not None and os.path.exists(stop_path):
         return [(tid, "cancelled") for tid in tids]
@@ -233,8 +235,9 @@ def run_unit(
                 outcome.trial_id, outcome.config = tid, config
                 if job.run_fn == DEFAULT_RUN_FN:
                     _add_modelled_time(store, outcome)
-                store.write(outcome, job.matrix_name)
-                results[tid] = outcome.status
+            store.write_batch(outcomes, job.matrix_name)
+            for outcome in outcomes:
+                results[outcome.trial_id] = outcome.status
         finally:
             for marker in markers:
                 marker.unlink(missing_ok=True)

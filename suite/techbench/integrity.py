@@ -3,7 +3,7 @@
 :func:`inspect_store` is what ``techbench status`` prints: counts by status, each failed trial's
 error line, corrupt trials (see :mod:`techbench.store`), lock files and whether a live process
 holds them, and the matrices the trials came from. ``techbench clean`` calls :func:`clean_failed`,
-:func:`clean_corrupt` and :func:`clean_locks`.
+:func:`clean_corrupt` (and :func:`clean_orphan_batches`) and :func:`clean_locks`.
 
 A lock file is *stale* when no process holds its ``flock``; it is removed only while this process
 holds the lock itself, and :meth:`techbench.store.ResultStore.claim` re-checks after locking that
@@ -13,6 +13,7 @@ the new file instead of holding a lock nobody else sees.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -169,6 +170,26 @@ def clean_corrupt(out: str | os.PathLike[str]) -> dict[str, str]:
             os.rename(folder, aside)
             shutil.rmtree(aside, ignore_errors=True)
             removed[tid] = why
+    return removed
+
+
+def clean_orphan_batches(out: str | os.PathLike[str]) -> list[str]:
+    """Remove batch files no stored trial points to (see :mod:`techbench.store`); their names.
+
+    A writer holds every member's claim from before it installs a batch file until its members'
+    metas are in, so a batch is removed only while this process holds all its members' claims
+    and none of their metas names it."""
+    store = ResultStore(out)
+    removed = []
+    for batch in store.orphan_batches():
+        members = store.batch_members(batch)
+        with contextlib.ExitStack() as held:
+            if not all(held.enter_context(store.claim(m)) for m in members):
+                continue
+            if any((store.read_meta(m) or {}).get("batch") == batch for m in members):
+                continue
+            (store.batches_dir / f"{batch}.parquet").unlink(missing_ok=True)
+            removed.append(batch)
     return removed
 
 

@@ -1,29 +1,50 @@
-"""The results store: a folder of per-trial directories, atomic, resumable, concurrency-safe.
+"""The results store: per-trial records, metric rows written one unit of work at a time;
+atomic, resumable, concurrency-safe.
 
 Layout::
 
     OUT/
       matrix.json                        the expanded matrix as run (informational)
       trials/<trial_id>/meta.json        {"trial_id", "config", "status", "matrix", **outcome.meta,
-                                          "metrics_bytes", "metrics_sha256"}
-      trials/<trial_id>/metrics.parquet  step:int64 epoch:int64 split:str metric:str layer:str value:float64
+                                          "metrics_bytes", "metrics_sha256"[, "batch"]}
+      trials/<trial_id>/metrics.parquet  a trial stored alone: step:int64 epoch:int64 split:str
+                                          metric:str layer:str value:float64
+      batches/<batch>.parquet            the rows of a batch's members (a stack, written at once):
+                                          trial_id:str + the columns above, grouped by trial
       .tmp/                              trial directories being written (and old ones being replaced)
       .locks/<trial_id>.lock             flock(2) claims, so two executors never run one trial twice
       .running/<trial_id>                pid of the process running it (to tell who crashed)
 
+Why batches: a stack of S members finishes at once, and at 100,000 trials one Parquet file per
+trial makes loading a report cost 100,000 file opens and Parquet footers; one file per stack
+cuts that by S. Per-trial ``meta.json`` stays: claims, resume, ``status``, ``clean`` and the
+executors all address one trial, and its record names where its rows are (``"batch"``; a meta
+without it has its own ``metrics.parquet``, the layout every store had before, which still
+loads). A trial written alone (:meth:`ResultStore.write`) is a batch of one and keeps that
+per-trial layout: no indirection where there is nothing to share. The JSON is parsed per trial
+either way; what batching saves is files, not bytes.
+
 A trial directory is written complete under ``.tmp/<id>.<pid>.<random>/`` and then renamed to
 ``trials/<id>`` (atomic on POSIX), so a killed writer leaves no partial trial behind and a reader
-never sees one. Replacing an existing result (``--rerun-failed``, or a race) renames the old one
-aside first, renames the new one in, then deletes the old. Claims use ``flock``, which the kernel
-drops when the holder dies, so a killed executor never leaves a stale claim.
+never sees one. A batch file gets a fresh unique name and is renamed into ``batches/`` before any
+member's meta that points to it, so a member is stored exactly when its meta is; a writer killed
+in between leaves some members unstored (a rerun runs them) and possibly a batch file no meta
+points to (an *orphan*, removed by ``techbench clean --corrupt``). Replacing an existing result
+(``--rerun-failed``, or a race) renames the old one aside first, renames the new one in, then
+deletes the old; a replaced member's rows stay in its old batch file and are ignored (only the
+rows of the batch its meta names count). Claims use ``flock``, which the kernel drops when the
+holder dies, so a killed executor never leaves a stale claim; writers hold every member's claim
+while they write.
 
-Integrity: ``meta.json`` records the size and SHA-256 of its ``metrics.parquet``. A trial whose
-meta is unreadable or names another trial, whose metrics file is missing, of another size, of
-another digest or not valid Parquet is *corrupt*: readers never score it (the loaders leave it
-out and list it in ``frame.attrs["corrupt"]``) and the executors treat it as not stored, so a rerun
-runs it again. Policy: the size is checked on every status read (one ``stat``); the digest
-whenever the file is read anyway (loading metrics, where hashing the bytes already in memory costs
-little) and when an executor plans a run or re-checks a trial under its claim.
+Integrity: ``meta.json`` records the size and SHA-256 of the file holding its rows (its own
+``metrics.parquet`` or its batch's file). A trial whose meta is unreadable or names another
+trial, whose metrics file is missing, of another size, of another digest or not valid Parquet is
+*corrupt*: readers never score it (the loaders leave it out and list it in
+``frame.attrs["corrupt"]``) and the executors treat it as not stored, so a rerun runs it again. A
+damaged batch file makes every member that points to it corrupt. Policy: the size is checked on
+every status read (one ``stat``); the digest whenever the file is read anyway (loading metrics,
+where hashing the bytes already in memory costs little; a batch file is read and hashed once for
+all its members) and when an executor plans a run or re-checks a trial under its claim.
 """
 
 from __future__ import annotations
@@ -34,9 +55,11 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +133,32 @@ def _arrow_schema() -> Any:
 
 METRICS_FILE = "metrics.parquet"
 META_FILE = "meta.json"
+BATCHES_DIR = "batches"
+_BATCH_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,99}")
+
+
+def batch_table(outcomes: Sequence[TrialOutcome]) -> Any:
+    """The rows of several trials as one table: ``trial_id`` then the store's metric columns,
+    each trial's rows together in the outcomes' order (what a batch file holds)."""
+    import pyarrow as pa
+
+    tables = [metrics_table(o.metrics) for o in outcomes]
+    owner = [o.trial_id for o, t in zip(outcomes, tables, strict=True) for _ in range(t.num_rows)]
+    table = pa.concat_tables(tables) if tables else metrics_table([])
+    return table.add_column(0, "trial_id", pa.array(owner, pa.string()))
+
+
+def metrics_location(folder: Path, meta: Mapping[str, Any]) -> tuple[Path | None, str]:
+    """``(path, label)`` of the file holding the rows of the trial stored in ``folder``
+    (``trials/<id>``): its own ``metrics.parquet``, or the batch file its meta names. ``path``
+    is None when the meta names no valid batch (a corrupt meta; ``label`` says so)."""
+    batch = meta.get("batch")
+    if batch is None:
+        return folder / METRICS_FILE, METRICS_FILE
+    if not isinstance(batch, str) or not _BATCH_NAME.fullmatch(batch):
+        return None, f"meta.json names an invalid batch {batch!r}"
+    name = f"{batch}.parquet"
+    return folder.parent.parent / BATCHES_DIR / name, f"{BATCHES_DIR}/{name}"
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
@@ -133,46 +182,122 @@ def _load_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return meta, None
 
 
-def meta_problem(name: str, meta: Mapping[str, Any], metrics: str | os.PathLike[str]) -> str | None:
+def meta_problem(
+    name: str,
+    meta: Mapping[str, Any],
+    metrics: str | os.PathLike[str] | None,
+    label: str = METRICS_FILE,
+    sizes: dict[str, int | OSError] | None = None,
+) -> str | None:
     """Why the stored trial ``name`` with ``meta`` is inconsistent (None when it looks sound).
 
-    Checks what costs no read of the metrics file: the trial id, the status, and the metrics
-    file's existence and recorded size."""
+    Checks what costs no read of the metrics file (``metrics``, named ``label`` in messages;
+    see :func:`metrics_location`): the trial id, the status, and the metrics file's existence
+    and recorded size. ``sizes`` caches one ``stat`` per file for the members of a batch."""
     if meta.get("trial_id") != name:
         return f"meta.json belongs to trial {meta.get('trial_id')!r}"
     if meta.get("status") not in STATUSES:
         return f"meta.json has status {meta.get('status')!r}"
-    try:
-        size = os.stat(metrics).st_size
-    except FileNotFoundError:
-        return "metrics.parquet is missing"
-    except OSError as exc:
-        return f"metrics.parquet is unreadable ({exc.strerror})"
+    if metrics is None:
+        return label
+    key = os.fspath(metrics)
+    found = sizes.get(key) if sizes is not None else None
+    if found is None:
+        try:
+            found = os.stat(key).st_size
+        except OSError as exc:
+            found = exc
+        if sizes is not None:
+            sizes[key] = found
+    if isinstance(found, FileNotFoundError):
+        return f"{label} is missing"
+    if isinstance(found, OSError):
+        return f"{label} is unreadable ({found.strerror})"
     want = meta.get("metrics_bytes")
-    if isinstance(want, int) and size != want:
-        return f"metrics.parquet has {size} bytes, meta.json records {want}"
+    if isinstance(want, int) and found != want:
+        return f"{label} has {found} bytes, meta.json records {want}"
     return None
 
 
-def digest_problem(data: bytes, meta: Mapping[str, Any]) -> str | None:
-    """A mismatch between the metrics file's bytes and the digest ``meta.json`` records."""
+def digest_problem(
+    data: bytes, meta: Mapping[str, Any], label: str = METRICS_FILE, digest: str | None = None
+) -> str | None:
+    """A mismatch between the metrics file's bytes and the digest ``meta.json`` records
+    (``digest``: the bytes' SHA-256 when already known)."""
     want = meta.get("metrics_sha256")
-    if isinstance(want, str) and hashlib.sha256(data).hexdigest() != want:
-        return "metrics.parquet does not match its SHA-256 in meta.json"
+    if isinstance(want, str) and (digest or hashlib.sha256(data).hexdigest()) != want:
+        return f"{label} does not match its SHA-256 in meta.json"
     return None
 
 
-def _parse_metrics(data: bytes) -> tuple[Any, str | None]:
-    """``(table, problem)``: the metrics bytes as a table in the store's schema."""
+def _parse_metrics(data: bytes, label: str = METRICS_FILE) -> tuple[Any, str | None]:
+    """``(table, problem)``: the metrics bytes as a table in the store's schema (a batch file,
+    named ``batches/...`` in ``label``, also has its ``trial_id`` column, dictionary-encoded)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    batch = label != METRICS_FILE
     try:
+        if batch:
+            table = pq.ParquetFile(pa.BufferReader(data), read_dictionary=_DICT_COLUMNS).read(
+                use_threads=False
+            )
+            return table.select(["trial_id", *METRIC_COLUMNS]).cast(_batch_schema()), None
         table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
         return table.select(list(METRIC_COLUMNS)).cast(_arrow_schema()), None
     except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"metrics.parquet is not a valid metrics table ({first[:120]})"
+        return None, f"{label} is not a valid metrics table ({first[:120]})"
+
+
+_DICT_COLUMNS = ["trial_id", "split", "metric", "layer"]
+
+
+def _batch_schema() -> Any:
+    """A batch file's columns as read: strings dictionary-encoded (the loaders' form)."""
+    import pyarrow as pa
+
+    dictionary = pa.dictionary(pa.int32(), pa.string())
+    fields = [("trial_id", dictionary)]
+    for name, kind in METRIC_FIELDS:
+        fields.append((name, dictionary if kind == "string" else getattr(pa, kind)()))
+    return pa.schema(fields)
+
+
+class _Digests:
+    """File checks shared by the members of a batch within one bulk call: one ``stat`` (in
+    ``sizes``) and one read-and-hash per file, whichever thread asks first."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int | OSError] = {}
+        self._sha: dict[str, str | OSError] = {}
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def sha256(self, key: str) -> str | OSError:
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._sha:
+                try:
+                    with open(key, "rb") as fh:
+                        self._sha[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+                except OSError as exc:
+                    self._sha[key] = exc
+            return self._sha[key]
+
+    def problem(self, path: Path, label: str, meta: Mapping[str, Any]) -> str | None:
+        """The digest check of :meth:`ResultStore.problem` (a parse when none is recorded)."""
+        if not isinstance(meta.get("metrics_sha256"), str):
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                return f"{label} is unreadable ({exc.strerror})"
+            return _parse_metrics(data, label)[1]
+        found = self.sha256(os.fspath(path))
+        if isinstance(found, OSError):
+            return f"{label} is unreadable ({found.strerror})"
+        return digest_problem(b"", meta, label, found)
 
 
 class ResultStore:
@@ -184,9 +309,16 @@ class ResultStore:
         self.tmp_dir = self.root / ".tmp"
         self.locks_dir = self.root / ".locks"
         self.running_dir = self.root / ".running"
+        self.batches_dir = self.root / BATCHES_DIR
 
     def ensure(self) -> ResultStore:
-        for d in (self.trials_dir, self.tmp_dir, self.locks_dir, self.running_dir):
+        for d in (
+            self.trials_dir,
+            self.tmp_dir,
+            self.locks_dir,
+            self.running_dir,
+            self.batches_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -212,11 +344,15 @@ class ResultStore:
                 return None
         return None
 
-    def problem(self, trial_id: str, verify: bool = True) -> str | None:
+    def problem(
+        self, trial_id: str, verify: bool = True, digests: _Digests | None = None
+    ) -> str | None:
         """Why the stored trial is corrupt, or None (also None when it is not stored at all).
 
         ``verify`` also reads the metrics file: its digest must match the recorded one (the writer
-        took it from a valid file), or, for a trial stored without one, the file must parse."""
+        took it from a valid file), or, for a trial stored without one, the file must parse.
+        ``digests`` shares each file's read and hash between the members of a batch (one bulk
+        check, never kept across calls: a file damaged later must be hashed again)."""
         folder = self.trials_dir / trial_id
         if not folder.is_dir():
             return None
@@ -225,16 +361,12 @@ class ResultStore:
             if why == "meta.json is missing" and not folder.exists():
                 return None
             return why
-        why = meta_problem(trial_id, meta, folder / METRICS_FILE)
-        if why is None and verify:
-            try:
-                data = (folder / METRICS_FILE).read_bytes()
-            except OSError as exc:
-                return f"metrics.parquet is unreadable ({exc.strerror})"
-            if isinstance(meta.get("metrics_sha256"), str):  # the writer's digest vouches
-                why = digest_problem(data, meta)
-            else:
-                why = _parse_metrics(data)[1]
+        path, label = metrics_location(folder, meta)
+        sizes = digests.sizes if digests is not None else None
+        why = meta_problem(trial_id, meta, path, label, sizes)
+        if why is None and verify and path is not None:
+            digests = digests if digests is not None else _Digests()
+            return digests.problem(path, label, meta)
         return why
 
     def status(self, trial_id: str, verify: bool = False) -> str | None:
@@ -242,21 +374,26 @@ class ResultStore:
 
         A corrupt trial (see the module docstring) reads as not stored, so executors run it
         again; the size check is always made, the digest only with ``verify``."""
+        return self._status(trial_id, verify, None)
+
+    def _status(self, trial_id: str, verify: bool, digests: _Digests | None) -> str | None:
         meta = self.read_meta(trial_id)
         if meta is None:
             return None
-        folder = self.trials_dir / trial_id
-        if meta_problem(trial_id, meta, folder / METRICS_FILE) is not None:
+        path, label = metrics_location(self.trials_dir / trial_id, meta)
+        sizes = digests.sizes if digests is not None else None
+        if meta_problem(trial_id, meta, path, label, sizes) is not None:
             return None
-        if verify and self.problem(trial_id, verify=True) is not None:
+        if verify and self.problem(trial_id, verify=True, digests=digests) is not None:
             return None
         return meta.get("status")
 
     def statuses(self, verify: bool = False) -> dict[str, str]:
         """Status of every sound stored trial (corrupt ones are left out; see :meth:`status`)."""
         ids = self.trial_ids()
+        digests = _Digests()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            found = list(pool.map(lambda t: self.status(t, verify), ids, chunksize=64))
+            found = list(pool.map(lambda t: self._status(t, verify, digests), ids, chunksize=64))
         return {t: s for t, s in zip(ids, found, strict=True) if s is not None}
 
     def corrupt(self, verify: bool = True) -> dict[str, str]:
@@ -264,9 +401,35 @@ class ResultStore:
         if not self.trials_dir.is_dir():
             return {}
         names = sorted(p.name for p in self.trials_dir.iterdir() if p.is_dir())
+        digests = _Digests()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            found = list(pool.map(lambda t: self.problem(t, verify), names, chunksize=64))
+            found = list(pool.map(lambda t: self.problem(t, verify, digests), names, chunksize=64))
         return {t: why for t, why in zip(names, found, strict=True) if why is not None}
+
+    def orphan_batches(self) -> list[str]:
+        """Batch files no stored trial's meta points to (left by a writer killed between
+        installing the batch and its members, or whose members were all replaced)."""
+        if not self.batches_dir.is_dir():
+            return []
+        files = {p.stem for p in self.batches_dir.glob("*.parquet")}
+        if not files:
+            return []
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            metas = pool.map(self.read_meta, self.trial_ids(), chunksize=64)
+            used = {m.get("batch") for m in metas if m is not None}
+        return sorted(files - used)
+
+    def batch_members(self, batch: str) -> list[str]:
+        """The trial ids a batch file holds rows of ([] when it is unreadable)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            column = pq.read_table(self.batches_dir / f"{batch}.parquet", columns=["trial_id"])
+            return sorted(str(v) for v in pc.unique(column.column(0)).to_pylist())
+        except (pa.ArrowException, OSError, ValueError, KeyError):
+            return []
 
     def completed_ids(self) -> set[str]:
         """Trials with a finished result (completed or diverged; not failed)."""
@@ -280,13 +443,73 @@ class ResultStore:
     def write(
         self, outcome: TrialOutcome | Mapping[str, Any], matrix_name: str | None = None
     ) -> Path:
-        """Store one outcome (a TrialOutcome, or its ``to_dict()``) atomically."""
+        """Store one outcome (a TrialOutcome, or its ``to_dict()``) atomically: a batch of one,
+        in its own folder with its own ``metrics.parquet``."""
+        return self.write_batch([outcome], matrix_name)[0]
+
+    def write_batch(
+        self, outcomes: Sequence[TrialOutcome | Mapping[str, Any]], matrix_name: str | None = None
+    ) -> list[Path]:
+        """Store several outcomes (a stack's members) with their rows in one batch file; returns
+        each trial's folder. The caller holds every member's claim (see the module docstring
+        for the order that keeps a killed writer harmless). One outcome is stored alone."""
         self.ensure()
+        checked = []
+        for value in outcomes:
+            try:
+                checked.append(TrialOutcome.from_value(value))
+            except ValueError as exc:
+                tid = value.get("trial_id") if isinstance(value, Mapping) else None
+                raise ValueError(f"trial {tid}: {exc}") from None
+        ids = [o.trial_id for o in checked]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"a batch holds trial ids more than once: {ids}")
+        if len(checked) == 1:
+            return [self._write_alone(checked[0], matrix_name)]
+        if not checked:
+            return []
+        import pyarrow.parquet as pq
+
+        batch = f"{time.strftime('%Y%m%d')}-{secrets.token_hex(8)}"
+        target = self.batches_dir / f"{batch}.parquet"
+        tmp = self.scratch_path(f"{batch}.parquet")
         try:
-            outcome = TrialOutcome.from_value(outcome)
-        except ValueError as exc:
-            tid = outcome.get("trial_id") if isinstance(outcome, Mapping) else None
-            raise ValueError(f"trial {tid}: {exc}") from None
+            try:
+                pq.write_table(batch_table(checked), tmp)
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _with_path(exc, target) from None
+            size, digest = file_digest(tmp)
+            os.rename(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        extra = {"batch": batch, "metrics_bytes": size, "metrics_sha256": digest}
+        return [self._install_meta(o, matrix_name, extra, None) for o in checked]
+
+    def _write_alone(self, outcome: TrialOutcome, matrix_name: str | None) -> Path:
+        import pyarrow.parquet as pq
+
+        def metrics(tmp: Path) -> dict[str, Any]:
+            try:
+                pq.write_table(metrics_table(outcome.metrics), tmp / METRICS_FILE)
+            except OSError as exc:
+                raise _with_path(exc, self.trials_dir / outcome.trial_id / METRICS_FILE) from None
+            size, digest = file_digest(tmp / METRICS_FILE)
+            return {"metrics_bytes": size, "metrics_sha256": digest}
+
+        return self._install_meta(outcome, matrix_name, None, metrics)
+
+    def _install_meta(
+        self,
+        outcome: TrialOutcome,
+        matrix_name: str | None,
+        extra: Mapping[str, Any] | None,
+        metrics: Any,
+    ) -> Path:
+        """Write the trial's folder under ``.tmp`` (its ``metrics(tmp)`` file first, when given,
+        which returns the meta keys it adds) and rename it into ``trials/``."""
         tid = outcome.trial_id
         meta = {
             "trial_id": tid,
@@ -295,16 +518,11 @@ class ResultStore:
             "matrix": matrix_name,
             **outcome.meta.to_dict(),
         }
+        meta.pop("batch", None)
         tmp = self.tmp_dir / f"{tid}.{os.getpid()}.{_HOST}.{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
-            import pyarrow.parquet as pq
-
-            try:
-                pq.write_table(metrics_table(outcome.metrics), tmp / METRICS_FILE)
-            except OSError as exc:
-                raise _with_path(exc, self.trials_dir / tid / METRICS_FILE) from None
-            meta["metrics_bytes"], meta["metrics_sha256"] = file_digest(tmp / METRICS_FILE)
+            meta.update(extra if metrics is None else metrics(tmp))
             try:
                 with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
                     json.dump(meta, fh, indent=1, default=_json_default)
@@ -503,9 +721,10 @@ def _scan_trials(
     """``(metas of sound-looking trials, {trial_id: problem} of corrupt ones)`` (no digests)."""
     root = Path(out) / "trials"
     try:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir())
+        names = sorted(p.name for p in os.scandir(root) if p.is_dir())
     except FileNotFoundError:
         return [], {}
+    sizes: dict[str, int | OSError] = {}
 
     def scan(name: str) -> tuple[dict[str, Any] | None, str | None]:
         meta, why = _load_meta(root / name / META_FILE)
@@ -513,9 +732,10 @@ def _scan_trials(
             if why == "meta.json is missing" and not (root / name).exists():
                 return None, None
             return None, why
-        return meta, meta_problem(name, meta, root / name / METRICS_FILE)
+        path, label = metrics_location(root / name, meta)
+        return meta, meta_problem(name, meta, path, label, sizes)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         found = list(pool.map(scan, names, chunksize=256))
     metas, corrupt = [], {}
     for name, (meta, why) in zip(names, found, strict=True):
@@ -556,37 +776,65 @@ def _read_metrics(path: str, meta: Mapping[str, Any] | None) -> tuple[Any, str |
     return _parse_metrics(data)
 
 
-def load_metrics(
-    out: str | os.PathLike[str],
-    trial_ids: Iterable[str],
-    *,
-    keep_step_loss: bool = True,
-    metas: Mapping[str, Mapping[str, Any]] | None = None,
-) -> pd.DataFrame:
-    """The metric rows of ``trial_ids`` with a leading ``trial_id`` column.
+def _without_step_loss(table: Any) -> Any:
+    import pyarrow.compute as pc
 
-    String columns are pandas categoricals (dictionary-encoded once, in bulk); files are read
-    whole by a small thread pool (per-file scan machinery costs more than the read for files
-    this small), in batches so that transient Arrow memory stays bounded at 100,000 trials.
-    ``keep_step_loss=False`` drops the per-step training loss, which no report table uses.
-    ``metas`` (trial id -> its ``meta.json``) has each file checked against its recorded
-    SHA-256; files that fail it or do not parse contribute no rows and are listed in
-    ``attrs["corrupt"]`` as ``{trial_id: problem}``.
-    """
-    import numpy as np
-    import pandas as pd
+    split, metric = table.column("split"), table.column("metric")
+    step_loss = pc.and_(pc.equal(split, "train"), pc.equal(metric, "loss"))
+    return table.filter(pc.invert(step_loss))
+
+
+def _read_batch(
+    path: Path, label: str, members: list[str], metas: Mapping[str, Mapping[str, Any] | None]
+) -> tuple[Any, dict[str, str]]:
+    """``(rows of members, {member: problem})`` from one batch file, read and hashed once; the
+    rows of trials not in ``members`` (replaced since, or not asked for) are left out."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        why = f"{label} is {'missing' if isinstance(exc, FileNotFoundError) else 'unreadable'}"
+        return None, {m: why for m in members}
+    digest = hashlib.sha256(data).hexdigest()
+    bad = {}
+    for m in members:
+        why = digest_problem(data, metas.get(m) or {}, label, digest)
+        if why is not None:
+            bad[m] = why
+    ok = [m for m in members if m not in bad]
+    if not ok:
+        return None, bad
+    table, why = _parse_metrics(data, label)
+    if why is not None:
+        return None, {**bad, **{m: why for m in ok}}
+    owner = table.column("trial_id").combine_chunks()
+    wanted = pc.is_in(owner.dictionary, value_set=pa.array(ok, pa.string()))
+    table = table.filter(pc.take(wanted, owner.indices))
+    return table, bad
+
+
+def _read_alone(
+    out: str | os.PathLike[str],
+    ids: list[str],
+    metas: Mapping[str, Mapping[str, Any] | None],
+    corrupt: dict[str, str],
+    pool: ThreadPoolExecutor,
+) -> list[Any]:
+    """The rows of trials with their own ``metrics.parquet``, as tables in the loader's form,
+    read whole by the pool in chunks (bounded transient Arrow memory)."""
+    import numpy as np
+    import pyarrow as pa
+
     trials_dir = os.path.join(os.fspath(out), "trials")
-    ids = list(trial_ids)
-    corrupt: dict[str, str] = {}
 
     def read(tid: str) -> tuple[Any, str | None]:
-        meta = metas.get(tid) if metas is not None else None
-        return _read_metrics(os.path.join(trials_dir, tid, METRICS_FILE), meta)
+        return _read_metrics(os.path.join(trials_dir, tid, METRICS_FILE), metas.get(tid))
 
-    def batch(lo: int, pool: ThreadPoolExecutor) -> Any:
+    parts = []
+    for lo in range(0, len(ids), _BATCH):
         names = ids[lo : lo + _BATCH]
         tables, owners = [], []
         for i, (table, why) in enumerate(pool.map(read, names)):
@@ -598,22 +846,73 @@ def load_metrics(
             tables.append(table)
             owners.append(np.full(table.num_rows, i, dtype=np.int32))
         if not tables:
-            return None
+            continue
         table = pa.concat_tables(tables).combine_chunks()
         trial = pa.DictionaryArray.from_arrays(np.concatenate(owners), pa.array(names, pa.string()))
         table = table.add_column(0, "trial_id", trial)
-        if not keep_step_loss:
-            split, metric = table.column("split"), table.column("metric")
-            step_loss = pc.and_(pc.equal(split, "train"), pc.equal(metric, "loss"))
-            table = table.filter(pc.invert(step_loss))
         for name in ("split", "metric", "layer"):
             i = table.schema.get_field_index(name)
             table = table.set_column(i, name, table.column(i).dictionary_encode())
+        parts.append(table)
+    return parts
+
+
+def load_metrics(
+    out: str | os.PathLike[str],
+    trial_ids: Iterable[str],
+    *,
+    keep_step_loss: bool = True,
+    metas: Mapping[str, Mapping[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """The metric rows of ``trial_ids`` with a leading ``trial_id`` column.
+
+    String columns are pandas categoricals (dictionary-encoded once, in bulk; the ``trial_id``
+    categories in the order of ``trial_ids``); rows are grouped by trial. A batch file is read
+    and hashed once for all the members asked for; a trial with its own file is read whole by a
+    small thread pool (per-file scan machinery costs more than the read for files this small),
+    in chunks so that transient Arrow memory stays bounded at 100,000 trials.
+    ``keep_step_loss=False`` drops the per-step training loss, which no report table uses.
+    ``metas`` (trial id -> its ``meta.json``; read here when not given) locates each trial's
+    rows and has each file checked against its recorded SHA-256; trials whose file fails it or
+    does not parse contribute no rows and are listed in ``attrs["corrupt"]`` as
+    ``{trial_id: problem}``.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    root = Path(out) / "trials"
+    ids = list(trial_ids)
+    if metas is None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            found = pool.map(lambda t: _load_meta(root / t / META_FILE)[0], ids, chunksize=256)
+            metas = dict(zip(ids, found, strict=True))
+    corrupt: dict[str, str] = {}
+    alone: list[str] = []
+    batches: dict[Path, tuple[str, list[str]]] = {}
+    for tid in ids:
+        meta = metas.get(tid)
+        if meta is None or meta.get("batch") is None:
+            alone.append(tid)
+            continue
+        path, label = metrics_location(root / tid, meta)
+        if path is None:
+            corrupt[tid] = label
+        else:
+            batches.setdefault(path, (label, []))[1].append(tid)
+
+    def batch(item: tuple[Path, tuple[str, list[str]]]) -> Any:
+        table, bad = _read_batch(item[0], item[1][0], item[1][1], metas)
+        corrupt.update(bad)
+        if table is not None and not keep_step_loss:
+            table = _without_step_loss(table)
         return table
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        parts = [batch(lo, pool) for lo in range(0, len(ids), _BATCH)]
-    parts = [p for p in parts if p is not None]
+        parts = _read_alone(out, alone, metas, corrupt, pool)
+        if not keep_step_loss:
+            parts = [_without_step_loss(p) for p in parts]
+        parts += list(pool.map(batch, batches.items()))
+    parts = [p for p in parts if p is not None and p.num_rows]
     if not parts:
         frame = metrics_table([]).to_pandas()
         frame.insert(0, "trial_id", pd.Series([], dtype=object))
@@ -622,6 +921,9 @@ def load_metrics(
         )
     else:
         frame = pa.concat_tables(parts).unify_dictionaries().combine_chunks().to_pandas()
+        del parts
+        sound = [t for t in ids if t not in corrupt]
+        frame["trial_id"] = frame["trial_id"].cat.set_categories(sound)
     frame.attrs["corrupt"] = corrupt
     return frame
 

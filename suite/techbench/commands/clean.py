@@ -1,7 +1,8 @@
 """``techbench clean STORE --failed | --corrupt | --locks``: remove what a store should not keep.
 
 ``--failed`` removes trials stored as failed (a rerun then runs them, as ``--rerun-failed``
-would); ``--corrupt`` removes corrupt trial folders (see ``techbench status``); ``--locks``
+would); ``--corrupt`` removes corrupt trial folders (see ``techbench status``) and batch files
+no trial points to any more; ``--locks``
 removes lock files no process holds (each tested with ``flock`` first; a running trial's lock is
 kept) and running markers of dead processes. Finished trials are never touched.
 """
@@ -23,7 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..integrity import clean_corrupt, clean_failed, clean_locks, is_store
+    from ..integrity import (
+        clean_corrupt,
+        clean_failed,
+        clean_locks,
+        clean_orphan_batches,
+        is_store,
+    )
 
     if not (args.failed or args.corrupt or args.locks):
         raise UsageError("say what to remove: --failed, --corrupt and/or --locks")
@@ -32,6 +39,9 @@ def main(args: argparse.Namespace) -> int:
     if args.corrupt:
         removed = clean_corrupt(args.store)
         print(f"removed {len(removed)} corrupt trial{'s' * (len(removed) != 1)}")
+        orphans = clean_orphan_batches(args.store)
+        if orphans:
+            print(f"removed {len(orphans)} batch file{'s' * (len(orphans) != 1)} no trial uses")
     if args.failed:
         ids = clean_failed(args.store)
         print(f"removed {len(ids)} failed trial{'s' * (len(ids) != 1)}")
