@@ -161,3 +161,31 @@ def test_indistinguishable_from_best_needs_enough_seeds() -> None:
         {"a": [1.0, 1.1, 1.2, 1.3, 1.4], "b": [5.0, 5.1, 5.2, 5.3, 5.4]}, higher_is_better=False
     ).set_index("group")
     assert low.loc["a", "is_best"] and not low.loc["b", "indistinguishable"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_poi_interval_equals_the_pairwise_bootstrap(seed):
+    """The counted bootstrap of ``poi_with_ci`` gives exactly the numbers of comparing every
+    resampled pair (the rliable definition), with ties, NaN and infinities."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for n, m in ((5, 7), (30, 1), (16, 16)):
+        x = rng.integers(0, 6, n).astype(float)
+        y = rng.integers(0, 6, m).astype(float)
+        x[0], y[-1] = np.nan, np.inf
+        pairs.append((x, y))
+    draws = np.random.default_rng(seed + 10)
+    boot = np.zeros(300)
+    for x, y in pairs:
+        xb = x[draws.integers(0, x.size, size=(300, x.size))][:, :, None]
+        yb = y[draws.integers(0, y.size, size=(300, y.size))][:, None, :]
+        boot += ((xb > yb).mean(axis=(1, 2)) + 0.5 * (xb == yb).mean(axis=(1, 2))) / len(pairs)
+    alpha = (1.0 - 0.95) / 2.0  # the 95 % interval, computed as the function does
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    p, plo, phi = stats.poi_with_ci(pairs, n_resamples=300, seed=seed + 10)
+    assert (plo, phi) == (float(lo), float(hi))
+    brute = [
+        ((x[:, None] > y[None, :]).mean() + 0.5 * (x[:, None] == y[None, :]).mean())
+        for x, y in pairs
+    ]
+    assert p == pytest.approx(np.mean(brute), abs=1e-12)

@@ -35,9 +35,20 @@ def _outcome(seed: int, status: str = "completed") -> TrialOutcome:
     rows += [metric_row(3 * (e + 1), e, "val", "acc", 0.5 + 0.1 * e + seed / 100) for e in range(2)]
     if status == "failed":
         rows = []
-    meta = {"steps": 7, "epochs": 2, "device": "cpu", "error": "boom" if status == "failed" else None}
+    meta = {
+        "steps": 7,
+        "epochs": 2,
+        "device": "cpu",
+        "error": "boom" if status == "failed" else None,
+    }
     return TrialOutcome.from_value(
-        {"trial_id": trial_id(config), "config": config, "status": status, "metrics": rows, "meta": meta}
+        {
+            "trial_id": trial_id(config),
+            "config": config,
+            "status": status,
+            "metrics": rows,
+            "meta": meta,
+        }
     )
 
 
