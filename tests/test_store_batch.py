@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -83,7 +84,7 @@ def test_batch_round_trip_equals_per_trial_storage(tmp_path):
     for p in paths:  # a member's folder holds only its meta, which names the batch
         assert sorted(os.listdir(p)) == ["meta.json"]
     meta = json.loads((paths[0] / "meta.json").read_text())
-    data = open(_batch_file(batched), "rb").read()
+    data = Path(_batch_file(batched)).read_bytes()
     assert meta["metrics_bytes"] == len(data)
     assert meta["metrics_sha256"] == hashlib.sha256(data).hexdigest()
 
@@ -116,12 +117,12 @@ def test_a_damaged_batch_makes_every_member_corrupt_and_a_rerun_redoes_them(tmp_
     store.write_batch(stack, "m")
     store.write(single, "m")
     path = _batch_file(out)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     if damage == "flip_byte":
         data[len(data) // 2] ^= 0x10
-        open(path, "wb").write(bytes(data))
+        Path(path).write_bytes(bytes(data))
     elif damage == "truncate":
-        open(path, "wb").write(bytes(data[: len(data) // 2]))
+        Path(path).write_bytes(bytes(data[: len(data) // 2]))
     else:
         os.unlink(path)
     members = {o.trial_id for o in stack}

@@ -155,10 +155,17 @@ def metrics_location(folder: Path, meta: Mapping[str, Any]) -> tuple[Path | None
     batch = meta.get("batch")
     if batch is None:
         return folder / METRICS_FILE, METRICS_FILE
+    path, label = _batch_location(os.fspath(folder.parent.parent), batch)
+    return (None if path is None else Path(path)), label
+
+
+def _batch_location(root: str, batch: Any) -> tuple[str | None, str]:
+    """``(path, label)`` of batch ``batch`` in the store at ``root`` (strings: the bulk
+    loaders call it per trial); path None for an invalid name."""
     if not isinstance(batch, str) or not _BATCH_NAME.fullmatch(batch):
         return None, f"meta.json names an invalid batch {batch!r}"
     name = f"{batch}.parquet"
-    return folder.parent.parent / BATCHES_DIR / name, f"{BATCHES_DIR}/{name}"
+    return os.path.join(root, BATCHES_DIR, name), f"{BATCHES_DIR}/{name}"
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
@@ -167,7 +174,7 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     return len(data), hashlib.sha256(data).hexdigest()
 
 
-def _load_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _load_meta(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, str | None]:
     """``(meta, problem)``: the parsed ``meta.json`` or why it cannot be used."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -175,7 +182,9 @@ def _load_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     except FileNotFoundError:
         return None, "meta.json is missing"
     except (OSError, ValueError) as exc:
-        kind = "empty" if isinstance(exc, ValueError) and path.stat().st_size == 0 else "unreadable"
+        kind = (
+            "empty" if isinstance(exc, ValueError) and os.stat(path).st_size == 0 else "unreadable"
+        )
         return None, f"meta.json is {kind}" + ("" if kind == "empty" else f" ({exc})")
     if not isinstance(meta, dict):
         return None, "meta.json is not a JSON object"
@@ -715,41 +724,65 @@ TRIAL_COLUMNS: tuple[str, ...] = tuple(_flatten({"trial_id": ""}))
 """The columns of :func:`load_trials`' frame, in order."""
 
 
+_LOCATION_KEYS = ("trial_id", "batch", "metrics_bytes", "metrics_sha256")
+"""What the metric loaders need of a trial's meta (the rest is flattened and let go)."""
+
+
 def _scan_trials(
     out: str | os.PathLike[str],
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """``(metas of sound-looking trials, {trial_id: problem} of corrupt ones)`` (no digests)."""
-    root = Path(out) / "trials"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """``(trials-frame rows, locations, {trial_id: problem})``: each sound-looking trial's meta
+    flattened (:func:`_flatten`) and its :data:`_LOCATION_KEYS`, in trial-id order; corrupt
+    ones with their problem (no digests). A whole meta is kept only while it is flattened (at
+    100,000 trials the parsed metas would take about a gigabyte), and the folders are read in
+    chunks by two threads (file reads overlap the parsing)."""
+    root = os.path.join(os.fspath(out), "trials")
     try:
         names = sorted(p.name for p in os.scandir(root) if p.is_dir())
     except FileNotFoundError:
-        return [], {}
+        return [], [], {}
     sizes: dict[str, int | OSError] = {}
+    store = os.fspath(out)
 
-    def scan(name: str) -> tuple[dict[str, Any] | None, str | None]:
-        meta, why = _load_meta(root / name / META_FILE)
-        if meta is None:
-            if why == "meta.json is missing" and not (root / name).exists():
-                return None, None
-            return None, why
-        path, label = metrics_location(root / name, meta)
-        return meta, meta_problem(name, meta, path, label, sizes)
+    def scan(chunk: list[str]) -> list[tuple[str, Any, Any, str | None]]:
+        found = []
+        for name in chunk:
+            folder = os.path.join(root, name)
+            meta, why = _load_meta(os.path.join(folder, META_FILE))
+            if meta is None:
+                if why == "meta.json is missing" and not os.path.exists(folder):
+                    continue
+                found.append((name, None, None, why))
+                continue
+            if meta.get("batch") is None:
+                path, label = os.path.join(folder, METRICS_FILE), METRICS_FILE
+            else:
+                path, label = _batch_location(store, meta["batch"])
+            why = meta_problem(name, meta, path, label, sizes)
+            if why is not None:
+                found.append((name, None, None, why))
+                continue
+            where = {k: meta.get(k) for k in _LOCATION_KEYS}
+            found.append((name, _flatten(meta), where, None))
+        return found
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        found = list(pool.map(scan, names, chunksize=256))
-    metas, corrupt = [], {}
-    for name, (meta, why) in zip(names, found, strict=True):
-        if why is not None:
-            corrupt[name] = why
-        elif meta is not None:
-            metas.append(meta)
-    return metas, corrupt
+    chunks = [names[i : i + 512] for i in range(0, len(names), 512)]
+    rows, where, corrupt = [], [], {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for found in pool.map(scan, chunks):
+            for name, row, loc, why in found:
+                if why is not None:
+                    corrupt[name] = why
+                else:
+                    rows.append(row)
+                    where.append(loc)
+    return rows, where, corrupt
 
 
-def _trials_frame(metas: list[dict[str, Any]], corrupt: Mapping[str, str]) -> pd.DataFrame:
+def _trials_frame(rows: list[dict[str, Any]], corrupt: Mapping[str, str]) -> pd.DataFrame:
     import pandas as pd
 
-    trials = pd.DataFrame([_flatten(m) for m in metas], columns=list(TRIAL_COLUMNS))
+    trials = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     trials["target_metric"] = trials["target_metric"].astype(str)
     trials.attrs["corrupt"] = dict(corrupt)
     return trials
@@ -760,7 +793,8 @@ def load_trials(out: str | os.PathLike[str]) -> pd.DataFrame:
 
     Trials whose meta is unreadable or inconsistent with their metrics file (by trial id or size)
     are left out and listed in ``attrs["corrupt"]`` as ``{trial_id: problem}``."""
-    return _trials_frame(*_scan_trials(out))
+    rows, _, corrupt = _scan_trials(out)
+    return _trials_frame(rows, corrupt)
 
 
 def _read_metrics(path: str, meta: Mapping[str, Any] | None) -> tuple[Any, str | None]:
@@ -785,7 +819,7 @@ def _without_step_loss(table: Any) -> Any:
 
 
 def _read_batch(
-    path: Path, label: str, members: list[str], metas: Mapping[str, Mapping[str, Any] | None]
+    path: str, label: str, members: list[str], metas: Mapping[str, Mapping[str, Any] | None]
 ) -> tuple[Any, dict[str, str]]:
     """``(rows of members, {member: problem})`` from one batch file, read and hashed once; the
     rows of trials not in ``members`` (replaced since, or not asked for) are left out."""
@@ -857,6 +891,40 @@ def _read_alone(
     return parts
 
 
+def _frame(parts: list[Any], trial_ids: list[str]) -> pd.DataFrame:
+    """The loaders' tables as one DataFrame, column by column: each string column becomes one
+    categorical, its codes mapped chunk by chunk from each chunk's small dictionary (Arrow's
+    own unification and conversion of thousands of dictionary chunks cost seconds); the
+    ``trial_id`` categories are ``trial_ids``, in that order."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for name in parts[0].column_names:
+        chunks = [c for p in parts for c in p.column(name).chunks]
+        if not pa.types.is_dictionary(chunks[0].type):
+            columns[name] = np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks])
+            continue
+        position: dict[str, int] = (
+            {t: i for i, t in enumerate(trial_ids)} if name == "trial_id" else {}
+        )
+        codes = []
+        for chunk in chunks:
+            words = chunk.dictionary.to_pylist()
+            if name != "trial_id":
+                for w in words:
+                    position.setdefault(w, len(position))
+            lookup = np.array([position.get(w, -1) for w in words], dtype=np.int32)
+            codes.append(lookup[chunk.indices.to_numpy(zero_copy_only=False)])
+        categories = trial_ids if name == "trial_id" else list(position)
+        columns[name] = pd.Categorical.from_codes(
+            np.concatenate(codes), categories=pd.Index(categories, dtype=object)
+        )
+    parts.clear()
+    return pd.DataFrame(columns, copy=False)
+
+
 def load_metrics(
     out: str | os.PathLike[str],
     trial_ids: Iterable[str],
@@ -880,38 +948,47 @@ def load_metrics(
     import pandas as pd
     import pyarrow as pa
 
-    root = Path(out) / "trials"
+    store = os.fspath(out)
     ids = list(trial_ids)
     if metas is None:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            found = pool.map(lambda t: _load_meta(root / t / META_FILE)[0], ids, chunksize=256)
-            metas = dict(zip(ids, found, strict=True))
+        metas = {t: _load_meta(os.path.join(store, "trials", t, META_FILE))[0] for t in ids}
     corrupt: dict[str, str] = {}
     alone: list[str] = []
-    batches: dict[Path, tuple[str, list[str]]] = {}
+    batches: dict[str, tuple[str, list[str]]] = {}
     for tid in ids:
         meta = metas.get(tid)
-        if meta is None or meta.get("batch") is None:
+        batch = None if meta is None else meta.get("batch")
+        if batch is None:
             alone.append(tid)
             continue
-        path, label = metrics_location(root / tid, meta)
-        if path is None:
-            corrupt[tid] = label
-        else:
-            batches.setdefault(path, (label, []))[1].append(tid)
+        found = batches.get(batch)
+        if found is None:
+            path, label = _batch_location(store, batch)
+            if path is None:
+                corrupt[tid] = label
+                continue
+            found = batches[batch] = (label, [])
+        found[1].append(tid)
 
-    def batch(item: tuple[Path, tuple[str, list[str]]]) -> Any:
-        table, bad = _read_batch(item[0], item[1][0], item[1][1], metas)
-        corrupt.update(bad)
-        if table is not None and not keep_step_loss:
-            table = _without_step_loss(table)
-        return table
+    def read(items: list[tuple[str, tuple[str, list[str]]]]) -> list[Any]:
+        tables = []
+        for batch, (label, members) in items:
+            path = os.path.join(store, BATCHES_DIR, f"{batch}.parquet")
+            table, bad = _read_batch(path, label, members, metas)
+            corrupt.update(bad)
+            if table is not None:
+                tables.append(table if keep_step_loss else _without_step_loss(table))
+        if len(tables) > 1:  # one table per chunk: fewer, larger pieces for :func:`_frame`
+            tables = [pa.concat_tables(tables).unify_dictionaries().combine_chunks()]
+        return tables
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         parts = _read_alone(out, alone, metas, corrupt, pool)
         if not keep_step_loss:
             parts = [_without_step_loss(p) for p in parts]
-        parts += list(pool.map(batch, batches.items()))
+        items = list(batches.items())
+        for tables in pool.map(read, [items[i : i + 64] for i in range(0, len(items), 64)]):
+            parts += tables
     parts = [p for p in parts if p is not None and p.num_rows]
     if not parts:
         frame = metrics_table([]).to_pandas()
@@ -920,10 +997,7 @@ def load_metrics(
             {"trial_id": "category", "split": "category", "metric": "category", "layer": "category"}
         )
     else:
-        frame = pa.concat_tables(parts).unify_dictionaries().combine_chunks().to_pandas()
-        del parts
-        sound = [t for t in ids if t not in corrupt]
-        frame["trial_id"] = frame["trial_id"].cat.set_categories(sound)
+        frame = _frame(parts, [t for t in ids if t not in corrupt])
     frame.attrs["corrupt"] = corrupt
     return frame
 
@@ -946,16 +1020,17 @@ def load_results(
     frame: ``trials.attrs["corrupt"]`` maps each one's id to its problem. Never raises for a
     damaged trial.
     """
-    metas, corrupt = _scan_trials(out)
-    by_id = {str(m["trial_id"]): m for m in metas}
+    rows, where, corrupt = _scan_trials(out)
+    by_id = {str(m["trial_id"]): m for m in where}
+    del where
     metrics = load_metrics(out, list(by_id), keep_step_loss=keep_step_loss, metas=by_id)
     bad = metrics.attrs.get("corrupt", {})
     if bad:
         corrupt = {**corrupt, **bad}
-        metas = [m for m in metas if m["trial_id"] not in bad]
+        rows = [r for r in rows if r["trial_id"] not in bad]
     corrupt = dict(sorted(corrupt.items()))
     metrics.attrs["corrupt"] = corrupt
-    return _trials_frame(metas, corrupt), metrics
+    return _trials_frame(rows, corrupt), metrics
 
 
 def load_matrix_info(out: str | os.PathLike[str]) -> dict[str, Any]:
