@@ -531,7 +531,7 @@ class ResultStore:
         tmp = self.tmp_dir / f"{tid}.{os.getpid()}.{_HOST}.{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
-            meta.update(extra if metrics is None else metrics(tmp))
+            meta.update((extra or {}) if metrics is None else metrics(tmp))
             try:
                 with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
                     json.dump(meta, fh, indent=1, default=_json_default)
@@ -745,7 +745,7 @@ def _scan_trials(
     store = os.fspath(out)
 
     def scan(chunk: list[str]) -> list[tuple[str, Any, Any, str | None]]:
-        found = []
+        found: list[tuple[str, Any, Any, str | None]] = []
         for name in chunk:
             folder = os.path.join(root, name)
             meta, why = _load_meta(os.path.join(folder, META_FILE))
@@ -754,9 +754,9 @@ def _scan_trials(
                     continue
                 found.append((name, None, None, why))
                 continue
-            if meta.get("batch") is None:
-                path, label = os.path.join(folder, METRICS_FILE), METRICS_FILE
-            else:
+            path: str | None = os.path.join(folder, METRICS_FILE)
+            label = METRICS_FILE
+            if meta.get("batch") is not None:
                 path, label = _batch_location(store, meta["batch"])
             why = meta_problem(name, meta, path, label, sizes)
             if why is not None:
@@ -833,17 +833,17 @@ def _read_batch(
         why = f"{label} is {'missing' if isinstance(exc, FileNotFoundError) else 'unreadable'}"
         return None, {m: why for m in members}
     digest = hashlib.sha256(data).hexdigest()
-    bad = {}
+    bad: dict[str, str] = {}
     for m in members:
-        why = digest_problem(data, metas.get(m) or {}, label, digest)
-        if why is not None:
-            bad[m] = why
+        problem = digest_problem(data, metas.get(m) or {}, label, digest)
+        if problem is not None:
+            bad[m] = problem
     ok = [m for m in members if m not in bad]
     if not ok:
         return None, bad
-    table, why = _parse_metrics(data, label)
-    if why is not None:
-        return None, {**bad, **{m: why for m in ok}}
+    table, parse_problem = _parse_metrics(data, label)
+    if parse_problem is not None:
+        return None, {**bad, **{m: parse_problem for m in ok}}
     owner = table.column("trial_id").combine_chunks()
     wanted = pc.is_in(owner.dictionary, value_set=pa.array(ok, pa.string()))
     table = table.filter(pc.take(wanted, owner.indices))
@@ -930,7 +930,7 @@ def load_metrics(
     trial_ids: Iterable[str],
     *,
     keep_step_loss: bool = True,
-    metas: Mapping[str, Mapping[str, Any]] | None = None,
+    metas: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> pd.DataFrame:
     """The metric rows of ``trial_ids`` with a leading ``trial_id`` column.
 
