@@ -134,12 +134,14 @@ def test_transformer_approaches_the_markov_entropy_rate() -> None:
     assert out.metric("test", "best_bpc")[0] == pytest.approx(test / math.log(2.0))
 
 
-def test_language_model_trials_run_one_by_one() -> None:
+def test_language_model_trials_stack_by_seed() -> None:
+    """charlm's 16 trials are 8 shapes (normalizer x activation x optimizer) of 2 seeds."""
     from techbench.stack import plan_stacks
 
     stacks = plan_stacks(load_matrix("charlm").trials(), None)
-    assert all(len(s.configs) == 1 for s in stacks) and len(stacks) == 16
-    assert "language_model task" in stacks[0].reason
+    assert [len(s.configs) for s in stacks] == [2] * 8
+    assert all(s.reason == "" for s in stacks)
+    assert all({c["seed"] for c in s.configs} == {0, 1} for s in stacks)
 
 
 def test_label_smoothing_on_per_position_logits_is_torchs() -> None:

@@ -397,15 +397,11 @@ class TechniqueModule(pl.LightningModule):
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         train = self.evaluate(t["x_train"], t["y_train"])
         val = self.evaluate(t["x_val"], t["y_val"])
-        names = tasks.metric_names(self.task)
         values = torch.cat([train, val]).tolist()
-        metrics: dict[str, float] = {}
-        for name, train_value, val_value in zip(
-            names, values[: len(names)], values[len(names) :], strict=True
-        ):
-            self.rows.append(metric_row(step, epoch, "train", f"epoch_{name}", train_value))
-            self.rows.append(metric_row(step, epoch, "val", name, val_value))
-            metrics |= {f"val_{name}": val_value, f"train_{name}": train_value}
+        rows, metrics = tasks.epoch_rows(
+            self.task, step, epoch, values[: len(train)], values[len(train) :]
+        )
+        self.rows += rows
         val_loss = metrics["val_loss"]
         if val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
@@ -432,15 +428,14 @@ class TechniqueModule(pl.LightningModule):
         """Test metrics of the final weights and (``best_*``) of the best-validation weights."""
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         step, epoch = self.steps_done, max(self.epochs_done - 1, 0)
-        names = tasks.metric_names(self.task)
-        named = list(zip(names, self.evaluate(t["x_test"], t["y_test"]).tolist(), strict=True))
+        final = self.evaluate(t["x_test"], t["y_test"]).tolist()
+        best = None
         if self.best_state is not None:
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(self.best_state)
             best = self.evaluate(t["x_test"], t["y_test"]).tolist()
             self.model.load_state_dict(current)
-            named += [(f"best_{n}", v) for n, v in zip(names, best, strict=True)]
-        return [metric_row(step, epoch, "test", metric, value) for metric, value in named]
+        return tasks.rows_for_test(self.task, step, epoch, final, best)
 
 
 _PLAIN_STATE = frozenset(

@@ -53,8 +53,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from .callbacks import stub_trainer
 from .families import STACKED_DIMS
 from .lit import EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, scan_losses, task_loss
+from .population_tasks import member_metrics
 from .schema import metric_row
 from .stacked_modules import StackedSamples
+from .tasks import epoch_rows, rows_for_test
 
 NOISE_SEED_OFFSET = 0x7E57
 """The regularizer-noise generator of a member is seeded with ``seed + NOISE_SEED_OFFSET``, as in
@@ -195,7 +197,7 @@ class StackedModule(pl.LightningModule):
         self.stacked_optimizer_factory = stacked_optimizer_factory
         self.total_steps = total_steps
         # a list, so that Lightning's device moves skip the parameter-less skeleton
-        self._skeleton = [copy.deepcopy(self.members[0].model).to("meta")]
+        self._skeleton = [meta_skeleton(self.members[0].model)]
         params, buffers = stack_module_state([m.model for m in self.members])
         groups = _groups(
             [m.optimizer_params for m in self.members],
@@ -478,34 +480,17 @@ class StackedModule(pl.LightningModule):
         buffers: Mapping[str, torch.Tensor],
         x: torch.Tensor,
         y: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per member ``[K]`` (mean loss, accuracy) over (x, y) in eval mode, in the chunks of
-        :meth:`techbench.lit.TechniqueModule.evaluate` (accuracy NaN for regression)."""
+    ) -> torch.Tensor:
+        """Per member ``[K, M]`` the task's metrics over (x, y) in eval mode, in the chunks of
+        :meth:`techbench.lit.TechniqueModule.evaluate`
+        (:func:`techbench.population_tasks.member_metrics`)."""
         was_training = self.base.training
         self.base.eval()
         try:
             forward = vmap(self._forward, in_dims=(0, 0, None))
-            per_member_loss = vmap(self.loss_fn, in_dims=(0, None))
-            n = max(len(x), 1)
-            k = len(self.members)
-            if len(x) <= EVAL_CHUNK:
-                out = forward(params, buffers, x)
-                loss = per_member_loss(out, y).double()
-                if self.task != "classification":
-                    return loss, torch.full_like(loss, math.nan)
-                return loss, (out.argmax(dim=-1) == y).sum(dim=-1).double() / n
-            total = torch.zeros(k, device=x.device, dtype=torch.float64)
-            correct = torch.zeros(k, device=x.device, dtype=torch.float64)
-            for lo in range(0, len(x), EVAL_CHUNK):
-                xb, yb = x[lo : lo + EVAL_CHUNK], y[lo : lo + EVAL_CHUNK]
-                out = forward(params, buffers, xb)
-                total += per_member_loss(out, yb).double() * len(xb)
-                if self.task == "classification":
-                    correct += (out.argmax(dim=-1) == yb).sum(dim=-1)
-            acc = (
-                correct / n if self.task == "classification" else torch.full_like(correct, math.nan)
+            return member_metrics(
+                self.task, lambda xb: forward(params, buffers, xb), x, y, EVAL_CHUNK, self.loss_fn
             )
-            return total / n, acc
         finally:
             self.base.train(was_training)
 
@@ -526,26 +511,25 @@ class StackedModule(pl.LightningModule):
         buffers = self.stacked_buffers()
         train = self.evaluate(params, buffers, t["x_train"], t["y_train"])
         val = self.evaluate(params, buffers, t["x_val"], t["y_val"])
-        values = torch.stack([*train, *val]).t().tolist()  # [K][4]
+        values = torch.cat([train, val], dim=1).tolist()  # [K][2M], one transfer
         improved = []
+        metrics: dict[int, dict[str, float]] = {}
         for k in live:
-            train_loss, train_acc, val_loss, val_acc = values[k]
             m = self.members[k]
-            m.rows.append(metric_row(step, epoch, "train", "epoch_loss", train_loss))
-            m.rows.append(metric_row(step, epoch, "val", "loss", val_loss))
-            if self.task == "classification":
-                m.rows.append(metric_row(step, epoch, "train", "epoch_acc", train_acc))
-                m.rows.append(metric_row(step, epoch, "val", "acc", val_acc))
-            if val_loss < m.best_val_loss:
-                m.best_val_loss = val_loss
+            rows, metrics[k] = epoch_rows(
+                self.task, step, epoch, values[k][: train.shape[1]], values[k][train.shape[1] :]
+            )
+            m.rows += rows
+            if metrics[k]["val_loss"] < m.best_val_loss:
+                m.best_val_loss = metrics[k]["val_loss"]
                 improved.append(k)
         if improved:
             self._keep_best(improved, params, buffers)
-        self._member_callbacks(live, values, epoch, step)
+        self._member_callbacks(live, metrics, epoch, step)
         self.eval_seconds += time.perf_counter() - now
 
     def _member_callbacks(
-        self, live: Sequence[int], values: Sequence[Sequence[float]], epoch: int, step: int
+        self, live: Sequence[int], metrics: Mapping[int, dict[str, float]], epoch: int, step: int
     ) -> None:
         """Each member's regularizer callbacks (early stopping) see that member's epoch metrics
         through its own :func:`techbench.callbacks.stub_trainer`, as Lightning's would after the module's epoch
@@ -556,11 +540,7 @@ class StackedModule(pl.LightningModule):
             if not m.callbacks:
                 continue
             trainer = m.trainer
-            train_loss, train_acc, val_loss, val_acc = values[k]
-            metrics = {"val_loss": val_loss, "train_loss": train_loss}
-            if self.task == "classification":
-                metrics |= {"val_acc": val_acc, "train_acc": train_acc}
-            trainer.callback_metrics = {key: torch.tensor(v) for key, v in metrics.items()}
+            trainer.callback_metrics = {key: torch.tensor(v) for key, v in metrics[k].items()}
             trainer.current_epoch, trainer.global_step = epoch, step
             for cb in m.callbacks:
                 cb.on_validation_end(trainer, self)
@@ -604,29 +584,25 @@ class StackedModule(pl.LightningModule):
             m.rows += self._test_rows(k, test, max(m.epochs_done - 1, 0))
 
     def _test_values(self) -> dict[str, list[list[float]]]:
-        """Test (loss, acc) of every member at its final and at its best-validation weights."""
+        """Test metrics ``[K][M]`` of every member at its final and at its best-validation
+        weights."""
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         params = {k: v.detach() for k, v in self.stacked_params().items()}
         buffers = self.stacked_buffers()
-        out = {"final": torch.stack(self.evaluate(params, buffers, t["x_test"], t["y_test"]))}
+        out = {"final": self.evaluate(params, buffers, t["x_test"], t["y_test"])}
         if self.best is not None:
             best_p = {n: self.best[n] for n in self.names}
             best_b = {n: self.best[n] for n in self.buffer_names}
-            out["best"] = torch.stack(self.evaluate(best_p, best_b, t["x_test"], t["y_test"]))
-        return {key: value.t().tolist() for key, value in out.items()}
+            out["best"] = self.evaluate(best_p, best_b, t["x_test"], t["y_test"])
+        return {key: value.tolist() for key, value in out.items()}
 
     def _test_rows(
         self, k: int, test: Mapping[str, list[list[float]]], epoch: int
     ) -> list[dict[str, Any]]:
         m = self.members[k]
-        named = [("loss", test["final"][k][0]), ("acc", test["final"][k][1])]
-        if "best" in test and math.isfinite(m.best_val_loss):
-            named += [("best_loss", test["best"][k][0]), ("best_acc", test["best"][k][1])]
-        return [
-            metric_row(self.steps_done if not m.frozen else m.steps_done, epoch, "test", name, v)
-            for name, v in named
-            if not (name.endswith("acc") and self.task != "classification")
-        ]
+        best = test["best"][k] if "best" in test and math.isfinite(m.best_val_loss) else None
+        step = self.steps_done if not m.frozen else m.steps_done
+        return rows_for_test(self.task, step, epoch, test["final"][k], best)
 
     # -- gradient health -----------------------------------------------------------------------
 
@@ -648,6 +624,17 @@ class StackedModule(pl.LightningModule):
             for handle in handles:
                 handle.remove()
         return out, tuple(captured[i] for i in range(len(self._act_modules)))
+
+
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with meta tensors, for ``functional_call``; tied parameters stay tied
+    (``.to("meta")`` would untie them: a tied head would keep a meta weight)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
 
 
 def _groups(

@@ -21,10 +21,10 @@ stack when they use only the ``transform_batch``, ``penalty``, ``loss`` and ``ca
 which the engine applies member by member (early stopping stops one member, the others go on),
 and ``make_module`` when the spec declares ``properties["stacked_module"]`` (dropout: each
 member's masks are drawn with its own generator, :mod:`techbench.stacked_modules`); other
-modules in the network and after-step hooks (max-norm, decoupled decay) run one by one;
-language-model datasets (task "language_model", :mod:`techbench.tasks`) run one by one, since the
-stacked engine evaluates classification and regression only. A stack of one is the one-by-one
-path.
+modules in the network and after-step hooks (max-norm, decoupled decay) run one by one.
+Every task of :mod:`techbench.tasks` stacks (classification, regression, language models: the
+stacked engine vmaps the tasks' own loss and metrics, :mod:`techbench.population_tasks`). A
+stack of one is the one-by-one path.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .schema import trial_id
+from .tasks import TASKS
 
 MEMBER_KEYS = ("seed", "initializer", "bias_initializer")
 """Config keys that may differ inside a stack (besides the optimizer's hyper-parameters)."""
@@ -81,8 +82,8 @@ def unstackable_reason(config: Mapping[str, Any], registry: Any = None) -> str:
     except Exception as exc:  # an unknown technique: the trial fails on its own, alone
         return f"cannot look up its techniques ({exc})"
     task = dataset.properties.get("task", "classification")
-    if task not in ("classification", "regression"):
-        return f"dataset {dataset.name!r} is a {task} task (stacks train classification/regression)"
+    if task not in TASKS:
+        return f"dataset {dataset.name!r} has an unknown task {task!r}"
     if not optimizer.properties.get("elementwise"):
         return f"optimizer {optimizer.name!r} does not declare an elementwise update"
     hooks = set(regularizer.properties.get("hooks", ("?",)))

@@ -19,13 +19,18 @@ character-level language-modelling metrics, e.g. Graves 2013, arXiv:1308.0850).
 Evaluation is additive: :func:`eval_sums` gives ``[loss sum, correct, count]`` of one chunk (float64,
 on the device), chunks are summed, and :func:`eval_metrics` turns the totals into the metrics
 in :func:`metric_names` order, so the result does not depend on the chunking beyond rounding.
+:func:`epoch_rows` and :func:`rows_for_test` turn those metrics into the stored rows; the one-by-one
+runner (``techbench.lit``) and the stacked engine (``techbench.population``, which vmaps
+:func:`eval_sums` and :func:`eval_metrics` over its members) both record through them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .schema import metric_row
 
 if TYPE_CHECKING:
     import torch
@@ -118,3 +123,29 @@ def eval_chunk(task: str, x: torch.Tensor, rows: int) -> int:
     if task == LANGUAGE_MODEL and x.dim() > 1:
         return max(1, LM_EVAL_TOKENS // max(1, int(x.shape[1])))
     return rows
+
+
+def epoch_rows(
+    task: str, step: int, epoch: int, train: Sequence[float], val: Sequence[float]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """An epoch's end: rows (train ``epoch_<name>``, val ``<name>`` per metric) and the metrics
+    callbacks read (``train_<name>``, ``val_<name>``), from :func:`eval_metrics` values."""
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, float] = {}
+    for name, train_value, val_value in zip(metric_names(task), train, val, strict=True):
+        rows.append(metric_row(step, epoch, "train", f"epoch_{name}", train_value))
+        rows.append(metric_row(step, epoch, "val", name, val_value))
+        metrics |= {f"val_{name}": val_value, f"train_{name}": train_value}
+    return rows, metrics
+
+
+def rows_for_test(
+    task: str, step: int, epoch: int, final: Sequence[float], best: Sequence[float] | None
+) -> list[dict[str, Any]]:
+    """Test rows: :func:`eval_metrics` values at the final weights and, as ``best_<name>``, at
+    the best-validation weights (None: no epoch had a finite validation loss)."""
+    names = metric_names(task)
+    named = list(zip(names, final, strict=True))
+    if best is not None:
+        named += [(f"best_{n}", v) for n, v in zip(names, best, strict=True)]
+    return [metric_row(step, epoch, "test", metric, value) for metric, value in named]
