@@ -7,6 +7,11 @@ as one stack, in alternating rounds (the order flips each round, so drift on a s
 hits both); prints the median wall time of each and their ratio, and the largest relative
 difference between a member's final validation loss and its trial's.
 
+``--workload charlm``: K seeds of one ``charlm`` trial instead (character-level transformer,
+width 64, 2 blocks, context 64, on 200k characters of pysource; layernorm, GELU, AdamW), cut to
+one epoch of ``--steps`` steps; it also prints the training seconds (without the epoch-end and
+test evaluations, which dominate so short a budget).
+
     python benchmarks/stacking.py                       # 8 members, CPU, 3 rounds
     python benchmarks/stacking.py --members 64 --accelerator gpu --rounds 2
     python benchmarks/stacking.py --health off
@@ -79,6 +84,19 @@ class WithoutStackedOptimizers:
         return getattr(self.inner, name)
 
 
+def charlm_configs(members: int, accelerator: str, health: bool, steps: int) -> list[dict]:
+    from techbench.matrix import load_matrix
+
+    first = next(iter(load_matrix("charlm").trials()))
+    base = {
+        **first,
+        "budget": {**first["budget"], "epochs": 1, "max_steps": steps},
+        "trainer": {**first["trainer"], "accelerator": accelerator},
+        "health": {**first["health"], "enabled": health},
+    }
+    return [complete_config({**base, "seed": s}) for s in range(members)]
+
+
 def final_val_loss(outcome) -> float:
     return outcome.metric("val", "loss")[-1]
 
@@ -90,6 +108,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--health", choices=("on", "off"), default="on")
+    p.add_argument("--workload", choices=("demo", "charlm"), default="demo")
+    p.add_argument("--steps", type=int, default=40, help="charlm: optimizer steps per trial")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
         "--distinct-lr",
@@ -100,7 +120,12 @@ def main() -> None:
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfgs = configs(a.members, a.accelerator, a.health == "on", a.epochs, a.distinct_lr, a.dropout)
+    if a.workload == "charlm":
+        cfgs = charlm_configs(a.members, a.accelerator, a.health == "on", a.steps)
+    else:
+        cfgs = configs(
+            a.members, a.accelerator, a.health == "on", a.epochs, a.distinct_lr, a.dropout
+        )
     grouped_registry = WithoutStackedOptimizers()
     runs = {
         "one by one": lambda: [run_trial(c) for c in cfgs],
@@ -112,6 +137,7 @@ def main() -> None:
     run_stack(cfgs[:2])
     times: dict[str, list[float]] = {name: [] for name in runs}
     worst = dict.fromkeys(runs, 0.0)
+    train: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(a.rounds):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         outcomes = {}
@@ -119,14 +145,17 @@ def main() -> None:
             t0 = time.perf_counter()
             outcomes[what] = runs[what]()
             times[what].append(time.perf_counter() - t0)
+            seconds = [o.meta.train_seconds for o in outcomes[what]]
+            train[what].append(sum(seconds) if what == "one by one" else seconds[0])
         for what, got in outcomes.items():
             for x, y in zip(outcomes["one by one"], got, strict=True):
                 assert x.status == y.status == "completed", (x.meta.error, y.meta.error)
                 ref = final_val_loss(x)
                 worst[what] = max(worst[what], abs(final_val_loss(y) - ref) / abs(ref))
+    budget = f"{a.steps} steps" if a.workload == "charlm" else f"{a.epochs} epochs"
     print(
-        f"{a.members} members, {a.accelerator} ({torch.get_num_threads()} threads), health "
-        f"{a.health}, {a.epochs} epochs, {a.rounds} rounds"
+        f"{a.workload}: {a.members} members, {a.accelerator} ({torch.get_num_threads()} "
+        f"threads), health {a.health}, {budget}, {a.rounds} rounds"
         + (", distinct learning rates" if a.distinct_lr else "")
         + (f", dropout p={a.dropout}" if a.dropout is not None else "")
     )
@@ -141,6 +170,14 @@ def main() -> None:
             med = statistics.median(ts)
             print(f"ratio {what} / one by one: {med / ta:.3f}  (speed-up {ta / med:.1f}x)")
             print(f"  largest relative difference of a final validation loss: {worst[what]:.1e}")
+    tra = statistics.median(train["one by one"])
+    for what, ts in train.items():
+        if what != "one by one":
+            med = statistics.median(ts)
+            print(
+                f"training only (no evaluation), {what}: {med:.2f} s vs one by one {tra:.2f} s, "
+                f"ratio {med / tra:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -179,9 +179,9 @@ def test_stacks_group_by_shape_and_respect_the_size_cap():
     assert [len(s.configs) for s in plan_stacks(configs, 1)] == [1] * 10
 
 
-def _reduced(matrix: str, keep: int) -> list[dict]:
+def _reduced(matrix: str, keep: int, **dataset_params) -> list[dict]:
     """Trials of a shipped matrix cut to a CPU-sized test: its first ``keep`` stack keys, two
-    seeds each, one short epoch."""
+    seeds each, one short epoch (and ``dataset_params`` over the dataset's)."""
     from techbench.matrix import load_matrix
 
     out, keys = [], []
@@ -193,21 +193,34 @@ def _reduced(matrix: str, keep: int) -> list[dict]:
             if len(keys) == keep:
                 continue
             keys.append(key)
+        dataset = {**config["dataset"], "params": {**config["dataset"]["params"], **dataset_params}}
         config = complete_config(
-            {**config, "budget": {**config["budget"], "epochs": 1, "max_steps": 12}}
+            {
+                **config,
+                "dataset": dataset,
+                "budget": {**config["budget"], "epochs": 1, "max_steps": 12},
+            }
         )
         config["trainer"]["accelerator"] = "cpu"
         out.append(config)
     return out
 
 
-@pytest.mark.parametrize(("matrix", "keep"), [("demo", 2), ("optimizers", 3), ("regularizers", 4)])
-def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep):
+@pytest.mark.parametrize(
+    ("matrix", "keep", "dataset"),
+    [
+        ("demo", 2, {}),
+        ("optimizers", 3, {}),
+        ("regularizers", 4, {}),
+        ("charlm", 2, {"max_chars": 30_000}),
+    ],
+)
+def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep, dataset):
     """The executor's stacked store has the one-by-one store's trial ids, statuses and rows."""
     from techbench.execute import execute
     from techbench.store import load_results
 
-    configs = _reduced(matrix, keep)
+    configs = _reduced(matrix, keep, **dataset)
     alone = execute(configs, tmp_path / "alone", workers=1, stack="off", progress=False)
     stacked = execute(configs, tmp_path / "stacked", workers=1, stack="auto", progress=False)
     assert alone.counts == stacked.counts
@@ -482,3 +495,92 @@ def test_a_schedule_not_declared_multiplicative_keeps_one_optimizer_per_setting(
         alone = _rows(run_trial(config))
         for key, va in alone.items():
             assert _rows(member)[key] == pytest.approx(va, rel=RTOL, abs=ATOL, nan_ok=True), key
+
+
+LM = {
+    "dataset": {"name": "markov", "params": {"n_tokens": 3000, "context": 16}},
+    "model": {"name": "transformer", "params": {"width": 16, "depth": 2, "heads": 2}},
+    "preprocessor": {"name": "none", "params": {}},
+    "normalizer": {"name": "layernorm", "params": {}},
+    "norm_placement": "before",
+    "budget": {"epochs": 2, "batch_size": 16, "max_steps": 14},
+}
+
+
+def test_language_model_members_equal_their_trials():
+    """A stack of tiny transformers (seeds and learning rates differ) records every row of its
+    trials: per-step next-token losses, epoch loss/acc/bpc/ppl, test and best-weights metrics,
+    gradient health."""
+    configs = [
+        _config(seed=s, optimizer=_opt("adamw", lr=lr), **LM)
+        for s, lr in ((0, 0.003), (1, 0.01), (2, 0.003))
+    ]
+    assert unstackable_reason(configs[0]) == ""
+    assert_members_equal(configs)
+    metrics = {(r["split"], r["metric"]) for r in run_stack(configs[:2])[0].metrics}
+    assert {("val", "bpc"), ("val", "ppl"), ("test", "best_ppl"), ("train", "epoch_acc")} <= metrics
+
+
+def test_language_model_float64_members_equal_their_trials_to_1e_9():
+    float64 = {"trainer": {"accelerator": "cpu", "precision": "64-true"}}
+    configs = [
+        _config(seed=s, optimizer=_opt("lion", lr=lr), **{**LM, **float64})
+        for s, lr in ((0, 0.001), (1, 0.003))
+    ]
+    for config, member in zip(configs, run_stack(configs), strict=True):
+        alone = run_trial(config)
+        assert member.status == alone.status == "completed", member.meta.error
+        a, b = _rows(alone), _rows(member)
+        assert a.keys() == b.keys()
+        for key, va in a.items():
+            assert b[key] == pytest.approx(va, rel=1e-9, abs=1e-12, nan_ok=True), key
+
+
+def test_language_model_chunked_evaluation_is_the_trials(monkeypatch):
+    """With evaluation chunks of a few windows (the one-by-one chunks, summed), members still
+    equal their trials."""
+    import techbench.tasks
+
+    monkeypatch.setattr(techbench.tasks, "LM_EVAL_TOKENS", 16 * 7)
+    configs = [_config(seed=s, optimizer=_opt("adamw", lr=0.003), **LM) for s in (0, 1)]
+    assert_members_equal(configs)
+
+
+FAMILIES = {
+    "cnn_batchnorm": {
+        "dataset": {"name": "digits", "params": {"image": True}},
+        "model": {"name": "cnn", "params": {"hidden": 8}},
+        "normalizer": {"name": "batchnorm", "params": {}},
+    },
+    "resnet_batchnorm": {
+        "dataset": {"name": "digits", "params": {"image": True}},
+        "model": {"name": "resnet", "params": {"depth": 8, "width": 4}},
+        "normalizer": {"name": "batchnorm", "params": {}},
+    },
+    "resmlp_layernorm": {
+        "model": {"name": "resmlp", "params": {"blocks": 2, "width": 8}},
+        "normalizer": {"name": "layernorm", "params": {}},
+    },
+    "transformer_tied_postnorm_rmsnorm": {
+        **LM,
+        "model": {
+            "name": "transformer",
+            "params": {"width": 16, "depth": 1, "heads": 2, "tie_weights": True},
+        },
+        "normalizer": {"name": "rmsnorm", "params": {}},
+        "norm_placement": "after",
+    },
+    "transformer_batchnorm": {**LM, "normalizer": {"name": "batchnorm", "params": {}}},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_model_family_member_equals_its_trial(family):
+    """Every built-in model vmaps: convolutions, batch norm with per-member running statistics
+    (ResNet's shortcuts), residual blocks, attention, a tied embedding/head (one shared leaf)."""
+    budget = {"epochs": 1, "batch_size": 64, "max_steps": 6}
+    configs = [
+        _config(seed=s, optimizer=_opt("sgd", lr=lr), **{"budget": budget, **FAMILIES[family]})
+        for s, lr in ((0, 0.05), (1, 0.1))
+    ]
+    assert_members_equal(configs)

@@ -19,7 +19,8 @@ tensors (:mod:`techbench.member_hp`; its group ``lr`` is the schedule's multipli
 ``fast`` optimizer per distinct setting, with the schedule over it. Regularizer ``penalty`` and ``loss``
 hooks run member by member inside ``vmap`` through ``functional_call``, ``transform_batch`` in a
 loop with each member's generator. Epoch-end evaluation, best-validation weights and test
-metrics are per member. So a member's rows equal the one-by-one run's rows within float
+metrics are per member: the task's own metrics vmapped (:mod:`techbench.population_tasks`), for
+classification, regression and language models alike. So a member's rows equal the one-by-one run's rows within float
 tolerance (vmapped matmuls round differently), which ``tests/test_population.py`` checks.
 
 Per-member life: the per-step losses of all members go to the host every
@@ -41,6 +42,7 @@ import copy
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +63,14 @@ from .tasks import epoch_rows, rows_for_test
 NOISE_SEED_OFFSET = 0x7E57
 """The regularizer-noise generator of a member is seeded with ``seed + NOISE_SEED_OFFSET``, as in
 the one-by-one path (:class:`techbench.lit.TechniqueModule`)."""
+
+warnings.filterwarnings(
+    "ignore",
+    message=r"There is a performance drop because we have not yet implemented the batching rule "
+    r"for aten::_scaled_dot_product_flash_attention_for_cpu",
+)
+"""On a CPU, vmap runs PyTorch's fused attention member by member (no batching rule for the CPU
+kernel): the same kernel as the one-by-one path, so the same numbers; the warning says so."""
 
 
 @dataclass
