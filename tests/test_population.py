@@ -571,6 +571,7 @@ FAMILIES = {
         "norm_placement": "after",
     },
     "transformer_batchnorm": {**LM, "normalizer": {"name": "batchnorm", "params": {}}},
+    "transformer_dropout": {**LM, "regularizer": {"name": "dropout", "params": {"p": 0.2}}},
 }
 
 
