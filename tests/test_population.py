@@ -218,14 +218,18 @@ def _reduced(matrix: str, keep: int, **dataset_params) -> list[dict]:
 def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep, dataset):
     """The executor's stacked store has the one-by-one store's trial ids, statuses and rows."""
     from techbench.execute import execute
+    from techbench.stack import plan_stacks
     from techbench.store import load_results
 
     configs = _reduced(matrix, keep, **dataset)
     alone = execute(configs, tmp_path / "alone", workers=1, stack="off", progress=False)
-    stacked = execute(configs, tmp_path / "stacked", workers=1, stack="auto", progress=False)
+    stacked = execute(configs, tmp_path / "stacked", workers=1, stack=16, progress=False)
     assert alone.counts == stacked.counts
     ta, ma = load_results(tmp_path / "alone")
     ts, ms = load_results(tmp_path / "stacked")
+    planned = {i: len(st.ids) for st in plan_stacks(configs, 16) for i in st.ids}
+    assert ts.set_index("trial_id")["stack_size"].to_dict() == planned
+    assert max(planned.values()) > 1 and (ta["stack_size"] == 1).all()
     assert sorted(ta["trial_id"]) == sorted(ts["trial_id"])
     assert (
         ta.set_index("trial_id")["status"].to_dict() == ts.set_index("trial_id")["status"].to_dict()

@@ -144,6 +144,25 @@ def test_language_model_trials_stack_by_seed() -> None:
     assert all({c["seed"] for c in s.configs} == {0, 1} for s in stacks)
 
 
+def test_auto_runs_language_models_one_by_one_on_a_cpu_only(monkeypatch) -> None:
+    """``--stack auto`` on a CPU runs charlm alone (measured slower stacked there) and says why;
+    a forced size and a GPU stack them; an MLP on a CPU still stacks."""
+    import techbench.execute
+    from techbench.execute import plan_units
+
+    trials = load_matrix("charlm").trials()
+    monkeypatch.setattr(techbench.execute, "visible_gpus", lambda: ["0"])
+    on_gpu = [{**t, "trainer": {**t["trainer"], "accelerator": "gpu"}} for t in trials]
+    assert [len(s.configs) for s in plan_units(on_gpu, "auto")] == [2] * 8
+    monkeypatch.setattr(techbench.execute, "visible_gpus", lambda: [])
+    cpu = plan_units(trials, "auto")
+    assert [len(s.configs) for s in cpu] == [1] * 16
+    assert all("slower than one by one on a CPU" in s.reason for s in cpu)
+    assert [len(s.configs) for s in plan_units(trials, 8)] == [2] * 8
+    demo = load_matrix("demo").trials()
+    assert max(len(s.configs) for s in plan_units(demo, "auto")) > 1
+
+
 def test_label_smoothing_on_per_position_logits_is_torchs() -> None:
     from techbench.registry import get_spec
 

@@ -377,7 +377,7 @@ def execute(
     ``run_fn``: ``config -> TrialOutcome`` (a callable importable by name, or ``"module:attr"``).
     ``progress``: the bar (None: only when stderr is a terminal).
     ``stack``: trials of one shape train together (:mod:`techbench.stack`): "auto" sizes stacks
-    from the device (:func:`stack_size`), an int caps their size, "off" (or 1) runs one by one;
+    from the device (:func:`plan_units`), an int caps their size, "off" (or 1) runs one by one;
     a custom ``run_fn`` runs one by one.
     ``reuse_other_versions``: keep stored trials produced by other plugin versions as results
     (default: rerun them); either way they are listed in ``RunResult.other_versions``.
@@ -425,22 +425,35 @@ Unit = tuple[list[str], list[dict[str, Any]], bool]
 """A unit of work: member ids, their configs, and whether to wait for their claims."""
 
 
-def stack_size(configs: Iterable[Mapping[str, Any]]) -> int:
-    """The ``--stack auto`` size cap: 64 members when a trial runs on a visible GPU (where a
-    stack of tiny networks costs about one network's kernel launches), else 16 (on a CPU the
-    gain saturates once the stacked matrices fill the vector units)."""
+def on_gpu(configs: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether these trials train on a visible GPU."""
     accelerators = {str((c.get("trainer") or {}).get("accelerator", "cpu")) for c in configs}
-    return 64 if accelerators & set(GPU_ACCELERATORS) and visible_gpus() else 16
+    return bool(accelerators & set(GPU_ACCELERATORS) and visible_gpus())
+
+
+def plan_units(configs: list[dict[str, Any]], stack: str | int) -> list[Any]:
+    """The stacks (:class:`techbench.stack.Stack`) that ``stack`` ("auto", "off" or a size)
+    makes of ``configs``: the one policy the executors and ``--dry-run`` apply.
+
+    "auto" caps stacks at 64 members when the trials run on a visible GPU (where a stack of tiny
+    networks costs about one network's kernel launches), else at 16 (on a CPU the gain
+    saturates once the stacked matrices fill the vector units), and on a CPU it runs alone the
+    trials that stack slower there (:func:`techbench.stack.slower_on_cpu_reason`)."""
+    from .stack import plan_stacks
+
+    if stack in ("off", 0, 1, "1"):
+        return plan_stacks(configs, 1)
+    if stack == "auto":
+        gpu = on_gpu(configs)
+        return plan_stacks(configs, 64 if gpu else 16, cpu_auto=not gpu)
+    return plan_stacks(configs, int(stack))
 
 
 def make_units(todo: list[tuple[str, dict[str, Any]]], stack: str | int) -> list[Unit]:
     """Group pending ``(id, config)`` pairs into units (stacks) per the ``stack`` policy."""
-    from .stack import plan_stacks
-
     if stack in ("off", 0, 1, "1"):
         return [([tid], [config], False) for tid, config in todo]
-    size = stack_size(c for _, c in todo) if stack == "auto" else int(stack)
-    return [(st.ids, list(st.configs), False) for st in plan_stacks([c for _, c in todo], size)]
+    return [(st.ids, list(st.configs), False) for st in plan_units([c for _, c in todo], stack)]
 
 
 def _run_inline(units: list[Unit], job: Job, bar: Progress) -> bool:

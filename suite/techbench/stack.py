@@ -97,15 +97,37 @@ def unstackable_reason(config: Mapping[str, Any], registry: Any = None) -> str:
     return ""
 
 
+def slower_on_cpu_reason(config: Mapping[str, Any], registry: Any = None) -> str:
+    """Why ``--stack auto`` trains ``config`` alone on a CPU although it could stack ("" when
+    stacking pays there).
+
+    Language models: on a CPU, ``vmap`` has no batching rule for the attention kernel, so it
+    runs member by member, and vmapped linear layers lose the fused bias add; measured with
+    ``benchmarks/stacking.py --workload charlm`` (8 members), a stack took 1.55x the time of
+    its members one by one. On a GPU, and with ``--stack N``, they stack.
+    """
+    from .registry import default_registry
+
+    try:
+        dataset = (registry or default_registry()).get_spec(config["dataset"]["name"], "dataset")
+    except Exception:
+        return ""
+    if dataset.properties.get("task") == "language_model":
+        return "language models stack slower than one by one on a CPU (--stack N forces it)"
+    return ""
+
+
 def plan_stacks(
     configs: Iterable[Mapping[str, Any]],
     max_size: int | None,
     registry: Any = None,
+    cpu_auto: bool = False,
 ) -> list[Stack]:
     """Group ``configs`` into stacks of at most ``max_size`` members (None: unlimited; 1: off).
 
     Order: stacks appear where their first member appeared; members keep their input order.
-    Trials that can't stack become stacks of one with the reason.
+    Trials that can't stack become stacks of one with the reason; with ``cpu_auto`` (the
+    ``--stack auto`` policy on a CPU) so do those :func:`slower_on_cpu_reason` names.
     """
     stacks: dict[str, list[Stack]] = {}
     order: list[Stack] = []
@@ -118,7 +140,9 @@ def plan_stacks(
             order.append(single)
             continue
         if key not in reasons:
-            reasons[key] = unstackable_reason(config, registry)
+            reasons[key] = unstackable_reason(config, registry) or (
+                slower_on_cpu_reason(config, registry) if cpu_auto else ""
+            )
         if reasons[key]:
             order.append(Stack(key, [config], reasons[key]))
             continue

@@ -357,13 +357,11 @@ def _dry_run(
     print(f"  store {out}: {done} done, {failed} failed, {todo} to run")
     if failed and not args.rerun_failed:
         print("  (failed trials are kept; add --rerun-failed to retry them)")
-    from ..execute import stack_size
-    from ..stack import describe_stacks, plan_stacks
+    from ..execute import plan_units
+    from ..stack import describe_stacks
 
     pending = [t for t, i in zip(trials, ids, strict=True) if stored.get(i) is None]
-    policy = _stack_policy(args.stack)
-    size = 1 if policy == "off" else stack_size(pending) if policy == "auto" else int(policy)
-    for line in describe_stacks(plan_stacks(pending, size)):
+    for line in describe_stacks(plan_units(pending, _stack_policy(args.stack))):
         print(f"  {line}")
 
     if matrix.tune is not None:
