@@ -93,13 +93,61 @@ def test_every_optimizer_member_equals_its_trial(name):
         {"name": "l1", "params": {"lam": 0.001}},
         {"name": "gaussian_noise", "params": {}},
         {"name": "label_smoothing", "params": {}},
+        {"name": "weight_decay", "params": {"lam": 0.05}},
+        {"name": "max_norm", "params": {"c": 0.8}},
+        {"name": "clip_norm", "params": {"max_norm": 0.05}},
+        {"name": "clip_value", "params": {"clip": 0.01}},
+        {"name": "grad_noise", "params": {"eta": 0.1}},
     ],
     ids=lambda r: r["name"],
 )
 def test_stackable_regularizers_member_equals_its_trial(regularizer):
-    configs = [_config(seed=s, regularizer=regularizer) for s in (0, 1)]
+    """Three members with their own learning rates (one stacked optimizer: an after-step hook
+    must see the member's own lr) and gradient health every 5 steps (the pre-transform norm and
+    the transformed gradients are compared too)."""
+    configs = [
+        _config(seed=s, regularizer=regularizer, optimizer=_opt("adam", lr=lr))
+        for s, lr in ((0, 0.01), (1, 0.01), (2, 0.03))
+    ]
     assert unstackable_reason(configs[0]) == ""
     assert_members_equal(configs)
+
+
+GRADIENT_REGULARIZERS = [
+    ("weight_decay", "lam", (0.0, 0.02, 0.3)),
+    ("max_norm", "c", (0.5, 1.0, 5.0)),
+    ("clip_norm", "max_norm", (0.02, 0.2, 50.0)),
+    ("clip_value", "clip", (0.001, 0.01, 1.0)),
+    ("grad_noise", "eta", (0.0, 0.01, 0.3)),
+    ("l2", "lam", (0.0, 0.01, 0.1)),
+    ("l1", "lam", (0.0, 0.001, 0.01)),
+    ("gaussian_noise", "std", (0.0, 0.1, 0.5)),
+    ("label_smoothing", "epsilon", (0.0, 0.1, 0.3)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "param", "values"), GRADIENT_REGULARIZERS, ids=[g[0] for g in GRADIENT_REGULARIZERS]
+)
+def test_members_differ_in_the_regularizers_hyper_parameters(name, param, values):
+    """One stack whose members differ in the regularizer's numeric hyper-parameter (and seed):
+    each member uses its own value, in the hooks run inside vmap (penalty, loss) too."""
+    configs = [
+        _config(seed=s, regularizer={"name": name, "params": {param: v}})
+        for s, v in enumerate(values)
+    ]
+    (stack,) = plan_stacks(configs, None)
+    assert len(stack.configs) == len(values)
+    assert_members_equal(configs)
+
+
+def test_non_numeric_regularizer_options_stay_in_the_stack_key():
+    a = _config(regularizer={"name": "l2", "params": {"lam": 0.1, "convention": "lambda"}})
+    b = _config(regularizer={"name": "l2", "params": {"lam": 0.2, "convention": "lambda"}})
+    c = _config(regularizer={"name": "l2", "params": {"lam": 0.1, "convention": "half_lambda"}})
+    d = _config(regularizer={"name": "l2", "params": {"lam": 0.1, "include_bias": True}})
+    assert stack_key(a) == stack_key(b)
+    assert len({stack_key(a), stack_key(c), stack_key(d)}) == 3
 
 
 def test_augment_on_images_member_equals_its_trial():
@@ -168,6 +216,35 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on():
     assert_members_equal(configs)
 
 
+@pytest.mark.parametrize(
+    "regularizer",
+    [
+        {"name": "weight_decay", "params": {"lam": 0.01}},
+        {"name": "max_norm", "params": {"c": 50.0}},
+        {"name": "clip_value", "params": {"clip": 100.0}},
+        {"name": "clip_norm", "params": {"max_norm": 1e4}},
+        {"name": "grad_noise", "params": {"eta": 0.01}},
+    ],
+    ids=lambda r: r["name"],
+)
+def test_a_diverging_member_with_gradient_hooks_is_frozen(regularizer):
+    """A member that diverges under a gradient or after-step hook stops at its exact step,
+    as alone; the others go on with their hooks."""
+    configs = [
+        _config(seed=0, optimizer=_opt("sgd", lr=0.1), regularizer=regularizer),
+        _config(
+            seed=0,
+            optimizer=_opt("sgd", lr=9.0),
+            initializer={"name": "large_normal", "params": {}},
+            regularizer=regularizer,
+        ),
+        _config(seed=1, optimizer=_opt("sgd", lr=0.1), regularizer=regularizer),
+    ]
+    out = run_stack(configs)
+    assert [o.status for o in out] == ["completed", "diverged", "completed"]
+    assert_members_equal(configs)
+
+
 def test_stacks_group_by_shape_and_respect_the_size_cap():
     configs = [
         _config(seed=s, activation={"name": a, "params": {}})
@@ -179,14 +256,19 @@ def test_stacks_group_by_shape_and_respect_the_size_cap():
     assert [len(s.configs) for s in plan_stacks(configs, 1)] == [1] * 10
 
 
-def _reduced(matrix: str, keep: int, **dataset_params) -> list[dict]:
-    """Trials of a shipped matrix cut to a CPU-sized test: its first ``keep`` stack keys, two
-    seeds each, one short epoch (and ``dataset_params`` over the dataset's)."""
+def _reduced(
+    matrix: str, keep: int, regularizers: tuple[str, ...] = (), **dataset_params
+) -> list[dict]:
+    """Trials of a shipped matrix cut to a CPU-sized test: its first ``keep`` stack keys (of
+    the given regularizers, if any), two seeds each, one short epoch (and ``dataset_params``
+    over the dataset's)."""
     from techbench.matrix import load_matrix
 
     out, keys = [], []
     for config in load_matrix(matrix).trials():
         if config["seed"] > 1:
+            continue
+        if regularizers and config["regularizer"]["name"] not in regularizers:
             continue
         key = stack_key(config)
         if key not in keys:
@@ -206,22 +288,33 @@ def _reduced(matrix: str, keep: int, **dataset_params) -> list[dict]:
     return out
 
 
+GRADIENT_HOOKED = ("l2", "weight_decay", "max_norm", "clip_norm", "clip_value", "grad_noise")
+
+
 @pytest.mark.parametrize(
-    ("matrix", "keep", "dataset"),
+    ("matrix", "keep", "dataset", "regularizers"),
     [
-        ("demo", 2, {}),
-        ("optimizers", 3, {}),
-        ("regularizers", 4, {}),
-        ("charlm", 2, {"max_chars": 30_000}),
+        ("demo", 2, {}, ()),
+        ("optimizers", 3, {}, ()),
+        ("regularizers", 4, {}, ()),
+        ("regularizers", 6, {}, GRADIENT_HOOKED),
+        ("charlm", 2, {"max_chars": 30_000}, ()),
     ],
 )
-def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep, dataset):
-    """The executor's stacked store has the one-by-one store's trial ids, statuses and rows."""
+def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep, dataset, regularizers):
+    """The executor's stacked store has the one-by-one store's trial ids, statuses and rows
+    (the regularizers with gradient and after-step hooks, and l2's two lambdas, stack)."""
     from techbench.execute import execute
-    from techbench.stack import plan_stacks
+    from techbench.stack import describe_stacks, plan_stacks
     from techbench.store import load_results
 
-    configs = _reduced(matrix, keep, **dataset)
+    configs = _reduced(matrix, keep, regularizers, **dataset)
+    if regularizers:
+        stacks = plan_stacks(configs, None)
+        assert [len(s.configs) for s in stacks] == [4, 2, 2, 2, 2, 2], describe_stacks(stacks)
+        assert (
+            describe_stacks(stacks)[0] == "stacks: 14 trials in 6 stacks (sizes 2-4); 0 one by one"
+        )
     alone = execute(configs, tmp_path / "alone", workers=1, stack="off", progress=False)
     stacked = execute(configs, tmp_path / "stacked", workers=1, stack=16, progress=False)
     assert alone.counts == stacked.counts
@@ -300,6 +393,73 @@ def test_stacked_check_catches_decay_by_tensor_dimension():
     check_stacked(default_registry().get_spec("sgd", "optimizer"))  # decay="weights", trial_ndim
 
 
+def test_stacked_gradient_check_catches_a_norm_over_all_members():
+    """A stacked clip_norm that takes one norm over the whole stack couples members: the
+    conformance check fails it (and the built-in passes)."""
+    from techbench.spec import TechniqueSpec
+    from techbench.testing.core import CheckFailure
+    from techbench.testing.regularizer_stacked import check_stacked_gradients
+    from techbench_builtins.regularizers_impl import ClipNorm
+
+    class CoupledClip(ClipNorm):
+        @staticmethod
+        @torch.no_grad()
+        def stacked_transform_gradients(regularizers, grads, step, generators=()):
+            total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+            scale = torch.clamp(regularizers[0].max_norm / total, max=1.0)
+            for g in grads:
+                g.mul_(scale)
+
+    builtin = default_registry().get_spec("clip_norm", "regularizer")
+    spec = TechniqueSpec(
+        name="coupled_clip",
+        family="regularizer",
+        summary="clip_norm with one norm over all members (planted coupling)",
+        fast=CoupledClip,
+        params=builtin.params,
+        properties=dict(builtin.properties),
+    )
+    with pytest.raises((CheckFailure, AssertionError), match="stacked vs alone"):
+        check_stacked_gradients(spec)
+    check_stacked_gradients(builtin)
+
+
+def test_hooks_leave_frozen_members_alone():
+    """A frozen member's rows of the stack are not touched by any member's gradient or
+    after-step hook (the stacked path and the per-member path)."""
+    from techbench.stacked_hooks import StackedHooks
+    from techbench_builtins.regularizers_impl import ClipNorm, DecoupledWeightDecay, MaxNorm
+
+    for make in (lambda: ClipNorm(0.01), lambda: MaxNorm(0.1), lambda: DecoupledWeightDecay(0.5)):
+        torch.manual_seed(0)
+        models = [torch.nn.Linear(4, 3) for _ in range(3)]
+        leaves = {
+            n: torch.nn.Parameter(torch.stack([m.get_parameter(n).detach() for m in models]))
+            for n, _ in models[0].named_parameters()
+        }
+        for leaf in leaves.values():
+            leaf.grad = torch.randn_like(leaf)
+        before = {n: (v.detach().clone(), v.grad.clone()) for n, v in leaves.items()}
+        hooks = StackedHooks([make() for _ in models], models)
+        opt = torch.optim.SGD(list(leaves.values()), lr=0.5)
+        hooks.bind(lambda n, k, leaves=leaves: (leaves[n], k), [opt], [0, 0, 0])
+        live, group_of = [0, 2], [0, 0, 0]
+        hooks.bind_grads(hooks.needs_grads(live, group_of))
+        gens = [torch.Generator() for _ in models]
+        stacked = list(leaves.values())
+        hooks.transform_gradients(
+            live, group_of, 0, gens, lambda lo, hi, ls=stacked: [v.grad[lo:hi] for v in ls]
+        )
+        opt.step()
+        hooks.after_step(live)
+        for n, leaf in leaves.items():
+            assert torch.equal(leaf.detach()[1], before[n][0][1] - 0.5 * before[n][1][1]), n
+            assert torch.equal(leaf.grad[1], before[n][1][1]), n
+            assert not torch.equal(leaf.detach()[0], before[n][0][0] - 0.5 * before[n][1][0]) or (
+                n == "bias"
+            ), n
+
+
 def test_early_stopping_stops_each_member_at_its_own_epoch():
     """Early stopping acts per member: members stop when their own val_loss stalls."""
     stop = {"name": "early_stopping", "params": {"patience": 1}}
@@ -314,12 +474,29 @@ def test_early_stopping_stops_each_member_at_its_own_epoch():
     assert_members_equal(configs)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_float64_members_equal_their_trials_to_1e_9(name):
-    """In float64 ("64-true") a member's rows equal its trial's to 1e-9 relative."""
+@pytest.mark.parametrize(
+    ("name", "regularizer", "values"),
+    [
+        ("sgd", "none", {}),
+        ("adam", "none", {}),
+        ("adam", "weight_decay", {"lam": (0.05, 0.3, 0.05)}),
+        ("sgd", "clip_norm", {"max_norm": (0.05, 0.05, 0.5)}),
+        ("adam", "grad_noise", {"eta": (0.01, 0.01, 0.1)}),
+        ("sgd", "max_norm", {"c": (0.7, 0.7, 0.7)}),
+    ],
+)
+def test_float64_members_equal_their_trials_to_1e_9(name, regularizer, values):
+    """In float64 ("64-true") a member's rows equal its trial's to 1e-9 relative (with the
+    gradient and after-step hooks, members set alike or not)."""
     float64 = {"trainer": {"accelerator": "cpu", "precision": "64-true"}}
     configs = [
-        _config(seed=s, optimizer=_opt(name, lr=lr), **float64) for s, lr in ((0, 0.01), (1, 0.03))
+        _config(
+            seed=s,
+            optimizer=_opt(name, lr=lr),
+            regularizer={"name": regularizer, "params": {k: v[s] for k, v in values.items()}},
+            **float64,
+        )
+        for s, lr in ((0, 0.01), (1, 0.01), (2, 0.03))
     ]
     for config, member in zip(configs, run_stack(configs), strict=True):
         alone = run_trial(config)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from techbench.families import Regularizer
+from techbench.stacked_hooks import member_values, per_member
 
 
 def _acts_on(param: torch.Tensor, include_bias: bool) -> bool:
@@ -244,6 +245,27 @@ class ClipNorm(Regularizer):
         scale = torch.clamp(self.max_norm / total, max=1.0)
         torch._foreach_mul_(grads, scale)
 
+    @staticmethod
+    @torch.no_grad()
+    def stacked_transform_gradients(
+        regularizers: Sequence[ClipNorm],
+        grads: Sequence[torch.Tensor],
+        step: int,
+        generators: Sequence[torch.Generator] = (),
+    ) -> None:
+        """The same rule for K members at once (``grads``: stacked ``[K, ...]`` rows, member k
+        with ``regularizers[k]``'s bound): member k's global norm is over its own rows only, so
+        no member's clipping depends on another's (:mod:`techbench.stacked_hooks`)."""
+        if not grads:
+            return
+        k = grads[0].shape[0]
+        norms = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads])
+        total = torch.linalg.vector_norm(norms.to(grads[0].dtype), dim=0)
+        bound = member_values(regularizers, "max_norm", total)
+        scale = torch.clamp(bound / total, max=1.0)
+        for g in grads:
+            g.mul_(per_member(scale, g))
+
 
 def clip_norm_reference(
     grads: Sequence[torch.Tensor], step: int, max_norm: float = 1.0
@@ -270,6 +292,29 @@ class ClipValue(Regularizer):
         if grads:
             torch._foreach_clamp_min_(grads, -self.clip)
             torch._foreach_clamp_max_(grads, self.clip)
+
+    @staticmethod
+    @torch.no_grad()
+    def stacked_transform_gradients(
+        regularizers: Sequence[ClipValue],
+        grads: Sequence[torch.Tensor],
+        step: int,
+        generators: Sequence[torch.Generator] = (),
+    ) -> None:
+        """The same clamp on K members' stacked ``[K, ...]`` rows, member k to its own bound
+        (element-wise, so exactly each member's own result)."""
+        if not grads:
+            return
+        clips = {r.clip for r in regularizers}
+        if len(clips) == 1:
+            (clip,) = clips
+            torch._foreach_clamp_min_(list(grads), -clip)
+            torch._foreach_clamp_max_(list(grads), clip)
+            return
+        bound = member_values(regularizers, "clip", grads[0])
+        for g in grads:
+            c = per_member(bound, g)
+            torch.clamp(g, min=-c, max=c, out=g)
 
 
 def clip_value_reference(

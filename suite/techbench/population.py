@@ -16,9 +16,15 @@ respect to member i's parameters is member i's gradient); optimizers are element
 optimizer has a stacked implementation (``spec.stacked``) and the schedule is multiplicative,
 one optimizer per shared setting takes the members' ``float`` hyper-parameters as per-member
 tensors (:mod:`techbench.member_hp`; its group ``lr`` is the schedule's multiplier), else one
-``fast`` optimizer per distinct setting, with the schedule over it. Regularizer ``penalty`` and ``loss``
-hooks run member by member inside ``vmap`` through ``functional_call``, ``transform_batch`` in a
-loop with each member's generator. Epoch-end evaluation, best-validation weights and test
+``fast`` optimizer per distinct setting, with the schedule over it. Each member has its own
+regularizer instance (its own hyper-parameters): ``penalty`` and ``loss`` hooks run member by
+member inside ``vmap`` through ``functional_call`` (a loop of ``functional_call`` when the
+members' hyper-parameters differ), ``transform_batch`` in a loop with each member's generator;
+``transform_gradients`` and ``after_step`` run on the member's own network, whose parameters and
+gradients are views of its rows of the stack, in the one-by-one order (backward, health's
+pre-transform norm, transforms, health's gradient metrics, optimizer step, after-step hooks,
+schedule), or once for a run of members through a regularizer's stacked implementation
+(:mod:`techbench.stacked_hooks`). Epoch-end evaluation, best-validation weights and test
 metrics are per member: the task's own metrics vmapped (:mod:`techbench.population_tasks`), for
 classification, regression and language models alike. So a member's rows equal the one-by-one run's rows within float
 tolerance (vmapped matmuls round differently), which ``tests/test_population.py`` checks.
@@ -27,7 +33,7 @@ Per-member life: the per-step losses of all members go to the host every
 :data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as in the one-by-one path; a member whose loss is
 non-finite or blew up is *frozen* at that flush (its rows end where the one-by-one run's end: the
 divergence step is exact, its final metrics are taken then) and the others go on; its later
-computation is masked out of the objective.
+computation is masked out of the objective and no regularizer hook acts on it.
 
 Gradient health (when enabled) is :class:`~techbench.stacked_health.StackedHealth`: on a
 snapshot step the stacked forward also returns every activation layer's output, and the
@@ -57,6 +63,7 @@ from .families import STACKED_DIMS
 from .lit import EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, scan_losses, task_loss
 from .population_tasks import member_metrics
 from .schema import metric_row
+from .stacked_hooks import StackedHooks
 from .stacked_modules import StackedSamples
 from .tasks import epoch_rows, rows_for_test
 
@@ -83,6 +90,7 @@ class Member:
     optimizer_params: dict[str, Any]
     regularizer: Any
     health: Any = None
+    regularizer_params: dict[str, Any] | None = None
     callbacks: list[Any] = field(default_factory=list)
     trainer: Any = None
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -246,6 +254,13 @@ class StackedModule(pl.LightningModule):
             hook: overrides(self.regularizer, hook, Regularizer)
             for hook in ("transform_batch", "penalty", "loss")
         }
+        # vmapped hooks may use members[0]'s instance only when every member's is set alike
+        self._shared_regularizer = all(
+            m.regularizer_params == self.members[0].regularizer_params for m in self.members
+        )
+        self.hooks = StackedHooks(
+            [m.regularizer for m in self.members], [m.model for m in self.members]
+        )
         self._losses: list[torch.Tensor] = []
         self._loss_steps: list[tuple[int, int]] = []
         self._schedulers: list[Any] = []
@@ -342,6 +357,12 @@ class StackedModule(pl.LightningModule):
         for name, t in tensors.items():
             if t.is_floating_point() and t.dtype != dtype:  # e.g. "64-true" precision
                 tensors[name] = t.to(dtype)
+        if self.hooks.active:
+            # each member's parameters become views of its rows of the stack, so that its
+            # regularizer's gradient and after-step hooks act on them with no copies
+            for m in self.members:
+                m.model.to(device=device, dtype=dtype)
+            self.hooks.bind(self._leaf, self.trainer.optimizers, self._group_of)
         for m in self.members:
             m.callbacks = list(m.regularizer.callbacks())
             if m.callbacks:
@@ -374,8 +395,8 @@ class StackedModule(pl.LightningModule):
         step = self.steps_done
         if self._uses["transform_batch"]:
             pairs = [
-                self.regularizer.transform_batch(x[k], y[k], self._generators[k])
-                for k in range(len(self.members))
+                m.regularizer.transform_batch(x[k], y[k], self._generators[k])
+                for k, m in enumerate(self.members)
             ]
             x = torch.stack([p[0] for p in pairs])
             y = torch.stack([p[1] for p in pairs])
@@ -396,11 +417,16 @@ class StackedModule(pl.LightningModule):
         objective.backward()
         if snap:
             health.after_backward()  # gradient transforms go after this
+        if self.hooks.active:
+            self._transform_gradients(step)
+        if snap:
             health.before_update()
         for opt in self.trainer.optimizers:
             opt.step()
         assert self._count_step is not None
         self._count_step()
+        if self.hooks.active:
+            self.hooks.after_step(self._live())
         if snap:
             health.end([not m.frozen for m in self.members])
         for scheduler in self._schedulers:
@@ -416,31 +442,72 @@ class StackedModule(pl.LightningModule):
     ) -> torch.Tensor:
         """Each member's training loss ``[K]``: task (or regularizer) loss plus penalty."""
         r = self.regularizer
-        replaced = r.loss if self._uses["loss"] else None
+        replaced = self._uses["loss"]
 
-        def member_loss(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if replaced is not None:
-                value = replaced(o, t)
-                if value is not None:
-                    return value
-            return self.loss_fn(o, t)
+        def loss_with(reg: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+            def member_loss(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                if replaced:
+                    value = reg.loss(o, t)
+                    if value is not None:
+                        return value
+                return self.loss_fn(o, t)
 
-        if replaced is None and self.task == "classification":
+            return member_loss
+
+        if not replaced and self.task == "classification":
             # the per-member mean cross-entropy in one call (vmap costs more than the math)
             flat = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
             losses = flat.view(y.shape[0], -1).mean(dim=1)
+        elif replaced and not self._shared_regularizer:
+            losses = torch.stack(
+                [loss_with(m.regularizer)(out[k], y[k]) for k, m in enumerate(self.members)]
+            )
         else:
-            losses = vmap(member_loss)(out, y)
+            losses = vmap(loss_with(r))(out, y)
         if self._uses["penalty"]:
-            probe = _Probe(self.base, r.penalty)
             named = {"net." + k: v for k, v in params.items()}
 
-            def member_penalty(p: dict[str, torch.Tensor]) -> torch.Tensor:
-                term = functional_call(probe, p, ())
-                return term if term is not None else torch.zeros(())
+            def penalty_with(reg: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+                probe = _Probe(self.base, reg.penalty)
 
-            losses = losses + vmap(member_penalty)(named)
+                def member_penalty(p: dict[str, torch.Tensor]) -> torch.Tensor:
+                    term = functional_call(probe, p, ())
+                    if term is None:
+                        return torch.zeros((), dtype=losses.dtype, device=losses.device)
+                    return term
+
+                return member_penalty
+
+            if self._shared_regularizer:
+                losses = losses + vmap(penalty_with(r))(named)
+            else:  # members set differently: one call each
+                terms = [
+                    penalty_with(m.regularizer)({n: v[k] for n, v in named.items()})
+                    for k, m in enumerate(self.members)
+                ]
+                losses = losses + torch.stack(terms).to(losses.device)
         return losses
+
+    # -- per-member gradient and after-step hooks on views of the stack -----------------------
+
+    def _live(self) -> list[int]:
+        return [k for k, m in enumerate(self.members) if not m.frozen]
+
+    def _rows(self, lo: int, hi: int) -> list[torch.Tensor]:
+        """Gradient rows of members ``lo..hi-1`` (one optimizer group) of every parameter."""
+        g, n = self._group_of[lo], len(self.names)
+        start = self.group_slices[g].start
+        leaves = self.leaves[g * n : (g + 1) * n]
+        return [leaf.grad[lo - start : hi - start] for leaf in leaves if leaf.grad is not None]
+
+    def _transform_gradients(self, step: int) -> None:
+        """Every live member's ``transform_gradients`` (after health's pre-transform norm and
+        before its gradient metrics, as in the one-by-one order)."""
+        live = self._live()
+        bound = self.hooks.needs_grads(live, self._group_of)
+        self.hooks.bind_grads(bound)
+        self.hooks.transform_gradients(live, self._group_of, step, self._generators, self._rows)
+        self.hooks.release_grads(bound)
 
     def _flush_losses(self) -> None:
         if not self._losses:

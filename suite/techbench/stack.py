@@ -9,19 +9,23 @@ multiplicative schedule, one optimizer takes the members' ``float`` ones (lr, be
 eps, decay) as per-member tensors and only members differing in a choice (eps placement,
 ``decay``) get another (:mod:`techbench.member_hp`); otherwise each distinct setting gets its own
 optimizer.
+Members may also differ in the regularizer's numeric (int or float) hyper-parameters (lambda,
+clip bound, noise scale, patience, ...): each member has its own regularizer instance.
 Everything else (data and its split, model, activation, normalizer and placement, regularizer
-and its hyper-parameters, optimizer kind, schedule, batch size, budget, trainer and health
-options) is the key.
+kind and its non-numeric options such as l2's ``convention``, optimizer kind, schedule, batch
+size, budget, trainer and health options) is the key.
 
 Why a trial may not stack (said by ``techbench run --dry-run``): a technique whose fast
 implementation would couple members on stacked tensors. Optimizers must declare
 ``properties["elementwise"] = True`` (the update of every coordinate depends only on that
 coordinate's history, so one optimizer over stacked tensors is K independent ones); regularizers
-stack when they use only the ``transform_batch``, ``penalty``, ``loss`` and ``callbacks`` hooks,
-which the engine applies member by member (early stopping stops one member, the others go on),
+stack when they use only the hooks of :data:`STACKED_HOOKS`, which the engine applies member by
+member (early stopping stops one member, the others go on; gradient clipping and noise,
+max-norm and decoupled weight decay act on each member's own rows,
+:mod:`techbench.stacked_hooks`),
 and ``make_module`` when the spec declares ``properties["stacked_module"]`` (dropout: each
 member's masks are drawn with its own generator, :mod:`techbench.stacked_modules`); other
-modules in the network and after-step hooks (max-norm, decoupled decay) run one by one.
+modules in the network run one by one.
 Every task of :mod:`techbench.tasks` stacks (classification, regression, language models: the
 stacked engine vmaps the tasks' own loss and metrics, :mod:`techbench.population_tasks`). A
 stack of one is the one-by-one path.
@@ -39,11 +43,18 @@ from .schema import trial_id
 from .tasks import TASKS
 
 MEMBER_KEYS = ("seed", "initializer", "bias_initializer")
-"""Config keys that may differ inside a stack (besides the optimizer's hyper-parameters)."""
+"""Config keys that may differ inside a stack (besides the optimizer's hyper-parameters and the
+regularizer's numeric ones, :data:`NUMERIC_PARAMS_OF`)."""
 
-STACKED_HOOKS = frozenset({"transform_batch", "penalty", "loss", "callbacks"})
+NUMERIC_PARAMS_OF = ("regularizer",)
+"""Techniques whose numeric (int or float, not bool) hyper-parameters may differ in a stack."""
+
+STACKED_HOOKS = frozenset(
+    {"transform_batch", "penalty", "loss", "callbacks", "transform_gradients", "after_step"}
+)
 """Regularizer hooks the stacked engine applies member by member (callbacks, such as early
-stopping, are driven per member with that member's epoch metrics)."""
+stopping, are driven per member with that member's epoch metrics; ``transform_gradients`` and
+``after_step`` act on views of the member's rows, :mod:`techbench.stacked_hooks`)."""
 
 
 @dataclass
@@ -67,7 +78,15 @@ def stack_key(config: Mapping[str, Any]) -> str:
         shape.pop(key, None)
     optimizer = shape.get("optimizer") or {}
     shape["optimizer"] = {"name": optimizer.get("name")}
+    for family in NUMERIC_PARAMS_OF:
+        part = shape.get(family)
+        if isinstance(part, dict) and isinstance(part.get("params"), dict):
+            part["params"] = {k: v for k, v in part["params"].items() if not _numeric(v)}
     return json.dumps(shape, sort_keys=True, separators=(",", ":"))
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def unstackable_reason(config: Mapping[str, Any], registry: Any = None) -> str:

@@ -448,7 +448,14 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
             act_properties = specs["activation"].properties_for(cfg["activation"]["params"])
             health = GradientHealth(every, act_properties)
         members.append(
-            Member(model, int(cfg["seed"]), dict(cfg["optimizer"]["params"]), regularizer, health)
+            Member(
+                model,
+                int(cfg["seed"]),
+                dict(cfg["optimizer"]["params"]),
+                regularizer,
+                health,
+                regularizer_params=dict(cfg["regularizer"]["params"]),
+            )
         )
     module = StackedModule(
         members,

@@ -89,6 +89,8 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
   P(|e| < 1) = 0.6827 (z-tests at ``ALPHA``): a noise scale off by any factor beyond
   ~1 +- 0.05 at any of those steps (variance used as standard deviation, a missing or wrong
   annealing) fails.
+- ``stacked_gradients``: member k of K stacked members' gradients, transformed as the stacked
+  engine does (:mod:`techbench.testing.regularizer_stacked`), equals member k transformed alone.
 - ``after_step``: with two optimizer groups whose lr was changed after construction (as a
   scheduler does), one full step (``transform_gradients`` when declared, an SGD step on fixed
   gradients, then the hook) leaves every parameter equal to the reference given the stepped
@@ -824,6 +826,12 @@ def _check_callbacks(spec: TechniqueSpec) -> None:
                 )
 
 
+def _check_stacked_gradients(spec: TechniqueSpec) -> None:
+    from .regularizer_stacked import check_stacked_gradients
+
+    check_stacked_gradients(spec)
+
+
 # ---------------------------------------------------------------------------------- collect
 
 
@@ -841,6 +849,7 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         ("transform_batch", "transform_reproducible", _check_transform_reproducible),
         ("loss", "loss", _check_loss),
         ("transform_gradients", "gradient_transform_generic", _check_gradient_generic),
+        ("transform_gradients", "stacked_gradients", _check_stacked_gradients),
         ("after_step", "after_step", _check_after_step),
         ("callbacks", "callbacks", _check_callbacks),
     ]
