@@ -424,6 +424,27 @@ def test_stacked_gradient_check_catches_a_norm_over_all_members():
     check_stacked_gradients(builtin)
 
 
+@pytest.mark.parametrize(
+    ("name", "param", "values"),
+    [("clip_norm", "max_norm", (0.05, 0.3, 0.05)), ("clip_value", "clip", (0.01, 0.01, 0.1))],
+)
+def test_stacked_clipping_equals_the_per_member_loop_bitwise(monkeypatch, name, param, values):
+    """The stacked clip implementations reduce each member's own rows with the kernels its
+    own hook uses: a stack's rows are bitwise those of the per-member loop."""
+    from techbench import stacked_hooks
+
+    configs = [
+        _config(seed=s, regularizer={"name": name, "params": {param: v}})
+        for s, v in enumerate(values)
+    ]
+    fast = run_stack(configs)
+    monkeypatch.setattr(stacked_hooks, "STACKED_IMPLEMENTATIONS", False)
+    loop = run_stack(configs)
+    for a, b in zip(loop, fast, strict=True):
+        assert a.status == b.status == "completed"
+        assert _rows(a) == _rows(b)
+
+
 def test_hooks_leave_frozen_members_alone():
     """A frozen member's rows of the stack are not touched by any member's gradient or
     after-step hook (the stacked path and the per-member path)."""

@@ -259,10 +259,12 @@ class ClipNorm(Regularizer):
         if not grads:
             return
         k = grads[0].shape[0]
-        norms = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads])
-        total = torch.linalg.vector_norm(norms.to(grads[0].dtype), dim=0)
+        # each member's rows are the tensors it has alone: the same norm kernels, the same bits
+        norms = torch._foreach_norm([g[i] for i in range(k) for g in grads])
+        per_member_norms = torch.stack([n.to(grads[0].dtype) for n in norms]).view(k, len(grads))
+        total = torch.linalg.vector_norm(per_member_norms, dim=1)
         bound = member_values(regularizers, "max_norm", total)
-        scale = torch.clamp(bound / total, max=1.0)
+        scale = torch.clamp(torch.reciprocal(total) * bound, max=1.0)  # how float / tensor rounds
         for g in grads:
             g.mul_(per_member(scale, g))
 
