@@ -183,7 +183,7 @@ def test_float64_dropout_members_equal_their_trials_to_1e_9():
 
 def test_executor_stacks_dropout_and_stores_the_one_by_one_rows(tmp_path):
     """Through the executor (plan, stack, store): the stacked store's dropout trials have the
-    one-by-one store's ids and rows."""
+    one-by-one store's ids and rows; p is a member's own, so two seeds x two p are one stack."""
     from techbench.execute import execute
     from techbench.store import load_results
 
@@ -193,7 +193,7 @@ def test_executor_stacks_dropout_and_stores_the_one_by_one_rows(tmp_path):
     assert alone.counts == stacked.counts and alone.counts["completed"] == 4
     ta, ma = load_results(tmp_path / "alone")
     ts, ms = load_results(tmp_path / "stacked")
-    assert set(ts["stack_size"]) == {2}
+    assert set(ts["stack_size"]) == {4}
     assert sorted(ta["trial_id"]) == sorted(ts["trial_id"])
 
     def rows(frame):
