@@ -30,14 +30,15 @@ MIN_SEEDS = 5
 
 
 def _trim_mean(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``scipy.stats.trim_mean(a, 0.25, axis)`` via one partition (no per-call overhead)."""
+    """``scipy.stats.trim_mean(a, 0.25, axis)``: the same middle values (NaN sorts last, as in
+    its partition), found by one sort of the last axis, which numpy vectorizes; the two-pivot
+    ``np.partition`` of a bootstrap matrix is about 4x slower (``benchmarks/trim_mean.py``)."""
     a = np.moveaxis(np.asarray(a, dtype=float), axis, -1)
     n = a.shape[-1]
     k = int(0.25 * n)
     if k == 0:
         return a.mean(axis=-1)
-    part = np.partition(a, (k, n - k - 1), axis=-1)
-    return part[..., k : n - k].mean(axis=-1)
+    return np.sort(a, axis=-1)[..., k : n - k].mean(axis=-1)
 
 
 def iqm(values: Sequence[float] | np.ndarray, axis: int | None = None) -> float | np.ndarray:
