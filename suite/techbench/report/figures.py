@@ -136,18 +136,24 @@ def learning_curves(
     metric = str(runs["target_metric"].iloc[0])
     for i, axis in enumerate(rows):
         tagged = _by_technique(runs, axis, views)
-        data = curves.merge(tagged[["trial_id", "dataset", "_t"]], on="trial_id")
-        data["dataset"] = data["dataset"].astype(str)
         techs = _top_techniques(tagged, axis)
+        shown = tagged[tagged["_t"].isin(techs) & tagged["dataset"].astype(str).isin(datasets)]
+        data = curves[["trial_id", "epoch", "curve"]].merge(
+            shown[["trial_id", "dataset", "_t"]], on="trial_id"
+        )
+        data["dataset"] = data["dataset"].astype(str)
+        band = pd.DataFrame()
+        if not data.empty:  # one grouped pass: median and IQR per (dataset, technique, epoch)
+            keys = ["dataset", "_t", "epoch"]
+            band = data.groupby(keys)["curve"].quantile([0.25, 0.5, 0.75]).unstack()
+        have = set(band.index.droplevel("epoch")) if not band.empty else set()
         for j, ds in enumerate(datasets):
             ax = axs[i][j]
-            in_ds = data["dataset"] == ds
             drawn = False
             for tech in techs:
-                t = data[in_ds & (data["_t"] == tech)]
-                if t.empty:
+                if (ds, tech) not in have:
                     continue
-                q = t.groupby("epoch")["curve"].quantile([0.25, 0.5, 0.75]).unstack()
+                q = band.loc[(ds, tech)]
                 x = q.index.to_numpy() + 1
                 color = technique_color(tech)
                 marker = "o" if len(x) <= 3 else None

@@ -48,7 +48,7 @@ def _ci(boot: np.ndarray) -> tuple[float, float]:
 
 
 def _settings_text(g: pd.DataFrame) -> str:
-    values = sorted(set(g["_setting"].astype(str)))
+    values = sorted({str(v) for v in g["_setting"].unique()})
     return values[0] if len(values) == 1 else f"{len(values)} settings: " + ", ".join(values[:3])
 
 
@@ -76,7 +76,7 @@ def compare(view: AxisView, higher: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
             t: _boot_iqm(per[t]["score"].to_numpy(float), per[t]["_ctx"].to_numpy(), seed=i)
             for i, t in enumerate(order)
         }
-        ctxs = sorted(set(g["_ctx"]))
+        ctxs = sorted(set(g["_ctx"].unique()))
         for rank, t in enumerate(order, 1):
             r = per[t]
             lo, hi = _ci(boots[t])

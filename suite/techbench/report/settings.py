@@ -78,7 +78,8 @@ def axis_view(runs: pd.DataFrame, axis: str, axes: Sequence[str], higher: bool) 
 
 def comparison_group(view_runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of the contexts that share the largest technique set (see module doc)."""
-    techs = view_runs.groupby("_ctx", sort=True)["_tech"].agg(lambda s: tuple(sorted(set(s))))
+    pairs = view_runs[["_ctx", "_tech"]].drop_duplicates()  # not a Python set per 10^5 runs
+    techs = pairs.groupby("_ctx", sort=True)["_tech"].agg(lambda s: tuple(sorted(set(s))))
     techs = techs[techs.map(len) >= 2]
     if techs.empty:
         return view_runs.iloc[0:0]
