@@ -93,24 +93,30 @@ def _epoch_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def _health(metrics: pd.DataFrame) -> pd.DataFrame:
-    h = metrics[metrics["split"] == "health"]
-    if h.empty:
+    health = (metrics["split"] == "health").to_numpy()
+    if not health.any():
         return pd.DataFrame(columns=list(HEALTH_COLUMNS), index=pd.Index([], name="trial_id"))
-    glob = h[h["layer"] == ""]
-    layer = h[h["layer"] != ""]
+    is_global = (metrics["layer"] == "").to_numpy()
+    metric = metrics["metric"]
+
+    def rows(name: str, on_layers: bool) -> pd.DataFrame:
+        """One metric's health rows, only the columns used (not copies of 10^7-row frames)."""
+        mask = health & (~is_global if on_layers else is_global) & (metric == name).to_numpy()
+        return metrics.loc[mask, ["trial_id", "step", "value"]]
+
     out = {}
-    g = glob[glob["metric"] == "grad_norm_global"].groupby("trial_id", observed=True)["value"]
+    g = rows("grad_norm_global", False).groupby("trial_id", observed=True)["value"]
     out["grad_norm_median"] = g.median()
     out["grad_norm_p90"] = g.quantile(0.9)
-    gn = layer[layer["metric"] == "grad_norm"]
+    gn = rows("grad_norm", True)
     per_step = gn.groupby(["trial_id", "step"], observed=True)["value"].agg(["max", "min"])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = per_step["max"] / per_step["min"]
     out["layer_grad_ratio"] = ratio.groupby(level="trial_id", observed=True).median()
     for name in ("dead_fraction", "saturated_fraction"):
-        sub = layer[layer["metric"] == name]
+        sub = rows(name, True)
         out[name] = sub.groupby("trial_id", observed=True)["value"].mean()
-    nf = glob[glob["metric"] == "nonfinite_grads"]
+    nf = rows("nonfinite_grads", False)
     bad = (nf["value"] > 0) | nf["value"].isna()
     out["nonfinite_share"] = bad.groupby(nf["trial_id"], observed=True).mean()
     frame = pd.DataFrame(out)
