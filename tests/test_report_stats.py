@@ -191,11 +191,34 @@ def test_poi_interval_equals_the_pairwise_bootstrap(seed):
     assert p == pytest.approx(np.mean(brute), abs=1e-12)
 
 
+def _reference_interval(x: np.ndarray, strata: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The documented bootstrap rebuilt: each stratum (first-seen order) resampled with
+    replacement from ``default_rng(seed)``, each resample's IQM by scipy's ``trim_mean``, except
+    that NaN sorts last and is cut (as ``np.partition``) where scipy would propagate it."""
+    draw = np.random.default_rng(seed)
+    parts = []
+    for s in pd.unique(pd.Series(strata)):
+        g = x[strata == s]
+        parts.append(g[draw.integers(0, g.size, size=(n, g.size))])
+    boot = np.concatenate(parts, axis=1)
+    k = int(0.25 * x.size)
+    ref = np.array(
+        [
+            np.partition(r, (k, x.size - k - 1))[k : x.size - k].mean()
+            if np.isnan(r).any()
+            else sst.trim_mean(r, 0.25)
+            for r in boot
+        ]
+    )
+    np.testing.assert_allclose(stats.iqm(boot, axis=1), ref, rtol=1e-12, atol=1e-12)
+    with np.errstate(invalid="ignore"):
+        return np.quantile(ref, [0.025, 0.975])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bootstrap_iqm_equals_scipy_trim_mean_of_each_resample(seed: int) -> None:
-    # The resamples drawn as documented (each stratum in first-seen order, with replacement),
-    # each one's IQM by scipy's own trim_mean (equal up to summation order: atol); ties,
-    # infinities and NaN included.
+    # Equal up to summation order (atol); ties, infinities and NaN included. The second call
+    # has the same strata sizes and seed, so it reuses the first call's draws.
     rng = np.random.default_rng(seed)
     x = np.round(rng.normal(size=57), 1)
     x[[3, 9]] = np.inf
@@ -203,19 +226,7 @@ def test_bootstrap_iqm_equals_scipy_trim_mean_of_each_resample(seed: int) -> Non
     if seed == 2:
         x[5] = np.nan
     strata = rng.choice(["b", "a", "c"], size=x.size)
-    lo, hi = stats.stratified_bootstrap_ci(x, strata, n_resamples=700, seed=seed)
-    draw = np.random.default_rng(seed)
-    parts = []
-    for s in pd.unique(pd.Series(strata)):
-        g = x[strata == s]
-        parts.append(g[draw.integers(0, g.size, size=(700, g.size))])
-    boot = np.concatenate(parts, axis=1)
-    if seed == 2:  # scipy propagates NaN; the report's IQM sorts it last (np.partition) and cuts it
-        k = int(0.25 * x.size)
-        ref = np.array([np.partition(r, (k, x.size - k - 1))[k : x.size - k].mean() for r in boot])
-    else:
-        ref = np.array([sst.trim_mean(row, 0.25) for row in boot])
-    np.testing.assert_allclose(stats.iqm(boot, axis=1), ref, rtol=1e-12, atol=1e-12)
-    with np.errstate(invalid="ignore"):
-        want = np.quantile(ref, [0.025, 0.975])
-    np.testing.assert_allclose([lo, hi], want, rtol=1e-12, atol=1e-12)
+    for values in (x, np.round(rng.normal(size=x.size), 2)):
+        got = stats.stratified_bootstrap_ci(values, strata, n_resamples=700, seed=seed)
+        want = _reference_interval(values, strata, 700, seed)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -79,12 +79,30 @@ def stratified_bootstrap_ci(
     else:
         labels = np.asarray(strata)
         groups = [x[labels == s] for s in pd.unique(pd.Series(labels))]
-    rng = np.random.default_rng(seed)
-    parts = [g[rng.integers(0, g.size, size=(n_resamples, g.size))] for g in groups if g.size]
+    draws = _draws(tuple(g.size for g in groups if g.size), n_resamples, seed)
+    parts = [g[d] for g, d in zip((g for g in groups if g.size), draws, strict=True)]
     boot = stat(np.concatenate(parts, axis=1), axis=1)
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
+
+
+_DRAWS: dict[tuple[tuple[int, ...], int, int], list[np.ndarray]] = {}
+
+
+def _draws(sizes: tuple[int, ...], n_resamples: int, seed: int) -> list[np.ndarray]:
+    """``rng.integers(0, size, (n_resamples, size))`` per stratum, in order, from
+    ``default_rng(seed)``; the last set is kept, as a report's cells of equal strata sizes
+    (the same seed) draw the same indices, and drawing them is most of a small bootstrap."""
+    key = (sizes, n_resamples, seed)
+    if key not in _DRAWS:
+        rng = np.random.default_rng(seed)
+        draws = [rng.integers(0, s, size=(n_resamples, s)) for s in sizes]
+        for d in draws:
+            d.flags.writeable = False
+        _DRAWS.clear()
+        _DRAWS[key] = draws
+    return _DRAWS[key]
 
 
 def stratified_resamples(
