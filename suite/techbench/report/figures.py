@@ -120,6 +120,17 @@ def _legend(ax: plt.Axes, **kw: Any) -> None:
         ax.legend(fontsize=FONT, **kw)
 
 
+def _health_rows(
+    metrics: pd.DataFrame, names: Sequence[str], columns: Sequence[str], on_layers: bool
+) -> pd.DataFrame:
+    """Health rows of ``names`` (per-layer rows, or with ``on_layers`` false all of them) with
+    only ``columns``: one mask over the metrics, not copies of every column of 10^7 rows."""
+    mask = (metrics["split"] == "health").to_numpy() & metrics["metric"].isin(names).to_numpy()
+    if on_layers:
+        mask &= (metrics["layer"] != "").to_numpy()
+    return metrics.loc[mask, list(columns)]
+
+
 def learning_curves(
     curves: pd.DataFrame,
     runs: pd.DataFrame,
@@ -200,8 +211,7 @@ def profile_plot(
 def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
     """log10 gradient norm, layer x step, for a bounded set of representative runs (the
     lowest seed of each technique of the first compared axis on the first dataset)."""
-    h = metrics[(metrics["split"] == "health") & (metrics["metric"] == "grad_norm")]
-    h = h[h["layer"] != ""]
+    h = _health_rows(metrics, ["grad_norm"], ["trial_id", "step", "layer", "value"], True)
     if h.empty:
         return None
     ok = runs[runs["trial_id"].isin(set(h["trial_id"].unique()))]
@@ -263,13 +273,12 @@ def fraction_heatmaps(
     """Dead and saturated fractions, layer x step, median over runs, for the techniques of
     the first compared axis that record them (at most ``MAX_HEATMAPS`` panels)."""
     names = ["dead_fraction", "saturated_fraction"]
-    h = metrics[(metrics["split"] == "health") & metrics["metric"].isin(names)]
-    h = h[h["layer"] != ""]
+    h = _health_rows(metrics, names, ["trial_id", "step", "metric", "layer", "value"], True)
     if h.empty:
         return None
     axis = axes[0] if axes else "config"
     techs = _top_techniques(runs, axis)
-    h = h[["trial_id", "step", "metric", "layer", "value"]].assign(
+    h = h.assign(
         _t=_per_row(h["trial_id"], pd.Series(_labels(runs, axis).to_numpy(), runs["trial_id"]))
     )
     h = h[h["_t"].isin(techs)].assign(metric=lambda d: d["metric"].astype(str))
@@ -308,7 +317,7 @@ def ratio_curves(
     views: Mapping[str, AxisView] | None = None,
 ) -> bytes | None:
     """First/last layer gradient-norm ratio over steps: median over runs per technique."""
-    g = metrics[(metrics["split"] == "health") & (metrics["metric"] == "grad_ratio_first_last")]
+    g = _health_rows(metrics, ["grad_ratio_first_last"], ["trial_id", "step", "value"], False)
     if g.empty:
         return None
     cols = list(axes[:MAX_AXES]) or ["config"]
@@ -342,11 +351,10 @@ def activation_stats(
 ) -> bytes | None:
     """Per-layer activation mean and std at the first and last health snapshot (median over
     runs per technique): the lecture's 10-layer activation-statistics plot."""
-    h = metrics[(metrics["split"] == "health") & metrics["metric"].isin(["act_mean", "act_std"])]
-    h = h[h["layer"] != ""]
+    cols = ["trial_id", "step", "metric", "layer", "value"]
+    h = _health_rows(metrics, ["act_mean", "act_std"], cols, True)
     if h.empty:
         return None
-    h = h[["trial_id", "step", "metric", "layer", "value"]]
     steps = h.groupby("trial_id", observed=True)["step"]
     last, first = steps.transform("max"), steps.transform("min")
     keep = (h["step"] == last) | (h["step"] == first)
