@@ -127,7 +127,7 @@ def _health_rows(
     only ``columns``: one mask over the metrics, not copies of every column of 10^7 rows."""
     mask = (metrics["split"] == "health").to_numpy() & metrics["metric"].isin(names).to_numpy()
     if on_layers:
-        mask &= (metrics["layer"] != "").to_numpy()
+        mask = mask & (metrics["layer"] != "").to_numpy()
     return metrics.loc[mask, list(columns)]
 
 
