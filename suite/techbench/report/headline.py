@@ -77,6 +77,11 @@ def compare(view: AxisView, higher: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
             for i, t in enumerate(order)
         }
         ctxs = sorted(set(g["_ctx"].unique()))
+        scores = {
+            t: {c: v.to_numpy(float) for c, v in r.groupby("_ctx", sort=False)["score"]}
+            for t, r in per.items()
+        }
+        none = np.empty(0)
         for rank, t in enumerate(order, 1):
             r = per[t]
             lo, hi = _ci(boots[t])
@@ -88,9 +93,7 @@ def compare(view: AxisView, higher: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
             if t != best:
                 pairs = []
                 for c in ctxs:
-                    x = sign * per[best].loc[per[best]["_ctx"] == c, "score"].to_numpy(float)
-                    y = sign * r.loc[r["_ctx"] == c, "score"].to_numpy(float)
-                    pairs.append((x, y))
+                    pairs.append((sign * scores[best].get(c, none), sign * scores[t].get(c, none)))
                 p, plo, phi = stats.poi_with_ci(pairs, n_resamples=N_RESAMPLES, seed=rank)
             else:
                 p = plo = phi = math.nan
