@@ -230,3 +230,17 @@ def test_bootstrap_iqm_equals_scipy_trim_mean_of_each_resample(seed: int) -> Non
         got = stats.stratified_bootstrap_ci(values, strata, n_resamples=700, seed=seed)
         want = _reference_interval(values, strata, 700, seed)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_strata_split_equals_one_mask_per_stratum() -> None:
+    # Brute force: one boolean mask per distinct label, labels in first-seen order.
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(0, 60))
+        x = rng.normal(size=n)
+        labels = rng.choice(np.array(["b", "a", "c", "dd", "e"], dtype=object), size=n)
+        want = [x[labels == s] for s in dict.fromkeys(labels)]
+        got = stats._by_stratum(x, labels)
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)

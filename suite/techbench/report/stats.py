@@ -74,17 +74,26 @@ def stratified_bootstrap_ci(
         return (math.nan, math.nan)
     n_resamples = max(500, min(n_resamples, max_work // x.size))
     stat = statistic or (lambda a, axis: _trim_mean(a, axis))
-    if strata is None:
-        groups = [x]
-    else:
-        labels = np.asarray(strata)
-        groups = [x[labels == s] for s in pd.unique(pd.Series(labels))]
+    groups = [x] if strata is None else _by_stratum(x, strata)
     draws = _draws(tuple(g.size for g in groups if g.size), n_resamples, seed)
     parts = [g[d] for g, d in zip((g for g in groups if g.size), draws, strict=True)]
     boot = stat(np.concatenate(parts, axis=1), axis=1)
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
+
+
+def _by_stratum(x: np.ndarray, strata: Sequence[object] | np.ndarray) -> list[np.ndarray]:
+    """``[x[strata == s] for s in pd.unique(strata)]`` (a missing label matches nothing) from
+    one factorization and a stable sort, not one comparison of every label per stratum."""
+    codes, uniques = pd.factorize(pd.Series(np.asarray(strata)))
+    if not len(uniques):
+        return []
+    kept = codes >= 0
+    x, codes = x[kept], codes[kept]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
+    return np.split(x[order], bounds)
 
 
 _DRAWS: dict[tuple[tuple[int, ...], int, int], list[np.ndarray]] = {}
@@ -110,11 +119,8 @@ def stratified_resamples(
 ) -> np.ndarray:
     """``(n_resamples, n)`` bootstrap samples of ``values``, each stratum resampled with
     replacement on its own (so every resample keeps each stratum's size)."""
-    x = np.asarray(values, dtype=float)
-    labels = np.asarray(strata)
     parts = []
-    for s in pd.unique(pd.Series(labels)):
-        g = x[labels == s]
+    for g in _by_stratum(np.asarray(values, dtype=float), strata):
         parts.append(g[rng.integers(0, g.size, size=(n_resamples, g.size))])
     return np.concatenate(parts, axis=1) if parts else np.empty((n_resamples, 0))
 
