@@ -267,6 +267,24 @@ def _per_row(trial_ids: pd.Series, by_trial: pd.Series) -> np.ndarray:
     return trial_ids.astype(str).map(by_trial).to_numpy(object)
 
 
+def _technique_of(tagged: pd.DataFrame) -> pd.Series:
+    """``_t`` by trial id (string), for :func:`_per_row`."""
+    return pd.Series(tagged["_t"].to_numpy(), index=tagged["trial_id"].astype(str).to_numpy())
+
+
+def _numbers(values: pd.Series) -> pd.Series:
+    """``pd.to_numeric(values.astype(str), errors="coerce")``, parsed once per distinct value
+    of a categorical (layer names of 10^6 rows)."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return pd.to_numeric(values.astype(str), errors="coerce")
+    codes = values.cat.codes.to_numpy()
+    used, inverse = np.unique(codes, return_inverse=True)
+    cats = values.cat.categories
+    words = pd.Series([str(cats[c]) if c >= 0 else "nan" for c in used], dtype=object)
+    parsed = pd.to_numeric(words, errors="coerce").to_numpy()
+    return pd.Series(parsed[inverse], index=values.index)
+
+
 def fraction_heatmaps(
     metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
 ) -> bytes | None:
@@ -321,13 +339,18 @@ def ratio_curves(
     if g.empty:
         return None
     cols = list(axes[:MAX_AXES]) or ["config"]
-    g = g[["trial_id", "step", "value"]].assign(trial_id=g["trial_id"].astype(str))
     fig, axs = _grid(1, len(cols), 4.0, 3.0)
     for ax, axis in zip(axs[0], cols, strict=False):
         tagged = _by_technique(runs, axis, views)
-        data = g.merge(tagged[["trial_id", "_t"]], on="trial_id")
-        for tech in _top_techniques(tagged, axis):
-            med = data[data["_t"] == tech].groupby("step")["value"].median()
+        techs = _top_techniques(tagged, axis)
+        data = g.assign(_t=_per_row(g["trial_id"], _technique_of(tagged)))
+        data = data[data["_t"].isin(techs)]
+        medians = data.groupby(["_t", "step"])["value"].median()
+        drawn = set(medians.index.get_level_values(0))
+        for tech in techs:
+            if tech not in drawn:
+                continue
+            med = medians.loc[tech]
             med = med[med > 0]
             if not med.empty:
                 ax.plot(med.index, med.to_numpy(), label=_short(tech), color=technique_color(tech))
@@ -360,17 +383,14 @@ def activation_stats(
     keep = (h["step"] == last) | (h["step"] == first)
     is_first = (h["step"] == first)[keep]
     h = h[keep]
-    h = h.assign(
-        trial_id=h["trial_id"].astype(str),
-        metric=h["metric"].astype(str),
-        when=np.where(is_first, "first", "last"),
-        layer=pd.to_numeric(h["layer"].astype(str), errors="coerce"),
-    )
     axis = axes[0] if axes else "config"
     tagged = _by_technique(runs, axis, views)
     techs = _top_techniques(tagged, axis)
-    data = h.merge(tagged[["trial_id", "_t"]], on="trial_id")
-    data = data[data["_t"].isin(techs)]
+    h = h.assign(
+        _t=_per_row(h["trial_id"], _technique_of(tagged)), when=np.where(is_first, "first", "last")
+    )
+    data = h[h["_t"].isin(techs)]
+    data = data.assign(metric=data["metric"].astype(str), layer=_numbers(data["layer"]))
     med = data.groupby(["_t", "metric", "when", "layer"])["value"].median().reset_index()
     fig, axs = _grid(2, 2, 4.6, 2.8)
     for ax, (metric, when) in zip(
