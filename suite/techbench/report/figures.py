@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import htmlpage
 from ..palette import technique_color
-from .settings import AxisView, technique_name
+from .settings import AxisView, technique_names
 
 MAX_DATASETS = 4
 MAX_AXES = 4
@@ -58,7 +58,7 @@ def _wrap(text: str, width: int = 38) -> str:
 def _labels(runs: pd.DataFrame, axis: str) -> pd.Series:
     """Technique names when they differ, else the settings (a sweep of one technique)."""
     setting = runs[axis].astype(str)
-    names = setting.map(technique_name)
+    names = technique_names(setting)
     return names if names.nunique() > 1 else setting
 
 
