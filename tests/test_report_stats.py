@@ -189,3 +189,58 @@ def test_poi_interval_equals_the_pairwise_bootstrap(seed):
         for x, y in pairs
     ]
     assert p == pytest.approx(np.mean(brute), abs=1e-12)
+
+
+def _reference_interval(x: np.ndarray, strata: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The documented bootstrap rebuilt: each stratum (first-seen order) resampled with
+    replacement from ``default_rng(seed)``, each resample's IQM by scipy's ``trim_mean``, except
+    that NaN sorts last and is cut (as ``np.partition``) where scipy would propagate it."""
+    draw = np.random.default_rng(seed)
+    parts = []
+    for s in pd.unique(pd.Series(strata)):
+        g = x[strata == s]
+        parts.append(g[draw.integers(0, g.size, size=(n, g.size))])
+    boot = np.concatenate(parts, axis=1)
+    k = int(0.25 * x.size)
+    ref = np.array(
+        [
+            np.partition(r, (k, x.size - k - 1))[k : x.size - k].mean()
+            if np.isnan(r).any()
+            else sst.trim_mean(r, 0.25)
+            for r in boot
+        ]
+    )
+    np.testing.assert_allclose(stats.iqm(boot, axis=1), ref, rtol=1e-12, atol=1e-12)
+    with np.errstate(invalid="ignore"):
+        return np.quantile(ref, [0.025, 0.975])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_iqm_equals_scipy_trim_mean_of_each_resample(seed: int) -> None:
+    # Equal up to summation order (atol); ties, infinities and NaN included. The second call
+    # has the same strata sizes and seed, so it reuses the first call's draws.
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.normal(size=57), 1)
+    x[[3, 9]] = np.inf
+    x[20] = -np.inf
+    if seed == 2:
+        x[5] = np.nan
+    strata = rng.choice(["b", "a", "c"], size=x.size)
+    for values in (x, np.round(rng.normal(size=x.size), 2)):
+        got = stats.stratified_bootstrap_ci(values, strata, n_resamples=700, seed=seed)
+        want = _reference_interval(values, strata, 700, seed)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_strata_split_equals_one_mask_per_stratum() -> None:
+    # Brute force: one boolean mask per distinct label, labels in first-seen order.
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(0, 60))
+        x = rng.normal(size=n)
+        labels = rng.choice(np.array(["b", "a", "c", "dd", "e"], dtype=object), size=n)
+        want = [x[labels == s] for s in dict.fromkeys(labels)]
+        got = stats._by_stratum(x, labels)
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import htmlpage
 from ..palette import technique_color
-from .settings import AxisView, technique_name
+from .settings import AxisView, technique_names
 
 MAX_DATASETS = 4
 MAX_AXES = 4
@@ -58,7 +58,7 @@ def _wrap(text: str, width: int = 38) -> str:
 def _labels(runs: pd.DataFrame, axis: str) -> pd.Series:
     """Technique names when they differ, else the settings (a sweep of one technique)."""
     setting = runs[axis].astype(str)
-    names = setting.map(technique_name)
+    names = technique_names(setting)
     return names if names.nunique() > 1 else setting
 
 
@@ -120,6 +120,17 @@ def _legend(ax: plt.Axes, **kw: Any) -> None:
         ax.legend(fontsize=FONT, **kw)
 
 
+def _health_rows(
+    metrics: pd.DataFrame, names: Sequence[str], columns: Sequence[str], on_layers: bool
+) -> pd.DataFrame:
+    """Health rows of ``names`` (per-layer rows, or with ``on_layers`` false all of them) with
+    only ``columns``: one mask over the metrics, not copies of every column of 10^7 rows."""
+    mask = (metrics["split"] == "health").to_numpy() & metrics["metric"].isin(names).to_numpy()
+    if on_layers:
+        mask = mask & (metrics["layer"] != "").to_numpy()
+    return metrics.loc[mask, list(columns)]
+
+
 def learning_curves(
     curves: pd.DataFrame,
     runs: pd.DataFrame,
@@ -136,18 +147,24 @@ def learning_curves(
     metric = str(runs["target_metric"].iloc[0])
     for i, axis in enumerate(rows):
         tagged = _by_technique(runs, axis, views)
-        data = curves.merge(tagged[["trial_id", "dataset", "_t"]], on="trial_id")
-        data["dataset"] = data["dataset"].astype(str)
         techs = _top_techniques(tagged, axis)
+        shown = tagged[tagged["_t"].isin(techs) & tagged["dataset"].astype(str).isin(datasets)]
+        data = curves[["trial_id", "epoch", "curve"]].merge(
+            shown[["trial_id", "dataset", "_t"]], on="trial_id"
+        )
+        data["dataset"] = data["dataset"].astype(str)
+        band = pd.DataFrame()
+        if not data.empty:  # one grouped pass: median and IQR per (dataset, technique, epoch)
+            keys = ["dataset", "_t", "epoch"]
+            band = data.groupby(keys)["curve"].quantile([0.25, 0.5, 0.75]).unstack()
+        have = set(band.index.droplevel("epoch")) if not band.empty else set()
         for j, ds in enumerate(datasets):
             ax = axs[i][j]
-            in_ds = data["dataset"] == ds
             drawn = False
             for tech in techs:
-                t = data[in_ds & (data["_t"] == tech)]
-                if t.empty:
+                if (ds, tech) not in have:
                     continue
-                q = t.groupby("epoch")["curve"].quantile([0.25, 0.5, 0.75]).unstack()
+                q = band.loc[(ds, tech)]
                 x = q.index.to_numpy() + 1
                 color = technique_color(tech)
                 marker = "o" if len(x) <= 3 else None
@@ -194,8 +211,7 @@ def profile_plot(
 def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
     """log10 gradient norm, layer x step, for a bounded set of representative runs (the
     lowest seed of each technique of the first compared axis on the first dataset)."""
-    h = metrics[(metrics["split"] == "health") & (metrics["metric"] == "grad_norm")]
-    h = h[h["layer"] != ""]
+    h = _health_rows(metrics, ["grad_norm"], ["trial_id", "step", "layer", "value"], True)
     if h.empty:
         return None
     ok = runs[runs["trial_id"].isin(set(h["trial_id"].unique()))]
@@ -251,19 +267,36 @@ def _per_row(trial_ids: pd.Series, by_trial: pd.Series) -> np.ndarray:
     return trial_ids.astype(str).map(by_trial).to_numpy(object)
 
 
+def _technique_of(tagged: pd.DataFrame) -> pd.Series:
+    """``_t`` by trial id (string), for :func:`_per_row`."""
+    return pd.Series(tagged["_t"].to_numpy(), index=tagged["trial_id"].astype(str).to_numpy())
+
+
+def _numbers(values: pd.Series) -> pd.Series:
+    """``pd.to_numeric(values.astype(str), errors="coerce")``, parsed once per distinct value
+    of a categorical (layer names of 10^6 rows)."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return pd.to_numeric(values.astype(str), errors="coerce")
+    codes = values.cat.codes.to_numpy()
+    used, inverse = np.unique(codes, return_inverse=True)
+    cats = values.cat.categories
+    words = pd.Series([str(cats[c]) if c >= 0 else "nan" for c in used], dtype=object)
+    parsed = pd.to_numeric(words, errors="coerce").to_numpy()
+    return pd.Series(parsed[inverse], index=values.index)
+
+
 def fraction_heatmaps(
     metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
 ) -> bytes | None:
     """Dead and saturated fractions, layer x step, median over runs, for the techniques of
     the first compared axis that record them (at most ``MAX_HEATMAPS`` panels)."""
     names = ["dead_fraction", "saturated_fraction"]
-    h = metrics[(metrics["split"] == "health") & metrics["metric"].isin(names)]
-    h = h[h["layer"] != ""]
+    h = _health_rows(metrics, names, ["trial_id", "step", "metric", "layer", "value"], True)
     if h.empty:
         return None
     axis = axes[0] if axes else "config"
     techs = _top_techniques(runs, axis)
-    h = h[["trial_id", "step", "metric", "layer", "value"]].assign(
+    h = h.assign(
         _t=_per_row(h["trial_id"], pd.Series(_labels(runs, axis).to_numpy(), runs["trial_id"]))
     )
     h = h[h["_t"].isin(techs)].assign(metric=lambda d: d["metric"].astype(str))
@@ -302,17 +335,22 @@ def ratio_curves(
     views: Mapping[str, AxisView] | None = None,
 ) -> bytes | None:
     """First/last layer gradient-norm ratio over steps: median over runs per technique."""
-    g = metrics[(metrics["split"] == "health") & (metrics["metric"] == "grad_ratio_first_last")]
+    g = _health_rows(metrics, ["grad_ratio_first_last"], ["trial_id", "step", "value"], False)
     if g.empty:
         return None
     cols = list(axes[:MAX_AXES]) or ["config"]
-    g = g[["trial_id", "step", "value"]].assign(trial_id=g["trial_id"].astype(str))
     fig, axs = _grid(1, len(cols), 4.0, 3.0)
     for ax, axis in zip(axs[0], cols, strict=False):
         tagged = _by_technique(runs, axis, views)
-        data = g.merge(tagged[["trial_id", "_t"]], on="trial_id")
-        for tech in _top_techniques(tagged, axis):
-            med = data[data["_t"] == tech].groupby("step")["value"].median()
+        techs = _top_techniques(tagged, axis)
+        data = g.assign(_t=_per_row(g["trial_id"], _technique_of(tagged)))
+        data = data[data["_t"].isin(techs)]
+        medians = data.groupby(["_t", "step"])["value"].median()
+        drawn = set(medians.index.get_level_values(0))
+        for tech in techs:
+            if tech not in drawn:
+                continue
+            med = medians.loc[tech]
             med = med[med > 0]
             if not med.empty:
                 ax.plot(med.index, med.to_numpy(), label=_short(tech), color=technique_color(tech))
@@ -336,27 +374,23 @@ def activation_stats(
 ) -> bytes | None:
     """Per-layer activation mean and std at the first and last health snapshot (median over
     runs per technique): the lecture's 10-layer activation-statistics plot."""
-    h = metrics[(metrics["split"] == "health") & metrics["metric"].isin(["act_mean", "act_std"])]
-    h = h[h["layer"] != ""]
+    cols = ["trial_id", "step", "metric", "layer", "value"]
+    h = _health_rows(metrics, ["act_mean", "act_std"], cols, True)
     if h.empty:
         return None
-    h = h[["trial_id", "step", "metric", "layer", "value"]]
     steps = h.groupby("trial_id", observed=True)["step"]
     last, first = steps.transform("max"), steps.transform("min")
     keep = (h["step"] == last) | (h["step"] == first)
     is_first = (h["step"] == first)[keep]
     h = h[keep]
-    h = h.assign(
-        trial_id=h["trial_id"].astype(str),
-        metric=h["metric"].astype(str),
-        when=np.where(is_first, "first", "last"),
-        layer=pd.to_numeric(h["layer"].astype(str), errors="coerce"),
-    )
     axis = axes[0] if axes else "config"
     tagged = _by_technique(runs, axis, views)
     techs = _top_techniques(tagged, axis)
-    data = h.merge(tagged[["trial_id", "_t"]], on="trial_id")
-    data = data[data["_t"].isin(techs)]
+    h = h.assign(
+        _t=_per_row(h["trial_id"], _technique_of(tagged)), when=np.where(is_first, "first", "last")
+    )
+    data = h[h["_t"].isin(techs)]
+    data = data.assign(metric=data["metric"].astype(str), layer=_numbers(data["layer"]))
     med = data.groupby(["_t", "metric", "when", "layer"])["value"].median().reset_index()
     fig, axs = _grid(2, 2, 4.6, 2.8)
     for ax, (metric, when) in zip(

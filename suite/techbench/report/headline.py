@@ -48,7 +48,7 @@ def _ci(boot: np.ndarray) -> tuple[float, float]:
 
 
 def _settings_text(g: pd.DataFrame) -> str:
-    values = sorted(set(g["_setting"].astype(str)))
+    values = sorted({str(v) for v in g["_setting"].unique()})
     return values[0] if len(values) == 1 else f"{len(values)} settings: " + ", ".join(values[:3])
 
 
@@ -76,7 +76,12 @@ def compare(view: AxisView, higher: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
             t: _boot_iqm(per[t]["score"].to_numpy(float), per[t]["_ctx"].to_numpy(), seed=i)
             for i, t in enumerate(order)
         }
-        ctxs = sorted(set(g["_ctx"]))
+        ctxs = sorted(set(g["_ctx"].unique()))
+        scores = {
+            t: {c: v.to_numpy(float) for c, v in r.groupby("_ctx", sort=False)["score"]}
+            for t, r in per.items()
+        }
+        none = np.empty(0)
         for rank, t in enumerate(order, 1):
             r = per[t]
             lo, hi = _ci(boots[t])
@@ -88,9 +93,7 @@ def compare(view: AxisView, higher: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
             if t != best:
                 pairs = []
                 for c in ctxs:
-                    x = sign * per[best].loc[per[best]["_ctx"] == c, "score"].to_numpy(float)
-                    y = sign * r.loc[r["_ctx"] == c, "score"].to_numpy(float)
-                    pairs.append((x, y))
+                    pairs.append((sign * scores[best].get(c, none), sign * scores[t].get(c, none)))
                 p, plo, phi = stats.poi_with_ci(pairs, n_resamples=N_RESAMPLES, seed=rank)
             else:
                 p = plo = phi = math.nan

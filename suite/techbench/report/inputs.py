@@ -126,15 +126,16 @@ def stop_reasons(trials: pd.DataFrame) -> pd.Series:
     max_steps = pd.to_numeric(
         trials.get("max_steps", pd.Series(np.nan, trials.index)), errors="coerce"
     )
-    if "config" in trials:
-        max_seconds = pd.to_numeric(trials["config"].map(lambda c: _budget(c, "max_seconds")))
-    else:
-        max_seconds = pd.Series(np.nan, trials.index)
     out = np.full(n, "epochs", dtype=object)
     hit_steps = (max_steps.notna() & (steps >= max_steps)).to_numpy()
     short = (epochs.notna() & ran.notna() & (ran < epochs)).to_numpy() & ~hit_steps
     out[hit_steps] = "steps"
-    out[short] = np.where(max_seconds.notna().to_numpy()[short], "time budget", "stopped early")
+    timed = np.zeros(int(short.sum()), dtype=bool)
+    if "config" in trials and timed.size:  # only runs cut short need their config parsed
+        budget = trials["config"].to_numpy(object)[short]
+        seconds = pd.to_numeric(pd.Series([_budget(c, "max_seconds") for c in budget]))
+        timed = seconds.notna().to_numpy()
+    out[short] = np.where(timed, "time budget", "stopped early")
     out[status == "diverged"] = "diverged"
     out[status == "failed"] = "failed"
     reasons = pd.Series(out, index=trials.index, name="stop_reason")

@@ -57,10 +57,15 @@ class AxisView:
     n_settings: int
 
 
+def technique_names(settings: pd.Series) -> pd.Series:
+    """:func:`technique_name` of each setting, computed once per distinct setting."""
+    return settings.map({v: technique_name(v) for v in settings.unique()})
+
+
 def axis_view(runs: pd.DataFrame, axis: str, axes: Sequence[str], higher: bool) -> AxisView:
     """Select, per context and technique, the setting with the best IQM score (see module doc)."""
     setting = runs[axis].astype(str)
-    names = setting.map(technique_name)
+    names = technique_names(setting)
     by_name = names.nunique() > 1
     r = runs.assign(_ctx=contexts(runs, axis, axes), _setting=setting)
     r["_tech"] = names if by_name else setting
@@ -78,7 +83,8 @@ def axis_view(runs: pd.DataFrame, axis: str, axes: Sequence[str], higher: bool) 
 
 def comparison_group(view_runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of the contexts that share the largest technique set (see module doc)."""
-    techs = view_runs.groupby("_ctx", sort=True)["_tech"].agg(lambda s: tuple(sorted(set(s))))
+    pairs = view_runs[["_ctx", "_tech"]].drop_duplicates()  # not a Python set per 10^5 runs
+    techs = pairs.groupby("_ctx", sort=True)["_tech"].agg(lambda s: tuple(sorted(set(s))))
     techs = techs[techs.map(len) >= 2]
     if techs.empty:
         return view_runs.iloc[0:0]

@@ -81,36 +81,64 @@ def _series_keys(split: pd.Series, metric: pd.Series) -> np.ndarray:
     return np.asarray(names, dtype=object)[inverse]
 
 
+def _trial_codes(trial_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, labels)``: ``labels[codes]`` are the ids as strings and codes follow the
+    labels' sort order, so grouping by codes orders groups as grouping by the strings would,
+    without turning 10^6-10^7 rows into strings first."""
+    if isinstance(trial_ids.dtype, pd.CategoricalDtype):
+        names = np.asarray([str(c) for c in trial_ids.cat.categories], dtype=object)
+        codes = trial_ids.cat.codes.to_numpy(np.int64)
+    else:
+        uniq, codes = np.unique(trial_ids.astype(str).to_numpy(object), return_inverse=True)
+        names = np.asarray(uniq, dtype=object)
+    order = np.argsort(names, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank[codes], names[order]
+
+
 def _epoch_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    m = metrics[metrics["split"].isin(["val", "train", "time", "test"])]
-    m = m[~((m["split"] == "train") & (m["metric"] == "loss"))]
-    m = m.assign(key=_series_keys(m["split"], m["metric"]), trial_id=m["trial_id"].astype(str))
-    m = m[m["split"] != "test"]
+    split, metric = metrics["split"], metrics["metric"]
+    keep = (
+        split.isin(["val", "train", "time"]).to_numpy()
+        & ~((split == "train") & (metric == "loss")).to_numpy()
+    )
+    m = metrics.loc[keep, ["trial_id", "epoch", "split", "metric", "step", "value"]]
+    codes, labels = _trial_codes(m["trial_id"])
+    m = m.assign(key=_series_keys(m["split"], m["metric"]), trial_id=codes)
     wide = m.groupby(["trial_id", "epoch", "key"], sort=True)["value"].last().unstack("key")
     steps = m[m["split"] == "val"].groupby(["trial_id", "epoch"])["step"].max()
     wide["step"] = steps.reindex(wide.index)
-    return wide.reset_index()
+    wide = wide.reset_index()
+    wide["trial_id"] = pd.Series(labels[wide["trial_id"].to_numpy()], dtype=str)
+    return wide
 
 
 def _health(metrics: pd.DataFrame) -> pd.DataFrame:
-    h = metrics[metrics["split"] == "health"]
-    if h.empty:
+    health = (metrics["split"] == "health").to_numpy()
+    if not health.any():
         return pd.DataFrame(columns=list(HEALTH_COLUMNS), index=pd.Index([], name="trial_id"))
-    glob = h[h["layer"] == ""]
-    layer = h[h["layer"] != ""]
+    is_global = (metrics["layer"] == "").to_numpy()
+    metric = metrics["metric"]
+
+    def rows(name: str, on_layers: bool) -> pd.DataFrame:
+        """One metric's health rows, only the columns used (not copies of 10^7-row frames)."""
+        mask = health & (~is_global if on_layers else is_global) & (metric == name).to_numpy()
+        return metrics.loc[mask, ["trial_id", "step", "value"]]
+
     out = {}
-    g = glob[glob["metric"] == "grad_norm_global"].groupby("trial_id", observed=True)["value"]
+    g = rows("grad_norm_global", False).groupby("trial_id", observed=True)["value"]
     out["grad_norm_median"] = g.median()
     out["grad_norm_p90"] = g.quantile(0.9)
-    gn = layer[layer["metric"] == "grad_norm"]
+    gn = rows("grad_norm", True)
     per_step = gn.groupby(["trial_id", "step"], observed=True)["value"].agg(["max", "min"])
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = per_step["max"] / per_step["min"]
     out["layer_grad_ratio"] = ratio.groupby(level="trial_id", observed=True).median()
     for name in ("dead_fraction", "saturated_fraction"):
-        sub = layer[layer["metric"] == name]
+        sub = rows(name, True)
         out[name] = sub.groupby("trial_id", observed=True)["value"].mean()
-    nf = glob[glob["metric"] == "nonfinite_grads"]
+    nf = rows("nonfinite_grads", False)
     bad = (nf["value"] > 0) | nf["value"].isna()
     out["nonfinite_share"] = bad.groupby(nf["trial_id"], observed=True).mean()
     frame = pd.DataFrame(out)
