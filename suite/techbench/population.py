@@ -12,7 +12,7 @@ from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``, d
 from ``Generator(seed + MODULE_SEED_OFFSET)``, drawn outside ``vmap`` and fed in by
 :mod:`techbench.stacked_modules`, with each member's own ``p``); its loss is its
 own mean loss (the stack's objective is the sum of the members' losses, whose gradient with
-respect to member i's parameters is member i's gradient); optimizers are elementwise: when the
+respect to member i's parameters is member i's gradient, :mod:`techbench.stacked_losses`); optimizers are elementwise: when the
 optimizer has a stacked implementation (``spec.stacked``) and the schedule is multiplicative,
 one optimizer per shared setting takes the members' ``float`` hyper-parameters as per-member
 tensors (:mod:`techbench.member_hp`; its group ``lr`` is the schedule's multiplier), else one
@@ -29,11 +29,15 @@ metrics are per member: the task's own metrics vmapped (:mod:`techbench.populati
 classification, regression and language models alike. So a member's rows equal the one-by-one run's rows within float
 tolerance (vmapped matmuls round differently), which ``tests/test_population.py`` checks.
 
-Per-member life: the per-step losses of all members go to the host every
-:data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as in the one-by-one path; a member whose loss is
-non-finite or blew up is *frozen* at that flush (its rows end where the one-by-one run's end: the
-divergence step is exact, its final metrics are taken then) and the others go on; its later
-computation is masked out of the objective and no regularizer hook acts on it.
+Per-member life is :class:`~techbench.stack_members.MemberLives`: a member whose loss diverges
+(checked every :data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as in the one-by-one path) or whose
+early stopping fires is *frozen* (its rows end where the one-by-one run's end) and the others go
+on; its later computation is masked out of the objective and no regularizer hook acts on it.
+
+The pieces: the per-member batches (:mod:`techbench.stacked_data`), the order of members and
+the optimizer groups over the stacked tensors (:mod:`techbench.stack_layout`), each member's
+loss and penalty (:mod:`techbench.stacked_losses`); this module holds the stacked state and the
+training step that ties them together.
 
 Gradient health (when enabled) is :class:`~techbench.stacked_health.StackedHealth`: on a
 snapshot step the stacked forward also returns every activation layer's output, and the
@@ -44,13 +48,9 @@ and weights, with one host transfer per snapshot for the whole stack; each membe
 
 from __future__ import annotations
 
-import copy
-import itertools
-import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -58,14 +58,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .callbacks import stub_trainer
 from .families import STACKED_DIMS
-from .lit import EVAL_CHUNK, LOSS_FLUSH_EVERY, STEPS_PER_BATCH, scan_losses, task_loss
+from .lit import EVAL_CHUNK, task_loss
 from .population_tasks import member_metrics
-from .schema import metric_row
+from .stack_layout import meta_skeleton, setting_groups
+from .stack_members import Member, MemberLives
 from .stacked_hooks import StackedHooks
+from .stacked_losses import MemberLosses
 from .stacked_modules import StackedSamples
-from .tasks import epoch_rows, rows_for_test
 
 NOISE_SEED_OFFSET = 0x7E57
 """The regularizer-noise generator of a member is seeded with ``seed + NOISE_SEED_OFFSET``, as in
@@ -78,108 +78,6 @@ warnings.filterwarnings(
 )
 """On a CPU, vmap runs PyTorch's fused attention member by member (no batching rule for the CPU
 kernel): the same kernel as the one-by-one path, so the same numbers; the warning says so."""
-
-
-@dataclass
-class Member:
-    """One trial of the stack: its network (a real module: the layout gradient health reads), seed,
-    optimizer hyper-parameters, the regularizer and what it records."""
-
-    model: nn.Module
-    seed: int
-    optimizer_params: dict[str, Any]
-    regularizer: Any
-    health: Any = None
-    regularizer_params: dict[str, Any] | None = None
-    callbacks: list[Any] = field(default_factory=list)
-    trainer: Any = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    diverged_step: int | None = None
-    frozen: bool = False
-    first_loss: float | None = None
-    best_val_loss: float = math.inf
-    steps_done: int = 0
-    epochs_done: int = 0
-    train_seconds: float = 0.0
-
-
-class StackedBatches:
-    """Per-member shuffled minibatches of one in-memory split: ``x[K, B, ...]``, ``y[K, B]``.
-
-    Member k's permutation each epoch comes from its own generator exactly as
-    :class:`techbench.lit.ShuffledBatches` draws it, and the batch bounds are the same (a tail
-    of one sample folded into the previous batch), so member k sees trial k's batches.
-    """
-
-    def __init__(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batch_size: int,
-        generators: Sequence[torch.Generator],
-        group: int = STEPS_PER_BATCH,
-    ) -> None:
-        from .lit import ShuffledBatches
-
-        self.x, self.y, self.generators = x, y, list(generators)
-        self.bounds = ShuffledBatches(x, y, batch_size, torch.Generator()).bounds
-        self.group = max(int(group), 1)
-
-    @property
-    def num_minibatches(self) -> int:
-        return len(self.bounds) - 1
-
-    def __len__(self) -> int:
-        return -(-self.num_minibatches // self.group)
-
-    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        n = len(self.x)
-        perms = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
-        perms = perms.to(self.x.device)
-        xs, ys = self.x[perms], self.y[perms]
-        pairs = [(xs[:, lo:hi], ys[:, lo:hi]) for lo, hi in itertools.pairwise(self.bounds)]
-        for i in range(0, len(pairs), self.group):
-            yield pairs[i : i + self.group]
-
-
-class StackedDataModule(pl.LightningDataModule):
-    """The shared splits on the training device, batched per member (:class:`StackedBatches`)."""
-
-    def __init__(self, splits: Any, batch_size: int, seeds: Sequence[int]) -> None:
-        super().__init__()
-        self.splits = splits
-        self.batch_size = batch_size
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.tensors: dict[str, torch.Tensor] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        device = (
-            self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        )
-        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-            self.tensors[name] = getattr(self.splits, name).to(device)
-
-    def train_dataloader(self) -> StackedBatches:
-        t = self.tensors
-        return StackedBatches(t["x_train"], t["y_train"], self.batch_size, self.generators)
-
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        return batch  # already on the device
-
-
-class _Probe(nn.Module):
-    """Calls a regularizer hook on the wrapped network inside ``functional_call``, so that the
-    hook sees one member's parameters (vmap hides the member dimension)."""
-
-    def __init__(self, net: nn.Module, hook: Callable[[nn.Module], Any]) -> None:
-        super().__init__()
-        self.net = net
-        self.hook = hook
-
-    def forward(self) -> Any:
-        return self.hook(self.net)
 
 
 class StackedModule(pl.LightningModule):
@@ -217,7 +115,7 @@ class StackedModule(pl.LightningModule):
         # a list, so that Lightning's device moves skip the parameter-less skeleton
         self._skeleton = [meta_skeleton(self.members[0].model)]
         params, buffers = stack_module_state([m.model for m in self.members])
-        groups = _groups(
+        groups = setting_groups(
             [m.optimizer_params for m in self.members],
             group_key if stacked_optimizer_factory is not None else None,
         )
@@ -250,22 +148,25 @@ class StackedModule(pl.LightningModule):
         from .callbacks import overrides
         from .families import Regularizer
 
-        self._uses = {
-            hook: overrides(self.regularizer, hook, Regularizer)
-            for hook in ("transform_batch", "penalty", "loss")
-        }
-        # vmapped hooks may use members[0]'s instance only when every member's is set alike
-        self._shared_regularizer = all(
-            m.regularizer_params == self.members[0].regularizer_params for m in self.members
+        self._transform_batch = overrides(self.regularizer, "transform_batch", Regularizer)
+        self.member_losses = MemberLosses(
+            task,
+            self.loss_fn,
+            self.base,
+            [m.regularizer for m in self.members],
+            replaced=overrides(self.regularizer, "loss", Regularizer),
+            penalized=overrides(self.regularizer, "penalty", Regularizer),
+            # vmapped hooks may use members[0]'s instance only when every member's is set alike
+            shared=all(
+                m.regularizer_params == self.members[0].regularizer_params for m in self.members
+            ),
         )
         self.hooks = StackedHooks(
             [m.regularizer for m in self.members], [m.model for m in self.members]
         )
-        self._losses: list[torch.Tensor] = []
-        self._loss_steps: list[tuple[int, int]] = []
+        self.lives = MemberLives(self.members, task)
         self._schedulers: list[Any] = []
         self._generators: list[torch.Generator] = []
-        self._alive: torch.Tensor | None = None
         self.best: dict[str, torch.Tensor] | None = None
         self.steps_done = 0
         self._fit_start = 0.0
@@ -349,7 +250,6 @@ class StackedModule(pl.LightningModule):
             torch.Generator(device=device).manual_seed(m.seed + NOISE_SEED_OFFSET)
             for m in self.members
         ]
-        self._alive = torch.ones(len(self.members), dtype=torch.bool, device=device)
         if self._samples is not None:
             self._samples.start(device)
         tensors = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
@@ -363,12 +263,7 @@ class StackedModule(pl.LightningModule):
             for m in self.members:
                 m.model.to(device=device, dtype=dtype)
             self.hooks.bind(self._leaf, self.trainer.optimizers, self._group_of)
-        for m in self.members:
-            m.callbacks = list(m.regularizer.callbacks())
-            if m.callbacks:
-                m.trainer = stub_trainer()
-                for cb in m.callbacks:
-                    cb.setup(m.trainer, self, "fit")
+        self.lives.start(device, self)
         if all(m.health is not None for m in self.members):
             from .callbacks import overrides
             from .families import Regularizer
@@ -393,7 +288,7 @@ class StackedModule(pl.LightningModule):
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         step = self.steps_done
-        if self._uses["transform_batch"]:
+        if self._transform_batch:
             pairs = [
                 m.regularizer.transform_batch(x[k], y[k], self._generators[k])
                 for k, m in enumerate(self.members)
@@ -401,7 +296,7 @@ class StackedModule(pl.LightningModule):
             x = torch.stack([p[0] for p in pairs])
             y = torch.stack([p[1] for p in pairs])
         health = self._health
-        snap = health is not None and health.due(step) and not all(m.frozen for m in self.members)
+        snap = health is not None and health.due(step) and not self.lives.all_ended
         params, buffers = self.stacked_params(), self.stacked_buffers()
         samples = () if self._samples is None else self._samples.draw(params, buffers, x)
         if snap:
@@ -409,9 +304,9 @@ class StackedModule(pl.LightningModule):
             health.begin(step, epoch, acts)
         else:
             out = vmap(self._forward)(params, buffers, x, samples)
-        losses = self._member_losses(out, y, params)
-        assert self._alive is not None
-        objective = torch.where(self._alive, losses, torch.zeros_like(losses)).sum()
+        losses = self.member_losses(out, y, params)
+        assert self.lives.alive is not None
+        objective = torch.where(self.lives.alive, losses, torch.zeros_like(losses)).sum()
         for opt in self.trainer.optimizers:
             opt.zero_grad(set_to_none=True)
         objective.backward()
@@ -426,72 +321,17 @@ class StackedModule(pl.LightningModule):
         assert self._count_step is not None
         self._count_step()
         if self.hooks.active:
-            self.hooks.after_step(self._live())
+            self.hooks.after_step(self.lives.live())
         if snap:
             health.end([not m.frozen for m in self.members])
         for scheduler in self._schedulers:
             scheduler.step()
-        self._losses.append(losses.detach())
-        self._loss_steps.append((step, epoch))
+        flush = self.lives.record(losses, step, epoch)
         self.steps_done += 1
-        if len(self._losses) >= LOSS_FLUSH_EVERY:
+        if flush:
             self._flush_losses()
 
-    def _member_losses(
-        self, out: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """Each member's training loss ``[K]``: task (or regularizer) loss plus penalty."""
-        r = self.regularizer
-        replaced = self._uses["loss"]
-
-        def loss_with(reg: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-            def member_loss(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                if replaced:
-                    value = reg.loss(o, t)
-                    if value is not None:
-                        return value
-                return self.loss_fn(o, t)
-
-            return member_loss
-
-        if not replaced and self.task == "classification":
-            # the per-member mean cross-entropy in one call (vmap costs more than the math)
-            flat = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
-            losses = flat.view(y.shape[0], -1).mean(dim=1)
-        elif replaced and not self._shared_regularizer:
-            losses = torch.stack(
-                [loss_with(m.regularizer)(out[k], y[k]) for k, m in enumerate(self.members)]
-            )
-        else:
-            losses = vmap(loss_with(r))(out, y)
-        if self._uses["penalty"]:
-            named = {"net." + k: v for k, v in params.items()}
-
-            def penalty_with(reg: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-                probe = _Probe(self.base, reg.penalty)
-
-                def member_penalty(p: dict[str, torch.Tensor]) -> torch.Tensor:
-                    term = functional_call(probe, p, ())
-                    if term is None:
-                        return torch.zeros((), dtype=losses.dtype, device=losses.device)
-                    return term
-
-                return member_penalty
-
-            if self._shared_regularizer:
-                losses = losses + vmap(penalty_with(r))(named)
-            else:  # members set differently: one call each
-                terms = [
-                    penalty_with(m.regularizer)({n: v[k] for n, v in named.items()})
-                    for k, m in enumerate(self.members)
-                ]
-                losses = losses + torch.stack(terms).to(losses.device)
-        return losses
-
     # -- per-member gradient and after-step hooks on views of the stack -----------------------
-
-    def _live(self) -> list[int]:
-        return [k for k, m in enumerate(self.members) if not m.frozen]
 
     def _rows(self, lo: int, hi: int) -> list[torch.Tensor]:
         """Gradient rows of members ``lo..hi-1`` (one optimizer group) of every parameter."""
@@ -503,49 +343,26 @@ class StackedModule(pl.LightningModule):
     def _transform_gradients(self, step: int) -> None:
         """Every live member's ``transform_gradients`` (after health's pre-transform norm and
         before its gradient metrics, as in the one-by-one order)."""
-        live = self._live()
+        live = self.lives.live()
         bound = self.hooks.needs_grads(live, self._group_of)
         self.hooks.bind_grads(bound)
         self.hooks.transform_gradients(live, self._group_of, step, self._generators, self._rows)
         self.hooks.release_grads(bound)
 
     def _flush_losses(self) -> None:
-        if not self._losses:
-            return
-        values = torch.stack(self._losses).double().t().tolist()  # [K][steps]
-        newly_frozen = []
-        for k, m in enumerate(self.members):
-            if m.frozen:
-                continue
-            rows, m.first_loss, m.diverged_step = scan_losses(
-                self._loss_steps, values[k], m.first_loss
-            )
-            m.rows += rows
-            if m.diverged_step is not None:
-                newly_frozen.append(k)
-        self._losses.clear()
-        self._loss_steps.clear()
-        if newly_frozen:
-            self._freeze(newly_frozen)
+        diverged = self.lives.flush()
+        if diverged:
+            self._freeze(diverged)
 
     def _freeze(self, ks: Sequence[int]) -> None:
         """Members ``ks`` diverged: their epoch-end time row and test rows now, as the one-by-one
         run records them when it stops; then they drop out of the objective."""
-        assert self._alive is not None
         seconds = time.perf_counter() - self._fit_start - self.eval_seconds
         test = self._test_values()
-        for k in ks:
-            m = self.members[k]
-            m.frozen = True
-            self._alive[k] = False
-            m.steps_done = self.steps_done
-            m.epochs_done = self.current_epoch + 1
-            m.train_seconds = seconds
-            m.rows.append(
-                metric_row(self.steps_done, self.current_epoch, "time", "seconds", seconds)
-            )
-            m.rows += self._test_rows(k, test, max(m.epochs_done - 1, 0))
-        if all(m.frozen for m in self.members):
+        self.lives.clock(ks, self.steps_done, self.current_epoch, seconds)
+        self.lives.freeze(ks)
+        self.lives.add_test_rows(ks, test, self.steps_done)
+        if self.lives.all_ended:
             self.trainer.should_stop = True
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -576,11 +393,8 @@ class StackedModule(pl.LightningModule):
         now = time.perf_counter()
         seconds = now - self._fit_start - self.eval_seconds
         step, epoch = self.steps_done, self.current_epoch
-        live = [k for k, m in enumerate(self.members) if not m.frozen]
-        for k in live:
-            m = self.members[k]
-            m.train_seconds, m.epochs_done, m.steps_done = seconds, epoch + 1, step
-            m.rows.append(metric_row(step, epoch, "time", "seconds", seconds))
+        live = self.lives.live()
+        self.lives.clock(live, step, epoch, seconds)
         if not live:
             return
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
@@ -589,52 +403,16 @@ class StackedModule(pl.LightningModule):
         train = self.evaluate(params, buffers, t["x_train"], t["y_train"])
         val = self.evaluate(params, buffers, t["x_val"], t["y_val"])
         values = torch.cat([train, val], dim=1).tolist()  # [K][2M], one transfer
-        improved = []
-        metrics: dict[int, dict[str, float]] = {}
-        for k in live:
-            m = self.members[k]
-            rows, metrics[k] = epoch_rows(
-                self.task, step, epoch, values[k][: train.shape[1]], values[k][train.shape[1] :]
-            )
-            m.rows += rows
-            if metrics[k]["val_loss"] < m.best_val_loss:
-                m.best_val_loss = metrics[k]["val_loss"]
-                improved.append(k)
+        metrics, improved = self.lives.epoch_metrics(live, step, epoch, values, train.shape[1])
         if improved:
             self._keep_best(improved, params, buffers)
-        self._member_callbacks(live, metrics, epoch, step)
-        self.eval_seconds += time.perf_counter() - now
-
-    def _member_callbacks(
-        self, live: Sequence[int], metrics: Mapping[int, dict[str, float]], epoch: int, step: int
-    ) -> None:
-        """Each member's regularizer callbacks (early stopping) see that member's epoch metrics
-        through its own :func:`techbench.callbacks.stub_trainer`, as Lightning's would after the module's epoch
-        end; a member they stop ends now, with its test rows, and the others go on."""
-        stopped = []
-        for k in live:
-            m = self.members[k]
-            if not m.callbacks:
-                continue
-            trainer = m.trainer
-            trainer.callback_metrics = {key: torch.tensor(v) for key, v in metrics[k].items()}
-            trainer.current_epoch, trainer.global_step = epoch, step
-            for cb in m.callbacks:
-                cb.on_validation_end(trainer, self)
-            for cb in m.callbacks:
-                cb.on_train_epoch_end(trainer, self)
-            if trainer.should_stop:
-                stopped.append(k)
-        if stopped:
-            assert self._alive is not None
-            test = self._test_values()
-            for k in stopped:
-                m = self.members[k]
-                m.rows += self._test_rows(k, test, max(m.epochs_done - 1, 0))
-                m.frozen = True
-                self._alive[k] = False
-            if all(m.frozen for m in self.members):
+        stopped = self.lives.callbacks_stop(live, metrics, epoch, step, self)
+        if stopped:  # members their callbacks stop end now, with their test rows
+            self.lives.add_test_rows(stopped, self._test_values(), self.steps_done)
+            self.lives.freeze(stopped)
+            if self.lives.all_ended:
                 self.trainer.should_stop = True
+        self.eval_seconds += time.perf_counter() - now
 
     def _keep_best(
         self,
@@ -652,13 +430,9 @@ class StackedModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self._flush_losses()
-        live = [k for k, m in enumerate(self.members) if not m.frozen]
-        if not live:
-            return
-        test = self._test_values()
-        for k in live:
-            m = self.members[k]
-            m.rows += self._test_rows(k, test, max(m.epochs_done - 1, 0))
+        live = self.lives.live()
+        if live:
+            self.lives.add_test_rows(live, self._test_values(), self.steps_done)
 
     def _test_values(self) -> dict[str, list[list[float]]]:
         """Test metrics ``[K][M]`` of every member at its final and at its best-validation
@@ -672,14 +446,6 @@ class StackedModule(pl.LightningModule):
             best_b = {n: self.best[n] for n in self.buffer_names}
             out["best"] = self.evaluate(best_p, best_b, t["x_test"], t["y_test"])
         return {key: value.tolist() for key, value in out.items()}
-
-    def _test_rows(
-        self, k: int, test: Mapping[str, list[list[float]]], epoch: int
-    ) -> list[dict[str, Any]]:
-        m = self.members[k]
-        best = test["best"][k] if "best" in test and math.isfinite(m.best_val_loss) else None
-        step = self.steps_done if not m.frozen else m.steps_done
-        return rows_for_test(self.task, step, epoch, test["final"][k], best)
 
     # -- gradient health -----------------------------------------------------------------------
 
@@ -701,51 +467,3 @@ class StackedModule(pl.LightningModule):
             for handle in handles:
                 handle.remove()
         return out, tuple(captured[i] for i in range(len(self._act_modules)))
-
-
-def meta_skeleton(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with meta tensors, for ``functional_call``; tied parameters stay tied
-    (``.to("meta")`` would untie them: a tied head would keep a meta weight)."""
-    memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(model, memo)
-
-
-def _groups(
-    settings: Sequence[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Any] | None = None
-) -> list[tuple[int, int, dict[str, Any]]]:
-    """Contiguous runs of optimizer settings equal under ``key`` (default: equal settings):
-    ``(start, stop, first setting)``.
-
-    The caller orders members so that equal keys are adjacent (:func:`order_members`).
-    """
-    out: list[tuple[int, int, dict[str, Any]]] = []
-    keys: list[Any] = []
-    for i, hp in enumerate(settings):
-        k = dict(hp) if key is None else key(hp)
-        if out and keys[-1] == k:
-            out[-1] = (out[-1][0], i + 1, out[-1][2])
-        else:
-            out.append((i, i + 1, dict(hp)))
-            keys.append(k)
-    return out
-
-
-def order_members(
-    configs: Sequence[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Any] | None = None
-) -> list[int]:
-    """Indices of ``configs`` with equal optimizer settings (equal ``key(settings)`` when
-    given) adjacent, in first appearance order."""
-    import json
-
-    keys = [
-        json.dumps(c["optimizer"]["params"], sort_keys=True)
-        if key is None
-        else key(c["optimizer"]["params"])
-        for c in configs
-    ]
-    first = {key: i for i, key in reversed(list(enumerate(keys)))}
-    return sorted(range(len(configs)), key=lambda i: (first[keys[i]], i))

@@ -418,7 +418,10 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
     from .health import GradientHealth
     from .lit import build_trainer
     from .member_hp import create_stacked, optimizer_stacks_hyperparams, shared_key
-    from .population import Member, StackedDataModule, StackedModule, order_members
+    from .population import StackedModule
+    from .stack_layout import order_members
+    from .stack_members import Member
+    from .stacked_data import StackedDataModule
 
     first = cfgs[0]
     specs, splits = _prepare(first, registry)
