@@ -10,24 +10,23 @@ Member i is trial i: its network is built exactly as :func:`techbench.trial.run_
 stacked; every random stream is per member and seeded as in the one-by-one path (batch order
 from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``, dropout masks
 from ``Generator(seed + MODULE_SEED_OFFSET)``, drawn outside ``vmap`` and fed in by
-:mod:`techbench.stacked_modules`, with each member's own ``p``); its loss is its
-own mean loss (the stack's objective is the sum of the members' losses, whose gradient with
-respect to member i's parameters is member i's gradient, :mod:`techbench.stacked_losses`); optimizers are elementwise: when the
-optimizer has a stacked implementation (``spec.stacked``) and the schedule is multiplicative,
-one optimizer per shared setting takes the members' ``float`` hyper-parameters as per-member
-tensors (:mod:`techbench.member_hp`; its group ``lr`` is the schedule's multiplier), else one
-``fast`` optimizer per distinct setting, with the schedule over it. Each member has its own
-regularizer instance (its own hyper-parameters): ``penalty`` and ``loss`` hooks run member by
-member inside ``vmap`` through ``functional_call`` (a loop of ``functional_call`` when the
-members' hyper-parameters differ), ``transform_batch`` in a loop with each member's generator;
-``transform_gradients`` and ``after_step`` run on the member's own network, whose parameters and
-gradients are views of its rows of the stack, in the one-by-one order (backward, health's
-pre-transform norm, transforms, health's gradient metrics, optimizer step, after-step hooks,
-schedule), or once for a run of members through a regularizer's stacked implementation
-(:mod:`techbench.stacked_hooks`). Epoch-end evaluation, best-validation weights and test
-metrics are per member: the task's own metrics vmapped (:mod:`techbench.population_tasks`), for
-classification, regression and language models alike. So a member's rows equal the one-by-one run's rows within float
-tolerance (vmapped matmuls round differently), which ``tests/test_population.py`` checks.
+:mod:`techbench.stacked_modules`, with each member's own ``p``); its loss is its own mean loss
+(:mod:`techbench.stacked_losses`: the stack's objective is the sum of the members' losses);
+optimizers are elementwise: when the optimizer has a stacked implementation (``spec.stacked``)
+and the schedule is multiplicative, one optimizer per shared setting takes the members'
+``float`` hyper-parameters as per-member tensors (:mod:`techbench.member_hp`; its group ``lr``
+is the schedule's multiplier), else one ``fast`` optimizer per distinct setting, with the
+schedule over it. Each member has its own regularizer instance (its own hyper-parameters):
+``penalty`` and ``loss`` hooks run member by member (:mod:`techbench.stacked_losses`),
+``transform_batch`` in a loop with each member's generator; ``transform_gradients`` and
+``after_step`` run on the member's own network, whose parameters and gradients are views of its
+rows of the stack, in the one-by-one order (backward, health's pre-transform norm, transforms,
+health's gradient metrics, optimizer step, after-step hooks, schedule), or once for a run of
+members through a regularizer's stacked implementation (:mod:`techbench.stacked_hooks`).
+Epoch-end evaluation, best-validation weights and test metrics are per member: the task's own
+metrics vmapped (:mod:`techbench.population_tasks`), for classification, regression and language
+models alike. So a member's rows equal the one-by-one run's rows within float tolerance (vmapped
+matmuls round differently), which ``tests/test_population.py`` checks.
 
 Per-member life is :class:`~techbench.stack_members.MemberLives`: a member whose loss diverges
 (checked every :data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as in the one-by-one path) or whose
