@@ -269,3 +269,24 @@ def test_the_executor_stores_a_stack_as_one_batch(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(_sorted(metrics), _rows(list(by_id.values())))
     again = execute(configs, out, workers=1, stack=4, progress=False)
     assert again.already == 4 and ran == [4]
+
+
+def test_status_lists_orphan_batch_files_and_clean_removes_them(tmp_path, capsys):
+    """A batch file no meta names (a writer killed before its members' metas) holds no result:
+    ``status`` counts it (as the store's own scan finds it) and ``clean --corrupt`` removes it."""
+    import shutil
+
+    from techbench.cli import main
+
+    out = tmp_path / "out"
+    store = ResultStore(out)
+    store.write_batch([_outcome(s) for s in range(2)], "m")
+    (used,) = list((out / "batches").glob("*.parquet"))
+    shutil.copy(used, out / "batches" / "leftover.parquet")
+    assert inspect_store(out).orphan_batches == store.orphan_batches() == ["leftover"]
+    assert main(["status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "orphan batch files (no trial names them; no result lost): 1" in printed
+    assert f"techbench clean {out} --corrupt" in printed
+    assert main(["clean", str(out), "--corrupt"]) == 0
+    assert inspect_store(out).orphan_batches == [] and len(store.statuses()) == 2

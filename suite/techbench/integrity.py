@@ -62,6 +62,9 @@ class StoreReport:
     matrix_file: str | None = None
     versions: dict[str, int] = field(default_factory=dict)
     """"distribution version" of the trials' techniques -> number of trials using it."""
+    orphan_batches: list[str] = field(default_factory=list)
+    """Batch files no trial's meta names (a writer killed between a stack's rows and its
+    members' metas): they hold no result, and ``clean --corrupt`` removes them."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class StoreReport:
             "matrices": self.matrices,
             "matrix_json": self.matrix_file,
             "plugin_versions": self.versions,
+            "orphan_batches": self.orphan_batches,
         }
 
 
@@ -101,11 +105,12 @@ def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreRepo
     counts: Counter[str] = Counter({s: 0 for s in STATUSES})
     matrices: Counter[str] = Counter()
     versions: Counter[str] = Counter()
+    used: set[str] = set()
     for tid in store.trial_ids():
-        if tid in report.corrupt:
-            continue
         meta = store.read_meta(tid)
-        if meta is None:
+        if meta is not None and meta.get("batch"):
+            used.add(str(meta["batch"]))
+        if tid in report.corrupt or meta is None:
             continue
         status = str(meta.get("status"))
         counts[status] += 1
@@ -114,6 +119,9 @@ def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreRepo
         if status == "failed":
             report.failed[tid] = error_line(meta.get("error"))
     report.counts = dict(counts)
+    if store.batches_dir.is_dir():
+        files = {p.stem for p in store.batches_dir.glob("*.parquet")}
+        report.orphan_batches = sorted(files - used)
     report.matrices = dict(matrices.most_common())
     report.versions = dict(sorted(versions.items()))
     if store.locks_dir.is_dir():

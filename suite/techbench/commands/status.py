@@ -75,10 +75,15 @@ def main(args: argparse.Namespace) -> int:
         f"{len(report.held_locks)} held by running trials"
         + (": " + ", ".join(report.held_locks[:SHOW]) if report.held_locks else "")
     )
+    if report.orphan_batches:
+        print(
+            f"  orphan batch files (no trial names them; no result lost): "
+            f"{len(report.orphan_batches)}"
+        )
     hints = []
     if report.failed:
         hints.append(f"techbench clean {out} --failed")
-    if report.corrupt:
+    if report.corrupt or report.orphan_batches:
         hints.append(f"techbench clean {out} --corrupt")
     if report.stale_locks:
         hints.append(f"techbench clean {out} --locks")
