@@ -728,6 +728,61 @@ _LOCATION_KEYS = ("trial_id", "batch", "metrics_bytes", "metrics_sha256")
 """What the metric loaders need of a trial's meta (the rest is flattened and let go)."""
 
 
+_SCAN_PROCESSES = 4096
+"""From this many trials on, metas are parsed by a pool of processes (JSON parsing holds the
+GIL, so threads only overlap the file reads); below it, process start-up costs more."""
+
+
+def _scan_chunk(store: str, chunk: list[str]) -> list[tuple[str, Any, Any, str | None]]:
+    """``(name, flattened row, location, problem)`` of each trial folder in ``chunk``."""
+    root = os.path.join(store, "trials")
+    sizes: dict[str, int | OSError] = {}
+    found: list[tuple[str, Any, Any, str | None]] = []
+    for name in chunk:
+        folder = os.path.join(root, name)
+        meta, why = _load_meta(os.path.join(folder, META_FILE))
+        if meta is None:
+            if why == "meta.json is missing" and not os.path.exists(folder):
+                continue
+            found.append((name, None, None, why))
+            continue
+        path: str | None = os.path.join(folder, METRICS_FILE)
+        label = METRICS_FILE
+        if meta.get("batch") is not None:
+            path, label = _batch_location(store, meta["batch"])
+        why = meta_problem(name, meta, path, label, sizes)
+        if why is not None:
+            found.append((name, None, None, why))
+            continue
+        where = {k: meta.get(k) for k in _LOCATION_KEYS}
+        found.append((name, _flatten(meta), where, None))
+    return found
+
+
+def _map_scan(
+    store: str, chunks: list[list[str]]
+) -> Iterator[list[tuple[str, Any, Any, str | None]]]:
+    """:func:`_scan_chunk` over ``chunks``, in order: by two forked processes for large stores
+    (threads where a process cannot fork, e.g. a daemonic worker), else by two threads."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [store] * len(chunks)
+    if (
+        sum(map(len, chunks)) >= _SCAN_PROCESSES
+        and "fork" in multiprocessing.get_all_start_methods()
+    ):
+        try:
+            pool: Any = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+            with pool:
+                yield from pool.map(_scan_chunk, jobs, chunks)
+            return
+        except (OSError, AssertionError):
+            pass
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        yield from threads.map(_scan_chunk, jobs, chunks)
+
+
 def _scan_trials(
     out: str | os.PathLike[str],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
@@ -735,47 +790,21 @@ def _scan_trials(
     flattened (:func:`_flatten`) and its :data:`_LOCATION_KEYS`, in trial-id order; corrupt
     ones with their problem (no digests). A whole meta is kept only while it is flattened (at
     100,000 trials the parsed metas would take about a gigabyte), and the folders are read in
-    chunks by two threads (file reads overlap the parsing)."""
+    chunks by two workers (:func:`_map_scan`)."""
     root = os.path.join(os.fspath(out), "trials")
     try:
         names = sorted(p.name for p in os.scandir(root) if p.is_dir())
     except FileNotFoundError:
         return [], [], {}
-    sizes: dict[str, int | OSError] = {}
-    store = os.fspath(out)
-
-    def scan(chunk: list[str]) -> list[tuple[str, Any, Any, str | None]]:
-        found: list[tuple[str, Any, Any, str | None]] = []
-        for name in chunk:
-            folder = os.path.join(root, name)
-            meta, why = _load_meta(os.path.join(folder, META_FILE))
-            if meta is None:
-                if why == "meta.json is missing" and not os.path.exists(folder):
-                    continue
-                found.append((name, None, None, why))
-                continue
-            path: str | None = os.path.join(folder, METRICS_FILE)
-            label = METRICS_FILE
-            if meta.get("batch") is not None:
-                path, label = _batch_location(store, meta["batch"])
-            why = meta_problem(name, meta, path, label, sizes)
-            if why is not None:
-                found.append((name, None, None, why))
-                continue
-            where = {k: meta.get(k) for k in _LOCATION_KEYS}
-            found.append((name, _flatten(meta), where, None))
-        return found
-
     chunks = [names[i : i + 512] for i in range(0, len(names), 512)]
     rows, where, corrupt = [], [], {}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for found in pool.map(scan, chunks):
-            for name, row, loc, why in found:
-                if why is not None:
-                    corrupt[name] = why
-                else:
-                    rows.append(row)
-                    where.append(loc)
+    for found in _map_scan(os.fspath(out), chunks):
+        for name, row, loc, why in found:
+            if why is not None:
+                corrupt[name] = why
+            else:
+                rows.append(row)
+                where.append(loc)
     return rows, where, corrupt
 
 

@@ -1,5 +1,6 @@
 """Assemble the report: load and tabulate once, then run each of :data:`.sections.SECTIONS`
-and write its CSVs, then the page (``index.html``, via :func:`techbench.htmlpage.write_page`).
+and write its CSVs (:mod:`.parallel`: on both cores for a large store), then the page
+(``index.html``, via :func:`techbench.htmlpage.write_page`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import htmlpage as html
-from . import analyze, atomic, headline, inputs, scoring, sections, settings, tables
+from . import analyze, atomic, headline, inputs, parallel, scoring, sections, settings, tables
 from .sections import ReportContext
 
 REPORT_LIBS = ("techbench", "pandas", "scipy", "seaborn", "matplotlib", "scikit-posthocs")
@@ -258,15 +259,16 @@ def build(
 def _write(ctx: ReportContext, stage: Path, start: float) -> None:
     page: list[html.PageSection] = []
     written: set[str] = set()
-    for make in sections.SECTIONS:
-        section = make(ctx)
-        for name, df in section.csvs.items():
+    makers = list(sections.SECTIONS)
+    for make, (anchor, heading, blocks, csvs) in zip(
+        makers, parallel.render_sections(makers, ctx, stage), strict=True
+    ):
+        for name in csvs:
             if name in written:
                 raise RuntimeError(f"report sections write {name} twice ({make.__name__})")
             written.add(name)
-            df.to_csv(stage / name, index=False)
-        if section.blocks:
-            page.append((section.anchor, section.heading, section.blocks))
+        if blocks:
+            page.append((anchor, heading, blocks))
     header = _header(ctx, time.perf_counter() - start)
     title = f"techbench report: {ctx.matrix.get('name') or ctx.out.name}"
     html.write_page(stage / "index.html", title, header, page)
