@@ -61,7 +61,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -839,12 +839,18 @@ def _read_metrics(path: str, meta: Mapping[str, Any] | None) -> tuple[Any, str |
     return _parse_metrics(data)
 
 
-def _without_step_loss(table: Any) -> Any:
+def _without(table: Any, series: Collection[tuple[str, str]]) -> Any:
+    """``table`` less its rows of the ``(split, metric)`` series in ``series``."""
     import pyarrow.compute as pc
 
+    if not series:
+        return table
     split, metric = table.column("split"), table.column("metric")
-    step_loss = pc.and_(pc.equal(split, "train"), pc.equal(metric, "loss"))
-    return table.filter(pc.invert(step_loss))
+    dropped = None
+    for s, m in series:
+        hit = pc.and_(pc.equal(split, s), pc.equal(metric, m))
+        dropped = hit if dropped is None else pc.or_(dropped, hit)
+    return table.filter(pc.invert(dropped))
 
 
 def _read_batch(
@@ -959,6 +965,7 @@ def load_metrics(
     trial_ids: Iterable[str],
     *,
     keep_step_loss: bool = True,
+    skip: Collection[tuple[str, str]] = (),
     metas: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> pd.DataFrame:
     """The metric rows of ``trial_ids`` with a leading ``trial_id`` column.
@@ -968,7 +975,9 @@ def load_metrics(
     and hashed once for all the members asked for; a trial with its own file is read whole by a
     small thread pool (per-file scan machinery costs more than the read for files this small),
     in chunks so that transient Arrow memory stays bounded at 100,000 trials.
-    ``keep_step_loss=False`` drops the per-step training loss, which no report table uses.
+    ``keep_step_loss=False`` drops the per-step training loss, which no report table uses;
+    ``skip`` drops the rows of other ``(split, metric)`` series a caller has no use for (at
+    100,000 trials each per-layer health series is about 1.5 million rows).
     ``metas`` (trial id -> its ``meta.json``; read here when not given) locates each trial's
     rows and has each file checked against its recorded SHA-256; trials whose file fails it or
     does not parse contribute no rows and are listed in ``attrs["corrupt"]`` as
@@ -979,6 +988,7 @@ def load_metrics(
 
     store = os.fspath(out)
     ids = list(trial_ids)
+    dropped = {*skip, *([] if keep_step_loss else [("train", "loss")])}
     if metas is None:
         metas = {t: _load_meta(os.path.join(store, "trials", t, META_FILE))[0] for t in ids}
     corrupt: dict[str, str] = {}
@@ -1006,15 +1016,14 @@ def load_metrics(
             table, bad = _read_batch(path, label, members, metas)
             corrupt.update(bad)
             if table is not None:
-                tables.append(table if keep_step_loss else _without_step_loss(table))
+                tables.append(_without(table, dropped))
         if len(tables) > 1:  # one table per chunk: fewer, larger pieces for :func:`_frame`
             tables = [pa.concat_tables(tables).unify_dictionaries().combine_chunks()]
         return tables
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         parts = _read_alone(out, alone, metas, corrupt, pool)
-        if not keep_step_loss:
-            parts = [_without_step_loss(p) for p in parts]
+        parts = [_without(p, dropped) for p in parts]
         items = list(batches.items())
         for tables in pool.map(read, [items[i : i + 64] for i in range(0, len(items), 64)]):
             parts += tables
@@ -1032,7 +1041,10 @@ def load_metrics(
 
 
 def load_results(
-    out: str | os.PathLike[str], *, keep_step_loss: bool = True
+    out: str | os.PathLike[str],
+    *,
+    keep_step_loss: bool = True,
+    skip: Collection[tuple[str, str]] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(trials, metrics)`` DataFrames of every sound stored trial: the one reader of a store.
 
@@ -1043,7 +1055,8 @@ def load_results(
     ``versions``, ``techniques`` and ``data_info`` as JSON), ``plugins`` (JSON list of the non-built-in
     "distribution version" the trial used, :func:`techbench.provenance.plugin_sources`) and
     ``config`` (the canonical JSON). ``metrics``: the long table
-    (trial_id, step, epoch, split, metric, layer, value), see :func:`load_metrics`.
+    (trial_id, step, epoch, split, metric, layer, value), see :func:`load_metrics` (and its
+    ``keep_step_loss`` and ``skip``).
 
     Corrupt trials (unreadable or inconsistent files, see the module docstring) are in neither
     frame: ``trials.attrs["corrupt"]`` maps each one's id to its problem. Never raises for a
@@ -1052,7 +1065,7 @@ def load_results(
     rows, where, corrupt = _scan_trials(out)
     by_id = {str(m["trial_id"]): m for m in where}
     del where
-    metrics = load_metrics(out, list(by_id), keep_step_loss=keep_step_loss, metas=by_id)
+    metrics = load_metrics(out, list(by_id), keep_step_loss=keep_step_loss, skip=skip, metas=by_id)
     bad = metrics.attrs.get("corrupt", {})
     if bad:
         corrupt = {**corrupt, **bad}

@@ -1,9 +1,10 @@
 """The report's view of a results store, read through :func:`techbench.store.load_results`.
 
 The store is the only reader of stored results; this module adds what only the report needs:
-the per-step training loss is dropped at read time (no report table or figure uses it, which keeps
-a 10,000-trial store well under a gigabyte) and ``lr`` becomes a label (``repr`` of the value, ""
-when the optimizer has none) for the run table; it is not compared on its own.
+the per-step training loss and a few per-layer health series are dropped at read time (no
+report table or figure uses them, which keeps a 10,000-trial store well under a gigabyte) and
+``lr`` becomes a label (``repr`` of the value, "" when the optimizer has none) for the run
+table; it is not compared on its own.
 """
 
 from __future__ import annotations
@@ -25,14 +26,24 @@ COMPARE_AXES = (*TECHNIQUE_AXES[1:], "norm_placement")
 optimizer label carries it), see :mod:`.settings`."""
 
 
+UNUSED_SERIES: tuple[tuple[str, str], ...] = (
+    ("health", "dist_from_init"),
+    ("health", "update_ratio"),
+    ("health", "weight_norm"),
+)
+"""Per-layer health series no table or figure of the report reads, dropped at read time (a
+quarter of a store's rows; ``test_report_html`` checks the report is the same with them)."""
+
+
 def load_store(results_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(trials, metrics)`` for the report; metrics omit the per-step training loss.
+    """``(trials, metrics)`` for the report; metrics omit the per-step training loss and the
+    :data:`UNUSED_SERIES`.
 
     ``FileNotFoundError`` when ``results_dir`` has no ``trials/`` folder (not a store).
     """
     if not os.path.isdir(os.path.join(os.fspath(results_dir), "trials")):
         raise FileNotFoundError(f"{results_dir} has no trials/ folder: not a techbench store")
-    trials, metrics = load_results(results_dir, keep_step_loss=False)
+    trials, metrics = load_results(results_dir, keep_step_loss=False, skip=UNUSED_SERIES)
     corrupt = trials.attrs.get("corrupt") or {}
     if corrupt:
         print(corrupt_line(results_dir, corrupt), file=sys.stderr)
