@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import stats
 from .inputs import CUT_SHORT
+from .parallel import fork_map
 from .settings import AxisView, comparison_group
 
 N_RESAMPLES = 1000
@@ -55,88 +56,110 @@ def _settings_text(g: pd.DataFrame) -> str:
 def compare(view: AxisView, higher: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(headline, leaderboard)`` of one axis: one headline row per dataset, one leaderboard
     row per (dataset, technique), best first."""
+    units = [
+        (view.axis, dataset, d, higher) for dataset, d in view.runs.groupby("dataset", sort=True)
+    ]
+    return _frames([_compare_dataset(u) for u in units])
+
+
+def _frames(done: list[tuple[dict | None, list[dict]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    heads = [h for h, _ in done if h is not None]
+    return pd.DataFrame(heads), pd.DataFrame([row for _, rows in done for row in rows])
+
+
+Unit = tuple[str, object, pd.DataFrame, bool]
+"""One dataset of one axis: ``(axis, dataset, its runs in the axis view, higher)``."""
+
+
+def _compare_dataset(unit: Unit) -> tuple[dict | None, list[dict]]:
+    """The headline row (None without a comparison group) and leaderboard rows of one unit."""
+    axis, dataset, d, higher = unit
     sign = 1.0 if higher else -1.0
-    heads, board = [], []
-    for dataset, d in view.runs.groupby("dataset", sort=True):
-        g = comparison_group(d)
-        if g.empty:
-            continue
-        per: dict[str, pd.DataFrame] = dict(tuple(g.groupby("_tech", sort=True)))
-        centre = {t: stats.iqm(r["score"].to_numpy(float)) for t, r in per.items()}
-        mean = {t: float(np.nanmean(r["score"].to_numpy(float))) for t, r in per.items()}
-        keys = {
-            t: (math.inf, math.inf)
-            if math.isnan(centre[t])
-            else (-sign * centre[t], -sign * mean[t])
-            for t in per
-        }
-        order = sorted(per, key=keys.__getitem__)
-        best = order[0]
-        boots = {
-            t: _boot_iqm(per[t]["score"].to_numpy(float), per[t]["_ctx"].to_numpy(), seed=i)
-            for i, t in enumerate(order)
-        }
-        ctxs = sorted(set(g["_ctx"].unique()))
-        scores = {
-            t: {c: v.to_numpy(float) for c, v in r.groupby("_ctx", sort=False)["score"]}
-            for t, r in per.items()
-        }
-        none = np.empty(0)
-        for rank, t in enumerate(order, 1):
-            r = per[t]
-            lo, hi = _ci(boots[t])
-            row = {
-                "dataset": dataset, "axis": view.axis, "rank": rank, "technique": t,
-                "setting": _settings_text(r), "n_runs": len(r), "score_iqm": centre[t],
-                "score_ci_low": lo, "score_ci_high": hi,
-            }  # fmt: skip
-            if t != best:
-                pairs = []
-                for c in ctxs:
-                    pairs.append((sign * scores[best].get(c, none), sign * scores[t].get(c, none)))
-                p, plo, phi = stats.poi_with_ci(pairs, n_resamples=N_RESAMPLES, seed=rank)
-            else:
-                p = plo = phi = math.nan
-            row.update(
-                p_best_better=p, p_ci_low=plo, p_ci_high=phi,
-                test_iqm=stats.iqm(r["test_score"].dropna().to_numpy(float)),
-                hit_rate=float(np.isfinite(r["steps_to_target"].to_numpy(float)).mean()),
-                n_cut_short=int(r["stop_reason"].isin(CUT_SHORT).sum()),
-            )  # fmt: skip
-            board.append(row)
-        first = board[-len(order)]
-        head = {
-            "dataset": dataset, "axis": view.axis, "best": best, "setting": first["setting"],
-            "score_iqm": first["score_iqm"], "score_ci": (first["score_ci_low"],
-                                                          first["score_ci_high"]),
-            "test_iqm": first["test_iqm"], "hit_rate": first["hit_rate"],
-            "runner_up": None, "margin": math.nan, "margin_ci": (math.nan, math.nan),
-            "p_over_runner_up": math.nan, "p_ci": (math.nan, math.nan), "p_min_others": math.nan,
-            "n_techniques": len(order), "n_contexts": len(ctxs),
-            "n_contexts_all": int(d["_ctx"].nunique()), "n_runs": len(g),
-            "n_cut_short": int(g["stop_reason"].isin(CUT_SHORT).sum()),
+    board: list[dict] = []
+    g = comparison_group(d)
+    if g.empty:
+        return None, board
+    per: dict[str, pd.DataFrame] = dict(tuple(g.groupby("_tech", sort=True)))
+    centre = {t: stats.iqm(r["score"].to_numpy(float)) for t, r in per.items()}
+    mean = {t: float(np.nanmean(r["score"].to_numpy(float))) for t, r in per.items()}
+    keys = {
+        t: (math.inf, math.inf) if math.isnan(centre[t]) else (-sign * centre[t], -sign * mean[t])
+        for t in per
+    }
+    order = sorted(per, key=keys.__getitem__)
+    best = order[0]
+    boots = {
+        t: _boot_iqm(per[t]["score"].to_numpy(float), per[t]["_ctx"].to_numpy(), seed=i)
+        for i, t in enumerate(order)
+    }
+    ctxs = sorted(set(g["_ctx"].unique()))
+    scores = {
+        t: {c: v.to_numpy(float) for c, v in r.groupby("_ctx", sort=False)["score"]}
+        for t, r in per.items()
+    }
+    none = np.empty(0)
+    for rank, t in enumerate(order, 1):
+        r = per[t]
+        lo, hi = _ci(boots[t])
+        row = {
+            "dataset": dataset, "axis": axis, "rank": rank, "technique": t,
+            "setting": _settings_text(r), "n_runs": len(r), "score_iqm": centre[t],
+            "score_ci_low": lo, "score_ci_high": hi,
         }  # fmt: skip
-        if len(order) > 1:
-            second = board[-len(order) + 1]
-            head.update(
-                runner_up=order[1],
-                margin=sign * (centre[best] - centre[order[1]]),
-                margin_ci=_ci(sign * (boots[best] - boots[order[1]])),
-                p_over_runner_up=second["p_best_better"],
-                p_ci=(second["p_ci_low"], second["p_ci_high"]),
-                p_min_others=min(b["p_best_better"] for b in board[-len(order) + 1 :]),
-            )
-        heads.append(head)
-    return pd.DataFrame(heads), pd.DataFrame(board)
+        if t != best:
+            pairs = []
+            for c in ctxs:
+                pairs.append((sign * scores[best].get(c, none), sign * scores[t].get(c, none)))
+            p, plo, phi = stats.poi_with_ci(pairs, n_resamples=N_RESAMPLES, seed=rank)
+        else:
+            p = plo = phi = math.nan
+        row.update(
+            p_best_better=p, p_ci_low=plo, p_ci_high=phi,
+            test_iqm=stats.iqm(r["test_score"].dropna().to_numpy(float)),
+            hit_rate=float(np.isfinite(r["steps_to_target"].to_numpy(float)).mean()),
+            n_cut_short=int(r["stop_reason"].isin(CUT_SHORT).sum()),
+        )  # fmt: skip
+        board.append(row)
+    first = board[-len(order)]
+    head = {
+        "dataset": dataset, "axis": axis, "best": best, "setting": first["setting"],
+        "score_iqm": first["score_iqm"], "score_ci": (first["score_ci_low"],
+                                                      first["score_ci_high"]),
+        "test_iqm": first["test_iqm"], "hit_rate": first["hit_rate"],
+        "runner_up": None, "margin": math.nan, "margin_ci": (math.nan, math.nan),
+        "p_over_runner_up": math.nan, "p_ci": (math.nan, math.nan), "p_min_others": math.nan,
+        "n_techniques": len(order), "n_contexts": len(ctxs),
+        "n_contexts_all": int(d["_ctx"].nunique()), "n_runs": len(g),
+        "n_cut_short": int(g["stop_reason"].isin(CUT_SHORT).sum()),
+    }  # fmt: skip
+    if len(order) > 1:
+        second = board[-len(order) + 1]
+        head.update(
+            runner_up=order[1],
+            margin=sign * (centre[best] - centre[order[1]]),
+            margin_ci=_ci(sign * (boots[best] - boots[order[1]])),
+            p_over_runner_up=second["p_best_better"],
+            p_ci=(second["p_ci_low"], second["p_ci_high"]),
+            p_min_others=min(b["p_best_better"] for b in board[-len(order) + 1 :]),
+        )
+    return head, board
 
 
 def headline_tables(
     views: Mapping[str, AxisView], higher: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`compare` for every axis, concatenated (dataset-major order)."""
+    """:func:`compare` for every axis, concatenated (dataset-major order). The (axis, dataset)
+    units are independent bootstraps with their own seeds, so a large store has them computed
+    by two processes (:func:`.parallel.fork_map`); the numbers are the same."""
+    units = [
+        [(view.axis, dataset, d, higher) for dataset, d in view.runs.groupby("dataset", sort=True)]
+        for view in views.values()
+    ]
+    flat = [u for axis_units in units for u in axis_units]
+    done = iter(fork_map(_compare_dataset, flat, sum(len(u[2]) for u in flat)))
     heads, boards = [], []
-    for view in views.values():
-        h, b = compare(view, higher)
+    for axis_units in units:
+        h, b = _frames([next(done) for _ in axis_units])
         heads.append(h)
         boards.append(b)
     head = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame()

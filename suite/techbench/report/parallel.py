@@ -1,10 +1,11 @@
-"""Run the report's sections on both cores: each section (its figures, tables and CSVs) is
-independent of the others and reads only the frozen :class:`.sections.ReportContext`, so for a
-large store two forked processes run them, each inheriting the context (no copy, no pickling)
-and writing its own CSVs; the parent gets back only the HTML blocks. At 100,000 trials the
-sections cost about 30 s of one core (figure rendering, ``runs.csv``), which is what keeps the
-report over a minute on the 2-core machine. Small stores, and processes that cannot fork (a
-daemonic worker), run the sections in order in this process; the output is the same either way.
+"""Use both cores for the report's independent pieces of work: the headline bootstraps of each
+(axis, dataset) and the sections (each section's figures, tables and CSVs read only the frozen
+:class:`.sections.ReportContext`). For a large store two forked processes do them, each
+inheriting the inputs (no copy, no pickling of the store's frames) and sending back only small
+results (rows, HTML blocks; a section writes its own CSVs). At 100,000 trials these pieces cost
+about 45 s of one core, which kept the report over a minute on the 2-core machine. Small stores,
+and processes that cannot fork (a daemonic worker), do the work in order in this process; the
+output is the same either way (every bootstrap has its own seed).
 """
 
 from __future__ import annotations
@@ -13,16 +14,50 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .sections import ReportContext, Section
+if TYPE_CHECKING:
+    from .sections import ReportContext, Section
 
 PARALLEL_RUNS = 5000
-"""From this many runs on, sections run in two processes (below it, forking costs more)."""
+"""From this much work (runs) on, :func:`fork_map` uses two processes (below it, forking costs
+more than it saves)."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_STATE: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
+
+
+def _call(i: int) -> Any:
+    assert _STATE is not None
+    fn, items = _STATE
+    return fn(items[i])
+
+
+def fork_map(fn: Callable[[T], R], items: Sequence[T], work: int) -> list[R]:
+    """``[fn(x) for x in items]``, by two forked processes when ``work`` (runs involved) reaches
+    :data:`PARALLEL_RUNS`. ``fn`` and ``items`` are inherited, not pickled; results are."""
+    global _STATE
+    if (
+        work >= PARALLEL_RUNS
+        and len(items) > 1
+        and _STATE is None
+        and "fork" in multiprocessing.get_all_start_methods()
+    ):
+        _STATE = (fn, items)
+        try:
+            with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+                return list(pool.map(_call, range(len(items))))
+        except AssertionError:  # a daemonic process may not have children
+            pass
+        finally:
+            _STATE = None
+    return [fn(x) for x in items]
+
 
 Rendered = tuple[str, str, list[str], list[str]]
 """A section as written: (anchor, heading, blocks, names of the CSVs it wrote)."""
-
-_JOB: tuple[ReportContext, Path, Sequence[Callable[[ReportContext], Section]]] | None = None
 
 
 def _render(make: Callable[[ReportContext], Section], ctx: ReportContext, stage: Path) -> Rendered:
@@ -32,24 +67,8 @@ def _render(make: Callable[[ReportContext], Section], ctx: ReportContext, stage:
     return section.anchor, section.heading, section.blocks, list(section.csvs)
 
 
-def _render_nth(i: int) -> Rendered:
-    assert _JOB is not None
-    ctx, stage, makers = _JOB
-    return _render(makers[i], ctx, stage)
-
-
 def render_sections(
     makers: Sequence[Callable[[ReportContext], Section]], ctx: ReportContext, stage: Path
 ) -> list[Rendered]:
     """Each of ``makers`` rendered (CSVs written under ``stage``), in the order given."""
-    global _JOB
-    if len(ctx.runs) >= PARALLEL_RUNS and "fork" in multiprocessing.get_all_start_methods():
-        _JOB = (ctx, stage, makers)
-        try:
-            with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
-                return list(pool.map(_render_nth, range(len(makers))))
-        except AssertionError:  # a daemonic process may not have children
-            pass
-        finally:
-            _JOB = None
-    return [_render(make, ctx, stage) for make in makers]
+    return fork_map(lambda make: _render(make, ctx, stage), makers, len(ctx.runs))
