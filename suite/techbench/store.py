@@ -840,12 +840,22 @@ def _read_metrics(path: str, meta: Mapping[str, Any] | None) -> tuple[Any, str |
 
 
 def _without(table: Any, series: Collection[tuple[str, str]]) -> Any:
-    """``table`` less its rows of the ``(split, metric)`` series in ``series``."""
+    """``table`` less its rows of the ``(split, metric)`` series in ``series``: looked up once
+    per dictionary word and gathered by the rows' codes (comparing the decoded strings of every
+    row per series costs seconds at 100,000 trials)."""
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not series:
+    if not series or not table.num_rows:
         return table
-    split, metric = table.column("split"), table.column("metric")
+    split, metric = (table.column(c).combine_chunks() for c in ("split", "metric"))
+    if all(pa.types.is_dictionary(c.type) and not c.null_count for c in (split, metric)):
+        words = [c.dictionary.to_pylist() for c in (split, metric)]
+        drop = np.zeros((len(words[0]), len(words[1])), dtype=bool)
+        drop[:, :] = [[(s, m) in series for m in words[1]] for s in words[0]]
+        codes = [np.asarray(c.indices) for c in (split, metric)]
+        return table.filter(pa.array(~drop[codes[0], codes[1]]))
     dropped = None
     for s, m in series:
         hit = pc.and_(pc.equal(split, s), pc.equal(metric, m))
