@@ -50,9 +50,15 @@ def load_context(
     axes = tables.varying_axes(trials) + (["store"] if store_axis else [])
     curves = tables.target_curves(trials, metrics)
     runs = tables.run_table(trials, metrics, curves, score=rule, axes=axes)
-    cells = tables.cell_table(runs)
-    techs = tables.technique_table(runs, axes)
-    flags = analyze.best_flags(runs)
+    cells, techs, flags = parallel.fork_map(
+        lambda table: table(),
+        [
+            lambda: tables.cell_table(runs),
+            lambda: tables.technique_table(runs, axes),
+            lambda: analyze.best_flags(runs),
+        ],
+        len(runs),
+    )
     if not flags.empty:
         cells = cells.merge(
             flags[["dataset", "config", "indistinguishable", "tested", "p_holm"]],

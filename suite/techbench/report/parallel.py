@@ -1,5 +1,5 @@
-"""Use both cores for the report's independent pieces of work: the headline bootstraps of each
-(axis, dataset) and the sections (each section's figures, tables and CSVs read only the frozen
+"""Use both cores for the report's independent pieces of work: the cell, technique and
+best-configuration tables, the headline bootstraps of each (axis, dataset), and the sections (each section's figures, tables and CSVs read only the frozen
 :class:`.sections.ReportContext`). For a large store two forked processes do them, each
 inheriting the inputs (no copy, no pickling of the store's frames) and sending back only small
 results (rows, HTML blocks; a section writes its own CSVs). At 100,000 trials these pieces cost
