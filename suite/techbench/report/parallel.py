@@ -1,9 +1,10 @@
 """Use both cores for the report's independent pieces of work: the cell, technique and
-best-configuration tables, the headline bootstraps of each (axis, dataset), and the sections (each section's figures, tables and CSVs read only the frozen
-:class:`.sections.ReportContext`). For a large store two forked processes do them, each
-inheriting the inputs (no copy, no pickling of the store's frames) and sending back only small
-results (rows, HTML blocks; a section writes its own CSVs). At 100,000 trials these pieces cost
-about 45 s of one core, which kept the report over a minute on the 2-core machine. Small stores,
+best-configuration tables, the headline bootstraps of each (axis, dataset), and the sections
+(each section's figures, tables and CSVs read only the frozen :class:`.sections.ReportContext`).
+For a large store two forked processes do them, each inheriting the inputs (no copy, no
+pickling of the store's frames) and sending back only small results (tables, rows, HTML blocks;
+a section writes its own CSVs). At 100,000 trials these pieces cost about 50 s of one core,
+which kept the report over a minute on the 2-core machine. Small stores,
 and processes that cannot fork (a daemonic worker), do the work in order in this process; the
 output is the same either way (every bootstrap has its own seed).
 """
