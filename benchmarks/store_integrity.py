@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report_scale import make_store
 
-from techbench.store import ResultStore, file_digest, load_results
+from techbench.store import ResultStore, file_digest
+from techbench.store_read import load_results
 
 
 def stamp(out: Path) -> None:

@@ -133,7 +133,7 @@ def measure(what: str, store: str) -> dict:
     """Run in a child: load the store or build its report; wall, CPU, peak RSS."""
     t0, c0 = time.perf_counter(), time.process_time()
     if what == "load":
-        from techbench.store import load_results
+        from techbench.store_read import load_results
 
         trials, metrics = load_results(store, keep_step_loss=False)
         extra = {"trials": len(trials), "rows": len(metrics)}

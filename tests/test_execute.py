@@ -18,7 +18,8 @@ import pytest
 from techbench.execute import execute, plan
 from techbench.progress import Progress
 from techbench.schema import trial_id
-from techbench.store import ResultStore, load_results
+from techbench.store import ResultStore
+from techbench.store_read import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FN = "tests.test_execute:fake_run"

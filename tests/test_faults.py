@@ -27,7 +27,8 @@ from techbench.execute import plan
 from techbench.integrity import inspect_store
 from techbench.matrix import load_matrix
 from techbench.schema import TrialMeta, TrialOutcome, metric_row, trial_id
-from techbench.store import ResultStore, load_results
+from techbench.store import ResultStore
+from techbench.store_read import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES: Counter[str] = Counter()

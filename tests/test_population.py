@@ -306,7 +306,7 @@ def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep, dataset, re
     (the regularizers with gradient and after-step hooks, and l2's two lambdas, stack)."""
     from techbench.execute import execute
     from techbench.stack import describe_stacks, plan_stacks
-    from techbench.store import load_results
+    from techbench.store_read import load_results
 
     configs = _reduced(matrix, keep, regularizers, **dataset)
     if regularizers:

@@ -30,7 +30,7 @@ from techbench.report.inputs import stop_reasons
 from techbench.report.scoring import score_rule
 from techbench.report.settings import confounded_cells
 from techbench.report.stats import poi_with_ci
-from techbench.store import load_results
+from techbench.store_read import load_results
 
 from .report_fixtures import (
     chromium,

@@ -185,7 +185,7 @@ def test_executor_stacks_dropout_and_stores_the_one_by_one_rows(tmp_path):
     """Through the executor (plan, stack, store): the stacked store's dropout trials have the
     one-by-one store's ids and rows; p is a member's own, so two seeds x two p are one stack."""
     from techbench.execute import execute
-    from techbench.store import load_results
+    from techbench.store_read import load_results
 
     configs = [_config(seed=s, regularizer=_dropout(p)) for p in (0.5, 0.2) for s in (0, 1)]
     alone = execute(configs, tmp_path / "alone", workers=1, stack="off", progress=False)

@@ -20,7 +20,8 @@ import pytest
 from techbench.execute import plan
 from techbench.integrity import clean_corrupt, clean_orphan_batches, inspect_store
 from techbench.schema import DEFAULT_CONFIG, TrialOutcome, metric_row, trial_id
-from techbench.store import ResultStore, load_metrics, load_results
+from techbench.store import ResultStore
+from techbench.store_read import load_metrics, load_results
 
 
 def _config(seed: int) -> dict:

@@ -495,7 +495,8 @@ def validation_series(
 
     Reads only the rows of the validation split: nothing of the test split reaches selection.
     """
-    from .store import ResultStore, load_metrics
+    from .store import ResultStore
+    from .store_read import load_metrics
 
     ids = list(ids)
     statuses = ResultStore(out).statuses()
