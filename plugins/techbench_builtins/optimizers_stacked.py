@@ -25,14 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from techbench.families import trial_ndim
+from techbench.families import per_member, trial_ndim
 
 _F64 = torch.float64
-
-
-def _view(c: Tensor, p: Tensor) -> Tensor:
-    """A per-member ``[K]`` coefficient as ``[K, 1, ...]`` against the stacked ``p``."""
-    return c.view((-1,) + (1,) * (p.dim() - 1))
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -134,7 +129,7 @@ class StackedOptimizer(torch.optim.Optimizer):
 
     def coupled_decay(self, p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """``g + weight_decay * p`` (torch's ``grad.add(param, alpha=weight_decay)``)."""
-        return g.addcmul(p, _view(c["weight_decay"], p)) if self.decays(p) else g
+        return g.addcmul(p, per_member(c["weight_decay"], p)) if self.decays(p) else g
 
 
 class StackedSGD(StackedOptimizer):
@@ -170,10 +165,10 @@ class StackedSGD(StackedOptimizer):
             if buf is None:
                 buf = state["momentum_buffer"] = g.detach().clone()
             else:
-                buf.mul_(_view(c["momentum"], p)).addcmul_(g, _view(c["keep"], p))
+                buf.mul_(per_member(c["momentum"], p)).addcmul_(g, per_member(c["keep"], p))
             nesterov = self.param_groups[0]["nesterov"]
-            g = g.addcmul(buf, _view(c["momentum"], p)) if nesterov else buf
-        p.addcmul_(g, _view(c["neg_lr"], p))
+            g = g.addcmul(buf, per_member(c["momentum"], p)) if nesterov else buf
+        p.addcmul_(g, per_member(c["neg_lr"], p))
 
 
 class StackedAdagrad(StackedOptimizer):
@@ -200,13 +195,13 @@ class StackedAdagrad(StackedOptimizer):
     ) -> None:
         if "sum" not in state:
             state["sum"] = (
-                _view(c["init"], p).expand_as(p).clone(memory_format=torch.preserve_format)
+                per_member(c["init"], p).expand_as(p).clone(memory_format=torch.preserve_format)
             )
         g = self.coupled_decay(p, g, c)
         s = state["sum"]
         s.addcmul_(g, g)
-        std = s.sqrt().add_(_view(c["eps"], p))
-        p.add_(g.mul(_view(c["neg_clr"], p)).div_(std))
+        std = s.sqrt().add_(per_member(c["eps"], p))
+        p.add_(g.mul(per_member(c["neg_clr"], p)).div_(std))
 
 
 class StackedRMSprop(StackedOptimizer):
@@ -244,18 +239,18 @@ class StackedRMSprop(StackedOptimizer):
             if self._momentum:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         v = state["square_avg"]
-        v.mul_(_view(c["alpha"], p)).addcmul_(g.mul(_view(c["one_minus_alpha"], p)), g)
-        eps = _view(c["eps"], p)
+        v.mul_(per_member(c["alpha"], p)).addcmul_(g.mul(per_member(c["one_minus_alpha"], p)), g)
+        eps = per_member(c["eps"], p)
         if self.param_groups[0]["eps_placement"] == "inside":
             avg = v.add(eps).sqrt_()
         else:
             avg = v.sqrt().add_(eps)
         if self._momentum:
             buf = state["momentum_buffer"]
-            buf.mul_(_view(c["momentum"], p)).addcdiv_(g, avg)
-            p.addcmul_(buf, _view(c["neg_lr"], p))
+            buf.mul_(per_member(c["momentum"], p)).addcdiv_(g, avg)
+            p.addcmul_(buf, per_member(c["neg_lr"], p))
         else:
-            p.add_(g.mul(_view(c["neg_lr"], p)).div_(avg))
+            p.add_(g.mul(per_member(c["neg_lr"], p)).div_(avg))
 
 
 class StackedAdam(StackedOptimizer):
@@ -312,21 +307,21 @@ class StackedAdam(StackedOptimizer):
         group = self.param_groups[0]
         if group["decoupled"]:
             if self.decays(p):
-                p.mul_(_view(c["shrink"], p))
+                p.mul_(per_member(c["shrink"], p))
         else:
             g = self.coupled_decay(p, g, c)
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, _view(c["one_minus_b1"], p))
-        v.mul_(_view(c["b2"], p)).addcmul_(g.mul(_view(c["one_minus_b2"], p)), g)
-        eps = _view(c["eps"], p)
+        m.lerp_(g, per_member(c["one_minus_b1"], p))
+        v.mul_(per_member(c["b2"], p)).addcmul_(g.mul(per_member(c["one_minus_b2"], p)), g)
+        eps = per_member(c["eps"], p)
         if group["eps_placement"] == "inside":
-            denom = v.div(_view(c["bc2"], p)).add_(eps).sqrt_()
+            denom = v.div(per_member(c["bc2"], p)).add_(eps).sqrt_()
         else:
-            denom = v.sqrt().div_(_view(c["bc2_sqrt"], p)).add_(eps)
-        p.add_(m.mul(_view(c["neg_step"], p)).div_(denom))
+            denom = v.sqrt().div_(per_member(c["bc2_sqrt"], p)).add_(eps)
+        p.add_(m.mul(per_member(c["neg_step"], p)).div_(denom))
 
 
 class StackedNAdam(StackedOptimizer):
@@ -373,11 +368,11 @@ class StackedNAdam(StackedOptimizer):
         on_grad = (-lr * (1.0 - c64["mu"]) / (1.0 - prod)).to(p.dtype)
         on_avg = ((-lr * c64["mu_next"]) / (1.0 - prod_next)).to(p.dtype)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, _view(c["one_minus_b1"], p))
-        v.mul_(_view(c["b2"], p)).addcmul_(g.mul(_view(c["one_minus_b2"], p)), g)
-        denom = v.div(_view(c["bc2"], p)).sqrt().add_(_view(c["eps"], p))
-        p.add_(g.mul(_view(on_grad, p)).div_(denom))
-        p.add_(m.mul(_view(on_avg, p)).div_(denom))
+        m.lerp_(g, per_member(c["one_minus_b1"], p))
+        v.mul_(per_member(c["b2"], p)).addcmul_(g.mul(per_member(c["one_minus_b2"], p)), g)
+        denom = v.div(per_member(c["bc2"], p)).sqrt().add_(per_member(c["eps"], p))
+        p.add_(g.mul(per_member(on_grad, p)).div_(denom))
+        p.add_(m.mul(per_member(on_avg, p)).div_(denom))
 
 
 class StackedRAdam(StackedOptimizer):
@@ -420,12 +415,12 @@ class StackedRAdam(StackedOptimizer):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, _view(c["one_minus_b1"], p))
-        v.mul_(_view(c["b2"], p)).addcmul_(g.mul(_view(c["one_minus_b2"], p)), g)
-        plain = m.div(_view(c["bc1"], p)).mul_(_view(c["lr"], p))
-        adaptive = _view(c["bc2_sqrt"], p) / v.sqrt().add_(_view(c["eps"], p))
-        rectified = plain * adaptive * _view(c["rect"], p)
-        p.sub_(torch.where(_view(c["rectified"], p) > 0, rectified, plain))
+        m.lerp_(g, per_member(c["one_minus_b1"], p))
+        v.mul_(per_member(c["b2"], p)).addcmul_(g.mul(per_member(c["one_minus_b2"], p)), g)
+        plain = m.div(per_member(c["bc1"], p)).mul_(per_member(c["lr"], p))
+        adaptive = per_member(c["bc2_sqrt"], p) / v.sqrt().add_(per_member(c["eps"], p))
+        rectified = plain * adaptive * per_member(c["rect"], p)
+        p.sub_(torch.where(per_member(c["rectified"], p) > 0, rectified, plain))
 
 
 class StackedLion(StackedOptimizer):
@@ -452,11 +447,11 @@ class StackedLion(StackedOptimizer):
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m = state["exp_avg"]
-        direction = m.lerp(g, _view(c["one_minus_b1"], p))
+        direction = m.lerp(g, per_member(c["one_minus_b1"], p))
         if self.decays(p):
-            p.mul_(_view(c["shrink"], p))
-        p.addcmul_(direction.sign_(), _view(c["neg_lr"], p))
-        m.lerp_(g, _view(c["one_minus_b2"], p))
+            p.mul_(per_member(c["shrink"], p))
+        p.addcmul_(direction.sign_(), per_member(c["neg_lr"], p))
+        m.lerp_(g, per_member(c["one_minus_b2"], p))
 
 
 # ---------------------------------------------------------------------------------------------

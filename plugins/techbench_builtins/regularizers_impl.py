@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from techbench.families import Regularizer
-from techbench.stacked_hooks import member_values, per_member
+from techbench.families import Regularizer, per_member
+from techbench.stacked_hooks import member_values
 
 
 def _acts_on(param: torch.Tensor, include_bias: bool) -> bool:

@@ -147,6 +147,17 @@ def trial_ndim(tensor: torch.Tensor) -> int:
     return int(tensor.dim()) - int(getattr(tensor, STACKED_DIMS, 0))
 
 
+def per_member(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-member ``[K]`` value viewed as ``[K, 1, ...]``, to broadcast over the stacked
+    ``[K, ...]`` rows of ``like`` (a stacked implementation's hyper-parameters and bounds)."""
+    return value.view(-1, *([1] * (like.dim() - 1)))
+
+
+NOISE_SEED_OFFSET = 0x7E57
+"""A trial's regularizer-noise generator (``transform_batch``, ``transform_gradients``) is seeded
+with ``seed + NOISE_SEED_OFFSET`` on the training device, in both the one-by-one
+(:class:`techbench.lit.TechniqueModule`) and the stacked path."""
+
 MODULE_SEED_OFFSET = 0x0D70
 """The generator a trial's :class:`SampledModule` layers draw from (dropout masks) is seeded
 with ``seed + MODULE_SEED_OFFSET`` on the training device, in both the one-by-one and the stacked
@@ -187,17 +198,20 @@ class SampledModule(Protocol):
     def forward_with(self, x: torch.Tensor, sample: torch.Tensor) -> torch.Tensor: ...
 
 
-def bind_module_generator(model: nn.Module, seed: int, device: torch.device) -> int:
+def bind_module_generator(
+    model: nn.Module, seed: int, device: torch.device
+) -> torch.Generator | None:
     """Give every :class:`SampledModule` of ``model`` one generator, seeded with ``seed +``
-    :data:`MODULE_SEED_OFFSET` on ``device``; returns how many modules got it (0: none made)."""
+    :data:`MODULE_SEED_OFFSET` on ``device``, and return it (None when ``model`` has none)."""
     import torch
 
     modules = [m for m in model.modules() if isinstance(m, SampledModule)]
-    if modules:
-        generator = torch.Generator(device=device).manual_seed(int(seed) + MODULE_SEED_OFFSET)
-        for m in modules:
-            m.generator = generator
-    return len(modules)
+    if not modules:
+        return None
+    generator = torch.Generator(device=device).manual_seed(int(seed) + MODULE_SEED_OFFSET)
+    for m in modules:
+        m.generator = generator
+    return generator
 
 
 class Initializer(Protocol):

@@ -44,7 +44,7 @@ from ._lightning_compat import (
     unwrap_optimizer,
 )
 from .callbacks import overrides, step_hooks
-from .families import DatasetSplits, Regularizer, bind_module_generator
+from .families import NOISE_SEED_OFFSET, DatasetSplits, Regularizer, bind_module_generator
 from .schema import metric_row
 
 LOSS_FLUSH_EVERY = 10
@@ -236,7 +236,9 @@ class TechniqueModule(pl.LightningModule):
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
         if dtype is not None and isinstance(datamodule, TensorDataModule):
             datamodule.cast_floating(dtype)
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 0x7E57)
+        self._generator = torch.Generator(device=self.device).manual_seed(
+            self.seed + NOISE_SEED_OFFSET
+        )
         bind_module_generator(self.model, self.seed, self.device)
         self._fit_start = time.perf_counter()
 

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .families import STACKED_DIMS
+from .families import NOISE_SEED_OFFSET, STACKED_DIMS
 from .lit import EVAL_CHUNK, task_loss
 from .population_tasks import member_metrics
 from .stack_layout import meta_skeleton, setting_groups
@@ -65,10 +65,6 @@ from .stack_members import Member, MemberLives
 from .stacked_hooks import StackedHooks
 from .stacked_losses import MemberLosses
 from .stacked_modules import StackedSamples
-
-NOISE_SEED_OFFSET = 0x7E57
-"""The regularizer-noise generator of a member is seeded with ``seed + NOISE_SEED_OFFSET``, as in
-the one-by-one path (:class:`techbench.lit.TechniqueModule`)."""
 
 warnings.filterwarnings(
     "ignore",

@@ -226,8 +226,3 @@ def member_values(regularizers: Sequence[Any], attr: str, like: torch.Tensor) ->
 
 
 _VALUES: dict[tuple[Any, ...], torch.Tensor] = {}
-
-
-def per_member(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A ``[K]`` tensor shaped to broadcast over stacked ``[K, ...]`` rows like ``like``."""
-    return value.view(-1, *([1] * (like.dim() - 1)))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .families import MODULE_SEED_OFFSET, SampledModule
+from .families import SampledModule, bind_module_generator
 
 _Call = tuple[int, tuple[int, ...], torch.dtype]
 
@@ -38,6 +38,7 @@ class StackedSamples:
         self.skeleton = skeleton
         self.names = [n for n, m in skeleton.named_modules() if isinstance(m, SampledModule)]
         self.layers = [skeleton.get_submodule(n) for n in self.names]
+        self.members = list(members)
         self.member_layers: list[list[Any]] = [
             [model.get_submodule(n) for n in self.names] for model in members
         ]
@@ -54,14 +55,14 @@ class StackedSamples:
         return out if out.names else None
 
     def start(self, device: torch.device) -> None:
-        """One generator per member on ``device``, seeded as the one-by-one run seeds its own
-        (:func:`techbench.families.bind_module_generator`); also given to the member's layers."""
-        self.generators = [
-            torch.Generator(device=device).manual_seed(s + MODULE_SEED_OFFSET) for s in self.seeds
+        """One generator per member on ``device``, bound to the member's layers as the
+        one-by-one run binds its own (:func:`techbench.families.bind_module_generator`)."""
+        bound = [
+            bind_module_generator(model, s, device)
+            for model, s in zip(self.members, self.seeds, strict=True)
         ]
-        for layers, g in zip(self.member_layers, self.generators, strict=True):
-            for layer in layers:
-                layer.generator = g
+        self.generators = [g for g in bound if g is not None]
+        assert len(self.generators) == len(self.members), "every member has sampled layers"
 
     def calls(
         self,
