@@ -119,9 +119,7 @@ def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreRepo
         if status == "failed":
             report.failed[tid] = error_line(meta.get("error"))
     report.counts = dict(counts)
-    if store.batches_dir.is_dir():
-        files = {p.stem for p in store.batches_dir.glob("*.parquet")}
-        report.orphan_batches = sorted(files - used)
+    report.orphan_batches = store.orphan_batches(used)
     report.matrices = dict(matrices.most_common())
     report.versions = dict(sorted(versions.items()))
     if store.locks_dir.is_dir():

@@ -408,17 +408,19 @@ class ResultStore:
             found = list(pool.map(lambda t: self.problem(t, verify, digests), names, chunksize=64))
         return {t: why for t, why in zip(names, found, strict=True) if why is not None}
 
-    def orphan_batches(self) -> list[str]:
+    def orphan_batches(self, used: set[str] | None = None) -> list[str]:
         """Batch files no stored trial's meta points to (left by a writer killed between
-        installing the batch and its members, or whose members were all replaced)."""
+        installing the batch and its members, or whose members were all replaced); ``used``:
+        the batches the metas name, when the caller has read them already."""
         if not self.batches_dir.is_dir():
             return []
         files = {p.stem for p in self.batches_dir.glob("*.parquet")}
         if not files:
             return []
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            metas = pool.map(self.read_meta, self.trial_ids(), chunksize=64)
-            used = {m.get("batch") for m in metas if m is not None}
+        if used is None:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                metas = pool.map(self.read_meta, self.trial_ids(), chunksize=64)
+                used = {str(m["batch"]) for m in metas if m is not None and m.get("batch")}
         return sorted(files - used)
 
     def batch_members(self, batch: str) -> list[str]:
