@@ -243,7 +243,7 @@ def profile_plot(
         ax.set_title(_wrap(f"{axis} ({n} workloads)"))
         ax.set_xlabel(f"tau ({measure} / best)")
         ax.set_ylabel("fraction of workloads")
-        _legend_below(ax, title="technique (score)")
+        _legend_below(ax, title=_shown("technique (score)", len(best), len(score)))
     return fig
 
 
