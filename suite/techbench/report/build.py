@@ -193,10 +193,7 @@ def _header(ctx: ReportContext, seconds: float) -> str:
         ("datasets", ", ".join(sorted(trials["dataset"].astype(str).unique()))),
         ("compared axes", "; ".join(_axis_text(ctx, a) for a in ctx.axes) or "none"),
         ("seeds", ", ".join(map(str, sorted(trials["seed"].unique())))),
-        (
-            "stopped by",
-            ", ".join(f"{k}: {v}" for k, v in ctx.runs["stop_reason"].value_counts().items()),
-        ),
+        ("stopped by", inputs.stop_summary(ctx.runs)),
         ("target", ", ".join(sorted(_targets(trials)))),
     ]
     more: list[tuple[str, object]] = []

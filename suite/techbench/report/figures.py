@@ -1,4 +1,5 @@
-"""Seaborn figures, each returned as PNG bytes (``None`` when the data cannot support it).
+"""Seaborn figures, each returned as a matplotlib Figure (``None`` when the data cannot support
+it); :func:`figure_png` turns one into the PNG bytes the page embeds.
 
 Work per figure is capped (datasets, axes, techniques per panel, representative runs for
 the layer x step heatmaps) so a 10,000-trial store draws as fast as a 50-trial one.
@@ -8,6 +9,8 @@ the page shows them unscaled in a 1400 px window), text is at least 9 pt, titles
 being cut, layer axes have integer ticks, a panel without data says so, and every technique has
 its colour of :func:`techbench.palette.technique_color` in every figure. Compared axes are
 shown by technique (each at its selected setting when views are given, :mod:`.settings`).
+Legends sit outside the axes, so they never cover data; the panels of a heatmap figure share
+one colour scale and one colour bar, so they can be compared.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import itertools
 import math
 import textwrap
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +30,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import MaxNLocator
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
+from matplotlib.transforms import ScaledTranslation
 
 from .. import htmlpage
 from ..palette import technique_color
@@ -42,6 +48,8 @@ DPI = 110
 MAX_WIDTH = 11.5
 FONT = 9.5
 NO_DATA = "not enough data for this panel"
+LEGEND_DROP = 0.5
+"""Inches from an axes' bottom edge to a legend placed below it: clears tick labels and x label."""
 
 
 def _short(text: str, n: int = 28) -> str:
@@ -102,8 +110,11 @@ def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8):
     return fig, axs
 
 
-def figure_png(fig: plt.Figure) -> bytes:
-    """The figure at :data:`DPI` (warnings of the layout engine kept quiet)."""
+def figure_png(fig: Figure | None) -> bytes | None:
+    """The figure at :data:`DPI` (warnings of the layout engine kept quiet); ``None`` stays
+    ``None`` (the page then says the data were too few)."""
+    if fig is None:
+        return None
     with _quiet():
         return htmlpage.figure_png(fig, DPI)
 
@@ -115,9 +126,37 @@ def _no_data(ax: plt.Axes) -> None:
     ax.set_yticks([])
 
 
-def _legend(ax: plt.Axes, **kw: Any) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=FONT, **kw)
+def _entries(axs: Iterable[plt.Axes]) -> tuple[list[Any], list[str]]:
+    """The legend entries of ``axs``, one per label (a technique has one colour in every panel)."""
+    seen: dict[str, Any] = {}
+    for ax in axs:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    return list(seen.values()), list(seen)
+
+
+def _legend_right(ax: plt.Axes, panels: Sequence[plt.Axes] = (), **kw: Any) -> None:
+    """A legend just right of ``ax``, outside it, with the entries of ``panels`` (default ``ax``)."""
+    handles, labels = _entries(list(panels) or [ax])
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0, fontsize=FONT, title_fontsize=FONT, **kw)  # fmt: skip
+
+
+def _legend_below(ax: plt.Axes, **kw: Any) -> None:
+    """A legend under ``ax``, below its tick labels and x label (panels side by side keep their
+    width, where legends to their right would squeeze them)."""
+    handles, labels = _entries([ax])
+    if handles:
+        drop = ScaledTranslation(0.0, -LEGEND_DROP, ax.figure.dpi_scale_trans)
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                  bbox_transform=ax.transAxes + drop, ncols=2, borderaxespad=0.0,
+                  fontsize=FONT, title_fontsize=FONT, **kw)  # fmt: skip
+
+
+def _shown(axis: str, shown: int, total: int) -> str:
+    """A legend title that says when only the best techniques are drawn."""
+    return axis if shown >= total else f"{axis}: best {shown} of {total} by score"
 
 
 def _health_rows(
@@ -136,7 +175,7 @@ def learning_curves(
     runs: pd.DataFrame,
     axes: Sequence[str],
     views: Mapping[str, AxisView] | None = None,
-) -> bytes | None:
+) -> Figure | None:
     """Target metric per epoch: median and interquartile band over runs (seeds and other axes),
     one panel per compared axis (rows) x dataset (columns); markers when there are few epochs."""
     if curves.empty:
@@ -178,15 +217,15 @@ def learning_curves(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric if j == 0 else "")
-            if j == 0:
-                _legend(ax, loc="best")
+        title = _shown(axis, len(techs), tagged["_t"].nunique())
+        _legend_right(axs[i][-1], axs[i], title=title)
     fig.suptitle("Learning curves: median and IQR band over runs")
-    return figure_png(fig)
+    return fig
 
 
 def profile_plot(
     profiles: Mapping[str, tuple[pd.DataFrame, pd.Series, int]], measure: str = "steps"
-) -> bytes | None:
+) -> Figure | None:
     """Performance profiles rho(tau) on time-to-target, one panel per compared axis."""
     items = [(a, p) for a, p in profiles.items() if p[2] > 0][:MAX_AXES]
     if not items:
@@ -204,13 +243,16 @@ def profile_plot(
         ax.set_title(_wrap(f"{axis} ({n} workloads)"))
         ax.set_xlabel(f"tau ({measure} / best)")
         ax.set_ylabel("fraction of workloads")
-        _legend(ax, loc="lower right")
-    return figure_png(fig)
+        _legend_below(ax, title=_shown("technique (score)", len(best), len(score)))
+    return fig
 
 
-def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
-    """log10 gradient norm, layer x step, for a bounded set of representative runs (the
-    lowest seed of each technique of the first compared axis on the first dataset)."""
+def health_heatmaps(
+    metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
+) -> Figure | None:
+    """Gradient norm, layer x step, for a bounded set of representative runs (the lowest seed of
+    each technique of the first compared axis on the first dataset): one logarithmic colour
+    scale over every panel (norms span decades across layers and techniques) and one colour bar."""
     h = _health_rows(metrics, ["grad_norm"], ["trial_id", "step", "layer", "value"], True)
     if h.empty:
         return None
@@ -221,36 +263,52 @@ def health_heatmaps(metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[st
     ok = ok[ok["dataset"].astype(str) == first_ds].sort_values("seed")
     key = axes[0] if axes else "config"
     reps = ok.groupby(ok[key].astype(str), sort=True).head(1).head(MAX_HEATMAPS)
-    ncols = min(3, len(reps))
-    nrows = math.ceil(len(reps) / ncols)
-    fig, axs = _grid(nrows, ncols, 4.0, 2.6)
-    ids = set(reps["trial_id"])
-    h = h[h["trial_id"].isin(ids)]
+    h = h[h["trial_id"].isin(set(reps["trial_id"]))]
     h = h.assign(trial_id=h["trial_id"].astype(str))
-    for ax in axs.ravel()[len(reps) :]:
-        ax.set_visible(False)
-    for ax, (_, rep) in zip(axs.ravel(), reps.iterrows(), strict=False):
-        sub = h[h["trial_id"].astype(str) == rep["trial_id"]]
-        grid = sub.pivot_table(index="layer", columns="step", values="value", observed=True)
-        grid = grid.reindex(sorted(grid.index, key=lambda s: int(s) if s.isdigit() else s))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.log10(grid.to_numpy(float))
-        steps = grid.columns.to_numpy()
+    grids = [
+        _layer_grid(h[h["trial_id"] == tid].pivot_table(
+            index="layer", columns="step", values="value", observed=True))
+        for tid in reps["trial_id"].astype(str)
+    ]  # fmt: skip
+    values = np.concatenate([g.to_numpy(float).ravel() for g in grids])
+    values = values[np.isfinite(values) & (values > 0)]
+    lo, hi = (values.min(), values.max()) if values.size else (1e-3, 1.0)
+    norm = LogNorm(vmin=lo, vmax=hi if hi > lo else lo * 10)
+    titles = [f"{key}={rep[key]} · seed {rep['seed']}" for _, rep in reps.iterrows()]
+    fig = _heatmap_panels(grids, titles, norm, "viridis", "gradient norm |g| (log scale)")
+    fig.suptitle(f"Gradient norm per layer and step ({first_ds})")
+    return fig
+
+
+def _layer_grid(grid: pd.DataFrame) -> pd.DataFrame:
+    """Rows in layer order (numeric layer names as numbers)."""
+    return grid.reindex(sorted(grid.index, key=lambda s: int(s) if s.isdigit() else s))
+
+
+def _heatmap_panels(
+    grids: Sequence[pd.DataFrame], titles: Sequence[str], norm: Normalize, cmap: str, label: str
+) -> Figure:
+    """Layer x step panels, three per row, all drawn with ``norm`` and read on one colour bar."""
+    ncols = min(3, len(grids))
+    fig, axs = _grid(math.ceil(len(grids) / ncols), ncols, 4.0, 2.5)
+    for ax in axs.ravel()[len(grids) :]:
+        ax.remove()
+    shown = list(axs.ravel()[: len(grids)])
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="#dddddd")
+    for ax, grid, title in zip(shown, grids, titles, strict=True):
         im = ax.imshow(
-            z,
-            aspect="auto",
-            cmap="viridis",
-            interpolation="nearest",
-            extent=(*_span(steps), len(grid) - 0.5, -0.5),
-        )
-        fig.colorbar(im, ax=ax, label="log10 |g|")
-        ax.set_yticks(range(len(grid)), list(grid.index))
+            grid.to_numpy(float), aspect="auto", cmap=colours, norm=norm,
+            interpolation="nearest", extent=(*_span(grid.columns.to_numpy()), len(grid) - 0.5, -0.5),
+        )  # fmt: skip
+        ax.set_yticks(range(len(grid)), [str(i) for i in grid.index])
         ax.grid(False)
-        ax.set_title(_wrap(f"{key}={rep[key]} · seed {rep['seed']}"))
+        ax.set_title(_wrap(title))
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
-    fig.suptitle(f"Gradient norm per layer and step ({first_ds})")
-    return figure_png(fig)
+    bar = fig.colorbar(im, ax=shown, label=label, shrink=0.9, pad=0.02)
+    if isinstance(norm, LogNorm):  # label 2x and 5x ticks too: a norm may span under 2 decades
+        bar.ax.yaxis.set_minor_formatter(LogFormatterSciNotation(minor_thresholds=(2, 0.5)))
+    return fig
 
 
 def _span(steps: np.ndarray) -> tuple[float, float]:
@@ -287,7 +345,7 @@ def _numbers(values: pd.Series) -> pd.Series:
 
 def fraction_heatmaps(
     metrics: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
-) -> bytes | None:
+) -> Figure | None:
     """Dead and saturated fractions, layer x step, median over runs, for the techniques of
     the first compared axis that record them (at most ``MAX_HEATMAPS`` panels)."""
     names = ["dead_fraction", "saturated_fraction"]
@@ -305,27 +363,11 @@ def fraction_heatmaps(
     panels = [(t, m) for t in techs for m in names if (t, m) in have][:MAX_HEATMAPS]
     if not panels:
         return None
-    ncols = min(3, len(panels))
-    fig, axs = _grid(math.ceil(len(panels) / ncols), ncols, 4.0, 2.4)
-    for ax in axs.ravel()[len(panels) :]:
-        ax.set_visible(False)
-    for ax, (tech, metric) in zip(axs.ravel(), panels, strict=False):
-        grid = med.loc[(tech, metric)].unstack("step")
-        grid = grid.reindex(sorted(grid.index, key=lambda s: int(s) if s.isdigit() else s))
-        z = grid.to_numpy(float)
-        steps = grid.columns.to_numpy()
-        top = max(0.05, float(np.nanmax(z))) if np.isfinite(z).any() else 1.0
-        im = ax.imshow(
-            z, aspect="auto", cmap="magma", vmin=0.0, vmax=top, interpolation="nearest",
-            extent=(*_span(steps), len(grid) - 0.5, -0.5),
-        )  # fmt: skip
-        fig.colorbar(im, ax=ax)
-        ax.set_yticks(range(len(grid)), [str(i) for i in grid.index])
-        ax.grid(False)
-        ax.set_title(_wrap(f"{tech} · {metric}"))
-        ax.set_xlabel("step")
-        ax.set_ylabel("layer")
-    return figure_png(fig)
+    grids = [_layer_grid(med.loc[(tech, metric)].unstack("step")) for tech, metric in panels]
+    peaks = [float(np.nanmax(g.to_numpy(float))) for g in grids if g.notna().to_numpy().any()]
+    top = max([0.05, *peaks])
+    titles = [f"{tech} · {metric}" for tech, metric in panels]
+    return _heatmap_panels(grids, titles, Normalize(0.0, top), "magma", "fraction of units")
 
 
 def ratio_curves(
@@ -333,7 +375,7 @@ def ratio_curves(
     runs: pd.DataFrame,
     axes: Sequence[str],
     views: Mapping[str, AxisView] | None = None,
-) -> bytes | None:
+) -> Figure | None:
     """First/last layer gradient-norm ratio over steps: median over runs per technique."""
     g = _health_rows(metrics, ["grad_ratio_first_last"], ["trial_id", "step", "value"], False)
     if g.empty:
@@ -362,8 +404,8 @@ def ratio_curves(
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("step")
         ax.set_ylabel("|g first| / |g last|")
-        _legend(ax)
-    return figure_png(fig)
+        _legend_below(ax, title=_shown(axis, len(techs), tagged["_t"].nunique()))
+    return fig
 
 
 def activation_stats(
@@ -371,7 +413,7 @@ def activation_stats(
     runs: pd.DataFrame,
     axes: Sequence[str],
     views: Mapping[str, AxisView] | None = None,
-) -> bytes | None:
+) -> Figure | None:
     """Per-layer activation mean and std at the first and last health snapshot (median over
     runs per technique): the lecture's 10-layer activation-statistics plot."""
     cols = ["trial_id", "step", "metric", "layer", "value"]
@@ -408,13 +450,17 @@ def activation_stats(
             continue
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
-    _legend(axs[0][0], title=axis)
-    return figure_png(fig)
+    handles, labels = _entries(axs.ravel())
+    if handles:
+        title = _shown(axis, len(techs), tagged["_t"].nunique())
+        fig.legend(handles, labels, loc="outside right upper", title=title, fontsize=FONT,
+                   title_fontsize=FONT)  # fmt: skip
+    return fig
 
 
 def gap_distributions(
     runs: pd.DataFrame, axes: Sequence[str], views: Mapping[str, AxisView] | None = None
-) -> bytes | None:
+) -> Figure | None:
     """Generalization gap (train minus validation loss, end of training) per technique."""
     cols = list(axes[:MAX_AXES]) or ["config"]
     if runs["gap_loss_end"].notna().sum() == 0:
@@ -436,10 +482,10 @@ def gap_distributions(
         ax.set_ylabel(axis)
         ax.set_xlabel("train − val loss (end)")
         ax.set_yticks(range(len(order)), [_short(o, 24) for o in order])
-    return figure_png(fig)
+    return fig
 
 
-def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
+def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> Figure | None:
     """Mean score for each pair of compared axes (e.g. activation x initializer)."""
     pairs = list(itertools.combinations(axes, 2))
     preferred = [("activation", "initializer"), ("normalizer", "optimizer")]
@@ -447,19 +493,27 @@ def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> bytes | None:
     pairs = pairs[:MAX_PAIRS]
     if not pairs:
         return None
-    fig, axs = _grid(1, len(pairs), 4.6, 3.8)
-    for ax, (a, b) in zip(axs[0], pairs, strict=False):
+    grids = []
+    for a, b in pairs:
         grid = runs.groupby([runs[a].astype(str), runs[b].astype(str)])["score"].mean().unstack(b)
         grid = grid.iloc[:12, :12]
         grid.index = [_short(i, 18) for i in grid.index]
         grid.columns = [_short(c, 18) for c in grid.columns]
-        sns.heatmap(grid, annot=grid.size <= 64, fmt=".2f", cmap="mako", ax=ax, cbar=True,
-                    annot_kws={"fontsize": FONT})  # fmt: skip
+        grids.append(grid)
+    values = np.concatenate([g.to_numpy(float).ravel() for g in grids])
+    lo, hi = (np.nanmin(values), np.nanmax(values)) if np.isfinite(values).any() else (0.0, 1.0)
+    fig, axs = _grid(1, len(pairs), 4.6, 3.8)
+    for ax, (a, b), grid in zip(axs[0], pairs, grids, strict=True):
+        sns.heatmap(grid, annot=grid.size <= 64, fmt=".2f", cmap="mako", ax=ax, cbar=False,
+                    vmin=lo, vmax=hi, annot_kws={"fontsize": FONT})  # fmt: skip
         ax.set_title(_wrap(f"mean score: {a} × {b}"))
-    return figure_png(fig)
+    fig.colorbar(
+        axs[0][0].collections[0], ax=list(axs[0]), label="mean score", shrink=0.9, pad=0.02
+    )
+    return fig
 
 
-def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> bytes | None:
+def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> Figure | None:
     """Critical-difference diagram (Demsar 2006) drawn by scikit-posthocs."""
     try:
         import scikit_posthocs as sp
@@ -472,5 +526,4 @@ def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> bytes | N
     sig.index = sig.columns = list(labelled)
     sp.critical_difference_diagram(labelled, sig, ax=ax)
     ax.set_title(_wrap(title, 90))
-    with _quiet():
-        return figure_png(fig)
+    return fig

@@ -8,6 +8,7 @@
   ``failed``. A stored ``stop_reason`` wins; otherwise it is derived: a completed run that ran
   fewer epochs than its budget and fewer steps than ``max_steps`` stopped on the budget's
   ``max_seconds`` when it has one. Such runs are *cut short*: not the run the matrix asked for.
+  :func:`stop_summary` counts runs per reason for the page, each budget with its size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from .load import load_matrix, load_store
 
 CUT_SHORT = frozenset({"time budget", "stopped early"})
 """Stop reasons that mean the run did not get the budget its matrix gave it."""
+
+STOP_WORDS = {
+    "time budget": "time budget (max_seconds)",
+    "stopped early": "ended before its budget, no reason recorded",
+    "diverged": "divergence",
+    "failed": "an error (failed)",
+}
+"""How the page names a stop reason; the two budgets name their size (:func:`stop_summary`)."""
 
 
 def _store_label(path: str | os.PathLike[str], taken: set[str]) -> str:
@@ -143,3 +152,23 @@ def stop_reasons(trials: pd.DataFrame) -> pd.Series:
         stored = trials["stop_reason"]
         reasons = stored.where(stored.notna() & (stored.astype(str) != ""), reasons)
     return reasons.astype(str)
+
+
+def stop_summary(runs: pd.DataFrame) -> str:
+    """Why the runs stopped, most common first: "epoch budget (10 epochs): 50 runs; divergence:
+    2 runs". A budget is named with its size and every count is of runs, so the number of runs
+    stopped by the epoch budget never reads as a number of epochs."""
+    reasons = runs["stop_reason"].astype(str)
+    budgets = {"epochs": ("epochs", "epoch budget"), "steps": ("max_steps", "step budget")}
+    counts: dict[str, int] = {}
+    for reason, group in runs.groupby(reasons, sort=False):
+        column, word = budgets.get(str(reason), ("", ""))
+        if column not in group:
+            counts[STOP_WORDS.get(str(reason), str(reason))] = len(group)
+            continue
+        sizes = pd.to_numeric(group[column], errors="coerce")
+        for size, n in sizes.value_counts(dropna=False).sort_index().items():
+            unit = str(reason) if size != 1 else str(reason)[:-1]
+            counts[f"{word} ({size:g} {unit})" if pd.notna(size) else word] = int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return "; ".join(f"{what}: {n} run{'' if n == 1 else 's'}" for what, n in ranked)

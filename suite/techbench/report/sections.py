@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from .. import htmlpage as html
 from . import analyze, figures, headline, scoring, tables
@@ -81,6 +82,10 @@ class Section:
 
 def _cols(df: pd.DataFrame, wanted: Sequence[str]) -> pd.DataFrame:
     return df[[c for c in wanted if c in df]]
+
+
+def _image(fig: Figure | None, caption: str) -> str:
+    return html.image(figures.figure_png(fig), caption)
 
 
 def _test_name(ctx: ReportContext) -> str:
@@ -213,7 +218,7 @@ def convergence(ctx: ReportContext) -> Section:
             "by dataset; time-to-target is the median over runs (∞ when most runs missed)."
         ),
         html.table(_cols(ctx.techs, tech_cols), csv_name="techniques.csv"),
-        html.image(
+        _image(
             figures.learning_curves(ctx.curves, ctx.runs, ctx.axes, ctx.views), "Learning curves"
         ),
     ]
@@ -249,7 +254,7 @@ def profiles(ctx: ReportContext) -> Section:
                 )
             )
         blocks.append(
-            html.image(figures.profile_plot(per_axis, measure), f"Performance profiles ({measure})")
+            _image(figures.profile_plot(per_axis, measure), f"Performance profiles ({measure})")
         )
     blocks.append(html.table(prof_df, csv_name="profiles.csv"))
     return Section("profiles", "Time-to-target profiles", blocks, {"profiles.csv": prof_df})
@@ -309,8 +314,8 @@ def statistics(ctx: ReportContext) -> Section:
                 f"{fr.axis}: mean rank over {fr.result['n_blocks']} datasets, Friedman "
                 f"p = {fr.result['pvalue']:.3g}, Nemenyi CD = {fr.result['cd']:.2f}"
             )
-            png = figures.cd_diagram(fr.result["ranks"], fr.result["nemenyi"], title)
-            blocks.append(html.image(png, f"Critical-difference diagram: {fr.axis}"))
+            fig = figures.cd_diagram(fr.result["ranks"], fr.result["nemenyi"], title)
+            blocks.append(_image(fig, f"Critical-difference diagram: {fr.axis}"))
     if ctx.baselines:
         blocks.append(
             html.para(
@@ -337,15 +342,15 @@ def health(ctx: ReportContext) -> Section:
     health_cols = ["axis", "technique", "n_runs", *tables.HEALTH_COLUMNS]
     blocks = [
         html.table(_cols(ctx.techs, health_cols), csv_name="techniques.csv"),
-        html.image(figures.health_heatmaps(metrics, runs, axes), "Gradient norm heatmaps"),
-        html.image(
+        _image(figures.health_heatmaps(metrics, runs, axes), "Gradient norm heatmaps"),
+        _image(
             figures.fraction_heatmaps(metrics, runs, axes),
             "Dead and saturated fractions per layer and step (median over runs)",
         ),
-        html.image(
+        _image(
             figures.ratio_curves(metrics, runs, axes, ctx.views), "First/last layer gradient ratio"
         ),
-        html.image(
+        _image(
             figures.activation_stats(metrics, runs, axes, ctx.views),
             "Per-layer activation statistics",
         ),
@@ -359,7 +364,7 @@ def generalization(ctx: ReportContext) -> Section:
     blocks = [
         html.para("Train minus validation, at the end and at the best-validation epoch."),
         html.table(_cols(ctx.techs, gap_cols), csv_name="techniques.csv"),
-        html.image(
+        _image(
             figures.gap_distributions(ctx.runs, ctx.axes, ctx.views),
             "Generalization gap distributions",
         ),
@@ -369,19 +374,19 @@ def generalization(ctx: ReportContext) -> Section:
 
 def interactions(ctx: ReportContext) -> Section:
     """Mean score over pairs of axes: does one technique's effect depend on another's?"""
-    png = figures.interactions(ctx.runs, ctx.axes)
+    fig = figures.interactions(ctx.runs, ctx.axes)
     return Section(
-        "interactions", "Interactions", [html.image(png, "Interaction heatmaps: mean score")]
+        "interactions", "Interactions", [_image(fig, "Interaction heatmaps: mean score")]
     )
 
 
 def runs(ctx: ReportContext) -> Section:
-    """Every run, best first (the full table is runs.csv)."""
-    view = ctx.runs.sort_values("score", ascending=not ctx.higher).drop(
-        columns=["versions", "techniques", "plugins", "error"], errors="ignore"
-    )
+    """Every run in reading order (:func:`.tables.reading_order`; the full table is runs.csv)."""
+    view = ctx.runs.drop(columns=["versions", "techniques", "plugins", "error"], errors="ignore")
+    order = ", then ".join(["dataset", *ctx.axes, "seed"])
+    note = f"One row per run, sorted by {order}; click a column heading to sort by it."
     block = html.table(view, max_rows=200, csv_name="runs.csv")
-    return Section("runs", "Runs", [block], {"runs.csv": ctx.runs})
+    return Section("runs", "Runs", [html.para(note, "note"), block], {"runs.csv": ctx.runs})
 
 
 SECTIONS: list[Callable[[ReportContext], Section]] = [

@@ -23,14 +23,19 @@ canonical keys of :func:`techbench.schema.metric_key`: ``val_acc`` is split ``va
   ``best_metric`` (rule ``best``) for completed runs (:mod:`.scoring`); a diverged or failed
   run gets the worst value (0 for an accuracy, else the worst value any run recorded on that
   dataset), so it counts against its technique instead of being dropped.
+
+The run table's rows are in reading order (:func:`reading_order`: dataset, compared axes, seed).
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 
 from ..schema import metric_key, metric_series
 from .load import COMPARE_AXES
@@ -223,7 +228,32 @@ def run_table(
     runs["test_score"] = held_out_scores(runs, held_out_table(metrics), score)
     lead = ["trial_id", "status", "stop_reason", "dataset", "config", *axes, "seed", "data_seed"]
     lead = list(dict.fromkeys(c for c in lead if c in runs))
-    return runs[lead + [c for c in runs.columns if c not in lead]]
+    return reading_order(runs[lead + [c for c in runs.columns if c not in lead]], axes)
+
+
+def reading_order(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """``runs`` in the order a reader scans them: by dataset, then each compared axis (settings
+    in natural order, ``lr=0.003`` before ``lr=0.01`` before ``lr=1e-1``), then seed; the trial
+    id breaks ties, so the order never depends on how the store listed its files."""
+    keys = [c for c in dict.fromkeys(["dataset", *axes, "seed", "trial_id"]) if c in runs]
+    return runs.sort_values(keys, key=_natural_rank, kind="stable")
+
+
+_NUMBER = re.compile(r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+
+
+def _natural_rank(column: pd.Series) -> pd.Series:
+    """Numbers as they are; text ranked with its embedded numbers compared as numbers."""
+    if is_numeric_dtype(column):
+        return column
+    text = column.astype(str)
+
+    def key(word: str) -> tuple[str | float, ...]:
+        parts = _NUMBER.split(word)  # text at even positions, numbers at odd ones
+        return tuple(float(p) if i % 2 else p for i, p in enumerate(parts))
+
+    rank = {word: i for i, word in enumerate(sorted(text.unique(), key=key))}
+    return text.map(rank)
 
 
 def _score(runs: pd.DataFrame, ep: pd.DataFrame, rule: str) -> np.ndarray:
