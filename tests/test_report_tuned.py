@@ -226,3 +226,35 @@ def test_equal_scores_tie_and_headline_runs_are_the_bests_own(tmp_path: Path) ->
     assert "ties with" in text and "0 ahead" not in text
     shown = pd.read_csv(rep / "headline.csv")
     assert int(shown.loc[0, "n_runs"]) == 3
+
+
+def test_a_tuned_store_without_finals_is_refused_in_one_line(
+    two: tuple[Path, TunePlan], tmp_path: Path
+) -> None:
+    import shutil
+
+    from techbench.report.analyze import ReportInputError
+
+    out, plan = two
+    copy = tmp_path / "search-only"
+    shutil.copytree(out, copy)
+    for ids in _finals_by_technique(plan).values():
+        for tid in ids:
+            shutil.rmtree(copy / "trials" / tid)
+    with pytest.raises(ReportInputError, match="no finals of the selected settings"):
+        load_context(copy, tmp_path / "unused")
+
+
+def test_the_page_names_the_techniques_the_learning_curves_leave_out(tmp_path: Path) -> None:
+    from .report_fixtures import write_store
+
+    names = ["adagrad", "adam", "adamw", "lion", "momentum", "nadam", "nesterov", "radam",
+             "rmsprop", "sgd"]  # fmt: skip
+    ceilings = {n: 0.01 * i for i, n in enumerate(names)}  # sgd best ... adagrad worst
+    store = tmp_path / "s"
+    write_store(
+        store, axes={"optimizer": names}, seeds=range(2), ceilings=ceilings, epochs=2, noise=0.0
+    )
+    text = build_report(store, tmp_path / "rep").read_text(encoding="utf-8")
+    assert "the 8 of 10 techniques with the best mean score are drawn" in text
+    assert "Not drawn: adagrad, adam (in the tables)" in text

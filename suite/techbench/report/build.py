@@ -41,6 +41,11 @@ def load_context(
     dirs = [results_dir] if isinstance(results_dir, str | os.PathLike) else list(results_dir)
     trials, metrics, info, store_axis = inputs.load_stores(dirs, matrix)
     trials, metrics, tuned = inputs.finals_only(trials, metrics, dirs)
+    if trials.empty and tuned is not None:
+        raise analyze.ReportInputError(
+            f"{dirs[0]} is a tuned store with {tuned.n_search} search trials and no finals of "
+            "the selected settings yet (a tuned report ranks finals only): run the matrix again"
+        )
     if trials.empty:
         return None
     try:
