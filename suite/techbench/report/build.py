@@ -40,6 +40,12 @@ def load_context(
     """
     dirs = [results_dir] if isinstance(results_dir, str | os.PathLike) else list(results_dir)
     trials, metrics, info, store_axis = inputs.load_stores(dirs, matrix)
+    trials, metrics, tuned = inputs.finals_only(trials, metrics, dirs)
+    if trials.empty and tuned is not None:
+        raise analyze.ReportInputError(
+            f"{dirs[0]} is a tuned store with {tuned.n_search} search trials and no finals of "
+            "the selected settings yet (a tuned report ranks finals only): run the matrix again"
+        )
     if trials.empty:
         return None
     try:
@@ -99,6 +105,7 @@ def load_context(
         confounded=settings.confounded_cells(runs, axes),
         stores=tuple(os.fspath(d) for d in dirs),
         wall_clock=wall_clock,
+        tuned=tuned,
     )
 
 
@@ -184,12 +191,14 @@ def _axis_text(ctx: ReportContext, axis: str) -> str:
 
 def _header(ctx: ReportContext, seconds: float) -> str:
     trials, matrix = ctx.trials, ctx.matrix
-    status = trials["status"].value_counts().to_dict()
+    stored = ctx.tuned.trials if ctx.tuned else trials  # search trials are stored, not ranked
+    status = stored["status"].value_counts().to_dict()
     items: list[tuple[str, object]] = [
         ("matrix", matrix.get("name") or ", ".join(sorted(trials["matrix"].dropna().unique()))),
         ("scored", f"{ctx.score_rule}: {scoring.describe(ctx.score_rule)}"),
-        ("trials", f"{len(trials)} stored ({', '.join(f'{v} {k}' for k, v in status.items())})"),
+        ("trials", f"{len(stored)} stored ({', '.join(f'{v} {k}' for k, v in status.items())})"),
         *_corrupt_item(trials),
+        *([("tuned", ctx.tuned.describe())] if ctx.tuned else []),
         ("datasets", ", ".join(sorted(trials["dataset"].astype(str).unique()))),
         ("compared axes", "; ".join(_axis_text(ctx, a) for a in ctx.axes) or "none"),
         ("seeds", ", ".join(map(str, sorted(trials["seed"].unique())))),

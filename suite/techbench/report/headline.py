@@ -6,12 +6,14 @@ selected setting there (:mod:`.settings`). Then (Agarwal et al. 2021, "Deep RL a
 statistical precipice", the rliable recipe):
 
 - score: IQM of the runs' validation scores (:mod:`.scoring`), 95 % stratified-bootstrap
-  interval (runs resampled within each context); equal IQMs are ordered by the mean;
+  interval (runs resampled within each context); equal IQMs *tie* (:func:`tied`): they share
+  a rank and the page says they tie (listed by mean, then name);
 - margin: IQM(best) - IQM(runner-up), interval from the same resampling of both;
 - probability of improvement of the best over each other technique: ``P(X > Y) + P(X = Y) / 2``
   over runs within a context, averaged over contexts, with its bootstrap interval;
 - the test metric (IQM over the same runs, at the scored checkpoint) and the hit rate (share of
-  runs that reached the target) are shown, never ranked on.
+  runs that reached the target) are shown, never ranked on; ``n_runs`` is the best technique's
+  own run count, ``n_runs_compared`` and ``n_cut_short`` count every run of the comparison.
 
 Across datasets (:func:`summary`): raw scores of different datasets are not pooled. Each
 dataset's technique scores are min-max normalised between the worst and the best technique on
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +49,13 @@ def _ci(boot: np.ndarray) -> tuple[float, float]:
         return (math.nan, math.nan)
     lo, hi = np.nanquantile(boot, [0.025, 0.975])
     return (float(lo), float(hi))
+
+
+def tied(a: float, b: float) -> bool:
+    """Whether two IQM scores are equal (to rounding): a tie, never a "0 ahead" ranking."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
 
 
 def _settings_text(g: pd.DataFrame) -> str:
@@ -80,7 +90,7 @@ def _compare_dataset(unit: Unit) -> tuple[dict | None, list[dict]]:
     if g.empty:
         return None, board
     per: dict[str, pd.DataFrame] = dict(tuple(g.groupby("_tech", sort=True)))
-    centre = {t: stats.iqm(r["score"].to_numpy(float)) for t, r in per.items()}
+    centre = {t: float(stats.iqm(r["score"].to_numpy(float))) for t, r in per.items()}
     mean = {t: float(np.nanmean(r["score"].to_numpy(float))) for t, r in per.items()}
     keys = {
         t: (math.inf, math.inf) if math.isnan(centre[t]) else (-sign * centre[t], -sign * mean[t])
@@ -98,9 +108,10 @@ def _compare_dataset(unit: Unit) -> tuple[dict | None, list[dict]]:
         for t, r in per.items()
     }
     none = np.empty(0)
-    for rank, t in enumerate(order, 1):
+    for i, t in enumerate(order):
         r = per[t]
         lo, hi = _ci(boots[t])
+        rank = 1 + sum(not tied(centre[u], centre[t]) for u in order[:i])
         row = {
             "dataset": dataset, "axis": axis, "rank": rank, "technique": t,
             "setting": _settings_text(r), "n_runs": len(r), "score_iqm": centre[t],
@@ -110,7 +121,7 @@ def _compare_dataset(unit: Unit) -> tuple[dict | None, list[dict]]:
             pairs = []
             for c in ctxs:
                 pairs.append((sign * scores[best].get(c, none), sign * scores[t].get(c, none)))
-            p, plo, phi = stats.poi_with_ci(pairs, n_resamples=N_RESAMPLES, seed=rank)
+            p, plo, phi = stats.poi_with_ci(pairs, n_resamples=N_RESAMPLES, seed=i + 1)
         else:
             p = plo = phi = math.nan
         row.update(
@@ -129,8 +140,9 @@ def _compare_dataset(unit: Unit) -> tuple[dict | None, list[dict]]:
         "runner_up": None, "margin": math.nan, "margin_ci": (math.nan, math.nan),
         "p_over_runner_up": math.nan, "p_ci": (math.nan, math.nan), "p_min_others": math.nan,
         "n_techniques": len(order), "n_contexts": len(ctxs),
-        "n_contexts_all": int(d["_ctx"].nunique()), "n_runs": len(g),
-        "n_cut_short": int(g["stop_reason"].isin(CUT_SHORT).sum()),
+        "n_contexts_all": int(d["_ctx"].nunique()), "n_runs": first["n_runs"],
+        "n_runs_compared": len(g), "n_cut_short": int(g["stop_reason"].isin(CUT_SHORT).sum()),
+        "tied_with": ", ".join(t for t in order[1:] if tied(centre[t], centre[best])),
     }  # fmt: skip
     if len(order) > 1:
         second = board[-len(order) + 1]
@@ -220,7 +232,7 @@ def display(head: pd.DataFrame, metric: str, test_metric: str) -> pd.DataFrame:
             {
                 "dataset": h.dataset,
                 "axis": h.axis,
-                "best": h.best if h.setting == h.best else f"{h.best}: {h.setting}",
+                "best": _best_text(h),
                 f"{metric} (IQM [95% CI])": _with_ci(h.score_iqm, h.score_ci),
                 "runner-up": h.runner_up or "–",
                 "margin [95% CI]": _with_ci(h.margin, h.margin_ci),
@@ -228,10 +240,22 @@ def display(head: pd.DataFrame, metric: str, test_metric: str) -> pd.DataFrame:
                 "min P(best > other)": _fmt(h.p_min_others, 2),
                 f"{test_metric} (IQM)": _fmt(h.test_iqm),
                 "hit rate": _fmt(h.hit_rate, 2),
-                "runs": h.n_runs if not h.n_cut_short else f"{h.n_runs} ({h.n_cut_short} cut)",
+                "runs": _runs_text(h),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _runs_text(h: Any) -> str:
+    """The best technique's runs; cut-short runs of the whole comparison (they bias it)."""
+    if not h.n_cut_short:
+        return str(h.n_runs)
+    return f"{h.n_runs} ({h.n_cut_short} of {h.n_runs_compared} compared cut)"
+
+
+def _best_text(h: Any) -> str:
+    text = h.best if h.setting == h.best else f"{h.best}: {h.setting}"
+    return f"{text} (tied with {h.tied_with})" if h.tied_with else text
 
 
 def sentences(head: pd.DataFrame, metric: str) -> list[str]:
@@ -239,7 +263,12 @@ def sentences(head: pd.DataFrame, metric: str) -> list[str]:
     out = []
     for h in head.itertuples(index=False):
         text = f"{h.dataset} · {h.axis}: {h.best} scores {_with_ci(h.score_iqm, h.score_ci)}"
-        if h.runner_up:
+        if h.tied_with:
+            text += (
+                f" and ties with {h.tied_with} (equal {metric} IQM: no technique is ahead); "
+                f"P({h.best} > {h.runner_up}) = {_with_ci(h.p_over_runner_up, h.p_ci)}"
+            )
+        elif h.runner_up:
             lo, hi = h.margin_ci
             sure = (
                 "the interval of the margin includes 0: not separated from the runner-up"

@@ -9,6 +9,11 @@
   fewer epochs than its budget and fewer steps than ``max_steps`` stopped on the budget's
   ``max_seconds`` when it has one. Such runs are *cut short*: not the run the matrix asked for.
   :func:`stop_summary` counts runs per reason for the page, each budget with its size.
+- :func:`finals_only`: a tuned store (``tune.json``, :mod:`techbench.tune`) is ranked on the
+  finals of the selected settings alone. Its search trials are single runs of settings that
+  were not chosen (or the choosing run itself, on a search seed): ranked beside the finals they
+  would put unselected points in the answer and count the selecting run twice. They reach only
+  the tuning section, through :class:`Tuned`. Stores without a plan pass unchanged.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..schema import trial_id
+from ..tune import Selection, TunePlan, read_plan, select_stored
 from .analyze import ReportInputError
 from .load import load_matrix, load_store
 
@@ -69,7 +77,16 @@ def select_matrix(
             f"{where} has no trials of matrix {matrix!r} (it has {', '.join(counts.index)})"
         )
     keep = trials["matrix"].fillna("?").astype(str) == matrix
-    trials = trials[keep].reset_index(drop=True)
+    return _keep(trials, metrics, keep.to_numpy())
+
+
+def _keep(
+    trials: pd.DataFrame, metrics: pd.DataFrame, mask: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials where ``mask`` holds and their metric rows (``attrs`` kept)."""
+    attrs = dict(trials.attrs)
+    trials = trials[mask].reset_index(drop=True)
+    trials.attrs.update(attrs)
     ids = set(trials["trial_id"].astype(str))
     metrics = metrics[metrics["trial_id"].astype(str).isin(ids)]
     if isinstance(metrics["trial_id"].dtype, pd.CategoricalDtype):
@@ -116,6 +133,80 @@ def load_stores(
     for col in ("trial_id", "split", "metric", "layer"):
         metrics[col] = metrics[col].astype("category")
     return pd.concat(frames, ignore_index=True), metrics, info, overlap
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A tuned store as the report's input splits it (see :func:`finals_only`).
+
+    ``trials``/``metrics``: every trial of the store, search and finals (the tuning section's
+    view); ``selection``/``pending``: :func:`techbench.tune.select_stored`, computed once;
+    ``final_ids``: the trials everything ranked is computed from; ``n_search``: stored search
+    trials; ``n_other``: stored trials that are neither (finals of a setting no longer selected).
+    """
+
+    plan: TunePlan
+    selection: list[Selection]
+    pending: list[tuple[str, int]]
+    trials: pd.DataFrame
+    metrics: pd.DataFrame
+    final_ids: frozenset[str]
+    n_search: int
+    n_other: int
+
+    @property
+    def n_finals(self) -> int:
+        """Stored finals of the selected settings."""
+        return int(self.trials["trial_id"].astype(str).isin(self.final_ids).sum())
+
+    def describe(self) -> str:
+        """One sentence for the page: what is ranked and what only feeds the tuning section."""
+        other = f"; {self.n_other} other stored trials are left out" if self.n_other else ""
+        return (
+            f"Tuned matrix: everything ranked on this page comes from the {self.n_finals} final "
+            f"runs of the selected settings (fresh seeds); the {self.n_search} search trials "
+            f"only feed the Tuning section{other}."
+        )
+
+
+def _store_plans(dirs: Sequence[str | os.PathLike[str]]) -> list[tuple[str, str, TunePlan]]:
+    """``(id prefix, store, plan)`` of each tuned store, with the prefixes of :func:`load_stores`."""
+    taken: set[str] = set()
+    out = []
+    for d in dirs:
+        label = _store_label(d, taken)
+        plan = read_plan(d)
+        if plan is not None:
+            out.append(("" if len(dirs) == 1 else label + "/", os.fspath(d), plan))
+    return out
+
+
+def finals_only(
+    trials: pd.DataFrame, metrics: pd.DataFrame, dirs: Sequence[str | os.PathLike[str]]
+) -> tuple[pd.DataFrame, pd.DataFrame, Tuned | None]:
+    """``(trials, metrics)`` of :func:`load_stores` with each tuned store's trials narrowed to
+    the finals of its selected settings, and the :class:`Tuned` of a single tuned store (None
+    otherwise: several stores each rank their finals, and have no tuning section here)."""
+    plans = _store_plans(dirs)
+    if trials.empty or not plans:
+        return trials, metrics, None
+    ids = trials["trial_id"].astype(str)
+    keep = np.ones(len(trials), dtype=bool)
+    tuned = None
+    for prefix, where, plan in plans:
+        search = {prefix + trial_id(c) for c in plan.search_trials()}
+        if not ids.isin(search).any():
+            continue  # the store's trials (of this --matrix) are not the plan's
+        selection, pending = select_stored(plan, where)
+        finals = frozenset(prefix + trial_id(c) for c in plan.final_trials(selection))
+        mine = ids.str.startswith(prefix).to_numpy() if prefix else np.ones(len(ids), bool)
+        keep &= ~mine | ids.isin(finals).to_numpy()
+        if len(dirs) == 1:
+            n_search = int(ids.isin(search).sum())
+            n_other = int(len(ids) - n_search - ids.isin(finals).sum())
+            tuned = Tuned(plan, selection, pending, trials, metrics, finals, n_search, n_other)
+    ranked, ranked_metrics = _keep(trials, metrics, keep)
+    return ranked, ranked_metrics, tuned
 
 
 def _budget(config: str, key: str) -> Any:

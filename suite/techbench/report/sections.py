@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from .. import htmlpage as html
 from . import analyze, figures, headline, scoring, tables
-from .inputs import CUT_SHORT
+from .inputs import CUT_SHORT, Tuned
 from .settings import AxisView
 from .stats import MIN_SEEDS
 from .tuning import tuning
@@ -36,7 +36,9 @@ class ReportContext:
     improvement over ``baselines`` (empty without one). ``views`` holds per axis the runs that
     compare it (techniques at their selected settings, :mod:`.settings`); ``headline``,
     ``leaderboard`` and ``summary`` are the tables of :mod:`.headline`; ``score_rule`` is the
-    rule of :mod:`.scoring`.
+    rule of :mod:`.scoring`. ``tuned``: for a tuned store, its search and final trials
+    (:func:`.inputs.finals_only`); ``trials``/``metrics`` and every table then hold the finals of
+    the selected settings only, and only the tuning section reads ``tuned``.
     """
 
     results_dir: str | os.PathLike[str]
@@ -63,6 +65,7 @@ class ReportContext:
     confounded: pd.DataFrame = field(default_factory=pd.DataFrame)
     stores: Sequence[str] = ()
     wall_clock: bool = False
+    tuned: Tuned | None = None
 
     @property
     def higher(self) -> bool:
@@ -116,6 +119,8 @@ def answer(ctx: ReportContext) -> Section:
             "is its best setting per context by validation IQM (optimistic for techniques with "
             "more settings; every setting has its row in the statistics section)."
         )
+    if ctx.tuned:
+        how += " " + ctx.tuned.describe()
     blocks.append(html.para(how, "note"))
     board_cols = [
         "dataset", "axis", "rank", "technique", "setting", "n_runs", "score_iqm",
@@ -222,7 +227,25 @@ def convergence(ctx: ReportContext) -> Section:
             figures.learning_curves(ctx.curves, ctx.runs, ctx.axes, ctx.views), "Learning curves"
         ),
     ]
+    blocks += [html.para(t, "note") for t in _curves_left_out(ctx)]
     return Section("convergence", "Convergence", blocks, {"techniques.csv": ctx.techs})
+
+
+def _curves_left_out(ctx: ReportContext) -> list[str]:
+    """Per compared axis whose learning-curve panels leave techniques out: which are drawn and
+    why (the figure draws at most ``MAX_TECHNIQUES``, the best by mean score)."""
+    out = []
+    for axis in ctx.axes[: figures.MAX_AXES]:
+        tagged = figures._by_technique(ctx.runs, axis, ctx.views)
+        drawn = figures._top_techniques(tagged, axis)
+        left = sorted(set(tagged["_t"].astype(str)) - set(drawn))
+        if left:
+            out.append(
+                f"Learning curves, {axis}: the {len(drawn)} of {len(drawn) + len(left)} "
+                f"techniques with the best mean score are drawn ({', '.join(drawn)}); more "
+                f"bands would hide each other. Not drawn: {', '.join(left)} (in the tables)."
+            )
+    return out
 
 
 def profiles(ctx: ReportContext) -> Section:

@@ -5,7 +5,9 @@ AlgoPerf): the setting each technique got and whether it lies at the edge of the
 the final test and validation scores on fresh seeds with bootstrap intervals; how the best
 validation score grows with the number of search trials (so a ranking that only holds at large
 budgets shows); and how sensitive each technique is to each searched hyper-parameter.
-Selection is recomputed with :func:`techbench.tune.select_stored`, the function the run used.
+Selection is recomputed with :func:`techbench.tune.select_stored`, the function the run used,
+once, at the report's input (:class:`.inputs.Tuned`); this is the only section that sees the
+search trials.
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ import numpy as np
 import pandas as pd
 
 from .. import htmlpage as html
+from ..palette import technique_color
 from ..schema import metric_series, trial_id
-from ..tune import Selection, TunePlan, read_plan, select_stored, trial_score
+from ..tune import Selection, TunePlan, trial_score
 from . import expmax
+from .inputs import Tuned
 from .stats import stratified_bootstrap_ci
 
 if TYPE_CHECKING:
     from .sections import ReportContext, Section
 
 MAX_PANELS = 12
+FLOOR_TEXT = (
+    "Diverged or failed search points count as the worst finite score of the same technique "
+    "in the same context (its own floor: adding or removing another technique does not move "
+    "this one's curve); a technique whose every point diverged has no curve."
+)
+"""The expected-max floor as the page states it; see :func:`_point_scores`."""
 
 
 def _mean(a: np.ndarray, axis: int) -> np.ndarray:
@@ -45,11 +55,11 @@ def _series(metrics: pd.DataFrame, split: str, name: str) -> dict[str, list[floa
     }
 
 
-def search_table(plan: TunePlan, ctx: ReportContext) -> pd.DataFrame:
+def search_table(plan: TunePlan, tuned: Tuned) -> pd.DataFrame:
     """One row per search trial: group, study, point index and values, seed, status, score."""
     _, name = metric_series(plan.spec.metric)
-    val = _series(ctx.metrics, "val", name)
-    status = dict(zip(ctx.trials["trial_id"], ctx.trials["status"], strict=True))
+    val = _series(tuned.metrics, "val", name)
+    status = dict(zip(tuned.trials["trial_id"], tuned.trials["status"], strict=True))
     sign = 1.0 if plan.spec.mode == "max" else -1.0
     rows = []
     for g in plan.groups:
@@ -77,8 +87,21 @@ def search_table(plan: TunePlan, ctx: ReportContext) -> pd.DataFrame:
 
 
 def _point_scores(search: pd.DataFrame, plan: TunePlan) -> pd.DataFrame:
-    """Mean validation score per (group, study, point); diverged points get the context's worst
-    observed score (a diverged trial is the worst outcome, and the estimators need numbers)."""
+    """Mean validation score per (group, study, point), and ``score_filled`` for the
+    expected-max estimators, which need a number for every point (:data:`FLOOR_TEXT`).
+
+    A diverged point takes the worst finite score of its own technique in its context. Dodge
+    et al. (2019, "Show your work", eq. 1) estimate E[max of n] from the empirical distribution
+    of *one* model's N trials, so every value it draws must come from that model's trials: a
+    floor from the other techniques (the context's worst) makes a technique's curve move when a
+    technique is added or removed. A metric's worst possible value (0 accuracy) is not defined
+    for a loss (unbounded) and, far below every observed score, would let one divergence drag
+    the small-n estimate anywhere; the technique's own minimum ranks a divergence below every
+    finite point (never selected, as :func:`techbench.tune.trial_score` ranks it) while keeping
+    the curve on the scale of that technique's own scores. It is optimistic (a divergence is
+    worse than any finished run), so the page states the floor. A technique with no finite point
+    keeps NaN and gets no curve.
+    """
     ok = search["status"] != "not run"
     keys = ["group", "technique", "context", "study", "point"]
     dims = list(dict.fromkeys(d.key for g in plan.groups for d in g.dims))
@@ -88,23 +111,23 @@ def _point_scores(search: pd.DataFrame, plan: TunePlan) -> pd.DataFrame:
     if dims:
         table = table.merge(pts[dims].first().reset_index(), on=keys, how="left")
     higher = plan.spec.mode == "max"
-    worst = table.groupby("context")["score"].transform("min" if higher else "max")
+    worst = table.groupby(["context", "technique"])["score"].transform("min" if higher else "max")
     table["diverged"] = table["score"].isna()
     table["score_filled"] = table["score"].fillna(worst)
     return table
 
 
 def _final_rows(
-    plan: TunePlan, selection: list[Selection], ctx: ReportContext
+    plan: TunePlan, selection: list[Selection], tuned: Tuned
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per final trial, and per selected (group, study): val and test means with intervals."""
     _, name = metric_series(plan.spec.metric)
-    val = _series(ctx.metrics, "val", name)
+    val = _series(tuned.metrics, "val", name)
     test_name = f"best_{name}" if plan.spec.select == "best" else name
-    test = _series(ctx.metrics, "test", test_name)
+    test = _series(tuned.metrics, "test", test_name)
     if not test:
-        test_name, test = name, _series(ctx.metrics, "test", name)
-    status = dict(zip(ctx.trials["trial_id"], ctx.trials["status"], strict=True))
+        test_name, test = name, _series(tuned.metrics, "test", name)
+    status = dict(zip(tuned.trials["trial_id"], tuned.trials["status"], strict=True))
     by_id = {g.id: g for g in plan.groups}
     sign = 1.0 if plan.spec.mode == "max" else -1.0
     trials, summary = [], []
@@ -193,8 +216,8 @@ def _expected_max_figure(table: pd.DataFrame, plan: TunePlan) -> bytes | None:
     fig, axs = _grid(1, len(contexts), w=4.4, h=3.2)
     for ax, context in zip(axs[0], contexts, strict=False):
         part = table[table["context"] == context]
-        for i, (tech, t) in enumerate(part.groupby("technique", sort=False)):
-            color = f"C{i % 10}"
+        for tech, t in part.groupby("technique", sort=False):
+            color = technique_color(str(tech))
             ax.plot(t["n"], t["dodge_mean"], color=color, label=_short(str(tech)))
             ax.fill_between(
                 t["n"],
@@ -207,8 +230,20 @@ def _expected_max_figure(table: pd.DataFrame, plan: TunePlan) -> bytes | None:
         ax.set_title(_short(context or "all", 40))
         ax.set_xlabel("search trials n")
         ax.set_ylabel(f"expected best {plan.spec.metric}")
-    axs[0][0].legend(fontsize=6)
+    _outside_legend(fig)
     return figure_png(fig)
+
+
+def _outside_legend(fig: Any) -> None:
+    """One legend for every panel, beside them at the report's figure font (never over data)."""
+    from .figures import FONT
+
+    seen: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=FONT)
 
 
 def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
@@ -226,7 +261,6 @@ def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axs = _grid(nrows, ncols, w=3.6, h=2.8)
-    techs = list(dict.fromkeys(data["technique"]))
     for ax, (key, context) in zip(axs.ravel(), panels, strict=False):
         d = dims[key]
         part = data[(data["context"] == context) & data[key].notna()]
@@ -234,7 +268,7 @@ def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
             x = t[key].astype(float)
             if d.param.scale == "log1m":
                 x = 1.0 - x
-            color = f"C{techs.index(tech) % 10}"
+            color = technique_color(str(tech))
             # points, not lines: with several searched dimensions the others vary along x
             ax.scatter(x, t["score"], s=12, color=color, label=_short(str(tech)))
         if d.param.scale in ("log", "log1m"):
@@ -244,7 +278,7 @@ def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
         ax.set_title(_short(context or "all", 40))
     for ax in axs.ravel()[len(panels) :]:
         ax.set_visible(False)
-    axs[0][0].legend(fontsize=6)
+    _outside_legend(fig)
     return figure_png(fig)
 
 
@@ -252,15 +286,15 @@ def tuning(ctx: ReportContext) -> Section:
     """Selected settings, finals with intervals, expected max vs budget, sensitivity."""
     from .sections import Section
 
-    plan = read_plan(ctx.results_dir)
-    if plan is None:
+    tuned = ctx.tuned
+    if tuned is None:
         return Section("tuning", "Tuning", [])
+    plan, selection, pending = tuned.plan, tuned.selection, tuned.pending
     spec = plan.spec
-    selection, pending = select_stored(plan, ctx.results_dir)
-    search = search_table(plan, ctx)
+    search = search_table(plan, tuned)
     points = _point_scores(search, plan)
     chosen = _selection_table(plan, selection)
-    final_trials, finals = _final_rows(plan, selection, ctx)
+    final_trials, finals = _final_rows(plan, selection, tuned)
     emax = _expected_max_table(points, plan)
     order = spec.mode != "max"
     val_col = f"val_{metric_series(spec.metric)[1]}"
@@ -306,9 +340,9 @@ def tuning(ctx: ReportContext) -> Section:
         html.heading("Expected best validation score vs search budget"),
         html.para(
             "Solid: E[max of n] with replacement (Dodge et al. 2019) with a one-standard-"
-            "deviation band; dashed: without replacement (Tang et al. 2020). Diverged points "
-            "count as the worst score seen in their context. A ranking that flips along n "
-            "depends on the tuning budget."
+            "deviation band; dashed: without replacement (Tang et al. 2020). "
+            + FLOOR_TEXT
+            + " A ranking that flips along n depends on the tuning budget."
         ),
         html.image(_expected_max_figure(emax, plan), "Expected best validation score"),
         html.table(emax, max_rows=60, csv_name="tuning_expected_max.csv"),
