@@ -456,3 +456,20 @@ def test_seed_filters_pick_each_phases_seeds_of_a_tuned_matrix(
     assert "keeps no final seed" in capsys.readouterr().err
     assert main([*base, "--filter", "seed=9"]) == 2
     assert "seed=9: not a seed of the tuned matrix" in capsys.readouterr().err
+
+
+def test_a_filtered_run_into_a_full_runs_store_keeps_its_plan(tmp_path: Path) -> None:
+    from techbench.cli import main
+
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX)
+    out = tmp_path / "out"
+    full = _run_all(out)
+    before = read_plan(out)
+    assert before is not None and len(before.groups) == 6  # 2 datasets x 3 optimizers
+    args = ["run", str(path), "--out", str(out), "--filter", "dataset=moons", "--run-fn", RUN_FN]
+    assert main([*args, "--workers", "1", "--no-progress"]) == 0
+    after = read_plan(out)
+    assert after is not None and after.to_json() == before.to_json()
+    again, pending = select_stored(after, out)
+    assert not pending and [(s.group, s.point) for s in again] == [(s.group, s.point) for s in full]

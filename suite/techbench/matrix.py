@@ -713,7 +713,7 @@ def load_matrix_dict(
             if isinstance(entry, Mapping) and not entry:
                 p.problem(path, "an empty include adds nothing", "name at least one axis")
             target_list.append(inc)
-    if not any(data.get(k) for k in ("axes", "defaults", "include")):
+    if not p.problems and not any(data.get(k) for k in ("axes", "defaults", "include")):
         p.problem("axes", "the matrix names nothing to run (no [axes], [defaults] or [[include]])",
                   'e.g. [axes] activation = ["relu", "tanh"]')  # fmt: skip
     tune = None
