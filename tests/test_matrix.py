@@ -239,6 +239,8 @@ def test_budget_target_sections_and_data_seeds(registry):
         accelerator = "auto"
         [health]
         enabled = false
+        [defaults]
+        activation = "relu"
         """,
         registry,
     )

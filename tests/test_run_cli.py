@@ -4,6 +4,7 @@ resume, and the smoke matrix end to end (real training) with its report."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -262,3 +263,84 @@ def test_ctrl_c_exits_130_and_keeps_finished_trials(tmp_path, workers):
     store = ResultStore(out)
     assert 2 <= n < 12
     assert all(store.status(t) == "completed" for t in store.trial_ids())
+
+
+FAST = ["--workers", "1", "--no-progress", "--run-fn", "tests.test_run_cli:fast_run"]
+
+
+def _stored(out: Path) -> dict[str, dict]:
+    store = ResultStore(out)
+    return {tid: store.read_meta(tid)["config"] for tid in store.trial_ids()}
+
+
+def test_a_narrowed_budget_never_shares_the_default_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, SMALL)
+    assert main(["run", path, *FAST]) == 0
+    full = _stored(tmp_path / "results" / "small")
+    assert len(full) == 6  # 2 activations x 3 seeds
+    # the README's narrowing example: 1 activation x 2 seeds, another budget
+    capsys.readouterr()
+    assert (
+        main(["run", path, "--filter", "activation=relu", "--seeds", "2", "--epochs", "2", *FAST])
+        == 0
+    )
+    said = capsys.readouterr().out
+    assert _stored(tmp_path / "results" / "small") == full
+    narrowed = _stored(tmp_path / "results" / "small-epochs2")
+    assert len(narrowed) == 2 and "results/small-epochs2" in said
+    assert {
+        (c["activation"]["name"], c["seed"], c["budget"]["epochs"]) for c in narrowed.values()
+    } == {
+        ("relu", 0, 2),
+        ("relu", 1, 2),
+    }
+    # a filter alone picks trials of the same cells at the same budget: the default store
+    assert main(["run", path, "--filter", "activation=tanh", *FAST]) == 0
+    assert _stored(tmp_path / "results" / "small") == full
+
+
+def test_report_refuses_a_cell_pooling_two_budgets(tmp_path, capsys):
+    path = write(tmp_path, SMALL)
+    out = str(tmp_path / "out")
+    assert main(["run", path, "--out", out, *FAST]) == 0
+    ones = set(_stored(Path(out)))
+    narrow = ["--epochs", "2", "--seeds", "2", "--filter", "activation=relu"]
+    assert main(["run", path, "--out", out, *narrow, *FAST]) == 0
+    twos = set(_stored(Path(out))) - ones
+    capsys.readouterr()
+    assert main(["report", out, "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and out in err[0] and "activation=relu" in err[0]
+    assert "epochs=1 (3 trials, e.g. " in err[0] and "epochs=2 (2 trials, e.g. " in err[0]
+    shown = set(re.findall(r"e\.g\. ([0-9a-f]{16})", err[0]))
+    assert len(shown & ones) == 1 and len(shown & twos) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("", "axes"),
+        ("# nothing\nname = 'empty'\n[budget]\nepochs = 1\n", "axes"),
+        ("[axes]\n", "axes"),
+        ("[budget]\nepochs = 99999999999999999999\n[axes]\nactivation = ['relu']", "budget.epochs"),
+        ("[budget]\nsteps = 10000000000\n[axes]\nactivation = ['relu']", "budget.steps"),
+        ("[budget]\nmax_seconds = 1e12\n[axes]\nactivation = ['relu']", "budget.max_seconds"),
+        ("[budget]\nbatch_size = 10000000000\n[axes]\nactivation = ['relu']", "budget.batch_size"),
+        ("seeds = 100000\n[axes]\nactivation = ['relu']", "seeds"),
+        ("[axes]\noptimizer = ['sgd', 'adam']\n[tune]\nbudget = 10000000000", "tune.budget"),
+    ],
+)
+def test_empty_matrix_and_endless_budgets_exit_2_naming_file_and_key(tmp_path, capsys, text, key):
+    path = write(tmp_path, text)
+    assert main(["run", path, "--dry-run"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "techbench run: error: 1 problem in the matrix:"
+    assert len(err) == 2 and err[1].strip().startswith(f"{path}: {key}: ")
+
+
+def test_narrowing_flags_past_the_bounds_exit_2(capsys):
+    assert main(["run", "smoke", "--dry-run", "--epochs", "99999999999999999999"]) == 2
+    assert "--epochs must be in [1, 100000]" in capsys.readouterr().err
+    assert main(["run", "smoke", "--dry-run", "--seeds", "10000000"]) == 2
+    assert "--seeds must be in [1, 10000]" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -377,3 +378,98 @@ def test_shipped_tuned_matrices_search_every_optimizer_and_regularizer() -> None
     assert {g.technique for g in reg.groups} == {
         e.name for e in default_registry().entries("regularizer")
     } - {"augment"}
+
+
+# -- narrowing a tuned matrix ------------------------------------------------------------------
+
+
+def _phase_ids(out: Path, final_seeds: set[int]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Stored trial ids of each phase per dataset (a final trial runs on a final seed)."""
+    search: dict[str, set[str]] = {}
+    finals: dict[str, set[str]] = {}
+    for tid in ResultStore(out).trial_ids():
+        meta = ResultStore(out).read_meta(tid)
+        assert meta is not None
+        config = meta["config"]
+        phase = finals if config["seed"] in final_seeds else search
+        phase.setdefault(config["dataset"]["name"], set()).add(tid)
+    return search, finals
+
+
+@pytest.mark.parametrize(
+    ("flags", "narrowed", "n_seeds"),
+    [
+        # the issue's case: a filter alone; the same trials as the matrix written for digits only
+        (["--filter", "dataset=digits"], ("digits",), (2, 3)),
+        # seeds: at most 1 search seed (of 0, 1) and 1 final seed (the first of 2, 3, 4)
+        (["--filter", "dataset=digits", "--seeds", "1"], ("digits",), (1, 1)),
+    ],
+)
+def test_narrowed_tuned_run_narrows_both_phases_as_its_dry_run_says(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    narrowed: tuple[str, ...],
+    n_seeds: tuple[int, int],
+) -> None:
+    from techbench.cli import main
+
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX)
+    out = tmp_path / "out"
+    common = ["run", str(path), "--out", str(out), *flags]
+    assert main([*common, "--dry-run", "--sample", "0"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "narrowed by" in ln)
+    said = [int(n) for n in re.findall(r"-> (\d+) (?:search|final) trials", line)]
+    assert main([*common, "--run-fn", RUN_FN, "--workers", "1", "--no-progress"]) == 0
+    n_search, n_final = n_seeds
+    # brute force: the matrix written for the narrowed datasets and seeds, run the plain way
+    final_seeds = [2, 3, 4][:n_final]
+    text = MATRIX.replace('dataset = ["digits", "moons"]', f"dataset = {list(narrowed)!r}")
+    text = text.replace("seeds = 2", f"seeds = {n_search}")
+    text = text.replace("final_seeds = 3", f"final_seeds = {final_seeds}")
+    _run_all(tmp_path / "brute", text)
+    search, finals = _phase_ids(out, set(final_seeds))
+    want_search, want_finals = _phase_ids(tmp_path / "brute", set(final_seeds))
+    assert search == want_search and finals == want_finals
+    # 3 optimizers x 6 points x search seeds; 3 selected settings x final seeds; digits only
+    assert {k: len(v) for k, v in search.items()} == {"digits": 3 * 6 * n_search}
+    assert {k: len(v) for k, v in finals.items()} == {"digits": 3 * n_final}
+    assert said == [3 * 6 * n_search, 3 * n_final]
+    plan = read_plan(out)
+    assert plan is not None and {g.base["dataset"]["name"] for g in plan.groups} == {"digits"}
+
+
+def test_seed_filters_pick_each_phases_seeds_of_a_tuned_matrix(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from techbench.cli import main
+
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX)
+    base = ["run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--sample", "0"]
+    assert main([*base, "--filter", "seed=1", "--filter", "seed=3"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "narrowed by" in ln)
+    # search seed 1 of (0, 1), final seed 3 of (2, 3, 4); 2 datasets x 3 optimizers x 6 points
+    assert line.endswith("72 -> 36 search trials, 18 -> 6 final trials")
+    assert main([*base, "--filter", "seed=0"]) == 2
+    assert "keeps no final seed" in capsys.readouterr().err
+    assert main([*base, "--filter", "seed=9"]) == 2
+    assert "seed=9: not a seed of the tuned matrix" in capsys.readouterr().err
+
+
+def test_a_filtered_run_into_a_full_runs_store_keeps_its_plan(tmp_path: Path) -> None:
+    from techbench.cli import main
+
+    path = tmp_path / "m.toml"
+    path.write_text(MATRIX)
+    out = tmp_path / "out"
+    full = _run_all(out)
+    before = read_plan(out)
+    assert before is not None and len(before.groups) == 6  # 2 datasets x 3 optimizers
+    args = ["run", str(path), "--out", str(out), "--filter", "dataset=moons", "--run-fn", RUN_FN]
+    assert main([*args, "--workers", "1", "--no-progress"]) == 0
+    after = read_plan(out)
+    assert after is not None and after.to_json() == before.to_json()
+    again, pending = select_stored(after, out)
+    assert not pending and [(s.group, s.point) for s in again] == [(s.group, s.point) for s in full]

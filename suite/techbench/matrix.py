@@ -126,6 +126,13 @@ SCORE_RULES = ("final", "best")
 """``[report] score``: the epoch a run is scored at (see :mod:`techbench.report.scoring`)."""
 PATTERN_EXTRA = ("seed", "data_seed")
 MAX_TRIALS = 100_000
+MAX_SEEDS = 10_000
+MAX_EPOCHS = 100_000
+MAX_STEPS = 100_000_000
+MAX_SECONDS = 7 * 24 * 3600
+MAX_BATCH = 2**20
+"""Upper bounds of the budget keys: beyond them a trial would never end (or never start), so
+they are typos (``epochs = 99999999999999999999``), not plans."""
 _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 
 
@@ -180,6 +187,9 @@ class Matrix:
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
     spec_defaults: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
     tune: Any = None  # a techbench.tune.TuneSpec when the matrix has [tune]
+    only: dict[str, list[str]] = field(default_factory=dict)
+    """Narrowing (``--filter``): keep the configs whose value on each key has one of these labels
+    (:func:`axis_labels`); for a tuned matrix it applies before the search, so to both phases."""
 
     def _seed_pairs(self, seeds: Sequence[int]) -> list[tuple[int, int]]:
         if self.data_seeds == "seed":
@@ -238,8 +248,17 @@ class Matrix:
         from .tune import build_plan
 
         untuned = copy.copy(self)
-        untuned.tune, untuned.seeds = None, [0]
-        return build_plan(self.tune, untuned._expand(), self.data_seeds == "seed")
+        untuned.tune, untuned.seeds, untuned.only = None, [0], {}
+        return build_plan(self.tune, untuned._expand(), self.data_seeds == "seed", self._kept)
+
+    def unfiltered(self) -> list[dict[str, Any]]:
+        """The configs ``--filter`` chooses from: an untuned matrix's trials without
+        :attr:`only`; for a tuned one, each technique in each context at seed 0."""
+        whole = copy.copy(self)
+        whole.only = {}
+        if self.tune is not None:
+            whole.tune, whole.seeds = None, [0]
+        return whole._expand()
 
     def _expand(self) -> list[dict[str, Any]]:
         configs = self._product(self.axes, self.seeds, prune=True)
@@ -251,10 +270,13 @@ class Matrix:
         unique = []
         for config in configs:
             tid = trial_id(config)
-            if tid not in seen:
+            if tid not in seen and self._kept(config):
                 seen.add(tid)
                 unique.append(config)
         return unique
+
+    def _kept(self, config: Mapping[str, Any]) -> bool:
+        return all(axis_labels(k, config[k]) & set(wanted) for k, wanted in self.only.items())
 
     def describe(self, n_trials: int | None = None) -> dict[str, Any]:
         """JSON-safe summary (written to ``OUT/matrix.json``)."""
@@ -278,7 +300,16 @@ class Matrix:
             "exclude": [{k: [_label(x) for x in v] for k, v in p.items()} for p in self.exclude],
             "n_trials": len(self.trials()) if n_trials is None else n_trials,
             **({"tune": self.tune.describe()} if self.tune is not None else {}),
+            **({"only": self.only} if self.only else {}),
         }
+
+
+def axis_labels(key: str, value: Any) -> set[str]:
+    """The labels a ``--filter`` value matches: a technique by name or full label
+    (``adam``, ``adam(lr=0.003)``), anything else by its text (``seed=0``)."""
+    if key in AXIS_FAMILY and isinstance(value, Mapping):
+        return {str(value["name"]), _label(value)}
+    return {str(value)}
 
 
 def describe_trial(config: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
@@ -315,7 +346,9 @@ class _Parser:
 
     # scalars -------------------------------------------------------------------------------
 
-    def int_value(self, value: Any, path: str, low: int, optional: bool = False) -> int | None:
+    def int_value(
+        self, value: Any, path: str, low: int, optional: bool = False, high: int | None = None
+    ) -> int | None:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
@@ -324,15 +357,18 @@ class _Parser:
         if value < low:
             self.problem(path, f"must be >= {low}, got {value}")
             return None
+        if high is not None and value > high:
+            self.problem(path, f"must be <= {high}, got {value}", "a run this long never ends")
+            return None
         return value
 
     def seed_list(self, value: Any, path: str, allow_seed: bool = False) -> list[int] | str | None:
         if allow_seed and value == "seed":
             return "seed"
         if isinstance(value, int) and not isinstance(value, bool):
-            if 1 <= value <= 10_000:
+            if 1 <= value <= MAX_SEEDS:
                 return list(range(value))
-            self.problem(path, f"a seed count must be in [1, 10000], got {value}")
+            self.problem(path, f"a seed count must be in [1, {MAX_SEEDS}], got {value}")
             return None
         if isinstance(value, list) and value:
             seeds = []
@@ -363,19 +399,24 @@ class _Parser:
         steps = raw.get("steps", raw.get("max_steps"))
         skey = "budget.steps" if "steps" in raw else "budget.max_steps"
         if steps is not None:
-            out["max_steps"] = self.int_value(steps, skey, 1)
+            out["max_steps"] = self.int_value(steps, skey, 1, high=MAX_STEPS)
             if "epochs" not in raw:
                 out["epochs"] = None
         if "epochs" in raw:
-            out["epochs"] = self.int_value(raw["epochs"], "budget.epochs", 1)
+            out["epochs"] = self.int_value(raw["epochs"], "budget.epochs", 1, high=MAX_EPOCHS)
         if "batch_size" in raw:
-            out["batch_size"] = self.int_value(raw["batch_size"], "budget.batch_size", 1)
+            out["batch_size"] = self.int_value(
+                raw["batch_size"], "budget.batch_size", 1, high=MAX_BATCH
+            )
         if "max_seconds" in raw:
             secs = raw["max_seconds"]
             if isinstance(secs, bool) or not isinstance(secs, int | float) or not secs > 0:
                 self.problem("budget.max_seconds", f"must be a number > 0, got {secs!r}")
             elif math.isinf(secs):
                 out["max_seconds"] = None
+            elif secs > MAX_SECONDS:
+                self.problem("budget.max_seconds", f"must be <= {MAX_SECONDS} (7 days), got "
+                             f"{secs!r}", "inf means no time cap")  # fmt: skip
             else:
                 out["max_seconds"] = float(secs)
         if out["epochs"] is None and out["max_steps"] is None and not self.problems:
@@ -455,7 +496,9 @@ class _Parser:
             else:
                 self.problem("health.enabled", f"must be true or false, got {raw['enabled']!r}")
         if "every_n_steps" in raw:
-            out["every_n_steps"] = self.int_value(raw["every_n_steps"], "health.every_n_steps", 1)
+            out["every_n_steps"] = self.int_value(
+                raw["every_n_steps"], "health.every_n_steps", 1, high=MAX_STEPS
+            )
         return out
 
     def report(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -670,6 +713,9 @@ def load_matrix_dict(
             if isinstance(entry, Mapping) and not entry:
                 p.problem(path, "an empty include adds nothing", "name at least one axis")
             target_list.append(inc)
+    if not p.problems and not any(data.get(k) for k in ("axes", "defaults", "include")):
+        p.problem("axes", "the matrix names nothing to run (no [axes], [defaults] or [[include]])",
+                  'e.g. [axes] activation = ["relu", "tanh"]')  # fmt: skip
     tune = None
     if "tune" in data:
         from .tune import parse_tune
@@ -683,6 +729,8 @@ def load_matrix_dict(
         for inc in include:
             n_inc = len(inc.get("seeds", seeds or []))
             total += n_inc * math.prod(len(v) for k, v in inc.items() if k != "seeds")
+        if tune is not None:
+            total *= tune.budget * len(tune.seeds) * tune.studies
         if total > MAX_TRIALS:
             p.problem(
                 "axes", f"expands to {total} trials, more than {MAX_TRIALS}", "split the matrix"

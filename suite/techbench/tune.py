@@ -23,11 +23,12 @@ run and the report says so.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ EDGE = 0.1
 """A selected value in the outer 10% of its search range (on its scale) is flagged as at the edge:
 the optimum may lie outside the range."""
 PLAN_FILE = "tune.json"
+MAX_POINTS = 10_000
+MAX_STUDIES = 100
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class TuneSpec:
 
     ``space[(axis, technique)]`` holds the searched hyper-parameters of that technique;
     ``seeds`` the search seeds of study 0 (study j shifts them by j * (max + 1));
-    ``final_seeds`` never overlap any study's search seeds.
+    ``final_seeds`` never overlap any study's search seeds; ``stride`` (0: max seed + 1) is kept
+    by :meth:`narrowed` so a narrowed study's seeds are the full matrix's.
     """
 
     space: Mapping[tuple[str, str], tuple[Param, ...]]
@@ -72,14 +76,29 @@ class TuneSpec:
     mode: str = "max"
     final_seeds: tuple[int, ...] = tuple(range(1, 11))
     studies: int = 1
+    stride: int = 0
 
     @property
     def axes(self) -> list[str]:
         return [a for a in AXES if any(ax == a for ax, _ in self.space)]
 
     def study_seeds(self, study: int) -> list[int]:
-        stride = max(self.seeds) + 1
+        stride = self.stride or max(self.seeds) + 1
         return [s + study * stride for s in self.seeds]
+
+    def narrowed(self, search: Sequence[int], final: Sequence[int]) -> TuneSpec:
+        """This spec with fewer seeds in either phase; later studies keep their seeds."""
+        stride = self.stride or max(self.seeds) + 1
+        return replace(self, seeds=tuple(search), final_seeds=tuple(final), stride=stride)
+
+    def with_seed_count(self, n: int) -> TuneSpec:
+        """``--seeds n``: at most ``n`` search seeds (the first ones) and ``n`` final seeds (the
+        first ones, then fresh seeds no study searches on)."""
+        used = {s for j in range(self.studies) for s in self.study_seeds(j)}
+        final = list(self.final_seeds[:n])
+        fresh = (s for s in itertools.count() if s not in used and s not in self.final_seeds)
+        final += itertools.islice(fresh, n - len(final))
+        return self.narrowed(self.seeds[:n], final)
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe summary (in ``matrix.json``)."""
@@ -92,6 +111,7 @@ class TuneSpec:
             "mode": self.mode,
             "final_seeds": list(self.final_seeds),
             "studies": self.studies,
+            **({"stride": self.stride} if self.stride else {}),
             "search": {
                 f"{axis}={name}": [p.name for p in params]
                 for (axis, name), params in sorted(self.space.items())
@@ -131,8 +151,8 @@ def parse_tune(
 
         p.problem("tune.method", f"must be one of {', '.join(METHODS)}, got {method!r}",
                   did_you_mean(str(method), METHODS))  # fmt: skip
-    budget = p.int_value(raw.get("budget", 16), "tune.budget", 1)
-    studies = p.int_value(raw.get("studies", 1), "tune.studies", 1)
+    budget = p.int_value(raw.get("budget", 16), "tune.budget", 1, high=MAX_POINTS)
+    studies = p.int_value(raw.get("studies", 1), "tune.studies", 1, high=MAX_STUDIES)
     seeds = p.seed_list(raw.get("seeds", 1), "tune.seeds")
     select = raw.get("select", "final")
     if select not in SELECT_RULES:
@@ -389,18 +409,46 @@ class TunePlan:
             mode=t["mode"],
             final_seeds=tuple(t["final_seeds"]),
             studies=t["studies"],
+            stride=int(t.get("stride", 0)),
         )
         return cls(spec, groups, bool(data.get("follow_seed")))
 
     def write(self, out: str | os.PathLike[str]) -> Path:
-        """Write ``OUT/tune.json`` atomically."""
+        """Write ``OUT/tune.json`` atomically. A plan already there with the same search protocol
+        keeps its groups and final seeds (a run narrowed by ``--filter`` adds to the store's plan
+        instead of hiding what the full run stored); another protocol is replaced."""
         from .store import ResultStore
 
         store = ResultStore(out).ensure()
+        data = _merged(self.to_json(), store.root / PLAN_FILE)
         tmp = store.scratch_path(PLAN_FILE)
-        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True), encoding="utf-8")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, store.root / PLAN_FILE)
         return store.root / PLAN_FILE
+
+
+def _protocol(data: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a plan's selection depends on besides its groups and final seeds."""
+    t = data["tune"]
+    stride = t.get("stride") or max(t["seeds"]) + 1
+    keys = ("method", "budget", "seeds", "select", "metric", "mode", "studies")
+    return (*(json.dumps(t[k]) for k in keys), stride, bool(data.get("follow_seed")))
+
+
+def _merged(new: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``new`` with the groups and final seeds of the plan at ``path`` when both share one
+    search protocol (:func:`_protocol`)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if _protocol(old) != _protocol(new):
+            return new
+        have = {g["id"] for g in old["groups"]}
+        groups = [*old["groups"], *(g for g in new["groups"] if g["id"] not in have)]
+        seeds = [*old["tune"]["final_seeds"]]
+        seeds += [s for s in new["tune"]["final_seeds"] if s not in seeds]
+    except (OSError, ValueError, KeyError, TypeError):
+        return new
+    return {**new, "groups": groups, "tune": {**new["tune"], "final_seeds": seeds}}
 
 
 def read_plan(out: str | os.PathLike[str]) -> TunePlan | None:
@@ -412,10 +460,18 @@ def read_plan(out: str | os.PathLike[str]) -> TunePlan | None:
         return None
 
 
-def build_plan(spec: TuneSpec, bases: Iterable[Mapping[str, Any]], follow: bool) -> TunePlan:
-    """Group the matrix's untuned expansion (one seed) into techniques in contexts, with points."""
+def build_plan(
+    spec: TuneSpec,
+    bases: Iterable[Mapping[str, Any]],
+    follow: bool,
+    keep: Callable[[Mapping[str, Any]], bool] = lambda c: True,
+) -> TunePlan:
+    """Group the matrix's untuned expansion (one seed) into techniques in contexts, with points;
+    only the groups of configs ``keep`` accepts (``--filter``) get in, labelled as in the full
+    plan."""
     tuned = spec.axes
     entries: dict[str, tuple[list[Dimension], dict[str, Any]]] = {}
+    kept: set[str] = set()
     for config in bases:
         dims = [
             Dimension(axis, q)
@@ -428,6 +484,8 @@ def build_plan(spec: TuneSpec, bases: Iterable[Mapping[str, Any]], follow: bool)
             base["data_seed"] = 0
         gid = trial_id(base)
         entries.setdefault(gid, (dims, base))
+        if keep(config):
+            kept.add(gid)
     configs = [b for _, b in entries.values()]
     varying = [a for a in AXES if len({json.dumps(c[a], sort_keys=True) for c in configs}) > 1]
     tech_axes = [a for a in varying if a in tuned] or tuned
@@ -436,6 +494,8 @@ def build_plan(spec: TuneSpec, bases: Iterable[Mapping[str, Any]], follow: bool)
         ctx_axes.append("data_seed")
     groups = []
     for gid, (dims, base) in entries.items():
+        if gid not in kept:
+            continue
         technique = " ".join(_label(base, a, len(tech_axes) > 1) for a in tech_axes)
         context = " ".join(_label(base, a, True) for a in ctx_axes)
         label = " ".join(f"{a}={base[a]['name']}" for a in tuned)

@@ -7,7 +7,8 @@ accelerator, a target metric the task does not record, an empty expansion: see
 :mod:`techbench.preflight`); Ctrl-C keeps finished trials and exits 130. Diverged trials are
 results: exit 0. Failed trials of the matrix (new or still stored) print their error lines and
 the ``--rerun-failed`` hint, and exit 1, as does a failed --report step (the results are kept).
-``--filter``, ``--seeds``, ``--epochs`` and ``--accelerator`` narrow the matrix
+``--filter``, ``--seeds``, ``--epochs`` and ``--accelerator`` narrow the matrix, a tuned one in
+both phases; a narrowing that changes what a trial computes gets its own default store
 (:mod:`techbench.narrow`).
 """
 
@@ -138,14 +139,14 @@ def main(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    from ..narrow import describe_notes, narrow
+    from ..narrow import default_store, describe_notes, narrow, phase_counts
     from ..preflight import preflight
     from ..shard import shard_trials
 
     check_scale_arguments(args)
-    n_full = len(trials)
-    matrix, trials, notes = narrow(matrix, args)
-    narrowed = describe_notes(notes, n_full, len(trials)) if notes else ""
+    full = matrix
+    matrix, trials, notes = narrow(full, args)
+    narrowed = describe_notes(notes, phase_counts(full), phase_counts(matrix)) if notes else ""
     problems = preflight(trials)
     if problems:
         n = len(problems)
@@ -157,7 +158,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 2
     n_matrix, trials = len(trials), shard_trials(trials, args.shard)
-    out = args.out or f"results/{matrix.name}"
+    out = args.out or default_store(full, matrix)
+    if out != (args.out or f"results/{matrix.name}"):
+        print(
+            f"techbench run {matrix.name}: results go to {out}, not results/{matrix.name}: the "
+            "narrowing changes the trials' budget, trainer or search seeds (--out DIR to choose)"
+        )
     if args.dry_run:
         return _dry_run(matrix, trials, out, args, narrowed)
     from ..clio import writable_dir

@@ -3,7 +3,8 @@
 - A store that holds trials of two or more matrices is refused with a message naming them
   (``--matrix NAME`` reports one); ``techbench report A B`` compares stores on purpose: trials
   are labelled with their store, ids are prefixed ``<store>/`` so they stay unique, and when the
-  stores ran the same configurations ``store`` becomes a compared axis.
+  stores ran the same configurations ``store`` becomes a compared axis. A cell of one store
+  whose runs differ in budget is refused too (:mod:`.budgets`).
 - :func:`stop_reasons`: ``epochs``, ``steps``, ``time budget``, ``stopped early`` (no budget explains it), ``diverged``,
   ``failed``. A stored ``stop_reason`` wins; otherwise it is derived: a completed run that ran
   fewer epochs than its budget and fewer steps than ``max_steps`` stopped on the budget's
@@ -31,6 +32,7 @@ import pandas as pd
 from ..schema import trial_id
 from ..tune import Selection, TunePlan, read_plan, select_stored
 from .analyze import ReportInputError
+from .budgets import refuse_mixed_budgets
 from .load import load_matrix, load_store
 
 CUT_SHORT = frozenset({"time budget", "stopped early"})
@@ -109,6 +111,7 @@ def load_stores(
         label = _store_label(d, taken)
         if not trials.empty:
             trials, metrics = select_matrix(trials, metrics, os.fspath(d), matrix)
+            refuse_mixed_budgets(trials, os.fspath(d))
         parts.append((label, trials, metrics))
     info = load_matrix(dirs[0]) if len(dirs) == 1 else {}
     if matrix is not None and info.get("name") != matrix:
