@@ -20,6 +20,7 @@ dtype. Nothing reduces over a tensor, so members never see each other; the confo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor
 from techbench.families import per_member, trial_ndim
 
 _F64 = torch.float64
+_HOST = torch.device("cpu")
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -37,16 +39,21 @@ def _scalar_dtype() -> torch.dtype:
 
 class StackedOptimizer(torch.optim.Optimizer):
     """Base: one param group over stacked parameters; ``MEMBER`` names the hyper-parameters
-    given per member (float64 ``[K]``, kept on the host in ``param_groups[0]["member"]``), the
-    other keyword arguments are shared choices. ``decay`` ("weights" or "all") picks which
-    parameters the weight decay acts on, by :func:`~techbench.families.trial_ndim`.
+    given per member (float64 ``[K]``, kept on the host in ``param_groups[0]["member"]`` and
+    shown to the engine by :meth:`member_hyperparams`), the other keyword arguments are shared
+    choices. ``decay`` ("weights" or "all") picks which parameters the weight decay acts on,
+    by :func:`~techbench.families.trial_ndim`.
 
     Subclasses implement :meth:`update` for one parameter with coefficients from
-    :meth:`coefficients` (a dict of float64 ``[K]`` tensors on the parameter's device)."""
+    :meth:`coefficients` (a dict of float64 ``[K]`` tensors on the parameter's device); during
+    a step ``self.group`` is the param group being stepped (its shared choices) and
+    ``self.nonzero[name]`` whether any member's ``name`` is not 0."""
 
     MEMBER: tuple[str, ...] = ()
+    group: dict[str, Any]
+    nonzero: dict[str, bool]
 
-    def __init__(self, params: Iterable[Tensor], *, decay: str = "weights", **hp: Any) -> None:
+    def __init__(self, params: Iterable[Tensor], *, decay: str, **hp: Any) -> None:
         params = list(params)
         if not params:
             raise ValueError("a stacked optimizer needs at least one parameter")
@@ -64,8 +71,7 @@ class StackedOptimizer(torch.optim.Optimizer):
         for p in params:
             if p.dim() < 1 or p.shape[0] != k:
                 raise ValueError(f"stacked parameters must all be [{k}, ...], got {tuple(p.shape)}")
-        if decay not in ("weights", "all"):
-            raise ValueError(f"decay must be 'weights' or 'all', got {decay!r}")
+        _check_decay(decay)
         super().__init__(params, dict(lr=1.0, decay=decay, member=member, **hp))
         self._device_hp: dict[Any, dict[str, Tensor]] = {}
 
@@ -73,20 +79,27 @@ class StackedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(dict(state_dict))
         self._device_hp.clear()
 
-    def member_hp(self, device: torch.device) -> dict[str, Tensor]:
-        """The per-member hyper-parameters on ``device`` (float64; copied once per device)."""
+    def member_hyperparams(self) -> dict[str, Tensor]:
+        """Member k's value of each ``MEMBER`` hyper-parameter at k, float64 ``[K]`` on the
+        host (:class:`techbench.families.StackedOptimizer`)."""
+        return dict(self.param_groups[0]["member"])
+
+    def group_hp(self, group: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        """``group``'s per-member hyper-parameters on ``device`` (float64; copied once)."""
         if device not in self._device_hp:
-            member = self.param_groups[0]["member"]
+            member = group["member"]
             self._device_hp[device] = {k: v.to(device, _F64) for k, v in member.items()}
         return self._device_hp[device]
 
+    def group_nonzero(self, group: dict[str, Any]) -> dict[str, bool]:
+        """Whether any member's value of each ``MEMBER`` hyper-parameter is not 0."""
+        return {k: bool((v != 0).any()) for k, v in group["member"].items()}
+
     def decays(self, p: Tensor) -> bool:
         """Whether weight decay acts on ``p`` (and any member's ``weight_decay`` is not 0)."""
-        group = self.param_groups[0]
-        wd = group["member"].get("weight_decay")
-        if wd is None or not bool((wd != 0).any()):
+        if not self.nonzero.get("weight_decay", False):
             return False
-        return group["decay"] == "all" or trial_ndim(p) >= 2
+        return self.group["decay"] == "all" or trial_ndim(p) >= 2
 
     def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
         """Per-member float64 ``[K]`` coefficients of step ``t`` (``lr``: the effective rates)."""
@@ -110,7 +123,12 @@ class StackedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        group = self.param_groups[0]
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        self.group, self.nonzero = group, self.group_nonzero(group)
         exact: dict[tuple[Any, int], dict[str, Tensor]] = {}
         cast: dict[tuple[Any, Any, int], dict[str, Tensor]] = {}
         for p in group["params"]:
@@ -119,17 +137,59 @@ class StackedOptimizer(torch.optim.Optimizer):
             state = self.state[p]
             t = state["step"] = state.get("step", 0) + 1
             if (p.device, t) not in exact:
-                hp = self.member_hp(p.device)
+                hp = self.group_hp(group, p.device)
                 exact[p.device, t] = self.coefficients(hp, hp["lr"] * float(group["lr"]), t)
             c64 = exact[p.device, t]
             if (p.device, p.dtype, t) not in cast:
                 cast[p.device, p.dtype, t] = {k: v.to(p.dtype) for k, v in c64.items()}
-            self.update(p, p.grad, state, cast[p.device, p.dtype, t], c64)
-        return loss
+            q, g = (p, p.grad) if p.dim() else (p.view(1), p.grad.view(1))
+            self.update(q, g, state, cast[p.device, p.dtype, t], c64)
 
     def coupled_decay(self, p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """``g + weight_decay * p`` (torch's ``grad.add(param, alpha=weight_decay)``)."""
         return g.addcmul(p, per_member(c["weight_decay"], p)) if self.decays(p) else g
+
+
+def _check_decay(decay: str) -> None:
+    if decay not in ("weights", "all"):
+        raise ValueError(f"decay must be 'weights' or 'all', got {decay!r}")
+
+
+class OneTrial(StackedOptimizer):
+    """A stacked class's update for one trial's own parameters, as a ``torch.optim`` optimizer:
+    its math at K = 1, so that the one-member rule is written once.
+
+    Put first among the bases (``class AdamVariant(OneTrial, StackedAdam)``). Every
+    hyper-parameter is a plain value of the param group (groups may override them, as in
+    ``torch.optim``); the group's ``lr`` is the rate itself (a schedule sets it directly, so
+    any schedule works) and the member's rate is 1.0. Parameters are unstacked
+    (:func:`~techbench.families.trial_ndim` tells weights from biases)."""
+
+    def __init__(self, params: Iterable[Any], **hp: Any) -> None:
+        _check_decay(hp["decay"])
+        missing = [n for n in (*self.MEMBER, "decay") if n not in hp]
+        if missing:
+            raise TypeError(f"{type(self).__name__}: missing hyper-parameters {missing}")
+        torch.optim.Optimizer.__init__(self, params, hp)
+        self._device_hp = {}
+
+    def member_hyperparams(self) -> dict[str, Tensor]:
+        """Param group 0's values as one member's, ``lr`` 1.0 (the group's ``lr`` is the rate)."""
+        return {k: v.cpu() for k, v in self.group_hp(self.param_groups[0], _HOST).items()}
+
+    def group_hp(self, group: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        key = (device, *(float(group[n]) for n in self.MEMBER if n != "lr"))
+        if key not in self._device_hp:
+            if len(self._device_hp) > 16:
+                self._device_hp.clear()
+            values = {n: float(group[n]) for n in self.MEMBER} | {"lr": 1.0}
+            self._device_hp[key] = {
+                n: torch.tensor([v], dtype=_F64, device=device) for n, v in values.items()
+            }
+        return self._device_hp[key]
+
+    def group_nonzero(self, group: dict[str, Any]) -> dict[str, bool]:
+        return {n: float(group[n]) != 0 for n in self.MEMBER}
 
 
 class StackedSGD(StackedOptimizer):
@@ -139,12 +199,6 @@ class StackedSGD(StackedOptimizer):
     ``dampening``): its buffer is ``0 * b + g``."""
 
     MEMBER = ("lr", "momentum", "dampening", "weight_decay")
-
-    def __init__(self, params: Iterable[Tensor], *, nesterov: bool = False, **hp: Any) -> None:
-        hp.setdefault("momentum", 0.0)
-        hp.setdefault("dampening", 0.0)
-        super().__init__(params, nesterov=nesterov, **hp)
-        self._momentum = bool((self.param_groups[0]["member"]["momentum"] != 0).any())
 
     def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
         mu = hp["momentum"]
@@ -160,13 +214,13 @@ class StackedSGD(StackedOptimizer):
         c64: Mapping[str, Tensor],
     ) -> None:
         g = self.coupled_decay(p, g, c)
-        if self._momentum:
+        if self.nonzero["momentum"]:
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = g.detach().clone()
             else:
                 buf.mul_(per_member(c["momentum"], p)).addcmul_(g, per_member(c["keep"], p))
-            nesterov = self.param_groups[0]["nesterov"]
+            nesterov = self.group["nesterov"]
             g = g.addcmul(buf, per_member(c["momentum"], p)) if nesterov else buf
         p.addcmul_(g, per_member(c["neg_lr"], p))
 
@@ -209,12 +263,6 @@ class StackedRMSprop(StackedOptimizer):
 
     MEMBER = ("lr", "alpha", "eps", "weight_decay", "momentum")
 
-    def __init__(
-        self, params: Iterable[Tensor], *, eps_placement: str = "outside", **hp: Any
-    ) -> None:
-        super().__init__(params, eps_placement=eps_placement, **hp)
-        self._momentum = bool((self.param_groups[0]["member"]["momentum"] > 0).any())
-
     def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
         return {
             "neg_lr": -lr,
@@ -236,16 +284,14 @@ class StackedRMSprop(StackedOptimizer):
         g = self.coupled_decay(p, g, c)
         if "square_avg" not in state:
             state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if self._momentum:
+            if self.nonzero["momentum"]:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         v = state["square_avg"]
         v.mul_(per_member(c["alpha"], p)).addcmul_(g.mul(per_member(c["one_minus_alpha"], p)), g)
         eps = per_member(c["eps"], p)
-        if self.param_groups[0]["eps_placement"] == "inside":
-            avg = v.add(eps).sqrt_()
-        else:
-            avg = v.sqrt().add_(eps)
-        if self._momentum:
+        inside = self.group["eps_placement"] == "inside"
+        avg = v.add(eps).sqrt_() if inside else v.sqrt().add_(eps)
+        if self.nonzero["momentum"]:
             buf = state["momentum_buffer"]
             buf.mul_(per_member(c["momentum"], p)).addcdiv_(g, avg)
             p.addcmul_(buf, per_member(c["neg_lr"], p))
@@ -260,27 +306,9 @@ class StackedAdam(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay")
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        decoupled: bool = False,
-        bias_correction: bool = True,
-        eps_placement: str = "outside",
-        **hp: Any,
-    ) -> None:
-        super().__init__(
-            params,
-            decoupled=decoupled,
-            bias_correction=bias_correction,
-            eps_placement=eps_placement,
-            **hp,
-        )
-
     def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
         b1, b2 = hp["beta1"], hp["beta2"]
-        group = self.param_groups[0]
-        if group["bias_correction"]:
+        if self.group["bias_correction"]:
             bc1, bc2 = 1 - b1**t, 1 - b2**t
         else:
             bc1, bc2 = torch.ones_like(b1), torch.ones_like(b2)
@@ -304,7 +332,7 @@ class StackedAdam(StackedOptimizer):
         c: Mapping[str, Tensor],
         c64: Mapping[str, Tensor],
     ) -> None:
-        group = self.param_groups[0]
+        group = self.group
         if group["decoupled"]:
             if self.decays(p):
                 p.mul_(per_member(c["shrink"], p))
@@ -455,185 +483,39 @@ class StackedLion(StackedOptimizer):
 
 
 # ---------------------------------------------------------------------------------------------
-# Stacked factories: (params, **hp) with float hyper-parameters as float64 [K] tensors
+# One trial: the stacked math at K = 1 (the fast factories use them where torch.optim lacks the
+# rule: eps inside the root, Adam without bias correction, Lion)
 
 
-def sgd(
-    params: Iterable[Tensor], *, lr: Tensor, weight_decay: Any = 0.0, decay: str = "weights"
-) -> StackedSGD:
-    return StackedSGD(params, lr=lr, weight_decay=weight_decay, decay=decay)
+class RMSpropVariant(OneTrial, StackedRMSprop):
+    """RMSprop with a selectable epsilon placement (Tieleman & Hinton 2012; seed 002) for one
+    trial: ``v <- alpha*v + (1-alpha)*g^2``; ``d = g / (sqrt(v) + eps)`` (outside) or
+    ``g / sqrt(v + eps)`` (inside, the lecture slide); with momentum ``b <- mu*b + d``,
+    ``p <- p - lr*b``, else ``p <- p - lr*d``; ``g`` includes the coupled ``weight_decay * p``."""
 
 
-def momentum(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    momentum: Tensor,
-    dampening: Any = 0.0,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedSGD:
-    return StackedSGD(
-        params,
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        weight_decay=weight_decay,
-        decay=decay,
-    )
+class AdamVariant(OneTrial, StackedAdam):
+    """Adam (Kingma & Ba 2015) with optional bias correction and epsilon placement for one
+    trial (``decoupled``: AdamW's decay), as :class:`StackedAdam` states it."""
 
 
-def nesterov(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    momentum: Tensor,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedSGD:
-    return StackedSGD(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, nesterov=True
-    )
+class Lion(OneTrial, StackedLion):
+    """Lion (Chen et al. 2023, Algorithm 2) for one trial: ``c = b1*m + (1-b1)*g``;
+    ``p <- p - lr*(sign(c) + weight_decay*p)``; ``m <- b2*m + (1-b2)*g``."""
 
 
-def adagrad(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    lr_decay: Any = 0.0,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    initial_accumulator_value: Any = 0.0,
-    eps: Any = 1e-10,
-) -> StackedAdagrad:
-    return StackedAdagrad(
-        params,
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        decay=decay,
-        initial_accumulator_value=initial_accumulator_value,
-        eps=eps,
-    )
+# ---------------------------------------------------------------------------------------------
+# Stacked factories: ``(params, **hp)``, every hyper-parameter of the spec given (float ones as
+# float64 [K] tensors); each binds only what the technique fixes
 
 
-def rmsprop(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    alpha: Any = 0.99,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    momentum: Any = 0.0,
-    eps_placement: str = "outside",
-) -> StackedRMSprop:
-    return StackedRMSprop(
-        params,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        momentum=momentum,
-        eps_placement=eps_placement,
-    )
-
-
-def adam(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    bias_correction: bool = True,
-    eps_placement: str = "outside",
-) -> StackedAdam:
-    return StackedAdam(
-        params,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        bias_correction=bias_correction,
-        eps_placement=eps_placement,
-    )
-
-
-def adamw(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.01,
-    decay: str = "weights",
-) -> StackedAdam:
-    return StackedAdam(
-        params,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        decoupled=True,
-    )
-
-
-def nadam(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    momentum_decay: Any = 0.004,
-) -> StackedNAdam:
-    return StackedNAdam(
-        params,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        momentum_decay=momentum_decay,
-    )
-
-
-def radam(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedRAdam:
-    return StackedRAdam(
-        params, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decay=decay
-    )
-
-
-def lion(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.99,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedLion:
-    return StackedLion(
-        params, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, decay=decay
-    )
+sgd = partial(StackedSGD, momentum=0.0, dampening=0.0, nesterov=False)
+momentum = partial(StackedSGD, nesterov=False)
+nesterov = partial(StackedSGD, dampening=0.0, nesterov=True)
+adagrad = StackedAdagrad
+rmsprop = StackedRMSprop
+adam = partial(StackedAdam, decoupled=False)
+adamw = partial(StackedAdam, decoupled=True, bias_correction=True, eps_placement="outside")
+nadam = StackedNAdam
+radam = StackedRAdam
+lion = StackedLion
