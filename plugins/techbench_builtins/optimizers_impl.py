@@ -200,7 +200,7 @@ def _no_state(p: Tensor, **hp: Any) -> dict[str, Any]:
 
 
 def _sgd_step(
-    p: Tensor, g: Tensor, state: dict, t: int, *, lr: float, weight_decay: float = 0.0, **_: Any
+    p: Tensor, g: Tensor, state: dict, t: int, *, lr: float, weight_decay: float, **_: Any
 ) -> Tensor:
     """``p <- p - lr * (g + weight_decay * p)``."""
     return p - lr * _l2(p, g, weight_decay)
@@ -218,8 +218,8 @@ def _momentum_step(
     *,
     lr: float,
     momentum: float,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
+    dampening: float,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Heavy ball: ``b_1 = g_1``; ``b_t = mu*b_{t-1} + (1-dampening)*g_t``; ``p <- p - lr*b_t``."""
@@ -236,7 +236,7 @@ def _nesterov_step(
     *,
     lr: float,
     momentum: float,
-    weight_decay: float = 0.0,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Sutskever's form: ``b_t = mu*b_{t-1} + g_t`` (b_1 = g_1); ``p <- p - lr*(g_t + mu*b_t)``."""
@@ -245,7 +245,7 @@ def _nesterov_step(
     return p - lr * (g + momentum * state["b"])
 
 
-def _adagrad_state(p: Tensor, *, initial_accumulator_value: float = 0.0, **_: Any) -> dict:
+def _adagrad_state(p: Tensor, *, initial_accumulator_value: float, **_: Any) -> dict:
     return {"s": _zeros(p) + initial_accumulator_value}
 
 
@@ -256,9 +256,9 @@ def _adagrad_step(
     t: int,
     *,
     lr: float,
-    lr_decay: float = 0.0,
-    weight_decay: float = 0.0,
-    eps: float = 1e-10,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
     **_: Any,
 ) -> Tensor:
     """``s <- s + g^2``; ``p <- p - lr/(1 + (t-1)*lr_decay) * g / (sqrt(s) + eps)``."""
@@ -280,9 +280,9 @@ def _rmsprop_step(
     lr: float,
     alpha: float,
     eps: float,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    eps_placement: str = "outside",
+    weight_decay: float,
+    momentum: float,
+    eps_placement: str,
     **_: Any,
 ) -> Tensor:
     """``v <- alpha*v + (1-alpha)*g^2``; ``d = g/(sqrt(v)+eps)`` or ``g/sqrt(v+eps)`` (inside);
@@ -315,9 +315,9 @@ def _adam_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.0,
-    bias_correction: bool = True,
-    eps_placement: str = "outside",
+    weight_decay: float,
+    bias_correction: bool,
+    eps_placement: str,
     **_: Any,
 ) -> Tensor:
     """Kingma & Ba 2015, Algorithm 1: ``m_hat = m/(1-b1^t)``, ``v_hat = v/(1-b2^t)``;
@@ -339,7 +339,7 @@ def _adamw_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.01,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Loshchilov & Hutter 2019, Algorithm 2 (schedule multiplier 1, decay scaled by lr as in
@@ -363,8 +363,8 @@ def _nadam_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.0,
-    momentum_decay: float = 0.004,
+    weight_decay: float,
+    momentum_decay: float,
     **_: Any,
 ) -> Tensor:
     """Dozat 2016: ``mu_t = b1*(1 - 0.5*0.96^(t*psi))``;
@@ -391,7 +391,7 @@ def _radam_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.0,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Liu et al. 2020, Algorithm 2: ``rho_inf = 2/(1-b2) - 1``,
@@ -422,7 +422,7 @@ def _lion_step(
     lr: float,
     beta1: float,
     beta2: float,
-    weight_decay: float = 0.0,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Chen et al. 2023, Algorithm 2: ``c = b1*m + (1-b1)*g``;

@@ -8,13 +8,20 @@ stacked parameter ``[K, ...]``, so one optimizer does the K updates in one optim
 
 The contract (:mod:`techbench.families`): parameters are ``[K, ...]``; ``param_groups[0]["lr"]``
 is the schedule's multiplier (1.0 at the start) and member k's rate is that times
-``lr[k]``. Member k's update is the fast factory's (:mod:`techbench_builtins.optimizers_impl`,
+``lr[k]``; :meth:`StackedOptimizer.member_hyperparams` shows the engine every member's values
+(:class:`techbench.families.StackedOptimizer`). Member k's update is the fast factory's (:mod:`techbench_builtins.optimizers_impl`,
 ``torch.optim`` where it implements the rule) with member k's values: each step below is
 torch's single-tensor step (torch 2.x ``_single_tensor_*``) with every scalar replaced by its
 per-member view, the per-step scalars (``1 - beta^t``, NAdam's ``mu_t``, RAdam's ``rho_t``)
 computed in float64 as torch computes them in Python floats, then cast to the parameter's
 dtype. Nothing reduces over a tensor, so members never see each other; the conformance check
 ``stacked_hyperparams`` (:mod:`techbench.testing.optimizer`) proves it member by member.
+
+Each rule is written once: the one-trial optimizers torch lacks (:class:`AdamVariant`,
+:class:`RMSpropVariant`, :class:`Lion`, used by the fast factories) are these classes at K = 1
+(:class:`OneTrial`), and the stacked factories at the end take the spec's completed
+hyper-parameters, binding only what the technique fixes (AdamW's decoupled decay, plain SGD's
+zero momentum); the defaults are the specs' (:mod:`techbench_builtins.optimizers`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,36 @@ from torch import Tensor
 from techbench.families import per_member, trial_ndim
 
 _F64 = torch.float64
-_HOST = torch.device("cpu")
+Coefficients = dict[str, Any]
+"""A step's scalars by name: per-member float64 ``[K]`` tensors (or their casts to the parameter
+dtype), or Python floats for one trial (:class:`OneTrial`)."""
+
+
+def _at(value: Tensor | float, like: Tensor) -> Tensor | float:
+    """A coefficient against ``like``: a ``[K]`` tensor viewed ``[K, 1, ...]``
+    (:func:`~techbench.families.per_member`), a float (one trial) as it is."""
+    return value if isinstance(value, float) else per_member(value, like)
+
+
+def _addcmul3_(x: Tensor, a: Tensor, b: Tensor, coef: Tensor | float) -> Tensor:
+    """``x += coef * a * b`` in place (torch's ``addcmul_(a, b, value=coef)`` for a float)."""
+    if isinstance(coef, float):
+        return x.addcmul_(a, b, value=coef)
+    return x.addcmul_(a.mul(coef), b)
+
+
+def _addcdiv_(x: Tensor, a: Tensor, b: Tensor, coef: Tensor | float) -> Tensor:
+    """``x += coef * a / b`` in place (torch's ``addcdiv_(a, b, value=coef)`` for a float)."""
+    if isinstance(coef, float):
+        return x.addcdiv_(a, b, value=coef)
+    return x.add_(a.mul(coef).div_(b))
+
+
+def _addcmul(x: Tensor, a: Tensor, coef: Tensor | float, inplace: bool = False) -> Tensor:
+    """``x + a * coef``: ``addcmul`` by a per-member view, ``add(alpha=coef)`` by a float."""
+    if isinstance(coef, float):
+        return x.add_(a, alpha=coef) if inplace else x.add(a, alpha=coef)
+    return x.addcmul_(a, coef) if inplace else x.addcmul(a, coef)
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -101,7 +137,7 @@ class StackedOptimizer(torch.optim.Optimizer):
             return False
         return self.group["decay"] == "all" or trial_ndim(p) >= 2
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         """Per-member float64 ``[K]`` coefficients of step ``t`` (``lr``: the effective rates)."""
         raise NotImplementedError
 
@@ -110,8 +146,8 @@ class StackedOptimizer(torch.optim.Optimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         """One step of the stacked ``p``; ``c`` are :meth:`coefficients` in ``p``'s dtype,
         ``c64`` the float64 originals."""
@@ -129,25 +165,29 @@ class StackedOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         self.group, self.nonzero = group, self.group_nonzero(group)
-        exact: dict[tuple[Any, int], dict[str, Tensor]] = {}
-        cast: dict[tuple[Any, Any, int], dict[str, Tensor]] = {}
+        made: dict[tuple[Any, Any, int], tuple[Coefficients, Coefficients]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state[p]
             t = state["step"] = state.get("step", 0) + 1
-            if (p.device, t) not in exact:
-                hp = self.group_hp(group, p.device)
-                exact[p.device, t] = self.coefficients(hp, hp["lr"] * float(group["lr"]), t)
-            c64 = exact[p.device, t]
-            if (p.device, p.dtype, t) not in cast:
-                cast[p.device, p.dtype, t] = {k: v.to(p.dtype) for k, v in c64.items()}
+            if (p.device, p.dtype, t) not in made:
+                made[p.device, p.dtype, t] = self.step_coefficients(group, p, t)
+            c, c64 = made[p.device, p.dtype, t]
             q, g = (p, p.grad) if p.dim() else (p.view(1), p.grad.view(1))
-            self.update(q, g, state, cast[p.device, p.dtype, t], c64)
+            self.update(q, g, state, c, c64)
 
-    def coupled_decay(self, p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+    def step_coefficients(
+        self, group: dict[str, Any], p: Tensor, t: int
+    ) -> tuple[Coefficients, Coefficients]:
+        """:meth:`coefficients` of step ``t`` in ``p``'s dtype and in float64, on its device."""
+        hp = self.group_hp(group, p.device)
+        c64 = self.coefficients(hp, hp["lr"] * float(group["lr"]), t)
+        return {k: v.to(p.dtype) for k, v in c64.items()}, c64
+
+    def coupled_decay(self, p: Tensor, g: Tensor, c: Coefficients) -> Tensor:
         """``g + weight_decay * p`` (torch's ``grad.add(param, alpha=weight_decay)``)."""
-        return g.addcmul(p, per_member(c["weight_decay"], p)) if self.decays(p) else g
+        return _addcmul(g, p, _at(c["weight_decay"], p)) if self.decays(p) else g
 
 
 def _check_decay(decay: str) -> None:
@@ -166,27 +206,28 @@ class OneTrial(StackedOptimizer):
     (:func:`~techbench.families.trial_ndim` tells weights from biases)."""
 
     def __init__(self, params: Iterable[Any], **hp: Any) -> None:
-        _check_decay(hp["decay"])
         missing = [n for n in (*self.MEMBER, "decay") if n not in hp]
         if missing:
             raise TypeError(f"{type(self).__name__}: missing hyper-parameters {missing}")
+        _check_decay(hp["decay"])
         torch.optim.Optimizer.__init__(self, params, hp)
         self._device_hp = {}
 
+    def _values(self, group: dict[str, Any]) -> dict[str, float]:
+        return {n: float(group[n]) for n in self.MEMBER} | {"lr": 1.0}
+
     def member_hyperparams(self) -> dict[str, Tensor]:
         """Param group 0's values as one member's, ``lr`` 1.0 (the group's ``lr`` is the rate)."""
-        return {k: v.cpu() for k, v in self.group_hp(self.param_groups[0], _HOST).items()}
+        values = self._values(self.param_groups[0])
+        return {n: torch.tensor([v], dtype=_F64) for n, v in values.items()}
 
-    def group_hp(self, group: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
-        key = (device, *(float(group[n]) for n in self.MEMBER if n != "lr"))
-        if key not in self._device_hp:
-            if len(self._device_hp) > 16:
-                self._device_hp.clear()
-            values = {n: float(group[n]) for n in self.MEMBER} | {"lr": 1.0}
-            self._device_hp[key] = {
-                n: torch.tensor([v], dtype=_F64, device=device) for n, v in values.items()
-            }
-        return self._device_hp[key]
+    def step_coefficients(
+        self, group: dict[str, Any], p: Tensor, t: int
+    ) -> tuple[Coefficients, Coefficients]:
+        """The coefficients as Python floats (float64, as torch.optim's scalars): one trial's
+        update then runs torch's scalar kernels."""
+        c = self.coefficients(self._values(group), float(group["lr"]), t)
+        return c, c
 
     def group_nonzero(self, group: dict[str, Any]) -> dict[str, bool]:
         return {n: float(group[n]) != 0 for n in self.MEMBER}
@@ -200,7 +241,7 @@ class StackedSGD(StackedOptimizer):
 
     MEMBER = ("lr", "momentum", "dampening", "weight_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         mu = hp["momentum"]
         keep = torch.where(mu == 0, torch.ones_like(mu), 1 - hp["dampening"])
         return {"neg_lr": -lr, "momentum": mu, "keep": keep, "weight_decay": hp["weight_decay"]}
@@ -210,8 +251,8 @@ class StackedSGD(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
         if self.nonzero["momentum"]:
@@ -230,7 +271,7 @@ class StackedAdagrad(StackedOptimizer):
 
     MEMBER = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         clr = lr / (1 + (t - 1) * hp["lr_decay"])
         return {
             "neg_clr": -clr,
@@ -244,8 +285,8 @@ class StackedAdagrad(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         if "sum" not in state:
             state["sum"] = (
@@ -263,7 +304,7 @@ class StackedRMSprop(StackedOptimizer):
 
     MEMBER = ("lr", "alpha", "eps", "weight_decay", "momentum")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         return {
             "neg_lr": -lr,
             "alpha": hp["alpha"],
@@ -278,8 +319,8 @@ class StackedRMSprop(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
         if "square_avg" not in state:
@@ -287,16 +328,16 @@ class StackedRMSprop(StackedOptimizer):
             if self.nonzero["momentum"]:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         v = state["square_avg"]
-        v.mul_(per_member(c["alpha"], p)).addcmul_(g.mul(per_member(c["one_minus_alpha"], p)), g)
-        eps = per_member(c["eps"], p)
+        _addcmul3_(v.mul_(_at(c["alpha"], p)), g, g, _at(c["one_minus_alpha"], p))
+        eps = _at(c["eps"], p)
         inside = self.group["eps_placement"] == "inside"
         avg = v.add(eps).sqrt_() if inside else v.sqrt().add_(eps)
         if self.nonzero["momentum"]:
             buf = state["momentum_buffer"]
-            buf.mul_(per_member(c["momentum"], p)).addcdiv_(g, avg)
-            p.addcmul_(buf, per_member(c["neg_lr"], p))
+            buf.mul_(_at(c["momentum"], p)).addcdiv_(g, avg)
+            _addcmul(p, buf, _at(c["neg_lr"], p), inplace=True)
         else:
-            p.add_(g.mul(per_member(c["neg_lr"], p)).div_(avg))
+            _addcdiv_(p, g, avg, _at(c["neg_lr"], p))
 
 
 class StackedAdam(StackedOptimizer):
@@ -306,12 +347,12 @@ class StackedAdam(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         b1, b2 = hp["beta1"], hp["beta2"]
         if self.group["bias_correction"]:
             bc1, bc2 = 1 - b1**t, 1 - b2**t
         else:
-            bc1, bc2 = torch.ones_like(b1), torch.ones_like(b2)
+            bc1, bc2 = 0 * b1 + 1, 0 * b2 + 1
         return {
             "one_minus_b1": 1 - b1,
             "b2": b2,
@@ -321,7 +362,7 @@ class StackedAdam(StackedOptimizer):
             "shrink": 1 - lr * hp["weight_decay"],
             "neg_step": -(lr / bc1),
             "bc2": bc2,
-            "bc2_sqrt": bc2.sqrt(),
+            "bc2_sqrt": bc2**0.5,
         }
 
     def update(
@@ -329,27 +370,27 @@ class StackedAdam(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         group = self.group
         if group["decoupled"]:
             if self.decays(p):
-                p.mul_(per_member(c["shrink"], p))
+                p.mul_(_at(c["shrink"], p))
         else:
             g = self.coupled_decay(p, g, c)
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, per_member(c["one_minus_b1"], p))
-        v.mul_(per_member(c["b2"], p)).addcmul_(g.mul(per_member(c["one_minus_b2"], p)), g)
-        eps = per_member(c["eps"], p)
+        m.lerp_(g, _at(c["one_minus_b1"], p))
+        _addcmul3_(v.mul_(_at(c["b2"], p)), g, g, _at(c["one_minus_b2"], p))
+        eps = _at(c["eps"], p)
         if group["eps_placement"] == "inside":
-            denom = v.div(per_member(c["bc2"], p)).add_(eps).sqrt_()
+            denom = v.div(_at(c["bc2"], p)).add_(eps).sqrt_()
         else:
-            denom = v.sqrt().div_(per_member(c["bc2_sqrt"], p)).add_(eps)
-        p.add_(m.mul(per_member(c["neg_step"], p)).div_(denom))
+            denom = v.sqrt().div_(_at(c["bc2_sqrt"], p)).add_(eps)
+        _addcdiv_(p, m, denom, _at(c["neg_step"], p))
 
 
 class StackedNAdam(StackedOptimizer):
@@ -358,7 +399,7 @@ class StackedNAdam(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         b1, b2, psi = hp["beta1"], hp["beta2"], hp["momentum_decay"]
         mu = b1 * (1.0 - 0.5 * torch.pow(0.96, t * psi))
         mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1) * psi))
@@ -379,8 +420,8 @@ class StackedNAdam(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
         if "exp_avg" not in state:
@@ -409,7 +450,7 @@ class StackedRAdam(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         b1, b2 = hp["beta1"], hp["beta2"]
         bc1, bc2 = 1 - b1**t, 1 - b2**t
         rho_inf = 2 / (1 - b2) - 1
@@ -435,8 +476,8 @@ class StackedRAdam(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
         if "exp_avg" not in state:
@@ -456,7 +497,7 @@ class StackedLion(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "weight_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         return {
             "neg_lr": -lr,
             "shrink": 1 - lr * hp["weight_decay"],
@@ -469,17 +510,17 @@ class StackedLion(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m = state["exp_avg"]
-        direction = m.lerp(g, per_member(c["one_minus_b1"], p))
+        direction = m.lerp(g, _at(c["one_minus_b1"], p))
         if self.decays(p):
-            p.mul_(per_member(c["shrink"], p))
-        p.addcmul_(direction.sign_(), per_member(c["neg_lr"], p))
-        m.lerp_(g, per_member(c["one_minus_b2"], p))
+            p.mul_(_at(c["shrink"], p))
+        _addcmul(p, direction.sign_(), _at(c["neg_lr"], p), inplace=True)
+        m.lerp_(g, _at(c["one_minus_b2"], p))
 
 
 # ---------------------------------------------------------------------------------------------
