@@ -864,3 +864,29 @@ def test_a_float_that_cannot_be_varied_fails_naming_it() -> None:
     spec = dataclasses.replace(spec, params=(*spec.params, pinned))
     with pytest.raises(CheckFailure, match=r"float hyper-parameter gain .*search range"):
         opt_checks.member_settings(spec, spec.defaults())
+
+
+def test_builtin_optimizers_are_said_once() -> None:
+    """Issue 23, item 5: the defaults are the specs' alone (no factory declares one), each
+    stacked factory is a stacked class with only what its technique fixes bound, and the
+    one-trial rules torch lacks are those classes (at K = 1), not second copies."""
+    import functools
+    import inspect
+
+    from techbench_builtins import optimizers_stacked as stacked_impl
+
+    for name in NAMES:
+        spec = get_spec(name, "optimizer")
+        fast = inspect.signature(spec.load_fast()).parameters.values()
+        assert [p.name for p in fast if p.default is not p.empty] == [], name
+        stacked = spec.load_stacked()
+        cls = stacked.func if isinstance(stacked, functools.partial) else stacked
+        assert issubclass(cls, stacked_impl.StackedOptimizer), name
+        fixed = set(stacked.keywords) if isinstance(stacked, functools.partial) else set()
+        assert not fixed & {p.name for p in spec.params}, (name, fixed)
+    for one, many in [
+        (impl.AdamVariant, stacked_impl.StackedAdam),
+        (impl.RMSpropVariant, stacked_impl.StackedRMSprop),
+        (impl.Lion, stacked_impl.StackedLion),
+    ]:
+        assert issubclass(one, many) and "update" not in vars(one), one
