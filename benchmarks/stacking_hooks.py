@@ -55,7 +55,7 @@ def has_stacked_implementation(name: str) -> bool:
     from techbench.registry import default_registry
 
     spec = default_registry().get_spec(name, "regularizer")
-    return stacked_hooks._stacked(type(spec.create())) is not None
+    return stacked_hooks.stacked_transform(type(spec.create())) is not None
 
 
 def measure(cfgs: list[dict], rounds: int) -> None:

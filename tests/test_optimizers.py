@@ -190,16 +190,29 @@ def test_radam_runs_past_the_rectification_threshold() -> None:
 
 
 def test_custom_adam_class_matches_torch_adam() -> None:
-    kw = {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-4, "weight_decay": 0.01}
-    got = _run_optimizer(lambda ps: impl.AdamVariant(ps, **kw))
-    want = _run_optimizer(lambda ps: torch.optim.Adam(ps, **kw))
+    kw = {"lr": 0.01, "eps": 1e-4, "weight_decay": 0.01}
+    got = _run_optimizer(
+        lambda ps: impl.AdamVariant(
+            ps,
+            beta1=0.8,
+            beta2=0.99,
+            decay="all",
+            decoupled=False,
+            bias_correction=True,
+            eps_placement="outside",
+            **kw,
+        )
+    )
+    want = _run_optimizer(lambda ps: torch.optim.Adam(ps, betas=(0.8, 0.99), **kw))
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
 
 
 def test_custom_rmsprop_class_with_eps_outside_matches_torch() -> None:
     kw = {"lr": 0.01, "alpha": 0.9, "eps": 1e-3, "weight_decay": 0.01, "momentum": 0.5}
-    got = _run_optimizer(lambda ps: impl.RMSpropVariant(ps, eps_inside=False, **kw))
+    got = _run_optimizer(
+        lambda ps: impl.RMSpropVariant(ps, eps_placement="outside", decay="all", **kw)
+    )
     want = _run_optimizer(lambda ps: torch.optim.RMSprop(ps, **kw))
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
@@ -375,7 +388,7 @@ class _BrokenAdam(impl.AdamVariant):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
-            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+            lr, b1, b2, eps = group["lr"], group["beta1"], group["beta2"], group["eps"]
             for p in group["params"]:
                 s = self.state[p]
                 if not s:
@@ -389,7 +402,7 @@ class _BrokenAdam(impl.AdamVariant):
 
 
 def _adam_kwargs(hp: dict[str, Any]) -> dict[str, Any]:
-    return {"lr": hp["lr"], "betas": (hp["beta1"], hp["beta2"]), "eps": hp["eps"]}
+    return {**hp, "decoupled": False}
 
 
 def test_fast_off_by_1e3_fails_naming_step_and_parameter() -> None:
@@ -465,7 +478,7 @@ def test_heavy_ball_posing_as_nesterov_fails() -> None:
         name="fake_nesterov",
         family="optimizer",
         summary="heavy ball",
-        fast=impl.momentum,
+        fast=lambda params, **hp: impl.momentum(params, dampening=0.0, **hp),
         reference=base.reference,
         citation="test",
         params=base.params,
@@ -638,11 +651,19 @@ def test_stacked_implementation_coupling_members_fails() -> None:
         def update(self, p, g, state, c, c64):  # type: ignore[no-untyped-def]
             super().update(p, g / g.norm(), state, c, c64)
 
-    def fast(params: Any, *, lr: float, weight_decay: float = 0.0, **_: Any) -> Any:
+    def fast(params: Any, *, lr: float, **_: Any) -> Any:
         return Normalised(params, lr=lr)
 
-    def stacked(params: Any, *, lr: Any, weight_decay: Any = 0.0, **_: Any) -> Any:
-        return CoupledNormalised(params, lr=lr, weight_decay=0.0)
+    def stacked(params: Any, *, lr: Any, **_: Any) -> Any:
+        return CoupledNormalised(
+            params,
+            lr=lr,
+            weight_decay=0.0,
+            momentum=0.0,
+            dampening=0.0,
+            nesterov=False,
+            decay="all",
+        )
 
     with pytest.raises(CheckFailure, match=r"member \d of 4 .*stacked implementation vs alone"):
         opt_checks.check_stacked_hyperparams(_with_stacked("sgd", stacked, fast))
@@ -667,7 +688,7 @@ def test_stacked_implementation_ignoring_the_schedule_multiplier_fails() -> None
             return super().coefficients(hp, hp["lr"], t)
 
     def stacked(params: Any, **hp: Any) -> Any:
-        return NoMultiplier(params, **hp)
+        return NoMultiplier(params, momentum=0.0, dampening=0.0, nesterov=False, **hp)
 
     with pytest.raises(CheckFailure, match="step 2,"):
         opt_checks.check_stacked_hyperparams(_with_stacked("sgd", stacked))
@@ -690,6 +711,8 @@ def test_stacked_sgd_equals_torch_sgd_for_mixed_zero_and_nonzero_momentum() -> N
         lr=torch.tensor(lr, dtype=torch.float64),
         momentum=torch.tensor(mu, dtype=torch.float64),
         dampening=torch.tensor(damp, dtype=torch.float64),
+        weight_decay=torch.zeros(3, dtype=torch.float64),
+        decay="weights",
     )
     alone = [p0[k].clone().requires_grad_(True) for k in range(3)]
     torch_opts = [
@@ -703,3 +726,167 @@ def test_stacked_sgd_equals_torch_sgd_for_mixed_zero_and_nonzero_momentum() -> N
             torch_opts[k].step()
     for k in range(3):
         torch.testing.assert_close(stacked[k].detach(), alone[k].detach(), rtol=1e-12, atol=0)
+
+
+# -- the stacked contract: members' values where the engine reads them (issue 23, item 4) -------
+
+
+class _PrivateSGD(torch.optim.Optimizer):
+    """A third-party stacked SGD that steps each member right but keeps the members' rates in
+    a private attribute: the engine cannot see them (it would read the multiplier, 1.0)."""
+
+    def __init__(self, params: Any, *, lr: Any, **_: Any) -> None:
+        super().__init__(params, {"lr": 1.0})
+        self._rates = torch.as_tensor(lr, dtype=torch.float64)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                rate = (self._rates * group["lr"]).to(p.dtype).view(-1, *[1] * (p.dim() - 1))
+                p.sub_(p.grad * rate)
+
+
+class _LyingSGD(_PrivateSGD):
+    """Declares ``member_hyperparams`` but shows member 0's rate for every member."""
+
+    def member_hyperparams(self) -> dict[str, torch.Tensor]:
+        k = len(self._rates)
+        return {"lr": self._rates[:1].expand(k), "weight_decay": torch.zeros(k)}
+
+
+def _plain_sgd_spec(stacked: Any) -> TechniqueSpec:
+    """``sgd`` without weight decay, so the private implementations step it exactly."""
+    import dataclasses
+
+    spec = get_spec("sgd", "optimizer")
+    params = tuple(p for p in spec.params if p.name == "lr")
+
+    def fast(params: Any, *, lr: float) -> Any:
+        return torch.optim.SGD(params, lr=lr)
+
+    return dataclasses.replace(spec, params=params, stacked=stacked, fast=fast)
+
+
+def test_stacked_optimizer_keeping_members_values_privately_fails_the_checks() -> None:
+    """It steps every member right, yet the engine could not read its members' rates: the
+    stacked engine refuses it and the conformance check fails it."""
+    from techbench.member_hp import create_stacked
+    from techbench.spec import TechniqueError
+    from techbench.stacked_hooks import MemberOptimizer
+
+    spec = _plain_sgd_spec(_PrivateSGD)
+    assert "stacked_member_values" in [c.name for c in opt_checks.checks(spec)]
+    with pytest.raises(CheckFailure, match=r"without member_hyperparams\(\)"):
+        opt_checks.check_stacked_member_values(spec)
+    stacked = [torch.zeros(3, 2, requires_grad=True)]
+    settings = [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}]
+    with pytest.raises(TechniqueError, match="member_hyperparams"):
+        create_stacked(spec, stacked, settings)
+    opt = _PrivateSGD(stacked, lr=torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(TypeError, match="member_hyperparams"):
+        MemberOptimizer(opt, {}, 1, stacked=True)
+
+
+def test_stacked_optimizer_showing_the_wrong_members_values_fails() -> None:
+    spec = _plain_sgd_spec(_LyingSGD)
+    with pytest.raises(CheckFailure, match=r"member [1-3] of 4: the engine reads lr="):
+        opt_checks.check_stacked_member_values(spec)
+
+
+def test_engine_reads_each_members_lr_from_a_builtin_stacked_optimizer() -> None:
+    """Member k's view (what ``after_step`` hooks see) holds its own rate times the schedule's
+    multiplier and its own betas (the values given, an independent source)."""
+    from techbench.member_hp import create_stacked
+    from techbench.stacked_hooks import MemberOptimizer
+
+    spec = get_spec("adamw", "optimizer")
+    settings = [{"lr": 0.1, "beta1": 0.8}, {"lr": 0.02, "beta1": 0.7}]
+    opt = create_stacked(spec, [torch.zeros(2, 3, requires_grad=True)], settings)
+    opt.param_groups[0]["lr"] = 0.5
+    for k, hp in enumerate(settings):
+        seen = MemberOptimizer(opt, {}, k, stacked=True).param_groups[0]
+        assert seen["lr"] == hp["lr"] * 0.5
+        assert seen["beta1"] == hp["beta1"]
+        assert seen["weight_decay"] == 0.01
+        assert "member" not in seen
+
+
+def _without_search(name: str) -> TechniqueSpec:
+    import dataclasses
+
+    spec = get_spec(name, "optimizer")
+    params = tuple(dataclasses.replace(p, search=None) for p in spec.params)
+    return dataclasses.replace(spec, params=params)
+
+
+def test_members_differ_in_every_float_even_without_search_ranges() -> None:
+    """No search ranges: each float is drawn from 0.5x to 2x its default (1e-3 to 1e-1 for a
+    default of 0), distinct per member and valid."""
+    spec = _without_search("momentum")
+    settings = opt_checks.member_settings(spec, spec.defaults())
+    for p in spec.params:
+        if p.type is not float:
+            continue
+        values = [hp[p.name] for hp in settings]
+        assert len(set(values)) == len(values), p.name
+        for v in values:
+            p.validate("test", v)
+            if p.default:
+                assert 0.5 * p.default <= v <= 2 * p.default, (p.name, v)
+            else:
+                assert 1e-3 <= v <= 1e-1, (p.name, v)
+
+
+def test_member_0s_values_for_all_fail_without_search_ranges() -> None:
+    """A stacked implementation using member 0's values for every member, on an optimizer
+    declaring no search ranges: the members must still differ, so the check fails it."""
+    import dataclasses
+
+    from techbench_builtins import optimizers_stacked as stacked_impl
+
+    def first_only(params: Any, **hp: Any) -> Any:
+        hp = {k: v[0].expand(len(v)) if isinstance(v, torch.Tensor) else v for k, v in hp.items()}
+        return stacked_impl.sgd(params, **hp)
+
+    spec = dataclasses.replace(_without_search("sgd"), stacked=first_only)
+    with pytest.raises(CheckFailure, match=r"member [1-3] of 4"):
+        opt_checks.check_stacked_hyperparams(spec)
+
+
+def test_a_float_that_cannot_be_varied_fails_naming_it() -> None:
+    import dataclasses
+
+    from techbench.spec import Param
+
+    spec = _without_search("sgd")
+    pinned = Param(name="gain", type=float, default=1.0, low=1.0, high=1.0)
+    spec = dataclasses.replace(spec, params=(*spec.params, pinned))
+    with pytest.raises(CheckFailure, match=r"float hyper-parameter gain .*search range"):
+        opt_checks.member_settings(spec, spec.defaults())
+
+
+def test_builtin_optimizers_are_said_once() -> None:
+    """Issue 23, item 5: the defaults are the specs' alone (no factory declares one), each
+    stacked factory is a stacked class with only what its technique fixes bound, and the
+    one-trial rules torch lacks are those classes (at K = 1), not second copies."""
+    import functools
+    import inspect
+
+    from techbench_builtins import optimizers_stacked as stacked_impl
+
+    for name in NAMES:
+        spec = get_spec(name, "optimizer")
+        fast = inspect.signature(spec.load_fast()).parameters.values()
+        assert [p.name for p in fast if p.default is not p.empty] == [], name
+        stacked = spec.load_stacked()
+        cls = stacked.func if isinstance(stacked, functools.partial) else stacked
+        assert issubclass(cls, stacked_impl.StackedOptimizer), name
+        fixed = set(stacked.keywords) if isinstance(stacked, functools.partial) else set()
+        assert not fixed & {p.name for p in spec.params}, (name, fixed)
+    for one, many in [
+        (impl.AdamVariant, stacked_impl.StackedAdam),
+        (impl.RMSpropVariant, stacked_impl.StackedRMSprop),
+        (impl.Lion, stacked_impl.StackedLion),
+    ]:
+        assert issubclass(one, many) and "update" not in vars(one), one

@@ -912,7 +912,8 @@ def test_broken_plugin_fails_clearly(
 def test_planted_gradient_bugs_fail_techbench_check(tmp_path: Path) -> None:
     """The acceptance: through the real ``techbench check`` of an installed distribution, a
     per-tensor clip_norm and a grad_noise with its variance used as std each FAIL, naming the
-    check; the correct built-ins pass the same checks in the same run."""
+    check (the clip also fails ``stacked_gradients``: it keeps ClipNorm's stacked hook); the
+    correct built-ins pass the same checks in the same run."""
     from tests.fakedist import make_dist
 
     specs = """
@@ -954,7 +955,9 @@ def test_planted_gradient_bugs_fail_techbench_check(tmp_path: Path) -> None:
     assert "FAILED  regularizer/per_tensor_clip :: gradient_law" in out, out
     assert "FAILED  regularizer/variance_as_std :: gradient_noise_law" in out, out
     assert "variance of the recovered N(0,1) draw" in out
-    assert "2 failed (5 techniques, 0 broken plugins)" in out, out
+    # it rewrites transform_gradients and inherits ClipNorm's stacked implementation
+    assert "FAILED  regularizer/per_tensor_clip :: stacked_gradients" in out, out
+    assert "3 failed (5 techniques, 0 broken plugins)" in out, out
 
 
 def test_correct_subclasses_pass_the_same_checks() -> None:
@@ -1040,3 +1043,53 @@ def test_augment_property_matches_numpy(
     np.testing.assert_array_equal(
         out.numpy(), _np_crop_flip(x.numpy(), shifts.numpy(), flips.numpy(), padding)
     )
+
+
+# ------------------------------------------------- the stacked hook, declared (issue 23, item 4)
+
+
+def test_stacked_transform_gradients_is_declared_with_a_default() -> None:
+    """The hook is on the base class; its default means "no stacked implementation" (the
+    engine runs each member's own transform_gradients) and is never to be called."""
+    from techbench.stacked_hooks import stacked_transform
+
+    assert "stacked_transform_gradients" in vars(Regularizer)
+    assert stacked_transform(Regularizer) is None
+    assert stacked_transform(impl.GradNoise) is None
+    assert stacked_transform(impl.ClipNorm) is impl.ClipNorm.stacked_transform_gradients
+    with pytest.raises(NotImplementedError, match="each member's transform_gradients"):
+        Regularizer.stacked_transform_gradients([], [], 0)
+
+
+class HalfClipNorm(impl.ClipNorm):
+    """clip_norm to half its bound, rewritten in ``transform_gradients`` only: it inherits
+    ClipNorm's stacked implementation, which clips to the whole bound."""
+
+    def transform_gradients(
+        self, model: nn.Module, step: int, generator: torch.Generator | None = None
+    ) -> None:
+        impl.ClipNorm(self.max_norm / 2).transform_gradients(model, step, generator)
+
+
+def test_a_subclass_rewriting_transform_gradients_must_rewrite_or_reset_the_stacked_hook() -> None:
+    """No class-hierarchy scan decides for the engine: an inherited stacked implementation is
+    used, and the check ``stacked_gradients`` fails it when it disagrees with the subclass's
+    own transform; restoring the declared default makes the members loop, and pass."""
+    import dataclasses
+
+    base = get_spec("regularizer/clip_norm")
+    spec = _spec(
+        "half-clip",
+        HalfClipNorm,
+        "clip_norm_reference",
+        ("transform_gradients",),
+        params=base.params,
+        properties={"gradient_law": "deterministic"},
+    )
+    with pytest.raises((CheckFailure, AssertionError), match="stacked vs alone"):
+        _run(spec, "stacked_gradients")
+
+    class HalfClipNormLooped(HalfClipNorm):
+        stacked_transform_gradients = Regularizer.stacked_transform_gradients
+
+    _run(dataclasses.replace(spec, fast=HalfClipNormLooped), "stacked_gradients")

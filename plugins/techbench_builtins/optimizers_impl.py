@@ -1,9 +1,11 @@
 """Built-in optimizers: fast factories and float64 references written from the update rules.
 
-Fast side: ``factory(params, **hp) -> torch.optim.Optimizer``. Where torch.optim implements the
-rule exactly it is used as is (its default foreach/fused choice); the variants torch lacks (epsilon
-inside the root, Adam without bias correction, Lion) are :class:`torch.optim.Optimizer`
-subclasses here, with the usual ``state_dict``/``load_state_dict``.
+Fast side: ``factory(params, **hp) -> torch.optim.Optimizer``, given every hyper-parameter (the
+defaults are the specs', :mod:`techbench_builtins.optimizers`). Where torch.optim implements the
+rule exactly it is used as is (its default foreach/fused choice); the variants torch lacks
+(epsilon inside the root, Adam without bias correction, Lion) are the stacked implementations'
+rules at K = 1 (:class:`~techbench_builtins.optimizers_stacked.OneTrial`), so each rule is
+written once, with the usual ``state_dict``/``load_state_dict``.
 
 Reference side: an :class:`UpdateRule` of two functions over one parameter tensor, as stated in
 :mod:`techbench.testing.optimizer`: ``init_state(p, **hp) -> dict`` and
@@ -23,6 +25,8 @@ from torch import Tensor
 
 from techbench.families import trial_ndim
 
+from .optimizers_stacked import AdamVariant, Lion, RMSpropVariant
+
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
@@ -32,171 +36,6 @@ class UpdateRule:
 
     init_state: Callable[..., dict[str, Any]]
     step: Callable[..., Tensor]
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizers torch lacks
-
-
-class RMSpropVariant(torch.optim.Optimizer):
-    """RMSprop with a selectable epsilon placement (Tieleman & Hinton 2012; seed 002).
-
-    ``v <- alpha*v + (1-alpha)*g^2``; ``d = g / (sqrt(v) + eps)`` (outside) or
-    ``d = g / sqrt(v + eps)`` (inside, the lecture slide); with momentum ``b <- mu*b + d`` and
-    ``p <- p - lr*b``, else ``p <- p - lr*d``. ``g`` includes the coupled ``weight_decay * p``.
-    """
-
-    def __init__(
-        self,
-        params: Params,
-        lr: float = 0.01,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        eps_inside: bool = True,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            alpha=alpha,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            eps_inside=eps_inside,
-        )
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
-            wd, mu = group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if mu > 0:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                state["step"] += 1
-                v = state["square_avg"]
-                v.mul_(alpha).addcmul_(g, g, value=1 - alpha)
-                denom = v.add(eps).sqrt_() if group["eps_inside"] else v.sqrt().add_(eps)
-                if mu > 0:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(mu).addcdiv_(g, denom)
-                    p.add_(buf, alpha=-lr)
-                else:
-                    p.addcdiv_(g, denom, value=-lr)
-        return loss
-
-
-class AdamVariant(torch.optim.Optimizer):
-    """Adam (Kingma & Ba 2015) with optional bias correction and epsilon placement.
-
-    ``m <- b1*m + (1-b1)*g``, ``v <- b2*v + (1-b2)*g^2``; with bias correction
-    ``m_hat = m/(1-b1^t)``, ``v_hat = v/(1-b2^t)`` (else ``m_hat = m``, ``v_hat = v``);
-    ``p <- p - lr * m_hat / (sqrt(v_hat) + eps)`` (outside) or ``/ sqrt(v_hat + eps)`` (inside,
-    as seed 002's slide). ``g`` includes the coupled ``weight_decay * p``.
-    """
-
-    def __init__(
-        self,
-        params: Params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        bias_correction: bool = True,
-        eps_inside: bool = False,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            bias_correction=bias_correction,
-            eps_inside=eps_inside,
-        )
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = (1 - b1**t, 1 - b2**t) if group["bias_correction"] else (1.0, 1.0)
-                if group["eps_inside"]:
-                    denom = v.div(bc2).add_(eps).sqrt_()
-                else:
-                    denom = v.sqrt().div_(math.sqrt(bc2)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / bc1)
-        return loss
-
-
-class Lion(torch.optim.Optimizer):
-    """Lion (Chen et al. 2023, Algorithm 2).
-
-    ``c = b1*m + (1-b1)*g``; ``p <- p - lr*(sign(c) + weight_decay*p)``;
-    ``m <- b2*m + (1-b2)*g``.
-    """
-
-    def __init__(
-        self,
-        params: Params,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                m = state["exp_avg"]
-                c = m.lerp(p.grad, 1 - b1)
-                if wd != 0:
-                    p.mul_(1 - lr * wd)
-                p.add_(c.sign_(), alpha=-lr)
-                m.lerp_(p.grad, 1 - b2)
-        return loss
 
 
 def decay_groups(params: Params, weight_decay: float, decay: str) -> Params:
@@ -242,12 +81,11 @@ def _decays(rule_step: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fast factories: (params, **hp) -> torch.optim.Optimizer
+# Fast factories: (params, **hp) -> torch.optim.Optimizer, every hyper-parameter of the spec given
+# (the defaults are the spec's)
 
 
-def sgd(
-    params: Params, *, lr: float, weight_decay: float = 0.0, decay: str = "weights"
-) -> torch.optim.Optimizer:
+def sgd(params: Params, *, lr: float, weight_decay: float, decay: str) -> torch.optim.Optimizer:
     params = decay_groups(params, weight_decay, decay)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
@@ -257,9 +95,9 @@ def momentum(
     *,
     lr: float,
     momentum: float,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
+    dampening: float,
+    weight_decay: float,
+    decay: str,
 ) -> torch.optim.Optimizer:
     params = decay_groups(params, weight_decay, decay)
     return torch.optim.SGD(
@@ -268,12 +106,7 @@ def momentum(
 
 
 def nesterov(
-    params: Params,
-    *,
-    lr: float,
-    momentum: float,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
+    params: Params, *, lr: float, momentum: float, weight_decay: float, decay: str
 ) -> torch.optim.Optimizer:
     params = decay_groups(params, weight_decay, decay)
     return torch.optim.SGD(
@@ -285,11 +118,11 @@ def adagrad(
     params: Params,
     *,
     lr: float,
-    lr_decay: float = 0.0,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
-    initial_accumulator_value: float = 0.0,
-    eps: float = 1e-10,
+    lr_decay: float,
+    weight_decay: float,
+    decay: str,
+    initial_accumulator_value: float,
+    eps: float,
 ) -> torch.optim.Optimizer:
     params = decay_groups(params, weight_decay, decay)
     return torch.optim.Adagrad(
@@ -302,126 +135,51 @@ def adagrad(
     )
 
 
-def rmsprop(
-    params: Params,
-    *,
-    lr: float,
-    alpha: float = 0.99,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
-    momentum: float = 0.0,
-    eps_placement: str = "outside",
-) -> torch.optim.Optimizer:
-    params = decay_groups(params, weight_decay, decay)
-    if eps_placement == "outside":
-        return torch.optim.RMSprop(
-            params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
-        )
-    return RMSpropVariant(
-        params,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        eps_inside=True,
-    )
+def rmsprop(params: Params, **hp: Any) -> torch.optim.Optimizer:
+    """torch's RMSprop, or the stacked rule at K = 1 for eps inside the root."""
+    if hp["eps_placement"] == "inside":
+        return RMSpropVariant(params, **hp)
+    params = decay_groups(params, hp["weight_decay"], hp["decay"])
+    keys = ("lr", "alpha", "eps", "weight_decay", "momentum")
+    return torch.optim.RMSprop(params, **{k: hp[k] for k in keys})
 
 
-def adam(
-    params: Params,
-    *,
-    lr: float,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
-    bias_correction: bool = True,
-    eps_placement: str = "outside",
-) -> torch.optim.Optimizer:
-    params = decay_groups(params, weight_decay, decay)
-    if bias_correction and eps_placement == "outside":
-        return torch.optim.Adam(
-            params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
-        )
-    return AdamVariant(
-        params,
-        lr=lr,
-        betas=(beta1, beta2),
-        eps=eps,
-        weight_decay=weight_decay,
-        bias_correction=bias_correction,
-        eps_inside=eps_placement == "inside",
-    )
+def adam(params: Params, **hp: Any) -> torch.optim.Optimizer:
+    """torch's Adam, or the stacked rule at K = 1 for eps inside or no bias correction."""
+    if not hp["bias_correction"] or hp["eps_placement"] == "inside":
+        return AdamVariant(params, decoupled=False, **hp)
+    params = decay_groups(params, hp["weight_decay"], hp["decay"])
+    return torch.optim.Adam(params, **_adam_kwargs(hp))
 
 
-def adamw(
-    params: Params,
-    *,
-    lr: float,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.01,
-    decay: str = "weights",
-) -> torch.optim.Optimizer:
-    params = decay_groups(params, weight_decay, decay)
-    return torch.optim.AdamW(
-        params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
-    )
+def _adam_kwargs(hp: dict[str, Any]) -> dict[str, Any]:
+    """torch.optim's Adam-family keywords (``betas`` a pair) from the spec's."""
+    return {
+        "lr": hp["lr"],
+        "betas": (hp["beta1"], hp["beta2"]),
+        "eps": hp["eps"],
+        "weight_decay": hp["weight_decay"],
+    }
 
 
-def nadam(
-    params: Params,
-    *,
-    lr: float,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
-    momentum_decay: float = 0.004,
-) -> torch.optim.Optimizer:
-    params = decay_groups(params, weight_decay, decay)
-    return torch.optim.NAdam(
-        params,
-        lr=lr,
-        betas=(beta1, beta2),
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum_decay=momentum_decay,
-    )
+def adamw(params: Params, **hp: Any) -> torch.optim.Optimizer:
+    params = decay_groups(params, hp["weight_decay"], hp["decay"])
+    return torch.optim.AdamW(params, **_adam_kwargs(hp))
 
 
-def radam(
-    params: Params,
-    *,
-    lr: float,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
-) -> torch.optim.Optimizer:
-    params = decay_groups(params, weight_decay, decay)
-    return torch.optim.RAdam(
-        params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay
-    )
+def nadam(params: Params, **hp: Any) -> torch.optim.Optimizer:
+    params = decay_groups(params, hp["weight_decay"], hp["decay"])
+    return torch.optim.NAdam(params, momentum_decay=hp["momentum_decay"], **_adam_kwargs(hp))
 
 
-def lion(
-    params: Params,
-    *,
-    lr: float,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    weight_decay: float = 0.0,
-    decay: str = "weights",
-) -> torch.optim.Optimizer:
-    params = decay_groups(params, weight_decay, decay)
-    return Lion(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+def radam(params: Params, **hp: Any) -> torch.optim.Optimizer:
+    params = decay_groups(params, hp["weight_decay"], hp["decay"])
+    return torch.optim.RAdam(params, **_adam_kwargs(hp))
+
+
+def lion(params: Params, **hp: Any) -> torch.optim.Optimizer:
+    """The stacked rule at K = 1 (torch has no Lion)."""
+    return Lion(params, **hp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +200,7 @@ def _no_state(p: Tensor, **hp: Any) -> dict[str, Any]:
 
 
 def _sgd_step(
-    p: Tensor, g: Tensor, state: dict, t: int, *, lr: float, weight_decay: float = 0.0, **_: Any
+    p: Tensor, g: Tensor, state: dict, t: int, *, lr: float, weight_decay: float, **_: Any
 ) -> Tensor:
     """``p <- p - lr * (g + weight_decay * p)``."""
     return p - lr * _l2(p, g, weight_decay)
@@ -460,8 +218,8 @@ def _momentum_step(
     *,
     lr: float,
     momentum: float,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
+    dampening: float,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Heavy ball: ``b_1 = g_1``; ``b_t = mu*b_{t-1} + (1-dampening)*g_t``; ``p <- p - lr*b_t``."""
@@ -478,7 +236,7 @@ def _nesterov_step(
     *,
     lr: float,
     momentum: float,
-    weight_decay: float = 0.0,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Sutskever's form: ``b_t = mu*b_{t-1} + g_t`` (b_1 = g_1); ``p <- p - lr*(g_t + mu*b_t)``."""
@@ -487,7 +245,7 @@ def _nesterov_step(
     return p - lr * (g + momentum * state["b"])
 
 
-def _adagrad_state(p: Tensor, *, initial_accumulator_value: float = 0.0, **_: Any) -> dict:
+def _adagrad_state(p: Tensor, *, initial_accumulator_value: float, **_: Any) -> dict:
     return {"s": _zeros(p) + initial_accumulator_value}
 
 
@@ -498,9 +256,9 @@ def _adagrad_step(
     t: int,
     *,
     lr: float,
-    lr_decay: float = 0.0,
-    weight_decay: float = 0.0,
-    eps: float = 1e-10,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
     **_: Any,
 ) -> Tensor:
     """``s <- s + g^2``; ``p <- p - lr/(1 + (t-1)*lr_decay) * g / (sqrt(s) + eps)``."""
@@ -522,9 +280,9 @@ def _rmsprop_step(
     lr: float,
     alpha: float,
     eps: float,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    eps_placement: str = "outside",
+    weight_decay: float,
+    momentum: float,
+    eps_placement: str,
     **_: Any,
 ) -> Tensor:
     """``v <- alpha*v + (1-alpha)*g^2``; ``d = g/(sqrt(v)+eps)`` or ``g/sqrt(v+eps)`` (inside);
@@ -557,9 +315,9 @@ def _adam_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.0,
-    bias_correction: bool = True,
-    eps_placement: str = "outside",
+    weight_decay: float,
+    bias_correction: bool,
+    eps_placement: str,
     **_: Any,
 ) -> Tensor:
     """Kingma & Ba 2015, Algorithm 1: ``m_hat = m/(1-b1^t)``, ``v_hat = v/(1-b2^t)``;
@@ -581,7 +339,7 @@ def _adamw_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.01,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Loshchilov & Hutter 2019, Algorithm 2 (schedule multiplier 1, decay scaled by lr as in
@@ -605,8 +363,8 @@ def _nadam_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.0,
-    momentum_decay: float = 0.004,
+    weight_decay: float,
+    momentum_decay: float,
     **_: Any,
 ) -> Tensor:
     """Dozat 2016: ``mu_t = b1*(1 - 0.5*0.96^(t*psi))``;
@@ -633,7 +391,7 @@ def _radam_step(
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float = 0.0,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Liu et al. 2020, Algorithm 2: ``rho_inf = 2/(1-b2) - 1``,
@@ -664,7 +422,7 @@ def _lion_step(
     lr: float,
     beta1: float,
     beta2: float,
-    weight_decay: float = 0.0,
+    weight_decay: float,
     **_: Any,
 ) -> Tensor:
     """Chen et al. 2023, Algorithm 2: ``c = b1*m + (1-b1)*g``;

@@ -8,18 +8,26 @@ stacked parameter ``[K, ...]``, so one optimizer does the K updates in one optim
 
 The contract (:mod:`techbench.families`): parameters are ``[K, ...]``; ``param_groups[0]["lr"]``
 is the schedule's multiplier (1.0 at the start) and member k's rate is that times
-``lr[k]``. Member k's update is the fast factory's (:mod:`techbench_builtins.optimizers_impl`,
+``lr[k]``; :meth:`StackedOptimizer.member_hyperparams` shows the engine every member's values
+(:class:`techbench.families.StackedOptimizer`). Member k's update is the fast factory's (:mod:`techbench_builtins.optimizers_impl`,
 ``torch.optim`` where it implements the rule) with member k's values: each step below is
 torch's single-tensor step (torch 2.x ``_single_tensor_*``) with every scalar replaced by its
 per-member view, the per-step scalars (``1 - beta^t``, NAdam's ``mu_t``, RAdam's ``rho_t``)
 computed in float64 as torch computes them in Python floats, then cast to the parameter's
 dtype. Nothing reduces over a tensor, so members never see each other; the conformance check
 ``stacked_hyperparams`` (:mod:`techbench.testing.optimizer`) proves it member by member.
+
+Each rule is written once: the one-trial optimizers torch lacks (:class:`AdamVariant`,
+:class:`RMSpropVariant`, :class:`Lion`, used by the fast factories) are these classes at K = 1
+(:class:`OneTrial`), and the stacked factories at the end take the spec's completed
+hyper-parameters, binding only what the technique fixes (AdamW's decoupled decay, plain SGD's
+zero momentum); the defaults are the specs' (:mod:`techbench_builtins.optimizers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,6 +36,36 @@ from torch import Tensor
 from techbench.families import per_member, trial_ndim
 
 _F64 = torch.float64
+Coefficients = dict[str, Any]
+"""A step's scalars by name: per-member float64 ``[K]`` tensors (or their casts to the parameter
+dtype), or Python floats for one trial (:class:`OneTrial`)."""
+
+
+def _at(value: Tensor | float, like: Tensor) -> Tensor | float:
+    """A coefficient against ``like``: a ``[K]`` tensor viewed ``[K, 1, ...]``
+    (:func:`~techbench.families.per_member`), a float (one trial) as it is."""
+    return value if isinstance(value, float) else per_member(value, like)
+
+
+def _addcmul3_(x: Tensor, a: Tensor, b: Tensor, coef: Tensor | float) -> Tensor:
+    """``x += coef * a * b`` in place (torch's ``addcmul_(a, b, value=coef)`` for a float)."""
+    if isinstance(coef, float):
+        return x.addcmul_(a, b, value=coef)
+    return x.addcmul_(a.mul(coef), b)
+
+
+def _addcdiv_(x: Tensor, a: Tensor, b: Tensor, coef: Tensor | float) -> Tensor:
+    """``x += coef * a / b`` in place (torch's ``addcdiv_(a, b, value=coef)`` for a float)."""
+    if isinstance(coef, float):
+        return x.addcdiv_(a, b, value=coef)
+    return x.add_(a.mul(coef).div_(b))
+
+
+def _addcmul(x: Tensor, a: Tensor, coef: Tensor | float, inplace: bool = False) -> Tensor:
+    """``x + a * coef``: ``addcmul`` by a per-member view, ``add(alpha=coef)`` by a float."""
+    if isinstance(coef, float):
+        return x.add_(a, alpha=coef) if inplace else x.add(a, alpha=coef)
+    return x.addcmul_(a, coef) if inplace else x.addcmul(a, coef)
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -37,16 +75,21 @@ def _scalar_dtype() -> torch.dtype:
 
 class StackedOptimizer(torch.optim.Optimizer):
     """Base: one param group over stacked parameters; ``MEMBER`` names the hyper-parameters
-    given per member (float64 ``[K]``, kept on the host in ``param_groups[0]["member"]``), the
-    other keyword arguments are shared choices. ``decay`` ("weights" or "all") picks which
-    parameters the weight decay acts on, by :func:`~techbench.families.trial_ndim`.
+    given per member (float64 ``[K]``, kept on the host in ``param_groups[0]["member"]`` and
+    shown to the engine by :meth:`member_hyperparams`), the other keyword arguments are shared
+    choices. ``decay`` ("weights" or "all") picks which parameters the weight decay acts on,
+    by :func:`~techbench.families.trial_ndim`.
 
     Subclasses implement :meth:`update` for one parameter with coefficients from
-    :meth:`coefficients` (a dict of float64 ``[K]`` tensors on the parameter's device)."""
+    :meth:`coefficients` (a dict of float64 ``[K]`` tensors on the parameter's device); during
+    a step ``self.group`` is the param group being stepped (its shared choices) and
+    ``self.nonzero[name]`` whether any member's ``name`` is not 0."""
 
     MEMBER: tuple[str, ...] = ()
+    group: dict[str, Any]
+    nonzero: dict[str, bool]
 
-    def __init__(self, params: Iterable[Tensor], *, decay: str = "weights", **hp: Any) -> None:
+    def __init__(self, params: Iterable[Tensor], *, decay: str, **hp: Any) -> None:
         params = list(params)
         if not params:
             raise ValueError("a stacked optimizer needs at least one parameter")
@@ -64,8 +107,7 @@ class StackedOptimizer(torch.optim.Optimizer):
         for p in params:
             if p.dim() < 1 or p.shape[0] != k:
                 raise ValueError(f"stacked parameters must all be [{k}, ...], got {tuple(p.shape)}")
-        if decay not in ("weights", "all"):
-            raise ValueError(f"decay must be 'weights' or 'all', got {decay!r}")
+        _check_decay(decay)
         super().__init__(params, dict(lr=1.0, decay=decay, member=member, **hp))
         self._device_hp: dict[Any, dict[str, Tensor]] = {}
 
@@ -73,22 +115,29 @@ class StackedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(dict(state_dict))
         self._device_hp.clear()
 
-    def member_hp(self, device: torch.device) -> dict[str, Tensor]:
-        """The per-member hyper-parameters on ``device`` (float64; copied once per device)."""
+    def member_hyperparams(self) -> dict[str, Tensor]:
+        """Member k's value of each ``MEMBER`` hyper-parameter at k, float64 ``[K]`` on the
+        host (:class:`techbench.families.StackedOptimizer`)."""
+        return dict(self.param_groups[0]["member"])
+
+    def group_hp(self, group: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        """``group``'s per-member hyper-parameters on ``device`` (float64; copied once)."""
         if device not in self._device_hp:
-            member = self.param_groups[0]["member"]
+            member = group["member"]
             self._device_hp[device] = {k: v.to(device, _F64) for k, v in member.items()}
         return self._device_hp[device]
 
+    def group_nonzero(self, group: dict[str, Any]) -> dict[str, bool]:
+        """Whether any member's value of each ``MEMBER`` hyper-parameter is not 0."""
+        return {k: bool((v != 0).any()) for k, v in group["member"].items()}
+
     def decays(self, p: Tensor) -> bool:
         """Whether weight decay acts on ``p`` (and any member's ``weight_decay`` is not 0)."""
-        group = self.param_groups[0]
-        wd = group["member"].get("weight_decay")
-        if wd is None or not bool((wd != 0).any()):
+        if not self.nonzero.get("weight_decay", False):
             return False
-        return group["decay"] == "all" or trial_ndim(p) >= 2
+        return self.group["decay"] == "all" or trial_ndim(p) >= 2
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         """Per-member float64 ``[K]`` coefficients of step ``t`` (``lr``: the effective rates)."""
         raise NotImplementedError
 
@@ -97,8 +146,8 @@ class StackedOptimizer(torch.optim.Optimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         """One step of the stacked ``p``; ``c`` are :meth:`coefficients` in ``p``'s dtype,
         ``c64`` the float64 originals."""
@@ -110,26 +159,78 @@ class StackedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        group = self.param_groups[0]
-        exact: dict[tuple[Any, int], dict[str, Tensor]] = {}
-        cast: dict[tuple[Any, Any, int], dict[str, Tensor]] = {}
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        self.group, self.nonzero = group, self.group_nonzero(group)
+        made: dict[tuple[Any, Any, int], tuple[Coefficients, Coefficients]] = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state[p]
             t = state["step"] = state.get("step", 0) + 1
-            if (p.device, t) not in exact:
-                hp = self.member_hp(p.device)
-                exact[p.device, t] = self.coefficients(hp, hp["lr"] * float(group["lr"]), t)
-            c64 = exact[p.device, t]
-            if (p.device, p.dtype, t) not in cast:
-                cast[p.device, p.dtype, t] = {k: v.to(p.dtype) for k, v in c64.items()}
-            self.update(p, p.grad, state, cast[p.device, p.dtype, t], c64)
-        return loss
+            if (p.device, p.dtype, t) not in made:
+                made[p.device, p.dtype, t] = self.step_coefficients(group, p, t)
+            c, c64 = made[p.device, p.dtype, t]
+            q, g = (p, p.grad) if p.dim() else (p.view(1), p.grad.view(1))
+            self.update(q, g, state, c, c64)
 
-    def coupled_decay(self, p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+    def step_coefficients(
+        self, group: dict[str, Any], p: Tensor, t: int
+    ) -> tuple[Coefficients, Coefficients]:
+        """:meth:`coefficients` of step ``t`` in ``p``'s dtype and in float64, on its device."""
+        hp = self.group_hp(group, p.device)
+        c64 = self.coefficients(hp, hp["lr"] * float(group["lr"]), t)
+        return {k: v.to(p.dtype) for k, v in c64.items()}, c64
+
+    def coupled_decay(self, p: Tensor, g: Tensor, c: Coefficients) -> Tensor:
         """``g + weight_decay * p`` (torch's ``grad.add(param, alpha=weight_decay)``)."""
-        return g.addcmul(p, per_member(c["weight_decay"], p)) if self.decays(p) else g
+        return _addcmul(g, p, _at(c["weight_decay"], p)) if self.decays(p) else g
+
+
+def _check_decay(decay: str) -> None:
+    if decay not in ("weights", "all"):
+        raise ValueError(f"decay must be 'weights' or 'all', got {decay!r}")
+
+
+class OneTrial(StackedOptimizer):
+    """A stacked class's update for one trial's own parameters, as a ``torch.optim`` optimizer:
+    its math at K = 1, so that the one-member rule is written once.
+
+    Put first among the bases (``class AdamVariant(OneTrial, StackedAdam)``). Every
+    hyper-parameter is a plain value of the param group (groups may override them, as in
+    ``torch.optim``); the group's ``lr`` is the rate itself (a schedule sets it directly, so
+    any schedule works) and the member's rate is 1.0. Parameters are unstacked
+    (:func:`~techbench.families.trial_ndim` tells weights from biases)."""
+
+    def __init__(self, params: Iterable[Any], **hp: Any) -> None:
+        missing = [n for n in (*self.MEMBER, "decay") if n not in hp]
+        if missing:
+            raise TypeError(f"{type(self).__name__}: missing hyper-parameters {missing}")
+        _check_decay(hp["decay"])
+        torch.optim.Optimizer.__init__(self, params, hp)
+        self._device_hp = {}
+
+    def _values(self, group: dict[str, Any]) -> dict[str, float]:
+        return {n: float(group[n]) for n in self.MEMBER} | {"lr": 1.0}
+
+    def member_hyperparams(self) -> dict[str, Tensor]:
+        """Param group 0's values as one member's, ``lr`` 1.0 (the group's ``lr`` is the rate)."""
+        values = self._values(self.param_groups[0])
+        return {n: torch.tensor([v], dtype=_F64) for n, v in values.items()}
+
+    def step_coefficients(
+        self, group: dict[str, Any], p: Tensor, t: int
+    ) -> tuple[Coefficients, Coefficients]:
+        """The coefficients as Python floats (float64, as torch.optim's scalars): one trial's
+        update then runs torch's scalar kernels."""
+        c = self.coefficients(self._values(group), float(group["lr"]), t)
+        return c, c
+
+    def group_nonzero(self, group: dict[str, Any]) -> dict[str, bool]:
+        return {n: float(group[n]) != 0 for n in self.MEMBER}
 
 
 class StackedSGD(StackedOptimizer):
@@ -140,13 +241,7 @@ class StackedSGD(StackedOptimizer):
 
     MEMBER = ("lr", "momentum", "dampening", "weight_decay")
 
-    def __init__(self, params: Iterable[Tensor], *, nesterov: bool = False, **hp: Any) -> None:
-        hp.setdefault("momentum", 0.0)
-        hp.setdefault("dampening", 0.0)
-        super().__init__(params, nesterov=nesterov, **hp)
-        self._momentum = bool((self.param_groups[0]["member"]["momentum"] != 0).any())
-
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         mu = hp["momentum"]
         keep = torch.where(mu == 0, torch.ones_like(mu), 1 - hp["dampening"])
         return {"neg_lr": -lr, "momentum": mu, "keep": keep, "weight_decay": hp["weight_decay"]}
@@ -156,17 +251,17 @@ class StackedSGD(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
-        if self._momentum:
+        if self.nonzero["momentum"]:
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = g.detach().clone()
             else:
                 buf.mul_(per_member(c["momentum"], p)).addcmul_(g, per_member(c["keep"], p))
-            nesterov = self.param_groups[0]["nesterov"]
+            nesterov = self.group["nesterov"]
             g = g.addcmul(buf, per_member(c["momentum"], p)) if nesterov else buf
         p.addcmul_(g, per_member(c["neg_lr"], p))
 
@@ -176,7 +271,7 @@ class StackedAdagrad(StackedOptimizer):
 
     MEMBER = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         clr = lr / (1 + (t - 1) * hp["lr_decay"])
         return {
             "neg_clr": -clr,
@@ -190,8 +285,8 @@ class StackedAdagrad(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         if "sum" not in state:
             state["sum"] = (
@@ -209,13 +304,7 @@ class StackedRMSprop(StackedOptimizer):
 
     MEMBER = ("lr", "alpha", "eps", "weight_decay", "momentum")
 
-    def __init__(
-        self, params: Iterable[Tensor], *, eps_placement: str = "outside", **hp: Any
-    ) -> None:
-        super().__init__(params, eps_placement=eps_placement, **hp)
-        self._momentum = bool((self.param_groups[0]["member"]["momentum"] > 0).any())
-
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         return {
             "neg_lr": -lr,
             "alpha": hp["alpha"],
@@ -230,27 +319,25 @@ class StackedRMSprop(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
         if "square_avg" not in state:
             state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if self._momentum:
+            if self.nonzero["momentum"]:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         v = state["square_avg"]
-        v.mul_(per_member(c["alpha"], p)).addcmul_(g.mul(per_member(c["one_minus_alpha"], p)), g)
-        eps = per_member(c["eps"], p)
-        if self.param_groups[0]["eps_placement"] == "inside":
-            avg = v.add(eps).sqrt_()
-        else:
-            avg = v.sqrt().add_(eps)
-        if self._momentum:
+        _addcmul3_(v.mul_(_at(c["alpha"], p)), g, g, _at(c["one_minus_alpha"], p))
+        eps = _at(c["eps"], p)
+        inside = self.group["eps_placement"] == "inside"
+        avg = v.add(eps).sqrt_() if inside else v.sqrt().add_(eps)
+        if self.nonzero["momentum"]:
             buf = state["momentum_buffer"]
-            buf.mul_(per_member(c["momentum"], p)).addcdiv_(g, avg)
-            p.addcmul_(buf, per_member(c["neg_lr"], p))
+            buf.mul_(_at(c["momentum"], p)).addcdiv_(g, avg)
+            _addcmul(p, buf, _at(c["neg_lr"], p), inplace=True)
         else:
-            p.add_(g.mul(per_member(c["neg_lr"], p)).div_(avg))
+            _addcdiv_(p, g, avg, _at(c["neg_lr"], p))
 
 
 class StackedAdam(StackedOptimizer):
@@ -260,30 +347,12 @@ class StackedAdam(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay")
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        decoupled: bool = False,
-        bias_correction: bool = True,
-        eps_placement: str = "outside",
-        **hp: Any,
-    ) -> None:
-        super().__init__(
-            params,
-            decoupled=decoupled,
-            bias_correction=bias_correction,
-            eps_placement=eps_placement,
-            **hp,
-        )
-
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         b1, b2 = hp["beta1"], hp["beta2"]
-        group = self.param_groups[0]
-        if group["bias_correction"]:
+        if self.group["bias_correction"]:
             bc1, bc2 = 1 - b1**t, 1 - b2**t
         else:
-            bc1, bc2 = torch.ones_like(b1), torch.ones_like(b2)
+            bc1, bc2 = 0 * b1 + 1, 0 * b2 + 1
         return {
             "one_minus_b1": 1 - b1,
             "b2": b2,
@@ -293,7 +362,7 @@ class StackedAdam(StackedOptimizer):
             "shrink": 1 - lr * hp["weight_decay"],
             "neg_step": -(lr / bc1),
             "bc2": bc2,
-            "bc2_sqrt": bc2.sqrt(),
+            "bc2_sqrt": bc2**0.5,
         }
 
     def update(
@@ -301,27 +370,27 @@ class StackedAdam(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
-        group = self.param_groups[0]
+        group = self.group
         if group["decoupled"]:
             if self.decays(p):
-                p.mul_(per_member(c["shrink"], p))
+                p.mul_(_at(c["shrink"], p))
         else:
             g = self.coupled_decay(p, g, c)
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, per_member(c["one_minus_b1"], p))
-        v.mul_(per_member(c["b2"], p)).addcmul_(g.mul(per_member(c["one_minus_b2"], p)), g)
-        eps = per_member(c["eps"], p)
+        m.lerp_(g, _at(c["one_minus_b1"], p))
+        _addcmul3_(v.mul_(_at(c["b2"], p)), g, g, _at(c["one_minus_b2"], p))
+        eps = _at(c["eps"], p)
         if group["eps_placement"] == "inside":
-            denom = v.div(per_member(c["bc2"], p)).add_(eps).sqrt_()
+            denom = v.div(_at(c["bc2"], p)).add_(eps).sqrt_()
         else:
-            denom = v.sqrt().div_(per_member(c["bc2_sqrt"], p)).add_(eps)
-        p.add_(m.mul(per_member(c["neg_step"], p)).div_(denom))
+            denom = v.sqrt().div_(_at(c["bc2_sqrt"], p)).add_(eps)
+        _addcdiv_(p, m, denom, _at(c["neg_step"], p))
 
 
 class StackedNAdam(StackedOptimizer):
@@ -330,7 +399,7 @@ class StackedNAdam(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         b1, b2, psi = hp["beta1"], hp["beta2"], hp["momentum_decay"]
         mu = b1 * (1.0 - 0.5 * torch.pow(0.96, t * psi))
         mu_next = b1 * (1.0 - 0.5 * torch.pow(0.96, (t + 1) * psi))
@@ -351,8 +420,8 @@ class StackedNAdam(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
         if "exp_avg" not in state:
@@ -381,7 +450,7 @@ class StackedRAdam(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "eps", "weight_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         b1, b2 = hp["beta1"], hp["beta2"]
         bc1, bc2 = 1 - b1**t, 1 - b2**t
         rho_inf = 2 / (1 - b2) - 1
@@ -407,8 +476,8 @@ class StackedRAdam(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         g = self.coupled_decay(p, g, c)
         if "exp_avg" not in state:
@@ -428,7 +497,7 @@ class StackedLion(StackedOptimizer):
 
     MEMBER = ("lr", "beta1", "beta2", "weight_decay")
 
-    def coefficients(self, hp: Mapping[str, Tensor], lr: Tensor, t: int) -> dict[str, Tensor]:
+    def coefficients(self, hp: Mapping[str, Any], lr: Any, t: int) -> Coefficients:
         return {
             "neg_lr": -lr,
             "shrink": 1 - lr * hp["weight_decay"],
@@ -441,199 +510,53 @@ class StackedLion(StackedOptimizer):
         p: Tensor,
         g: Tensor,
         state: dict[str, Any],
-        c: Mapping[str, Tensor],
-        c64: Mapping[str, Tensor],
+        c: Coefficients,
+        c64: Coefficients,
     ) -> None:
         if "exp_avg" not in state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         m = state["exp_avg"]
-        direction = m.lerp(g, per_member(c["one_minus_b1"], p))
+        direction = m.lerp(g, _at(c["one_minus_b1"], p))
         if self.decays(p):
-            p.mul_(per_member(c["shrink"], p))
-        p.addcmul_(direction.sign_(), per_member(c["neg_lr"], p))
-        m.lerp_(g, per_member(c["one_minus_b2"], p))
+            p.mul_(_at(c["shrink"], p))
+        _addcmul(p, direction.sign_(), _at(c["neg_lr"], p), inplace=True)
+        m.lerp_(g, _at(c["one_minus_b2"], p))
 
 
 # ---------------------------------------------------------------------------------------------
-# Stacked factories: (params, **hp) with float hyper-parameters as float64 [K] tensors
+# One trial: the stacked math at K = 1 (the fast factories use them where torch.optim lacks the
+# rule: eps inside the root, Adam without bias correction, Lion)
 
 
-def sgd(
-    params: Iterable[Tensor], *, lr: Tensor, weight_decay: Any = 0.0, decay: str = "weights"
-) -> StackedSGD:
-    return StackedSGD(params, lr=lr, weight_decay=weight_decay, decay=decay)
+class RMSpropVariant(OneTrial, StackedRMSprop):
+    """RMSprop with a selectable epsilon placement (Tieleman & Hinton 2012; seed 002) for one
+    trial: ``v <- alpha*v + (1-alpha)*g^2``; ``d = g / (sqrt(v) + eps)`` (outside) or
+    ``g / sqrt(v + eps)`` (inside, the lecture slide); with momentum ``b <- mu*b + d``,
+    ``p <- p - lr*b``, else ``p <- p - lr*d``; ``g`` includes the coupled ``weight_decay * p``."""
 
 
-def momentum(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    momentum: Tensor,
-    dampening: Any = 0.0,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedSGD:
-    return StackedSGD(
-        params,
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        weight_decay=weight_decay,
-        decay=decay,
-    )
+class AdamVariant(OneTrial, StackedAdam):
+    """Adam (Kingma & Ba 2015) with optional bias correction and epsilon placement for one
+    trial (``decoupled``: AdamW's decay), as :class:`StackedAdam` states it."""
 
 
-def nesterov(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    momentum: Tensor,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedSGD:
-    return StackedSGD(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, nesterov=True
-    )
+class Lion(OneTrial, StackedLion):
+    """Lion (Chen et al. 2023, Algorithm 2) for one trial: ``c = b1*m + (1-b1)*g``;
+    ``p <- p - lr*(sign(c) + weight_decay*p)``; ``m <- b2*m + (1-b2)*g``."""
 
 
-def adagrad(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    lr_decay: Any = 0.0,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    initial_accumulator_value: Any = 0.0,
-    eps: Any = 1e-10,
-) -> StackedAdagrad:
-    return StackedAdagrad(
-        params,
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        decay=decay,
-        initial_accumulator_value=initial_accumulator_value,
-        eps=eps,
-    )
+# ---------------------------------------------------------------------------------------------
+# Stacked factories: ``(params, **hp)``, every hyper-parameter of the spec given (float ones as
+# float64 [K] tensors); each binds only what the technique fixes
 
 
-def rmsprop(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    alpha: Any = 0.99,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    momentum: Any = 0.0,
-    eps_placement: str = "outside",
-) -> StackedRMSprop:
-    return StackedRMSprop(
-        params,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        momentum=momentum,
-        eps_placement=eps_placement,
-    )
-
-
-def adam(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    bias_correction: bool = True,
-    eps_placement: str = "outside",
-) -> StackedAdam:
-    return StackedAdam(
-        params,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        bias_correction=bias_correction,
-        eps_placement=eps_placement,
-    )
-
-
-def adamw(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.01,
-    decay: str = "weights",
-) -> StackedAdam:
-    return StackedAdam(
-        params,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        decoupled=True,
-    )
-
-
-def nadam(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-    momentum_decay: Any = 0.004,
-) -> StackedNAdam:
-    return StackedNAdam(
-        params,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decay=decay,
-        momentum_decay=momentum_decay,
-    )
-
-
-def radam(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.999,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedRAdam:
-    return StackedRAdam(
-        params, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decay=decay
-    )
-
-
-def lion(
-    params: Iterable[Tensor],
-    *,
-    lr: Tensor,
-    beta1: Any = 0.9,
-    beta2: Any = 0.99,
-    weight_decay: Any = 0.0,
-    decay: str = "weights",
-) -> StackedLion:
-    return StackedLion(
-        params, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, decay=decay
-    )
+sgd = partial(StackedSGD, momentum=0.0, dampening=0.0, nesterov=False)
+momentum = partial(StackedSGD, nesterov=False)
+nesterov = partial(StackedSGD, dampening=0.0, nesterov=True)
+adagrad = StackedAdagrad
+rmsprop = StackedRMSprop
+adam = partial(StackedAdam, decoupled=False)
+adamw = partial(StackedAdam, decoupled=True, bias_correction=True, eps_placement="outside")
+nadam = StackedNAdam
+radam = StackedRAdam
+lion = StackedLion

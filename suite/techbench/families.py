@@ -27,8 +27,9 @@ A technique may also provide ``spec.stacked``, a fast implementation over K stac
 hyper-parameters:
 
 =============  ==========================================================================
-optimizer      ``stacked(params, **hp) -> torch.optim.Optimizer`` over stacked parameters
-               ``[K, ...]`` (marked with :data:`STACKED_DIMS`); every ``float``
+optimizer      ``stacked(params, **hp) -> StackedOptimizer`` (a ``torch.optim.Optimizer``
+               that also has :meth:`StackedOptimizer.member_hyperparams`) over stacked
+               parameters ``[K, ...]`` (marked with :data:`STACKED_DIMS`); every ``float``
                hyper-parameter arrives as a float64 tensor ``[K]`` (member k's value at k),
                the others (``bool``, ``int``, ``str``: structural choices such as ``decay``
                or ``eps_placement``) as one plain value shared by all members. Member k's
@@ -38,8 +39,13 @@ optimizer      ``stacked(params, **hp) -> torch.optim.Optimizer`` over stacked p
                k's effective rate is ``param_groups[0]["lr"] * hp["lr"][k]``, so it is only
                used under a schedule declaring ``properties["multiplicative"]``
                (:class:`ScheduleProperties`); otherwise members with different settings each
-               get their own ``fast`` optimizer. Checked by ``stacked_hyperparams``
-               (:mod:`techbench.testing.optimizer`).
+               get their own ``fast`` optimizer. The engine reads member k's values (for the
+               regularizers' ``after_step``, e.g. decoupled weight decay's ``lr``) only
+               through ``member_hyperparams()``. Checked by ``stacked_hyperparams`` and
+               ``stacked_member_values`` (:mod:`techbench.testing.optimizer`).
+regularizer    ``Regularizer.stacked_transform_gradients`` (optional): one call for a run
+               of members of one class instead of each member's ``transform_gradients``;
+               checked by ``stacked_gradients`` (:mod:`techbench.testing.regularizer_stacked`)
 =============  ==========================================================================
 
 This module imports no torch at import time; annotations name torch types as strings.
@@ -153,6 +159,31 @@ def per_member(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return value.view(-1, *([1] * (like.dim() - 1)))
 
 
+@runtime_checkable
+class StackedOptimizer(Protocol):
+    """What a technique's stacked optimizer (``spec.stacked``) declares beyond
+    ``torch.optim.Optimizer``: where each member's hyper-parameter values are.
+
+    Why: the engine must show a regularizer's ``after_step`` member k's own values (decoupled
+    weight decay steps by the member's current ``lr``), and the stacked optimizer is the one
+    place that holds them; an implementation that kept them privately would leave the engine
+    reading the group's ``lr``, the schedule's multiplier (1.0), silently.
+
+    - ``member_hyperparams() -> Mapping[str, Tensor]``: every ``float`` hyper-parameter of the
+      spec by name, a float64 tensor ``[K]`` whose k-th entry is the value member k's update
+      uses now (those the factory received, unless the optimizer changes them), preferably on
+      the host (reading them then costs no device synchronisation). ``lr`` is member k's own
+      rate; its effective rate is that times ``param_groups[0]["lr"]`` (the multiplier).
+
+    No default: without it, :func:`techbench.member_hp.create_stacked` refuses the optimizer,
+    and the check ``stacked_member_values`` fails it.
+    """
+
+    param_groups: list[dict[str, Any]]
+
+    def member_hyperparams(self) -> Mapping[str, torch.Tensor]: ...
+
+
 NOISE_SEED_OFFSET = 0x7E57
 """A trial's regularizer-noise generator (``transform_batch``, ``transform_gradients``) is seeded
 with ``seed + NOISE_SEED_OFFSET`` on the training device, in both the one-by-one
@@ -222,8 +253,11 @@ class Regularizer:
     """Base class of what a regularizer's fast factory returns; override the hooks you need.
 
     Why hooks: regularizers act at different places of a training step (the data, the network,
-    the loss, the gradients, after the update, the loop itself). The runner calls every hook of every active
-    regularizer; the defaults do nothing, so a regularizer is exactly the hooks it overrides.
+    the loss, the gradients, after the update, the loop itself). The runner calls every hook of
+    every active regularizer; the defaults do nothing, so a regularizer is exactly the hooks it
+    overrides. In a stack each member has its own instance, called on its own network
+    (:mod:`techbench.population`); the one optional stacked hook is
+    :meth:`stacked_transform_gradients`.
     """
 
     def transform_batch(
@@ -264,8 +298,43 @@ class Regularizer:
         change them.
         """
 
+    @staticmethod
+    def stacked_transform_gradients(
+        regularizers: Sequence[Any],
+        grads: Sequence[torch.Tensor],
+        step: int,
+        generators: Sequence[torch.Generator] = (),
+    ) -> None:
+        """Optional: ``transform_gradients`` for a run of members of a stack at once.
+
+        Why: a per-member loop costs K calls of K small kernels; clipping, say, can act on all
+        members' rows in one call. The stacked engine (:mod:`techbench.stacked_hooks`) calls it
+        once for consecutive live members of one class sharing an optimizer: ``regularizers``
+        are their own instances (their own hyper-parameters), ``grads`` the stacked gradient
+        rows ``[K, ...]`` of every parameter that has one (views: rewrite them in place), and
+        ``generators`` their noise streams; member k must get exactly what
+        ``regularizers[k].transform_gradients`` gives it alone (no reduction across members).
+
+        Default: no stacked implementation. The engine then calls each member's own
+        ``transform_gradients`` on its own network, whose parameters and gradients are views of
+        its rows; this default is never called and raises. A subclass that overrides
+        ``transform_gradients`` inherits its parent's stacked implementation: override this
+        too, or restore the default with ``stacked_transform_gradients =
+        Regularizer.stacked_transform_gradients`` (the check ``stacked_gradients`` fails a
+        stacked implementation that disagrees with ``transform_gradients``).
+        """
+        raise NotImplementedError(
+            "Regularizer.stacked_transform_gradients is the 'no stacked implementation' default; "
+            "the engine calls each member's transform_gradients instead"
+        )
+
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Called after each optimizer step (max-norm projection, decoupled weight decay)."""
+        """Called after each optimizer step (max-norm projection, decoupled weight decay).
+
+        In a stack, ``model`` is the member's own network (views of its rows) and ``optimizer``
+        a view whose ``param_groups`` hold the member's parameters and its current values
+        (``lr`` included), as its one-by-one run's optimizer would
+        (:class:`techbench.stacked_hooks.MemberOptimizer`)."""
 
     def callbacks(self) -> Sequence[Any]:
         """Lightning callbacks the trainer adds (early stopping on the validation metric)."""

@@ -58,11 +58,24 @@ def create_stacked(
     spec: TechniqueSpec, structural: Any, settings: Sequence[Mapping[str, Any]]
 ) -> Any:
     """``spec.stacked(structural, **stacked_arguments(spec, settings))``: for an optimizer, one
-    optimizer over the stacked parameters ``structural`` whose member k uses ``settings[k]``."""
+    optimizer over the stacked parameters ``structural`` whose member k uses ``settings[k]``.
+
+    Raises :class:`~techbench.spec.TechniqueError` when an optimizer does not declare where its
+    members' values are (:class:`techbench.families.StackedOptimizer`): the engine would
+    otherwise read the schedule's multiplier as every member's ``lr``."""
+    from .families import StackedOptimizer
+
     factory = spec.load_stacked()
     if factory is None:
         raise TechniqueError(f"{spec.qualified_name} declares no stacked implementation")
-    return factory(structural, **stacked_arguments(spec, settings))
+    made = factory(structural, **stacked_arguments(spec, settings))
+    if spec.family == "optimizer" and not isinstance(made, StackedOptimizer):
+        raise TechniqueError(
+            f"{spec.qualified_name}: its stacked implementation returned a "
+            f"{type(made).__name__} without member_hyperparams(); a stacked optimizer shows "
+            "each member's values through it (techbench.families.StackedOptimizer)"
+        )
+    return made
 
 
 def optimizer_stacks_hyperparams(

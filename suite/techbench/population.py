@@ -257,7 +257,12 @@ class StackedModule(pl.LightningModule):
             # regularizer's gradient and after-step hooks act on them with no copies
             for m in self.members:
                 m.model.to(device=device, dtype=dtype)
-            self.hooks.bind(self._leaf, self.trainer.optimizers, self._group_of)
+            self.hooks.bind(
+                self._leaf,
+                self.trainer.optimizers,
+                self._group_of,
+                stacked=self.stacked_optimizer_factory is not None,
+            )
         self.lives.start(device, self)
         if all(m.health is not None for m in self.members):
             from .callbacks import overrides

@@ -13,25 +13,25 @@ with its optimizer group's current hyper-parameters (``lr``), so member k's call
 its one-by-one run makes (:meth:`techbench.lit.TechniqueModule._step`). Frozen members are
 skipped.
 
-A regularizer may also act on all members at once: a class that defines
-``stacked_transform_gradients(regularizers, grads, step, generators)`` (``grads``: the stacked
+A regularizer may also act on all members at once: a class that overrides the declared hook
+:meth:`techbench.families.Regularizer.stacked_transform_gradients` (``grads``: the stacked
 ``[K, ...]`` gradients of the members given, in member order) is called once instead of the loop
-(see :class:`techbench_builtins.regularizers_impl.ClipNorm`); a subclass that rewrites
-``transform_gradients`` without its own stacked implementation runs member by member. The
-conformance check ``stacked_gradients`` (:mod:`techbench.testing.regularizer_stacked`) proves
-member k of a stacked call equals member k alone.
+(see :class:`techbench_builtins.regularizers_impl.ClipNorm`); one that keeps the default runs
+member by member. The conformance check ``stacked_gradients``
+(:mod:`techbench.testing.regularizer_stacked`) proves member k of a stacked call equals member k
+alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from .callbacks import overrides
-from .families import Regularizer
+from .families import Regularizer, StackedOptimizer
 
 GRADIENT_HOOKS = ("transform_gradients", "after_step")
 """The regularizer hooks this module drives per member."""
@@ -47,29 +47,46 @@ class MemberOptimizer:
     ``param_groups`` mirrors the stack's optimizer of the member's group, group by group, with
     each stacked leaf replaced by the member's own parameter (a view of its row) and every other
     entry (``lr``, ``weight_decay``, ...) read live, so a schedule's current ``lr`` is seen. A
-    stacked optimizer with per-member hyper-parameters (:mod:`techbench.member_hp`: the group's
-    ``lr`` is the schedule's multiplier, ``group["member"][name][row]`` member ``row``'s value)
-    shows the member's own values, ``lr`` being the multiplier times its rate.
+    stacked optimizer with per-member hyper-parameters (``stacked``:
+    :class:`techbench.families.StackedOptimizer`, its group ``lr`` the schedule's multiplier)
+    shows the member's own values from ``member_hyperparams()``, ``lr`` being the multiplier
+    times its rate; the group's own tensor or mapping entries (how an implementation stores its
+    values) are left out.
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, own: dict[int, nn.Parameter], row: int
+        self,
+        optimizer: torch.optim.Optimizer,
+        own: dict[int, nn.Parameter],
+        row: int,
+        stacked: bool = False,
     ) -> None:
+        if stacked and not isinstance(optimizer, StackedOptimizer):
+            raise TypeError(
+                f"{type(optimizer).__name__} is used as a stacked optimizer but has no "
+                "member_hyperparams() (techbench.families.StackedOptimizer)"
+            )
         self.optimizer = optimizer
         self._own = own
         self._row = row
+        self._stacked = stacked
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
+        member: Mapping[str, torch.Tensor] = {}
+        if self._stacked:
+            member = self.optimizer.member_hyperparams()  # type: ignore[attr-defined]
         out = []
         for group in self.optimizer.param_groups:
-            entry = {k: v for k, v in group.items() if k not in ("params", "member")}
-            member = group.get("member")
-            if isinstance(member, dict):
-                for name, values in member.items():
-                    entry[name] = float(values[self._row])
-                if "lr" in member:
-                    entry["lr"] = float(group["lr"]) * float(member["lr"][self._row])
+            entry = {
+                k: v
+                for k, v in group.items()
+                if k != "params" and not (self._stacked and isinstance(v, Mapping | torch.Tensor))
+            }
+            for name, values in member.items():
+                entry[name] = float(values[self._row])
+            if "lr" in member:
+                entry["lr"] = float(group["lr"]) * float(member["lr"][self._row])
             entry["params"] = [self._own[id(p)] for p in group["params"] if id(p) in self._own]
             out.append(entry)
         return out
@@ -101,9 +118,11 @@ class StackedHooks:
         leaf_of: Callable[[str, int], tuple[nn.Parameter, int]],
         optimizers: Sequence[torch.optim.Optimizer],
         group_of: Sequence[int],
+        stacked: bool = False,
     ) -> None:
         """Make member k's parameters views of its rows (``leaf_of(name, k) -> (leaf, row)``)
-        and give it the view of its group's optimizer ``optimizers[group_of[k]]``."""
+        and give it the view of its group's optimizer ``optimizers[group_of[k]]`` (``stacked``:
+        they are stacked optimizers with per-member values, ``spec.stacked``)."""
         self._optimizers = []
         self._leaf_of = leaf_of
         for k, model in enumerate(self.models):
@@ -113,7 +132,7 @@ class StackedHooks:
                 leaf, row = leaf_of(name, k)
                 p.data = leaf.detach()[row]
                 own[id(leaf)] = p
-            self._optimizers.append(MemberOptimizer(optimizers[group_of[k]], own, row))
+            self._optimizers.append(MemberOptimizer(optimizers[group_of[k]], own, row, stacked))
 
     def bind_grads(self, ks: Sequence[int]) -> None:
         """Members ``ks``' parameters' ``grad``: views of their rows of the stacked gradients."""
@@ -146,7 +165,7 @@ class StackedHooks:
                 and last[0] is cls
                 and last[1][-1] == k - 1
                 and group_of[k - 1] == group_of[k]
-                and _stacked(cls) is not None
+                and stacked_transform(cls) is not None
             ):
                 last[1].append(k)
             else:
@@ -160,7 +179,7 @@ class StackedHooks:
         return [
             k
             for cls, ks in self._runs(live, group_of)
-            if len(ks) == 1 or _stacked(cls) is None
+            if len(ks) == 1 or stacked_transform(cls) is None
             for k in ks
         ]
 
@@ -177,7 +196,7 @@ class StackedHooks:
         class with ``stacked_transform_gradients`` is one call on ``rows(lo, hi)``, the
         gradient rows ``lo..hi-1`` of every stacked parameter (views, changed in place)."""
         for cls, ks in self._runs(live, group_of):
-            batched = _stacked(cls)
+            batched = stacked_transform(cls)
             if batched is not None and len(ks) > 1:
                 batched(
                     [self.regularizers[k] for k in ks],
@@ -197,20 +216,13 @@ class StackedHooks:
                 self.regularizers[k].after_step(self.models[k], self._optimizers[k])
 
 
-def _stacked(cls: type) -> Callable[..., None] | None:
-    """``cls.stacked_transform_gradients`` when it belongs with ``cls.transform_gradients``:
-    defined on the class that defines the latter or on a subclass of it (a subclass that
-    rewrites ``transform_gradients`` but inherits a stacked implementation loops per member)."""
+def stacked_transform(cls: type) -> Callable[..., None] | None:
+    """``cls.stacked_transform_gradients`` when ``cls`` overrides the declared default
+    (:meth:`Regularizer.stacked_transform_gradients`), else None: run each member's own."""
     if not STACKED_IMPLEMENTATIONS:
         return None
-    mro = cls.__mro__
-
-    def owner(name: str) -> int:
-        return next((i for i, c in enumerate(mro) if name in vars(c)), len(mro))
-
-    if owner("stacked_transform_gradients") > owner("transform_gradients"):
-        return None
-    return getattr(cls, "stacked_transform_gradients", None)
+    hook = getattr(cls, "stacked_transform_gradients", None)
+    return None if hook is Regularizer.stacked_transform_gradients else hook
 
 
 def member_values(regularizers: Sequence[Any], attr: str, like: torch.Tensor) -> torch.Tensor:

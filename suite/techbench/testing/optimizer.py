@@ -67,8 +67,11 @@ Checks
 ``stacked_hyperparams``
     (optimizers declaring a stacked implementation, ``spec.stacked``; its contract is in
     :mod:`techbench.families`) ``K = 4`` members on their own problems (seeded by index), each
-    with its own ``float`` hyper-parameters drawn from their search ranges (``Param.search`` on
-    its scale; a seeded draw), the shared ones at the defaults and then at each other choice
+    with its own value of *every* ``float`` hyper-parameter, a seeded draw from its search range
+    (``Param.search`` on its scale) or, for one without, from 0.5x to 2x its default (1e-3 to
+    1e-1 for a default of 0) within its valid range; a hyper-parameter whose members could not
+    all differ fails the check, named. The shared ones at the defaults and then at each other
+    choice
     (``decay="all"``, ``eps_placement="inside"``, ...), under a schedule multiplier
     ``f_t = 1 / (1 + 0.1 t)`` (the stacked optimizer's group ``lr``; the standalone optimizers'
     ``lr`` is member k's times ``f_t``, as a multiplicative schedule sets it): after each of 12
@@ -76,6 +79,14 @@ Checks
     float64 rtol 1e-9 (atol 1e-12), and in float32 (the training dtype; defaults) rtol 1e-5.
     An implementation that couples members (a norm over the whole stacked tensor) or uses one
     member's values for all fails here.
+``stacked_member_values``
+    (optimizers declaring ``spec.stacked``) what the stacked engine reads of member k
+    (:class:`techbench.stacked_hooks.MemberOptimizer`, which regularizers' ``after_step`` see:
+    decoupled weight decay steps by its ``lr``) equals member k's value of every ``float``
+    hyper-parameter, ``lr`` times the schedule multiplier, before and after a step. An
+    optimizer without ``member_hyperparams()`` (:class:`techbench.families.StackedOptimizer`),
+    or one keeping its members' values elsewhere, fails here: the engine would read the
+    multiplier (1.0) as every member's ``lr``.
 """
 
 from __future__ import annotations
@@ -83,11 +94,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..families import STACKED_DIMS
-from ..spec import Param, TechniqueSpec
+from ..spec import Param, TechniqueError, TechniqueSpec
 from .core import Check, CheckFailure
 from .tolerances import assert_close, tolerance
 
@@ -442,8 +454,11 @@ def _multiplier(t: int) -> float:
 
 
 def member_settings(spec: TechniqueSpec, shared: Mapping[str, Any], seed: int = 0) -> list[dict]:
-    """``HP_MEMBERS`` validated settings: ``shared`` with every ``float`` hyper-parameter that
-    has a search range drawn uniformly on its scale (seeded), so that members differ in all."""
+    """``HP_MEMBERS`` validated settings: ``shared`` with every ``float`` hyper-parameter drawn
+    per member (seeded; :func:`member_value`), so that members differ in all of them.
+
+    Raises :class:`CheckFailure` naming a ``float`` hyper-parameter whose members' values could
+    not all be made to differ (declare a search range for it)."""
     import random
 
     from ..member_hp import member_names
@@ -454,10 +469,38 @@ def member_settings(spec: TechniqueSpec, shared: Mapping[str, Any], seed: int = 
     for _ in range(HP_MEMBERS):
         hp = dict(shared)
         for p in spec.params:
-            if p.name in numeric and p.search is not None:
-                hp[p.name] = p.from_unit(rng.random())
+            if p.name in numeric:
+                hp[p.name] = member_value(p, rng.random())
         out.append(spec.hyperparams(hp))
+    for name in sorted(numeric):
+        values = [hp[name] for hp in out]
+        if len(set(values)) < len(values):
+            raise CheckFailure(
+                f"{spec.qualified_name}: stacked_hyperparams could not give {HP_MEMBERS} members "
+                f"different values of the float hyper-parameter {name} (got {values}; default "
+                f"{spec.param(name).default!r}, valid {spec.param(name).allowed()}): declare "
+                "its search range (Param.search) so that the check can vary it"
+            )
     return out
+
+
+def member_value(p: Param, u: float) -> Any:
+    """A ``float`` hyper-parameter's value at ``u`` in [0, 1]: on its search range
+    (``Param.search`` on its scale); without one, ``default * 2**(2u - 1)`` (0.5x to 2x its
+    default; ``10**(2u - 3)``, 1e-3 to 1e-1, for a default of 0), drawn nearer the default
+    until it is valid. Falls back to the default when nothing nearer is valid."""
+    if p.search is not None:
+        return p.from_unit(u)
+    if p.choices is not None:
+        return p.choices[min(int(u * len(p.choices)), len(p.choices) - 1)]
+    default = float(p.default) if p.default is not None else 0.0
+    value = default * 2.0 ** (2 * u - 1) if default else 10.0 ** (2 * u - 3)
+    for _ in range(30):
+        try:
+            return p.validate("stacked_hyperparams", float(f"{value:.6g}"))
+        except ValueError:
+            value = (value + default) / 2
+    return p.default
 
 
 def _shared_variants(spec: TechniqueSpec) -> list[dict[str, Any]]:
@@ -541,6 +584,51 @@ def check_stacked_hyperparams(spec: TechniqueSpec) -> None:
     compare_stacked_hyperparams(spec, member_settings(spec, spec.defaults()), torch.float32)
 
 
+def check_stacked_member_values(spec: TechniqueSpec) -> None:
+    """What the engine reads of member k (:class:`techbench.stacked_hooks.MemberOptimizer`,
+    through :class:`techbench.families.StackedOptimizer`) is member k's values, under a
+    schedule multiplier, after a step."""
+    import torch
+
+    from ..member_hp import create_stacked, member_names
+    from ..stacked_hooks import MemberOptimizer
+
+    settings = member_settings(spec, spec.defaults(), seed=7)
+    initial, loss = make_problem()
+    stacked = [torch.stack([p] * len(settings)).requires_grad_(True) for p in initial]
+    for p in stacked:
+        setattr(p, STACKED_DIMS, 1)
+    try:
+        opt = create_stacked(spec, stacked, settings)
+    except TechniqueError as exc:
+        raise CheckFailure(str(exc)) from None
+    for t in range(2):
+        multiplier = _multiplier(t)
+        opt.param_groups[0]["lr"] = multiplier
+        for k, hp in enumerate(settings):
+            try:
+                seen = MemberOptimizer(opt, {}, k, stacked=True).param_groups[0]
+            except Exception as exc:
+                raise CheckFailure(
+                    f"{spec.qualified_name}: the engine cannot read member {k}'s values of the "
+                    f"stacked optimizer: {type(exc).__name__}: {exc}"
+                ) from None
+            for name in member_names(spec):
+                want = hp[name] * multiplier if name == "lr" else hp[name]
+                got = seen.get(name)
+                if got is None or not math.isclose(got, want, rel_tol=1e-12, abs_tol=0.0):
+                    raise CheckFailure(
+                        f"{_label(spec, hp)}: member {k} of {len(settings)}: the engine reads "
+                        f"{name}={got!r} through member_hyperparams(), the member's value is "
+                        f"{want!r} (schedule multiplier {multiplier}); a stacked optimizer must "
+                        "show each member's values there (techbench.families.StackedOptimizer)"
+                    )
+        total = sum(loss([p[k] for p in stacked]) for k in range(len(settings)))
+        for p, g in zip(stacked, torch.autograd.grad(total, stacked), strict=True):
+            p.grad = g
+        opt.step()
+
+
 def checks(spec: TechniqueSpec) -> list[Check]:
     """The optimizer conformance checks (see the module docstring)."""
     out = [
@@ -555,4 +643,5 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         out.append(Check("stacked", check_stacked))
     if spec.stacked is not None:
         out.append(Check("stacked_hyperparams", check_stacked_hyperparams))
+        out.append(Check("stacked_member_values", check_stacked_member_values))
     return out
