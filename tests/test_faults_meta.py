@@ -158,7 +158,9 @@ EDITS: dict[str, Callable[[dict], None]] = {
 HARMLESS: dict[str, Callable[[Path], None]] = {
     "reindented": lambda p: p.write_text(json.dumps(json.loads(p.read_text()), indent=4)),
     "keys_sorted": lambda p: p.write_text(json.dumps(json.loads(p.read_text()), sort_keys=True)),
-    "float_spelled_3e-3": lambda p: p.write_text(p.read_text().replace('"lr": 0.003', '"lr": 3e-3')),
+    "float_spelled_3e-3": lambda p: p.write_text(
+        p.read_text().replace('"lr": 0.003', '"lr": 3e-3')
+    ),
 }
 
 

@@ -290,7 +290,7 @@ def test_a_trial_id_in_two_stores_is_counted_once(
         "tanh": [0, 1, 2, 3, 4],
     }
     err = capsys.readouterr().err
-    assert f"{b}: 4 trials also in a (4): the same trial id is the same run" in err
+    assert f"{b}: 4 trials also in a: the same trial id is the same run" in err
     out = tmp_path / "r"
     assert cli_main(["report", str(a), str(b), "--out", str(out)]) == 0
     page = (out / "index.html").read_text(encoding="utf-8")

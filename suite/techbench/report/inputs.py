@@ -112,8 +112,8 @@ def _drop_duplicates(
             by = first.dropna().value_counts()
             text = (
                 f"{int(by.sum())} trial{'s' * (int(by.sum()) != 1)} also in "
-                + ", ".join(f"{o} ({n})" for o, n in by.items())
-                + ": the same trial id is the same run, counted once (from the first store)"
+                + (by.index[0] if len(by) == 1 else ", ".join(f"{o} ({n})" for o, n in by.items()))
+                + ": the same trial id is the same run, counted once"
             )
             dropped[label] = text
             print(f"techbench report: {os.fspath(d)}: {text}", file=sys.stderr)
