@@ -219,22 +219,22 @@ def epoch_rows(
 
 def rewrite_metrics(path: str | os.PathLike[str], frame: Any) -> None:
     """Replace a stored trial's ``metrics.parquet`` on purpose (a test's deliberate edit, not
-    damage): the new file's size and digest go into its ``meta.json``, so the store's integrity
-    check accepts it."""
+    damage): the new file's size and digest go into its ``meta.json`` (sealed again), so the
+    store's integrity check accepts it."""
     import json
     from pathlib import Path
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from techbench.store import file_digest
+    from techbench.store import file_digest, seal_meta
 
     path = Path(path)
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
     meta_path = path.parent / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["metrics_bytes"], meta["metrics_sha256"] = file_digest(path)
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(seal_meta(meta)))
 
 
 def chromium() -> str | None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from techbench.store import seal_meta
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "plugins" / "techbench_example"
 NAMES = ["bent_identity", "trunc_normal", "mean_only_batchnorm", "elastic_net", "signum"]
@@ -194,7 +196,7 @@ def test_provenance_in_meta_report_and_reruns(example_env, tmp_path):
     def age(path: Path) -> None:
         meta = json.loads(path.read_text())
         meta["techniques"]["activation"]["version"] = "0.0.1"
-        path.write_text(json.dumps(meta))
+        path.write_text(json.dumps(seal_meta(meta)))  # as the older version stored it
 
     age(path)
     proc = run(example_env, *cmd, "--no-progress", "--reuse-other-versions")

@@ -250,10 +250,52 @@ def test_a_store_of_two_matrices_is_refused_and_stores_compare_on_purpose(
     assert cli_main(["report", str(a), "--out", str(tmp_path / "r0")]) == 2
     assert "--matrix NAME" in capsys.readouterr().err
     assert len(_ctx(a, tmp_path, matrix="synthetic").runs) == 4
-    both = _ctx([b, tmp_path / "b"], tmp_path)  # the same store twice: a comparison of stores
-    assert "store" in both.axes and both.runs["trial_id"].str.match(r"b(-2)?/").all()
     assert cli_main(["report", str(b), str(a), "--matrix", "synthetic",
                      "--out", str(tmp_path / "ab")]) == 0  # fmt: skip
+
+
+def test_the_same_store_given_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "s"
+    write_store(store, axes={"activation": ["relu", "tanh"]}, seeds=range(2), epochs=2)
+    (tmp_path / "link").symlink_to(store)
+    for other in (store, tmp_path / "link", tmp_path / "s" / ".." / "s"):
+        out = tmp_path / f"r{len(str(other))}"
+        assert cli_main(["report", str(store), str(other), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"{store} and {other} are the same store" in err
+        assert not out.exists()
+    with pytest.raises(ReportInputError, match="the same store"):
+        load_context([store, tmp_path / "link"], tmp_path / "x")
+
+
+def test_a_trial_id_in_two_stores_is_counted_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    ids_a = write_store(a, axes={"activation": ["relu", "tanh"]}, seeds=range(3), epochs=2)
+    ids_b = write_store(b, axes={"activation": ["relu", "tanh"]}, seeds=range(1, 5), epochs=2)
+    shared = set(ids_a) & set(ids_b)
+    assert len(shared) == 4  # seeds 1 and 2 of both activations
+    ctx = _ctx([a, b], tmp_path)
+    runs = ctx.runs["trial_id"].str.split("/").str[1]
+    assert sorted(runs) == sorted(set(ids_a) | set(ids_b))  # 10 runs, not 14
+    from_a = ctx.runs.loc[ctx.runs["store"] == "a", "trial_id"].str.split("/").str[1]
+    assert set(from_a) == set(ids_a)  # the first store given keeps the shared ids
+    assert "store" not in ctx.axes
+    assert ctx.runs.groupby("activation")["seed"].apply(sorted).to_dict() == {
+        "relu": [0, 1, 2, 3, 4],
+        "tanh": [0, 1, 2, 3, 4],
+    }
+    err = capsys.readouterr().err
+    assert f"{b}: 4 trials also in a: the same trial id is the same run" in err
+    out = tmp_path / "r"
+    assert cli_main(["report", str(a), str(b), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "duplicate trials, counted once" in page and "4 trials also in a" in page
+    assert len(pd.read_csv(out / "runs.csv")) == 10
 
 
 def test_a_failed_build_leaves_the_previous_report(

@@ -20,7 +20,7 @@ import pytest
 from techbench.execute import plan
 from techbench.integrity import clean_corrupt, clean_orphan_batches, inspect_store
 from techbench.schema import DEFAULT_CONFIG, TrialOutcome, metric_row, trial_id
-from techbench.store import ResultStore
+from techbench.store import ResultStore, seal_meta
 from techbench.store_read import load_metrics, load_results
 
 
@@ -240,7 +240,7 @@ def test_a_meta_naming_a_bad_batch_is_corrupt_not_followed(tmp_path):
     meta_path = out / "trials" / tid / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["batch"] = "../../etc/passwd"
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(seal_meta(meta)))  # as a writer would have stored it
     assert store.corrupt() == {tid: "meta.json names an invalid batch '../../etc/passwd'"}
     trials, _ = load_results(out)
     assert list(trials.attrs["corrupt"]) == [tid] and len(trials) == 1

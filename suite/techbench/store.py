@@ -37,8 +37,13 @@ holder dies, so a killed executor never leaves a stale claim; writers hold every
 while they write.
 
 Integrity: ``meta.json`` records the size and SHA-256 of the file holding its rows (its own
-``metrics.parquet`` or its batch's file). A trial whose meta is unreadable or names another trial,
-whose metrics file is missing, of another size, of another digest or not valid Parquet is *corrupt*:
+``metrics.parquet`` or its batch's file), and ``meta_sha256``, the SHA-256 of its own canonical
+JSON less its config and this key (:func:`meta_digest`); its config is checked by hashing to the
+trial id (:func:`techbench.schema.trial_id`). So an edit of any key that still leaves valid JSON
+(an lr, a seed, a provenance entry, a score's file digest, a key added or removed) is caught. A
+meta written by techbench 0.3.0 or earlier has no ``meta_sha256``: only its config is checked
+(*legacy*, not corrupt). A trial whose meta is unreadable, names another trial, fails either check, or whose
+metrics file is missing, of another size, of another digest or not valid Parquet is *corrupt*:
 readers never score it (the loaders, :mod:`techbench.store_read`, leave it out and list it in
 ``frame.attrs["corrupt"]``) and the executors treat it as not stored, so a rerun runs it again. A
 damaged batch file makes every member that points to it corrupt. Policy: the size is checked on
@@ -72,6 +77,7 @@ from .schema import (
     METRIC_FIELDS,
     STATUSES,
     TrialOutcome,
+    trial_id,
 )
 
 
@@ -184,6 +190,42 @@ def _load_meta(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, str
     return meta, None
 
 
+META_DIGEST = "meta_sha256"
+"""The ``meta.json`` key of :func:`meta_digest` (absent in metas written by 0.3.0 and before)."""
+
+
+def meta_digest(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no whitespace) of ``meta`` less its
+    ``config`` (which hashes to the trial id instead) and :data:`META_DIGEST`: canonical, so
+    what is compared is the meta's content, not how its file is laid out."""
+    rest = {k: v for k, v in meta.items() if k != "config" and k != META_DIGEST}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` as its JSON reads back, with its :data:`META_DIGEST` (what the writer stores;
+    also for a test that edits a meta on purpose)."""
+    plain = json.loads(json.dumps(dict(meta), default=_json_default))
+    plain.pop(META_DIGEST, None)
+    plain[META_DIGEST] = meta_digest(plain)
+    return plain
+
+
+def edit_problem(meta: Mapping[str, Any]) -> str | None:
+    """Why ``meta`` is not what its writer stored (None when it is, or when it is legacy)."""
+    config = meta.get("config")
+    if not isinstance(config, Mapping):
+        return "meta.json has no config object"
+    found = trial_id(config)
+    if found != meta.get("trial_id"):
+        return f"meta.json's config hashes to {found}, not to its trial id (edited after storing)"
+    want = meta.get(META_DIGEST)
+    if want is not None and want != meta_digest(meta):
+        return f"meta.json does not match its {META_DIGEST} (a key was edited, added or removed)"
+    return None
+
+
 def meta_problem(
     name: str,
     meta: Mapping[str, Any],
@@ -194,12 +236,16 @@ def meta_problem(
     """Why the stored trial ``name`` with ``meta`` is inconsistent (None when it looks sound).
 
     Checks what costs no read of the metrics file (``metrics``, named ``label`` in messages;
-    see :func:`metrics_location`): the trial id, the status, and the metrics file's existence
-    and recorded size. ``sizes`` caches one ``stat`` per file for the members of a batch."""
+    see :func:`metrics_location`): the trial id, the status, the meta's own digests
+    (:func:`edit_problem`), and the metrics file's existence and recorded size. ``sizes``
+    caches one ``stat`` per file for the members of a batch."""
     if meta.get("trial_id") != name:
         return f"meta.json belongs to trial {meta.get('trial_id')!r}"
     if meta.get("status") not in STATUSES:
         return f"meta.json has status {meta.get('status')!r}"
+    edited = edit_problem(meta)
+    if edited is not None:
+        return edited
     if metrics is None:
         return label
     key = os.fspath(metrics)
@@ -465,6 +511,9 @@ class ResultStore:
             except ValueError as exc:
                 tid = value.get("trial_id") if isinstance(value, Mapping) else None
                 raise ValueError(f"trial {tid}: {exc}") from None
+        for o in checked:
+            if trial_id(o.config) != o.trial_id:
+                raise ValueError(f"trial {o.trial_id}: its config hashes to {trial_id(o.config)}")
         ids = [o.trial_id for o in checked]
         if len(set(ids)) != len(ids):
             raise ValueError(f"a batch holds trial ids more than once: {ids}")
@@ -527,9 +576,10 @@ class ResultStore:
         tmp.mkdir()
         try:
             meta.update((extra or {}) if metrics is None else metrics(tmp))
+            meta = seal_meta(meta)
             try:
                 with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-                    json.dump(meta, fh, indent=1, default=_json_default)
+                    json.dump(meta, fh, indent=1)
                     fh.flush()
                     os.fsync(fh.fileno())
             except OSError as exc:

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "results_dir",
         metavar="RESULTS_DIR",
         nargs="+",
-        help="a results store (has trials/); several stores are compared on purpose",
+        help="a results store (has trials/); several are reported together, each trial id "
+        "counted once",
     )
     p.add_argument("--out", help="output folder (default: reports/<name of RESULTS_DIR>)")
     p.add_argument(
@@ -49,12 +50,18 @@ def main(args: argparse.Namespace) -> int:
     for results in stores:
         if not os.path.isdir(os.path.join(results, "trials")):
             raise UsageError(f"{results} is not a results store (no trials/ folder)")
+    from ..report.analyze import ReportInputError
+    from ..report.inputs import refuse_repeated_stores
+
+    try:
+        refuse_repeated_stores(stores)
+    except ReportInputError as exc:
+        raise UsageError(str(exc)) from exc
     name = "-vs-".join(os.path.basename(os.path.normpath(r)) or "report" for r in stores)
     out = args.out or os.path.join("reports", name)
 
     from ..clio import writable_dir
     from ..report import build_report
-    from ..report.analyze import ReportInputError
 
     writable_dir(out)  # fail before loading and analysing, not after
     start = time.perf_counter()

@@ -26,8 +26,8 @@ def build_report(
     matrix: str | None = None,
     wall_clock: bool = False,
 ) -> Path:
-    """Build the report of the store at ``results_dir`` (or of several stores, compared on
-    purpose) into ``out_dir``; returns index.html. ``score``: ``final``/``best`` (default: the
+    """Build the report of the store at ``results_dir`` (or of several stores, each trial id
+    counted once) into ``out_dir``; returns index.html. ``score``: ``final``/``best`` (default: the
     matrix's ``[report] score``, else final); ``matrix``: one matrix of a mixed store;
     ``wall_clock``: add time-to-target profiles on raw wall-clock seconds."""
     from .build import build

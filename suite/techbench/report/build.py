@@ -39,7 +39,7 @@ def load_context(
     of a mixed store (:mod:`.inputs`); ``wall_clock`` adds profiles on raw wall-clock seconds.
     """
     dirs = [results_dir] if isinstance(results_dir, str | os.PathLike) else list(results_dir)
-    trials, metrics, info, store_axis = inputs.load_stores(dirs, matrix)
+    trials, metrics, info = inputs.load_stores(dirs, matrix)
     trials, metrics, tuned = inputs.finals_only(trials, metrics, dirs)
     if trials.empty and tuned is not None:
         raise analyze.ReportInputError(
@@ -53,7 +53,7 @@ def load_context(
     except ValueError as exc:
         raise analyze.ReportInputError(str(exc)) from exc
     trials["stop_reason"] = inputs.stop_reasons(trials)
-    axes = tables.varying_axes(trials) + (["store"] if store_axis else [])
+    axes = tables.varying_axes(trials)
     curves = tables.target_curves(trials, metrics)
     runs = tables.run_table(trials, metrics, curves, score=rule, axes=axes)
     cells, techs, flags = parallel.fork_map(
@@ -199,6 +199,7 @@ def _header(ctx: ReportContext, seconds: float) -> str:
         ("trials", f"{len(stored)} stored ({', '.join(f'{v} {k}' for k, v in status.items())})"),
         *_corrupt_item(trials),
         *([("tuned", ctx.tuned.describe())] if ctx.tuned else []),
+        *_duplicates_item(trials),
         ("datasets", ", ".join(sorted(trials["dataset"].astype(str).unique()))),
         ("compared axes", "; ".join(_axis_text(ctx, a) for a in ctx.axes) or "none"),
         ("seeds", ", ".join(map(str, sorted(trials["seed"].unique())))),
@@ -230,6 +231,12 @@ def _corrupt_item(trials: pd.DataFrame) -> list[tuple[str, object]]:
     text = "; ".join(f"{t} ({why})" for t, why in list(bad.items())[:20])
     more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
     return [("corrupt, not scored", f"{len(bad)}: {text}{more}")] if bad else []
+
+
+def _duplicates_item(trials: pd.DataFrame) -> list[tuple[str, object]]:
+    dropped = trials.attrs.get("duplicates") or {}
+    text = "; ".join(f"from {store}: {what}" for store, what in dropped.items())
+    return [("duplicate trials, counted once", text)] if dropped else []
 
 
 def _empty_report(out: Path, results_dir: object) -> Path:

@@ -1,10 +1,12 @@
 """Honest inputs: which stores and matrices a report covers, and why each trial stopped.
 
 - A store that holds trials of two or more matrices is refused with a message naming them
-  (``--matrix NAME`` reports one); ``techbench report A B`` compares stores on purpose: trials
-  are labelled with their store, ids are prefixed ``<store>/`` so they stay unique, and when the
-  stores ran the same configurations ``store`` becomes a compared axis. A cell of one store
-  whose runs differ in budget is refused too (:mod:`.budgets`).
+  (``--matrix NAME`` reports one); ``techbench report A B`` reports several stores as one (e.g.
+  the shards of a matrix): trials are labelled with their store and ids prefixed ``<store>/``.
+  A trial id is the hash of its whole config, seed included, so the same id in two stores is
+  one run, not two samples: it is counted once, from the first store given, and the report
+  says how many it dropped from which store. The same store given twice (by any path) is
+  refused. A cell of one store whose runs differ in budget is refused too (:mod:`.budgets`).
 - :func:`stop_reasons`: ``epochs``, ``steps``, ``time budget``, ``stopped early`` (no budget explains it), ``diverged``,
   ``failed``. A stored ``stop_reason`` wins; otherwise it is derived: a completed run that ran
   fewer epochs than its budget and fewer steps than ``max_steps`` stopped on the budget's
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,14 +99,61 @@ def _keep(
     return trials, metrics.reset_index(drop=True)
 
 
+def refuse_repeated_stores(dirs: Sequence[str | os.PathLike[str]]) -> None:
+    """``ReportInputError`` naming both paths when two of ``dirs`` are the same folder (a
+    store given twice would count each of its runs twice)."""
+    seen: dict[tuple[int, int], str] = {}
+    for d in dirs:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue  # not a store: :func:`load_store` says so
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise ReportInputError(
+                f"{seen[key]} and {os.fspath(d)} are the same store: give each store once"
+            )
+        seen[key] = os.fspath(d)
+
+
+def _drop_duplicates(
+    parts: list[tuple[str, pd.DataFrame, pd.DataFrame]], dirs: Sequence[str | os.PathLike[str]]
+) -> tuple[list[tuple[str, pd.DataFrame, pd.DataFrame]], dict[str, str]]:
+    """``parts`` with each trial id kept in the first store that holds it; ``{store label:
+    what was dropped}`` (also printed, one line per store)."""
+    owner: dict[str, str] = {}
+    kept, dropped = [], {}
+    for (label, trials, metrics), d in zip(parts, dirs, strict=True):
+        if trials.empty:
+            kept.append((label, trials, metrics))
+            continue
+        ids = trials["trial_id"].astype(str)
+        first = ids.map(owner)
+        if first.notna().any():
+            by = first.dropna().value_counts()
+            text = (
+                f"{int(by.sum())} trial{'s' * (int(by.sum()) != 1)} also in "
+                + (by.index[0] if len(by) == 1 else ", ".join(f"{o} ({n})" for o, n in by.items()))
+                + ": the same trial id is the same run, counted once"
+            )
+            dropped[label] = text
+            print(f"techbench report: {os.fspath(d)}: {text}", file=sys.stderr)
+            trials, metrics = _keep(trials, metrics, first.isna().to_numpy())
+        owner.update(dict.fromkeys(trials["trial_id"].astype(str), label))
+        kept.append((label, trials, metrics))
+    return kept, dropped
+
+
 def load_stores(
     dirs: Sequence[str | os.PathLike[str]], matrix: str | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], bool]:
-    """``(trials, metrics, matrix info, store_is_axis)`` of one or more stores.
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """``(trials, metrics, matrix info)`` of one or more stores.
 
-    ``trials`` has a ``store`` column. With several stores, ids become ``<store>/<id>``;
-    ``store_is_axis`` is true when some configuration ran in more than one store.
+    ``trials`` has a ``store`` column. With several stores, ids become ``<store>/<id>``, each
+    stored trial id counts once (see the module docstring; ``trials.attrs["duplicates"]`` says
+    what was dropped from which store) and a store given twice raises ``ReportInputError``.
     """
+    refuse_repeated_stores(dirs)
     taken: set[str] = set()
     parts = []
     for d in dirs:
@@ -118,24 +168,30 @@ def load_stores(
         info = {"name": matrix}
     if len(parts) == 1:
         label, trials, metrics = parts[0]
-        return trials.assign(store=label) if not trials.empty else trials, metrics, info, False
-    frames, mframes, seen = [], [], []
+        return trials.assign(store=label) if not trials.empty else trials, metrics, info
+    parts, dropped = _drop_duplicates(parts, dirs)
+    frames, mframes = [], []
     for label, trials, metrics in parts:
         if trials.empty:
             continue
-        seen.append(set(trials["trial_id"].astype(str)))
         frames.append(trials.assign(store=label, trial_id=label + "/" + trials["trial_id"]))
         mframes.append(metrics.assign(trial_id=label + "/" + metrics["trial_id"].astype(str)))
     if not frames:
-        return pd.DataFrame(), parts[0][2], info, False
-    overlap = any(a & b for i, a in enumerate(seen) for b in seen[i + 1 :])
+        return pd.DataFrame(), parts[0][2], info
     names = sorted({m for f in frames for m in f["matrix"].fillna("?").astype(str)})
-    info = {"name": " vs ".join(label for label, t, _ in parts if not t.empty)}
-    info["description"] = f"stores compared on purpose; matrices: {', '.join(names)}"
+    info = {"name": " + ".join(label for label, t, _ in parts if not t.empty)}
+    info["description"] = f"stores reported together; matrices: {', '.join(names)}"
     metrics = pd.concat(mframes, ignore_index=True)
     for col in ("trial_id", "split", "metric", "layer"):
         metrics[col] = metrics[col].astype("category")
-    return pd.concat(frames, ignore_index=True), metrics, info, overlap
+    corrupt = {
+        f"{label}/{tid}": why
+        for label, t, _ in parts
+        for tid, why in (t.attrs.get("corrupt") or {}).items()
+    }
+    trials = pd.concat(frames, ignore_index=True)
+    trials.attrs.update(corrupt=corrupt, duplicates=dropped)
+    return trials, metrics, info
 
 
 @dataclass(frozen=True)
