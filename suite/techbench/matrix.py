@@ -477,8 +477,15 @@ class _Parser:
         except TechniqueError as exc:
             self.problem(path, str(exc))
             return None
-        self.spec_defaults[(family, spec.name)] = spec.defaults()
+        self.spec_defaults[(family, self.config_name(axis, name, spec))] = spec.defaults()
         return spec
+
+    def config_name(self, axis: str, name: str, spec: Any) -> str:
+        """The name a trial's config records (``Registry.config_name``: plain for a built-in,
+        ``dist:name`` for a third-party technique named so); a registry without it (a test's
+        dictionary of specs) records the spec's name."""
+        recorded = getattr(self.registry, "config_name", None)
+        return spec.name if recorded is None else str(recorded(name, AXIS_FAMILY[axis]))
 
     def param(self, spec: Any, key: str, value: Any, path: str) -> tuple[bool, Any]:
         known = [p.name for p in spec.params]
@@ -537,6 +544,7 @@ class _Parser:
         spec = self.spec(axis, name, f"{path}.name" if isinstance(item, Mapping) else path)
         if spec is None:
             return []
+        name = self.config_name(axis, name, spec)
         choices: list[list[tuple[str, Any]]] = []
         ok = True
         for key, value in table.items():
@@ -563,7 +571,7 @@ class _Parser:
             choices.append(column)
         if not ok:
             return []
-        return [{"name": spec.name, "params": dict(combo)} for combo in itertools.product(*choices)]
+        return [{"name": name, "params": dict(combo)} for combo in itertools.product(*choices)]
 
     def axes_table(self, raw: Any, path: str, sweep: bool, extra: Sequence[str] = ()) -> dict:
         if not isinstance(raw, Mapping):

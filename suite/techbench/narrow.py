@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,8 +57,20 @@ def _labels(key: str, value: Any) -> set[str]:
     if key in AXIS_FAMILY:
         from .matrix import _label
 
-        return {str(value["name"]), _label(value)}
+        return {str(value["name"]), _label(value), *_qualified(value["name"], AXIS_FAMILY[key])}
     return {str(value)}
+
+
+@functools.cache
+def _qualified(name: str, family: str) -> tuple[str, ...]:
+    """``dist:name`` of a technique, so ``--filter regularizer=techbench:l2`` matches ``l2``."""
+    from .registry import default_registry
+    from .spec import TechniqueError
+
+    try:
+        return (default_registry().resolve(name, family).full_name,)
+    except TechniqueError:
+        return ()
 
 
 def narrow(matrix: Any, args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], list[str]]:
