@@ -330,8 +330,14 @@ def test_provenance_records_the_distribution_that_supplied_each_technique(clash)
 
 
 def test_cli_with_a_clashing_package_keeps_builtins_and_reaches_every_name(clash, tmp_path):
-    run = _run_cli(["run", "regularizers", "--dry-run", "--out", str(tmp_path / "r")], clash)
+    from techbench.matrix import load_matrix
+
+    shipped = load_matrix("regularizers", registry=_builtins_only()).trials()
+    want = sum(c["regularizer"]["name"] == "grad_noise" for c in shipped)
+    dry = ["run", "regularizers", "--dry-run", "--out", str(tmp_path / "r")]
+    run = _run_cli([*dry, "--filter", "regularizer=techbench:grad_noise"], clash)
     assert run.returncode == 0, run.stderr
+    assert f"{len(shipped)} -> {want} trials" in run.stdout
     show = _run_cli(["show", "--json", "my_pkg:grad_noise"], clash)
     assert show.returncode == 0, show.stderr
     assert json.loads(show.stdout)["distribution"] == "my-pkg"

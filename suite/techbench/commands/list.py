@@ -61,22 +61,26 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()
-        return 0
-    for r in rows:
-        r["name"] = r["name"] if r["plain_name"] else r["qualified_name"]
-    width = max((len(str(r["name"])) for r in rows), default=4)
+    else:
+        _print_table(rows)
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    """One line per technique under its family, by the name that reaches it."""
+    names = [r["name"] if r["plain_name"] else r["qualified_name"] for r in rows]
+    width = max((len(n) for n in names), default=4)
     family = None
-    for r in rows:
+    for name, r in zip(names, rows, strict=True):
         if r["family"] != family:
             if family is not None:
                 print()
             family = r["family"]
             print(f"{family}s:")
         if r["status"] == "ok":
-            print(f"  {r['name']:<{width}}  {r['summary']}  [{r['distribution']}]")
+            print(f"  {name:<{width}}  {r['summary']}  [{r['distribution']}]")
         else:
             first = (r["error"] or "").splitlines()[0]
-            print(f"  {r['name']:<{width}}  ERROR: {first}  [{r['distribution']}]")
+            print(f"  {name:<{width}}  ERROR: {first}  [{r['distribution']}]")
     broken = sum(r["status"] == "error" for r in rows)
     print(f"\n{len(rows)} registered, {broken} broken")
-    return 0
