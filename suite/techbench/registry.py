@@ -10,8 +10,8 @@ Every technique is reachable as ``<distribution>:<name>`` (``techbench:grad_nois
 ``mypkg:grad_noise``), so installing a package can never make a technique unreachable. The plain
 name reaches the one registration of that name; when several distributions register it, the
 built-in (distribution ``techbench``) keeps it, so a shipped matrix keeps working, and without a
-built-in the plain name is an error naming every qualified name (a :class:`PluginWarning` at
-discovery says so).
+built-in the plain name is an error naming every qualified name. :meth:`Registry.clashes` lists
+them (``techbench list`` shows them as warnings).
 
 Lookups accept ``name``, ``family/name``, ``dist:name`` or ``family/dist:name``; the API mirrors
 timm's factories: :func:`list_techniques`, :func:`get_spec`, :func:`create`.
@@ -145,8 +145,6 @@ class Registry:
                 same.append(new)
         for group in entries.values():
             group.sort(key=lambda e: (not e.builtin, e.dist_key))
-            if len(group) > 1 and not group[0].builtin:
-                warnings.warn(_clash_message(group), PluginWarning, stacklevel=3)
         self._entries = entries
         return entries
 
@@ -218,7 +216,10 @@ class Registry:
         if family is not None and family not in FAMILIES:
             raise UnknownTechniqueError(_unknown("family", family, FAMILIES))
         entries = self._discover()
-        groups = [g for (f, n), g in entries.items() if n == short and family in (None, f)]
+        if family is not None:  # one dict lookup: a stack resolves every technique of each member
+            groups = [entries[(family, short)]] if (family, short) in entries else []
+        else:
+            groups = [g for (_, n), g in entries.items() if n == short]
         if dist is not None:
             hits = [e for g in groups for e in g if e.dist_key == normalize_distribution(dist)]
             if len(hits) == 1:
