@@ -4,8 +4,9 @@
 ``--seeds``, ``--epochs`` and ``--accelerator`` change the matrix before it expands, so they
 change the trials' configs and therefore their ids (a 1-epoch smoke run never mixes with the full
 run's results). ``--filter`` keeps the trials whose axis has that value: a technique matches by
-name (``optimizer=adam``) or by its full label (``optimizer=adam(lr=0.003)``); filters on one axis
-are alternatives, filters on different axes must all hold.
+name (``optimizer=adam``, or qualified ``optimizer=techbench:adam``) or by its full label
+(``optimizer=adam(lr=0.003)``); filters on one axis are alternatives, filters on different axes
+must all hold.
 """
 
 from __future__ import annotations
