@@ -1,15 +1,16 @@
-"""The third-party path end to end: install the example package into an isolated environment,
+"""The third-party path end to end: install the example package into a folder of its own,
 see it in ``techbench list``, pass ``techbench check`` and its own three-line test; and broken
 plugins (a fast side off by 1e-3, a wrong derivative) fail ``techbench check`` with a clear message.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
-import venv
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,18 +38,21 @@ def run(python: Path | str, *args: str, env: dict | None = None, timeout: int = 
 
 
 @pytest.fixture(scope="module")
-def example_env(tmp_path_factory) -> Path:
-    """A fresh virtual environment that sees techbench (system site) plus the example package."""
-    where = tmp_path_factory.mktemp("venv")
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(where)
-    python = where / "bin" / "python"
-    proc = run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(EXAMPLE))
+def example_env(tmp_path_factory) -> Callable[..., subprocess.CompletedProcess]:
+    """Runs ``python ARGS`` where the example package is installed: pip-installed into a fresh
+    folder that joins ``PYTHONPATH`` on top of the environment running the tests, be it a venv or
+    a bare interpreter (a nested ``system_site_packages`` venv sees the base interpreter, not an
+    enclosing venv, so it would miss torch installed in the venv)."""
+    where = tmp_path_factory.mktemp("site")
+    pip = ("-m", "pip", "install", "--quiet", "--no-deps", "--target", str(where), str(EXAMPLE))
+    proc = run(sys.executable, *pip)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return python
+    path = os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")])
+    return functools.partial(run, sys.executable, env={"PYTHONPATH": path})
 
 
 def test_example_is_listed_with_its_distribution(example_env):
-    proc = run(example_env, "-m", "techbench.cli", "list", "--json")
+    proc = example_env("-m", "techbench.cli", "list", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {
         r["name"]: r for r in json.loads(proc.stdout) if r["distribution"] == "techbench-example"
@@ -71,13 +75,13 @@ def test_example_is_invisible_outside_its_environment():
 
 
 def test_example_passes_techbench_check(example_env):
-    proc = run(example_env, "-m", "techbench.cli", "check", *NAMES)
+    proc = example_env("-m", "techbench.cli", "check", *NAMES)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failed (5 techniques, 0 broken plugins)" in proc.stdout
 
 
 def test_example_package_own_tests_pass(example_env):
-    proc = run(example_env, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests"))
+    proc = example_env("-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests"))
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
@@ -170,7 +174,7 @@ def test_provenance_in_meta_report_and_reruns(example_env, tmp_path):
     matrix, store = tmp_path / "prov.toml", tmp_path / "store"
     matrix.write_text(PROVENANCE_MATRIX)
     cmd = ("-m", "techbench.cli", "run", str(matrix), "--out", str(store), "--workers", "1")
-    proc = run(example_env, *cmd, "--no-progress")
+    proc = example_env(*cmd, "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metas = _metas(store)
     path, meta = metas["bent_identity"]
@@ -182,13 +186,13 @@ def test_provenance_in_meta_report_and_reruns(example_env, tmp_path):
     assert meta["techniques"]["optimizer"]["distribution"] == "techbench"
     assert metas["relu"][1]["techniques"]["activation"]["distribution"] == "techbench"
 
-    proc = run(example_env, "-m", "techbench.cli", "status", str(store))
+    proc = example_env("-m", "techbench.cli", "status", str(store))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"techbench-example {version} (1 trials)" in proc.stdout
     assert "techbench " in proc.stdout.split("plugin versions:")[1]  # the built-ins' version
 
     report = tmp_path / "report"
-    proc = run(example_env, "-m", "techbench.cli", "report", str(store), "--out", str(report))
+    proc = example_env("-m", "techbench.cli", "report", str(store), "--out", str(report))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     page = (report / "index.html").read_text()
     assert "plugins (not built in)" in page and f"techbench-example {version}" in page
@@ -199,13 +203,13 @@ def test_provenance_in_meta_report_and_reruns(example_env, tmp_path):
         path.write_text(json.dumps(seal_meta(meta)))  # as the older version stored it
 
     age(path)
-    proc = run(example_env, *cmd, "--no-progress", "--reuse-other-versions")
+    proc = example_env(*cmd, "--no-progress", "--reuse-other-versions")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 stored trial came from other plugin versions" in proc.stderr
     assert "kept as results" in proc.stderr and "2 already stored" in proc.stdout
     assert _metas(store)["bent_identity"][1]["techniques"]["activation"]["version"] == "0.0.1"
 
-    proc = run(example_env, *cmd, "--no-progress")
+    proc = example_env(*cmd, "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (
         "activation/bent_identity: techbench-example 0.0.1, now techbench-example "

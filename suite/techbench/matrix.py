@@ -75,6 +75,7 @@ config has every key of :data:`DEFAULT_CONFIG`; its id is :func:`trial_id`.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import re
@@ -306,10 +307,21 @@ class Matrix:
 
 def axis_labels(key: str, value: Any) -> set[str]:
     """The labels a ``--filter`` value matches: a technique by name or full label
-    (``adam``, ``adam(lr=0.003)``), anything else by its text (``seed=0``)."""
+    (``adam``, ``techbench:adam``, ``adam(lr=0.003)``), anything else by its text (``seed=0``)."""
     if key in AXIS_FAMILY and isinstance(value, Mapping):
-        return {str(value["name"]), _label(value)}
+        return {str(value["name"]), _label(value), *_qualified(value["name"], AXIS_FAMILY[key])}
     return {str(value)}
+
+
+@functools.cache
+def _qualified(name: str, family: str) -> tuple[str, ...]:
+    """``dist:name`` of a technique, so ``--filter regularizer=techbench:l2`` matches ``l2``."""
+    from .registry import default_registry
+
+    try:
+        return (default_registry().resolve(name, family).full_name,)
+    except TechniqueError:
+        return ()
 
 
 def describe_trial(config: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
@@ -520,8 +532,15 @@ class _Parser:
         except TechniqueError as exc:
             self.problem(path, str(exc))
             return None
-        self.spec_defaults[(family, spec.name)] = spec.defaults()
+        self.spec_defaults[(family, self.config_name(axis, name, spec))] = spec.defaults()
         return spec
+
+    def config_name(self, axis: str, name: str, spec: Any) -> str:
+        """The name a trial's config records (``Registry.config_name``: plain for a built-in,
+        ``dist:name`` for a third-party technique named so); a registry without it (a test's
+        dictionary of specs) records the spec's name."""
+        recorded = getattr(self.registry, "config_name", None)
+        return spec.name if recorded is None else str(recorded(name, AXIS_FAMILY[axis]))
 
     def param(self, spec: Any, key: str, value: Any, path: str) -> tuple[bool, Any]:
         known = [p.name for p in spec.params]
@@ -580,6 +599,7 @@ class _Parser:
         spec = self.spec(axis, name, f"{path}.name" if isinstance(item, Mapping) else path)
         if spec is None:
             return []
+        name = self.config_name(axis, name, spec)
         choices: list[list[tuple[str, Any]]] = []
         ok = True
         for key, value in table.items():
@@ -606,7 +626,7 @@ class _Parser:
             choices.append(column)
         if not ok:
             return []
-        return [{"name": spec.name, "params": dict(combo)} for combo in itertools.product(*choices)]
+        return [{"name": name, "params": dict(combo)} for combo in itertools.product(*choices)]
 
     def axes_table(self, raw: Any, path: str, sweep: bool, extra: Sequence[str] = ()) -> dict:
         if not isinstance(raw, Mapping):

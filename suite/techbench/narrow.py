@@ -3,7 +3,8 @@
 
 ``--seeds``, ``--epochs`` and ``--accelerator`` change the matrix before it expands, so they
 change the trials' configs and therefore their ids. ``--filter`` keeps the trials whose axis has
-that value: a technique matches by name (``optimizer=adam``) or by its full label
+that value: a technique matches by name (``optimizer=adam``, or qualified
+``optimizer=techbench:adam``) or by its full label
 (``optimizer=adam(lr=0.003)``); filters on one axis are alternatives, filters on different axes
 must all hold.
 

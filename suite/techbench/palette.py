@@ -35,7 +35,7 @@ def _positions() -> dict[str, int]:
     for e in entries:
         by_family.setdefault(e.family, []).append(e.name)
     for names in by_family.values():
-        for i, name in enumerate(sorted(names)):
+        for i, name in enumerate(sorted(set(names))):  # a clash lists a name twice
             out.setdefault(name, i)
     return out
 

@@ -14,9 +14,8 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from .registry import BUILTIN_DISTRIBUTION
 from .schema import AXIS_FAMILY
-
-BUILTIN_DISTRIBUTION = "techbench"
 
 
 def technique_sources(config: Mapping[str, Any], registry: Any = None) -> dict[str, dict[str, Any]]:

@@ -4,17 +4,24 @@ Plugins register a :class:`~techbench.spec.TechniqueSpec` under the entry-point 
 ``techbench.<family>s`` (``techbench.activations``, ...); the entry point's name is the public
 name. Discovery reads only distribution metadata; a spec is imported the first time it is asked
 for. A plugin that fails to import or is not a valid spec is recorded with its error and a
-:class:`PluginWarning`, and the rest keeps working. The same name registered by two
-distributions is an error naming both. Unknown names get "did you mean".
+:class:`PluginWarning`, and the rest keeps working. Unknown names get "did you mean".
 
-Lookups accept ``name`` or ``family/name``; the API mirrors timm's factories:
-:func:`list_techniques`, :func:`get_spec`, :func:`create`.
+Every technique is reachable as ``<distribution>:<name>`` (``techbench:grad_noise``,
+``mypkg:grad_noise``), so installing a package can never make a technique unreachable. The plain
+name reaches the one registration of that name; when several distributions register it, the
+built-in (distribution ``techbench``) keeps it, so a shipped matrix keeps working, and without a
+built-in the plain name is an error naming every qualified name. :meth:`Registry.clashes` lists
+them (``techbench list`` shows them as warnings).
+
+Lookups accept ``name``, ``family/name``, ``dist:name`` or ``family/dist:name``; the API mirrors
+timm's factories: :func:`list_techniques`, :func:`get_spec`, :func:`create`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+import re
 import traceback
 import warnings
 from collections.abc import Iterable, Iterator
@@ -24,6 +31,8 @@ from typing import Any
 
 from .errors import did_you_mean
 from .spec import FAMILIES, TechniqueError, TechniqueSpec
+
+BUILTIN_DISTRIBUTION = "techbench"
 
 
 class PluginWarning(UserWarning):
@@ -38,7 +47,8 @@ class UnknownTechniqueError(TechniqueError, KeyError):
 
 
 class DuplicateTechniqueError(TechniqueError):
-    """Two distributions register the same family/name."""
+    """Several third-party distributions register the same family/name and none is built in:
+    the plain name is ambiguous (each stays reachable as ``<distribution>:<name>``)."""
 
 
 class BrokenPluginError(TechniqueError):
@@ -47,6 +57,24 @@ class BrokenPluginError(TechniqueError):
 
 def group_of(family: str) -> str:
     return f"techbench.{family}s"
+
+
+def normalize_distribution(name: str) -> str:
+    """The PEP 503 form of a distribution name, so ``My_Pkg:x`` and ``my-pkg:x`` are one name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def split_name(text: str, family: str | None = None) -> tuple[str | None, str | None, str]:
+    """``(family, distribution, name)`` of ``name``, ``family/name``, ``dist:name``,
+    ``family/dist:name`` or ``dist:family/name``; a family in the text overrides ``family``."""
+    dist: str | None = None
+    if ":" in text:
+        dist, text = text.split(":", 1)
+        if "/" in dist:
+            family, dist = dist.split("/", 1)
+    if "/" in text:
+        family, text = text.split("/", 1)
+    return family, dist, text
 
 
 @dataclass
@@ -64,7 +92,21 @@ class Entry:
 
     @property
     def qualified_name(self) -> str:
+        """``family/name`` (what check results and messages are labelled with)."""
         return f"{self.family}/{self.name}"
+
+    @property
+    def dist_key(self) -> str:
+        return normalize_distribution(self.distribution)
+
+    @property
+    def full_name(self) -> str:
+        """``<distribution>:<name>``, which reaches this entry whatever else is installed."""
+        return f"{self.dist_key}:{self.name}"
+
+    @property
+    def builtin(self) -> bool:
+        return self.dist_key == BUILTIN_DISTRIBUTION
 
     @property
     def status(self) -> str:
@@ -80,9 +122,10 @@ class Registry:
 
     def __init__(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
         self._injected = list(entry_points) if entry_points is not None else None
-        self._entries: dict[tuple[str, str], Entry] | None = None
+        self._entries: dict[tuple[str, str], list[Entry]] | None = None
 
-    def _discover(self) -> dict[tuple[str, str], Entry]:
+    def _discover(self) -> dict[tuple[str, str], list[Entry]]:
+        """``{(family, name): entries}``, the built-in first, then by distribution."""
         if self._entries is not None:
             return self._entries
         groups = {group_of(f): f for f in FAMILIES}
@@ -90,30 +133,18 @@ class Registry:
             eps: Iterable[metadata.EntryPoint] = self._injected
         else:
             eps = [ep for g in groups for ep in metadata.entry_points(group=g)]
-        entries: dict[tuple[str, str], Entry] = {}
-        seen: set[tuple[str, str, str, str]] = set()
+        entries: dict[tuple[str, str], list[Entry]] = {}
         for ep in eps:
             family = groups.get(ep.group)
             if family is None:
                 continue
             dist = ep.dist.name if ep.dist is not None else "<unknown>"
-            marker = (family, ep.name, ep.value, dist)
-            if marker in seen:  # the same distribution found twice on sys.path
-                continue
-            seen.add(marker)
-            key = (family, ep.name)
             new = Entry(ep.name, family, ep.value, dist, entry_point=ep)
-            old = entries.get(key)
-            if old is None:
-                entries[key] = new
-                continue
-            message = (
-                f"{family} {ep.name!r} is registered by two distributions: "
-                f"{old.distribution!r} ({old.value}) and {dist!r} ({ep.value})"
-            )
-            old.error, old.loaded = message, True
-            old.distribution = f"{old.distribution}, {dist}"
-            warnings.warn(message, PluginWarning, stacklevel=3)
+            same = entries.setdefault((family, ep.name), [])
+            if all(e.dist_key != new.dist_key for e in same):  # else: one dist found twice
+                same.append(new)
+        for group in entries.values():
+            group.sort(key=lambda e: (not e.builtin, e.dist_key))
         self._entries = entries
         return entries
 
@@ -150,54 +181,90 @@ class Registry:
     def entries(
         self, family: str | None = None, pattern: str | None = None, *, load: bool = True
     ) -> list[Entry]:
-        """Registered entries, sorted by family then name; ``pattern`` is an fnmatch filter."""
+        """Registered entries, sorted by family, name, then the built-in first; ``pattern`` is
+        an fnmatch filter on the plain or the ``dist:name`` form."""
         if family is not None and family not in FAMILIES:
             raise UnknownTechniqueError(_unknown("family", family, FAMILIES))
         out = [
             e
-            for (fam, name), e in self._discover().items()
+            for (fam, _), group in self._discover().items()
+            for e in group
             if (family is None or fam == family)
-            and (pattern is None or fnmatch.fnmatchcase(name, pattern))
+            and (
+                pattern is None
+                or fnmatch.fnmatchcase(e.name, pattern)
+                or fnmatch.fnmatchcase(e.full_name, pattern)
+            )
         ]
-        out.sort(key=lambda e: (FAMILIES.index(e.family), e.name))
+        out.sort(key=lambda e: (FAMILIES.index(e.family), e.name, not e.builtin, e.dist_key))
         return [self._load(e) for e in out] if load else out
 
-    def _find(self, name: str, family: str | None) -> Entry:
-        if "/" in name:
-            family, name = name.split("/", 1)
+    def clashes(self) -> dict[tuple[str, str], str]:
+        """``{(family, name): message}`` for each name several distributions register: who
+        keeps the plain name, and the qualified names that reach each."""
+        return {key: _clash_message(g) for key, g in self._discover().items() if len(g) > 1}
+
+    def plain_name(self, entry: Entry) -> bool:
+        """Whether the plain name reaches ``entry`` (it is the only one, or the built-in)."""
+        group = self._discover().get((entry.family, entry.name), [])
+        return group[:1] == [entry] and (len(group) == 1 or entry.builtin)
+
+    def resolve(self, name: str, family: str | None = None) -> Entry:
+        """The entry ``name`` reaches (not loaded); ``UnknownTechniqueError`` with close names,
+        ``DuplicateTechniqueError`` for a plain name that several third-party packages register."""
+        family, dist, short = split_name(name, family)
         if family is not None and family not in FAMILIES:
             raise UnknownTechniqueError(_unknown("family", family, FAMILIES))
         entries = self._discover()
-        if family is not None:
-            entry = entries.get((family, name))
-            if entry is None:
-                names = [n for (f, n) in entries if f == family]
-                raise UnknownTechniqueError(_unknown(family, name, names))
-            return entry
-        matches = [e for (f, n), e in entries.items() if n == name]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            options = ", ".join(sorted(e.qualified_name for e in matches))
+        if family is not None:  # one dict lookup: a stack resolves every technique of each member
+            groups = [entries[(family, short)]] if (family, short) in entries else []
+        else:
+            groups = [g for (_, n), g in entries.items() if n == short]
+        if dist is not None:
+            hits = [e for g in groups for e in g if e.dist_key == normalize_distribution(dist)]
+            if len(hits) == 1:
+                return hits[0]
+            if hits:
+                options = ", ".join(sorted(f"{e.family}/{e.full_name}" for e in hits))
+                raise UnknownTechniqueError(f"{name!r} is ambiguous; say which: {options}")
+            known = [e.full_name for (f, _), g in entries.items() if family in (None, f) for e in g]
+            raise UnknownTechniqueError(_unknown(family or "technique", name, known))
+        if len(groups) == 1:
+            group = groups[0]
+            if len(group) > 1 and not group[0].builtin:
+                raise DuplicateTechniqueError(_clash_message(group))
+            return group[0]
+        if groups:
+            options = ", ".join(sorted(g[0].qualified_name for g in groups))
             raise UnknownTechniqueError(f"{name!r} is ambiguous; say which: {options}")
-        raise UnknownTechniqueError(_unknown("technique", name, [n for (_, n) in entries]))
+        known = [n for (f, n) in entries if family in (None, f)]
+        raise UnknownTechniqueError(_unknown(family or "technique", short, known))
+
+    def entry(self, name: str, family: str | None = None) -> Entry:
+        """The loaded entry ``name`` reaches; ``BrokenPluginError`` if its plugin failed."""
+        entry = self._load(self.resolve(name, family))
+        if entry.spec is None:
+            raise BrokenPluginError(f"{entry.qualified_name} [{entry.distribution}]: {entry.error}")
+        return entry
+
+    def config_name(self, name: str, family: str | None = None) -> str:
+        """The name a trial's config records for ``name``: the plain name when written plain or
+        when the built-in is meant (``techbench:relu`` is ``relu``, so built-in trial ids never
+        depend on the spelling), else ``<distribution>:<name>``."""
+        entry = self.resolve(name, family)
+        written_dist = split_name(name, family)[1]
+        return entry.name if written_dist is None or entry.builtin else entry.full_name
 
     def get_spec(self, name: str, family: str | None = None) -> TechniqueSpec:
-        """The spec for ``name`` (or ``family/name``); loads its plugin on first use."""
-        entry = self._load(self._find(name, family))
-        if entry.spec is None:
-            cls = (
-                DuplicateTechniqueError
-                if "two distributions" in (entry.error or "")
-                else BrokenPluginError
-            )
-            raise cls(f"{entry.qualified_name}: {entry.error}")
-        return entry.spec
+        """The spec for ``name`` (see :meth:`resolve`); loads its plugin on first use."""
+        spec = self.entry(name, family).spec
+        assert spec is not None
+        return spec
 
     def source(self, name: str, family: str | None = None) -> dict[str, str | None]:
         """The distribution that registers ``name`` and its version (None when unknown), what a
         trial records so that a result can be traced to the plugin code that produced it."""
-        entry = self._find(name, family)
+        entry = self.resolve(name, family)
         dist = getattr(entry.entry_point, "dist", None)
         return {"distribution": entry.distribution, "version": _version(dist)}
 
@@ -209,6 +276,21 @@ class Registry:
         for entry in self.entries():
             if entry.spec is not None:
                 yield entry.spec
+
+
+def _clash_message(group: list[Entry]) -> str:
+    first = group[0]
+    names = " or ".join(repr(e.full_name) for e in group)
+    if first.builtin:
+        return (
+            f"{first.family} {first.name!r} is registered by {len(group)} distributions; "
+            "the plain name is the built-in's, the others are reached as "
+            + ", ".join(repr(e.full_name) for e in group[1:])
+        )
+    return (
+        f"{first.family} {first.name!r} is registered by {len(group)} distributions, "
+        f"so the plain name is ambiguous; say which: {names}"
+    )
 
 
 @functools.cache

@@ -369,7 +369,7 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-_CALL = re.compile(r"^\s*([A-Za-z][\w.\-/]*)\s*(?:\((.*)\))?\s*$", re.S)
+_CALL = re.compile(r"^\s*([A-Za-z][\w.\-/:]*)\s*(?:\((.*)\))?\s*$", re.S)
 
 
 def parse_technique_arg(text: str) -> tuple[str, dict[str, Any]]:

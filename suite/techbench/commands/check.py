@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from ..errors import UsageError
 from ..spec import FAMILIES
@@ -12,7 +13,9 @@ from ..spec import FAMILIES
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check techniques against their references")
-    p.add_argument("names", nargs="*", metavar="NAME", help="technique names (or family/name)")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help="technique names (or family/name, dist:name)"
+    )
     p.add_argument("--all", action="store_true", help="every registered technique")
     p.add_argument("--family", choices=FAMILIES, help="restrict --all to one family")
     p.add_argument("--json", action="store_true", help="print the results as a JSON array")
@@ -29,12 +32,17 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("give technique names or --all (not both)")
     if args.all:
         entries = registry.entries(args.family)
-        specs = [e.spec for e in entries if e.spec is not None]
         broken = [e for e in entries if e.spec is None]
+        entries = [e for e in entries if e.spec is not None]
     else:
-        specs = [registry.get_spec(n, args.family) for n in args.names]
+        entries = [registry.entry(n, args.family) for n in args.names]
         broken = []
-    results = [r for spec in specs for r in check_technique(spec)]
+    results = [
+        r if registry.plain_name(e) else replace(r, technique=f"{e.family}/{e.full_name}")
+        for e in entries
+        if e.spec is not None
+        for r in check_technique(e.spec)
+    ]
     failed = [r for r in results if not r.passed]
     if args.json:
         json.dump([r.as_dict() for r in results], sys.stdout, indent=1)
@@ -47,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
             )
         for r in failed:
             print(f"\nFAILED  {r.technique} :: {r.check}\n  " + r.message.replace("\n", "\n  "))
-        n_tech = len(specs)
+        n_tech = len(entries)
         print(
             f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
             f"({n_tech} techniques, {len(broken)} broken plugins)"

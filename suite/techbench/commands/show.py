@@ -3,7 +3,8 @@
 Family, summary, citation, the distribution that provides it and its version, each
 hyper-parameter (type, default, valid range, search range where the spec declares one), declared
 properties and tags, and where the fast and reference implementations live (module, object,
-file). ``family/name`` picks one when a name is in several families.
+file). ``family/name`` picks one when a name is in several families, ``dist:name`` one of the
+distributions that register it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import argparse
 import inspect
 import json
 import sys
-from importlib import metadata
 from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="one technique: summary, citation, hyper-parameters, code")
-    p.add_argument("name", metavar="NAME", help="a technique, e.g. adam or optimizer/adam")
+    p.add_argument(
+        "name", metavar="NAME", help="a technique: adam, optimizer/adam or techbench:adam"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=main)
 
@@ -65,34 +67,22 @@ def _param(p: Any) -> dict[str, Any]:
 
 
 def card(name: str) -> dict[str, Any]:
-    """The technique's card as a JSON-able dict (``UsageError`` for an unknown name)."""
-    from ..errors import UsageError
+    """The technique's card as a JSON-able dict (``TechniqueError`` for an unknown, ambiguous or
+    broken name, with the registry's hint)."""
     from ..registry import default_registry
 
     registry = default_registry()
-    family, _, short = name.rpartition("/")
-    entries = [e for e in registry.entries(family or None) if e.name == short]
-    if not entries:
-        registry.get_spec(name)  # raises the registry's "unknown technique" with its hint
-    if len(entries) > 1:
-        options = ", ".join(e.qualified_name for e in entries)
-        raise UsageError(f"{name!r} is in several families; say which: {options}")
-    entry = entries[0]
-    spec = registry.get_spec(entry.name, entry.family)
-    version = None
-    for dist in entry.distribution.split(", "):
-        try:
-            version = metadata.version(dist)
-            break
-        except metadata.PackageNotFoundError:
-            continue
+    entry = registry.entry(name)
+    spec = entry.spec
+    assert spec is not None
     return {
         "name": spec.name,
+        "qualified_name": entry.full_name,
         "family": spec.family,
         "summary": spec.summary,
         "citation": spec.citation,
         "distribution": entry.distribution,
-        "version": version,
+        "version": registry.source(entry.full_name, entry.family)["version"],
         "entry_point": entry.value,
         "params": [_param(p) for p in spec.params],
         "properties": {k: v for k, v in spec.properties.items()},
@@ -109,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         json.dump(info, sys.stdout, indent=1, default=repr)
         print()
         return 0
-    print(f"{info['name']} ({info['family']}): {info['summary']}")
+    print(f"{info['name']} ({info['family']}, {info['qualified_name']}): {info['summary']}")
     if info["citation"]:
         print(f"  citation: {info['citation']}")
     print(f"  provided by: {info['distribution']} {info['version'] or ''}".rstrip())
