@@ -40,12 +40,20 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+)
+from concurrent.futures import wait as wait_for
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import Terminated, raise_terminated
 from .progress import NOT_STORED, Progress
 from .provenance import other_versions, technique_sources
 from .schema import FINISHED, TrialOutcome, now_iso, trial_id
@@ -551,10 +559,6 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread of a running :func:`execute`: stop now."""
-
-
 @contextlib.contextmanager
 def _sigint_guard() -> Any:
     """Make Ctrl-C (or SIGTERM) stop an in-process trial whatever it catches; a second one
@@ -594,8 +598,21 @@ def _handlers(handler: Any, *signums: int) -> Any:
             signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
+@contextlib.contextmanager
+def _sigint_deferred() -> Any:
+    """Start workers with SIGINT ignored (inherited across exec: a Ctrl-C while they import
+    prints no traceback; the parent decides what it does) without losing a Ctrl-C sent
+    meanwhile: SIGINT is blocked too, and Linux keeps a blocked signal pending even while it
+    is ignored, so it reaches this process once the block ends."""
+    block = hasattr(signal, "pthread_sigmask")
+    if block:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with _handlers(signal.SIG_IGN, signal.SIGINT):
+            yield
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _run_pool(
@@ -614,7 +631,7 @@ def _run_pool(
     ctx = multiprocessing.get_context("spawn")
     slot = ctx.Value("i", 0)
     queue = list(units)
-    with _handlers(_raise_terminated, signal.SIGTERM):
+    with _handlers(raise_terminated, signal.SIGTERM):
         while queue:
             busy: list[Unit] = []
             crashed: list[Unit] = []
@@ -626,9 +643,7 @@ def _run_pool(
             )
             pending: dict[Future, Unit] = {}
             try:
-                # Workers start with SIGINT ignored (inherited across exec), so a Ctrl-C while
-                # they import never prints their tracebacks; the parent decides what it does.
-                with _handlers(signal.SIG_IGN, signal.SIGINT):
+                with _sigint_deferred():
                     for tids, configs, wait in queue:
                         fut = pool.submit(run_unit, configs, tids, job, wait, stop_path)
                         pending[fut] = (tids, configs, wait)
@@ -673,8 +688,12 @@ def _stop(
         "(Ctrl-C again to kill them); finished trials are kept"
     )
     try:
-        for fut in as_completed(list(pending)):
-            _settle(fut, pending, [], [], bar)
+        while pending:  # the pool cancels without waking waiters: poll for what it cancelled
+            for fut in [f for f in pending if f.done()]:
+                _settle(fut, pending, [], [], bar)
+            wait_for(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
+        for proc in procs:  # they exit once the pool has no work left
+            proc.join()
     except KeyboardInterrupt as again:
         _kill(procs)
         return signal.SIGTERM if isinstance(again, Terminated) else signal.SIGINT
