@@ -5,19 +5,22 @@ Each sub-command lives in ``techbench.commands.<name>`` with ``add_parser(subpar
 ``techbench list`` starts without torch, Lightning or pandas. Usage errors and bad input exit
 with status 2 and a one-line message, never a traceback; an I/O fault (read-only, full disk, a
 file where a folder should be) exits 1 with one line naming the path (:mod:`techbench.clio`);
-a closed pipe on stdout (``techbench list | head -3``) exits quietly with 141; Ctrl-C exits 130.
+a closed pipe on stdout (``techbench list | head -3``) exits quietly with 141; Ctrl-C exits 130,
+SIGTERM 143 (one line each).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__
 from .clio import describe, quiet_broken_pipe
-from .errors import UsageError
+from .errors import Terminated, UsageError, raise_terminated
 from .spec import TechniqueError
 
 COMMANDS = ("list", "show", "check", "run", "status", "clean", "probe", "report", "data")
@@ -57,6 +60,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if main else None
     try:
         code = int(args.handler(args))
         sys.stdout.flush()
@@ -64,16 +69,20 @@ def _main(argv: Sequence[str] | None) -> int:
     except (UsageError, TechniqueError) as exc:
         print(f"techbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = "; run the same command again to resume" if args.command == "run" else ""
-        print(f"techbench {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"techbench {args.command}: {how}{hint}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         raise
     except OSError as exc:
         where = getattr(args, "out", None) or getattr(args, "results_dir", None)
         print(f"techbench {args.command}: error: {describe(exc, where)}", file=sys.stderr)
         return 1
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
 
 
 if __name__ == "__main__":

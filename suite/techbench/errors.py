@@ -15,6 +15,16 @@ class UsageError(Exception):
     """Bad input from the user: the CLI prints it as one line and exits with status 2."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread (see :func:`raise_terminated`): stop now, like a
+    second Ctrl-C; the CLI exits with status 143."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise :class:`Terminated` where the main thread is."""
+    raise Terminated
+
+
 def did_you_mean(word: str, known: Iterable[str], *, list_up_to: int = 30) -> str:
     """A hint for an unknown ``word``: the close matches among ``known``, else the known values.
 

@@ -5,8 +5,10 @@ outcomes itself with :meth:`ResultStore.write_batch`, so a crash of the parent l
 finished.
 Workers are *spawned* (a fork after ``import torch`` can hang); each gets
 ``max(1, cores // workers)`` torch threads so they don't fight, ignores SIGINT (the parent
-decides) and dies with the parent (Linux ``PR_SET_PDEATHSIG``), so a killed run leaves no
-orphans and re-running it redoes only the trials in flight.
+decides) and dies with the parent: Linux ``PR_SET_PDEATHSIG`` sends it SIGKILL (not SIGTERM,
+which Lightning catches inside ``fit`` and turns into the end of one trial, after which the
+worker would take the next), and a thread watching its parent id covers the rest. So a killed
+run leaves no orphans (nor a pipe held open) and re-running it redoes only the trials in flight.
 
 Every trial is claimed with a lock in the store before it runs and re-checked under the lock, so
 two executors on the same matrix and store run each trial once; a trial held by another process
@@ -19,8 +21,11 @@ A stored trial whose techniques came from other distribution versions than the i
 rerun, and the run says how many and why, unless ``reuse_other_versions`` is set.
 
 Ctrl-C: pending trials are cancelled, running ones finish and are stored (a second Ctrl-C kills
-them), and :class:`RunResult` says ``interrupted`` (the CLI exits 130). ``workers=1`` runs in
-the calling process, with the same claims and skips.
+them), and :class:`RunResult` says ``interrupted`` (the CLI exits 130). SIGTERM stops at once,
+like a second Ctrl-C (the CLI exits 143). The counts a run reports are read from the store at
+the end (the planned trials' stored statuses), not tallied from events, so they stay true after
+an interrupt or a failed write. ``workers=1`` runs in the calling process, with the same claims
+and skips.
 """
 
 from __future__ import annotations
@@ -35,13 +40,21 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+)
+from concurrent.futures import wait as wait_for
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .progress import Progress
+from .errors import Terminated, raise_terminated
+from .progress import NOT_STORED, Progress
 from .provenance import other_versions, technique_sources
 from .schema import FINISHED, TrialOutcome, now_iso, trial_id
 from .store import ResultStore
@@ -68,6 +81,8 @@ class RunResult:
     already: int
     counts: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
+    exit_signal: int = 0
+    """The signal that stopped the run (SIGINT or SIGTERM); 0 when it ran to the end."""
     seconds: float = 0.0
     summary: str = ""
     other_versions: list[tuple[str, str]] = field(default_factory=list)
@@ -76,6 +91,11 @@ class RunResult:
     @property
     def failed(self) -> int:
         return self.counts["failed"]
+
+    @property
+    def missing(self) -> int:
+        """Trials of this run without a stored result (not run, or their write failed)."""
+        return self.counts[NOT_STORED]
 
 
 def _resolve(run_fn: RunFn) -> Callable[[dict[str, Any]], Any]:
@@ -145,7 +165,10 @@ def configure_worker(threads: int) -> None:
     quiet_library_warnings()
 
 
-def _init_worker(threads: int, slot: Any = None, gpus: tuple[str, ...] = ()) -> None:
+def _init_worker(
+    threads: int, slot: Any = None, gpus: tuple[str, ...] = (), parent: int | None = None
+) -> None:
+    die_with_parent(os.getppid() if parent is None else parent)
     configure_worker(threads)
     if slot is not None and len(gpus) > 1:
         with slot.get_lock():
@@ -153,13 +176,31 @@ def _init_worker(threads: int, slot: Any = None, gpus: tuple[str, ...] = ()) -> 
             slot.value += 1
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process with SIGKILL as soon as ``parent`` (its parent's pid) is gone.
+
+    SIGKILL because a trial catches SIGTERM (Lightning's signal connector ends ``fit`` and the
+    pool worker then takes its next trial). ``PR_SET_PDEATHSIG`` does it at once on Linux; a
+    daemon thread polling the parent id does it elsewhere, or when the prctl is refused."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             import ctypes
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-            if os.getppid() == 1:
-                os._exit(1)
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="techbench-parent-watch", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -405,20 +446,39 @@ def execute(
     stop_path = store.scratch_path("stop")
     try:
         if workers == 1:
-            result.interrupted = _run_inline(units, job, bar)
+            result.exit_signal = _run_inline(units, job, bar)
         else:
             threads = max(1, cores // workers)
-            result.interrupted = _run_pool(
+            result.exit_signal = _run_pool(
                 units, store, job, bar, workers, threads, str(stop_path), tuple(gpus)
             )
     finally:
         bar.close()
         with contextlib.suppress(OSError):
             stop_path.unlink(missing_ok=True)
-    result.counts = bar.counts
+    result.interrupted = bool(result.exit_signal)
+    if result.interrupted:
+        store.cleanup()
+        release_stale_locks(store, [tid for tid, _ in todo])
+    result.counts = bar.settle(stored_statuses(store, [tid for tid, _ in todo]))
     result.seconds = time.monotonic() - t0
     result.summary = bar.summary()
     return result
+
+
+def stored_statuses(store: ResultStore, ids: list[str]) -> dict[str, str | None]:
+    """Each id's stored status (None: not stored, or corrupt), read in parallel."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(ids, pool.map(store.status, ids, chunksize=64), strict=True))
+
+
+def release_stale_locks(store: ResultStore, ids: Iterable[str]) -> None:
+    """Remove the lock files of ``ids`` that no process holds (left by killed workers); a
+    claim removes its file when it ends, and one held by another process stays."""
+    for tid in ids:
+        if (store.locks_dir / f"{tid}.lock").exists():
+            with store.claim(tid):
+                pass
 
 
 Unit = tuple[list[str], list[dict[str, Any]], bool]
@@ -456,7 +516,8 @@ def make_units(todo: list[tuple[str, dict[str, Any]]], stack: str | int) -> list
     return [(st.ids, list(st.configs), False) for st in plan_units([c for _, c in todo], stack)]
 
 
-def _run_inline(units: list[Unit], job: Job, bar: Progress) -> bool:
+def _run_inline(units: list[Unit], job: Job, bar: Progress) -> int:
+    """Run ``units`` in this process; the signal that stopped it (0: ran to the end)."""
     with _sigint_guard() as hit:
         waiting = list(units)
         while waiting:
@@ -467,16 +528,19 @@ def _run_inline(units: list[Unit], job: Job, bar: Progress) -> bool:
                 except (KeyboardInterrupt, SystemExit) as exc:
                     if isinstance(exc, SystemExit) and not hit:
                         raise
-                    bar.note(
-                        "interrupted: the running trials are not stored; finished trials are kept"
-                    )
-                    return True
+                    if hit[0] == signal.SIGINT:
+                        bar.note(
+                            "interrupted: the running trials are not stored; "
+                            "finished trials are kept"
+                        )
+                    return hit[0]
                 if hit:  # the trial swallowed the interrupt (Lightning's graceful exit)
-                    bar.note("interrupted: finished trials are kept")
-                    return True
+                    if hit[0] == signal.SIGINT:
+                        bar.note("interrupted: finished trials are kept")
+                    return hit[0]
                 _tally(results, dict(zip(tids, configs, strict=True)), busy, bar)
             waiting = busy
-    return False
+    return 0
 
 
 def _tally(
@@ -484,9 +548,9 @@ def _tally(
 ) -> None:
     """Count finished members; members another process holds go back to ``busy`` (one unit)."""
     held = [tid for tid, status in results if status == "busy"]
-    for _tid, status in results:
+    for tid, status in results:
         if status != "busy":
-            bar.update(status)
+            bar.update(status, tid)
     if held:
         busy.append((held, [configs[t] for t in held], True))
 
@@ -497,29 +561,58 @@ def _main_thread() -> bool:
 
 @contextlib.contextmanager
 def _sigint_guard() -> Any:
-    """Make Ctrl-C stop an in-process trial whatever it catches; a second one exits at once.
+    """Make Ctrl-C (or SIGTERM) stop an in-process trial whatever it catches; a second one
+    exits at once.
 
     Lightning turns a ``KeyboardInterrupt`` inside ``trainer.fit`` into ``sys.exit(1)`` after
     ignoring SIGINT; the handler records the signal, so the caller can tell that exit from a
-    trial's own, and the previous handler is restored afterwards. Yields a list that is
-    non-empty once SIGINT arrived."""
+    trial's own, and the previous handlers are restored afterwards. Yields a list that holds the
+    signal once one arrived."""
     hit: list[int] = []
     if not _main_thread():
         yield hit
         return
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if hit:
             sys.stderr.write("techbench: interrupted twice; stopping now\n")
-            os._exit(130)
+            os._exit(128 + signum)
         hit.append(signum)
-        raise KeyboardInterrupt
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _handlers(on_signal, signal.SIGINT, signal.SIGTERM):
         yield hit
+
+
+@contextlib.contextmanager
+def _handlers(handler: Any, *signums: int) -> Any:
+    """``handler`` for ``signums`` while the block runs (main thread only), then the previous."""
+    if not _main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Any:
+    """Start workers with SIGINT ignored (inherited across exec: a Ctrl-C while they import
+    prints no traceback; the parent decides what it does) without losing a Ctrl-C sent
+    meanwhile: SIGINT is blocked too, and Linux keeps a blocked signal pending even while it
+    is ignored, so it reaches this process once the block ends."""
+    block = hasattr(signal, "pthread_sigmask")
+    if block:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with _handlers(signal.SIG_IGN, signal.SIGINT):
+            yield
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _run_pool(
@@ -531,70 +624,97 @@ def _run_pool(
     threads: int,
     stop_path: str,
     gpus: tuple[str, ...] = (),
-) -> bool:
+) -> int:
+    """Run ``units`` on worker processes; the signal that stopped it (0: ran to the end)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     slot = ctx.Value("i", 0)
     queue = list(units)
-    while queue:
-        busy: list[Unit] = []
-        crashed: list[Unit] = []
-        pool = ProcessPoolExecutor(
-            max_workers=min(workers, len(queue)),
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(threads, slot, gpus),
-        )
-        # Workers start with SIGINT ignored (inherited across exec), so a Ctrl-C while they
-        # import never prints their tracebacks; the parent decides what an interrupt does.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
-        try:
-            futures: dict[Future, Unit] = {
-                pool.submit(run_unit, configs, tids, job, wait, stop_path): (tids, configs, wait)
-                for tids, configs, wait in queue
-            }
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        pending = dict(futures)
-
-        try:
-            for fut in as_completed(futures):
-                _settle(fut, pending, crashed, busy, bar)
-        except KeyboardInterrupt:
-            Path(stop_path).touch()
-            for fut in list(pending):
-                if fut.cancel():
-                    pending.pop(fut)
-            running = sum(len(unit[0]) for unit in pending.values())
-            bar.note(
-                f"interrupted: waiting for {running} running trial(s) to finish "
-                "(Ctrl-C again to kill them); finished trials are kept"
+    with _handlers(raise_terminated, signal.SIGTERM):
+        while queue:
+            busy: list[Unit] = []
+            crashed: list[Unit] = []
+            pool = ProcessPoolExecutor(
+                max_workers=min(workers, len(queue)),
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(threads, slot, gpus, os.getpid()),
             )
-            killed = False
+            pending: dict[Future, Unit] = {}
             try:
+                with _sigint_deferred():
+                    for tids, configs, wait in queue:
+                        fut = pool.submit(run_unit, configs, tids, job, wait, stop_path)
+                        pending[fut] = (tids, configs, wait)
                 for fut in as_completed(list(pending)):
                     _settle(fut, pending, crashed, busy, bar)
-            except KeyboardInterrupt:
-                killed = True
-                for proc in list(getattr(pool, "_processes", {}).values()):
-                    with contextlib.suppress(Exception):
-                        proc.terminate()
-            pool.shutdown(wait=not killed, cancel_futures=True)
-            return True
-        pool.shutdown(wait=True)
-        for item in pending.values():
-            crashed.append(item)
-        queue = []
-        if crashed:
-            queue = _recover(crashed, store, job, bar, ctx, threads)
-        queue.extend(busy)
-    return False
+            except KeyboardInterrupt as exc:
+                return _stop(pool, pending, bar, stop_path, exc)
+            pool.shutdown(wait=True)
+            crashed.extend(pending.values())
+            queue = []
+            try:
+                if crashed:
+                    queue = _recover(crashed, store, job, bar, ctx, threads)
+            except KeyboardInterrupt as exc:
+                return signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+            queue.extend(busy)
+    return 0
+
+
+def _stop(
+    pool: ProcessPoolExecutor,
+    pending: dict[Future, Unit],
+    bar: Progress,
+    stop_path: str,
+    first: KeyboardInterrupt,
+) -> int:
+    """After Ctrl-C or SIGTERM: cancel the units not started; after Ctrl-C wait for the running
+    ones, after SIGTERM or a second Ctrl-C kill them. Returns the signal.
+
+    The pool's own thread cancels the queued units (``shutdown(cancel_futures=True)``): a
+    future cancelled from here would make it fail on a killed worker (CPython 3.11 sets an
+    exception on every pending future then, cancelled or not)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    Path(stop_path).touch()
+    pool.shutdown(wait=False, cancel_futures=True)
+    if isinstance(first, Terminated):
+        _kill(procs)
+        return signal.SIGTERM
+    running = sum(len(unit[0]) for fut, unit in pending.items() if fut.running())
+    bar.note(
+        f"interrupted: waiting for {running} running trial(s) to finish "
+        "(Ctrl-C again to kill them); finished trials are kept"
+    )
+    try:
+        while pending:  # the pool cancels without waking waiters: poll for what it cancelled
+            for fut in [f for f in pending if f.done()]:
+                _settle(fut, pending, [], [], bar)
+            wait_for(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
+        for proc in procs:  # they exit once the pool has no work left
+            proc.join()
+    except KeyboardInterrupt as again:
+        _kill(procs)
+        return signal.SIGTERM if isinstance(again, Terminated) else signal.SIGINT
+    return signal.SIGINT
+
+
+def _kill(procs: list[Any]) -> None:
+    """SIGKILL worker processes and reap them: a trial catches SIGTERM (Lightning finishes the
+    step and goes on), and the interpreter's exit would wait for them."""
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.kill()
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=5)
 
 
 def _settle(fut: Future, pending: dict, crashed: list, busy: list, bar: Progress) -> None:
     tids, configs, wait = pending.pop(fut)
+    if fut.cancelled():  # not started when the run stopped
+        return
     try:
         results = fut.result()
     except BrokenProcessPool:
@@ -631,7 +751,12 @@ def _recover(
         store.running_marker(tid).unlink(missing_ok=True)
         proc = ctx.Process(target=_quarantine_main, args=(config, tid, job, threads), daemon=True)
         proc.start()
-        proc.join()
+        try:
+            proc.join()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.join()
+            raise
         if proc.exitcode == 0:
             bar.update(store.status(tid) or "failed")
             continue

@@ -130,7 +130,7 @@ def execute_ray(
     asked are per stack.
     Returns the same :class:`~techbench.execute.RunResult` as the local executor.
     """
-    from .execute import DEFAULT_RUN_FN, RunResult, make_units, plan
+    from .execute import DEFAULT_RUN_FN, RunResult, make_units, plan, stored_statuses
     from .progress import Progress
     from .store import ResultStore
 
@@ -178,7 +178,7 @@ def execute_ray(
             Path(stop_path).unlink(missing_ok=True)
         if started:
             ray.shutdown()
-    result.counts = bar.counts
+    result.counts = bar.settle(stored_statuses(store, [tid for tid, _ in todo]))
     result.seconds = time.monotonic() - t0
     result.summary = bar.summary()
     return result

@@ -84,17 +84,25 @@ class StoreReport:
 
 def lock_held(path: str | os.PathLike[str]) -> bool:
     """Whether a live process holds the ``flock`` on ``path`` (False when it does not exist)."""
+    return lock_state(path) == "held"
+
+
+def lock_state(path: str | os.PathLike[str]) -> str | None:
+    """``"held"`` (a live process holds the ``flock`` on ``path``), ``"stale"`` (nobody does:
+    its holder was killed before releasing it) or None (no such file, or its holder removed it
+    while we looked: a claim removes its lock file when it ends, see ``ResultStore.claim``)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        return "held"
+    else:
+        return "stale" if same_file(fd, Path(path)) else None
     finally:
         os.close(fd)
-    return False
 
 
 def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreReport:
@@ -124,7 +132,9 @@ def inspect_store(out: str | os.PathLike[str], verify: bool = True) -> StoreRepo
     report.versions = dict(sorted(versions.items()))
     if store.locks_dir.is_dir():
         for lock in sorted(store.locks_dir.glob("*.lock")):
-            (report.held_locks if lock_held(lock) else report.stale_locks).append(lock.stem)
+            state = lock_state(lock)
+            if state is not None:
+                (report.held_locks if state == "held" else report.stale_locks).append(lock.stem)
     info = store.root / "matrix.json"
     if info.is_file():
         try:

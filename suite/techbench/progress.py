@@ -2,7 +2,7 @@
 
 The bar (on stderr) shows done/total, failed, diverged and tqdm's ETA. When stderr is not a
 terminal (CI logs, pipes) nothing is printed per trial; :meth:`Progress.summary` gives the one
-line the caller prints at the end.
+line the caller prints at the end, from the counts :meth:`Progress.settle` read from the store.
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import IO, Any
+
+NOT_STORED = "not stored"
+"""The count of planned trials without a stored result at the end (not run, or not written)."""
 
 
 class Progress:
@@ -33,6 +37,7 @@ class Progress:
             enabled = bool(isatty and isatty())
         self.enabled = enabled
         self.counts: Counter[str] = Counter()
+        self.by_others: set[str] = set()
         self.started = time.monotonic()
         self.bar: Any = None
         if enabled:
@@ -66,9 +71,11 @@ class Progress:
                 refresh=False,
             )
 
-    def update(self, status: str) -> None:
+    def update(self, status: str, trial_id: str | None = None) -> None:
         """Record one trial that ended with ``status`` (completed/diverged/failed/skipped)."""
         self.counts[status] += 1
+        if status == "skipped" and trial_id is not None:
+            self.by_others.add(trial_id)
         if self.bar is not None:
             self.bar.update(1)
             self._postfix()
@@ -80,6 +87,19 @@ class Progress:
             self.bar.write(message, file=self.stream)
         else:
             print(message, file=self.stream, flush=True)
+
+    def settle(self, stored: Mapping[str, str | None]) -> Counter[str]:
+        """Replace the event counts with the store's: ``stored`` maps each trial this run was to
+        run to its stored status (None: no result). Events miss results a killed worker wrote
+        and count writes that failed; the store does not. Returns the new counts."""
+        counts: Counter[str] = Counter()
+        for tid, status in stored.items():
+            if status is None:
+                counts[NOT_STORED] += 1
+            else:
+                counts["skipped" if tid in self.by_others else status] += 1
+        self.counts = counts
+        return counts
 
     def close(self) -> None:
         if self.bar is not None:
@@ -100,6 +120,8 @@ class Progress:
         parts.append(f"{self.already} already stored")
         if c["cancelled"]:
             parts.append(f"{c['cancelled']} cancelled")
+        if c[NOT_STORED]:
+            parts.append(f"{c[NOT_STORED]} {NOT_STORED}")
         return f"{self.done}/{self.total} trials done: " + ", ".join(parts) + f" in {seconds:.1f} s"
 
     def __enter__(self) -> Progress:

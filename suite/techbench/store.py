@@ -661,7 +661,10 @@ class ResultStore:
     def claim(self, trial_id: str, wait: bool = False) -> Iterator[bool]:
         """Hold the trial's lock while the block runs; yields False if another process holds it.
 
-        With ``wait`` it blocks until the lock is free and always yields True.
+        With ``wait`` it blocks until the lock is free and always yields True. The lock file is
+        removed before the lock is released, so a finished run leaves none; a process that had
+        opened the removed file finds it gone once it gets the lock (the same-file check
+        below) and locks the path's new file instead, so two processes never both hold a claim.
         """
         self.ensure()
         path = self.locks_dir / f"{trial_id}.lock"
@@ -682,6 +685,8 @@ class ResultStore:
             try:
                 yield True
             finally:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

@@ -656,9 +656,14 @@ class TuneResult:
         return bool(self.search.interrupted or (self.finals and self.finals.interrupted))
 
     @property
-    def failed(self) -> int:
-        """Trials of either phase that failed without a stored result."""
-        return int(self.search.failed) + (int(self.finals.failed) if self.finals else 0)
+    def exit_signal(self) -> int:
+        """The signal that stopped the phase that stopped (0: both ran to the end)."""
+        return int(getattr(self.finals or self.search, "exit_signal", 0))
+
+    @property
+    def missing(self) -> int:
+        """Trials of either phase without a stored result."""
+        return int(self.search.missing) + (int(self.finals.missing) if self.finals else 0)
 
 
 def run_tuned(

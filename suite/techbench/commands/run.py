@@ -4,7 +4,8 @@ Runs a matrix (a TOML file, or a ready-made one by name: ``techbench run --list`
 store, skipping trials already stored; ``--rerun-failed`` retries failed ones. An invalid matrix
 prints every problem (file, key path, what, suggestion) and exits 2, as does a matrix that cannot run here (a dataset that does not load, a missing
 accelerator, a target metric the task does not record, an empty expansion: see
-:mod:`techbench.preflight`); Ctrl-C keeps finished trials and exits 130. Diverged trials are
+:mod:`techbench.preflight`); Ctrl-C keeps finished trials and exits 130, SIGTERM stops the
+running trials at once and exits 143 (finished trials kept, workers gone). Diverged trials are
 results: exit 0. Failed trials of the matrix (new or still stored) print their error lines and
 the ``--rerun-failed`` hint, and exit 1, as does a failed --report step (the results are kept).
 ``--filter``, ``--seeds``, ``--epochs`` and ``--accelerator`` narrow the matrix, a tuned one in
@@ -15,6 +16,7 @@ both phases; a narrowing that changes what a trial computes gets its own default
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..errors import UsageError
@@ -243,16 +245,18 @@ def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int
 
 
 def _finish(result, trials: list[dict], out: str, args: argparse.Namespace) -> int:
-    """The exit status after a run: 130 when interrupted (with the resume hint); 1 when trials
-    of ``trials`` stand failed (their errors and the retry command printed) or failed without a
-    result; else the ``--report`` step's (0 without one)."""
+    """The exit status after a run: 130 when interrupted, 143 when terminated (SIGTERM), with
+    the resume hint; 1 when trials of ``trials`` stand failed (their errors and the retry command
+    printed) or have no stored result; else the ``--report`` step's (0 without one)."""
     if result.interrupted:
-        print("techbench run: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        signum = getattr(result, "exit_signal", 0) or signal.SIGINT
+        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        print(f"techbench run: {how}; run the same command again to resume", file=sys.stderr)
+        return 128 + signum
     code = _failures(trials, out, args)
-    if result.failed and not code:
+    if result.missing and not code:
         print(
-            f"techbench run: {result.failed} trial(s) failed without a stored result "
+            f"techbench run: {result.missing} trial(s) failed without a stored result "
             "(see the messages above); run the same command again to retry them",
             file=sys.stderr,
         )
