@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections import Counter
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from techbench.matrix import load_matrix
 from techbench.schema import trial_id
 from techbench.store import ResultStore
+from tests.test_faults import _matrix as matrix
 from tests.test_faults import needs_root, tmpfs  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,22 +72,6 @@ def sigterm_catching_run(config: dict) -> dict:
         "metrics": [{"step": 0, "epoch": 0, "split": "val", "metric": "acc", "value": 0.5}],
         "meta": {"wall_seconds": 0.0},
     }
-
-
-MATRIX = """
-    name = "procs"
-    seeds = 4
-    [budget]
-    epochs = 1
-    [axes]
-    activation = ["relu", "tanh"]
-    """
-
-
-def matrix(tmp_path: Path) -> tuple[str, set[str]]:
-    path = tmp_path / "m.toml"
-    path.write_text(textwrap.dedent(MATRIX))
-    return str(path), {trial_id(t) for t in load_matrix(path).trials()}
 
 
 def start(path: str, out: Path, workers: int, tag: str, steps: int = 20) -> subprocess.Popen:
