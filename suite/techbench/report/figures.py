@@ -98,13 +98,16 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8):
+def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8, legend_w: float = 0.0):
+    """Panels of ``w`` x ``h`` inches (shrunk to fit :data:`MAX_WIDTH`), plus ``legend_w``
+    inches on the right for a legend outside the panels, so it does not squeeze them."""
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     plt.rcParams.update({"legend.fontsize": FONT, "xtick.labelsize": FONT,
                          "ytick.labelsize": FONT, "axes.titlesize": FONT + 0.5})  # fmt: skip
     scale = min(1.0, MAX_WIDTH / (w * ncols))
     fig, axs = plt.subplots(
-        nrows, ncols, figsize=(w * ncols * scale, h * nrows * max(scale, 0.8)), squeeze=False,
+        nrows, ncols, figsize=(w * ncols * scale + legend_w, h * nrows * max(scale, 0.8)),
+        squeeze=False,
         layout="constrained",
     )  # fmt: skip
     return fig, axs
@@ -182,7 +185,7 @@ def learning_curves(
         return None
     datasets = sorted(runs["dataset"].astype(str).unique())[:MAX_DATASETS]
     rows = list(axes[:MAX_AXES]) or ["config"]
-    fig, axs = _grid(len(rows), len(datasets), 4.0, 3.0)
+    fig, axs = _grid(len(rows), len(datasets), 4.0, 3.0, legend_w=2.6)
     metric = str(runs["target_metric"].iloc[0])
     for i, axis in enumerate(rows):
         tagged = _by_technique(runs, axis, views)
