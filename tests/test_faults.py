@@ -164,7 +164,7 @@ def test_a_damaged_trial_is_never_scored_and_is_rerun(template, tmp_path, kind, 
     assert set(store.statuses(verify=True)) == set(ids) - bad
     configs = [_outcome(i).config for i in range(N_TRIALS)]
     todo, already = plan(configs, store)
-    assert {t for t, _ in todo} == bad and already == N_TRIALS - len(bad)
+    assert {t.id for t in todo} == bad and already == N_TRIALS - len(bad)
     report = inspect_store(out)
     assert set(report.corrupt) == bad and report.counts["completed"] == N_TRIALS - len(bad)
     for tid in bad:  # rerunning stores it again, sound
