@@ -280,7 +280,7 @@ def stop_reasons(trials: pd.DataFrame) -> pd.Series:
         reasons[missing] = [
             stop_reason(
                 str(row["status"]),
-                _config(row.get("config")),
+                _config(row),
                 _int(row, "steps"),
                 _int(row, "epochs_run"),
             )
@@ -289,12 +289,17 @@ def stop_reasons(trials: pd.DataFrame) -> pd.Series:
     return reasons.rename("stop_reason").astype(str)
 
 
-def _config(text: Any) -> dict[str, Any]:
+def _config(row: pd.Series) -> dict[str, Any]:
+    """The row's config (its budget as the row's budget columns say, where it has them)."""
     try:
-        config = json.loads(text)
+        config = json.loads(row.get("config"))
     except (TypeError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+        config = {}
+    budget = dict((config.get("budget") if isinstance(config, dict) else None) or {})
+    for key in ("epochs", "max_steps"):
+        if key in row:
+            budget[key] = _int(row, key)
+    return {"budget": budget}
 
 
 def _int(row: pd.Series, key: str) -> int | None:
