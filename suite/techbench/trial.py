@@ -273,8 +273,8 @@ def _train(
     state.module = module
     all_callbacks = list(callbacks) + list(regularizer.callbacks())
     health_cfg = cfg["health"]
-    if health_cfg.get("enabled", True):
-        every = int(health_cfg.get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"]))
+    if health_cfg["enabled"]:
+        every = int(health_cfg["every_n_steps"])
         act_properties = specs["activation"].properties_for(params["activation"])
         state.health = GradientHealth(every, act_properties)
         all_callbacks.append(state.health)
@@ -440,10 +440,8 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
         model, regularizer = build_model(cfg, member_specs, splits)
         num_parameters = sum(p.numel() for p in model.parameters())
         health = None
-        if cfg["health"].get("enabled", True):
-            every = int(
-                cfg["health"].get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"])
-            )
+        if cfg["health"]["enabled"]:
+            every = int(cfg["health"]["every_n_steps"])
             act_properties = specs["activation"].properties_for(cfg["activation"]["params"])
             health = GradientHealth(every, act_properties)
         members.append(
