@@ -129,7 +129,7 @@ def test_failure_is_stored_with_traceback_and_rerun_failed_retries(tmp_path):
 def test_plan_dedupes_and_orders(tmp_path):
     cs = configs(3) + configs(3)
     todo, already = plan(cs, ResultStore(tmp_path))
-    assert [t for t, _ in todo] == [trial_id(c) for c in configs(3)] and already == 0
+    assert [t.id for t in todo] == [trial_id(c) for c in configs(3)] and already == 0
 
 
 def test_pool_runs_in_workers_and_survives_a_crashing_trial(tmp_path):

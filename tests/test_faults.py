@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from techbench.execute import plan
 from techbench.integrity import inspect_store
 from techbench.matrix import load_matrix
-from techbench.schema import TrialMeta, TrialOutcome, metric_row, trial_id
+from techbench.schema import TrialMeta, TrialOutcome, complete_config, metric_row, trial_id
 from techbench.store import ResultStore
 from techbench.store_read import load_results
 
@@ -67,7 +67,7 @@ def assert_clean_error(err: str, lines: int = 1) -> None:
 
 
 def _outcome(i: int) -> TrialOutcome:
-    config = {"dataset": {"name": "digits", "params": {}}, "seed": i}
+    config = complete_config({"dataset": {"name": "digits", "params": {}}, "seed": i})
     rows = [metric_row(s, s, "val", "acc", 0.1 * i + 0.01 * s) for s in range(3 + i)]
     return TrialOutcome(trial_id(config), config, "completed", rows, TrialMeta(steps=3 + i))
 
@@ -164,7 +164,7 @@ def test_a_damaged_trial_is_never_scored_and_is_rerun(template, tmp_path, kind, 
     assert set(store.statuses(verify=True)) == set(ids) - bad
     configs = [_outcome(i).config for i in range(N_TRIALS)]
     todo, already = plan(configs, store)
-    assert {t for t, _ in todo} == bad and already == N_TRIALS - len(bad)
+    assert {t.id for t in todo} == bad and already == N_TRIALS - len(bad)
     report = inspect_store(out)
     assert set(report.corrupt) == bad and report.counts["completed"] == N_TRIALS - len(bad)
     for tid in bad:  # rerunning stores it again, sound

@@ -192,7 +192,7 @@ def _check(out: Path, bad: set[str]) -> None:
     assert set(trials["lr"]) <= {0.003}
     store = ResultStore(out)
     todo, already = plan([o.config for o in OUTCOMES], store)
-    assert {t for t, _ in todo} == bad and already == len(ids - bad)
+    assert {t.id for t in todo} == bad and already == len(ids - bad)
     assert set(clean_corrupt(out)) == bad
     for o in OUTCOMES:
         if o.trial_id in bad:

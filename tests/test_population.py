@@ -574,7 +574,7 @@ def test_a_stack_out_of_device_memory_is_halved_until_it_fits(tmp_path, monkeypa
         json.loads((tmp_path / "trials" / trial_id(c) / "meta.json").read_text()) for c in configs
     ]
     assert sorted(m["stack_size"] for m in stored) == [1, 2, 2, 2, 2]
-    assert not any("stack_error" in m for m in stored)
+    assert not any(m.get("stack_error") for m in stored)
 
 
 # -- members with their own optimizer hyper-parameters: one stacked optimizer -------------------

@@ -135,7 +135,7 @@ def test_a_damaged_batch_makes_every_member_corrupt_and_a_rerun_redoes_them(tmp_
     assert set(trials.attrs["corrupt"]) == members
     assert set(metrics["trial_id"].astype(str)) == {single.trial_id}
     todo, already = plan([o.config for o in [*stack, single]], store)
-    assert {tid for tid, _ in todo} == members and already == 1
+    assert {t.id for t in todo} == members and already == 1
 
     store.write_batch([_outcome(s) for s in range(3)], "m")  # the rerun
     trials, metrics = load_results(out)
@@ -174,7 +174,7 @@ def test_a_partly_written_stack_resumes_with_only_its_missing_members(tmp_path, 
     pd.testing.assert_frame_equal(_sorted(metrics), _rows(stack[:2]))
 
     todo, already = plan([o.config for o in stack], store)
-    assert [tid for tid, _ in todo] == [o.trial_id for o in stack[2:]] and already == 2
+    assert [t.id for t in todo] == [o.trial_id for o in stack[2:]] and already == 2
     store.write_batch(stack[2:], "m")
     trials, metrics = load_results(out)
     assert set(trials["trial_id"]) == {o.trial_id for o in stack}
@@ -224,7 +224,7 @@ def test_an_old_per_trial_store_loads_resumes_and_mixes_with_batches(tmp_path):
 
     new = [_outcome(s) for s in range(3, 6)]
     todo, already = plan([o.config for o in old + new], store)
-    assert [t for t, _ in todo] == [o.trial_id for o in new] and already == 3
+    assert [t.id for t in todo] == [o.trial_id for o in new] and already == 3
     store.write_batch(new, "m")
     trials, metrics = load_results(out)
     assert len(trials) == 6 and trials.attrs["corrupt"] == {}
@@ -256,7 +256,7 @@ def test_the_executor_stores_a_stack_as_one_batch(tmp_path, monkeypatch):
 
     def fake_stack(configs):
         ran.append(len(configs))
-        return [by_id[trial_id(c)] for c in configs]
+        return [by_id[t.id] for t in configs]
 
     monkeypatch.setattr(techbench.trial, "run_stack", fake_stack)
     monkeypatch.setattr(techbench.calibrate, "step_seconds", lambda store, config: 0.5)

@@ -147,14 +147,14 @@ def test_language_model_trials_stack_by_seed() -> None:
 def test_auto_runs_language_models_one_by_one_on_a_cpu_only(monkeypatch) -> None:
     """``--stack auto`` on a CPU runs charlm alone (measured slower stacked there) and says why;
     a forced size and a GPU stack them; an MLP on a CPU still stacks."""
-    import techbench.execute
-    from techbench.execute import plan_units
+    import techbench.stack
+    from techbench.stack import plan_units
 
     trials = load_matrix("charlm").trials()
-    monkeypatch.setattr(techbench.execute, "visible_gpus", lambda: ["0"])
+    monkeypatch.setattr(techbench.stack, "visible_gpus", lambda: ["0"])
     on_gpu = [{**t, "trainer": {**t["trainer"], "accelerator": "gpu"}} for t in trials]
     assert [len(s.configs) for s in plan_units(on_gpu, "auto")] == [2] * 8
-    monkeypatch.setattr(techbench.execute, "visible_gpus", lambda: [])
+    monkeypatch.setattr(techbench.stack, "visible_gpus", lambda: [])
     cpu = plan_units(trials, "auto")
     assert [len(s.configs) for s in cpu] == [1] * 16
     assert all("slower than one by one on a CPU" in s.reason for s in cpu)

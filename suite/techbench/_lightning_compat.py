@@ -18,7 +18,9 @@ import torch
 from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.trainer.connectors import callback_connector
 
-_PLAIN_PRECISIONS = {"32-true", "32", "64-true", "64", "bf16-true", "16-true"}
+from .stack import PLAIN_PRECISIONS
+
+_PLAIN_PRECISIONS = PLAIN_PRECISIONS
 
 _FACTORIES: dict[str, list[Any]] = {}
 

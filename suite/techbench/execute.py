@@ -56,7 +56,8 @@ from typing import Any
 from .errors import Terminated, raise_terminated
 from .progress import NOT_STORED, Progress
 from .provenance import other_versions, technique_sources
-from .schema import FINISHED, TrialOutcome, now_iso, trial_id
+from .schema import FINISHED, Trial, TrialOutcome, as_trial, now_iso
+from .stack import GPU_ACCELERATORS, plan_units, visible_gpus
 from .store import ResultStore
 
 DEFAULT_RUN_FN = "techbench.trial:run_trial"
@@ -98,7 +99,7 @@ class RunResult:
         return self.counts[NOT_STORED]
 
 
-def _resolve(run_fn: RunFn) -> Callable[[dict[str, Any]], Any]:
+def _resolve(run_fn: RunFn) -> Callable[[Any], Any]:
     if isinstance(run_fn, str):
         from .spec import resolve
 
@@ -106,41 +107,30 @@ def _resolve(run_fn: RunFn) -> Callable[[dict[str, Any]], Any]:
     return run_fn
 
 
-def _call(run_fn: RunFn, config: dict[str, Any], tid: str) -> TrialOutcome:
+def _call(run_fn: RunFn, trial: Trial) -> TrialOutcome:
+    """``run_fn``'s outcome of ``trial``: the engine gets the :class:`Trial` and returns its id;
+    a custom ``run_fn`` gets the config, and its outcome is stored under the trial's id."""
     started = now_iso()
     t0 = time.monotonic()
+    custom = run_fn != DEFAULT_RUN_FN
     try:
-        outcome = _resolve(run_fn)(config)
+        outcome = _resolve(run_fn)(trial.config if custom else trial)
     except Exception:
-        failed = TrialOutcome.failed(config, traceback.format_exc(), started)
+        failed = TrialOutcome.failed(trial, traceback.format_exc(), started)
         failed.meta.wall_seconds = time.monotonic() - t0
         return failed
     try:
         out = TrialOutcome.from_value(outcome)
     except ValueError as exc:
-        return TrialOutcome.failed(config, f"run_fn returned an invalid outcome: {exc}", started)
-    out.trial_id, out.config = tid, config
+        return TrialOutcome.failed(trial, f"run_fn returned an invalid outcome: {exc}", started)
+    if custom:
+        out.trial_id, out.config = trial.id, trial.config
     return out
 
 
 def quiet_library_warnings() -> None:
     """Hide library deprecation chatter (Lightning on newer torch) from trial output."""
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
-
-
-GPU_ACCELERATORS = ("gpu", "cuda", "auto")
-
-
-def visible_gpus() -> list[str]:
-    """CUDA device ids this process may use (``CUDA_VISIBLE_DEVICES`` order); [] without CUDA."""
-    try:
-        import torch
-
-        n = int(torch.cuda.device_count())
-    except Exception:
-        return []
-    listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return listed[:n] if listed else [str(i) for i in range(n)]
 
 
 def default_workers(configs: Iterable[Mapping[str, Any]], cores: int) -> tuple[int, list[str]]:
@@ -217,8 +207,7 @@ class Job:
 
 
 def run_one(
-    config: dict[str, Any],
-    tid: str,
+    trial: Trial,
     job: Job,
     wait: bool = False,
     stop_path: str | None = None,
@@ -232,12 +221,11 @@ def run_one(
     Statuses beyond the outcome's: ``busy`` (another process holds the claim), ``skipped``
     (already stored when claimed), ``cancelled`` (the run is stopping).
     """
-    return run_unit([config], [tid], job, wait, stop_path)[0]
+    return run_unit([trial], job, wait, stop_path)[0]
 
 
 def run_unit(
-    configs: list[dict[str, Any]],
-    tids: list[str],
+    trials: list[Trial],
     job: Job,
     wait: bool = False,
     stop_path: str | None = None,
@@ -251,30 +239,29 @@ def run_unit(
     file (:meth:`ResultStore.write_batch`).
     """
     if stop_path is not None and os.path.exists(stop_path):
-        return [(tid, "cancelled") for tid in tids]
+        return [(t.id, "cancelled") for t in trials]
     if _THREADS is not None and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(_THREADS)
     store = ResultStore(job.out)
     results: dict[str, str] = {}
     with contextlib.ExitStack() as held:
-        run: list[tuple[str, dict[str, Any]]] = []
-        for tid, config in zip(tids, configs, strict=True):
-            if not held.enter_context(store.claim(tid, wait=wait)):
-                results[tid] = "busy"
+        run: list[Trial] = []
+        for trial in trials:
+            if not held.enter_context(store.claim(trial.id, wait=wait)):
+                results[trial.id] = "busy"
                 continue
-            if _already_done(store, tid, config, job):
-                results[tid] = "skipped"
+            if _already_done(store, trial, job):
+                results[trial.id] = "skipped"
                 continue
-            run.append((tid, config))
-        markers = [store.mark_running(tid) for tid, _ in run]
+            run.append(trial)
+        markers = [store.mark_running(t.id) for t in run]
         try:
             if len(run) == 1:
-                outcomes = [_call(job.run_fn, run[0][1], run[0][0])]
+                outcomes = [_call(job.run_fn, run[0])]
             else:
-                outcomes = _call_stack([c for _, c in run]) if run else []
-            for (tid, config), outcome in zip(run, outcomes, strict=True):
-                outcome.trial_id, outcome.config = tid, config
-                if job.run_fn == DEFAULT_RUN_FN:
+                outcomes = _call_stack(run) if run else []
+            if job.run_fn == DEFAULT_RUN_FN:
+                for outcome in outcomes:
                     _add_modelled_time(store, outcome)
             store.write_batch(outcomes, job.matrix_name)
             for outcome in outcomes:
@@ -282,7 +269,7 @@ def run_unit(
         finally:
             for marker in markers:
                 marker.unlink(missing_ok=True)
-    return [(tid, results[tid]) for tid in tids]
+    return [(t.id, results[t.id]) for t in trials]
 
 
 def _add_modelled_time(store: ResultStore, outcome: TrialOutcome) -> None:
@@ -297,32 +284,33 @@ def _add_modelled_time(store: ResultStore, outcome: TrialOutcome) -> None:
     outcome.meta.modelled_seconds = seconds * outcome.meta.steps
 
 
-def _call_stack(configs: list[dict[str, Any]]) -> list[TrialOutcome]:
+def _call_stack(trials: list[Trial]) -> list[TrialOutcome]:
     """The stack's outcomes; when the stack as a whole failed, each member run alone instead.
 
     A stack fails as a whole when one member's plugin raises, or when the stacked engine can't
     run a network (a model ``vmap`` can't batch): running the members alone then gives each
     its own result, so stacking never costs a trial, only time; the stacked error's last line
-    is kept in each member's meta (``stack_error``). A stack too large for the device's memory
+    is kept in each member's meta (:attr:`TrialMeta.stack_error`). What is known before a run
+    never gets here: :func:`techbench.stack.plan_stacks` plans such trials alone. A stack too large for the device's memory
     is halved until its parts fit (the ``--stack auto`` cap is a size, not a memory budget).
     """
     from .trial import run_stack
 
     started = now_iso()
     try:
-        outcomes = run_stack(configs)
+        outcomes = run_stack(trials)
     except Exception:
         error = traceback.format_exc()
-        outcomes = [TrialOutcome.failed(c, error, started) for c in configs]
+        outcomes = [TrialOutcome.failed(t, error, started) for t in trials]
     if any(o.status != "failed" for o in outcomes):
         return outcomes
     lines = (outcomes[0].meta.error or "").strip().splitlines()
-    if len(configs) > 1 and lines and _out_of_memory(lines[-1]):
-        half = (len(configs) + 1) // 2
-        return _call_stack(configs[:half]) + _call_stack(configs[half:])
-    alone = [_call(DEFAULT_RUN_FN, c, trial_id(c)) for c in configs]
+    if len(trials) > 1 and lines and _out_of_memory(lines[-1]):
+        half = (len(trials) + 1) // 2
+        return _call_stack(trials[:half]) + _call_stack(trials[half:])
+    alone = [_call(DEFAULT_RUN_FN, t) for t in trials]
     for outcome in alone:
-        outcome.meta.extra["stack_error"] = lines[-1] if lines else "unknown"
+        outcome.meta.stack_error = lines[-1] if lines else "unknown"
     return alone
 
 
@@ -332,19 +320,19 @@ def _out_of_memory(line: str) -> bool:
     return "OutOfMemoryError" in line or "out of memory" in line.lower()
 
 
-def _quarantine_main(config: dict[str, Any], tid: str, job: Job, threads: int) -> None:
+def _quarantine_main(trial: Trial, job: Job, threads: int) -> None:
     _init_worker(threads)
-    run_one(config, tid, job, True, None)
+    run_one(trial, job, True, None)
 
 
-def _already_done(store: ResultStore, tid: str, config: Mapping[str, Any], job: Job) -> bool:
+def _already_done(store: ResultStore, trial: Trial, job: Job) -> bool:
     """Under the trial's claim: is its stored result to be kept? Finished by the installed
     plugin versions (or by others, with ``reuse_other_versions``), or failed without
     ``rerun_failed``."""
-    status = store.status(tid, verify=True)
+    status = store.status(trial.id, verify=True)
     if status in FINISHED:
-        meta = store.read_meta(tid) or {}
-        return job.reuse_other_versions or _other_versions(meta, config) is None
+        meta = store.read_meta(trial.id) or {}
+        return job.reuse_other_versions or _other_versions(meta, trial.config) is None
     return status == "failed" and not job.rerun_failed
 
 
@@ -356,47 +344,49 @@ def _other_versions(meta: Mapping[str, Any], config: Mapping[str, Any]) -> str |
 
 
 def plan(
-    configs: Iterable[Mapping[str, Any]],
+    trials: Iterable[Trial | Mapping[str, Any]],
     store: ResultStore,
     rerun_failed: bool = False,
     *,
     reuse_other_versions: bool = False,
     changed: list[tuple[str, str]] | None = None,
-) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """``(todo, n_already_stored)``: the trials still to run, in order, without duplicates.
+) -> tuple[list[Trial], int]:
+    """``(todo, n_already_stored)``: the trials still to run, in order, without duplicates
+    (configs from a caller of the Python API become trials here, :func:`as_trial`).
 
     A completed or diverged trial produced by other versions of its techniques' distributions
     is appended to ``changed`` as ``(trial_id, what changed)`` and is to run again, unless
     ``reuse_other_versions``.
     """
     statuses = store.statuses(verify=True)
-    unique: dict[str, Mapping[str, Any]] = {}
-    for config in configs:
-        unique.setdefault(trial_id(config), config)
+    unique: dict[str, Trial] = {}
+    for value in trials:
+        trial = as_trial(value)
+        unique.setdefault(trial.id, trial)
     finished = [tid for tid in unique if statuses.get(tid) in FINISHED]
     with ThreadPoolExecutor(max_workers=8) as pool:
         metas = dict(zip(finished, pool.map(store.read_meta, finished, chunksize=64), strict=True))
-    todo: list[tuple[str, dict[str, Any]]] = []
+    todo: list[Trial] = []
     already = 0
-    for tid, config in unique.items():
+    for tid, trial in unique.items():
         status = statuses.get(tid)
         meta = metas.get(tid)
-        why = None if meta is None else _other_versions(meta, config)
+        why = None if meta is None else _other_versions(meta, trial.config)
         if why is not None:
             if changed is not None:
                 changed.append((tid, why))
             if not reuse_other_versions:
-                todo.append((tid, dict(config)))
+                todo.append(trial)
                 continue
         if status is None or (status == "failed" and rerun_failed):
-            todo.append((tid, dict(config)))
+            todo.append(trial)
         else:
             already += 1
     return todo, already
 
 
 def execute(
-    configs: Iterable[Mapping[str, Any]],
+    trials: Iterable[Trial | Mapping[str, Any]],
     out: str | os.PathLike[str],
     *,
     matrix_name: str | None = None,
@@ -409,7 +399,8 @@ def execute(
     stack: str | int = "auto",
     reuse_other_versions: bool = False,
 ) -> RunResult:
-    """Run every trial of ``configs`` not yet stored in ``out``; see the module docstring.
+    """Run every trial of ``trials`` (planned :class:`Trial` values, or configs) not yet stored
+    in ``out``; see the module docstring.
 
     ``workers``: processes (default: the machine's cores, or one per visible GPU when a trial's
     accelerator is gpu/cuda/auto and CUDA is there, each worker pinned to its own GPU; never more
@@ -429,14 +420,14 @@ def execute(
         store.write_matrix(matrix_info)
     changed: list[tuple[str, str]] = []
     todo, already = plan(
-        configs, store, rerun_failed, reuse_other_versions=reuse_other_versions, changed=changed
+        trials, store, rerun_failed, reuse_other_versions=reuse_other_versions, changed=changed
     )
     total = len(todo) + already
     cores = available_cores()
     gpus: list[str] = []
     units = make_units(todo, stack if run_fn == DEFAULT_RUN_FN else "off")
     if workers is None and todo:
-        workers, gpus = default_workers([c for _, c in todo], cores)
+        workers, gpus = default_workers([t.config for t in todo], cores)
         workers = min(workers, max(1, len(units) // 2))  # a worker's start costs about a unit
     workers = max(1, min(workers or cores, max(1, len(units))))
     bar = Progress(total, enabled=progress, stream=stream, already=already)
@@ -459,8 +450,8 @@ def execute(
     result.interrupted = bool(result.exit_signal)
     if result.interrupted:
         store.cleanup()
-        release_stale_locks(store, [tid for tid, _ in todo])
-    result.counts = bar.settle(stored_statuses(store, [tid for tid, _ in todo]))
+        release_stale_locks(store, [t.id for t in todo])
+    result.counts = bar.settle(stored_statuses(store, [t.id for t in todo]))
     result.seconds = time.monotonic() - t0
     result.summary = bar.summary()
     return result
@@ -481,39 +472,13 @@ def release_stale_locks(store: ResultStore, ids: Iterable[str]) -> None:
                 pass
 
 
-Unit = tuple[list[str], list[dict[str, Any]], bool]
-"""A unit of work: member ids, their configs, and whether to wait for their claims."""
+Unit = tuple[list[Trial], bool]
+"""A unit of work: a stack's trials, and whether to wait for their claims."""
 
 
-def on_gpu(configs: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether these trials train on a visible GPU."""
-    accelerators = {str((c.get("trainer") or {}).get("accelerator", "cpu")) for c in configs}
-    return bool(accelerators & set(GPU_ACCELERATORS) and visible_gpus())
-
-
-def plan_units(configs: list[dict[str, Any]], stack: str | int) -> list[Any]:
-    """The stacks (:class:`techbench.stack.Stack`) that ``stack`` ("auto", "off" or a size)
-    makes of ``configs``: the one policy the executors and ``--dry-run`` apply.
-
-    "auto" caps stacks at 64 members when the trials run on a visible GPU (where a stack of tiny
-    networks costs about one network's kernel launches), else at 16 (on a CPU the gain
-    saturates once the stacked matrices fill the vector units), and on a CPU it runs alone the
-    trials that stack slower there (:func:`techbench.stack.slower_on_cpu_reason`)."""
-    from .stack import plan_stacks
-
-    if stack in ("off", 0, 1, "1"):
-        return plan_stacks(configs, 1)
-    if stack == "auto":
-        gpu = on_gpu(configs)
-        return plan_stacks(configs, 64 if gpu else 16, cpu_auto=not gpu)
-    return plan_stacks(configs, int(stack))
-
-
-def make_units(todo: list[tuple[str, dict[str, Any]]], stack: str | int) -> list[Unit]:
-    """Group pending ``(id, config)`` pairs into units (stacks) per the ``stack`` policy."""
-    if stack in ("off", 0, 1, "1"):
-        return [([tid], [config], False) for tid, config in todo]
-    return [(st.ids, list(st.configs), False) for st in plan_units([c for _, c in todo], stack)]
+def make_units(todo: list[Trial], stack: str | int) -> list[Unit]:
+    """Group pending trials into units (stacks) per the ``stack`` policy."""
+    return [(list(st.trials), False) for st in plan_units(todo, stack)]
 
 
 def _run_inline(units: list[Unit], job: Job, bar: Progress) -> int:
@@ -522,9 +487,9 @@ def _run_inline(units: list[Unit], job: Job, bar: Progress) -> int:
         waiting = list(units)
         while waiting:
             busy: list[Unit] = []
-            for tids, configs, wait in waiting:
+            for trials, wait in waiting:
                 try:
-                    results = run_unit(configs, tids, job, wait, None)
+                    results = run_unit(trials, job, wait, None)
                 except (KeyboardInterrupt, SystemExit) as exc:
                     if isinstance(exc, SystemExit) and not hit:
                         raise
@@ -538,21 +503,19 @@ def _run_inline(units: list[Unit], job: Job, bar: Progress) -> int:
                     if hit[0] == signal.SIGINT:
                         bar.note("interrupted: finished trials are kept")
                     return hit[0]
-                _tally(results, dict(zip(tids, configs, strict=True)), busy, bar)
+                _tally(results, trials, busy, bar)
             waiting = busy
     return 0
 
 
-def _tally(
-    results: list[tuple[str, str]], configs: Mapping[str, dict[str, Any]], busy: list, bar: Progress
-) -> None:
+def _tally(results: list[tuple[str, str]], trials: list[Trial], busy: list, bar: Progress) -> None:
     """Count finished members; members another process holds go back to ``busy`` (one unit)."""
-    held = [tid for tid, status in results if status == "busy"]
+    held = {tid for tid, status in results if status == "busy"}
     for tid, status in results:
         if status != "busy":
             bar.update(status, tid)
     if held:
-        busy.append((held, [configs[t] for t in held], True))
+        busy.append(([t for t in trials if t.id in held], True))
 
 
 def _main_thread() -> bool:
@@ -644,9 +607,9 @@ def _run_pool(
             pending: dict[Future, Unit] = {}
             try:
                 with _sigint_deferred():
-                    for tids, configs, wait in queue:
-                        fut = pool.submit(run_unit, configs, tids, job, wait, stop_path)
-                        pending[fut] = (tids, configs, wait)
+                    for trials, wait in queue:
+                        fut = pool.submit(run_unit, trials, job, wait, stop_path)
+                        pending[fut] = (trials, wait)
                 for fut in as_completed(list(pending)):
                     _settle(fut, pending, crashed, busy, bar)
             except KeyboardInterrupt as exc:
@@ -712,18 +675,19 @@ def _kill(procs: list[Any]) -> None:
 
 
 def _settle(fut: Future, pending: dict, crashed: list, busy: list, bar: Progress) -> None:
-    tids, configs, wait = pending.pop(fut)
+    trials, wait = pending.pop(fut)
     if fut.cancelled():  # not started when the run stopped
         return
     try:
         results = fut.result()
     except BrokenProcessPool:
-        crashed.append((tids, configs, wait))
+        crashed.append((trials, wait))
         return
     except Exception as exc:
-        bar.note(f"trials {', '.join(tids)}: worker error: {type(exc).__name__}: {exc}")
-        results = [(tid, "failed") for tid in tids]
-    _tally(results, dict(zip(tids, configs, strict=True)), busy, bar)
+        ids = ", ".join(t.id for t in trials)
+        bar.note(f"trials {ids}: worker error: {type(exc).__name__}: {exc}")
+        results = [(t.id, "failed") for t in trials]
+    _tally(results, trials, busy, bar)
 
 
 def _recover(
@@ -740,16 +704,15 @@ def _recover(
     when none is found, every trial of the broken pool is re-run alone, so a trial that kills
     its process can never loop.
     """
-    members = [
-        ([t], [c], w) for tids, configs, w in crashed for t, c in zip(tids, configs, strict=True)
-    ]
-    suspects = [item for item in members if store.running_marker(item[0][0]).exists()]
+    members: list[Unit] = [([t], w) for trials, w in crashed for t in trials]
+    suspects = [item for item in members if store.running_marker(item[0][0].id).exists()]
     if not suspects:
         suspects = list(members)
     rest = [item for item in members if item not in suspects]
-    for (tid,), (config,), _wait in suspects:
+    for (trial,), _wait in suspects:
+        tid = trial.id
         store.running_marker(tid).unlink(missing_ok=True)
-        proc = ctx.Process(target=_quarantine_main, args=(config, tid, job, threads), daemon=True)
+        proc = ctx.Process(target=_quarantine_main, args=(trial, job, threads), daemon=True)
         proc.start()
         try:
             proc.join()
@@ -771,6 +734,6 @@ def _recover(
         bar.note(f"trial {tid}: {error}")
         with store.claim(tid, wait=True):
             if store.status(tid) not in ("completed", "diverged"):
-                store.write(TrialOutcome.failed(config, error), job.matrix_name)
+                store.write(TrialOutcome.failed(trial, error), job.matrix_name)
         bar.update("failed")
     return rest

@@ -34,6 +34,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .execute import RunFn, RunResult
+    from .schema import Trial
 
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2
@@ -86,8 +87,7 @@ def _init_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
 
 
 def _ray_task(
-    configs: list[dict[str, Any]],
-    tids: list[str],
+    trials: list[Trial],
     out: str,
     matrix_name: str | None,
     run_fn: RunFn,
@@ -101,11 +101,11 @@ def _ray_task(
     from .execute import Job, configure_worker, run_unit
 
     configure_worker(threads)
-    return run_unit(configs, tids, Job(out, matrix_name, run_fn, rerun_failed), wait, stop_path)
+    return run_unit(trials, Job(out, matrix_name, run_fn, rerun_failed), wait, stop_path)
 
 
 def execute_ray(
-    configs: Iterable[Mapping[str, Any]],
+    trials: Iterable[Trial | Mapping[str, Any]],
     out: str | os.PathLike[str],
     *,
     matrix_name: str | None = None,
@@ -121,7 +121,7 @@ def execute_ray(
     max_retries: int = DEFAULT_MAX_RETRIES,
     stack: str | int = "auto",
 ) -> RunResult:
-    """Run every trial of ``configs`` not yet stored in ``out`` as Ray tasks.
+    """Run every trial of ``trials`` (planned :class:`Trial` values, or configs) not yet stored in ``out`` as Ray tasks.
 
     ``address``: an existing cluster (``"auto"`` or ``HOST:PORT``); None starts a local one with
     ``num_cpus`` CPUs, or uses the one this process is already connected to.
@@ -139,7 +139,7 @@ def execute_ray(
     store.cleanup()
     if matrix_info is not None:
         store.write_matrix(matrix_info)
-    todo, already = plan(configs, store, rerun_failed)
+    todo, already = plan(trials, store, rerun_failed)
     bar = Progress(len(todo) + already, enabled=progress, stream=stream, already=already)
     result = RunResult(total=len(todo) + already, already=already)
     t0 = time.monotonic()
@@ -151,7 +151,7 @@ def execute_ray(
     cpus = 1.0 if cpus_per_trial is None else float(cpus_per_trial)
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     if gpus_per_trial is None:
-        gpus_per_trial = gpus_for(todo[0][1].get("trainer"), cluster_gpus)
+        gpus_per_trial = gpus_for(todo[0].config.get("trainer"), cluster_gpus)
     if gpus_per_trial > cluster_gpus:
         why = f"each trial asks for {gpus_per_trial:g} GPU(s), the Ray cluster has {cluster_gpus:g}"
         if started and not address:
@@ -178,7 +178,7 @@ def execute_ray(
             Path(stop_path).unlink(missing_ok=True)
         if started:
             ray.shutdown()
-    result.counts = bar.settle(stored_statuses(store, [tid for tid, _ in todo]))
+    result.counts = bar.settle(stored_statuses(store, [t.id for t in todo]))
     result.seconds = time.monotonic() - t0
     result.summary = bar.summary()
     return result
@@ -198,8 +198,7 @@ def _drive(
     queue = list(units)
     while queue:
         pending = {
-            task.remote(configs, tids, *args, wait, stop_path, threads): (tids, configs)
-            for tids, configs, wait in queue
+            task.remote(trials, *args, wait, stop_path, threads): trials for trials, wait in queue
         }
         queue = []
         try:
@@ -226,43 +225,36 @@ def _collect(
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            tids, configs = pending.pop(ref)
+            trials = pending.pop(ref)
             try:
                 results = ray.get(ref)
             except ray.exceptions.TaskCancelledError:
-                for _ in tids:
+                for _ in trials:
                     bar.update("cancelled")
                 continue
             except ray.exceptions.RayError as exc:
-                results = [
-                    (tid, _store_failure(store, tid, config, matrix_name, exc, bar))
-                    for tid, config in zip(tids, configs, strict=True)
-                ]
-            held = [
-                (tid, c)
-                for (tid, status), c in zip(results, configs, strict=True)
-                if status == "busy"
-            ]
+                results = [(t.id, _store_failure(store, t, matrix_name, exc, bar)) for t in trials]
+            held = [t for (_, status), t in zip(results, trials, strict=True) if status == "busy"]
             for _tid, status in results:
                 if status != "busy":
                     bar.update(status)
             if held:
-                busy.append(([t for t, _ in held], [c for _, c in held], True))
+                busy.append((held, True))
 
 
 def _store_failure(
-    store: Any, tid: str, config: dict, matrix_name: str | None, exc: BaseException, bar: Any
+    store: Any, trial: Trial, matrix_name: str | None, exc: BaseException, bar: Any
 ) -> str:
     """Record a trial whose task failed for good (its worker died on every try) as failed."""
     from .schema import FINISHED, TrialOutcome
 
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     error = f"the Ray task failed ({type(exc).__name__}) after its retries: {first}"
-    bar.note(f"trial {tid}: {error}")
-    with store.claim(tid, wait=True):
-        store.running_marker(tid).unlink(missing_ok=True)
-        status = store.status(tid)
+    bar.note(f"trial {trial.id}: {error}")
+    with store.claim(trial.id, wait=True):
+        store.running_marker(trial.id).unlink(missing_ok=True)
+        status = store.status(trial.id)
         if status in FINISHED:
             return status
-        store.write(TrialOutcome.failed(config, f"{error}\n{exc}"), matrix_name)
+        store.write(TrialOutcome.failed(trial, f"{error}\n{exc}"), matrix_name)
     return "failed"

@@ -94,8 +94,8 @@ from .schema import (
     DEFAULT_CONFIG,
     EPOCH_METRICS,
     NORM_PLACEMENTS,
+    Trial,
     complete_config,
-    trial_id,
 )
 from .spec import ParamError, TechniqueError, parse_technique_arg
 
@@ -237,12 +237,17 @@ class Matrix:
                 out.append(config)
         return out
 
-    def trials(self) -> list[dict[str, Any]]:
-        """The trial configs, in a stable order, without duplicates; with ``[tune]``, the search
-        trials (the finals follow from their results: :mod:`techbench.tune`)."""
+    def planned(self) -> list[Trial]:
+        """The trials (id + complete config), in a stable order, without duplicates; with
+        ``[tune]``, the search trials (the finals follow from their results:
+        :mod:`techbench.tune`). The one place a matrix's trials get their ids."""
         if self.tune is not None:
             return self.tune_plan().search_trials()
         return self._expand()
+
+    def trials(self) -> list[dict[str, Any]]:
+        """The configs of :meth:`planned` (for callers that want plain dicts)."""
+        return [t.config for t in self.planned()]
 
     def tune_plan(self) -> Any:
         """The :class:`techbench.tune.TunePlan` of a tuned matrix (groups, points, seeds)."""
@@ -250,7 +255,8 @@ class Matrix:
 
         untuned = copy.copy(self)
         untuned.tune, untuned.seeds, untuned.only = None, [0], {}
-        return build_plan(self.tune, untuned._expand(), self.data_seeds == "seed", self._kept)
+        bases = [t.config for t in untuned._expand()]
+        return build_plan(self.tune, bases, self.data_seeds == "seed", self._kept)
 
     def unfiltered(self) -> list[dict[str, Any]]:
         """The configs ``--filter`` chooses from: an untuned matrix's trials without
@@ -259,9 +265,9 @@ class Matrix:
         whole.only = {}
         if self.tune is not None:
             whole.tune, whole.seeds = None, [0]
-        return whole._expand()
+        return [t.config for t in whole._expand()]
 
-    def _expand(self) -> list[dict[str, Any]]:
+    def _expand(self) -> list[Trial]:
         configs = self._product(self.axes, self.seeds, prune=True)
         for inc in self.include:
             seeds = inc.get("seeds", self.seeds)
@@ -270,10 +276,10 @@ class Matrix:
         seen: set[str] = set()
         unique = []
         for config in configs:
-            tid = trial_id(config)
-            if tid not in seen and self._kept(config):
-                seen.add(tid)
-                unique.append(config)
+            trial = Trial.of(config)
+            if trial.id not in seen and self._kept(config):
+                seen.add(trial.id)
+                unique.append(trial)
         return unique
 
     def _kept(self, config: Mapping[str, Any]) -> bool:
@@ -299,7 +305,7 @@ class Matrix:
                 for inc in self.include
             ],
             "exclude": [{k: [_label(x) for x in v] for k, v in p.items()} for p in self.exclude],
-            "n_trials": len(self.trials()) if n_trials is None else n_trials,
+            "n_trials": len(self.planned()) if n_trials is None else n_trials,
             **({"tune": self.tune.describe()} if self.tune is not None else {}),
             **({"only": self.only} if self.only else {}),
         }

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import UsageError, did_you_mean
-from .schema import AXES
+from .schema import AXES, Trial
 
 FILTER_KEYS: tuple[str, ...] = (*AXES, "seed", "data_seed")
 
@@ -63,7 +63,7 @@ def parse_filters(texts: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def narrow(matrix: Any, args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], list[str]]:
+def narrow(matrix: Any, args: argparse.Namespace) -> tuple[Any, list[Trial], list[str]]:
     """``(matrix, trials, notes)``: the matrix with the flags applied, its (filtered) trials, and
     one note per flag given (what ``--dry-run`` shows). On a tuned matrix every flag narrows both
     phases: the filters pick techniques in contexts before the search, and the seed flags pick
@@ -94,7 +94,7 @@ def narrow(matrix: Any, args: argparse.Namespace) -> tuple[Any, list[dict[str, A
     if filters:
         matrix = _filtered(matrix, filters)
         notes += [f"--filter {key}={'|'.join(wanted)}" for key, wanted in filters.items()]
-    return matrix, matrix.trials(), notes
+    return matrix, matrix.planned(), notes
 
 
 def _check_range(flag: str, value: int, high: int) -> None:
@@ -175,7 +175,7 @@ def phase_counts(matrix: Any) -> dict[str, int]:
     """Trials per phase: ``{"trials": n}``, or for a tuned matrix its search trials and (at
     most) its final trials."""
     if matrix.tune is None:
-        return {"trials": len(matrix.trials())}
+        return {"trials": len(matrix.planned())}
     plan = matrix.tune_plan()
     return {"search trials": len(plan.search_trials()), "final trials": plan.n_finals()}
 

@@ -8,7 +8,10 @@ nouns and imports them from here; this module imports nothing of techbench but
   (:data:`AXIS_FAMILY`); :data:`DEFAULT_CONFIG` holds every key of a trial config with the value a
   matrix uses when it says nothing; :func:`complete_config` fills a partial config from it.
 - **Identity**: :func:`trial_id`, the first 16 hex digits of the SHA-256 of the canonical JSON of
-  the complete config; a rerun skips what is stored because equal configs hash equally.
+  the complete config; a rerun skips what is stored because equal configs hash equally. A
+  :class:`Trial` is that id with its completed config, made once by the planners
+  (:mod:`techbench.matrix`, :mod:`techbench.tune`) and carried to the store, so nothing
+  downstream hashes or completes a config again.
 - **Outcome**: :class:`TrialOutcome` with a :data:`STATUSES` status, the metric rows and a typed
   :class:`TrialMeta`; the runner returns it, executors move it between processes as
   :meth:`TrialOutcome.to_dict`, the store writes ``meta.json`` from it.
@@ -122,6 +125,69 @@ def trial_id(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One planned trial: its id and its complete config (the id's source; never mutated).
+
+    Made once, by :meth:`of`, where trials are planned; executors, the engine and the store
+    carry it, so the id a trial is stored under is the one it was planned with. Picklable (it
+    crosses process and Ray boundaries as is).
+    """
+
+    id: str
+    config: dict[str, Any] = field(compare=False, repr=False)
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Trial:
+        """The trial of ``config`` (completed, :func:`complete_config`; ``ValueError`` when it
+        can't be)."""
+        full = complete_config(config)
+        return cls(trial_id(full), full)
+
+
+def as_trial(value: Trial | Mapping[str, Any]) -> Trial:
+    """``value`` itself, or the :class:`Trial` of a config handed to the Python API (``execute``,
+    ``plan_stacks``) by a caller that planned no trials. A mapping that is no trial config (a
+    custom ``run_fn``'s, with keys of its own) is taken as given: its hash is its id."""
+    if isinstance(value, Trial):
+        return value
+    try:
+        return Trial.of(value)
+    except ValueError:
+        return Trial(trial_id(value), dict(value))
+
+
+StopReason = Literal["epochs", "steps", "time budget", "stopped early", "diverged", "failed"]
+STOP_REASONS: tuple[StopReason, ...] = (
+    "epochs",
+    "steps",
+    "time budget",
+    "stopped early",
+    "diverged",
+    "failed",
+)
+"""Why a trial stopped: its epoch or step budget ran out, its time budget did, early stopping
+ended it, it diverged, or it failed."""
+
+
+def stop_reason(
+    status: str, config: Mapping[str, Any], steps: int | None, epochs: int | None
+) -> StopReason:
+    """Why a trial with ``status`` that ran ``steps`` steps in ``epochs`` epochs under
+    ``config``'s budget stopped (the engine records it; the report derives it only for stores
+    written before :attr:`TrialMeta.stop_reason` existed)."""
+    if status in ("diverged", "failed"):
+        return "diverged" if status == "diverged" else "failed"
+    budget = config.get("budget") or {}
+    max_steps = budget.get("max_steps")
+    if max_steps is not None and steps is not None and steps >= max_steps:
+        return "steps"
+    planned = budget.get("epochs")
+    if planned is not None and epochs is not None and epochs < planned:
+        return "time budget" if budget.get("max_seconds") is not None else "stopped early"
+    return "epochs"
+
+
 # -- outcome ----------------------------------------------------------------------------------
 
 Status = Literal["completed", "diverged", "failed"]
@@ -152,9 +218,10 @@ class TrialMeta:
     the distribution and version that supplied it (:mod:`techbench.provenance`; None when not
     recorded). Data: ``data_fingerprint`` is a content hash of the data the dataset plugin read
     or generated (``DatasetSplits.fingerprint``; None when the parameters and seed fix the data)
-    and ``data_info`` the dataset's facts (``DatasetSplits.info``). Keys a newer writer adds land
-    in ``extra`` and are
-    written back unchanged.
+    and ``data_info`` the dataset's facts (``DatasetSplits.info``). ``stop_reason``: why the trial
+    stopped (:func:`stop_reason`; None in stores written by 0.3.0); ``stack_error``: the last
+    line of the error of the stack the trial was in, when that stack failed and the trial was
+    run again alone. Keys a newer writer adds land in ``extra`` and are written back unchanged.
     """
 
     started_at: str | None = None
@@ -176,6 +243,8 @@ class TrialMeta:
     modelled_seconds: float | None = None
     data_fingerprint: str | None = None
     data_info: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = None
+    stack_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,9 +290,10 @@ class TrialOutcome:
 
     @classmethod
     def failed(
-        cls, config: Mapping[str, Any], error: str, started_at: str | None = None
+        cls, trial: Trial | Mapping[str, Any], error: str, started_at: str | None = None
     ) -> TrialOutcome:
-        """A ``failed`` outcome for a trial that produced none (its plugin or process died)."""
+        """A ``failed`` outcome for a trial that produced none (its plugin or process died);
+        ``trial`` may be a config from a caller of the Python API (:func:`as_trial`)."""
         from .versions import package_versions
 
         meta = TrialMeta(
@@ -231,8 +301,10 @@ class TrialOutcome:
             finished_at=now_iso(),
             versions=package_versions(),
             error=error,
+            stop_reason="failed",
         )
-        return cls(trial_id(config), dict(config), "failed", [], meta)
+        planned = as_trial(trial)
+        return cls(planned.id, dict(planned.config), "failed", [], meta)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping (picklable and JSON-able) to move an outcome between processes."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .errors import UsageError
+from .schema import Trial
 
 T = TypeVar("T")
 
@@ -38,14 +39,12 @@ def shard(items: Sequence[T], k: int, n: int, key: Callable[[T], str]) -> list[T
     return ordered[k - 1 :: n]
 
 
-def shard_trials(trials: Sequence[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
+def shard_trials(trials: Sequence[Trial], text: str | None) -> list[Trial]:
     """The ``--shard K/N`` part of ``trials`` (all of them for ``None``); UsageError if malformed."""
     if text is None:
         return list(trials)
-    from .schema import trial_id
-
     try:
         k, n = parse_shard(text)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return shard(list(trials), k, n, key=trial_id)
+    return shard(list(trials), k, n, key=lambda t: t.id)

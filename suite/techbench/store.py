@@ -512,8 +512,9 @@ class ResultStore:
                 tid = value.get("trial_id") if isinstance(value, Mapping) else None
                 raise ValueError(f"trial {tid}: {exc}") from None
         for o in checked:
-            if trial_id(o.config) != o.trial_id:
-                raise ValueError(f"trial {o.trial_id}: its config hashes to {trial_id(o.config)}")
+            found = trial_id(o.config)
+            if found != o.trial_id:
+                raise ValueError(f"trial {o.trial_id}: its config hashes to {found}")
         ids = [o.trial_id for o in checked]
         if len(set(ids)) != len(ids):
             raise ValueError(f"a batch holds trial ids more than once: {ids}")

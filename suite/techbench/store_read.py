@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .provenance import plugin_sources
-from .schema import AXIS_FAMILY, DEFAULT_CONFIG, META_FIELDS
+from .schema import AXIS_FAMILY, META_FIELDS
 from .store import (
     BATCHES_DIR,
     META_FILE,
@@ -68,15 +68,14 @@ def _flatten(meta: Mapping[str, Any]) -> dict[str, Any]:
     row["lr"] = (
         (optimizer.get("params") or {}).get("lr") if isinstance(optimizer, Mapping) else None
     )
-    row["norm_placement"] = config.get("norm_placement", DEFAULT_CONFIG["norm_placement"])
-    row["seed"] = config.get("seed", 0)
-    row["data_seed"] = config.get("data_seed", 0)
+    for key in ("norm_placement", "seed", "data_seed"):  # stored configs are complete
+        row[key] = config.get(key)
     budget = config.get("budget") or {}
     for key in ("epochs", "max_steps", "batch_size"):
         row[key] = budget.get(key)
-    target = {**DEFAULT_CONFIG["target"], **(config.get("target") or {})}
+    target = config.get("target") or {}
     for key in ("metric", "value", "mode"):
-        row[f"target_{key}"] = target[key]
+        row[f"target_{key}"] = target.get(key)
     for key in META_FIELDS:
         row["epochs_run" if key == "epochs" else key] = meta.get(key)
     for key in ("versions", "techniques", "data_info"):  # mappings as JSON text

@@ -34,10 +34,12 @@ from .schema import (
     AXIS_FAMILY,
     DEFAULT_CONFIG,
     Status,
+    Trial,
     TrialMeta,
     TrialOutcome,
     complete_config,
     now_iso,
+    stop_reason,
     trial_id,
 )
 from .versions import package_versions
@@ -65,14 +67,15 @@ class _State:
 
 
 def run_trial(
-    config: Mapping[str, Any],
+    config: Trial | Mapping[str, Any],
     *,
     logger: str | None = None,
     log_dir: str | None = None,
     callbacks: Sequence[Any] = (),
     registry: Any = None,
 ) -> TrialOutcome:
-    """Train one trial; never raises for a plugin or config error (status "failed").
+    """Train one trial (a planned :class:`Trial`, or a config, completed here); never raises
+    for a plugin or config error (status "failed").
 
     ``logger``: None (default; the outcome carries every metric), "csv", "tensorboard" or
     "mlflow", written under ``log_dir``; ``callbacks``: extra Lightning callbacks. Neither changes
@@ -83,13 +86,12 @@ def run_trial(
     state = _State()
     status: Status = "completed"
     error: str | None = None
-    cfg: dict[str, Any] = dict(config)
-    try:
-        cfg = complete_config(config)
-    except Exception:
-        error = traceback.format_exc()
-        status = "failed"
-    tid = trial_id(cfg)
+    if not isinstance(config, Trial):
+        try:
+            config = Trial.of(config)
+        except Exception:
+            return TrialOutcome.failed(config, traceback.format_exc(), started_at)
+    cfg, tid = config.config, config.id
     if error is None:
         try:
             _train(cfg, tid, state, logger, log_dir, callbacks, registry)
@@ -122,6 +124,7 @@ def run_trial(
         data_fingerprint=state.data_fingerprint,
         data_info=state.data_info,
     )
+    meta.stop_reason = stop_reason(status, cfg, meta.steps, meta.epochs)
     return TrialOutcome(tid, cfg, status, metrics, meta)
 
 
@@ -270,8 +273,8 @@ def _train(
     state.module = module
     all_callbacks = list(callbacks) + list(regularizer.callbacks())
     health_cfg = cfg["health"]
-    if health_cfg.get("enabled", True):
-        every = int(health_cfg.get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"]))
+    if health_cfg["enabled"]:
+        every = int(health_cfg["every_n_steps"])
         act_properties = specs["activation"].properties_for(params["activation"])
         state.health = GradientHealth(every, act_properties)
         all_callbacks.append(state.health)
@@ -340,7 +343,9 @@ class quiet_lightning:
             logging.getLogger(name).setLevel(level)
 
 
-def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> list[TrialOutcome]:
+def run_stack(
+    configs: Sequence[Trial | Mapping[str, Any]], *, registry: Any = None
+) -> list[TrialOutcome]:
     """Train the trials of one stack together (:mod:`techbench.population`); one outcome each,
     in the order of ``configs``.
 
@@ -352,16 +357,14 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
     if len(configs) == 1:
         return [run_trial(configs[0], registry=registry)]
     started_at, wall0 = now_iso(), time.perf_counter()
-    cfgs: list[dict[str, Any]] = []
+    trials: list[Trial] = []
     try:
-        cfgs = [complete_config(c) for c in configs]
+        trials = [c if isinstance(c, Trial) else Trial.of(c) for c in configs]
+        cfgs = [t.config for t in trials]
         module, order, device, num_parameters, splits = _train_stack(cfgs, registry)
     except Exception:
         error = traceback.format_exc()
-        return [
-            TrialOutcome.failed(c if cfgs else _completed_or_raw(c), error, started_at)
-            for c in (cfgs or configs)
-        ]
+        return [TrialOutcome.failed(t, error, started_at) for t in (trials or configs)]
     wall = time.perf_counter() - wall0
     outcomes: dict[int, TrialOutcome] = {}
     for k, member in zip(order, module.members, strict=True):
@@ -386,7 +389,8 @@ def run_stack(configs: Sequence[Mapping[str, Any]], *, registry: Any = None) -> 
             data_info=dict(splits.info),
         )
         status: Status = "diverged" if member.diverged_step is not None else "completed"
-        outcomes[k] = TrialOutcome(trial_id(cfgs[k]), cfgs[k], status, metrics, meta)
+        meta.stop_reason = stop_reason(status, cfgs[k], meta.steps, meta.epochs)
+        outcomes[k] = TrialOutcome(trials[k].id, cfgs[k], status, metrics, meta)
     return [outcomes[k] for k in range(len(cfgs))]
 
 
@@ -404,14 +408,6 @@ def _sources(cfg: Mapping[str, Any], registry: Any) -> dict[str, Any] | None:
         return technique_sources(cfg, registry)
     except Exception:
         return None
-
-
-def _completed_or_raw(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``complete_config(config)``, or ``config`` itself when it can't be completed."""
-    try:
-        return complete_config(config)
-    except Exception:
-        return dict(config)
 
 
 def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[int], str, int, Any]:
@@ -444,10 +440,8 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
         model, regularizer = build_model(cfg, member_specs, splits)
         num_parameters = sum(p.numel() for p in model.parameters())
         health = None
-        if cfg["health"].get("enabled", True):
-            every = int(
-                cfg["health"].get("every_n_steps", DEFAULT_CONFIG["health"]["every_n_steps"])
-            )
+        if cfg["health"]["enabled"]:
+            every = int(cfg["health"]["every_n_steps"])
             act_properties = specs["activation"].properties_for(cfg["activation"]["params"])
             health = GradientHealth(every, act_properties)
         members.append(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .schema import AXES, AXIS_FAMILY, FINISHED, metric_series, trial_id
+from .schema import AXES, AXIS_FAMILY, FINISHED, Trial, metric_series, trial_id
 from .search import METHODS, Dimension, search_points
 from .spec import Param, format_technique_arg
 
@@ -307,6 +307,10 @@ class Group:
             c["data_seed"] = seed
         return c
 
+    def trial(self, point: Mapping[str, Any], seed: int, follow: bool) -> Trial:
+        """The planned trial at ``point`` and ``seed`` (its id is where it is stored)."""
+        return Trial.of(self.config(point, seed, follow))
+
     def defaults(self) -> dict[str, Any]:
         return {d.key: d.param.default for d in self.dims}
 
@@ -321,32 +325,31 @@ class TunePlan:
 
     # expansion ---------------------------------------------------------------------------------
 
-    def search_trials(self) -> list[dict[str, Any]]:
-        """Every search trial config, in a stable order (groups, studies, points, seeds)."""
+    def search_trials(self) -> list[Trial]:
+        """Every search trial, in a stable order (groups, studies, points, seeds)."""
         out = []
         for g in self.groups:
             for study, points in enumerate(g.points):
                 for point in points:
                     for seed in self.spec.study_seeds(study):
-                        out.append(g.config(point, seed, self.follow))
+                        out.append(g.trial(point, seed, self.follow))
         return out
 
     def n_finals(self) -> int:
         """Final trials at most (studies that select the same point share them)."""
         return len(self.groups) * self.spec.studies * len(self.spec.final_seeds)
 
-    def final_trials(self, selection: Sequence[Selection]) -> list[dict[str, Any]]:
-        """The final configs of the selected (group, study) pairs, without duplicates."""
+    def final_trials(self, selection: Sequence[Selection]) -> list[Trial]:
+        """The final trials of the selected (group, study) pairs, without duplicates."""
         by_id = {g.id: g for g in self.groups}
         out, seen = [], set()
         for s in selection:
             g = by_id[s.group]
             for seed in self.spec.final_seeds:
-                c = g.config(s.point, seed, self.follow)
-                tid = trial_id(c)
-                if tid not in seen:
-                    seen.add(tid)
-                    out.append(c)
+                trial = g.trial(s.point, seed, self.follow)
+                if trial.id not in seen:
+                    seen.add(trial.id)
+                    out.append(trial)
         return out
 
     # serialisation ----------------------------------------------------------------------------
@@ -593,7 +596,7 @@ def select(
             for point in points:
                 per_seed = []
                 for seed in seeds:
-                    tid = trial_id(g.config(point, seed, plan.follow))
+                    tid = g.trial(point, seed, plan.follow).id
                     if tid not in series or series[tid][0] not in (*FINISHED, "failed"):
                         missing = True
                         break
@@ -635,7 +638,7 @@ def select_stored(
     plan: TunePlan, out: str | os.PathLike[str]
 ) -> tuple[list[Selection], list[tuple[str, int]]]:
     """:func:`select` over the search trials stored in ``out``."""
-    ids = [trial_id(c) for c in plan.search_trials()]
+    ids = [t.id for t in plan.search_trials()]
     return select(plan, validation_series(out, ids, plan.spec.metric))
 
 
@@ -669,11 +672,11 @@ class TuneResult:
 def run_tuned(
     plan: TunePlan,
     out: str | os.PathLike[str],
-    run_phase: Callable[[list[dict[str, Any]], str], Any],
-    shard: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = lambda c: c,
+    run_phase: Callable[[list[Trial], str], Any],
+    shard: Callable[[list[Trial]], list[Trial]] = lambda c: c,
     note: Callable[[str], None] = print,
 ) -> TuneResult:
-    """Search, select, finals. ``run_phase(configs, phase)`` runs configs into ``out`` (e.g. a
+    """Search, select, finals. ``run_phase(trials, phase)`` runs trials into ``out`` (e.g. a
     partial of :func:`techbench.execute.execute`) and returns its result (with ``interrupted``);
     ``shard`` keeps this process's part of each phase."""
     plan.write(out)

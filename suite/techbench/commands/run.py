@@ -22,6 +22,7 @@ import sys
 from ..errors import UsageError
 from ..execute_ray import DEFAULT_MAX_RETRIES, EXECUTORS
 from ..narrow import add_arguments as add_narrow_arguments
+from ..schema import Trial
 
 SAMPLE = 5
 SHOW_FAILED = 5
@@ -134,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
     _stack_policy(args.stack)
     try:
         matrix = load_matrix(args.matrix)
-        trials = matrix.trials()
+        matrix.planned()
     except MatrixError as exc:
         n = len(exc.problems)
         print(f"techbench run: error: {n} problem{'s' * (n != 1)} in the matrix:", file=sys.stderr)
@@ -149,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
     full = matrix
     matrix, trials, notes = narrow(full, args)
     narrowed = describe_notes(notes, phase_counts(full), phase_counts(matrix)) if notes else ""
-    problems = preflight(trials)
+    problems = preflight([t.config for t in trials])
     if problems:
         n = len(problems)
         print(
@@ -195,8 +196,8 @@ def _stack_policy(text: str) -> str | int:
     return size
 
 
-def _execute(configs: list[dict], out: str, matrix, args: argparse.Namespace, n_matrix: int):
-    """Run ``configs`` into ``out`` on the executor the flags chose; the executor's RunResult."""
+def _execute(trials: list[Trial], out: str, matrix, args: argparse.Namespace, n_matrix: int):
+    """Run ``trials`` into ``out`` on the executor the flags chose; the executor's RunResult."""
     from ..execute import DEFAULT_RUN_FN, execute
 
     common = dict(
@@ -211,7 +212,7 @@ def _execute(configs: list[dict], out: str, matrix, args: argparse.Namespace, n_
         from ..execute_ray import execute_ray
 
         return execute_ray(
-            configs,
+            trials,
             out,
             address=args.address,
             cpus_per_trial=args.cpus_per_trial,
@@ -220,7 +221,7 @@ def _execute(configs: list[dict], out: str, matrix, args: argparse.Namespace, n_
             **common,
         )
     result = execute(
-        configs,
+        trials,
         out,
         workers=args.workers,
         reuse_other_versions=args.reuse_other_versions,
@@ -235,16 +236,16 @@ def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int
     from ..shard import shard_trials
     from ..tune import run_tuned
 
-    def run_phase(configs: list[dict], phase: str):
-        result = _execute(configs, out, matrix, args, n_matrix)
+    def run_phase(trials: list[Trial], phase: str):
+        result = _execute(trials, out, matrix, args, n_matrix)
         print(f"techbench run {matrix.name} ({phase}): {result.summary} -> {out}")
         return result
 
     result = run_tuned(matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard))
-    return _finish(result, shard_trials(matrix.trials(), args.shard), out, args)
+    return _finish(result, shard_trials(matrix.planned(), args.shard), out, args)
 
 
-def _finish(result, trials: list[dict], out: str, args: argparse.Namespace) -> int:
+def _finish(result, trials: list[Trial], out: str, args: argparse.Namespace) -> int:
     """The exit status after a run: 130 when interrupted, 143 when terminated (SIGTERM), with
     the resume hint; 1 when trials of ``trials`` stand failed (their errors and the retry command
     printed) or have no stored result; else the ``--report`` step's (0 without one)."""
@@ -266,21 +267,19 @@ def _finish(result, trials: list[dict], out: str, args: argparse.Namespace) -> i
     return code
 
 
-def _failures(trials: list[dict], out: str, args: argparse.Namespace) -> int:
+def _failures(trials: list[Trial], out: str, args: argparse.Namespace) -> int:
     """Print each failed trial's error line (up to :data:`SHOW_FAILED`) and the retry hint;
     1 when trials of this run stand failed in the store, else 0."""
     from ..integrity import error_line
     from ..matrix import describe_trial
-    from ..schema import trial_id
     from ..store import ResultStore
 
     store = ResultStore(out)
     failed = []
-    for config in trials:
-        tid = trial_id(config)
-        meta = store.read_meta(tid)
+    for trial in trials:
+        meta = store.read_meta(trial.id)
         if meta is not None and meta.get("status") == "failed":
-            failed.append((tid, config, error_line(meta.get("error"))))
+            failed.append((trial.id, trial.config, error_line(meta.get("error"))))
     if not failed:
         return 0
     n = len(failed)
@@ -336,15 +335,16 @@ def _list(names: list[str]) -> int:
 
 
 def _dry_run(
-    matrix, trials: list[dict], out: str, args: argparse.Namespace, narrowed: str = ""
+    matrix, trials: list[Trial], out: str, args: argparse.Namespace, narrowed: str = ""
 ) -> int:
     from ..matrix import describe_trial
-    from ..schema import AXES, FINISHED, trial_id
+    from ..schema import AXES, FINISHED
     from ..store import ResultStore
 
-    varying = [k for k in (*AXES, "seed", "data_seed") if len({repr(t[k]) for t in trials}) > 1]
+    configs = [t.config for t in trials]
+    varying = [k for k in (*AXES, "seed", "data_seed") if len({repr(c[k]) for c in configs}) > 1]
     stored = ResultStore(out).statuses()
-    ids = [trial_id(t) for t in trials]
+    ids = [t.id for t in trials]
     done = sum(stored.get(t) in FINISHED for t in ids)
     failed = sum(stored.get(t) == "failed" for t in ids)
     todo = len(trials) - done - (0 if args.rerun_failed else failed)
@@ -362,7 +362,7 @@ def _dry_run(
     )
     if narrowed:
         print(f"  {narrowed}")
-    accelerators = sorted({str(t["trainer"]["accelerator"]) for t in trials})
+    accelerators = sorted({str(c["trainer"]["accelerator"]) for c in configs})
     print(f"  accelerator: {', '.join(accelerators)}")
     print(f"  store {out}: {done} done, {failed} failed, {todo} to run")
     if failed and not args.rerun_failed:
@@ -370,7 +370,7 @@ def _dry_run(
     from ..execute import plan_units
     from ..stack import describe_stacks
 
-    pending = [t for t, i in zip(trials, ids, strict=True) if stored.get(i) is None]
+    pending = [t for t in trials if stored.get(t.id) is None]
     for line in describe_stacks(plan_units(pending, _stack_policy(args.stack))):
         print(f"  {line}")
 
@@ -387,7 +387,7 @@ def _dry_run(
         print(f"sample ({k} of {len(trials)}):")
         step = max(1, len(trials) // k)
         for t in trials[::step][:k]:
-            print(f"  {trial_id(t)}  {describe_trial(t, varying or ['seed'])}")
+            print(f"  {t.id}  {describe_trial(t.config, varying or ['seed'])}")
     return 0
 
 

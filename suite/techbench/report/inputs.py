@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..schema import trial_id
+from ..schema import stop_reason
 from ..tune import Selection, TunePlan, read_plan, select_stored
 from .analyze import ReportInputError
 from .budgets import refuse_mixed_budgets
@@ -253,11 +253,11 @@ def finals_only(
     keep = np.ones(len(trials), dtype=bool)
     tuned = None
     for prefix, where, plan in plans:
-        search = {prefix + trial_id(c) for c in plan.search_trials()}
+        search = {prefix + t.id for t in plan.search_trials()}
         if not ids.isin(search).any():
             continue  # the store's trials (of this --matrix) are not the plan's
         selection, pending = select_stored(plan, where)
-        finals = frozenset(prefix + trial_id(c) for c in plan.final_trials(selection))
+        finals = frozenset(prefix + t.id for t in plan.final_trials(selection))
         mine = ids.str.startswith(prefix).to_numpy() if prefix else np.ones(len(ids), bool)
         keep &= ~mine | ids.isin(finals).to_numpy()
         if len(dirs) == 1:
@@ -268,40 +268,43 @@ def finals_only(
     return ranked, ranked_metrics, tuned
 
 
-def _budget(config: str, key: str) -> Any:
-    try:
-        return (json.loads(config).get("budget") or {}).get(key)
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
 def stop_reasons(trials: pd.DataFrame) -> pd.Series:
-    """Why each trial stopped (see the module docstring); a stored ``stop_reason`` wins."""
-    n = len(trials)
-    status = trials["status"].astype(str).to_numpy()
-    epochs = pd.to_numeric(trials.get("epochs", pd.Series(np.nan, trials.index)), errors="coerce")
-    ran = pd.to_numeric(trials.get("epochs_run", pd.Series(np.nan, trials.index)), errors="coerce")
-    steps = pd.to_numeric(trials.get("steps", pd.Series(np.nan, trials.index)), errors="coerce")
-    max_steps = pd.to_numeric(
-        trials.get("max_steps", pd.Series(np.nan, trials.index)), errors="coerce"
-    )
-    out = np.full(n, "epochs", dtype=object)
-    hit_steps = (max_steps.notna() & (steps >= max_steps)).to_numpy()
-    short = (epochs.notna() & ran.notna() & (ran < epochs)).to_numpy() & ~hit_steps
-    out[hit_steps] = "steps"
-    timed = np.zeros(int(short.sum()), dtype=bool)
-    if "config" in trials and timed.size:  # only runs cut short need their config parsed
-        budget = trials["config"].to_numpy(object)[short]
-        seconds = pd.to_numeric(pd.Series([_budget(c, "max_seconds") for c in budget]))
-        timed = seconds.notna().to_numpy()
-    out[short] = np.where(timed, "time budget", "stopped early")
-    out[status == "diverged"] = "diverged"
-    out[status == "failed"] = "failed"
-    reasons = pd.Series(out, index=trials.index, name="stop_reason")
-    if "stop_reason" in trials:
-        stored = trials["stop_reason"]
-        reasons = stored.where(stored.notna() & (stored.astype(str) != ""), reasons)
-    return reasons.astype(str)
+    """Why each trial stopped: the stored ``stop_reason`` (the engine writes it); for a trial of
+    a store written by 0.3.0, which lacks it, :func:`techbench.schema.stop_reason` of its status,
+    config, steps and epochs run."""
+    stored = trials["stop_reason"] if "stop_reason" in trials else pd.Series(None, trials.index)
+    missing = (stored.isna() | (stored.astype(str) == "")).to_numpy()
+    reasons = stored.astype(object).copy()
+    if missing.any():
+        part = trials[missing]
+        reasons[missing] = [
+            stop_reason(
+                str(row["status"]),
+                _config(row),
+                _int(row, "steps"),
+                _int(row, "epochs_run"),
+            )
+            for _, row in part.iterrows()
+        ]
+    return reasons.rename("stop_reason").astype(str)
+
+
+def _config(row: pd.Series) -> dict[str, Any]:
+    """The row's config (its budget as the row's budget columns say, where it has them)."""
+    try:
+        config = json.loads(row.get("config"))
+    except (TypeError, ValueError):
+        config = {}
+    budget = dict((config.get("budget") if isinstance(config, dict) else None) or {})
+    for key in ("epochs", "max_steps"):
+        if key in row:
+            budget[key] = _int(row, key)
+    return {"budget": budget}
+
+
+def _int(row: pd.Series, key: str) -> int | None:
+    value = pd.to_numeric(row.get(key), errors="coerce")
+    return None if pd.isna(value) else int(value)
 
 
 def stop_summary(runs: pd.DataFrame) -> str:

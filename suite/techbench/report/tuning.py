@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import htmlpage as html
 from ..palette import technique_color
-from ..schema import metric_series, trial_id
+from ..schema import metric_series
 from ..tune import Selection, TunePlan, trial_score
 from . import expmax
 from .inputs import Tuned
@@ -67,7 +67,7 @@ def search_table(plan: TunePlan, tuned: Tuned) -> pd.DataFrame:
         for study, points in enumerate(g.points):
             for i, point in enumerate(points):
                 for seed in plan.spec.study_seeds(study):
-                    tid = trial_id(g.config(point, seed, plan.follow))
+                    tid = g.trial(point, seed, plan.follow).id
                     st = status.get(tid)
                     s = trial_score(st, val.get(tid, []), plan.spec.select, plan.spec.mode)
                     rows.append(
@@ -136,7 +136,7 @@ def _final_rows(
         g = by_id[s.group]
         vals, tests, n_run, n_bad = [], [], 0, 0
         for seed in plan.spec.final_seeds:
-            tid = trial_id(g.config(s.point, seed, plan.follow))
+            tid = g.trial(s.point, seed, plan.follow).id
             st = status.get(tid)
             v = trial_score(st, val.get(tid, []), plan.spec.select, plan.spec.mode)
             t_series = test.get(tid, [])
