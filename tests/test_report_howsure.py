@@ -17,10 +17,17 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from scipy import integrate, stats
 
+from techbench.matrix import MatrixError, loads_matrix
 from techbench.report import build_report
 from techbench.report.answer_figures import BEST_MARK, answer_intervals
-from techbench.report.power import comparison, normal_seeds, seeds_needed
-from techbench.report.signals import early_values, kendall_tau, predictor_table, tau_with_ci
+from techbench.report.power import comparison, normal_seeds, read_min_effect, seeds_needed
+from techbench.report.signals import (
+    early_values,
+    kendall_tau,
+    predictor_table,
+    tau_with_ci,
+    verdicts,
+)
 from techbench.report.stats import _resample_counts
 
 from .report_fixtures import write_store
@@ -99,15 +106,20 @@ def test_tau_interval_is_the_percentile_of_scipy_on_each_resample() -> None:
     assert (lo, hi) == pytest.approx(tuple(np.quantile(brute, [0.025, 0.975])))
 
 
-def _population(n: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _population(n: int = 40, swap: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``n`` trials of 100 steps: final score i; 'val loss' at step 20 is -i (a perfect early
-    predictor) and becomes noise from step 30 on; 'health grad_norm' (two layers) is noise."""
+    predictor) and becomes noise from step 30 on; 'health grad_norm' (two layers) is noise.
+    ``swap``: the final top 3 get the early losses of the next 3 (and the reverse)."""
+    early = {i: -float(i) for i in range(n)}
+    if swap:
+        for i in range(n - 3, n):
+            early[i], early[i - 3] = early[i - 3], early[i]
     rng = np.random.default_rng(0)
     runs = pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "steps": 100,
                          "dataset": "digits", "model": "mlp", "score": np.arange(n, dtype=float)})  # fmt: skip
     rows = []
     for i in range(n):
-        rows.append((f"t{i}", 20, "val", "loss", "", -float(i)))
+        rows.append((f"t{i}", 20, "val", "loss", "", early[i]))
         rows.append((f"t{i}", 30, "val", "loss", "", float(rng.normal())))
         for step, layer in itertools.product((10, 40), ("0", "1")):
             rows.append((f"t{i}", step, "health", "grad_norm", layer, float(rng.normal())))
@@ -135,6 +147,17 @@ def test_predictor_table_ranks_the_perfect_signal_first() -> None:
         metrics[(metrics["step"] == 30)]["value"], runs["score"]).statistic)  # fmt: skip
     assert noise["tau_ci_low"] < 0 < noise["tau_ci_high"]
     assert predictor_table(metrics, runs.head(29), higher=True).empty  # under 30 trials
+    assert "was a safe proxy here" in verdicts(table)[0]
+
+
+def test_a_signal_that_ranks_well_but_misses_the_top_is_not_called_safe() -> None:
+    runs, metrics = _population(swap=True)
+    table = predictor_table(metrics, runs, higher=True)
+    row = table[(table["signal"] == "val loss") & (table["fraction"] == 0.25)].iloc[0]
+    n_pairs = 40 * 39 / 2
+    assert row["tau"] == pytest.approx(-(n_pairs - 2 * 9) / n_pairs)  # 9 discordant pairs
+    assert row["top3_agreement"] == 0.0
+    assert "would not have picked the final best" in verdicts(table)[0]
 
 
 # -- the answer as a picture ---------------------------------------------------------------
@@ -161,11 +184,13 @@ def test_drawn_intervals_are_the_csv_numbers_and_the_best_is_marked(report: Path
     fig = answer_intervals(board, "val_acc")
     assert fig is not None
     units = list(board.groupby(["dataset", "axis"], sort=True))
-    for drawn, ((dataset, _), b) in zip(_segments(fig, "score_ci"), units, strict=True):
-        assert drawn == pytest.approx(list(zip(b["score_ci_low"], b["score_ci_high"])))
+    for drawn, (_, b) in zip(_segments(fig, "score_ci"), units, strict=True):
+        expected = b[["score_ci_low", "score_ci_high"]].to_numpy(float)
+        np.testing.assert_allclose(np.array(drawn), expected, rtol=1e-12)
     for drawn, (_, b) in zip(_segments(fig, "p_ci"), units, strict=True):
         others = b[b["technique"] != b["technique"].iloc[0]]
-        assert drawn == pytest.approx(list(zip(others["p_ci_low"], others["p_ci_high"])))
+        expected = others[["p_ci_low", "p_ci_high"]].to_numpy(float)
+        np.testing.assert_allclose(np.array(drawn), expected, rtol=1e-12)
     marked = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()
               if t.get_text().startswith(BEST_MARK)]  # fmt: skip
     assert marked == [BEST_MARK + b for b in head["best"]]
@@ -212,3 +237,14 @@ def test_power_csv_and_min_effect_option(report: Path, tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "--min-effect" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_matrix_min_effect_is_validated_and_read_with_the_flag_first() -> None:
+    m = loads_matrix('name = "x"\n[report]\nmin_effect = 0.01\n[axes]\nactivation = ["relu"]\n')
+    assert m.report == {"min_effect": 0.01}
+    assert read_min_effect(m.describe(), None) == 0.01
+    assert read_min_effect(m.describe(), 0.5) == 0.5
+    assert read_min_effect({}, None) is None
+    for bad in ("-0.1", "0", '"big"', "true", "inf"):
+        with pytest.raises(MatrixError, match=r"report\.min_effect"):
+            loads_matrix(f'name = "x"\n[report]\nmin_effect = {bad}\n')

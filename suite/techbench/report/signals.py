@@ -107,7 +107,7 @@ def predictor_table(
     rows = []
     keys = [c for c in WORKLOAD if c in runs]
     sign = 1.0 if higher else -1.0
-    for key, group in runs.groupby([runs[c].astype(str) for c in keys], sort=True):
+    for key, group in runs.groupby([runs[c].astype(str) for c in keys], sort=True, dropna=False):
         if len(group) < MIN_TRIALS:
             continue
         score = sign * group.set_index("trial_id")["score"].astype(float)
@@ -149,13 +149,20 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             continue
         r = loss.iloc[0]
         near = min(abs(r["tau_ci_low"]), abs(r["tau_ci_high"]))
-        safe = r["tau_ci_low"] * r["tau_ci_high"] > 0 and near >= SAFE_TAU
+        ranks = r["tau_ci_low"] * r["tau_ci_high"] > 0 and near >= SAFE_TAU
+        held = round(r[f"top{TOP_K}_agreement"] * TOP_K)
         text += (
             f"; validation loss at 25% (tau {r['tau']:.2f} [{r['tau_ci_low']:.2f}, "
-            f"{r['tau_ci_high']:.2f}], early top-{TOP_K} held "
-            f"{round(r[f'top{TOP_K}_agreement'] * TOP_K)} of the final top-{TOP_K}) "
-            + ("was a safe proxy here" if safe else "was not a safe proxy here")
-            + f" (safe: |tau| >= {SAFE_TAU} over its whole 95% interval)."
+            f"{r['tau_ci_high']:.2f}], its top-{TOP_K} held {held} of the final top-{TOP_K}) "
         )
+        if ranks and held >= TOP_K - 1:
+            text += "was a safe proxy here"
+        elif ranks:
+            text += "ranked the population well but would not have picked the final best: "
+            text += "a safe proxy for pruning the worst, not for choosing the winner"
+        else:
+            text += "was not a safe proxy here"
+        text += f" (safe: |tau| >= {SAFE_TAU} over its whole 95% interval and the top-{TOP_K} "
+        text += f"holding at least {TOP_K - 1} of the final top-{TOP_K})."
         out.append(text)
     return out
