@@ -51,7 +51,7 @@ def _power_method(min_effect: float | None) -> str:
         "technique from its observed per-seed scores (with replacement) and take the IQM "
         "margin; n is the smallest where 80% of studies put the margin more than 1.96 of its "
         f"standard deviations from 0 (the 95% interval excludes 0), capped at {power.MAX_SEEDS}. "
-        f"With fewer than {power.MIN_SEEDS} seeds: the normal formula n = (z_0.975 + z_0.8)^2 "
+        f"Under {power.MIN_SEEDS} seeds per technique: the normal formula n = (z_0.975 + z_0.8)^2 "
         "(s1^2 + s2^2) v / margin^2, v = 1.195 (the IQM's variance relative to the mean's). "
         "Equal IQMs (a tie) are never separated."
     )

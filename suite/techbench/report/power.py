@@ -188,6 +188,8 @@ def sentences(table: pd.DataFrame) -> list[str]:
         need = float(r.seeds_needed)
         if math.isnan(need):
             text += "too few seeds to estimate the seeds needed"
+        elif math.isinf(need) and r.margin == 0:
+            text += "equal IQMs: no number of seeds separates a margin of 0"
         elif math.isinf(need):
             text += f"no number of seeds up to {MAX_SEEDS} separates a margin like this one"
         else:
