@@ -248,3 +248,12 @@ def test_matrix_min_effect_is_validated_and_read_with_the_flag_first() -> None:
     for bad in ("-0.1", "0", '"big"', "true", "inf"):
         with pytest.raises(MatrixError, match=r"report\.min_effect"):
             loads_matrix(f'name = "x"\n[report]\nmin_effect = {bad}\n')
+
+
+def test_a_large_workload_is_subsampled_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from techbench.report import signals
+
+    monkeypatch.setattr(signals, "MAX_POPULATION", 35)
+    runs, metrics = _population()
+    table = predictor_table(metrics, runs, higher=True)
+    assert set(table["n_trials"]) == {35}

@@ -1,7 +1,7 @@
 """Could shorter runs have told? Early signals as predictors of the final score.
 
 Per workload (a dataset, model and budget) with at least :data:`MIN_TRIALS` trials (seeds,
-settings or population members), every recorded signal (validation and training metrics,
+settings or population members; a seeded subset of :data:`MAX_POPULATION` beyond it), every recorded signal (validation and training metrics,
 health metrics averaged over layers) is read at :data:`FRACTIONS` of each trial's steps: the
 last record at or before that step. Against the final score it gets
 
@@ -29,6 +29,8 @@ TOP_K = 3
 N_RESAMPLES = 1000
 SPLITS = ("val", "train", "health")
 SKIPPED = frozenset({"nonfinite_grads", "seconds"})
+MAX_POPULATION = 500
+"""Trials per workload used (a seeded random subset beyond it): tau's pair matrices are n x n."""
 SAFE_TAU = 0.6
 """|tau| whose whole interval must lie beyond it for early validation loss to be a safe proxy."""
 WORKLOAD = ("dataset", "model", "epochs", "max_steps", "batch_size")
@@ -107,13 +109,17 @@ def predictor_table(
     rows = []
     keys = [c for c in WORKLOAD if c in runs]
     sign = 1.0 if higher else -1.0
+    metrics = metrics[metrics["split"].isin(SPLITS) & ~metrics["metric"].isin(SKIPPED)]
     for key, group in runs.groupby([runs[c].astype(str) for c in keys], sort=True, dropna=False):
         if len(group) < MIN_TRIALS:
             continue
+        if len(group) > MAX_POPULATION:
+            group = group.sample(MAX_POPULATION, random_state=seed)
+        own = metrics[metrics["trial_id"].isin(group["trial_id"])]
         score = sign * group.set_index("trial_id")["score"].astype(float)
         workload = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))[:2])
         for fraction in FRACTIONS:
-            early = early_values(metrics, group, fraction).reindex(score.index)
+            early = early_values(own, group, fraction).reindex(score.index)
             for signal in early.columns:
                 s = early[signal].to_numpy(float)
                 y = score.to_numpy(float)
