@@ -22,6 +22,8 @@ from .figures import FONT, MAX_WIDTH, _quiet, _short, _wrap
 
 MAX_UNITS = 6
 """Headline rows (dataset x axis) drawn; the rest are in the tables."""
+MAX_ROWS = 24
+"""Techniques drawn per comparison (the best by rank); every one is in the leaderboard table."""
 ROW_INCHES = 0.27
 BEST_MARK = "★ "
 
@@ -33,7 +35,7 @@ def units(board: pd.DataFrame) -> list[tuple[object, str, pd.DataFrame]]:
     out = []
     for (dataset, axis), b in board.groupby(["dataset", "axis"], sort=True):
         if len(b) >= 2:
-            out.append((dataset, str(axis), b.reset_index(drop=True)))
+            out.append((dataset, str(axis), b.head(MAX_ROWS).reset_index(drop=True)))
     return out[:MAX_UNITS]
 
 
@@ -55,13 +57,15 @@ def answer_intervals(board: pd.DataFrame, metric: str) -> Figure | None:
         for i, (dataset, axis, b) in enumerate(drawn):
             row = rows[i // per_row]
             sub = row.subfigures(1, per_row, squeeze=False)[0, i % per_row] if per_row > 1 else row
-            _unit(sub, b, f"{dataset} · {axis}", metric)
+            n = int(((board["dataset"] == dataset) & (board["axis"] == axis)).sum())
+            shown = f" · best {len(b)} of {n}" if n > len(b) else ""
+            _unit(sub, b, f"{dataset} · {axis}{shown}", metric, 24 if per_row > 1 else 34)
         for j in range(len(drawn), nrows * per_row):
             rows[j // per_row].subfigures(1, per_row, squeeze=False)[0, j % per_row]
     return fig
 
 
-def _unit(sub: Figure, b: pd.DataFrame, title: str, metric: str) -> None:
+def _unit(sub: Figure, b: pd.DataFrame, title: str, metric: str, label_chars: int) -> None:
     score_ax, p_ax = sub.subplots(1, 2, sharey=True, width_ratios=[1.35, 1.0])
     y = np.arange(len(b))
     colors = [technique_color(t) for t in b["technique"].astype(str)]
@@ -69,7 +73,7 @@ def _unit(sub: Figure, b: pd.DataFrame, title: str, metric: str) -> None:
     lines.set_gid("score_ci")
     score_ax.scatter(b["score_iqm"], y, c=colors, s=22, zorder=3, edgecolors="black", lw=0.5)
     labels = [
-        (BEST_MARK if r == 1 else "") + _short(str(t), 24)
+        (BEST_MARK if r == 1 else "") + _short(str(t), label_chars)
         for r, t in zip(b["rank"], b["technique"], strict=True)
     ]
     score_ax.set_yticks(y, labels, fontsize=FONT)
