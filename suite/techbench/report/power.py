@@ -131,7 +131,9 @@ def comparison(
         "margin": margin,
     }
     if n_now < 2:
-        row.update(seeds_needed=math.nan, seeds_for_min_effect=math.nan, equivalent=False)
+        row.update(
+            method="none", seeds_needed=math.nan, seeds_for_min_effect=math.nan, equivalent=False
+        )
         return row
 
     def needed(shift: float, delta: float) -> float:
@@ -183,7 +185,8 @@ def sentences(table: pd.DataFrame) -> list[str]:
     for r in table.itertuples(index=False):
         text = (
             f"{r.dataset} · {r.axis}: {r.best} over {r.runner_up}, margin {r.margin:.3g} "
-            f"[{r.margin_ci_low:.3g}, {r.margin_ci_high:.3g}] with {r.seeds_now} seeds each; "
+            f"[{r.margin_ci_low:.3g}, {r.margin_ci_high:.3g}] with {r.seeds_now} "
+            f"seed{'s' if r.seeds_now != 1 else ''} each; "
         )
         need = float(r.seeds_needed)
         if math.isnan(need):
@@ -194,7 +197,7 @@ def sentences(table: pd.DataFrame) -> list[str]:
             text += f"no number of seeds up to {MAX_SEEDS} separates a margin like this one"
         else:
             text += f"about {need:.0f} seeds per technique would separate it with 80% probability"
-        text += f" ({r.method})"
+        text += f" ({r.method})" if r.method != "none" else ""
         if isinstance(r.min_effect, float) and not math.isnan(r.min_effect):
             for_min = float(r.seeds_for_min_effect)
             text += f"; a margin of min_effect {r.min_effect:g} needs {_seeds(for_min)}" + (
