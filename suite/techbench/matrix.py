@@ -34,6 +34,7 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
 
     [report]                             # how `techbench report` scores runs
     score = "final"                      # or "best" (best-validation epoch); default "final"
+    min_effect = 0.005                   # optional: smallest score difference that matters
 
     [defaults]                           # one value per axis, for axes not swept
     optimizer = { name = "adam", lr = 0.001 }
@@ -122,7 +123,7 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 """``trainer.memory_format``; not in :data:`DEFAULT_CONFIG`, so trials that don't set it keep
 their ids."""
 HEALTH_KEYS = ("enabled", "every_n_steps")
-REPORT_KEYS = ("score",)
+REPORT_KEYS = ("score", "min_effect")
 SCORE_RULES = ("final", "best")
 """``[report] score``: the epoch a run is scored at (see :mod:`techbench.report.scoring`)."""
 PATTERN_EXTRA = ("seed", "data_seed")
@@ -524,6 +525,14 @@ class _Parser:
         self.unknown_keys(raw, REPORT_KEYS, "report")
         if "score" in raw and raw["score"] not in SCORE_RULES:
             self.problem("report.score", f"must be one of {SCORE_RULES}, got {raw['score']!r}")
+            return {}
+        effect = raw.get("min_effect", 1.0)
+        if (
+            isinstance(effect, bool)
+            or not isinstance(effect, int | float)
+            or not 0 < effect < math.inf
+        ):
+            self.problem("report.min_effect", f"must be a positive number, got {effect!r}")
             return {}
         return {k: raw[k] for k in REPORT_KEYS if k in raw}
 

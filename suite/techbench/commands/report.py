@@ -1,5 +1,5 @@
 """``techbench report RESULTS_DIR [RESULTS_DIR ...] [--out DIR] [--score final|best]
-[--matrix NAME] [--wall-clock] [--baseline TECHNIQUE ...]``."""
+[--matrix NAME] [--wall-clock] [--min-effect DELTA] [--baseline TECHNIQUE ...]``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also profile time-to-target on raw wall-clock seconds (noisy under load)",
     )
     p.add_argument(
+        "--min-effect",
+        type=_positive,
+        metavar="DELTA",
+        help="smallest score difference that matters: seeds to detect it, and 'equivalent' "
+        "when the margin's interval rules it out (default: the matrix's [report] min_effect)",
+    )
+    p.add_argument(
         "--baseline",
         action="append",
         default=[],
@@ -41,6 +48,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="technique to compute the probability of improvement against (repeatable)",
     )
     p.set_defaults(handler=main)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -73,6 +90,7 @@ def main(args: argparse.Namespace) -> int:
             score=args.score,
             matrix=args.matrix,
             wall_clock=args.wall_clock,
+            min_effect=args.min_effect,
         )
     except ReportInputError as exc:
         raise UsageError(str(exc)) from exc

@@ -25,14 +25,16 @@ def build_report(
     score: str | None = None,
     matrix: str | None = None,
     wall_clock: bool = False,
+    min_effect: float | None = None,
 ) -> Path:
     """Build the report of the store at ``results_dir`` (or of several stores, each trial id
     counted once) into ``out_dir``; returns index.html. ``score``: ``final``/``best`` (default: the
     matrix's ``[report] score``, else final); ``matrix``: one matrix of a mixed store;
-    ``wall_clock``: add time-to-target profiles on raw wall-clock seconds."""
+    ``wall_clock``: add time-to-target profiles on raw wall-clock seconds; ``min_effect``: the
+    smallest score difference that matters (default: the matrix's ``[report] min_effect``)."""
     from .build import build
 
     return build(
         results_dir, out_dir, baselines=baselines, score=score, matrix=matrix,
-        wall_clock=wall_clock,
+        wall_clock=wall_clock, min_effect=min_effect,
     )  # fmt: skip

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import htmlpage as html
 from . import analyze, atomic, headline, inputs, parallel, scoring, sections, settings, tables
+from .power import read_min_effect
 from .sections import ReportContext
 
 REPORT_LIBS = ("techbench", "pandas", "scipy", "seaborn", "matplotlib", "scikit-posthocs")
@@ -32,6 +33,7 @@ def load_context(
     score: str | None = None,
     matrix: str | None = None,
     wall_clock: bool = False,
+    min_effect: float | None = None,
 ) -> ReportContext | None:
     """Load the store(s) and derive every shared table; ``None`` when there are no trials.
 
@@ -106,6 +108,7 @@ def load_context(
         stores=tuple(os.fspath(d) for d in dirs),
         wall_clock=wall_clock,
         tuned=tuned,
+        min_effect=read_min_effect(info, min_effect),
     )
 
 
@@ -256,6 +259,7 @@ def build(
     score: str | None = None,
     matrix: str | None = None,
     wall_clock: bool = False,
+    min_effect: float | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` and each section's CSVs; returns the page's path.
 
@@ -266,8 +270,9 @@ def build(
     out = Path(out_dir)
     with atomic.staging(out) as stage:
         ctx = load_context(
-            results_dir, out, baselines, score=score, matrix=matrix, wall_clock=wall_clock
-        )
+            results_dir, out, baselines, score=score, matrix=matrix, wall_clock=wall_clock,
+            min_effect=min_effect,
+        )  # fmt: skip
         if ctx is None:
             _empty_report(stage, results_dir)
         else:

@@ -18,7 +18,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import htmlpage as html
-from . import analyze, figures, headline, scoring, tables
+from . import analyze, answer_figures, figures, headline, scoring, tables
+from .howsure import how_sure
 from .inputs import CUT_SHORT, Tuned
 from .settings import AxisView
 from .stats import MIN_SEEDS
@@ -66,6 +67,7 @@ class ReportContext:
     stores: Sequence[str] = ()
     wall_clock: bool = False
     tuned: Tuned | None = None
+    min_effect: float | None = None
 
     @property
     def higher(self) -> bool:
@@ -105,6 +107,8 @@ def answer(ctx: ReportContext) -> Section:
         note = "No axis has two techniques in one context: nothing to compare."
         return Section("answer", "Answer", [html.warning(note)])
     blocks = [html.table(headline.display(head, metric, _test_name(ctx)), csv_name="headline.csv")]
+    picture = answer_figures.answer_intervals(ctx.leaderboard, metric)
+    blocks.append(_image(picture, "Each technique's score and P(best > technique), 95% CIs"))
     blocks += [html.para(t) for t in headline.sentences(head, metric)]
     selected = [v.axis for v in ctx.views.values() if v.by_name and v.n_settings > 1]
     how = (
@@ -414,6 +418,7 @@ def runs(ctx: ReportContext) -> Section:
 
 SECTIONS: list[Callable[[ReportContext], Section]] = [
     answer,
+    how_sure,
     overview,
     tuning,
     convergence,
