@@ -39,11 +39,10 @@ def _study(rng: np.random.Generator, delta: float) -> tuple[bool, int]:
     verdict on every seed run."""
     a, b = rng.normal(delta, 1.0, PLAN.max), rng.normal(0.0, 1.0, PLAN.max)
     pa, pb = a[: PLAN.pilot], b[: PLAN.pilot]
-    sep = _separated(pa, pb)
     row = power.comparison({0: pa}, {0: pb}, (math.nan, math.nan), None, power=PLAN.power,
                            cap=PLAN.max)  # fmt: skip
-    n = PLAN.seeds_for(float(row["seeds_needed"]), sep)  # type: ignore[arg-type]
-    return (sep if n == PLAN.pilot else _separated(a[:n], b[:n])), n
+    n = PLAN.seeds_for(float(row["seeds_needed"]))  # type: ignore[arg-type]
+    return _separated(a[:n], b[:n]), n
 
 
 def _rate(delta: float, seed: int) -> float:
@@ -67,12 +66,11 @@ def test_a_known_difference_is_separated_with_the_planned_power() -> None:
     assert rate >= PLAN.power - 2 * se
 
 
-def test_seeds_for_decides_only_a_separated_pilot_that_had_its_seeds() -> None:
-    assert PLAN.seeds_for(4.0, separated=True) == 5
-    assert PLAN.seeds_for(6.0, separated=True) == 20  # separated, but short of its seeds
-    assert PLAN.seeds_for(31.2, separated=False) == 32
-    assert PLAN.seeds_for(math.inf, separated=False) == 40
-    assert PLAN.seeds_for(math.nan, separated=False) == 40
+def test_seeds_for_keeps_between_half_the_cap_and_the_cap() -> None:
+    assert PLAN.seeds_for(4.0) == 20  # the pilot decides nothing: at least max / 2
+    assert PLAN.seeds_for(31.2) == 32
+    assert PLAN.seeds_for(math.inf) == 40
+    assert PLAN.seeds_for(math.nan) == 40
 
 
 # -- bookkeeping ---------------------------------------------------------------------------------
@@ -128,7 +126,7 @@ def test_a_killed_stage_two_resumes_with_the_same_plan_and_runs_only_what_is_mis
     assert first.interrupted and first.planned is not None
     [row] = first.planned.rows
     n = row["seeds"]
-    assert not row["separated"] and 6 <= n <= 12  # at least half the cap
+    assert 6 <= n <= 12  # at least half the cap
     stored_plan = (out / PLAN_FILE).read_text()
     # the stage-2 trials: both activations on seeds 5 .. n-1, expanded here independently
     full = loads_matrix(MATRIX.replace("[seeds]\nplan = { pilot = 5, max = 12 }", f"seeds = {n}"))

@@ -300,10 +300,18 @@ def _run_planned(matrix, trials: list[Trial], out: str, args: argparse.Namespace
 def _dry_run_pilot(matrix, pilot: str) -> None:
     """``--dry-run --pilot STORE``: per headline comparison of the pilot store, the seeds it
     needs (capped) and the trials a seed plan would add."""
+    from pathlib import Path
+
+    from ..report.analyze import ReportInputError
     from ..seedplan import SeedPlan, Stage2, comparisons, describe, stage2_configs
 
+    if not Path(pilot).is_dir():
+        raise UsageError(f"--pilot {pilot}: no such results store")
     plan = matrix.seed_plan or SeedPlan()
-    rows = comparisons(pilot, plan)
+    try:
+        rows = comparisons(pilot, plan)
+    except ReportInputError as exc:
+        raise UsageError(f"--pilot {pilot}: {exc}") from exc
     if not rows:
         print(f"  pilot {pilot}: no headline comparison (no two techniques share a context)")
         return
