@@ -189,6 +189,7 @@ class Matrix:
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
     spec_defaults: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
     tune: Any = None  # a techbench.tune.TuneSpec when the matrix has [tune]
+    seed_plan: Any = None  # a techbench.seedplan.SeedPlan when the matrix has [seeds] plan
     only: dict[str, list[str]] = field(default_factory=dict)
     """Narrowing (``--filter``): keep the configs whose value on each key has one of these labels
     (:func:`axis_labels`); for a tuned matrix it applies before the search, so to both phases."""
@@ -308,6 +309,7 @@ class Matrix:
             "exclude": [{k: [_label(x) for x in v] for k, v in p.items()} for p in self.exclude],
             "n_trials": len(self.planned()) if n_trials is None else n_trials,
             **({"tune": self.tune.describe()} if self.tune is not None else {}),
+            **({"seed_plan": vars(self.seed_plan)} if self.seed_plan is not None else {}),
             **({"only": self.only} if self.only else {}),
         }
 
@@ -717,7 +719,7 @@ def load_matrix_dict(
     if not isinstance(description, str):
         p.problem("description", f"must be a string, got {_kind(description)}")
         description = ""
-    seeds = p.seed_list(data.get("seeds", [0]), "seeds")
+    seeds, seed_plan = _seeds(p, data.get("seeds", [0]))
     data_seeds = p.seed_list(data.get("data_seeds", [0]), "data_seeds", allow_seed=True)
     budget = p.budget(data)
     target = p.target(data)
@@ -789,7 +791,25 @@ def load_matrix_dict(
         exclude=exclude,
         spec_defaults=p.spec_defaults,
         tune=tune,
+        seed_plan=seed_plan,
     )
+
+
+def _seeds(p: _Parser, raw: Any) -> tuple[list[int] | str | None, Any]:
+    """``seeds``: a list, a count, or ``[seeds] plan = {...}`` (a two-stage seed plan,
+    :mod:`techbench.seedplan`: the pilot seeds run first)."""
+    if not isinstance(raw, Mapping):
+        return p.seed_list(raw, "seeds"), None
+    from .seedplan import parse_values
+
+    p.unknown_keys(raw, ["plan"], "seeds")
+    if "plan" not in raw:
+        p.problem("seeds", "a [seeds] table takes plan = { pilot = 5, max = 40, power = 0.8 }")
+        return None, None
+    plan, problems = parse_values(raw["plan"])
+    for key, what in problems:
+        p.problem(f"seeds.plan{'.' + key if key else ''}", what)
+    return (list(range(plan.pilot)) if plan else None), plan
 
 
 def _axis_techniques(

@@ -64,6 +64,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)
     bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--seed-plan",
+        metavar="pilot=N,max=M[,power=P]",
+        help="two stages: N pilot seeds, then up to M seeds for each comparison the pilot left "
+        "undecided (as [seeds] plan in the matrix)",
+    )
+    p.add_argument(
+        "--pilot",
+        metavar="STORE",
+        help="with --dry-run: the seeds each headline comparison of this pilot store needs",
+    )
     p.add_argument("--run-fn", default=None, help=argparse.SUPPRESS)
     add_narrow_arguments(p)
     add_scale_arguments(p)
@@ -147,6 +158,7 @@ def main(args: argparse.Namespace) -> int:
     from ..shard import shard_trials
 
     check_scale_arguments(args)
+    matrix = _with_seed_plan(matrix, args)
     full = matrix
     matrix, trials, notes = narrow(full, args)
     narrowed = describe_notes(notes, phase_counts(full), phase_counts(matrix)) if notes else ""
@@ -177,6 +189,8 @@ def main(args: argparse.Namespace) -> int:
     quiet_library_warnings()
     if matrix.tune is not None:
         return _run_tuned(matrix, out, args, n_matrix)
+    if matrix.seed_plan is not None:
+        return _run_planned(matrix, trials, out, args, n_matrix)
 
     result = _execute(trials, out, matrix, args, n_matrix)
     print(f"techbench run {matrix.name}: {result.summary} -> {out}")
@@ -243,6 +257,68 @@ def _run_tuned(matrix, out: str, args: argparse.Namespace, n_matrix: int) -> int
 
     result = run_tuned(matrix.tune_plan(), out, run_phase, lambda c: shard_trials(c, args.shard))
     return _finish(result, shard_trials(matrix.planned(), args.shard), out, args)
+
+
+def _with_seed_plan(matrix, args: argparse.Namespace):
+    """The matrix with ``--seed-plan`` applied (its pilot seeds); checks ``--pilot``."""
+    import dataclasses
+
+    from ..seedplan import parse_flag
+
+    if args.pilot is not None and not args.dry_run:
+        raise UsageError("--pilot STORE goes with --dry-run")
+    if args.seed_plan is None:
+        plan = matrix.seed_plan
+    else:
+        plan = parse_flag(args.seed_plan)
+        if matrix.tune is not None:
+            raise UsageError("--seed-plan: a tuned matrix takes its seeds from [tune]")
+        matrix = dataclasses.replace(matrix, seeds=list(range(plan.pilot)), seed_plan=plan)
+    if plan is not None and args.seeds is not None:
+        raise UsageError("--seeds and a seed plan both choose the seeds: give one")
+    return matrix
+
+
+def _run_planned(matrix, trials: list[Trial], out: str, args: argparse.Namespace, n: int) -> int:
+    """The two stages of a seed plan (:mod:`techbench.seedplan`) on the chosen executor."""
+    from ..seedplan import run_planned
+    from ..shard import shard_trials
+
+    def run_phase(stage_trials: list[Trial], stage: str):
+        if stage != "pilot":
+            stage_trials = shard_trials(stage_trials, args.shard)
+        result = _execute(stage_trials, out, matrix, args, n)
+        print(f"techbench run {matrix.name} ({stage}): {result.summary} -> {out}")
+        return result
+
+    follow = matrix.data_seeds == "seed"
+    result = run_planned(matrix.seed_plan, trials, out, run_phase, follow)
+    extra = result.planned.trials() if result.planned else []
+    return _finish(result, trials + shard_trials(extra, args.shard), out, args)
+
+
+def _dry_run_pilot(matrix, pilot: str) -> None:
+    """``--dry-run --pilot STORE``: per headline comparison of the pilot store, the seeds it
+    needs (capped) and the trials a seed plan would add."""
+    from pathlib import Path
+
+    from ..report.analyze import ReportInputError
+    from ..seedplan import SeedPlan, Stage2, comparisons, describe, stage2_configs
+
+    if not Path(pilot).is_dir():
+        raise UsageError(f"--pilot {pilot}: no such results store")
+    plan = matrix.seed_plan or SeedPlan()
+    try:
+        rows = comparisons(pilot, plan)
+    except ReportInputError as exc:
+        raise UsageError(f"--pilot {pilot}: {exc}") from exc
+    if not rows:
+        print(f"  pilot {pilot}: no headline comparison (no two techniques share a context)")
+        return
+    configs = stage2_configs(pilot, rows, matrix.data_seeds == "seed")
+    print(f"  pilot {pilot}, seed plan pilot={plan.pilot}, max={plan.max}, power={plan.power}:")
+    for line in describe(Stage2(plan, rows, configs)):
+        print(f"    {line}")
 
 
 def _finish(result, trials: list[Trial], out: str, args: argparse.Namespace) -> int:
@@ -374,6 +450,8 @@ def _dry_run(
     for line in describe_stacks(plan_units(pending, _stack_policy(args.stack))):
         print(f"  {line}")
 
+    if args.pilot is not None:
+        _dry_run_pilot(matrix, args.pilot)
     if matrix.tune is not None:
         t, plan = matrix.tune, matrix.tune_plan()
         print(

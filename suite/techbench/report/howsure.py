@@ -23,6 +23,7 @@ def how_sure(ctx: ReportContext) -> Section:
     table = power.power_table(ctx.views, ctx.headline, ctx.higher, ctx.min_effect)
     if not table.empty:
         blocks.append(html.heading("Seeds needed"))
+        blocks += _seed_plan(ctx.results_dir)
         blocks += [html.para(t) for t in power.sentences(table)]
         blocks.append(html.table(table, csv_name="power.csv"))
         blocks.append(html.para(_power_method(ctx.min_effect), "note"))
@@ -43,6 +44,16 @@ def how_sure(ctx: ReportContext) -> Section:
         blocks.append(html.para(_signals_method(), "note"))
         csvs["predictors.csv"] = pred
     return Section("how-sure", "How sure", blocks, csvs)
+
+
+def _seed_plan(store: object) -> list[str]:
+    """The procedure of a two-stage seed plan, when the store ran one (:mod:`..seedplan`)."""
+    from ..seedplan import describe, read_stage2
+
+    stage = read_stage2(str(store))
+    if stage is None:
+        return []
+    return [html.para(stage.plan.procedure() + " Planned: " + "; ".join(describe(stage)) + ".")]
 
 
 def _power_method(min_effect: float | None) -> str:

@@ -86,10 +86,16 @@ def _study_iqm(groups: Sequence[np.ndarray], n: int, studies: int, rng: np.rando
 
 
 def seeds_needed(
-    a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, power: float = POWER, seed: int = 0
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    *,
+    power: float = POWER,
+    seed: int = 0,
+    cap: int = MAX_SEEDS,
 ) -> float:
     """Smallest ``n`` (seeds per technique per context) whose separation rate reaches
-    ``power``; ``inf`` when even :data:`MAX_SEEDS` does not (e.g. equal IQMs)."""
+    ``power``; ``inf`` when even ``cap`` seeds do not (e.g. equal IQMs). A seed plan passes its
+    own cap: above it the answer is "more than the cap", found without simulating larger n."""
 
     def rate(n: int) -> float:
         return separation_rate(a, b, n, seed=seed)
@@ -97,8 +103,8 @@ def seeds_needed(
     lo, hi = 1, 2
     while rate(hi) < power:
         lo, hi = hi, hi * 2
-        if hi > MAX_SEEDS:
-            return math.inf if rate(MAX_SEEDS) < power else float(MAX_SEEDS)
+        if hi > cap:
+            return math.inf if rate(cap) < power else float(cap)
     while hi - lo > max(1, lo // 50):  # 2 % resolution: finer is below the Monte Carlo noise
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if rate(mid) >= power else (mid, hi)
@@ -116,6 +122,9 @@ def comparison(
     margin_ci: tuple[float, float],
     min_effect: float | None,
     seed: int = 0,
+    *,
+    power: float = POWER,
+    cap: int = MAX_SEEDS,
 ) -> dict[str, object]:
     """One headline comparison's power row: seeds now, the method, the seeds needed at the
     observed margin and (with ``min_effect``) at the smallest effect, and equivalence."""
@@ -138,10 +147,11 @@ def comparison(
 
     def needed(shift: float, delta: float) -> float:
         if resample:
-            return seeds_needed(xa, [x + shift for x in xb], seed=seed)
+            return seeds_needed(xa, [x + shift for x in xb], seed=seed, power=power, cap=cap)
         sa = float(np.mean([np.std(x, ddof=1) for x in xa]))
         sb = float(np.mean([np.std(x, ddof=1) for x in xb]))
-        return normal_seeds(sa, sb, delta)
+        n = normal_seeds(sa, sb, delta, power=power)
+        return n if n <= cap else math.inf
 
     row["seeds_needed"] = needed(0.0, margin)
     if min_effect:
@@ -154,7 +164,13 @@ def comparison(
 
 
 def power_table(
-    views: Mapping[str, AxisView], head: pd.DataFrame, higher: bool, min_effect: float | None
+    views: Mapping[str, AxisView],
+    head: pd.DataFrame,
+    higher: bool,
+    min_effect: float | None,
+    *,
+    power: float = POWER,
+    cap: int = MAX_SEEDS,
 ) -> pd.DataFrame:
     """One row per headline comparison (best against runner-up) with :func:`comparison`."""
     sign = 1.0 if higher else -1.0
@@ -168,7 +184,12 @@ def power_table(
             "dataset": h.dataset, "axis": h.axis, "best": h.best, "runner_up": h.runner_up,
         }  # fmt: skip
         found = comparison(
-            _groups(g, h.best, sign), _groups(g, h.runner_up, sign), h.margin_ci, min_effect
+            _groups(g, h.best, sign),
+            _groups(g, h.runner_up, sign),
+            h.margin_ci,
+            min_effect,
+            power=power,
+            cap=cap,
         )
         if h.tied_with:
             found["seeds_needed"] = math.inf  # equal IQMs: nothing to separate
