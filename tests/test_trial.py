@@ -444,10 +444,10 @@ def test_csv_logger(tmp_path: Path) -> None:
 
 
 def test_direct_step_equals_lightning_manual_optimization(monkeypatch) -> None:
-    import techbench.lit as lit
+    import techbench._lightning_compat as compat
 
     direct = run_trial(FAST, registry=REGISTRY)
-    monkeypatch.setattr(lit, "plain_precision", lambda trainer: False)
+    monkeypatch.setattr(compat, "plain_precision", lambda trainer: False)
     wrapped = run_trial(FAST, registry=REGISTRY)
     assert direct.status == wrapped.status == "completed"
     assert _values(direct) == _values(wrapped)

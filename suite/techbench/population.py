@@ -50,14 +50,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .families import NOISE_SEED_OFFSET, STACKED_DIMS
+from .families import NOISE_SEED_OFFSET, STACKED_DIMS, bind_module_generator
 from .lit import EVAL_CHUNK, task_loss
 from .population_tasks import member_metrics
 from .stack_layout import meta_skeleton, setting_groups
@@ -107,39 +107,13 @@ class StackedModule(pl.LightningModule):
         self.schedule_factory = schedule_factory
         self.stacked_optimizer_factory = stacked_optimizer_factory
         self.total_steps = total_steps
-        # a list, so that Lightning's device moves skip the parameter-less skeleton
-        self._skeleton = [meta_skeleton(self.members[0].model)]
-        params, buffers = stack_module_state([m.model for m in self.members])
-        groups = setting_groups(
-            [m.optimizer_params for m in self.members],
-            group_key if stacked_optimizer_factory is not None else None,
-        )
-        self.group_slices = [slice(lo, hi) for lo, hi, _ in groups]
-        self.group_params = [hp for _, _, hp in groups]
-        # one leaf per (group, parameter): each group's optimizer owns its slice of the stack
-        self.leaves = nn.ParameterList(
-            nn.Parameter(v[s].detach().clone()) for s in self.group_slices for v in params.values()
-        )
-        for leaf in self.leaves:  # a stacked bias [K, n] is still a bias to an optimizer
-            setattr(leaf, STACKED_DIMS, 1)
-        self.names = list(params)
-        self._index = {name: j for j, name in enumerate(self.names)}
-        self._group_of = [
-            g for g, s in enumerate(self.group_slices) for _ in range(s.start, s.stop)
-        ]
-        for name, value in buffers.items():
-            self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())
-        self.buffer_names = list(buffers)
+        self.single = len(self.members) == 1
         model0 = self.members[0].model
-        where = {id(module): name for name, module in model0.named_modules()}
-        skeleton = dict(self.base.named_modules())
-        self._act_modules = [
-            skeleton[where[id(a)]] for a in getattr(model0, "activation_layers", [])
-        ]
+        if self.single:
+            self._init_single(model0)
+        else:
+            self._init_stack(model0, group_key)
         self.regularizer = self.members[0].regularizer
-        self._samples = StackedSamples.of(
-            self.base, [m.model for m in self.members], [m.seed for m in self.members]
-        )
         from .callbacks import overrides
         from .families import Regularizer
 
@@ -169,10 +143,60 @@ class StackedModule(pl.LightningModule):
         self._count_step: Callable[[], None] | None = None
         self._health: Any = None
 
+    def _init_stack(self, model0: nn.Module, group_key: Any) -> None:
+        """K > 1: the members' parameters stacked into one leaf per (group, parameter)."""
+        # a list, so that Lightning's device moves skip the parameter-less skeleton
+        self._skeleton = [meta_skeleton(self.members[0].model)]
+        params, buffers = stack_module_state([m.model for m in self.members])
+        groups = setting_groups(
+            [m.optimizer_params for m in self.members],
+            group_key if self.stacked_optimizer_factory is not None else None,
+        )
+        self.group_slices = [slice(lo, hi) for lo, hi, _ in groups]
+        self.group_params = [hp for _, _, hp in groups]
+        # one leaf per (group, parameter): each group's optimizer owns its slice of the stack
+        self.leaves = nn.ParameterList(
+            nn.Parameter(v[s].detach().clone()) for s in self.group_slices for v in params.values()
+        )
+        for leaf in self.leaves:  # a stacked bias [K, n] is still a bias to an optimizer
+            setattr(leaf, STACKED_DIMS, 1)
+        self.names = list(params)
+        self._index = {name: j for j, name in enumerate(self.names)}
+        self._group_of = [
+            g for g, s in enumerate(self.group_slices) for _ in range(s.start, s.stop)
+        ]
+        for name, value in buffers.items():
+            self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())
+        self.buffer_names = list(buffers)
+        where = {id(module): name for name, module in model0.named_modules()}
+        skeleton = dict(self.base.named_modules())
+        self._act_modules = [
+            skeleton[where[id(a)]] for a in getattr(model0, "activation_layers", [])
+        ]
+        self._samples = StackedSamples.of(
+            self.base, [m.model for m in self.members], [m.seed for m in self.members]
+        )
+
+    def _init_single(self, model0: nn.Module) -> None:
+        """K = 1: the member's own network is the module's (no vmap, no skeleton, no copies);
+        its parameters are the leaves, and the ``[1, ...]`` stacked views are made on demand."""
+        self.model = model0
+        self._skeleton = [model0]
+        self.names = [name for name, _ in model0.named_parameters()]
+        self.buffer_names = [name for name, _ in model0.named_buffers()]
+        self.group_slices = [slice(0, 1)]
+        self.group_params = [self.members[0].optimizer_params]
+        self._index = {name: j for j, name in enumerate(self.names)}
+        self._group_of = [0]
+        self._act_modules = list(getattr(model0, "activation_layers", []))
+        self._samples = None
+
     # -- the stacked state ---------------------------------------------------------------------
 
     def stacked_params(self) -> dict[str, torch.Tensor]:
         """Parameter name -> ``[K, ...]`` (a concatenation of the groups' leaves when several)."""
+        if self.single:
+            return {n: p.unsqueeze(0) for n, p in self.model.named_parameters()}
         n = len(self.names)
         out = {}
         for j, name in enumerate(self.names):
@@ -182,6 +206,11 @@ class StackedModule(pl.LightningModule):
 
     def stacked_grads(self) -> dict[str, torch.Tensor | None]:
         """Parameter name -> its gradient ``[K, ...]`` (None when a group's leaf has none)."""
+        if self.single:
+            return {
+                n: None if p.grad is None else p.grad.unsqueeze(0)
+                for n, p in self.model.named_parameters()
+            }
         n, out = len(self.names), {}
         for j, name in enumerate(self.names):
             grads = [self.leaves[g * n + j].grad for g in range(len(self.group_slices))]
@@ -192,6 +221,8 @@ class StackedModule(pl.LightningModule):
         return out
 
     def stacked_buffers(self) -> dict[str, torch.Tensor]:
+        if self.single:
+            return {n: b.unsqueeze(0) for n, b in self.model.named_buffers()}
         return {n: getattr(self, "stack__" + n.replace(".", "__")) for n in self.buffer_names}
 
     def _leaf(self, name: str, k: int) -> tuple[nn.Parameter, int]:
@@ -220,6 +251,11 @@ class StackedModule(pl.LightningModule):
     # -- Lightning hooks -----------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
+        if self.single:  # the plain optimizer over the network's own parameters
+            opt = self.optimizer_factory(list(self.model.parameters()), self.group_params[0])
+            if self.schedule_factory is not None:
+                self._schedulers.append(self.schedule_factory(opt, self.total_steps))
+            return [opt]
         n = len(self.names)
         optimizers = []
         for g, hp in enumerate(self.group_params):
@@ -235,11 +271,15 @@ class StackedModule(pl.LightningModule):
         return optimizers
 
     def on_fit_start(self) -> None:
-        from ._lightning_compat import plain_precision, step_counter
+        from ._lightning_compat import plain_precision, step_counter, trainer_callbacks
+        from .callbacks import step_hooks
 
-        if not plain_precision(self.trainer):
+        self._direct = plain_precision(self.trainer)
+        if not self._direct and not self.single:
             raise RuntimeError("stacked training needs a plain precision on one device")
-        self._count_step = step_counter(self.trainer)
+        self._count_step = step_counter(self.trainer) if self._direct else None
+        # a stack of one also drives the trainer's own callbacks per step (see StepCallback)
+        self._cb_hooks = step_hooks(trainer_callbacks(self.trainer)) if self.single else {}
         device = self.device
         self._generators = [
             torch.Generator(device=device).manual_seed(m.seed + NOISE_SEED_OFFSET)
@@ -247,12 +287,14 @@ class StackedModule(pl.LightningModule):
         ]
         if self._samples is not None:
             self._samples.start(device)
+        if self.single:
+            bind_module_generator(self.model, self.members[0].seed, device)
         tensors = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
-        dtype = self.leaves[0].dtype
+        dtype = next(self.parameters()).dtype
         for name, t in tensors.items():
             if t.is_floating_point() and t.dtype != dtype:  # e.g. "64-true" precision
                 tensors[name] = t.to(dtype)
-        if self.hooks.active:
+        if self.hooks.active and not self.single:
             # each member's parameters become views of its rows of the stack, so that its
             # regularizer's gradient and after-step hooks act on them with no copies
             for m in self.members:
@@ -284,7 +326,10 @@ class StackedModule(pl.LightningModule):
         for x, y in batch:
             if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
                 break
-            self._step(x, y, epoch)
+            if self.single:
+                self._step_single(x[0], y[0], epoch)
+            else:
+                self._step(x, y, epoch)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         step = self.steps_done
@@ -330,6 +375,77 @@ class StackedModule(pl.LightningModule):
         self.steps_done += 1
         if flush:
             self._flush_losses()
+
+    def _step_single(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        """One optimizer step of a stack of one: the network called directly (no vmap), the
+        steps of :meth:`_step` in the same order, the trainer's callbacks' per-step hooks
+        (:class:`~techbench.callbacks.StepCallback`), and Lightning's backward and optimizer
+        step where the precision needs them (mixed precision)."""
+        step, reg, gen = self.steps_done, self.regularizer, self._generators[0]
+        trainer, hooks = self.trainer, self._cb_hooks
+        for cb in hooks["begin_step"]:
+            cb.begin_step(trainer.global_step, epoch)
+        if self._transform_batch:
+            x, y = reg.transform_batch(x, y, gen)
+        health = self._health
+        snap = health is not None and health.due(step)
+        if snap:
+            out, acts = self._capture(self.model, x)
+            health.begin(step, epoch, [a.unsqueeze(0) for a in acts])
+        else:
+            out = self.model(x)
+        loss = self._single_loss(out, y)
+        raw, wrapped = trainer.optimizers[0], None
+        if self._direct:
+            raw.zero_grad(set_to_none=True)
+            for cb in hooks["on_before_backward"]:
+                cb.on_before_backward(trainer, self, loss)
+            loss.backward()
+            for cb in hooks["on_after_backward"]:
+                cb.on_after_backward(trainer, self)
+        else:
+            wrapped = cast(Any, self.optimizers())
+            wrapped.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+        if snap:
+            health.after_backward()
+        if self.hooks.transforms[0]:
+            reg.transform_gradients(self.model, step, gen)
+        if snap:
+            health.before_update()
+        if self._direct:
+            for cb in hooks["on_before_optimizer_step"]:
+                cb.on_before_optimizer_step(trainer, self, raw)
+            raw.step()
+            assert self._count_step is not None
+            self._count_step()
+        else:
+            assert wrapped is not None
+            wrapped.step()
+        if self.hooks.after[0]:
+            reg.after_step(self.model, raw)
+        if snap:
+            health.end([True])
+        for scheduler in self._schedulers:
+            scheduler.step()
+        for cb in hooks["end_step"]:
+            cb.end_step()
+        flush = self.lives.record(loss.detach().reshape(1), step, epoch)
+        self.steps_done += 1
+        if flush:
+            self._flush_losses()
+
+    def _single_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The member's loss alone: the regularizer's ``loss`` (or the task's) plus its penalty."""
+        losses, reg = self.member_losses, self.regularizer
+        loss = reg.loss(out, y) if losses.replaced else None
+        if loss is None:
+            loss = self.loss_fn(out, y)
+        if losses.penalized:
+            term = reg.penalty(self.model)
+            if term is not None:
+                loss = loss + term
+        return loss
 
     # -- per-member gradient and after-step hooks on views of the stack -----------------------
 
@@ -381,10 +497,19 @@ class StackedModule(pl.LightningModule):
         was_training = self.base.training
         self.base.eval()
         try:
-            forward = vmap(self._forward, in_dims=(0, 0, None))
-            return member_metrics(
-                self.task, lambda xb: forward(params, buffers, xb), x, y, EVAL_CHUNK, self.loss_fn
-            )
+            if self.single:  # one member: its network on its own tensors, no vmap
+                p0 = {n: v[0] for n, v in params.items()}
+                b0 = {n: v[0] for n, v in buffers.items()}
+
+                def run(xb: torch.Tensor) -> torch.Tensor:
+                    return functional_call(self.model, (p0, b0), (xb,)).unsqueeze(0)
+            else:
+                forward = vmap(self._forward, in_dims=(0, 0, None))
+
+                def run(xb: torch.Tensor) -> torch.Tensor:
+                    return forward(params, buffers, xb)
+
+            return member_metrics(self.task, run, x, y, EVAL_CHUNK, self.loss_fn)
         finally:
             self.base.train(was_training)
 
@@ -404,6 +529,8 @@ class StackedModule(pl.LightningModule):
         val = self.evaluate(params, buffers, t["x_val"], t["y_val"])
         values = torch.cat([train, val], dim=1).tolist()  # [K][2M], one transfer
         metrics, improved = self.lives.epoch_metrics(live, step, epoch, values, train.shape[1])
+        if self.single:
+            self._publish(metrics[0], step)
         if improved:
             self._keep_best(improved, params, buffers)
         stopped = self.lives.callbacks_stop(live, metrics, epoch, step, self)
@@ -413,6 +540,14 @@ class StackedModule(pl.LightningModule):
             if self.lives.all_ended:
                 self.trainer.should_stop = True
         self.eval_seconds += time.perf_counter() - now
+
+    def _publish(self, metrics: Mapping[str, float], step: int) -> None:
+        """A stack of one's epoch metrics for the trainer's callbacks and loggers (written
+        straight into ``callback_metrics``: ``self.log`` costs milliseconds per call)."""
+        trainer = self.trainer
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
 
     def _keep_best(
         self,
@@ -454,6 +589,12 @@ class StackedModule(pl.LightningModule):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """:meth:`_forward` that also returns every activation layer's output (vmap stacks
         them to ``[K, ...]``), for the gradient-health snapshot of this step."""
+        return self._capture(lambda xb: self._forward(params, buffers, xb, samples), x)
+
+    def _capture(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``forward(x)`` and every activation layer's output in it."""
         captured: dict[int, torch.Tensor] = {}
         handles = [
             module.register_forward_hook(
@@ -462,7 +603,7 @@ class StackedModule(pl.LightningModule):
             for i, module in enumerate(self._act_modules)
         ]
         try:
-            out = self._forward(params, buffers, x, samples)
+            out = forward(x)
         finally:
             for handle in handles:
                 handle.remove()

@@ -50,7 +50,8 @@ def member_metrics(
         def sums(out: torch.Tensor, yb: torch.Tensor = yb) -> torch.Tensor:
             return tasks.eval_sums(task, out, yb, loss)
 
-        part = vmap(sums)(forward(xb))
+        out = forward(xb)
+        part = sums(out[0]).unsqueeze(0) if len(out) == 1 else vmap(sums)(out)
         total = part if total is None else total + part
     assert total is not None
     return vmap(functools.partial(tasks.eval_metrics, task))(total)
