@@ -286,7 +286,7 @@ def run_stack(
 
 
 def _failed(
-    cfg: dict[str, Any], error: str, started_at: str, wall: float, registry: Any
+    cfg: Mapping[str, Any], error: str, started_at: str, wall: float, registry: Any
 ) -> TrialOutcome:
     """A member of a stack that failed as a whole: the traceback, the time and provenance."""
     meta = TrialMeta(
@@ -297,7 +297,7 @@ def _failed(
         techniques=_sources(cfg, registry),
         error=error,
     )
-    return TrialOutcome(trial_id(cfg), cfg, "failed", [], meta)
+    return TrialOutcome(trial_id(cfg), dict(cfg), "failed", [], meta)
 
 
 def _until_divergence(rows: list[dict[str, Any]], step: int | None) -> list[dict[str, Any]]:
