@@ -143,6 +143,14 @@ class StackedModule(pl.LightningModule):
         self._count_step: Callable[[], None] | None = None
         self._health: Any = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # per-step and per-hook state (Lightning sets _current_fx_name about 30 times an epoch)
+        # is never a parameter, buffer or submodule: skip nn.Module's slower __setattr__
+        if name in _PLAIN_STATE:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def _init_stack(self, model0: nn.Module, group_key: Any) -> None:
         """K > 1: the members' parameters stacked into one leaf per (group, parameter)."""
         # a list, so that Lightning's device moves skip the parameter-less skeleton
@@ -490,14 +498,20 @@ class StackedModule(pl.LightningModule):
         buffers: Mapping[str, torch.Tensor],
         x: torch.Tensor,
         y: torch.Tensor,
+        current: bool = False,
     ) -> torch.Tensor:
         """Per member ``[K, M]`` the task's metrics over (x, y) in eval mode, in the chunks of
-        :meth:`techbench.lit.TechniqueModule.evaluate`
-        (:func:`techbench.population_tasks.member_metrics`)."""
+        :func:`techbench.population_tasks.member_metrics`; ``current``: ``params`` are the
+        current weights (a stack of one then calls its network as it is)."""
         was_training = self.base.training
         self.base.eval()
         try:
-            if self.single:  # one member: its network on its own tensors, no vmap
+            if self.single and current:  # one member at its current weights
+                model = self.model
+
+                def run(xb: torch.Tensor) -> torch.Tensor:
+                    return model(xb).unsqueeze(0)
+            elif self.single:  # its best weights in its own network: no vmap
                 p0 = {n: v[0] for n, v in params.items()}
                 b0 = {n: v[0] for n, v in buffers.items()}
 
@@ -525,8 +539,8 @@ class StackedModule(pl.LightningModule):
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         params = {k: v.detach() for k, v in self.stacked_params().items()}
         buffers = self.stacked_buffers()
-        train = self.evaluate(params, buffers, t["x_train"], t["y_train"])
-        val = self.evaluate(params, buffers, t["x_val"], t["y_val"])
+        train = self.evaluate(params, buffers, t["x_train"], t["y_train"], current=True)
+        val = self.evaluate(params, buffers, t["x_val"], t["y_val"], current=True)
         values = torch.cat([train, val], dim=1).tolist()  # [K][2M], one transfer
         metrics, improved = self.lives.epoch_metrics(live, step, epoch, values, train.shape[1])
         if self.single:
@@ -559,6 +573,11 @@ class StackedModule(pl.LightningModule):
         if self.best is None:
             self.best = {name: v.detach().clone() for name, v in state.items()}
             return
+        if self.single:
+            torch._foreach_copy_(
+                [self.best[n] for n in state], [v.detach() for v in state.values()]
+            )
+            return
         index = torch.tensor(list(ks), device=self.device)
         for name, v in state.items():
             self.best[name][index] = v.detach()[index]
@@ -575,7 +594,7 @@ class StackedModule(pl.LightningModule):
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         params = {k: v.detach() for k, v in self.stacked_params().items()}
         buffers = self.stacked_buffers()
-        out = {"final": self.evaluate(params, buffers, t["x_test"], t["y_test"])}
+        out = {"final": self.evaluate(params, buffers, t["x_test"], t["y_test"], current=True)}
         if self.best is not None:
             best_p = {n: self.best[n] for n in self.names}
             best_b = {n: self.best[n] for n in self.buffer_names}
@@ -608,3 +627,19 @@ class StackedModule(pl.LightningModule):
             for handle in handles:
                 handle.remove()
         return out, tuple(captured[i] for i in range(len(self._act_modules)))
+
+
+_PLAIN_STATE = frozenset(
+    {
+        "_current_fx_name",
+        "steps_done",
+        "eval_seconds",
+        "_fit_start",
+        "_count_step",
+        "_direct",
+        "_cb_hooks",
+        "_health",
+        "best",
+    }
+)
+"""Attributes of :class:`StackedModule` set with ``object.__setattr__`` (plain Python state)."""
