@@ -1,13 +1,17 @@
-"""The population engine: K trials of one shape trained together as one LightningModule.
+"""The engine: K trials of one shape trained together as one LightningModule; the only one.
 
 Why: the networks technique comparisons use are small, so one trial leaves a GPU launch-bound
 and a CPU's vector units idle; stacking the parameters of K members (``torch.func``'s
 ``stack_module_state``) and running one ``vmap``-ed forward/backward over them does K trials'
-work in about one trial's kernel launches.
+work in about one trial's kernel launches. A trial alone is a stack of one, which pays for none
+of that: its own network is called directly, its own parameters are the leaves, the plain
+optimizer steps them, and Lightning's backward and step run where the precision needs them
+(mixed precision); the rest (losses, hooks, health, evaluation, lives) is the same code at K = 1.
+Its rows are checked against the plain reference loop of :mod:`techbench.testing.reference_loop`.
 
-Member i is trial i: its network is built exactly as :func:`techbench.trial.run_trial` builds it
+Member i is trial i: its network is built exactly as a trial alone builds it
 (seeded with its seed, its initializers, data-dependent ones fitted on its own sample), then
-stacked; every random stream is per member and seeded as in the one-by-one path (batch order
+stacked; every random stream is per member and seeded as for the trial alone (batch order
 from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``, dropout masks
 from ``Generator(seed + MODULE_SEED_OFFSET)``, drawn outside ``vmap`` and fed in by
 :mod:`techbench.stacked_modules`, with each member's own ``p``); its loss is its own mean loss
@@ -20,17 +24,17 @@ schedule over it. Each member has its own regularizer instance (its own hyper-pa
 ``penalty`` and ``loss`` hooks run member by member (:mod:`techbench.stacked_losses`),
 ``transform_batch`` in a loop with each member's generator; ``transform_gradients`` and
 ``after_step`` run on the member's own network, whose parameters and gradients are views of its
-rows of the stack, in the one-by-one order (backward, health's pre-transform norm, transforms,
+rows of the stack, in the order of a trial alone (backward, health's pre-transform norm, transforms,
 health's gradient metrics, optimizer step, after-step hooks, schedule), or once for a run of
 members through a regularizer's stacked implementation (:mod:`techbench.stacked_hooks`).
 Epoch-end evaluation, best-validation weights and test metrics are per member: the task's own
 metrics vmapped (:mod:`techbench.population_tasks`), for classification, regression and language
-models alike. So a member's rows equal the one-by-one run's rows within float tolerance (vmapped
+models alike. So a member's rows equal the reference loop's rows within float tolerance (vmapped
 matmuls round differently), which ``tests/test_population.py`` checks.
 
 Per-member life is :class:`~techbench.stack_members.MemberLives`: a member whose loss diverges
-(checked every :data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as in the one-by-one path) or whose
-early stopping fires is *frozen* (its rows end where the one-by-one run's end) and the others go
+(checked every :data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as for a trial alone) or whose
+early stopping fires is *frozen* (its rows end where the trial's rows end alone) and the others go
 on; its later computation is masked out of the objective and no regularizer hook acts on it.
 
 The pieces: the per-member batches (:mod:`techbench.stacked_data`), the order of members and
@@ -40,7 +44,7 @@ training step that ties them together.
 
 Gradient health (when enabled) is :class:`~techbench.stacked_health.StackedHealth`: on a
 snapshot step the stacked forward also returns every activation layer's output, and the
-one-by-one statistics are reduced over the member dimension of the stacked outputs, gradients
+statistics are reduced over the member dimension of the stacked outputs, gradients
 and weights, with one host transfer per snapshot for the whole stack; each member's
 :class:`~techbench.health.GradientHealth` receives the rows it records when run alone.
 """
@@ -72,7 +76,7 @@ warnings.filterwarnings(
     r"for aten::_scaled_dot_product_flash_attention_for_cpu",
 )
 """On a CPU, vmap runs PyTorch's fused attention member by member (no batching rule for the CPU
-kernel): the same kernel as the one-by-one path, so the same numbers; the warning says so."""
+kernel): the same kernel as a trial alone, so the same numbers; the warning says so."""
 
 
 class StackedModule(pl.LightningModule):
@@ -466,7 +470,7 @@ class StackedModule(pl.LightningModule):
 
     def _transform_gradients(self, step: int) -> None:
         """Every live member's ``transform_gradients`` (after health's pre-transform norm and
-        before its gradient metrics, as in the one-by-one order)."""
+        before its gradient metrics, as in the order of a trial alone)."""
         live = self.lives.live()
         bound = self.hooks.needs_grads(live, self._group_of)
         self.hooks.bind_grads(bound)
@@ -479,7 +483,7 @@ class StackedModule(pl.LightningModule):
             self._freeze(diverged)
 
     def _freeze(self, ks: Sequence[int]) -> None:
-        """Members ``ks`` diverged: their epoch-end time row and test rows now, as the one-by-one
+        """Members ``ks`` diverged: their epoch-end time row and test rows now, as a trial alone
         run records them when it stops; then they drop out of the objective."""
         seconds = time.perf_counter() - self._fit_start - self.eval_seconds
         test = self._test_values()
