@@ -643,19 +643,20 @@ def test_a_trial_alone_is_a_stack_of_one_equal_to_the_reference_loop(monkeypatch
     """One engine: ``run_trial`` trains a stack of one through the engine's one-member step
     (its network called directly: no vmap), and its rows are the plain reference loop's."""
     import techbench.population as population
+    import techbench.stack_single as stack_single
     from techbench.testing.reference_loop import reference_run
 
     steps = []
-    single = population.StackedModule._step_single
+    single = stack_single.step_single
 
-    def counted(self, *args):
+    def counted(*args):
         steps.append(1)
-        return single(self, *args)
+        return single(*args)
 
     def no_vmap(*args, **kwargs):
         raise AssertionError("a stack of one called vmap")
 
-    monkeypatch.setattr(population.StackedModule, "_step_single", counted)
+    monkeypatch.setattr(stack_single, "step_single", counted)
     monkeypatch.setattr(population, "vmap", no_vmap)
     config = {**FAST, "health": {"enabled": True, "every_n_steps": 4}, **over}
     got = run_trial(config, registry=REGISTRY)

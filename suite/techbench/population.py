@@ -54,13 +54,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from . import stack_single
 from .families import NOISE_SEED_OFFSET, STACKED_DIMS, bind_module_generator
 from .lit import EVAL_CHUNK, task_loss
 from .population_tasks import member_metrics
@@ -90,6 +91,8 @@ class StackedModule(pl.LightningModule):
     settings) share one: usually the whole stack, one leaf per parameter.
     """
 
+    model: nn.Module  # a stack of one's own network (:mod:`techbench.stack_single`)
+
     def __init__(
         self,
         members: Sequence[Member],
@@ -113,8 +116,9 @@ class StackedModule(pl.LightningModule):
         self.total_steps = total_steps
         self.single = len(self.members) == 1
         model0 = self.members[0].model
+        self._samples: StackedSamples | None = None
         if self.single:
-            self._init_single(model0)
+            stack_single.init_single(self, model0)
         else:
             self._init_stack(model0, group_key)
         self.regularizer = self.members[0].regularizer
@@ -188,20 +192,6 @@ class StackedModule(pl.LightningModule):
         self._samples = StackedSamples.of(
             self.base, [m.model for m in self.members], [m.seed for m in self.members]
         )
-
-    def _init_single(self, model0: nn.Module) -> None:
-        """K = 1: the member's own network is the module's (no vmap, no skeleton, no copies);
-        its parameters are the leaves, and the ``[1, ...]`` stacked views are made on demand."""
-        self.model = model0
-        self._skeleton = [model0]
-        self.names = [name for name, _ in model0.named_parameters()]
-        self.buffer_names = [name for name, _ in model0.named_buffers()]
-        self.group_slices = [slice(0, 1)]
-        self.group_params = [self.members[0].optimizer_params]
-        self._index = {name: j for j, name in enumerate(self.names)}
-        self._group_of = [0]
-        self._act_modules = list(getattr(model0, "activation_layers", []))
-        self._samples = None
 
     # -- the stacked state ---------------------------------------------------------------------
 
@@ -339,7 +329,7 @@ class StackedModule(pl.LightningModule):
             if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
                 break
             if self.single:
-                self._step_single(x[0], y[0], epoch)
+                stack_single.step_single(self, x[0], y[0], epoch)
             else:
                 self._step(x, y, epoch)
 
@@ -387,77 +377,6 @@ class StackedModule(pl.LightningModule):
         self.steps_done += 1
         if flush:
             self._flush_losses()
-
-    def _step_single(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
-        """One optimizer step of a stack of one: the network called directly (no vmap), the
-        steps of :meth:`_step` in the same order, the trainer's callbacks' per-step hooks
-        (:class:`~techbench.callbacks.StepCallback`), and Lightning's backward and optimizer
-        step where the precision needs them (mixed precision)."""
-        step, reg, gen = self.steps_done, self.regularizer, self._generators[0]
-        trainer, hooks = self.trainer, self._cb_hooks
-        for cb in hooks["begin_step"]:
-            cb.begin_step(trainer.global_step, epoch)
-        if self._transform_batch:
-            x, y = reg.transform_batch(x, y, gen)
-        health = self._health
-        snap = health is not None and health.due(step)
-        if snap:
-            out, acts = self._capture(self.model, x)
-            health.begin(step, epoch, [a.unsqueeze(0) for a in acts])
-        else:
-            out = self.model(x)
-        loss = self._single_loss(out, y)
-        raw, wrapped = trainer.optimizers[0], None
-        if self._direct:
-            raw.zero_grad(set_to_none=True)
-            for cb in hooks["on_before_backward"]:
-                cb.on_before_backward(trainer, self, loss)
-            loss.backward()
-            for cb in hooks["on_after_backward"]:
-                cb.on_after_backward(trainer, self)
-        else:
-            wrapped = cast(Any, self.optimizers())
-            wrapped.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-        if snap:
-            health.after_backward()
-        if self.hooks.transforms[0]:
-            reg.transform_gradients(self.model, step, gen)
-        if snap:
-            health.before_update()
-        if self._direct:
-            for cb in hooks["on_before_optimizer_step"]:
-                cb.on_before_optimizer_step(trainer, self, raw)
-            raw.step()
-            assert self._count_step is not None
-            self._count_step()
-        else:
-            assert wrapped is not None
-            wrapped.step()
-        if self.hooks.after[0]:
-            reg.after_step(self.model, raw)
-        if snap:
-            health.end([True])
-        for scheduler in self._schedulers:
-            scheduler.step()
-        for cb in hooks["end_step"]:
-            cb.end_step()
-        flush = self.lives.record(loss.detach().reshape(1), step, epoch)
-        self.steps_done += 1
-        if flush:
-            self._flush_losses()
-
-    def _single_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The member's loss alone: the regularizer's ``loss`` (or the task's) plus its penalty."""
-        losses, reg = self.member_losses, self.regularizer
-        loss = reg.loss(out, y) if losses.replaced else None
-        if loss is None:
-            loss = self.loss_fn(out, y)
-        if losses.penalized:
-            term = reg.penalty(self.model)
-            if term is not None:
-                loss = loss + term
-        return loss
 
     # -- per-member gradient and after-step hooks on views of the stack -----------------------
 
