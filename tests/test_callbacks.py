@@ -11,8 +11,11 @@ import torch
 from torch import nn
 
 from techbench.callbacks import StepCallback, step_hooks
-from techbench.families import DatasetSplits
-from techbench.lit import TechniqueModule, TensorDataModule, build_trainer
+from techbench.families import DatasetSplits, Regularizer
+from techbench.lit import build_trainer
+from techbench.population import StackedModule
+from techbench.stack_members import Member
+from techbench.stacked_data import StackedDataModule
 
 N, BATCH, EPOCHS = 40, 8, 2  # 5 optimizer steps per epoch
 
@@ -45,13 +48,17 @@ def _fit(group: int, precision: str, callbacks: list[pl.Callback]) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(N, 4, generator=g), torch.randint(0, 2, (N,), generator=g)
     splits = DatasetSplits("toy", x, y, x[:8], y[:8], x[:8], y[:8], "classification", 2)
-    module = TechniqueModule(
-        nn.Linear(4, 2), "classification", lambda ps: torch.optim.SGD(ps, lr=0.1), None, 10
+    module = StackedModule(
+        [Member(nn.Linear(4, 2), 0, {}, Regularizer())],
+        "classification",
+        lambda ps, hp: torch.optim.SGD(ps, lr=0.1),
+        None,
+        10,
     )
     trainer = build_trainer(
         {"accelerator": "cpu", "precision": precision}, {"epochs": EPOCHS}, callbacks=callbacks
     )
-    trainer.fit(module, datamodule=TensorDataModule(splits, BATCH, seed=0, group=group))
+    trainer.fit(module, datamodule=StackedDataModule(splits, BATCH, [0], group=group))
 
 
 @pytest.mark.filterwarnings("ignore")

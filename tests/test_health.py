@@ -1,4 +1,4 @@
-"""The gradient-health callback against an independent float64 computation of one SGD step
+"""Gradient health (a trial alone, through the engine) against an independent float64 computation of one SGD step
 (autograd on a copy of the model), its cadence, its non-finite count and its host syncs."""
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from techbench.families import DatasetSplits, ModelParts
+from techbench.families import DatasetSplits, ModelParts, Regularizer
 from techbench.health import GradientHealth
-from techbench.lit import TechniqueModule, TensorDataModule, build_trainer
+from techbench.lit import build_trainer
+from techbench.population import StackedModule
+from techbench.stack_members import Member
+from techbench.stacked_data import StackedDataModule
 from techbench.trial import quiet_lightning
 from techbench_builtins.models_impl import MLP
 
@@ -54,22 +57,21 @@ def _fit(
     extra: tuple = (),
     regularizers: tuple = (),
 ):
-    module = TechniqueModule(
-        model,
+    """Train ``model`` alone through the engine (a stack of one) with ``cb`` recording health."""
+    cb = GradientHealth(every, PROPS) if health else None
+    regularizer = regularizers[0] if regularizers else Regularizer()
+    module = StackedModule(
+        [Member(model, 0, {}, regularizer, cb)],
         "classification",
-        lambda ps: torch.optim.SGD(ps, lr=LR),
+        lambda ps, hp: torch.optim.SGD(ps, lr=LR),
         None,
         total_steps=100,
-        regularizers=regularizers,
     )
-    cb = GradientHealth(every, PROPS) if health else None
     with quiet_lightning():
         trainer = build_trainer(
-            {"accelerator": "cpu", "deterministic": True},
-            {"epochs": epochs},
-            callbacks=[*extra, cb] if cb else list(extra),
+            {"accelerator": "cpu", "deterministic": True}, {"epochs": epochs}, callbacks=list(extra)
         )
-        trainer.fit(module, datamodule=TensorDataModule(splits, batch_size, seed=0))
+        trainer.fit(module, datamodule=StackedDataModule(splits, batch_size, [0]))
     return module, cb
 
 
@@ -121,11 +123,11 @@ def test_full_batch_step_matches_float64_autograd() -> None:
 def test_health_sees_clipped_gradients_and_records_the_norm_before(monkeypatch, direct) -> None:
     """Health records what the optimizer sees (the clipped gradient) and, beside it, the global
     norm before the transform; both against float64 autograd on a copy, clipped by hand."""
-    import techbench.lit as lit
+    import techbench._lightning_compat as compat
     from techbench_builtins.regularizers_impl import ClipNorm
 
     if not direct:
-        monkeypatch.setattr(lit, "plain_precision", lambda trainer: False)
+        monkeypatch.setattr(compat, "plain_precision", lambda trainer: False)
     model = _model()
     ref = copy.deepcopy(model).double()
     splits = _splits()
@@ -183,7 +185,7 @@ def test_nonfinite_gradients_are_counted() -> None:
     got = _series(cb, 0)
     assert got[("nonfinite_grads", "")] == n_params
     assert math.isnan(got[("grad_norm_global", "")])
-    assert module.diverged_step == 0
+    assert module.members[0].diverged_step == 0
 
 
 def test_activation_metrics_the_activation_cannot_have_are_left_out() -> None:

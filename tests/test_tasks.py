@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from techbench import tasks
-from techbench.lit import TechniqueModule
 from techbench.matrix import load_matrix
+from techbench.population_tasks import member_metrics
 from techbench.trial import run_trial
 
 
@@ -54,11 +54,15 @@ def test_classification_metrics_unchanged() -> None:
 def test_chunked_evaluation_equals_one_pass(monkeypatch) -> None:
     torch.manual_seed(2)
     model = nn.Sequential(nn.Embedding(7, 7))
-    module = TechniqueModule(model, "language_model", lambda ps: None, None, 1)
     x, y = torch.randint(0, 7, (50, 12)), torch.randint(0, 7, (50, 12))
-    whole = module.evaluate(x, y)
+
+    def evaluate() -> torch.Tensor:  # the engine's evaluation of a stack of one
+        with torch.no_grad():
+            return member_metrics("language_model", lambda xb: model(xb)[None], x, y, 4096)[0]
+
+    whole = evaluate()
     monkeypatch.setattr(tasks, "LM_EVAL_TOKENS", 12 * 7)  # chunks of 7 windows
-    chunked = module.evaluate(x, y)
+    chunked = evaluate()
     # per-chunk means are float32: equal up to float32 rounding
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=0)
     want = torch.tensor(_float64_lm_metrics(model(x), y), dtype=torch.float64)
@@ -157,7 +161,7 @@ def test_auto_runs_language_models_one_by_one_on_a_cpu_only(monkeypatch) -> None
     monkeypatch.setattr(techbench.stack, "visible_gpus", lambda: [])
     cpu = plan_units(trials, "auto")
     assert [len(s.configs) for s in cpu] == [1] * 16
-    assert all("slower than one by one on a CPU" in s.reason for s in cpu)
+    assert all("slower than alone on a CPU" in s.reason for s in cpu)
     assert [len(s.configs) for s in plan_units(trials, 8)] == [2] * 8
     demo = load_matrix("demo").trials()
     assert max(len(s.configs) for s in plan_units(demo, "auto")) > 1

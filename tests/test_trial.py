@@ -444,10 +444,10 @@ def test_csv_logger(tmp_path: Path) -> None:
 
 
 def test_direct_step_equals_lightning_manual_optimization(monkeypatch) -> None:
-    import techbench.lit as lit
+    import techbench._lightning_compat as compat
 
     direct = run_trial(FAST, registry=REGISTRY)
-    monkeypatch.setattr(lit, "plain_precision", lambda trainer: False)
+    monkeypatch.setattr(compat, "plain_precision", lambda trainer: False)
     wrapped = run_trial(FAST, registry=REGISTRY)
     assert direct.status == wrapped.status == "completed"
     assert _values(direct) == _values(wrapped)
@@ -626,3 +626,52 @@ def test_float64_trial_runs_end_to_end_and_tracks_float32() -> None:
         assert a == pytest.approx(b, rel=1e-5), (split, metric)
     # not the same computation: float64 rounding differs from float32's
     assert single.metric("train", "loss") != double.metric("train", "loss")
+
+
+ALONE = [
+    {},
+    {"regularizer": {"name": "clip_norm", "params": {"max_norm": 0.05}}},
+    {"regularizer": {"name": "dropout", "params": {"p": 0.2}}},
+    {"regularizer": {"name": "early_stopping", "params": {"patience": 1}}, "budget": {"epochs": 6}},
+    {"trainer": {"accelerator": "cpu", "precision": "64-true"}},
+    {"optimizer": {"name": "sgd", "params": {"lr": 10.0}}},  # diverges
+]
+
+
+@pytest.mark.parametrize("over", ALONE, ids=["plain", "clip", "dropout", "early", "f64", "diverge"])
+def test_a_trial_alone_is_a_stack_of_one_equal_to_the_reference_loop(monkeypatch, over) -> None:
+    """One engine: ``run_trial`` trains a stack of one through the engine's one-member step
+    (its network called directly: no vmap), and its rows are the plain reference loop's."""
+    import techbench.population as population
+    import techbench.stack_single as stack_single
+    from techbench.testing.reference_loop import reference_run
+
+    steps = []
+    single = stack_single.step_single
+
+    def counted(*args):
+        steps.append(1)
+        return single(*args)
+
+    def no_vmap(*args, **kwargs):
+        raise AssertionError("a stack of one called vmap")
+
+    monkeypatch.setattr(stack_single, "step_single", counted)
+    monkeypatch.setattr(population, "vmap", no_vmap)
+    config = {**FAST, "health": {"enabled": True, "every_n_steps": 4}, **over}
+    got = run_trial(config, registry=REGISTRY)
+    want = reference_run(config, registry=REGISTRY)
+    assert got.status == want.status and got.meta.steps == want.steps == len(steps) > 0
+    assert got.trial_id == want.trial_id and got.meta.stack_size == 1
+    a = {
+        tuple(r[k] for k in ("split", "metric", "layer", "step", "epoch")): r["value"]
+        for r in got.metrics
+        if r["split"] != "time"
+    }
+    b = {
+        tuple(r[k] for k in ("split", "metric", "layer", "step", "epoch")): r["value"]
+        for r in want.rows
+    }
+    assert a.keys() == b.keys()
+    for key, value in b.items():
+        assert a[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key

@@ -31,7 +31,7 @@ def test_a_mixed_precision_trial_is_planned_alone_and_dry_run_says_why():
     stacks = plan_stacks([*mixed, *plain], None)
     assert [len(s.trials) for s in stacks] == [1, 1, 1, 3]
     assert all("bf16-mixed" in s.reason for s in stacks[:3])
-    assert any("3 one by one: precision 'bf16-mixed'" in line for line in describe_stacks(stacks))
+    assert any("3 alone: precision 'bf16-mixed'" in line for line in describe_stacks(stacks))
 
 
 def test_two_devices_are_planned_alone():

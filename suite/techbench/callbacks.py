@@ -1,6 +1,6 @@
 """The runner's per-step callback protocol, declared the way Lightning declares its hooks.
 
-The runner (:class:`techbench.lit.TechniqueModule`) runs several optimizer steps per Lightning
+The engine (:class:`techbench.population.StackedModule`) runs several optimizer steps per Lightning
 batch (:data:`techbench.lit.STEPS_PER_BATCH`), so Lightning's per-batch hooks see groups of
 steps. A callback that needs every optimizer step subclasses :class:`StepCallback` and overrides
 :meth:`~StepCallback.begin_step` / :meth:`~StepCallback.end_step`; the runner calls only the

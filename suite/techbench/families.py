@@ -186,8 +186,8 @@ class StackedOptimizer(Protocol):
 
 NOISE_SEED_OFFSET = 0x7E57
 """A trial's regularizer-noise generator (``transform_batch``, ``transform_gradients``) is seeded
-with ``seed + NOISE_SEED_OFFSET`` on the training device, in both the one-by-one
-(:class:`techbench.lit.TechniqueModule`) and the stacked path."""
+with ``seed + NOISE_SEED_OFFSET`` on the training device, per member of a stack (a trial alone
+is a stack of one)."""
 
 MODULE_SEED_OFFSET = 0x0D70
 """The generator a trial's :class:`SampledModule` layers draw from (dropout masks) is seeded

@@ -1,4 +1,4 @@
-"""Gradient health: a cheap Lightning callback, on by default.
+"""Gradient health: cheap statistics of the gradients, weights and activations, on by default.
 
 Every ``every_n_steps`` optimizer steps (and at step 0) it records, as tidy rows with split
 "health" (layer "0", "1", ... = the model's ``weight_layers`` in forward order):
@@ -18,38 +18,31 @@ Every ``every_n_steps`` optimizer steps (and at step 0) it records, as tidy rows
 
 Every gradient metric describes what the optimizer sees, i.e. the gradients *after* the
 regularizers' ``transform_gradients`` (clipped, noised); the pre-transform global norm beside
-them shows how much a transform changed (the runner calls the transforms between the
-callbacks' ``on_after_backward`` and ``on_before_optimizer_step``).
+them shows how much a transform changed (the engine calls the transforms between the
+pre-transform norm and the gradient metrics).
 
 Cost: on steps that are not logged, three attribute checks. On logged steps every statistic is
 reduced on the device and the whole step's values go to the host in one ``tolist()`` (one
 sync; a step whose gradients are not all finite costs a second one, to count them). The hooks
-are registered only for the logged step's forward pass. ``seconds`` is the time spent inside
-the callback and its hooks (the health overhead the trial reports). Memory: two copies of the
+are registered only for the logged step's forward pass. ``seconds`` is the time spent in
+the statistics and their hooks (the health overhead the trial reports). Memory: two copies of the
 weight matrices (W_0 and one work buffer) plus the logged step's activation statistics buffers.
 
-It is a :class:`~techbench.callbacks.StepCallback`: the runner calls :meth:`begin_step` and
-:meth:`end_step` around every optimizer step, Lightning's ``on_before_optimizer_step`` in between.
-
-Each statistic is defined once, in :class:`MemberHealth`, over a leading member dimension: the
-callback is its one-member case, and a stack of K trials (:mod:`techbench.stacked_health`)
-reduces all members together with one transfer per snapshot for the whole stack.
+Each statistic is defined once, in :class:`MemberHealth`, over a leading member dimension: a
+stack of K trials (:mod:`techbench.stacked_health`, a trial alone is a stack of one) reduces all
+members together with one transfer per snapshot for the whole stack; each trial's
+:class:`GradientHealth` holds its cadence and receives its rows.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
-from typing_extensions import override
 
-from .callbacks import StepCallback
 from .layerstats import ACTIVATION_STATS, Scratch, member_stat_matrix
 from .schema import DEFAULT_CONFIG, metric_row
 
@@ -67,9 +60,10 @@ def weight_layers_of(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
 
 
-class GradientHealth(StepCallback):
-    """Records gradient-health rows into ``self.rows`` (see the module docstring): the
-    one-by-one path, :class:`MemberHealth` with one member over views of the module's tensors."""
+class GradientHealth:
+    """One trial's gradient health: its cadence, the activation metrics its activation can
+    have, and the rows and seconds the engine records for it (the engine computes every
+    statistic for the whole stack, :mod:`techbench.stacked_health`, with :class:`MemberHealth`)."""
 
     def __init__(
         self,
@@ -88,144 +82,15 @@ class GradientHealth(StepCallback):
         ]
         self.rows: list[dict[str, Any]] = []
         self.seconds = 0.0
-        self._active = False
-        self._handles: list[Any] = []
-        self._stepped = False
-        self._layout: tuple[tuple[bool, ...], list[int | None], int] | None = None
-        self._row_keys: list[tuple[str, str, int]] = []
-        self._pre_transform = False
-
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        model = getattr(pl_module, "model", pl_module)
-        self.weights: list[torch.Tensor] = [
-            cast(torch.Tensor, layer.weight) for layer in weight_layers_of(model)
-        ]
-        self.activations = list(getattr(model, "activation_layers", []))
-        self.params = [p for p in pl_module.parameters() if p.requires_grad]
-        self.core = MemberHealth(
-            1,
-            len(self.activations),
-            self.properties,
-            # token models (N, T, C): a unit is a feature over all samples and positions
-            features_last=bool(getattr(model, "features_last", False)),
-        )
-        # views [1, ...] of the weights: the optimizer updates them in place
-        self._member_weights = _members(self.weights)
-        self.core.start(self._member_weights)
-        self._pre_transform = bool(getattr(pl_module, "gradient_transforms", None))
-        self._row_keys = row_keys(
-            len(self.weights), len(self.activations), self.act_metrics, self._pre_transform
-        )
-
-    @override
-    def begin_step(self, step: int, epoch: int) -> None:
-        """Before the forward pass of optimizer step ``step``: arm the hooks if it is logged."""
-        self._active = step % self.every_n_steps == 0
-        if not self._active:
-            return
-        start = time.perf_counter()
-        self._step, self._epoch = step, epoch
-        self._handles = [
-            act.register_forward_hook(partial(self._forward_hook, i))
-            for i, act in enumerate(self.activations)
-        ]
-        self.seconds += time.perf_counter() - start
-
-    def _forward_hook(
-        self, index: int, module: nn.Module, inputs: Any, output: torch.Tensor
-    ) -> None:
-        self.observe(index, output)
-
-    def observe(self, index: int, output: torch.Tensor) -> None:
-        """Record activation layer ``index``'s output of this step's forward pass (what the
-        forward hook does)."""
-        self.core.observe(index, output.unsqueeze(0))
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    @override
-    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The global gradient norm before the regularizers' gradient transforms (device op)."""
-        if not (self._active and self._pre_transform):
-            return
-        start = time.perf_counter()
-        self.core.after_backward([p.grad for p in self.params if p.grad is not None])
-        self.seconds += time.perf_counter() - start
-
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
-    ) -> None:
-        """Gradient norms and a copy of the weights before the update (device ops only)."""
-        if not self._active:
-            return
-        start = time.perf_counter()
-        self._remove_hooks()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        layers, extra = self._grad_layout()
-        extra_grads = [cast(torch.Tensor, self.weights[i].grad) for i in extra]
-        self.core.before_update(
-            grads + extra_grads,
-            layers,
-            self._member_weights,
-            num_global=len(grads),
-        )
-        self._stepped = True
-        self.seconds += time.perf_counter() - start
-
-    def _grad_layout(self) -> tuple[list[int | None], list[int]]:
-        """Where each weight's gradient norm sits among the norms (None: no gradient, NaN).
-
-        Parameters with a gradient come first in ``self.params`` order, then the gradients of
-        weights that are not trainable parameters of the module. Cached while the set of
-        parameters with a gradient stays the same (it normally never changes).
-        """
-        has = tuple(p.grad is not None for p in self.params)
-        if self._layout is None or self._layout[0] != has:
-            position = {
-                id(p): k for k, p in enumerate(p for p in self.params if p.grad is not None)
-            }
-            layers: list[int | None] = []
-            count = sum(has)
-            for w in self.weights:
-                k = position.get(id(w))
-                if k is None and w.grad is not None:
-                    k, count = count, count + 1
-                layers.append(k)
-            self._layout = (has, layers, sum(has))
-        _, layers, num_grads = self._layout
-        extra = [i for i, k in enumerate(layers) if k is not None and k >= num_grads]
-        return layers, extra
-
-    @override
-    def end_step(self) -> None:
-        """After the optimizer step: weights after the update, one transfer, the rows
-        (:meth:`MemberHealth.after_update`)."""
-        if not self._active:
-            return
-        self._active = False
-        start = time.perf_counter()
-        self._remove_hooks()
-        if not self._stepped:  # no optimizer step happened on this batch
-            self.core.discard()
-            return
-        self._stepped = False
-        (values,) = self.core.after_update(self._member_weights, self._pre_transform)
-        emit_rows(self.rows, self._row_keys, self._step, self._epoch, values)
-        self.seconds += time.perf_counter() - start
 
 
 class MemberHealth:
     """The statistics of K networks of one shape at once: every tensor it is given has a
     leading member dimension (``[K, ...]``), and each reduction runs over all members together.
 
-    The one definition of every health statistic (see the module docstring): the one-by-one
-    callback (:class:`GradientHealth`) is K = 1 over views of its module's tensors, the stacked
-    engine (:mod:`techbench.stacked_health`) K = the stack's size over its stacked tensors. A
+    The one definition of every health statistic (see the module docstring): the engine
+    (:mod:`techbench.stacked_health`) uses it with K = the stack's size (1 for a trial alone)
+    over its stacked tensors. A
     snapshot is :meth:`observe` (each activation layer's outputs), :meth:`after_backward` (only
     when gradient transforms run), :meth:`before_update` and :meth:`after_update`, which moves
     every member's values to the host in one transfer and returns them per member.
@@ -464,11 +329,6 @@ def _as_float(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Float32/float64 tensors as they are; lower precisions as float32 (for exact norms)."""
     keep = (torch.float32, torch.float64)
     return [t if t.dtype in keep else t.float() for t in tensors]
-
-
-def _members(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """One network's tensors as a stack of one member (``[1, ...]`` views)."""
-    return [t.detach().unsqueeze(0) for t in tensors]
 
 
 def _count_nonfinite(grads: Sequence[torch.Tensor], k: int, members: Sequence[int]) -> list[float]:

@@ -1,13 +1,17 @@
-"""The population engine: K trials of one shape trained together as one LightningModule.
+"""The engine: K trials of one shape trained together as one LightningModule; the only one.
 
 Why: the networks technique comparisons use are small, so one trial leaves a GPU launch-bound
 and a CPU's vector units idle; stacking the parameters of K members (``torch.func``'s
 ``stack_module_state``) and running one ``vmap``-ed forward/backward over them does K trials'
-work in about one trial's kernel launches.
+work in about one trial's kernel launches. A trial alone is a stack of one, which pays for none
+of that: its own network is called directly, its own parameters are the leaves, the plain
+optimizer steps them, and Lightning's backward and step run where the precision needs them
+(mixed precision); the rest (losses, hooks, health, evaluation, lives) is the same code at K = 1.
+Its rows are checked against the plain reference loop of :mod:`techbench.testing.reference_loop`.
 
-Member i is trial i: its network is built exactly as :func:`techbench.trial.run_trial` builds it
+Member i is trial i: its network is built exactly as a trial alone builds it
 (seeded with its seed, its initializers, data-dependent ones fitted on its own sample), then
-stacked; every random stream is per member and seeded as in the one-by-one path (batch order
+stacked; every random stream is per member and seeded as for the trial alone (batch order
 from ``Generator(seed)``, regularizer noise from ``Generator(seed + 0x7E57)``, dropout masks
 from ``Generator(seed + MODULE_SEED_OFFSET)``, drawn outside ``vmap`` and fed in by
 :mod:`techbench.stacked_modules`, with each member's own ``p``); its loss is its own mean loss
@@ -20,17 +24,17 @@ schedule over it. Each member has its own regularizer instance (its own hyper-pa
 ``penalty`` and ``loss`` hooks run member by member (:mod:`techbench.stacked_losses`),
 ``transform_batch`` in a loop with each member's generator; ``transform_gradients`` and
 ``after_step`` run on the member's own network, whose parameters and gradients are views of its
-rows of the stack, in the one-by-one order (backward, health's pre-transform norm, transforms,
+rows of the stack, in the order of a trial alone (backward, health's pre-transform norm, transforms,
 health's gradient metrics, optimizer step, after-step hooks, schedule), or once for a run of
 members through a regularizer's stacked implementation (:mod:`techbench.stacked_hooks`).
 Epoch-end evaluation, best-validation weights and test metrics are per member: the task's own
 metrics vmapped (:mod:`techbench.population_tasks`), for classification, regression and language
-models alike. So a member's rows equal the one-by-one run's rows within float tolerance (vmapped
+models alike. So a member's rows equal the reference loop's rows within float tolerance (vmapped
 matmuls round differently), which ``tests/test_population.py`` checks.
 
 Per-member life is :class:`~techbench.stack_members.MemberLives`: a member whose loss diverges
-(checked every :data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as in the one-by-one path) or whose
-early stopping fires is *frozen* (its rows end where the one-by-one run's end) and the others go
+(checked every :data:`~techbench.lit.LOSS_FLUSH_EVERY` steps, as for a trial alone) or whose
+early stopping fires is *frozen* (its rows end where the trial's rows end alone) and the others go
 on; its later computation is masked out of the objective and no regularizer hook acts on it.
 
 The pieces: the per-member batches (:mod:`techbench.stacked_data`), the order of members and
@@ -40,7 +44,7 @@ training step that ties them together.
 
 Gradient health (when enabled) is :class:`~techbench.stacked_health.StackedHealth`: on a
 snapshot step the stacked forward also returns every activation layer's output, and the
-one-by-one statistics are reduced over the member dimension of the stacked outputs, gradients
+statistics are reduced over the member dimension of the stacked outputs, gradients
 and weights, with one host transfer per snapshot for the whole stack; each member's
 :class:`~techbench.health.GradientHealth` receives the rows it records when run alone.
 """
@@ -57,7 +61,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .families import NOISE_SEED_OFFSET, STACKED_DIMS
+from . import stack_single
+from .families import NOISE_SEED_OFFSET, STACKED_DIMS, bind_module_generator
 from .lit import EVAL_CHUNK, task_loss
 from .population_tasks import member_metrics
 from .stack_layout import meta_skeleton, setting_groups
@@ -72,7 +77,7 @@ warnings.filterwarnings(
     r"for aten::_scaled_dot_product_flash_attention_for_cpu",
 )
 """On a CPU, vmap runs PyTorch's fused attention member by member (no batching rule for the CPU
-kernel): the same kernel as the one-by-one path, so the same numbers; the warning says so."""
+kernel): the same kernel as a trial alone, so the same numbers; the warning says so."""
 
 
 class StackedModule(pl.LightningModule):
@@ -85,6 +90,8 @@ class StackedModule(pl.LightningModule):
     member's hyper-parameters) members with equal ``group_key(hp)`` (the shared, non-numeric
     settings) share one: usually the whole stack, one leaf per parameter.
     """
+
+    model: nn.Module  # a stack of one's own network (:mod:`techbench.stack_single`)
 
     def __init__(
         self,
@@ -107,39 +114,14 @@ class StackedModule(pl.LightningModule):
         self.schedule_factory = schedule_factory
         self.stacked_optimizer_factory = stacked_optimizer_factory
         self.total_steps = total_steps
-        # a list, so that Lightning's device moves skip the parameter-less skeleton
-        self._skeleton = [meta_skeleton(self.members[0].model)]
-        params, buffers = stack_module_state([m.model for m in self.members])
-        groups = setting_groups(
-            [m.optimizer_params for m in self.members],
-            group_key if stacked_optimizer_factory is not None else None,
-        )
-        self.group_slices = [slice(lo, hi) for lo, hi, _ in groups]
-        self.group_params = [hp for _, _, hp in groups]
-        # one leaf per (group, parameter): each group's optimizer owns its slice of the stack
-        self.leaves = nn.ParameterList(
-            nn.Parameter(v[s].detach().clone()) for s in self.group_slices for v in params.values()
-        )
-        for leaf in self.leaves:  # a stacked bias [K, n] is still a bias to an optimizer
-            setattr(leaf, STACKED_DIMS, 1)
-        self.names = list(params)
-        self._index = {name: j for j, name in enumerate(self.names)}
-        self._group_of = [
-            g for g, s in enumerate(self.group_slices) for _ in range(s.start, s.stop)
-        ]
-        for name, value in buffers.items():
-            self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())
-        self.buffer_names = list(buffers)
+        self.single = len(self.members) == 1
         model0 = self.members[0].model
-        where = {id(module): name for name, module in model0.named_modules()}
-        skeleton = dict(self.base.named_modules())
-        self._act_modules = [
-            skeleton[where[id(a)]] for a in getattr(model0, "activation_layers", [])
-        ]
+        self._samples: StackedSamples | None = None
+        if self.single:
+            stack_single.init_single(self, model0)
+        else:
+            self._init_stack(model0, group_key)
         self.regularizer = self.members[0].regularizer
-        self._samples = StackedSamples.of(
-            self.base, [m.model for m in self.members], [m.seed for m in self.members]
-        )
         from .callbacks import overrides
         from .families import Regularizer
 
@@ -169,10 +151,54 @@ class StackedModule(pl.LightningModule):
         self._count_step: Callable[[], None] | None = None
         self._health: Any = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # per-step and per-hook state (Lightning sets _current_fx_name about 30 times an epoch)
+        # is never a parameter, buffer or submodule: skip nn.Module's slower __setattr__
+        if name in _PLAIN_STATE:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _init_stack(self, model0: nn.Module, group_key: Any) -> None:
+        """K > 1: the members' parameters stacked into one leaf per (group, parameter)."""
+        # a list, so that Lightning's device moves skip the parameter-less skeleton
+        self._skeleton = [meta_skeleton(self.members[0].model)]
+        params, buffers = stack_module_state([m.model for m in self.members])
+        groups = setting_groups(
+            [m.optimizer_params for m in self.members],
+            group_key if self.stacked_optimizer_factory is not None else None,
+        )
+        self.group_slices = [slice(lo, hi) for lo, hi, _ in groups]
+        self.group_params = [hp for _, _, hp in groups]
+        # one leaf per (group, parameter): each group's optimizer owns its slice of the stack
+        self.leaves = nn.ParameterList(
+            nn.Parameter(v[s].detach().clone()) for s in self.group_slices for v in params.values()
+        )
+        for leaf in self.leaves:  # a stacked bias [K, n] is still a bias to an optimizer
+            setattr(leaf, STACKED_DIMS, 1)
+        self.names = list(params)
+        self._index = {name: j for j, name in enumerate(self.names)}
+        self._group_of = [
+            g for g, s in enumerate(self.group_slices) for _ in range(s.start, s.stop)
+        ]
+        for name, value in buffers.items():
+            self.register_buffer("stack__" + name.replace(".", "__"), value.detach().clone())
+        self.buffer_names = list(buffers)
+        where = {id(module): name for name, module in model0.named_modules()}
+        skeleton = dict(self.base.named_modules())
+        self._act_modules = [
+            skeleton[where[id(a)]] for a in getattr(model0, "activation_layers", [])
+        ]
+        self._samples = StackedSamples.of(
+            self.base, [m.model for m in self.members], [m.seed for m in self.members]
+        )
+
     # -- the stacked state ---------------------------------------------------------------------
 
     def stacked_params(self) -> dict[str, torch.Tensor]:
         """Parameter name -> ``[K, ...]`` (a concatenation of the groups' leaves when several)."""
+        if self.single:
+            return {n: p.unsqueeze(0) for n, p in self.model.named_parameters()}
         n = len(self.names)
         out = {}
         for j, name in enumerate(self.names):
@@ -182,6 +208,11 @@ class StackedModule(pl.LightningModule):
 
     def stacked_grads(self) -> dict[str, torch.Tensor | None]:
         """Parameter name -> its gradient ``[K, ...]`` (None when a group's leaf has none)."""
+        if self.single:
+            return {
+                n: None if p.grad is None else p.grad.unsqueeze(0)
+                for n, p in self.model.named_parameters()
+            }
         n, out = len(self.names), {}
         for j, name in enumerate(self.names):
             grads = [self.leaves[g * n + j].grad for g in range(len(self.group_slices))]
@@ -192,6 +223,8 @@ class StackedModule(pl.LightningModule):
         return out
 
     def stacked_buffers(self) -> dict[str, torch.Tensor]:
+        if self.single:
+            return {n: b.unsqueeze(0) for n, b in self.model.named_buffers()}
         return {n: getattr(self, "stack__" + n.replace(".", "__")) for n in self.buffer_names}
 
     def _leaf(self, name: str, k: int) -> tuple[nn.Parameter, int]:
@@ -220,6 +253,11 @@ class StackedModule(pl.LightningModule):
     # -- Lightning hooks -----------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
+        if self.single:  # the plain optimizer over the network's own parameters
+            opt = self.optimizer_factory(list(self.model.parameters()), self.group_params[0])
+            if self.schedule_factory is not None:
+                self._schedulers.append(self.schedule_factory(opt, self.total_steps))
+            return [opt]
         n = len(self.names)
         optimizers = []
         for g, hp in enumerate(self.group_params):
@@ -235,11 +273,15 @@ class StackedModule(pl.LightningModule):
         return optimizers
 
     def on_fit_start(self) -> None:
-        from ._lightning_compat import plain_precision, step_counter
+        from ._lightning_compat import plain_precision, step_counter, trainer_callbacks
+        from .callbacks import step_hooks
 
-        if not plain_precision(self.trainer):
+        self._direct = plain_precision(self.trainer)
+        if not self._direct and not self.single:
             raise RuntimeError("stacked training needs a plain precision on one device")
-        self._count_step = step_counter(self.trainer)
+        self._count_step = step_counter(self.trainer) if self._direct else None
+        # a stack of one also drives the trainer's own callbacks per step (see StepCallback)
+        self._cb_hooks = step_hooks(trainer_callbacks(self.trainer)) if self.single else {}
         device = self.device
         self._generators = [
             torch.Generator(device=device).manual_seed(m.seed + NOISE_SEED_OFFSET)
@@ -247,12 +289,14 @@ class StackedModule(pl.LightningModule):
         ]
         if self._samples is not None:
             self._samples.start(device)
+        if self.single:
+            bind_module_generator(self.model, self.members[0].seed, device)
         tensors = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
-        dtype = self.leaves[0].dtype
+        dtype = next(self.parameters()).dtype
         for name, t in tensors.items():
             if t.is_floating_point() and t.dtype != dtype:  # e.g. "64-true" precision
                 tensors[name] = t.to(dtype)
-        if self.hooks.active:
+        if self.hooks.active and not self.single:
             # each member's parameters become views of its rows of the stack, so that its
             # regularizer's gradient and after-step hooks act on them with no copies
             for m in self.members:
@@ -284,7 +328,10 @@ class StackedModule(pl.LightningModule):
         for x, y in batch:
             if trainer.should_stop or 0 <= max_steps <= trainer.global_step:
                 break
-            self._step(x, y, epoch)
+            if self.single:
+                stack_single.step_single(self, x[0], y[0], epoch)
+            else:
+                self._step(x, y, epoch)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         step = self.steps_done
@@ -342,7 +389,7 @@ class StackedModule(pl.LightningModule):
 
     def _transform_gradients(self, step: int) -> None:
         """Every live member's ``transform_gradients`` (after health's pre-transform norm and
-        before its gradient metrics, as in the one-by-one order)."""
+        before its gradient metrics, as in the order of a trial alone)."""
         live = self.lives.live()
         bound = self.hooks.needs_grads(live, self._group_of)
         self.hooks.bind_grads(bound)
@@ -355,7 +402,7 @@ class StackedModule(pl.LightningModule):
             self._freeze(diverged)
 
     def _freeze(self, ks: Sequence[int]) -> None:
-        """Members ``ks`` diverged: their epoch-end time row and test rows now, as the one-by-one
+        """Members ``ks`` diverged: their epoch-end time row and test rows now, as a trial alone
         run records them when it stops; then they drop out of the objective."""
         seconds = time.perf_counter() - self._fit_start - self.eval_seconds
         test = self._test_values()
@@ -374,17 +421,32 @@ class StackedModule(pl.LightningModule):
         buffers: Mapping[str, torch.Tensor],
         x: torch.Tensor,
         y: torch.Tensor,
+        current: bool = False,
     ) -> torch.Tensor:
         """Per member ``[K, M]`` the task's metrics over (x, y) in eval mode, in the chunks of
-        :meth:`techbench.lit.TechniqueModule.evaluate`
-        (:func:`techbench.population_tasks.member_metrics`)."""
+        :func:`techbench.population_tasks.member_metrics`; ``current``: ``params`` are the
+        current weights (a stack of one then calls its network as it is)."""
         was_training = self.base.training
         self.base.eval()
         try:
-            forward = vmap(self._forward, in_dims=(0, 0, None))
-            return member_metrics(
-                self.task, lambda xb: forward(params, buffers, xb), x, y, EVAL_CHUNK, self.loss_fn
-            )
+            if self.single and current:  # one member at its current weights
+                model = self.model
+
+                def run(xb: torch.Tensor) -> torch.Tensor:
+                    return model(xb).unsqueeze(0)
+            elif self.single:  # its best weights in its own network: no vmap
+                p0 = {n: v[0] for n, v in params.items()}
+                b0 = {n: v[0] for n, v in buffers.items()}
+
+                def run(xb: torch.Tensor) -> torch.Tensor:
+                    return functional_call(self.model, (p0, b0), (xb,)).unsqueeze(0)
+            else:
+                forward = vmap(self._forward, in_dims=(0, 0, None))
+
+                def run(xb: torch.Tensor) -> torch.Tensor:
+                    return forward(params, buffers, xb)
+
+            return member_metrics(self.task, run, x, y, EVAL_CHUNK, self.loss_fn)
         finally:
             self.base.train(was_training)
 
@@ -400,10 +462,12 @@ class StackedModule(pl.LightningModule):
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         params = {k: v.detach() for k, v in self.stacked_params().items()}
         buffers = self.stacked_buffers()
-        train = self.evaluate(params, buffers, t["x_train"], t["y_train"])
-        val = self.evaluate(params, buffers, t["x_val"], t["y_val"])
+        train = self.evaluate(params, buffers, t["x_train"], t["y_train"], current=True)
+        val = self.evaluate(params, buffers, t["x_val"], t["y_val"], current=True)
         values = torch.cat([train, val], dim=1).tolist()  # [K][2M], one transfer
         metrics, improved = self.lives.epoch_metrics(live, step, epoch, values, train.shape[1])
+        if self.single:
+            self._publish(metrics[0], step)
         if improved:
             self._keep_best(improved, params, buffers)
         stopped = self.lives.callbacks_stop(live, metrics, epoch, step, self)
@@ -414,6 +478,14 @@ class StackedModule(pl.LightningModule):
                 self.trainer.should_stop = True
         self.eval_seconds += time.perf_counter() - now
 
+    def _publish(self, metrics: Mapping[str, float], step: int) -> None:
+        """A stack of one's epoch metrics for the trainer's callbacks and loggers (written
+        straight into ``callback_metrics``: ``self.log`` costs milliseconds per call)."""
+        trainer = self.trainer
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
+
     def _keep_best(
         self,
         ks: Sequence[int],
@@ -423,6 +495,11 @@ class StackedModule(pl.LightningModule):
         state = {**params, **buffers}
         if self.best is None:
             self.best = {name: v.detach().clone() for name, v in state.items()}
+            return
+        if self.single:
+            torch._foreach_copy_(
+                [self.best[n] for n in state], [v.detach() for v in state.values()]
+            )
             return
         index = torch.tensor(list(ks), device=self.device)
         for name, v in state.items():
@@ -440,7 +517,7 @@ class StackedModule(pl.LightningModule):
         t = self.trainer.datamodule.tensors  # type: ignore[attr-defined]
         params = {k: v.detach() for k, v in self.stacked_params().items()}
         buffers = self.stacked_buffers()
-        out = {"final": self.evaluate(params, buffers, t["x_test"], t["y_test"])}
+        out = {"final": self.evaluate(params, buffers, t["x_test"], t["y_test"], current=True)}
         if self.best is not None:
             best_p = {n: self.best[n] for n in self.names}
             best_b = {n: self.best[n] for n in self.buffer_names}
@@ -454,6 +531,12 @@ class StackedModule(pl.LightningModule):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """:meth:`_forward` that also returns every activation layer's output (vmap stacks
         them to ``[K, ...]``), for the gradient-health snapshot of this step."""
+        return self._capture(lambda xb: self._forward(params, buffers, xb, samples), x)
+
+    def _capture(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``forward(x)`` and every activation layer's output in it."""
         captured: dict[int, torch.Tensor] = {}
         handles = [
             module.register_forward_hook(
@@ -462,8 +545,24 @@ class StackedModule(pl.LightningModule):
             for i, module in enumerate(self._act_modules)
         ]
         try:
-            out = self._forward(params, buffers, x, samples)
+            out = forward(x)
         finally:
             for handle in handles:
                 handle.remove()
         return out, tuple(captured[i] for i in range(len(self._act_modules)))
+
+
+_PLAIN_STATE = frozenset(
+    {
+        "_current_fx_name",
+        "steps_done",
+        "eval_seconds",
+        "_fit_start",
+        "_count_step",
+        "_direct",
+        "_cb_hooks",
+        "_health",
+        "best",
+    }
+)
+"""Attributes of :class:`StackedModule` set with ``object.__setattr__`` (plain Python state)."""

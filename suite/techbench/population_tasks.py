@@ -1,9 +1,8 @@
 """What a task means to the stacked engine: each member's evaluation metrics, vmapped.
 
 One definition per task lives in :mod:`techbench.tasks`; the stacked engine
-(:mod:`techbench.population`) calls the same functions the one-by-one runner
-(:meth:`techbench.lit.TechniqueModule.evaluate`) calls, under ``torch.func.vmap`` over the
-member dimension: per chunk :func:`techbench.tasks.eval_sums` of each member's output (loss sum,
+(:mod:`techbench.population`) calls them under ``torch.func.vmap`` over the member dimension
+(directly for a stack of one): per chunk :func:`techbench.tasks.eval_sums` of each member's output (loss sum,
 argmax hits, sample or token count), summed over the chunks of
 :func:`techbench.tasks.eval_chunk` (the one-by-one chunks: rows for classification and
 regression, about :data:`techbench.tasks.LM_EVAL_TOKENS` tokens for a language model), then
@@ -50,7 +49,10 @@ def member_metrics(
         def sums(out: torch.Tensor, yb: torch.Tensor = yb) -> torch.Tensor:
             return tasks.eval_sums(task, out, yb, loss)
 
-        part = vmap(sums)(forward(xb))
+        out = forward(xb)
+        part = sums(out[0]).unsqueeze(0) if len(out) == 1 else vmap(sums)(out)
         total = part if total is None else total + part
     assert total is not None
+    if len(total) == 1:
+        return tasks.eval_metrics(task, total[0]).unsqueeze(0)
     return vmap(functools.partial(tasks.eval_metrics, task))(total)

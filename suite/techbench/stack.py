@@ -169,7 +169,7 @@ def slower_on_cpu_reason(config: Mapping[str, Any], registry: Any = None) -> str
     except Exception:
         return ""
     if dataset.properties.get("task") == "language_model":
-        return "language models stack slower than one by one on a CPU (--stack N forces it)"
+        return "language models stack slower than alone on a CPU (--stack N forces it)"
     return ""
 
 
@@ -258,11 +258,11 @@ def describe_stacks(stacks: Sequence[Stack]) -> list[str]:
             if stacked
             else ""
         )
-        + f"; {len(alone)} one by one"
+        + f"; {len(alone)} alone (stacks of one)"
     ]
     why: dict[str, int] = {}
     for s in alone:
         if s.reason:
             why[s.reason] = why.get(s.reason, 0) + 1
-    lines += [f"  {count} one by one: {reason}" for reason, count in why.items()]
+    lines += [f"  {count} alone: {reason}" for reason, count in why.items()]
     return lines

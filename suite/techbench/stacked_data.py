@@ -15,7 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .lit import STEPS_PER_BATCH, ShuffledBatches
+from . import lit
+from .lit import ShuffledBatches
 
 
 class StackedBatches:
@@ -32,11 +33,11 @@ class StackedBatches:
         y: torch.Tensor,
         batch_size: int,
         generators: Sequence[torch.Generator],
-        group: int = STEPS_PER_BATCH,
+        group: int | None = None,
     ) -> None:
         self.x, self.y, self.generators = x, y, list(generators)
         self.bounds = ShuffledBatches(x, y, batch_size, torch.Generator()).bounds
-        self.group = max(int(group), 1)
+        self.group = max(int(lit.STEPS_PER_BATCH if group is None else group), 1)
 
     @property
     def num_minibatches(self) -> int:
@@ -58,10 +59,13 @@ class StackedBatches:
 class StackedDataModule(pl.LightningDataModule):
     """The shared splits on the training device, batched per member (:class:`StackedBatches`)."""
 
-    def __init__(self, splits: Any, batch_size: int, seeds: Sequence[int]) -> None:
+    def __init__(
+        self, splits: Any, batch_size: int, seeds: Sequence[int], group: int | None = None
+    ) -> None:
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
+        self.group = group
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.tensors: dict[str, torch.Tensor] = {}
 
@@ -74,7 +78,9 @@ class StackedDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> StackedBatches:
         t = self.tensors
-        return StackedBatches(t["x_train"], t["y_train"], self.batch_size, self.generators)
+        return StackedBatches(
+            t["x_train"], t["y_train"], self.batch_size, self.generators, self.group
+        )
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int

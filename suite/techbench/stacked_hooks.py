@@ -10,7 +10,7 @@ reads and writes in place is exactly member k's slice. ``transform_gradients`` g
 step count and its own noise generator (the stream the one-by-one path gives the trial),
 ``after_step`` a :class:`MemberOptimizer` whose parameter groups hold the member's parameters
 with its optimizer group's current hyper-parameters (``lr``), so member k's calls are the calls
-its one-by-one run makes (:meth:`techbench.lit.TechniqueModule._step`). Frozen members are
+the trial alone makes (a stack of one calls them on its own network). Frozen members are
 skipped.
 
 A regularizer may also act on all members at once: a class that overrides the declared hook

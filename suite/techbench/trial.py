@@ -25,7 +25,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .lit import DIVERGENCE_FACTOR
@@ -55,17 +54,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class _State:
-    module: Any = None
-    health: Any = None
-    trainer: Any = None
-    num_parameters: int | None = None
-    device: str = "cpu"
-    data_fingerprint: str | None = None
-    data_info: dict[str, Any] = field(default_factory=dict)
-
-
 def run_trial(
     config: Trial | Mapping[str, Any],
     *,
@@ -74,58 +62,18 @@ def run_trial(
     callbacks: Sequence[Any] = (),
     registry: Any = None,
 ) -> TrialOutcome:
-    """Train one trial (a planned :class:`Trial`, or a config, completed here); never raises
-    for a plugin or config error (status "failed").
+    """Train one trial (a planned :class:`Trial`, or a config, completed here) as a stack of
+    one (:func:`run_stack`); never raises for a plugin or config error (status "failed").
 
     ``logger``: None (default; the outcome carries every metric), "csv", "tensorboard" or
     "mlflow", written under ``log_dir``; ``callbacks``: extra Lightning callbacks. Neither changes
     the results, so neither is part of the config. ``registry``: where names are looked up
     (anything with ``get_spec(name, family)``; default: the installed plugins).
     """
-    started_at, wall0 = now_iso(), time.perf_counter()
-    state = _State()
-    status: Status = "completed"
-    error: str | None = None
-    if not isinstance(config, Trial):
-        try:
-            config = Trial.of(config)
-        except Exception:
-            return TrialOutcome.failed(config, traceback.format_exc(), started_at)
-    cfg, tid = config.config, config.id
-    if error is None:
-        try:
-            _train(cfg, tid, state, logger, log_dir, callbacks, registry)
-            if state.module.diverged_step is not None:
-                status = "diverged"
-        except Exception:
-            status, error = "failed", traceback.format_exc()
-    module, health = state.module, state.health
-    sources = _sources(cfg, registry)
-    metrics: list[dict[str, Any]] = []
-    if module is not None:
-        metrics += module.rows
-    if health is not None:
-        metrics += health.rows
-    metrics = _until_divergence(metrics, module.diverged_step if module is not None else None)
-    meta = TrialMeta(
-        started_at=started_at,
-        finished_at=now_iso(),
-        wall_seconds=time.perf_counter() - wall0,
-        train_seconds=module.train_seconds if module is not None else 0.0,
-        device=state.device,
-        versions=package_versions(),
-        techniques=sources,
-        diverged_step=module.diverged_step if module is not None else None,
-        error=error,
-        steps=module.steps_done if module is not None else 0,
-        epochs=module.epochs_done if module is not None else 0,
-        num_parameters=state.num_parameters,
-        health_overhead=health.seconds if health is not None else None,
-        data_fingerprint=state.data_fingerprint,
-        data_info=state.data_info,
+    (outcome,) = run_stack(
+        [config], registry=registry, logger=logger, log_dir=log_dir, callbacks=callbacks
     )
-    meta.stop_reason = stop_reason(status, cfg, meta.steps, meta.epochs)
-    return TrialOutcome(tid, cfg, status, metrics, meta)
+    return outcome
 
 
 def _seed_all(seed: int) -> None:
@@ -234,68 +182,6 @@ def _total_steps(splits: Any, budget: Mapping[str, Any]) -> int:
     return max(min(candidates), 1)
 
 
-def _train(
-    cfg: dict[str, Any],
-    tid: str,
-    state: _State,
-    logger: str | None,
-    log_dir: str | None,
-    callbacks: Sequence[Any],
-    registry: Any,
-) -> None:
-
-    from . import lit
-    from .health import GradientHealth
-    from .lit import TechniqueModule, TensorDataModule, build_logger, build_trainer
-
-    specs, splits = _prepare(cfg, registry)
-    state.data_fingerprint, state.data_info = splits.fingerprint, dict(splits.info)
-    params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
-    seed, budget = int(cfg["seed"]), cfg["budget"]
-    _seed_all(seed)
-    model, regularizer = build_model(cfg, specs, splits)
-    if cfg["trainer"].get("memory_format") == "channels_last":
-        model, splits = _channels_last(model, splits)
-    state.num_parameters = sum(p.numel() for p in model.parameters())
-    batch_size = int(budget["batch_size"])
-    total_steps = _total_steps(splits, budget)
-
-    opt_spec, sched_spec = specs["optimizer"], specs["schedule"]
-    module = TechniqueModule(
-        model,
-        splits.task,
-        optimizer_factory=lambda ps: opt_spec.create(ps, **params["optimizer"]),
-        schedule_factory=lambda opt, total: sched_spec.create(opt, total, **params["schedule"]),
-        total_steps=total_steps,
-        regularizers=[regularizer],
-        seed=seed,
-    )
-    state.module = module
-    all_callbacks = list(callbacks) + list(regularizer.callbacks())
-    health_cfg = cfg["health"]
-    if health_cfg["enabled"]:
-        every = int(health_cfg["every_n_steps"])
-        act_properties = specs["activation"].properties_for(params["activation"])
-        state.health = GradientHealth(every, act_properties)
-        all_callbacks.append(state.health)
-    datamodule = TensorDataModule(splits, batch_size, seed, group=lit.STEPS_PER_BATCH)
-    trainer_cfg = dict(cfg["trainer"])
-    if trainer_cfg.get("deterministic") and trainer_cfg.get("accelerator") != "cpu":
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    with quiet_lightning():
-        trainer = build_trainer(
-            trainer_cfg,
-            budget,
-            callbacks=all_callbacks,
-            logger=build_logger(logger, log_dir, tid) if logger else False,
-        )
-        state.trainer = trainer
-        state.device = _device_name(trainer.strategy.root_device)
-        trainer.fit(module, datamodule=datamodule)
-
-
 def _channels_last(model: Any, splits: Any) -> tuple[Any, Any]:
     """The model's 4-D weights and the image inputs in NHWC order (``torch.channels_last``):
     the layout tensor-core convolutions run fastest in; values are unchanged."""
@@ -344,27 +230,35 @@ class quiet_lightning:
 
 
 def run_stack(
-    configs: Sequence[Trial | Mapping[str, Any]], *, registry: Any = None
+    configs: Sequence[Trial | Mapping[str, Any]],
+    *,
+    registry: Any = None,
+    logger: str | None = None,
+    log_dir: str | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> list[TrialOutcome]:
     """Train the trials of one stack together (:mod:`techbench.population`); one outcome each,
-    in the order of ``configs``.
+    in the order of ``configs``. A trial alone is a stack of one (:func:`run_trial`).
 
-    The configs must share a :func:`techbench.stack.stack_key`. Like :func:`run_trial` it never
-    raises for a plugin or config error: the stack's members are then all "failed" with the
-    traceback (one member's plugin code failing fails the stack, never the matrix). A stack of
-    one is :func:`run_trial`.
+    The configs must share a :func:`techbench.stack.stack_key`. It never raises for a plugin or
+    config error: the stack's members are then all "failed" with the traceback (one member's
+    plugin code failing fails the stack, never the matrix). ``logger``, ``log_dir`` and
+    ``callbacks`` go to the stack's trainer (see :func:`run_trial`).
     """
-    if len(configs) == 1:
-        return [run_trial(configs[0], registry=registry)]
     started_at, wall0 = now_iso(), time.perf_counter()
     trials: list[Trial] = []
     try:
         trials = [c if isinstance(c, Trial) else Trial.of(c) for c in configs]
         cfgs = [t.config for t in trials]
-        module, order, device, num_parameters, splits = _train_stack(cfgs, registry)
+        logging_to = (logger, log_dir, trials[0].id) if logger else None
+        module, order, device, num_parameters, splits = _train_stack(
+            cfgs, registry, logging_to, callbacks
+        )
     except Exception:
-        error = traceback.format_exc()
-        return [TrialOutcome.failed(t, error, started_at) for t in (trials or configs)]
+        error, wall = traceback.format_exc(), time.perf_counter() - wall0
+        if not trials:  # the configs themselves are bad: no provenance to record
+            return [TrialOutcome.failed(c, error, started_at) for c in configs]
+        return [_failed(t, error, started_at, wall, registry) for t in trials]
     wall = time.perf_counter() - wall0
     outcomes: dict[int, TrialOutcome] = {}
     for k, member in zip(order, module.members, strict=True):
@@ -384,7 +278,7 @@ def run_stack(
             num_parameters=num_parameters,
             health_overhead=member.health.seconds if member.health is not None else None,
             stack_size=len(cfgs),
-            stack_wall_seconds=wall,
+            stack_wall_seconds=wall if len(cfgs) > 1 else None,
             data_fingerprint=splits.fingerprint,
             data_info=dict(splits.info),
         )
@@ -392,6 +286,20 @@ def run_stack(
         meta.stop_reason = stop_reason(status, cfgs[k], meta.steps, meta.epochs)
         outcomes[k] = TrialOutcome(trials[k].id, cfgs[k], status, metrics, meta)
     return [outcomes[k] for k in range(len(cfgs))]
+
+
+def _failed(trial: Trial, error: str, started_at: str, wall: float, registry: Any) -> TrialOutcome:
+    """A member of a stack that failed as a whole: the traceback, the time and provenance."""
+    meta = TrialMeta(
+        started_at=started_at,
+        finished_at=now_iso(),
+        wall_seconds=wall,
+        versions=package_versions(),
+        techniques=_sources(trial.config, registry),
+        error=error,
+        stop_reason="failed",
+    )
+    return TrialOutcome(trial.id, dict(trial.config), "failed", [], meta)
 
 
 def _until_divergence(rows: list[dict[str, Any]], step: int | None) -> list[dict[str, Any]]:
@@ -410,9 +318,14 @@ def _sources(cfg: Mapping[str, Any], registry: Any) -> dict[str, Any] | None:
         return None
 
 
-def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[int], str, int, Any]:
+def _train_stack(
+    cfgs: list[dict[str, Any]],
+    registry: Any,
+    logging_to: tuple[str, str | None, str] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> tuple[Any, list[int], str, int, Any]:
     from .health import GradientHealth
-    from .lit import build_trainer
+    from .lit import build_logger, build_trainer
     from .member_hp import create_stacked, optimizer_stacks_hyperparams, shared_key
     from .population import StackedModule
     from .stack_layout import order_members
@@ -438,6 +351,8 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
             member_specs[key] = lookup(cfg[key]["name"], AXIS_FAMILY[key])
         _seed_all(int(cfg["seed"]))
         model, regularizer = build_model(cfg, member_specs, splits)
+        if len(cfgs) == 1 and cfg["trainer"].get("memory_format") == "channels_last":
+            model, splits = _channels_last(model, splits)
         num_parameters = sum(p.numel() for p in model.parameters())
         health = None
         if cfg["health"]["enabled"]:
@@ -474,7 +389,12 @@ def _train_stack(cfgs: list[dict[str, Any]], registry: Any) -> tuple[Any, list[i
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     with quiet_lightning():
-        trainer = build_trainer(trainer_cfg, first["budget"], callbacks=[], logger=False)
+        trainer = build_trainer(
+            trainer_cfg,
+            first["budget"],
+            callbacks=list(callbacks),
+            logger=build_logger(*logging_to) if logging_to else False,
+        )
         device = _device_name(trainer.strategy.root_device)
         trainer.fit(module, datamodule=datamodule)
     return module, order, device, num_parameters, splits

@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         metavar="auto|N|off",
         help="train trials of one shape together: auto (default: up to 64 on a GPU, 16 on a "
-        "CPU), at most N per stack, or off (one by one)",
+        "CPU), at most N per stack, or off (each trial a stack of one)",
     )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None)

@@ -20,7 +20,8 @@ A check the technique is known to fail is declared with its reason,
 strict xfail.
 
 Each family's checks live in ``techbench.testing.<family>`` and state the reference protocol
-they expect.
+they expect. The engine itself has a reference too: ``techbench.testing.reference_loop`` trains
+one trial in a plain PyTorch loop written from the trial contract.
 """
 
 from .core import (
