@@ -17,7 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from scipy import integrate, stats
 
-from techbench.matrix import MatrixError, loads_matrix
+from techbench.plan.matrix import MatrixError, loads_matrix
 from techbench.report import build_report
 from techbench.report.answer_figures import BEST_MARK, answer_intervals
 from techbench.report.power import comparison, normal_seeds, read_min_effect, seeds_needed

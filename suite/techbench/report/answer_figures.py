@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..palette import technique_color
+from ..techniques.palette import technique_color
 from .figures import FONT, MAX_WIDTH, _quiet, _short, _wrap
 
 MAX_UNITS = 6

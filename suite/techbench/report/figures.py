@@ -7,7 +7,7 @@ the layer x step heatmaps) so a 10,000-trial store draws as fast as a 50-trial o
 Readable at 100 % zoom: figures are at most :data:`MAX_WIDTH` inches wide at :data:`DPI` (so
 the page shows them unscaled in a 1400 px window), text is at least 9 pt, titles wrap instead of
 being cut, layer axes have integer ticks, a panel without data says so, and every technique has
-its colour of :func:`techbench.palette.technique_color` in every figure. Compared axes are
+its colour of :func:`techbench.techniques.palette.technique_color` in every figure. Compared axes are
 shown by technique (each at its selected setting when views are given, :mod:`.settings`).
 Legends sit outside the axes, so they never cover data; the panels of a heatmap figure share
 one colour scale and one colour bar, so they can be compared.
@@ -35,8 +35,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
-from .. import htmlpage
-from ..palette import technique_color
+from ..techniques.palette import technique_color
+from . import htmlpage
 from .settings import AxisView, technique_names
 
 MAX_DATASETS = 4

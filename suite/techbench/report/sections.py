@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import htmlpage as html
 from . import analyze, answer_figures, figures, headline, scoring, tables
+from . import htmlpage as html
 from .howsure import how_sure
 from .inputs import CUT_SHORT, Tuned
 from .settings import AxisView

@@ -5,7 +5,7 @@ AlgoPerf): the setting each technique got and whether it lies at the edge of the
 the final test and validation scores on fresh seeds with bootstrap intervals; how the best
 validation score grows with the number of search trials (so a ranking that only holds at large
 budgets shows); and how sensitive each technique is to each searched hyper-parameter.
-Selection is recomputed with :func:`techbench.tune.select_stored`, the function the run used,
+Selection is recomputed with :func:`techbench.plan.tune.select_stored`, the function the run used,
 once, at the report's input (:class:`.inputs.Tuned`); this is the only section that sees the
 search trials.
 """
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import htmlpage as html
-from ..palette import technique_color
+from ..plan.tune import Selection, TunePlan, trial_score
 from ..schema import metric_series
-from ..tune import Selection, TunePlan, trial_score
+from ..techniques.palette import technique_color
 from . import expmax
+from . import htmlpage as html
 from .inputs import Tuned
 from .stats import stratified_bootstrap_ci
 from .tables import summarize
@@ -98,7 +98,7 @@ def _point_scores(search: pd.DataFrame, plan: TunePlan) -> pd.DataFrame:
     technique is added or removed. A metric's worst possible value (0 accuracy) is not defined
     for a loss (unbounded) and, far below every observed score, would let one divergence drag
     the small-n estimate anywhere; the technique's own minimum ranks a divergence below every
-    finite point (never selected, as :func:`techbench.tune.trial_score` ranks it) while keeping
+    finite point (never selected, as :func:`techbench.plan.tune.trial_score` ranks it) while keeping
     the curve on the scale of that technique's own scores. It is optimistic (a divergence is
     worse than any finished run), so the page states the floor. A technique with no finite point
     keeps NaN and gets no curve.

@@ -1,6 +1,6 @@
 """Conformance checks for regularizers.
 
-The fast side is ``spec.create(**hp) -> techbench.families.Regularizer``; it overrides exactly
+The fast side is ``spec.create(**hp) -> techbench.techniques.families.Regularizer``; it overrides exactly
 the hooks it declares in ``spec.properties["hooks"]`` (a subset of ``transform_batch``,
 ``make_module``, ``penalty``, ``loss``, ``transform_gradients``, ``after_step``, ``callbacks``). The reference protocol
 depends on the hooks; ``hp`` is always the full hyper-parameter dict (defaults updated with
@@ -55,7 +55,7 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
   rate ``ALPHA`` = 1e-6 (|z| <= 4.89), for ``p`` = default and 0.2.
 - ``dropout_expectation``: E[y] = x: z = sum(y - x) / sqrt(sum x^2 p/(1-p)), |z| <= 4.89.
 - ``sampled_module`` (with ``properties["stacked_module"]``): the module is a
-  :class:`~techbench.families.SampledModule`; its training output equals
+  :class:`~techbench.techniques.families.SampledModule`; its training output equals
   ``forward_with(x, sample(...))`` drawn from a generator seeded alike, exactly; two runs with
   generators seeded alike agree even when the global RNG differs (the generator is the only
   randomness: a trial's masks are its own, and stacked members draw what they draw alone);
@@ -116,7 +116,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 from .core import Check, CheckFailure
 from .tolerances import assert_close
 
@@ -168,13 +168,13 @@ def _same(actual: Any, expected: Any, what: str) -> None:
 
 
 def _make(spec: TechniqueSpec, hp: dict[str, Any]) -> Any:
-    from ..families import Regularizer
+    from ..techniques.families import Regularizer
 
     reg = spec.create(**hp)
     if not isinstance(reg, Regularizer):
         raise CheckFailure(
             f"{spec.qualified_name}: fast side returned {type(reg).__name__}, "
-            "not a techbench.families.Regularizer"
+            "not a techbench.techniques.families.Regularizer"
         )
     return reg
 
@@ -183,7 +183,7 @@ def _make(spec: TechniqueSpec, hp: dict[str, Any]) -> Any:
 
 
 def _check_hooks(spec: TechniqueSpec) -> None:
-    from ..families import Regularizer
+    from ..techniques.families import Regularizer
 
     declared = _hooks(spec)
     unknown = sorted(set(declared) - set(HOOKS))
@@ -352,7 +352,7 @@ def _check_dropout_expectation(spec: TechniqueSpec) -> None:
 def _check_sampled_module(spec: TechniqueSpec) -> None:
     import torch
 
-    from ..families import SampledModule
+    from ..techniques.families import SampledModule
 
     for p in _dropout_rates(spec):
         label = f"{spec.qualified_name} (p={p})"
@@ -361,7 +361,7 @@ def _check_sampled_module(spec: TechniqueSpec) -> None:
         if not sampled:
             raise CheckFailure(
                 f"{label}: declares stacked_module but its module {type(module).__name__} has no "
-                "generator / sample / forward_with (techbench.families.SampledModule)"
+                "generator / sample / forward_with (techbench.techniques.families.SampledModule)"
             )
         x = _dropout_input(8, 300)
         outputs = []
@@ -780,7 +780,7 @@ def drive_callbacks(callbacks: Any, history: list[float]) -> int | None:
     """Feed ``history`` as val_loss, one value per epoch; the epoch where training stops."""
     import torch
 
-    from ..callbacks import stub_trainer
+    from ..engine.callbacks import stub_trainer
 
     trainer = stub_trainer()
     for cb in callbacks:

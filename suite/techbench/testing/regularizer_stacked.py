@@ -1,7 +1,7 @@
 """Conformance check of a regularizer's gradient transform as the stacked engine runs it.
 
-Why: in a stack (:mod:`techbench.population`) a member's gradients are rows of stacked
-``[K, ...]`` tensors, and :class:`techbench.stacked_hooks.StackedHooks` either calls each
+Why: in a stack (:mod:`techbench.engine.population`) a member's gradients are rows of stacked
+``[K, ...]`` tensors, and :class:`techbench.engine.stacked_hooks.StackedHooks` either calls each
 member's own ``transform_gradients`` on views of its rows or, when the class defines
 ``stacked_transform_gradients``, one call for all members. Either way member k must get exactly
 what its own ``transform_gradients`` gives it alone (a reduction over all members, such as one
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 from .core import CheckFailure
 from .tolerances import assert_close
 
@@ -47,7 +47,7 @@ def _stacked(
     """The probes of K members stacked, transformed as the engine does; name -> stacked leaf."""
     import torch
 
-    from ..stacked_hooks import StackedHooks
+    from ..engine.stacked_hooks import StackedHooks
     from .regularizer import _gradient_probe, _make
 
     models = [_gradient_probe(s, dtype) for s in SCALES]
