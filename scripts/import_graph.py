@@ -2,7 +2,8 @@
 
 Each module of ``suite/techbench`` belongs to a room: its first subpackage (``plan``, ``engine``,
 ...) or, for a top-level module, the module itself (``schema``, ``errors``). Imports inside
-functions count too: a lazy import is still a dependency. Exit status 1 when the room graph has a
+functions count too: a lazy import is still a dependency; imports under ``if TYPE_CHECKING:``
+do not (they never run; a type named in an annotation is not a dependency of the flow). Exit status 1 when the room graph has a
 circle or a private name (``_x``) is imported from another room, so CI can run it.
 
     python3 scripts/import_graph.py            # rooms
@@ -48,7 +49,17 @@ def scan() -> tuple[dict[str, set[str]], list[tuple[str, str, str]], set[str]]:
     private: list[tuple[str, str, str]] = []
     for mod, path in modules.items():
         is_pkg = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+            for stmt in block.body
+            for n in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 targets = [(a.name, None) for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -67,8 +78,7 @@ def scan() -> tuple[dict[str, set[str]], list[tuple[str, str, str]], set[str]]:
                 if target == mod:
                     continue
                 edges[mod].add(target)
-                crosses = room(target) != room(mod)
-                if name and name.startswith("_") and not name.startswith("__") and crosses:
+                if name and name.startswith("_") and not name.startswith("__"):
                     private.append((mod, target, name))
     return edges, private, set(modules)
 
@@ -128,10 +138,15 @@ def main() -> int:
     if "--modules" in sys.argv:
         mod_cycles = cycles(edges)
         print("module circles:", mod_cycles or "none")
-    print("private names imported across rooms:", len(private) or "none")
-    for mod, target, name in sorted(private):
+    crossing = [p for p in private if room(p[0]) != room(p[1])]
+    print("private names imported across rooms:", len(crossing) or "none")
+    for mod, target, name in sorted(crossing):
         print(f"  {mod} imports {target}.{name}")
-    bad += len(private)
+    bad += len(crossing)
+    if "--modules" in sys.argv:
+        print("private names imported across modules:", len(private) or "none")
+        for mod, target, name in sorted(private):
+            print(f"  {mod} imports {target}.{name}")
     return 1 if bad else 0
 
 

@@ -11,12 +11,12 @@ from . import htmlpage as html
 from . import power, signals
 
 if TYPE_CHECKING:
-    from .sections import ReportContext, Section
+    from .context import ReportContext, Section
 
 
 def how_sure(ctx: ReportContext) -> Section:
     """Power per headline comparison, then the early-signal predictor table."""
-    from .sections import Section
+    from .context import Section
 
     blocks: list[str] = []
     csvs: dict[str, pd.DataFrame] = {}

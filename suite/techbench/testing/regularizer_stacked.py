@@ -23,6 +23,7 @@ from typing import Any
 
 from ..techniques.spec import TechniqueSpec
 from .core import CheckFailure
+from .regularizer_probes import gradient_probe, hp_label, make_regularizer
 from .tolerances import assert_close
 
 STACK_MEMBERS = 4
@@ -48,9 +49,8 @@ def _stacked(
     import torch
 
     from ..engine.stacked_hooks import StackedHooks
-    from .regularizer import _gradient_probe, _make
 
-    models = [_gradient_probe(s, dtype) for s in SCALES]
+    models = [gradient_probe(s, dtype) for s in SCALES]
     leaves = {
         n: torch.nn.Parameter(torch.stack([m.get_parameter(n).detach() for m in models]))
         for n, _ in models[0].named_parameters()
@@ -58,7 +58,7 @@ def _stacked(
     for n, leaf in leaves.items():
         grads = [m.get_parameter(n).grad for m in models]
         leaf.grad = None if grads[0] is None else torch.stack(grads)
-    hooks = StackedHooks([_make(spec, hp) for hp in hps], models)
+    hooks = StackedHooks([make_regularizer(spec, hp) for hp in hps], models)
     optimizer = torch.optim.SGD(list(leaves.values()), lr=0.1)
     group_of = [0] * STACK_MEMBERS
     hooks.bind(lambda n, k: (leaves[n], k), [optimizer], group_of)
@@ -75,8 +75,6 @@ def _stacked(
 def check_stacked_gradients(spec: TechniqueSpec) -> None:
     import torch
 
-    from .regularizer import _gradient_probe, _label, _make
-
     hps = _member_hps(spec)
     for dtype in (torch.float64, torch.float32):
         for step in (0, 7):
@@ -84,12 +82,12 @@ def check_stacked_gradients(spec: TechniqueSpec) -> None:
                 leaves = _stacked(spec, hps, dtype, step, live)
                 tag = str(dtype).replace("torch.", "")
                 for k in range(STACK_MEMBERS):
-                    alone = _gradient_probe(SCALES[k], dtype)
+                    alone = gradient_probe(SCALES[k], dtype)
                     if k in live:
                         gen = torch.Generator().manual_seed(100 + k)
-                        _make(spec, hps[k]).transform_gradients(alone, step, gen)
+                        make_regularizer(spec, hps[k]).transform_gradients(alone, step, gen)
                     label = (
-                        f"{spec.qualified_name}: member {k} ({_label(hps[k])}) of "
+                        f"{spec.qualified_name}: member {k} ({hp_label(hps[k])}) of "
                         f"{STACK_MEMBERS} stacked, live {live}, {tag}, step {step}"
                     )
                     for n, p in alone.named_parameters():
