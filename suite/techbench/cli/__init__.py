@@ -83,10 +83,3 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
-
-
-if __name__ == "__main__":
-    # Run the package's module, not this __main__ copy, so exception classes match the commands'.
-    from techbench.cli import main as package_main
-
-    sys.exit(package_main())
