@@ -19,7 +19,7 @@ raw loop's training time), ``cpu`` the process CPU time of the whole trial;
 ``ms/snap`` is the time inside the health callback per snapshot (its own clock, so it is not
 affected by drifts between runs).
 
-``--stack K`` adds the same three runs as one stack of K seeds (:func:`techbench.trial.run_stack`):
+``--stack K`` adds the same three runs as one stack of K seeds (:func:`techbench.engine.trial.run_stack`):
 their seconds are per member (the stack's time / K) against the raw loop of one trial, and
 ``ms/snap`` is per snapshot of the whole stack.
 
@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
-from techbench.registry import get_spec
+from techbench.engine.trial import build_model, run_stack, run_trial
 from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, complete_config
-from techbench.trial import build_model, run_stack, run_trial
+from techbench.techniques.registry import get_spec
 
 
 def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:

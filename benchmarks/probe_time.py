@@ -29,7 +29,7 @@ def main() -> None:
         )
         whole.append(time.perf_counter() - start)
 
-    from techbench.probe import run_probe
+    from techbench.report.probe import run_probe
 
     compute = [run_probe(threads=args.threads).seconds for _ in range(args.runs)]
     print(

@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from techbench.callbacks import StepCallback
-from techbench.families import DatasetSplits
-from techbench.registry import default_registry, get_spec
+from techbench.engine.callbacks import StepCallback
+from techbench.engine.trial import build_model, run_trial
 from techbench.schema import AXIS_FAMILY, complete_config
-from techbench.spec import Param, TechniqueSpec
-from techbench.trial import build_model, run_trial
+from techbench.techniques.families import DatasetSplits
+from techbench.techniques.registry import default_registry, get_spec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 
 def random_cifar(data_seed: int, n_train: int) -> DatasetSplits:

@@ -2,7 +2,7 @@
 
 K seeds of the ``demo`` matrix's network (digits, MLP 2x64, Xavier init, Adam 3e-3, batch 128,
 10 epochs, gradient health every 10 steps as the demo sets it) are trained with
-:func:`techbench.trial.run_trial` one after another and with :func:`techbench.trial.run_stack`
+:func:`techbench.engine.trial.run_trial` one after another and with :func:`techbench.engine.trial.run_stack`
 as one stack, in alternating rounds (the order flips each round, so drift on a shared machine
 hits both); prints the median wall time of each and their ratio, and the largest relative
 difference between a member's final validation loss and its trial's.
@@ -34,8 +34,8 @@ import time
 
 import torch
 
+from techbench.engine.trial import run_stack, run_trial
 from techbench.schema import complete_config
-from techbench.trial import run_stack, run_trial
 
 
 def configs(
@@ -72,7 +72,7 @@ class WithoutStackedOptimizers:
     members with distinct settings then trains one optimizer per setting."""
 
     def __init__(self) -> None:
-        from techbench.registry import default_registry
+        from techbench.techniques.registry import default_registry
 
         self.inner = default_registry()
 
@@ -87,7 +87,7 @@ class WithoutStackedOptimizers:
 
 
 def charlm_configs(members: int, accelerator: str, health: bool, steps: int) -> list[dict]:
-    from techbench.matrix import load_matrix
+    from techbench.plan.matrix import load_matrix
 
     first = next(iter(load_matrix("charlm").trials()))
     base = {

@@ -2,8 +2,8 @@
 
 K seeds of the ``demo`` network (digits, MLP 2x64, Xavier init, Adam 3e-3, batch 128, gradient
 health every 10 steps) with one regularizer whose hooks run per member in a stack
-(``transform_gradients``, ``after_step``: :mod:`techbench.stacked_hooks`), trained with
-:func:`techbench.trial.run_trial` one after another, with :func:`techbench.trial.run_stack`
+(``transform_gradients``, ``after_step``: :mod:`techbench.engine.stacked_hooks`), trained with
+:func:`techbench.engine.trial.run_trial` one after another, with :func:`techbench.engine.trial.run_stack`
 as one stack, and (``loop`` column) as one stack with the regularizers' stacked implementations
 switched off (every member's hook called on its own views), in alternating rounds. Prints the
 median wall time of each, the ratios, and the largest relative difference between a member's
@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from techbench import stacked_hooks
+from techbench.engine import stacked_hooks
+from techbench.engine.trial import run_stack, run_trial
 from techbench.schema import complete_config
-from techbench.trial import run_stack, run_trial
 
 
 def configs(members: int, regularizer: str, epochs: int) -> list[dict]:
@@ -52,7 +52,7 @@ def looped(cfgs: list[dict]) -> list:
 
 
 def has_stacked_implementation(name: str) -> bool:
-    from techbench.registry import default_registry
+    from techbench.techniques.registry import default_registry
 
     spec = default_registry().get_spec(name, "regularizer")
     return stacked_hooks.stacked_transform(type(spec.create())) is not None
@@ -96,7 +96,7 @@ def hook_only(members: int, repeats: int = 15, steps: int = 200) -> None:
     """Microseconds per step of the stacked engine's gradient-transform call, both ways."""
     from torch import nn
 
-    from techbench.stacked_hooks import StackedHooks
+    from techbench.engine.stacked_hooks import StackedHooks
     from techbench_builtins.regularizers_impl import ClipNorm, ClipValue
 
     def net() -> nn.Module:

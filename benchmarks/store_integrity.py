@@ -38,7 +38,7 @@ from report_scale import make_store
 
 import techbench.store
 from techbench.store import META_DIGEST, ResultStore
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
 
 STATES = ("no digests", "file digests", "+ config hash", "+ meta digest")
 FILE_KEYS = ("metrics_bytes", "metrics_sha256")

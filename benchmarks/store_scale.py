@@ -9,7 +9,7 @@ A run ``N:S`` writes N trials in units of S members (``ResultStore.write_batch``
 executor does with a stack; S=1 is the per-trial layout every store had before batches). Trials
 and rows follow ``benchmarks/report_scale.py`` (8 datasets x 10 activations x 4 initializers x
 2 normalizers x seeds; about 310 rows per trial, 10 epochs); a stack holds the members that
-differ only in initializer and seed, as :mod:`techbench.stack` would group them. Each child
+differ only in initializer and seed, as :mod:`techbench.plan.stacking` would group them. Each child
 process prints its wall seconds, CPU seconds and peak RSS (``resource.getrusage``), so the
 numbers are those of loading or reporting alone (the report's forked worker processes,
 :mod:`techbench.report.parallel`, reported apart: their CPU seconds and largest peak RSS, which
@@ -133,7 +133,7 @@ def measure(what: str, store: str) -> dict:
     """Run in a child: load the store or build its report; wall, CPU, peak RSS."""
     t0, c0 = time.perf_counter(), time.process_time()
     if what == "load":
-        from techbench.store_read import load_results
+        from techbench.store.reader import load_results
 
         trials, metrics = load_results(store, keep_step_loss=False)
         extra = {"trials": len(trials), "rows": len(metrics)}

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from techbench.registry import get_spec
+from techbench.techniques.registry import get_spec
 
 TORCH_OWN: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "identity": None,

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from techbench.registry import get_spec
+from techbench.techniques.registry import get_spec
 from techbench.testing.initializer import ExactTarget, OrthogonalTarget, UnitVarianceTarget, mlp
 
 SHAPE = (1024, 1024)

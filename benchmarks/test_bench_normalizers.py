@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from techbench.registry import get_spec
+from techbench.techniques.registry import get_spec
 
 SHAPES = {"256x512": (256, 512), "64x32x16x16": (64, 32, 16, 16)}
 NAMES = ["none", "batchnorm", "layernorm", "groupnorm", "rmsnorm", "scalenorm"]

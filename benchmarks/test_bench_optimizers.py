@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from techbench.registry import get_spec
+from techbench.techniques.registry import get_spec
 
 # (case id, technique, hyper-parameters, torch.optim's own equivalent or None)
 CASES: list[tuple[str, str, dict[str, Any], Any]] = [

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from techbench.registry import get_spec
+from techbench.techniques.registry import get_spec
 from techbench_builtins import regularizers_impl as impl
 
 

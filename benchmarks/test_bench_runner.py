@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from techbench.matrix import load_matrix
+from techbench.plan.matrix import load_matrix
 from techbench.schema import DEFAULT_CONFIG, trial_id
 from techbench.store import ResultStore
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
 
 
 def _outcome(seed: int) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from techbench.registry import Registry
+from techbench.techniques.registry import Registry
 from techbench.testing import single_threaded
 from tests.fakedist import entry_points_in, make_dist
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from techbench.registry import get_spec, list_techniques
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.registry import get_spec, list_techniques
+from techbench.techniques.spec import Param, TechniqueSpec
 from techbench.testing import CheckFailure, checks_for, failed_checks, parametrize_with_checks
 from techbench.testing import activation as act_checks
 

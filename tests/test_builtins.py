@@ -10,8 +10,8 @@ import warnings
 
 import pytest
 
-from techbench.registry import PluginWarning, default_registry
-from techbench.spec import TECHNIQUE_FAMILIES
+from techbench.techniques.registry import PluginWarning, default_registry
+from techbench.techniques.spec import TECHNIQUE_FAMILIES
 from techbench.testing import checks_for, parametrize_with_checks
 
 MINIMUM = {

@@ -1,4 +1,4 @@
-"""The runner's per-step protocol (``techbench.callbacks.StepCallback``): every optimizer step,
+"""The runner's per-step protocol (``techbench.engine.callbacks.StepCallback``): every optimizer step,
 grouped or not, direct or through Lightning, is framed by begin_step/end_step in order."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from techbench.callbacks import StepCallback, step_hooks
-from techbench.families import DatasetSplits, Regularizer
-from techbench.lit import build_trainer
-from techbench.population import StackedModule
-from techbench.stack_members import Member
-from techbench.stacked_data import StackedDataModule
+from techbench.engine.callbacks import StepCallback, step_hooks
+from techbench.engine.lit import build_trainer
+from techbench.engine.population import StackedModule
+from techbench.engine.stack_members import Member
+from techbench.engine.stacked_data import StackedDataModule
+from techbench.techniques.families import DatasetSplits, Regularizer
 
 N, BATCH, EPOCHS = 40, 8, 2  # 5 optimizer steps per epoch
 

@@ -26,7 +26,7 @@ import torch
 
 from techbench import data
 from techbench.cli import main
-from techbench.registry import get_spec
+from techbench.techniques.registry import get_spec
 from techbench.testing.dataset import write_cifar10_batches, write_cifar100_files, write_idx
 
 # ---------------------------------------------------------------- server

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from techbench.families import DatasetSplits
-from techbench.registry import get_spec
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.families import DatasetSplits
+from techbench.techniques.registry import get_spec
+from techbench.techniques.spec import Param, TechniqueSpec
 from techbench.testing import checks_for, failed_checks
 from techbench.testing.dataset import (
     write_cifar10_batches,
@@ -414,7 +414,7 @@ def test_malformed_cifar_files_in_a_dataset_name_the_file(tmp_path) -> None:
 
 
 def test_a_failed_trial_records_the_one_line_naming_the_file(tmp_path) -> None:
-    from techbench.trial import run_trial
+    from techbench.engine.trial import run_trial
 
     root = _mnist_dir(tmp_path, train_images_idx3_ubyte=np.zeros((60, 20, 20), np.uint8))
     outcome = run_trial(

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from techbench.execute import execute, plan
-from techbench.progress import Progress
+from techbench.execute.local import execute, plan
+from techbench.execute.progress import Progress
 from techbench.schema import trial_id
 from techbench.store import ResultStore
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FN = "tests.test_execute:fake_run"
 
 
 def fake_run(config: dict) -> dict:
-    """A stand-in for techbench.trial.run_trial, steered by the config."""
+    """A stand-in for techbench.engine.trial.run_trial, steered by the config."""
     if config.get("log"):
         with open(config["log"], "a") as fh:
             fh.write(f"{trial_id(config)} {os.getpid()}\n")
@@ -150,7 +150,7 @@ def _script(out: Path, cs: list[dict], workers: int) -> str:
     return textwrap.dedent(
         f"""
         import json, sys
-        from techbench.execute import execute
+        from techbench.execute.local import execute
         res = execute(json.loads({json.dumps(json.dumps(cs))}), {str(out)!r}, workers={workers},
                       run_fn={RUN_FN!r}, progress=False)
         print(res.summary)
@@ -249,7 +249,7 @@ def test_progress_bar_shows_counts_when_enabled():
 
 
 def test_default_workers_one_per_core_or_per_gpu(monkeypatch):
-    import techbench.execute as ex
+    import techbench.execute.local as ex
 
     cpu = [{"trainer": {"accelerator": "cpu"}}]
     gpu = [{"trainer": {"accelerator": "gpu"}}]

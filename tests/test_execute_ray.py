@@ -14,12 +14,12 @@ import pytest
 
 from techbench.cli import main
 from techbench.errors import UsageError
-from techbench.execute import execute
-from techbench.execute_ray import execute_ray, gpus_for
-from techbench.matrix import load_matrix, loads_matrix
+from techbench.execute.local import execute
+from techbench.execute.ray import execute_ray, gpus_for
+from techbench.plan.matrix import load_matrix, loads_matrix
 from techbench.schema import trial_id
 from techbench.store import ResultStore
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
 
 RUN_FN = "tests.test_execute_ray:fake_run"
 

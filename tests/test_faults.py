@@ -23,12 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from techbench.execute import plan
-from techbench.integrity import inspect_store
-from techbench.matrix import load_matrix
+from techbench.execute.local import plan
+from techbench.plan.matrix import load_matrix
 from techbench.schema import TrialMeta, TrialOutcome, complete_config, metric_row, trial_id
 from techbench.store import ResultStore
-from techbench.store_read import load_results
+from techbench.store.integrity import inspect_store
+from techbench.store.reader import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES: Counter[str] = Counter()

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-from techbench.execute import plan
-from techbench.integrity import clean_corrupt, inspect_store
-from techbench.matrix import load_matrix
+from techbench.execute.local import plan
+from techbench.plan.matrix import load_matrix
 from techbench.schema import DEFAULT_CONFIG, TrialMeta, TrialOutcome, metric_row, trial_id
 from techbench.store import META_DIGEST, ResultStore
-from techbench.store_read import load_results
+from techbench.store.integrity import clean_corrupt, inspect_store
+from techbench.store.reader import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES: Counter[str] = Counter()

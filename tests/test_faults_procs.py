@@ -302,7 +302,7 @@ def test_a_claim_waiting_on_a_removed_lock_file_never_shares_the_claim(tmp_path)
 
 
 def test_status_calls_a_lock_stale_only_when_no_process_holds_it(tmp_path):
-    from techbench.integrity import inspect_store, lock_state
+    from techbench.store.integrity import inspect_store, lock_state
 
     store = ResultStore(tmp_path).ensure()
     (store.locks_dir / "dead.lock").touch()  # what a killed holder leaves

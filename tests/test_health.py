@@ -12,13 +12,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from techbench.families import DatasetSplits, ModelParts, Regularizer
-from techbench.health import GradientHealth
-from techbench.lit import build_trainer
-from techbench.population import StackedModule
-from techbench.stack_members import Member
-from techbench.stacked_data import StackedDataModule
-from techbench.trial import quiet_lightning
+from techbench.engine.health import GradientHealth
+from techbench.engine.lit import build_trainer
+from techbench.engine.population import StackedModule
+from techbench.engine.stack_members import Member
+from techbench.engine.stacked_data import StackedDataModule
+from techbench.engine.trial import quiet_lightning
+from techbench.techniques.families import DatasetSplits, ModelParts, Regularizer
 from techbench_builtins.models_impl import MLP
 
 LR = 0.1
@@ -123,7 +123,7 @@ def test_full_batch_step_matches_float64_autograd() -> None:
 def test_health_sees_clipped_gradients_and_records_the_norm_before(monkeypatch, direct) -> None:
     """Health records what the optimizer sees (the clipped gradient) and, beside it, the global
     norm before the transform; both against float64 autograd on a copy, clipped by hand."""
-    import techbench._lightning_compat as compat
+    import techbench.engine._lightning_compat as compat
     from techbench_builtins.regularizers_impl import ClipNorm
 
     if not direct:

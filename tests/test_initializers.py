@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from scipy import stats
 from torch import nn
 
-from techbench.registry import get_spec, list_techniques
-from techbench.spec import Param, ParamError, TechniqueSpec
+from techbench.techniques.registry import get_spec, list_techniques
+from techbench.techniques.spec import Param, ParamError, TechniqueSpec
 from techbench.testing import checks_for, failed_checks
 from techbench.testing.initializer import ExactTarget, OrthogonalTarget, UnitVarianceTarget, mlp
 from techbench_builtins import initializers_impl as impl

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from techbench.layerstats import activation_stat_matrix, activation_stats
+from techbench.engine.layerstats import activation_stat_matrix, activation_stats
 
 RELU = {"dead_below": 0.0, "saturation": None}
 TANH = {"dead_below": None, "saturation": (-0.99, 0.99)}

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from techbench.matrix import (
+from techbench.plan.matrix import (
     Matrix,
     MatrixError,
     builtin_matrices,
@@ -23,9 +23,9 @@ from techbench.matrix import (
     load_matrix_dict,
     loads_matrix,
 )
-from techbench.registry import Registry
 from techbench.schema import AXES, DEFAULT_CONFIG, trial_id
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.registry import Registry
+from techbench.techniques.spec import Param, TechniqueSpec
 
 
 def _spec(name: str, family: str, *params: Param) -> TechniqueSpec:
@@ -484,14 +484,14 @@ def test_lecture_makes_the_notes_comparisons(shipped):
 
 
 def test_ids_agree_with_the_trial_module(shipped):
-    trial = pytest.importorskip("techbench.trial")
+    trial = pytest.importorskip("techbench.engine.trial")
     for t in shipped["demo"].trials()[:5]:
         assert trial.trial_id(t) == trial_id(t)
         assert trial.complete_config(t) == t
 
 
 def test_expansion_is_pure_so_shards_partition_it(shipped):
-    from techbench.shard import shard
+    from techbench.plan.shard import shard
 
     trials = shipped["optimizers"].trials()
     again = load_matrix("optimizers").trials()

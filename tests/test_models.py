@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from techbench.families import ModelParts
-from techbench.registry import get_spec
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.families import ModelParts
+from techbench.techniques.registry import get_spec
+from techbench.techniques.spec import Param, TechniqueSpec
 from techbench.testing import checks_for, failed_checks
 from techbench_builtins import models_impl
 

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from techbench.registry import get_spec
-from techbench.spec import ParamError, TechniqueSpec
+from techbench.techniques.registry import get_spec
+from techbench.techniques.spec import ParamError, TechniqueSpec
 from techbench.testing import CheckFailure, failed_checks
 from techbench.testing.normalizer import checks
 from techbench_builtins import normalizers_impl as impl

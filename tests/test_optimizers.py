@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from techbench.registry import get_spec, list_techniques
-from techbench.spec import ParamError, TechniqueSpec
+from techbench.techniques.registry import get_spec, list_techniques
+from techbench.techniques.spec import ParamError, TechniqueSpec
 from techbench.testing import CheckFailure
 from techbench.testing import optimizer as opt_checks
 from techbench_builtins import optimizers_impl as impl
@@ -697,7 +697,7 @@ def test_stacked_implementation_ignoring_the_schedule_multiplier_fails() -> None
 def test_stacked_sgd_equals_torch_sgd_for_mixed_zero_and_nonzero_momentum() -> None:
     """A member with momentum 0 is plain SGD (torch ignores dampening then), next to members
     with heavy-ball momentum, in one stacked optimizer (independent source: torch.optim.SGD)."""
-    from techbench.families import STACKED_DIMS
+    from techbench.techniques.families import STACKED_DIMS
     from techbench_builtins import optimizers_stacked as stacked_impl
 
     gen = torch.Generator().manual_seed(0)
@@ -771,9 +771,9 @@ def _plain_sgd_spec(stacked: Any) -> TechniqueSpec:
 def test_stacked_optimizer_keeping_members_values_privately_fails_the_checks() -> None:
     """It steps every member right, yet the engine could not read its members' rates: the
     stacked engine refuses it and the conformance check fails it."""
-    from techbench.member_hp import create_stacked
-    from techbench.spec import TechniqueError
-    from techbench.stacked_hooks import MemberOptimizer
+    from techbench.engine.member_hp import create_stacked
+    from techbench.engine.stacked_hooks import MemberOptimizer
+    from techbench.techniques.spec import TechniqueError
 
     spec = _plain_sgd_spec(_PrivateSGD)
     assert "stacked_member_values" in [c.name for c in opt_checks.checks(spec)]
@@ -797,8 +797,8 @@ def test_stacked_optimizer_showing_the_wrong_members_values_fails() -> None:
 def test_engine_reads_each_members_lr_from_a_builtin_stacked_optimizer() -> None:
     """Member k's view (what ``after_step`` hooks see) holds its own rate times the schedule's
     multiplier and its own betas (the values given, an independent source)."""
-    from techbench.member_hp import create_stacked
-    from techbench.stacked_hooks import MemberOptimizer
+    from techbench.engine.member_hp import create_stacked
+    from techbench.engine.stacked_hooks import MemberOptimizer
 
     spec = get_spec("adamw", "optimizer")
     settings = [{"lr": 0.1, "beta1": 0.8}, {"lr": 0.02, "beta1": 0.7}]
@@ -857,7 +857,7 @@ def test_member_0s_values_for_all_fail_without_search_ranges() -> None:
 def test_a_float_that_cannot_be_varied_fails_naming_it() -> None:
     import dataclasses
 
-    from techbench.spec import Param
+    from techbench.techniques.spec import Param
 
     spec = _without_search("sgd")
     pinned = Param(name="gain", type=float, default=1.0, low=1.0, high=1.0)

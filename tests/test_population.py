@@ -14,11 +14,11 @@ import math
 import pytest
 import torch
 
-from techbench.registry import default_registry
+from techbench.engine.trial import run_stack
+from techbench.plan.stacking import plan_stacks, stack_key, unstackable_reason
 from techbench.schema import complete_config, trial_id
-from techbench.stack import plan_stacks, stack_key, unstackable_reason
+from techbench.techniques.registry import default_registry
 from techbench.testing.reference_loop import reference_run
-from techbench.trial import run_stack
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -265,7 +265,7 @@ def _reduced(
     """Trials of a shipped matrix cut to a CPU-sized test: its first ``keep`` stack keys (of
     the given regularizers, if any), two seeds each, one short epoch (and ``dataset_params``
     over the dataset's)."""
-    from techbench.matrix import load_matrix
+    from techbench.plan.matrix import load_matrix
 
     out, keys = [], []
     for config in load_matrix(matrix).trials():
@@ -307,9 +307,9 @@ GRADIENT_HOOKED = ("l2", "weight_decay", "max_norm", "clip_norm", "clip_value", 
 def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep, dataset, regularizers):
     """The executor's stacked store has the one-by-one store's trial ids, statuses and rows
     (the regularizers with gradient and after-step hooks, and l2's two lambdas, stack)."""
-    from techbench.execute import execute
-    from techbench.stack import describe_stacks, plan_stacks
-    from techbench.store_read import load_results
+    from techbench.execute.local import execute
+    from techbench.plan.stacking import describe_stacks, plan_stacks
+    from techbench.store.reader import load_results
 
     configs = _reduced(matrix, keep, regularizers, **dataset)
     if regularizers:
@@ -345,7 +345,7 @@ def test_stacked_and_one_by_one_stores_agree(tmp_path, matrix, keep, dataset, re
 
 def test_stacked_check_catches_a_per_tensor_reduction():
     """A LARS-like update (normalised by the tensor's gradient norm) couples stacked members."""
-    from techbench.spec import TechniqueSpec
+    from techbench.techniques.spec import TechniqueSpec
     from techbench.testing.core import CheckFailure
     from techbench.testing.optimizer import check_stacked
 
@@ -370,7 +370,7 @@ def test_stacked_check_catches_a_per_tensor_reduction():
 def test_stacked_check_catches_decay_by_tensor_dimension():
     """An optimizer that tells weights from biases by ``p.dim()`` decays stacked biases (their
     shape is [K, n]); the check fails it, and the built-in (``trial_ndim``) passes."""
-    from techbench.spec import TechniqueSpec
+    from techbench.techniques.spec import TechniqueSpec
     from techbench.testing.core import CheckFailure
     from techbench.testing.optimizer import check_stacked
 
@@ -400,7 +400,7 @@ def test_stacked_check_catches_decay_by_tensor_dimension():
 def test_stacked_gradient_check_catches_a_norm_over_all_members():
     """A stacked clip_norm that takes one norm over the whole stack couples members: the
     conformance check fails it (and the built-in passes)."""
-    from techbench.spec import TechniqueSpec
+    from techbench.techniques.spec import TechniqueSpec
     from techbench.testing.core import CheckFailure
     from techbench.testing.regularizer_stacked import check_stacked_gradients
     from techbench_builtins.regularizers_impl import ClipNorm
@@ -435,7 +435,7 @@ def test_stacked_gradient_check_catches_a_norm_over_all_members():
 def test_stacked_clipping_equals_the_per_member_loop_bitwise(monkeypatch, name, param, values):
     """The stacked clip implementations reduce each member's own rows with the kernels its
     own hook uses: a stack's rows are bitwise those of the per-member loop."""
-    from techbench import stacked_hooks
+    from techbench.engine import stacked_hooks
 
     configs = [
         _config(seed=s, regularizer={"name": name, "params": {param: v}})
@@ -452,7 +452,7 @@ def test_stacked_clipping_equals_the_per_member_loop_bitwise(monkeypatch, name, 
 def test_hooks_leave_frozen_members_alone():
     """A frozen member's rows of the stack are not touched by any member's gradient or
     after-step hook (the stacked path and the per-member path)."""
-    from techbench.stacked_hooks import StackedHooks
+    from techbench.engine.stacked_hooks import StackedHooks
     from techbench_builtins.regularizers_impl import ClipNorm, DecoupledWeightDecay, MaxNorm
 
     for make in (lambda: ClipNorm(0.01), lambda: MaxNorm(0.1), lambda: DecoupledWeightDecay(0.5)):
@@ -537,17 +537,17 @@ def test_a_stack_that_fails_as_a_whole_runs_its_members_alone(tmp_path, monkeypa
     stack of one, which calls its network without vmap)."""
     import json
 
-    import techbench.trial
-    from techbench.execute import execute
+    import techbench.engine.trial
+    from techbench.execute.local import execute
 
-    real = techbench.trial.run_stack
+    real = techbench.engine.trial.run_stack
 
     def broken(configs, **kw):
         if len(configs) > 1:
             raise RuntimeError("vmap: cannot batch this network")
         return real(configs, **kw)
 
-    monkeypatch.setattr(techbench.trial, "run_stack", broken)
+    monkeypatch.setattr(techbench.engine.trial, "run_stack", broken)
     configs = [_config(seed=s) for s in (0, 1)]
     result = execute(configs, tmp_path, workers=1, stack="auto", progress=False)
     assert result.counts["completed"] == 2
@@ -562,10 +562,10 @@ def test_a_stack_out_of_device_memory_is_halved_until_it_fits(tmp_path, monkeypa
     two members runs 5 trials as stacks of 2, 1 and 2, each member with its own result."""
     import json
 
-    import techbench.trial
-    from techbench.execute import execute
+    import techbench.engine.trial
+    from techbench.execute.local import execute
 
-    real = techbench.trial.run_stack
+    real = techbench.engine.trial.run_stack
     sizes: list[int] = []
 
     def small_device(configs, **kw):
@@ -574,7 +574,7 @@ def test_a_stack_out_of_device_memory_is_halved_until_it_fits(tmp_path, monkeypa
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(configs, **kw)
 
-    monkeypatch.setattr(techbench.trial, "run_stack", small_device)
+    monkeypatch.setattr(techbench.engine.trial, "run_stack", small_device)
     configs = [_config(seed=s) for s in range(5)]
     result = execute(configs, tmp_path, workers=1, stack="auto", progress=False)
     assert result.counts["completed"] == 5
@@ -623,7 +623,7 @@ def _distinct(name, **over):
 
 
 def _trained_module(configs, registry=None):
-    from techbench.trial import _train_stack
+    from techbench.engine.trial import _train_stack
 
     module, *_ = _train_stack([complete_config(c) for c in configs], registry)
     return module

@@ -14,8 +14,8 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from techbench.registry import get_spec
-from techbench.spec import TechniqueSpec
+from techbench.techniques.registry import get_spec
+from techbench.techniques.spec import TechniqueSpec
 from techbench.testing import failed_checks
 from techbench_builtins import preprocessors_impl as impl
 

@@ -23,8 +23,8 @@ import scipy.integrate
 import scipy.stats
 
 from techbench.cli import main as cli_main
-from techbench.probe import ProbeResult, run_probe, split_technique_list, write_report
-from techbench.spec import ParamError
+from techbench.report.probe import ProbeResult, run_probe, split_technique_list, write_report
+from techbench.techniques.spec import ParamError
 from tests.fakedist import make_dist
 
 WIDTH = 500
@@ -283,7 +283,7 @@ def test_third_party_plugin_is_probed(tmp_path) -> None:
         {
             "probe_plugin_mod.py": """
             import torch
-            from techbench.spec import Param, TechniqueSpec
+            from techbench.techniques.spec import Param, TechniqueSpec
 
             class ScaledTanh(torch.nn.Module):
                 def __init__(self, scale=1.0):

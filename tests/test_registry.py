@@ -9,17 +9,17 @@ import warnings
 
 import pytest
 
-from techbench.registry import (
+from techbench.techniques.registry import (
     BrokenPluginError,
     DuplicateTechniqueError,
     PluginWarning,
     UnknownTechniqueError,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::techbench.registry.PluginWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::techbench.techniques.registry.PluginWarning")
 
 GOOD = """
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 shifted = TechniqueSpec(
     name="shifted", family="activation", summary="x + c.", fast="goodpkg.impl:make",
     reference="goodpkg.impl:make", citation="none",
@@ -195,7 +195,7 @@ def test_cli_list_json_has_hyperparameters_and_version(plugins):
 # -- qualified names: an installed package never breaks a built-in -----------------------------
 
 CLASH = """
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 def _spec(name, family, summary, params=()):
     return TechniqueSpec(name=name, family=family, summary=summary, fast="{pkg}.impl:make",
@@ -247,14 +247,14 @@ def clash(fake_dists):
 def _builtins_only():
     from importlib import metadata
 
-    from techbench.registry import Registry
+    from techbench.techniques.registry import Registry
 
     return Registry(metadata.distribution("techbench").entry_points)
 
 
 def _ids(data, registry):
     """Sorted trial ids of a matrix (a dict, or the name of a shipped one)."""
-    from techbench.matrix import load_matrix, load_matrix_dict
+    from techbench.plan.matrix import load_matrix, load_matrix_dict
     from techbench.schema import trial_id
 
     if isinstance(data, str):
@@ -269,7 +269,7 @@ def _with_regularizers(*names):
 
 
 def test_builtin_keeps_its_plain_name_and_each_is_reachable_qualified(clash):
-    from techbench.registry import Registry
+    from techbench.techniques.registry import Registry
 
     reg = Registry()
     assert reg.get_spec("grad_noise", "regularizer").summary.startswith("Add N(0")
@@ -285,7 +285,7 @@ def test_builtin_keeps_its_plain_name_and_each_is_reachable_qualified(clash):
 
 
 def test_two_packages_clashing_make_the_plain_name_an_error_naming_both(clash):
-    from techbench.registry import Registry
+    from techbench.techniques.registry import Registry
 
     reg = Registry()
     assert set(reg.clashes()) == {("activation", "wiggle"), ("regularizer", "grad_noise")}
@@ -296,8 +296,8 @@ def test_two_packages_clashing_make_the_plain_name_an_error_naming_both(clash):
 
 
 def test_matrices_keep_builtin_trial_ids_with_a_clashing_package(clash):
-    from techbench.matrix import load_matrix_dict
-    from techbench.registry import Registry
+    from techbench.plan.matrix import load_matrix_dict
+    from techbench.techniques.registry import Registry
 
     reg = Registry()
     assert _ids(IDS_MATRIX, reg) == SHIPPED_IDS
@@ -313,8 +313,8 @@ def test_matrices_keep_builtin_trial_ids_with_a_clashing_package(clash):
 
 
 def test_provenance_records_the_distribution_that_supplied_each_technique(clash):
-    from techbench.provenance import technique_sources
-    from techbench.registry import Registry
+    from techbench.techniques.provenance import technique_sources
+    from techbench.techniques.registry import Registry
 
     reg = Registry()
     ours = technique_sources({"regularizer": {"name": "grad_noise", "params": {}}}, reg)
@@ -328,7 +328,7 @@ def test_provenance_records_the_distribution_that_supplied_each_technique(clash)
 
 
 def test_cli_with_a_clashing_package_keeps_builtins_and_reaches_every_name(clash, tmp_path):
-    from techbench.matrix import load_matrix
+    from techbench.plan.matrix import load_matrix
 
     shipped = load_matrix("regularizers", registry=_builtins_only()).trials()
     want = sum(c["regularizer"]["name"] == "grad_noise" for c in shipped)

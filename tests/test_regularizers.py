@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from techbench.families import Regularizer
-from techbench.registry import get_spec, list_techniques
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.families import Regularizer
+from techbench.techniques.registry import get_spec, list_techniques
+from techbench.techniques.spec import Param, TechniqueSpec
 from techbench.testing import CheckFailure, checks_for
 from techbench.testing.regularizer import drive_callbacks
 from techbench_builtins import regularizers_impl as impl
@@ -917,7 +917,7 @@ def test_planted_gradient_bugs_fail_techbench_check(tmp_path: Path) -> None:
     from tests.fakedist import make_dist
 
     specs = """
-        from techbench.spec import TechniqueSpec
+        from techbench.techniques.spec import TechniqueSpec
         from techbench_builtins import regularizers as R
 
         def _planted(name, fast, base, law):
@@ -1051,7 +1051,7 @@ def test_augment_property_matches_numpy(
 def test_stacked_transform_gradients_is_declared_with_a_default() -> None:
     """The hook is on the base class; its default means "no stacked implementation" (the
     engine runs each member's own transform_gradients) and is never to be called."""
-    from techbench.stacked_hooks import stacked_transform
+    from techbench.engine.stacked_hooks import stacked_transform
 
     assert "stacked_transform_gradients" in vars(Regularizer)
     assert stacked_transform(Regularizer) is None

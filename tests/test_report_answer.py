@@ -20,8 +20,7 @@ import pytest
 from scipy import stats as sstats
 
 from techbench.cli import main as cli_main
-from techbench.matrix import MatrixError, loads_matrix
-from techbench.palette import technique_color
+from techbench.plan.matrix import MatrixError, loads_matrix
 from techbench.report import build_report
 from techbench.report import sections as report_sections
 from techbench.report.analyze import ReportInputError
@@ -30,7 +29,8 @@ from techbench.report.inputs import stop_reasons
 from techbench.report.scoring import score_rule
 from techbench.report.settings import confounded_cells
 from techbench.report.stats import poi_with_ci
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
+from techbench.techniques.palette import technique_color
 
 from .report_fixtures import (
     chromium,

@@ -17,7 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from scipy import integrate, stats
 
-from techbench.matrix import MatrixError, loads_matrix
+from techbench.plan.matrix import MatrixError, loads_matrix
 from techbench.report import build_report
 from techbench.report.answer_figures import BEST_MARK, answer_intervals
 from techbench.report.power import comparison, normal_seeds, read_min_effect, seeds_needed
@@ -28,7 +28,7 @@ from techbench.report.signals import (
     tau_with_ci,
     verdicts,
 )
-from techbench.report.stats import _resample_counts
+from techbench.report.stats import resample_counts
 
 from .report_fixtures import write_store
 
@@ -99,7 +99,7 @@ def test_tau_interval_is_the_percentile_of_scipy_on_each_resample() -> None:
     x = rng.normal(size=25)
     y = x + rng.normal(size=25)
     tau, lo, hi = tau_with_ci(x, y, n_resamples=300, seed=7)
-    counts = _resample_counts(25, 300, np.random.default_rng(7))
+    counts = resample_counts(25, 300, np.random.default_rng(7))
     brute = [stats.kendalltau(x[np.repeat(np.arange(25), c)], y[np.repeat(np.arange(25), c)])[0]
              for c in counts]  # fmt: skip
     assert tau == pytest.approx(stats.kendalltau(x, y).statistic)

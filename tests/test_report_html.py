@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from techbench import htmlpage
 from techbench.cli import main as cli_main
-from techbench.palette import technique_color
-from techbench.report import build_report
+from techbench.report import build_report, htmlpage
 from techbench.report import sections as report_sections
+from techbench.techniques.palette import technique_color
 
 from .report_fixtures import (
     chromium,

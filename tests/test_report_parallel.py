@@ -11,7 +11,7 @@ import pytest
 
 from techbench.report import build_report, parallel
 from techbench.report import load as report_load
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
 
 from .report_fixtures import write_store
 

@@ -2,7 +2,7 @@
 settings, expected-max curves use each technique's own floor, equal scores tie, the headline's
 runs are the best's own, and the tuning figures use the palette at a readable legend size.
 
-Stores are written by :func:`techbench.tune.run_tuned` with a test-only trial function (no
+Stores are written by :func:`techbench.plan.tune.run_tuned` with a test-only trial function (no
 training): validation accuracy is a known function of the optimizer, lr and seed."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 from scipy import stats as sstats
 
-from techbench.execute import execute
-from techbench.matrix import loads_matrix
-from techbench.palette import technique_color
+from techbench.execute.local import execute
+from techbench.plan.matrix import loads_matrix
+from techbench.plan.tune import TunePlan, read_plan, run_tuned
 from techbench.report import build_report
 from techbench.report import figures as report_figures
 from techbench.report.build import load_context
 from techbench.schema import trial_id
-from techbench.tune import TunePlan, read_plan, run_tuned
+from techbench.techniques.palette import technique_color
 
 from .report_fixtures import epoch_rows, make_config, write_trial
 from .test_report_answer import _count, _pngs

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from techbench.families import ModelParts
-from techbench.registry import get_spec
-from techbench.trial import run_trial
+from techbench.engine.trial import run_trial
+from techbench.techniques.families import ModelParts
+from techbench.techniques.registry import get_spec
 from techbench_builtins.models import resnet_parameter_count
 from techbench_builtins.models_impl import _PadShortcut
 
@@ -248,7 +248,7 @@ def test_gradient_health_treats_transformer_features_as_units() -> None:
 def test_cifar_resnet_matrix_trial_runs_on_generated_cifar_files(tmp_path) -> None:
     """One trial of the shipped cifar-resnet matrix, end to end on CIFAR-10-format files written
     here (budget cut to two steps): augmentation, channel-mean preprocessing, ResNet-20."""
-    from techbench.matrix import load_matrix
+    from techbench.plan.matrix import load_matrix
     from techbench.testing.dataset import write_cifar10_batches
 
     write_cifar10_batches(tmp_path, per_batch=8, n_test=8)

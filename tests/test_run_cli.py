@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from techbench.cli import main
-from techbench.matrix import load_matrix
+from techbench.plan.matrix import load_matrix
 from techbench.schema import trial_id
 from techbench.store import ResultStore
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
 from tests.test_execute import interrupt_after_two_stored
 
 ROOT = Path(__file__).resolve().parents[1]

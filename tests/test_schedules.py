@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR
 
-from techbench.registry import get_spec, list_techniques
-from techbench.spec import Param, ParamError, TechniqueSpec
+from techbench.techniques.registry import get_spec, list_techniques
+from techbench.techniques.spec import Param, ParamError, TechniqueSpec
 from techbench.testing import CheckFailure
 from techbench.testing import schedule as sched_checks
 from techbench_builtins import schedules_impl as impl

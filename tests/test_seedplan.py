@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from techbench.cli import main
-from techbench.execute import execute
-from techbench.matrix import MatrixError, loads_matrix
+from techbench.execute.local import execute
+from techbench.plan.matrix import MatrixError, loads_matrix
+from techbench.plan.seedplan import PLAN_FILE, SeedPlan, read_stage2
 from techbench.report import headline, power
+from techbench.report.stage2 import run_planned
 from techbench.report.stats import iqm
-from techbench.seedplan import PLAN_FILE, SeedPlan, read_stage2, run_planned
 
 PLAN = SeedPlan(pilot=5, max=40, power=0.8)
 STUDIES = 400
@@ -155,7 +156,7 @@ def test_the_plan_is_a_pure_function_of_the_pilot(
     for k in range(2):
         out = tmp_path / f"out{k}"
         execute(matrix.planned(), out, workers=1, run_fn=fake_trial, progress=False)
-        from techbench.seedplan import plan_stage2
+        from techbench.report.stage2 import plan_stage2
 
         plans.append(json.dumps(plan_stage2(out, matrix.seed_plan, False).to_json()))
         assert read_stage2(out) is not None

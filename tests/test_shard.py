@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from techbench.shard import parse_shard, shard
+from techbench.plan.shard import parse_shard, shard
 
 
 @settings(max_examples=200, deadline=None)

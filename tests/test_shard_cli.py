@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from techbench.cli import main
-from techbench.matrix import load_matrix
+from techbench.plan.matrix import load_matrix
 from techbench.schema import trial_id
 
 ID_LINE = re.compile(r"^  ([0-9a-f]{16})  ", re.M)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from techbench.spec import (
+from techbench.techniques.spec import (
     Param,
     ParamError,
     TechniqueError,

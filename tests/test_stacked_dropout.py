@@ -15,12 +15,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from techbench.families import Regularizer
-from techbench.registry import default_registry
+from techbench.engine.trial import run_stack, run_trial
+from techbench.plan.stacking import plan_stacks, unstackable_reason
 from techbench.schema import complete_config
-from techbench.spec import Param, TechniqueSpec
-from techbench.stack import plan_stacks, unstackable_reason
-from techbench.trial import run_stack, run_trial
+from techbench.techniques.families import Regularizer
+from techbench.techniques.registry import default_registry
+from techbench.techniques.spec import Param, TechniqueSpec
 from tests.test_population import BASE, _rows, assert_members_equal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -184,8 +184,8 @@ def test_float64_dropout_members_equal_their_trials_to_1e_9():
 def test_executor_stacks_dropout_and_stores_the_one_by_one_rows(tmp_path):
     """Through the executor (plan, stack, store): the stacked store's dropout trials have the
     one-by-one store's ids and rows; p is a member's own, so two seeds x two p are one stack."""
-    from techbench.execute import execute
-    from techbench.store_read import load_results
+    from techbench.execute.local import execute
+    from techbench.store.reader import load_results
 
     configs = [_config(seed=s, regularizer=_dropout(p)) for p in (0.5, 0.2) for s in (0, 1)]
     alone = execute(configs, tmp_path / "alone", workers=1, stack="off", progress=False)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from techbench.health import MemberHealth
+from techbench.engine.health import MemberHealth
+from techbench.engine.trial import run_stack
 from techbench.schema import complete_config
-from techbench.trial import run_stack
 
 PROPS = {"dead_below": 0.0, "saturation": (0.05, 0.95)}
 

@@ -14,7 +14,7 @@ import pytest
 
 from techbench.schema import DEFAULT_CONFIG, trial_id
 from techbench.store import ResultStore
-from techbench.store_read import load_results
+from techbench.store.reader import load_results
 
 
 def outcome(status: str = "completed", n: int = 3, tag: float = 0.0, **config_changes) -> dict:

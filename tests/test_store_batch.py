@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from techbench.execute import plan
-from techbench.integrity import clean_corrupt, clean_orphan_batches, inspect_store
+from techbench.execute.local import plan
 from techbench.schema import DEFAULT_CONFIG, TrialOutcome, metric_row, trial_id
 from techbench.store import ResultStore, seal_meta
-from techbench.store_read import load_metrics, load_results
+from techbench.store.integrity import clean_corrupt, clean_orphan_batches, inspect_store
+from techbench.store.reader import load_metrics, load_results
 
 
 def _config(seed: int) -> dict:
@@ -247,9 +247,9 @@ def test_a_meta_naming_a_bad_batch_is_corrupt_not_followed(tmp_path):
 
 
 def test_the_executor_stores_a_stack_as_one_batch(tmp_path, monkeypatch):
-    import techbench.calibrate
-    import techbench.trial
-    from techbench.execute import execute
+    import techbench.engine.trial
+    import techbench.execute.calibrate
+    from techbench.execute.local import execute
 
     by_id = {o.trial_id: o for o in (_outcome(s) for s in range(4))}
     ran: list[int] = []
@@ -258,8 +258,8 @@ def test_the_executor_stores_a_stack_as_one_batch(tmp_path, monkeypatch):
         ran.append(len(configs))
         return [by_id[t.id] for t in configs]
 
-    monkeypatch.setattr(techbench.trial, "run_stack", fake_stack)
-    monkeypatch.setattr(techbench.calibrate, "step_seconds", lambda store, config: 0.5)
+    monkeypatch.setattr(techbench.engine.trial, "run_stack", fake_stack)
+    monkeypatch.setattr(techbench.execute.calibrate, "step_seconds", lambda store, config: 0.5)
     out = tmp_path / "out"
     configs = [o.config for o in by_id.values()]
     res = execute(configs, out, workers=1, stack=4, progress=False)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from techbench import tasks
-from techbench.matrix import load_matrix
-from techbench.population_tasks import member_metrics
-from techbench.trial import run_trial
+from techbench.engine.population_tasks import member_metrics
+from techbench.engine.trial import run_trial
+from techbench.plan.matrix import load_matrix
 
 
 def _float64_lm_metrics(logits: torch.Tensor, y: torch.Tensor) -> list[float]:
@@ -140,7 +140,7 @@ def test_transformer_approaches_the_markov_entropy_rate() -> None:
 
 def test_language_model_trials_stack_by_seed() -> None:
     """charlm's 16 trials are 8 shapes (normalizer x activation x optimizer) of 2 seeds."""
-    from techbench.stack import plan_stacks
+    from techbench.plan.stacking import plan_stacks
 
     stacks = plan_stacks(load_matrix("charlm").trials(), None)
     assert [len(s.configs) for s in stacks] == [2] * 8
@@ -151,14 +151,14 @@ def test_language_model_trials_stack_by_seed() -> None:
 def test_auto_runs_language_models_one_by_one_on_a_cpu_only(monkeypatch) -> None:
     """``--stack auto`` on a CPU runs charlm alone (measured slower stacked there) and says why;
     a forced size and a GPU stack them; an MLP on a CPU still stacks."""
-    import techbench.stack
-    from techbench.stack import plan_units
+    import techbench.plan.stacking
+    from techbench.plan.stacking import plan_units
 
     trials = load_matrix("charlm").trials()
-    monkeypatch.setattr(techbench.stack, "visible_gpus", lambda: ["0"])
+    monkeypatch.setattr(techbench.plan.stacking, "visible_gpus", lambda: ["0"])
     on_gpu = [{**t, "trainer": {**t["trainer"], "accelerator": "gpu"}} for t in trials]
     assert [len(s.configs) for s in plan_units(on_gpu, "auto")] == [2] * 8
-    monkeypatch.setattr(techbench.stack, "visible_gpus", lambda: [])
+    monkeypatch.setattr(techbench.plan.stacking, "visible_gpus", lambda: [])
     cpu = plan_units(trials, "auto")
     assert [len(s.configs) for s in cpu] == [1] * 16
     assert all("slower than alone on a CPU" in s.reason for s in cpu)
@@ -168,7 +168,7 @@ def test_auto_runs_language_models_one_by_one_on_a_cpu_only(monkeypatch) -> None
 
 
 def test_label_smoothing_on_per_position_logits_is_torchs() -> None:
-    from techbench.registry import get_spec
+    from techbench.techniques.registry import get_spec
 
     torch.manual_seed(3)
     logits, y = torch.randn(4, 6, 9), torch.randint(0, 9, (4, 6))
@@ -178,8 +178,8 @@ def test_label_smoothing_on_per_position_logits_is_torchs() -> None:
 
 
 def test_preflight_checks_a_target_against_the_task() -> None:
-    from techbench.preflight import _targets
-    from techbench.registry import default_registry
+    from techbench.plan.preflight import _targets
+    from techbench.techniques.registry import default_registry
 
     def trial(dataset: str, metric: str) -> dict:
         return {"dataset": {"name": dataset}, "target": {"metric": metric}}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from techbench.trial import run_trial
+from techbench.engine.trial import run_trial
 from techbench_builtins import datasets_text_impl as text
 from techbench_builtins.datasets_impl import DatasetFilesMissing
 

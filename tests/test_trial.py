@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from techbench.families import Regularizer
-from techbench.lit import DIVERGENCE_FACTOR, LOSS_FLUSH_EVERY
-from techbench.registry import default_registry
+from techbench.engine.lit import DIVERGENCE_FACTOR, LOSS_FLUSH_EVERY
+from techbench.engine.trial import run_trial
 from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, TrialOutcome, complete_config, trial_id
-from techbench.spec import Param, TechniqueSpec
-from techbench.trial import run_trial
+from techbench.techniques.families import Regularizer
+from techbench.techniques.registry import default_registry
+from techbench.techniques.spec import Param, TechniqueSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -444,7 +444,7 @@ def test_csv_logger(tmp_path: Path) -> None:
 
 
 def test_direct_step_equals_lightning_manual_optimization(monkeypatch) -> None:
-    import techbench._lightning_compat as compat
+    import techbench.engine._lightning_compat as compat
 
     direct = run_trial(FAST, registry=REGISTRY)
     monkeypatch.setattr(compat, "plain_precision", lambda trainer: False)
@@ -498,7 +498,7 @@ def test_builtins_compose_into_a_trial(change: dict) -> None:
 
 
 def test_grouped_steps_equal_one_step_per_lightning_batch(monkeypatch) -> None:
-    import techbench.lit as lit
+    import techbench.engine.lit as lit
 
     cfg = {
         **FAST,
@@ -642,8 +642,8 @@ ALONE = [
 def test_a_trial_alone_is_a_stack_of_one_equal_to_the_reference_loop(monkeypatch, over) -> None:
     """One engine: ``run_trial`` trains a stack of one through the engine's one-member step
     (its network called directly: no vmap), and its rows are the plain reference loop's."""
-    import techbench.population as population
-    import techbench.stack_single as stack_single
+    import techbench.engine.population as population
+    import techbench.engine.stack_single as stack_single
     from techbench.testing.reference_loop import reference_run
 
     steps = []

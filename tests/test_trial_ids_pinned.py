@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from techbench.matrix import builtin_matrices, load_matrix
-from techbench.tune import Selection
+from techbench.plan.matrix import builtin_matrices, load_matrix
+from techbench.plan.tune import Selection
 
 PINNED = json.loads((Path(__file__).parent / "data" / "shipped_trial_ids.json").read_text())
 

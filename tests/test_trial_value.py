@@ -7,10 +7,10 @@ import json
 
 import pandas as pd
 
+from techbench.engine.trial import run_trial
+from techbench.plan.stacking import describe_stacks, plan_stacks
 from techbench.report.inputs import stop_reasons
 from techbench.schema import Trial, TrialMeta
-from techbench.stack import describe_stacks, plan_stacks
-from techbench.trial import run_trial
 
 BASE = {
     "dataset": {"name": "moons", "params": {"n_samples": 120}},

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from techbench.matrix import MatrixError, loads_matrix
-from techbench.registry import default_registry
+from techbench.plan.matrix import MatrixError, loads_matrix
+from techbench.plan.search import Dimension, search_points, unit_points
 from techbench.schema import trial_id
-from techbench.search import Dimension, search_points, unit_points
-from techbench.spec import Param
 from techbench.store import ResultStore
+from techbench.techniques.registry import default_registry
+from techbench.techniques.spec import Param
 
 from .report_fixtures import rewrite_metrics
 
 if TYPE_CHECKING:
     pass
-from techbench.tune import read_plan, select_stored
+from techbench.plan.tune import read_plan, select_stored
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FN = "tests.test_tune:fake_trial"
@@ -200,8 +200,8 @@ def test_default_search_is_every_declared_range_and_finals_avoid_search_seeds() 
 
 
 def _run_all(out: Path, matrix_text: str = MATRIX) -> list:
-    from techbench.execute import execute
-    from techbench.tune import run_tuned
+    from techbench.execute.local import execute
+    from techbench.plan.tune import run_tuned
 
     plan = loads_matrix(matrix_text, "m.toml").tune_plan()
 
@@ -260,7 +260,7 @@ def test_selection_uses_validation_only_and_flags_divergence(tmp_path: Path) -> 
 
 
 def test_edge_flags() -> None:
-    from techbench.tune import edge_flags
+    from techbench.plan.tune import edge_flags
 
     spec = default_registry().get_spec("sgd", "optimizer")
     dims = [Dimension("optimizer", spec.param("lr"))]
@@ -364,7 +364,7 @@ def test_list_json_shows_search_ranges(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_shipped_tuned_matrices_search_every_optimizer_and_regularizer() -> None:
-    from techbench.matrix import load_matrix
+    from techbench.plan.matrix import load_matrix
 
     opt = load_matrix("optimizers-tuned")
     names = {e.name for e in default_registry().entries("optimizer")}

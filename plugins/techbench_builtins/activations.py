@@ -1,7 +1,7 @@
 """Built-in activations: specs only (no torch import here, so ``techbench list`` stays fast).
 
 Fast implementations and references live in :mod:`techbench_builtins.activations_impl`. The
-declared properties follow :class:`techbench.families.ActivationProperties` and are verified by
+declared properties follow :class:`techbench.techniques.families.ActivationProperties` and are verified by
 :mod:`techbench.testing.activation`; they hold for every hyper-parameter setting
 (a property that depends on the hyper-parameters is a function of them; see ``properties_for``).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.activations_impl"
 _INF = float("inf")

@@ -18,7 +18,7 @@ Declared properties (read by ``techbench.testing.dataset``):
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.datasets_impl"
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from techbench.data import DatasetFileError, DatasetFilesMissing, dataset_dir
-from techbench.families import DatasetSplits
+from techbench.techniques.families import DatasetSplits
 
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:

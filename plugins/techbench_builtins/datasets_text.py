@@ -10,7 +10,7 @@ SHA-256 of its text or token stream) that the trial stores in its meta.
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.datasets_text_impl"
 

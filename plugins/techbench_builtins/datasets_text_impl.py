@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from techbench.families import DatasetSplits
+from techbench.techniques.families import DatasetSplits
 
 from .datasets_impl import DatasetFilesMissing
 

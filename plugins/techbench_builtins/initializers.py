@@ -15,7 +15,7 @@ zero variance for constants), ``OrthogonalTarget(gain)``, ``ExactTarget(values)`
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.initializers_impl"
 _NOTES = "Lecture notes, seed 000 (weight initialisation) and seed 003 (10-layer experiment)"

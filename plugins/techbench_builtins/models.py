@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.models_impl"
 

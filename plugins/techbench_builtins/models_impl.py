@@ -13,7 +13,7 @@ from typing import TypeVar, cast
 import torch
 from torch import nn
 
-from techbench.families import ModelParts
+from techbench.techniques.families import ModelParts
 
 _M = TypeVar("_M", bound=nn.Module)
 

@@ -12,7 +12,7 @@ Declared properties: ``batch_dependent`` (output depends on other samples; eval 
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.normalizers_impl"
 

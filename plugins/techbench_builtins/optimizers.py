@@ -26,7 +26,7 @@ is ``torch.optim``'s behaviour (every parameter).
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.optimizers_impl"
 _STACKED = "techbench_builtins.optimizers_stacked"

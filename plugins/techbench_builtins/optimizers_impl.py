@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from techbench.families import trial_ndim
+from techbench.techniques.families import trial_ndim
 
 from .optimizers_stacked import AdamVariant, Lion, RMSpropVariant
 
@@ -42,7 +42,7 @@ def decay_groups(params: Params, weight_decay: float, decay: str) -> Params:
     """``params`` split so that only the chosen ones decay (the ``decay`` hyper-parameter).
 
     ``"all"``: unchanged (torch.optim decays every parameter of a group). ``"weights"``: every
-    group split into its tensors of two or more dimensions (:func:`techbench.families.trial_ndim`,
+    group split into its tensors of two or more dimensions (:func:`techbench.techniques.families.trial_ndim`,
     so a stacked bias stays a bias), which keep the group's
     ``weight_decay``, and the others (biases, normalizer scales) with ``weight_decay`` 0, as the
     ``l2``/``weight_decay`` regularizers choose by default. Empty groups are left out.

@@ -6,10 +6,10 @@ engine K leaves per parameter, concatenated every step), so stacking gave no spe
 every ``float`` hyper-parameter is a float64 tensor ``[K]`` viewed as ``[K, 1, ...]`` against a
 stacked parameter ``[K, ...]``, so one optimizer does the K updates in one optimizer's kernels.
 
-The contract (:mod:`techbench.families`): parameters are ``[K, ...]``; ``param_groups[0]["lr"]``
+The contract (:mod:`techbench.techniques.families`): parameters are ``[K, ...]``; ``param_groups[0]["lr"]``
 is the schedule's multiplier (1.0 at the start) and member k's rate is that times
 ``lr[k]``; :meth:`StackedOptimizer.member_hyperparams` shows the engine every member's values
-(:class:`techbench.families.StackedOptimizer`). Member k's update is the fast factory's (:mod:`techbench_builtins.optimizers_impl`,
+(:class:`techbench.techniques.families.StackedOptimizer`). Member k's update is the fast factory's (:mod:`techbench_builtins.optimizers_impl`,
 ``torch.optim`` where it implements the rule) with member k's values: each step below is
 torch's single-tensor step (torch 2.x ``_single_tensor_*``) with every scalar replaced by its
 per-member view, the per-step scalars (``1 - beta^t``, NAdam's ``mu_t``, RAdam's ``rho_t``)
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from techbench.families import per_member, trial_ndim
+from techbench.techniques.families import per_member, trial_ndim
 
 _F64 = torch.float64
 Coefficients = dict[str, Any]
@@ -43,7 +43,7 @@ dtype), or Python floats for one trial (:class:`OneTrial`)."""
 
 def _at(value: Tensor | float, like: Tensor) -> Tensor | float:
     """A coefficient against ``like``: a ``[K]`` tensor viewed ``[K, 1, ...]``
-    (:func:`~techbench.families.per_member`), a float (one trial) as it is."""
+    (:func:`~techbench.techniques.families.per_member`), a float (one trial) as it is."""
     return value if isinstance(value, float) else per_member(value, like)
 
 
@@ -78,7 +78,7 @@ class StackedOptimizer(torch.optim.Optimizer):
     given per member (float64 ``[K]``, kept on the host in ``param_groups[0]["member"]`` and
     shown to the engine by :meth:`member_hyperparams`), the other keyword arguments are shared
     choices. ``decay`` ("weights" or "all") picks which parameters the weight decay acts on,
-    by :func:`~techbench.families.trial_ndim`.
+    by :func:`~techbench.techniques.families.trial_ndim`.
 
     Subclasses implement :meth:`update` for one parameter with coefficients from
     :meth:`coefficients` (a dict of float64 ``[K]`` tensors on the parameter's device); during
@@ -117,7 +117,7 @@ class StackedOptimizer(torch.optim.Optimizer):
 
     def member_hyperparams(self) -> dict[str, Tensor]:
         """Member k's value of each ``MEMBER`` hyper-parameter at k, float64 ``[K]`` on the
-        host (:class:`techbench.families.StackedOptimizer`)."""
+        host (:class:`techbench.techniques.families.StackedOptimizer`)."""
         return dict(self.param_groups[0]["member"])
 
     def group_hp(self, group: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
@@ -203,7 +203,7 @@ class OneTrial(StackedOptimizer):
     hyper-parameter is a plain value of the param group (groups may override them, as in
     ``torch.optim``); the group's ``lr`` is the rate itself (a schedule sets it directly, so
     any schedule works) and the member's rate is 1.0. Parameters are unstacked
-    (:func:`~techbench.families.trial_ndim` tells weights from biases)."""
+    (:func:`~techbench.techniques.families.trial_ndim` tells weights from biases)."""
 
     def __init__(self, params: Iterable[Any], **hp: Any) -> None:
         missing = [n for n in (*self.MEMBER, "decay") if n not in hp]

@@ -13,7 +13,7 @@ split satisfies (checked by the suite).
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.preprocessors_impl"
 _SEED = "Lecture notes, seed 000 (data preprocessing) and seed 002 (input normalisation)"

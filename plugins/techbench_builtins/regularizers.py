@@ -1,13 +1,13 @@
 """Built-in regularizers: specs only (no torch import; see ``regularizers_impl`` for the code).
 
-Each spec's ``properties["hooks"]`` names the :class:`techbench.families.Regularizer` hooks its
+Each spec's ``properties["hooks"]`` names the :class:`techbench.techniques.families.Regularizer` hooks its
 fast side overrides; the conformance checks in ``techbench.testing.regularizer`` pick the
 reference protocol from it.
 """
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.regularizers_impl"
 

@@ -1,4 +1,4 @@
-"""Built-in regularizers: the fast :class:`~techbench.families.Regularizer` subclasses and the
+"""Built-in regularizers: the fast :class:`~techbench.techniques.families.Regularizer` subclasses and the
 references written from the math.
 
 The reference signature per hook kind is the protocol stated in ``techbench.testing.regularizer``:
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from techbench.families import Regularizer, per_member
-from techbench.stacked_hooks import member_values
+from techbench.engine.stacked_hooks import member_values
+from techbench.techniques.families import Regularizer, per_member
 
 
 def _acts_on(param: torch.Tensor, include_bias: bool) -> bool:
@@ -255,7 +255,7 @@ class ClipNorm(Regularizer):
     ) -> None:
         """The same rule for K members at once (``grads``: stacked ``[K, ...]`` rows, member k
         with ``regularizers[k]``'s bound): member k's global norm is over its own rows only, so
-        no member's clipping depends on another's (:mod:`techbench.stacked_hooks`)."""
+        no member's clipping depends on another's (:mod:`techbench.engine.stacked_hooks`)."""
         if not grads:
             return
         k = grads[0].shape[0]
@@ -418,7 +418,7 @@ class InvertedDropout(nn.Module):
     """y = x * m / (1 - p) with m_i ~ Bernoulli(1 - p) in training; y = x in eval.
 
     Srivastava et al. 2014 with the scaling moved to training time ("inverted"), so that
-    E[y] = x and inference needs no weight scaling. A :class:`techbench.families.SampledModule`:
+    E[y] = x and inference needs no weight scaling. A :class:`techbench.techniques.families.SampledModule`:
     the mask comes from ``generator`` (the trial's, set by the runner; None: the global RNG),
     so a trial's masks are its own and its stacked members draw exactly the same ones.
     """

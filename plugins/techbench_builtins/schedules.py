@@ -7,7 +7,7 @@ stepped once per optimizer step; ``lr(t)`` is the rate used by optimizer step ``
 
 from __future__ import annotations
 
-from techbench.spec import Param, TechniqueSpec
+from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.schedules_impl"
 

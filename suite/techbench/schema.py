@@ -10,7 +10,7 @@ nouns and imports them from here; this module imports nothing of techbench but
 - **Identity**: :func:`trial_id`, the first 16 hex digits of the SHA-256 of the canonical JSON of
   the complete config; a rerun skips what is stored because equal configs hash equally. A
   :class:`Trial` is that id with its completed config, made once by the planners
-  (:mod:`techbench.matrix`, :mod:`techbench.tune`) and carried to the store, so nothing
+  (:mod:`techbench.plan.matrix`, :mod:`techbench.plan.tune`) and carried to the store, so nothing
   downstream hashes or completes a config again.
 - **Outcome**: :class:`TrialOutcome` with a :data:`STATUSES` status, the metric rows and a typed
   :class:`TrialMeta`; the runner returns it, executors move it between processes as
@@ -213,9 +213,9 @@ class TrialMeta:
     versions of the process that ran it. Time: ``wall_seconds`` is the trial's own wall time
     (for a stacked trial, its stack's: ``stack_size`` members shared ``stack_wall_seconds``);
     ``step_seconds`` is the step time of its configuration measured alone
-    (:mod:`techbench.calibrate`) and ``modelled_seconds`` = ``steps`` x ``step_seconds``, the
+    (:mod:`techbench.execute.calibrate`) and ``modelled_seconds`` = ``steps`` x ``step_seconds``, the
     time a report compares; ``techniques`` per technique key of the config, the technique and
-    the distribution and version that supplied it (:mod:`techbench.provenance`; None when not
+    the distribution and version that supplied it (:mod:`techbench.techniques.provenance`; None when not
     recorded). Data: ``data_fingerprint`` is a content hash of the data the dataset plugin read
     or generated (``DatasetSplits.fingerprint``; None when the parameters and seed fix the data)
     and ``data_info`` the dataset's facts (``DatasetSplits.info``). ``stop_reason``: why the trial

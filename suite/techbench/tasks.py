@@ -1,6 +1,6 @@
 """What a task means to the runner: its training loss and its evaluation metrics.
 
-One place per task, so the runner (``techbench.lit``) stays task-agnostic:
+One place per task, so the runner (``techbench.engine.lit``) stays task-agnostic:
 
 =================  ==========================================  ================================
 task               training loss                               evaluation metrics
@@ -20,7 +20,7 @@ Evaluation is additive: :func:`eval_sums` gives ``[loss sum, correct, count]`` o
 on the device), chunks are summed, and :func:`eval_metrics` turns the totals into the metrics
 in :func:`metric_names` order, so the result does not depend on the chunking beyond rounding.
 :func:`epoch_rows` and :func:`rows_for_test` turn those metrics into the stored rows; the one-by-one
-runner (``techbench.lit``) and the stacked engine (``techbench.population``, which vmaps
+runner (``techbench.engine.lit``) and the stacked engine (``techbench.engine.population``, which vmaps
 :func:`eval_sums` and :func:`eval_metrics` over its members) both record through them.
 """
 

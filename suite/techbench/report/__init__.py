@@ -4,7 +4,7 @@ Writes ``out_dir/index.html`` (self-contained) and one CSV per table. Modules, o
 :mod:`.load` (bulk store reading), :mod:`.tables` (tidy per-run / per-cell / per-technique
 tables), :mod:`.stats` (IQM, bootstrap, rank tests, profiles), :mod:`.analyze` (applying the
 statistics), :mod:`.figures` (seaborn) and :mod:`.sections` (the list of page sections, each
-returning its HTML blocks and CSVs), run in order by :mod:`.build`; :mod:`techbench.htmlpage`
+returning its HTML blocks and CSVs), run in order by :mod:`.build`; :mod:`techbench.report.htmlpage`
 writes the page. Importing this package is cheap; the heavy modules load on first call.
 """
 

@@ -17,8 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..palette import technique_color
-from .figures import FONT, MAX_WIDTH, _quiet, _short, _wrap
+from ..techniques.palette import technique_color
+from .figures import FONT, MAX_WIDTH, quiet_figures, short_label, wrap_label
 
 MAX_UNITS = 6
 """Headline rows (dataset x axis) drawn; the rest are in the tables."""
@@ -51,7 +51,7 @@ def answer_intervals(board: pd.DataFrame, metric: str) -> Figure | None:
         for i in range(nrows)
     ]
     width = min(MAX_WIDTH, 5.6 * per_row if per_row > 1 else 8.0)
-    with _quiet():
+    with quiet_figures():
         fig = plt.figure(figsize=(width, sum(heights)), layout="constrained")
         rows = fig.subfigures(nrows, 1, height_ratios=heights, squeeze=False)[:, 0]
         for i, (dataset, axis, b) in enumerate(drawn):
@@ -73,7 +73,7 @@ def _unit(sub: Figure, b: pd.DataFrame, title: str, metric: str, label_chars: in
     lines.set_gid("score_ci")
     score_ax.scatter(b["score_iqm"], y, c=colors, s=22, zorder=3, edgecolors="black", lw=0.5)
     labels = [
-        (BEST_MARK if r == 1 else "") + _short(str(t), label_chars)
+        (BEST_MARK if r == 1 else "") + short_label(str(t), label_chars)
         for r, t in zip(b["rank"], b["technique"], strict=True)
     ]
     score_ax.set_yticks(y, labels, fontsize=FONT)
@@ -90,11 +90,11 @@ def _unit(sub: Figure, b: pd.DataFrame, title: str, metric: str, label_chars: in
     p_ax.axvline(0.5, color="#888", lw=0.8, ls="--")
     p_ax.set_xlim(-0.02, 1.02)
     p_ax.set_xlabel("P(★ best > technique)\n95% CI", fontsize=FONT)
-    score_ax.set_xlabel(f"{_short(metric)} IQM\n95% CI", fontsize=FONT)
+    score_ax.set_xlabel(f"{short_label(metric)} IQM\n95% CI", fontsize=FONT)
     for ax in (score_ax, p_ax):
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.tick_params(labelsize=FONT)
         ax.grid(axis="x", color="#eee")
     p_ax.tick_params(axis="y", left=False, labelleft=False)
-    best = _short(str(b["technique"].iloc[0]), 40)
-    sub.suptitle(_wrap(f"{title} (★ best: {best})", 70), fontsize=FONT + 0.5)
+    best = short_label(str(b["technique"].iloc[0]), 40)
+    sub.suptitle(wrap_label(f"{title} (★ best: {best})", 70), fontsize=FONT + 0.5)

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..store import pid_alive
+from ..store.writer import pid_alive
 
 MARKER = ".techbench-report"
 """Empty file marking a folder as a whole techbench report (safe to replace as a unit)."""

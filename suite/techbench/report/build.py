@@ -1,6 +1,6 @@
 """Assemble the report: load and tabulate once, then run each of :data:`.sections.SECTIONS`
 and write its CSVs (:mod:`.parallel`: on both cores for a large store), then the page
-(``index.html``, via :func:`techbench.htmlpage.write_page`).
+(``index.html``, via :func:`techbench.report.htmlpage.write_page`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import htmlpage as html
 from . import analyze, atomic, headline, inputs, parallel, scoring, sections, settings, tables
+from . import htmlpage as html
 from .power import read_min_effect
 from .sections import ReportContext
 

@@ -7,7 +7,7 @@ the layer x step heatmaps) so a 10,000-trial store draws as fast as a 50-trial o
 Readable at 100 % zoom: figures are at most :data:`MAX_WIDTH` inches wide at :data:`DPI` (so
 the page shows them unscaled in a 1400 px window), text is at least 9 pt, titles wrap instead of
 being cut, layer axes have integer ticks, a panel without data says so, and every technique has
-its colour of :func:`techbench.palette.technique_color` in every figure. Compared axes are
+its colour of :func:`techbench.techniques.palette.technique_color` in every figure. Compared axes are
 shown by technique (each at its selected setting when views are given, :mod:`.settings`).
 Legends sit outside the axes, so they never cover data; the panels of a heatmap figure share
 one colour scale and one colour bar, so they can be compared.
@@ -35,8 +35,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
-from .. import htmlpage
-from ..palette import technique_color
+from ..techniques.palette import technique_color
+from . import htmlpage
 from .settings import AxisView, technique_names
 
 MAX_DATASETS = 4
@@ -52,13 +52,13 @@ LEGEND_DROP = 0.5
 """Inches from an axes' bottom edge to a legend placed below it: clears tick labels and x label."""
 
 
-def _short(text: str, n: int = 28) -> str:
+def short_label(text: str, n: int = 28) -> str:
     """Shortened, with ``$`` escaped so plugin names never reach matplotlib's mathtext."""
     text = text if len(text) <= n else text[: n - 1] + "…"
     return text.replace("$", r"\$")
 
 
-def _wrap(text: str, width: int = 38) -> str:
+def wrap_label(text: str, width: int = 38) -> str:
     """Wrapped onto lines (never cut), ``$`` escaped."""
     return textwrap.fill(str(text), width).replace("$", r"\$")
 
@@ -88,7 +88,7 @@ def _top_techniques(runs: pd.DataFrame, axis: str) -> list[str]:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_figures() -> Iterator[None]:
     """Figure code's own warnings (tight layout, empty slices) stay off the terminal."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", UserWarning)
@@ -98,7 +98,7 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8, legend_w: float = 0.0):
+def panel_grid(nrows: int, ncols: int, w: float = 3.6, h: float = 2.8, legend_w: float = 0.0):
     """Panels of ``w`` x ``h`` inches (shrunk to fit :data:`MAX_WIDTH`), plus ``legend_w``
     inches on the right for a legend outside the panels, so it does not squeeze them."""
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
@@ -118,7 +118,7 @@ def figure_png(fig: Figure | None) -> bytes | None:
     ``None`` (the page then says the data were too few)."""
     if fig is None:
         return None
-    with _quiet():
+    with quiet_figures():
         return htmlpage.figure_png(fig, DPI)
 
 
@@ -185,7 +185,7 @@ def learning_curves(
         return None
     datasets = sorted(runs["dataset"].astype(str).unique())[:MAX_DATASETS]
     rows = list(axes[:MAX_AXES]) or ["config"]
-    fig, axs = _grid(len(rows), len(datasets), 4.0, 3.0, legend_w=2.6)
+    fig, axs = panel_grid(len(rows), len(datasets), 4.0, 3.0, legend_w=2.6)
     metric = str(runs["target_metric"].iloc[0])
     for i, axis in enumerate(rows):
         tagged = _by_technique(runs, axis, views)
@@ -210,10 +210,10 @@ def learning_curves(
                 x = q.index.to_numpy() + 1
                 color = technique_color(tech)
                 marker = "o" if len(x) <= 3 else None
-                ax.plot(x, q[0.5], color=color, label=_short(tech), lw=1.5, marker=marker)
+                ax.plot(x, q[0.5], color=color, label=short_label(tech), lw=1.5, marker=marker)
                 ax.fill_between(x, q[0.25], q[0.75], color=color, alpha=0.2, lw=0)
                 drawn = True
-            ax.set_title(_wrap(f"{ds} · {axis}", 40))
+            ax.set_title(wrap_label(f"{ds} · {axis}", 40))
             if not drawn:
                 _no_data(ax)
                 continue
@@ -233,17 +233,17 @@ def profile_plot(
     items = [(a, p) for a, p in profiles.items() if p[2] > 0][:MAX_AXES]
     if not items:
         return None
-    fig, axs = _grid(1, len(items), 4.2, 3.2)
+    fig, axs = panel_grid(1, len(items), 4.2, 3.2)
     for ax, (axis, (rho, score, n)) in zip(axs[0], items, strict=False):
         best = score.sort_values(ascending=False).index[:MAX_TECHNIQUES]
         for tech in best:
             ax.step(
                 rho.index, rho[tech], where="post", color=technique_color(str(tech)),
-                label=f"{_short(str(tech))} ({score[tech]:.2f})",
+                label=f"{short_label(str(tech))} ({score[tech]:.2f})",
             )  # fmt: skip
         ax.set_xlim(1, float(rho.index.max()))
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(_wrap(f"{axis} ({n} workloads)"))
+        ax.set_title(wrap_label(f"{axis} ({n} workloads)"))
         ax.set_xlabel(f"tau ({measure} / best)")
         ax.set_ylabel("fraction of workloads")
         _legend_below(ax, title=_shown("technique (score)", len(best), len(score)))
@@ -293,7 +293,7 @@ def _heatmap_panels(
 ) -> Figure:
     """Layer x step panels, three per row, all drawn with ``norm`` and read on one colour bar."""
     ncols = min(3, len(grids))
-    fig, axs = _grid(math.ceil(len(grids) / ncols), ncols, 4.0, 2.5)
+    fig, axs = panel_grid(math.ceil(len(grids) / ncols), ncols, 4.0, 2.5)
     for ax in axs.ravel()[len(grids) :]:
         ax.remove()
     shown = list(axs.ravel()[: len(grids)])
@@ -305,7 +305,7 @@ def _heatmap_panels(
         )  # fmt: skip
         ax.set_yticks(range(len(grid)), [str(i) for i in grid.index])
         ax.grid(False)
-        ax.set_title(_wrap(title))
+        ax.set_title(wrap_label(title))
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
     bar = fig.colorbar(im, ax=shown, label=label, shrink=0.9, pad=0.02)
@@ -384,7 +384,7 @@ def ratio_curves(
     if g.empty:
         return None
     cols = list(axes[:MAX_AXES]) or ["config"]
-    fig, axs = _grid(1, len(cols), 4.0, 3.0)
+    fig, axs = panel_grid(1, len(cols), 4.0, 3.0)
     for ax, axis in zip(axs[0], cols, strict=False):
         tagged = _by_technique(runs, axis, views)
         techs = _top_techniques(tagged, axis)
@@ -398,8 +398,10 @@ def ratio_curves(
             med = medians.loc[tech]
             med = med[med > 0]
             if not med.empty:
-                ax.plot(med.index, med.to_numpy(), label=_short(tech), color=technique_color(tech))
-        ax.set_title(_wrap(axis))
+                ax.plot(
+                    med.index, med.to_numpy(), label=short_label(tech), color=technique_color(tech)
+                )
+        ax.set_title(wrap_label(axis))
         if not ax.lines:
             _no_data(ax)
             continue
@@ -437,7 +439,7 @@ def activation_stats(
     data = h[h["_t"].isin(techs)]
     data = data.assign(metric=data["metric"].astype(str), layer=_numbers(data["layer"]))
     med = data.groupby(["_t", "metric", "when", "layer"])["value"].median().reset_index()
-    fig, axs = _grid(2, 2, 4.6, 2.8)
+    fig, axs = panel_grid(2, 2, 4.6, 2.8)
     for ax, (metric, when) in zip(
         axs.ravel(), itertools.product(["act_mean", "act_std"], ["first", "last"]), strict=True
     ):
@@ -446,8 +448,8 @@ def activation_stats(
             t = sub[sub["_t"] == tech].sort_values("layer")
             if not t.empty:
                 ax.plot(t["layer"], t["value"], marker="o", color=technique_color(tech),
-                        label=_short(tech))  # fmt: skip
-        ax.set_title(_wrap(f"{metric} ({when} snapshot)"))
+                        label=short_label(tech))  # fmt: skip
+        ax.set_title(wrap_label(f"{metric} ({when} snapshot)"))
         if not ax.lines:
             _no_data(ax)
             continue
@@ -468,7 +470,7 @@ def gap_distributions(
     cols = list(axes[:MAX_AXES]) or ["config"]
     if runs["gap_loss_end"].notna().sum() == 0:
         return None
-    fig, axs = _grid(len(cols), 1, 8.0, 0.6 + 0.32 * MAX_TECHNIQUES)
+    fig, axs = panel_grid(len(cols), 1, 8.0, 0.6 + 0.32 * MAX_TECHNIQUES)
     for ax, axis in zip(axs[:, 0], cols, strict=False):
         tagged = _by_technique(runs, axis, views)
         order = _top_techniques(tagged, axis)
@@ -477,14 +479,14 @@ def gap_distributions(
         if not order:
             _no_data(ax)
             continue
-        with _quiet():  # seaborn 0.13 passes vert= to matplotlib >= 3.11
+        with quiet_figures():  # seaborn 0.13 passes vert= to matplotlib >= 3.11
             sns.boxplot(
                 sub, x="gap_loss_end", y="_t", order=order, ax=ax, fliersize=2, hue="_t",
                 palette={o: technique_color(o) for o in order}, legend=False,
             )  # fmt: skip
         ax.set_ylabel(axis)
         ax.set_xlabel("train − val loss (end)")
-        ax.set_yticks(range(len(order)), [_short(o, 24) for o in order])
+        ax.set_yticks(range(len(order)), [short_label(o, 24) for o in order])
     return fig
 
 
@@ -500,16 +502,16 @@ def interactions(runs: pd.DataFrame, axes: Sequence[str]) -> Figure | None:
     for a, b in pairs:
         grid = runs.groupby([runs[a].astype(str), runs[b].astype(str)])["score"].mean().unstack(b)
         grid = grid.iloc[:12, :12]
-        grid.index = [_short(i, 18) for i in grid.index]
-        grid.columns = [_short(c, 18) for c in grid.columns]
+        grid.index = [short_label(i, 18) for i in grid.index]
+        grid.columns = [short_label(c, 18) for c in grid.columns]
         grids.append(grid)
     values = np.concatenate([g.to_numpy(float).ravel() for g in grids])
     lo, hi = (np.nanmin(values), np.nanmax(values)) if np.isfinite(values).any() else (0.0, 1.0)
-    fig, axs = _grid(1, len(pairs), 4.6, 3.8)
+    fig, axs = panel_grid(1, len(pairs), 4.6, 3.8)
     for ax, (a, b), grid in zip(axs[0], pairs, grids, strict=True):
         sns.heatmap(grid, annot=grid.size <= 64, fmt=".2f", cmap="mako", ax=ax, cbar=False,
                     vmin=lo, vmax=hi, annot_kws={"fontsize": FONT})  # fmt: skip
-        ax.set_title(_wrap(f"mean score: {a} × {b}"))
+        ax.set_title(wrap_label(f"mean score: {a} × {b}"))
     fig.colorbar(
         axs[0][0].collections[0], ax=list(axs[0]), label="mean score", shrink=0.9, pad=0.02
     )
@@ -524,9 +526,9 @@ def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> Figure | 
         return None
     sns.set_theme(style="white", font_scale=0.9)
     fig, ax = plt.subplots(figsize=(8, 2.6), layout="constrained")
-    labelled = {_short(str(k), 30): float(v) for k, v in ranks.items()}
+    labelled = {short_label(str(k), 30): float(v) for k, v in ranks.items()}
     sig = nemenyi.copy()
     sig.index = sig.columns = list(labelled)
     sp.critical_difference_diagram(labelled, sig, ax=ax)
-    ax.set_title(_wrap(title, 90))
+    ax.set_title(wrap_label(title, 90))
     return fig

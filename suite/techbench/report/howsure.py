@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .. import htmlpage as html
+from . import htmlpage as html
 from . import power, signals
 
 if TYPE_CHECKING:
-    from .sections import ReportContext, Section
+    from .context import ReportContext, Section
 
 
 def how_sure(ctx: ReportContext) -> Section:
     """Power per headline comparison, then the early-signal predictor table."""
-    from .sections import Section
+    from .context import Section
 
     blocks: list[str] = []
     csvs: dict[str, pd.DataFrame] = {}
@@ -48,7 +48,7 @@ def how_sure(ctx: ReportContext) -> Section:
 
 def _seed_plan(store: object) -> list[str]:
     """The procedure of a two-stage seed plan, when the store ran one (:mod:`..seedplan`)."""
-    from ..seedplan import describe, read_stage2
+    from ..plan.seedplan import describe, read_stage2
 
     stage = read_stage2(str(store))
     if stage is None:

@@ -12,7 +12,7 @@
   fewer epochs than its budget and fewer steps than ``max_steps`` stopped on the budget's
   ``max_seconds`` when it has one. Such runs are *cut short*: not the run the matrix asked for.
   :func:`stop_summary` counts runs per reason for the page, each budget with its size.
-- :func:`finals_only`: a tuned store (``tune.json``, :mod:`techbench.tune`) is ranked on the
+- :func:`finals_only`: a tuned store (``tune.json``, :mod:`techbench.plan.tune`) is ranked on the
   finals of the selected settings alone. Its search trials are single runs of settings that
   were not chosen (or the choosing run itself, on a search seed): ranked beside the finals they
   would put unselected points in the answer and count the selecting run twice. They reach only
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..plan.tune import Selection, TunePlan, read_plan, select_stored
 from ..schema import stop_reason
-from ..tune import Selection, TunePlan, read_plan, select_stored
 from .analyze import ReportInputError
 from .budgets import refuse_mixed_budgets
 from .load import load_matrix, load_store
@@ -199,7 +199,7 @@ class Tuned:
     """A tuned store as the report's input splits it (see :func:`finals_only`).
 
     ``trials``/``metrics``: every trial of the store, search and finals (the tuning section's
-    view); ``selection``/``pending``: :func:`techbench.tune.select_stored`, computed once;
+    view); ``selection``/``pending``: :func:`techbench.plan.tune.select_stored`, computed once;
     ``final_ids``: the trials everything ranked is computed from; ``n_search``: stored search
     trials; ``n_other``: stored trials that are neither (finals of a setting no longer selected).
     """

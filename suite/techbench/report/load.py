@@ -1,4 +1,4 @@
-"""The report's view of a results store, read through :func:`techbench.store_read.load_results`.
+"""The report's view of a results store, read through :func:`techbench.store.reader.load_results`.
 
 The store is the only reader of stored results; this module adds what only the report needs:
 the per-step training loss and a few per-layer health series are dropped at read time (no
@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ..schema import AXIS_FAMILY
-from ..store_read import load_matrix_info, load_results
+from ..store.reader import load_matrix_info, load_results
 
 #: Config keys holding ``{"name", "params"}`` techniques, in display order.
 TECHNIQUE_AXES: tuple[str, ...] = tuple(AXIS_FAMILY)

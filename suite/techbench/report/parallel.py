@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from .sections import ReportContext, Section
+    from .context import ReportContext, Section
 
 PARALLEL_RUNS = 5000
 """From this much work (runs) on, :func:`fork_map` uses two processes (below it, forking costs

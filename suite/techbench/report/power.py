@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .settings import AxisView, comparison_group
-from .stats import MIN_SEEDS, _trim_mean
+from .stats import MIN_SEEDS, trim_mean
 
 POWER = 0.8
 ALPHA = 0.05
@@ -82,7 +82,7 @@ def separation_rate(
 
 def _study_iqm(groups: Sequence[np.ndarray], n: int, studies: int, rng: np.random.Generator):
     draws = [g[rng.integers(0, g.size, size=(studies, n))] for g in groups]
-    return _trim_mean(np.concatenate(draws, axis=1), axis=1)
+    return trim_mean(np.concatenate(draws, axis=1), axis=1)
 
 
 def seeds_needed(
@@ -132,7 +132,7 @@ def comparison(
     xa = [a[c][np.isfinite(a[c])] for c in ctxs]
     xb = [b[c][np.isfinite(b[c])] for c in ctxs]
     n_now = min((min(x.size, y.size) for x, y in zip(xa, xb, strict=True)), default=0)
-    margin = float(_trim_mean(np.concatenate(xa))) - float(_trim_mean(np.concatenate(xb)))
+    margin = float(trim_mean(np.concatenate(xa))) - float(trim_mean(np.concatenate(xb)))
     resample = n_now >= MIN_SEEDS
     row: dict[str, object] = {
         "seeds_now": n_now,

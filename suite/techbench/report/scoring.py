@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..matrix import SCORE_RULES
+from ..plan.matrix import SCORE_RULES
 from ..schema import metric_series
 
 DEFAULT_SCORE = "final"

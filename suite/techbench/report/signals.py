@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .stats import _resample_counts
+from .stats import resample_counts
 
 MIN_TRIALS = 30
 FRACTIONS = (0.1, 0.25, 0.5)
@@ -57,7 +57,7 @@ def tau_with_ci(
     n = x.size
     point = float(kendall_tau(x, y))
     rng = np.random.default_rng(seed)
-    counts = _resample_counts(n, n_resamples, rng).astype(float)
+    counts = resample_counts(n, n_resamples, rng).astype(float)
     sx = np.sign(x[:, None] - x[None, :])
     sy = np.sign(y[:, None] - y[None, :])
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -29,7 +29,7 @@ from scipy import stats
 MIN_SEEDS = 5
 
 
-def _trim_mean(a: np.ndarray, axis: int = -1) -> np.ndarray:
+def trim_mean(a: np.ndarray, axis: int = -1) -> np.ndarray:
     """``scipy.stats.trim_mean(a, 0.25, axis)``: the same middle values (NaN sorts last, as in
     its partition), found by one sort of the last axis, which numpy vectorizes; the two-pivot
     ``np.partition`` of a bootstrap matrix is about 4x slower (``benchmarks/trim_mean.py``)."""
@@ -49,8 +49,8 @@ def iqm(values: Sequence[float] | np.ndarray, axis: int | None = None) -> float 
         arr = arr.ravel()
         if arr.size == 0:
             return math.nan
-        return float(_trim_mean(arr))
-    return _trim_mean(arr, axis)
+        return float(trim_mean(arr))
+    return trim_mean(arr, axis)
 
 
 def stratified_bootstrap_ci(
@@ -73,7 +73,7 @@ def stratified_bootstrap_ci(
     if x.size < 2:
         return (math.nan, math.nan)
     n_resamples = max(500, min(n_resamples, max_work // x.size))
-    stat = statistic or (lambda a, axis: _trim_mean(a, axis))
+    stat = statistic or (lambda a, axis: trim_mean(a, axis))
     groups = [x] if strata is None else _by_stratum(x, strata)
     draws = _draws(tuple(g.size for g in groups if g.size), n_resamples, seed)
     parts = [g[d] for g, d in zip((g for g in groups if g.size), draws, strict=True)]
@@ -142,8 +142,8 @@ def poi_with_ci(
     rng = np.random.default_rng(seed)
     boot = np.zeros(n_resamples)
     for x, y in pairs:
-        cx = _resample_counts(x.size, n_resamples, rng)
-        cy = _resample_counts(y.size, n_resamples, rng)
+        cx = resample_counts(x.size, n_resamples, rng)
+        cy = resample_counts(y.size, n_resamples, rng)
         greater, equal = _pair_counts(x, y, cx, cy)
         total = x.size * y.size
         boot += (greater / total + 0.5 * (equal / total)) / len(pairs)
@@ -152,7 +152,7 @@ def poi_with_ci(
     return (point, float(lo), float(hi))
 
 
-def _resample_counts(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+def resample_counts(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """``(n_resamples, n)``: how often each value is drawn in each bootstrap resample (the
     draws of ``rng.integers(0, n, size=(n_resamples, n))``, counted)."""
     draws = rng.integers(0, n, size=(n_resamples, n))

@@ -5,7 +5,7 @@ AlgoPerf): the setting each technique got and whether it lies at the edge of the
 the final test and validation scores on fresh seeds with bootstrap intervals; how the best
 validation score grows with the number of search trials (so a ranking that only holds at large
 budgets shows); and how sensitive each technique is to each searched hyper-parameter.
-Selection is recomputed with :func:`techbench.tune.select_stored`, the function the run used,
+Selection is recomputed with :func:`techbench.plan.tune.select_stored`, the function the run used,
 once, at the report's input (:class:`.inputs.Tuned`); this is the only section that sees the
 search trials.
 """
@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import htmlpage as html
-from ..palette import technique_color
+from ..plan.tune import Selection, TunePlan, trial_score
 from ..schema import metric_series
-from ..tune import Selection, TunePlan, trial_score
+from ..techniques.palette import technique_color
 from . import expmax
+from . import htmlpage as html
 from .inputs import Tuned
 from .stats import stratified_bootstrap_ci
 from .tables import summarize
 
 if TYPE_CHECKING:
-    from .sections import ReportContext, Section
+    from .context import ReportContext, Section
 
 MAX_PANELS = 12
 FLOOR_TEXT = (
@@ -98,7 +98,7 @@ def _point_scores(search: pd.DataFrame, plan: TunePlan) -> pd.DataFrame:
     technique is added or removed. A metric's worst possible value (0 accuracy) is not defined
     for a loss (unbounded) and, far below every observed score, would let one divergence drag
     the small-n estimate anywhere; the technique's own minimum ranks a divergence below every
-    finite point (never selected, as :func:`techbench.tune.trial_score` ranks it) while keeping
+    finite point (never selected, as :func:`techbench.plan.tune.trial_score` ranks it) while keeping
     the curve on the scale of that technique's own scores. It is optimistic (a divergence is
     worse than any finished run), so the page states the floor. A technique with no finite point
     keeps NaN and gets no curve.
@@ -240,15 +240,15 @@ def _expected_max_table(points: pd.DataFrame, plan: TunePlan) -> pd.DataFrame:
 def _expected_max_figure(table: pd.DataFrame, plan: TunePlan) -> bytes | None:
     if table.empty:
         return None
-    from .figures import _grid, _short, figure_png
+    from .figures import figure_png, panel_grid, short_label
 
     contexts = list(dict.fromkeys(table["context"]))[:MAX_PANELS]
-    fig, axs = _grid(1, len(contexts), w=4.4, h=3.2)
+    fig, axs = panel_grid(1, len(contexts), w=4.4, h=3.2)
     for ax, context in zip(axs[0], contexts, strict=False):
         part = table[table["context"] == context]
         for tech, t in part.groupby("technique", sort=False):
             color = technique_color(str(tech))
-            ax.plot(t["n"], t["dodge_mean"], color=color, label=_short(str(tech)))
+            ax.plot(t["n"], t["dodge_mean"], color=color, label=short_label(str(tech)))
             ax.fill_between(
                 t["n"],
                 t["dodge_mean"] - t["dodge_std"],
@@ -257,7 +257,7 @@ def _expected_max_figure(table: pd.DataFrame, plan: TunePlan) -> bytes | None:
                 alpha=0.12,
             )
             ax.plot(t["n"], t["tang_mean"], color=color, linestyle="--", linewidth=0.9)
-        ax.set_title(_short(context or "all", 40))
+        ax.set_title(short_label(context or "all", 40))
         ax.set_xlabel("search trials n")
         ax.set_ylabel(f"expected best {plan.spec.metric}")
     _outside_legend(fig)
@@ -284,13 +284,13 @@ def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
     data = points.dropna(subset=["score"])
     if data.empty or not dims:
         return None
-    from .figures import _grid, _short, figure_png
+    from .figures import figure_png, panel_grid, short_label
 
     contexts = list(dict.fromkeys(data["context"]))
     panels = [(k, c) for k in dims for c in contexts][:MAX_PANELS]
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axs = _grid(nrows, ncols, w=3.6, h=2.8)
+    fig, axs = panel_grid(nrows, ncols, w=3.6, h=2.8)
     for ax, (key, context) in zip(axs.ravel(), panels, strict=False):
         d = dims[key]
         part = data[(data["context"] == context) & data[key].notna()]
@@ -300,12 +300,12 @@ def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
                 x = 1.0 - x
             color = technique_color(str(tech))
             # points, not lines: with several searched dimensions the others vary along x
-            ax.scatter(x, t["score"], s=12, color=color, label=_short(str(tech)))
+            ax.scatter(x, t["score"], s=12, color=color, label=short_label(str(tech)))
         if d.param.scale in ("log", "log1m"):
             ax.set_xscale("log")
         ax.set_xlabel(f"1 - {key}" if d.param.scale == "log1m" else key)
         ax.set_ylabel(plan.spec.metric)
-        ax.set_title(_short(context or "all", 40))
+        ax.set_title(short_label(context or "all", 40))
     for ax in axs.ravel()[len(panels) :]:
         ax.set_visible(False)
     _outside_legend(fig)
@@ -314,7 +314,7 @@ def _sensitivity_figure(points: pd.DataFrame, plan: TunePlan) -> bytes | None:
 
 def tuning(ctx: ReportContext) -> Section:
     """Selected settings, finals with intervals, expected max vs budget, sensitivity."""
-    from .sections import Section
+    from .context import Section
 
     tuned = ctx.tuned
     if tuned is None:

@@ -19,7 +19,7 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` naming the worst in
 - ``gradient``: autograd of the fast module equals ``reference.derivative`` (float32, float64);
   only gradients are compared (a wrong value is the ``values`` check's failure);
 - ``gradcheck``: :func:`torch.autograd.gradcheck` of the fast module in float64;
-- ``properties``: the declared :class:`~techbench.families.ActivationProperties` hold for the
+- ``properties``: the declared :class:`~techbench.techniques.families.ActivationProperties` hold for the
   default hyper-parameters and at one non-default value of each parameter, with the values
   ``spec.properties_for(**hp)`` gives there (a property that depends on the hyper-parameters
   is declared as a callable of them): outputs inside the closed ``output_range``; ``zero_centered`` is true
@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..spec import Param, ParamError, TechniqueSpec
+from ..techniques.spec import Param, ParamError, TechniqueSpec
 from .core import Check, CheckFailure
 from .tolerances import assert_close
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 
 
 class CheckFailure(AssertionError):
@@ -86,7 +86,7 @@ class CheckResult:
 def _as_spec(spec: TechniqueSpec | str) -> TechniqueSpec:
     if isinstance(spec, TechniqueSpec):
         return spec
-    from ..registry import get_spec
+    from ..techniques.registry import get_spec
 
     return get_spec(spec)
 

@@ -1,6 +1,6 @@
 """Conformance checks for dataset plugins.
 
-Protocol: ``spec.create(data_seed, **hp)`` returns a :class:`techbench.families.DatasetSplits`
+Protocol: ``spec.create(data_seed, **hp)`` returns a :class:`techbench.techniques.families.DatasetSplits`
 whose ``x_*`` are float32 with equal trailing shapes, ``y_*`` int64 class indices in
 ``[0, num_classes)`` (classification) or float (regression, ``num_classes == 0``); for task
 "language_model" ``x_*`` and ``y_*`` are int64 token windows (N, T) with ids in
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 from .core import Check, CheckFailure
 
 FIXTURE_TRAIN = 60
@@ -167,7 +167,7 @@ def _fixture_params(spec: TechniqueSpec) -> Iterator[dict[str, Any]]:
 
 
 def _load(spec: TechniqueSpec, seed: int, params: dict[str, Any]) -> Any:
-    from ..families import DatasetSplits
+    from ..techniques.families import DatasetSplits
 
     splits = spec.create(seed, **params)
     if not isinstance(splits, DatasetSplits):

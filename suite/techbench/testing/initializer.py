@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec import Param, ParamError, TechniqueSpec
+from ..techniques.spec import Param, ParamError, TechniqueSpec
 from .core import Check, CheckFailure
 from .tolerances import assert_close
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import TechniqueSpec, resolve
+from ..techniques.spec import TechniqueSpec, resolve
 from .core import Check, CheckFailure
 
 WEIGHT_FILL = 0.125
@@ -65,7 +65,7 @@ def _fill(value: float) -> Any:
 
 
 def _parts(normalizer: bool = False, placement: str = "before", dropout: bool = False) -> Any:
-    from ..families import ModelParts
+    from ..techniques.families import ModelParts
 
     act, norm, drop = _markers()
     parts = ModelParts(

@@ -59,7 +59,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 from .core import Check, CheckFailure
 from .tolerances import assert_close
 

@@ -63,10 +63,10 @@ Checks
     1e-7, atol 1e-9), with the baseline's ``weight_decay``. An update that reduces over a whole
     tensor (a norm, a trust ratio) couples the members and fails here; so does one that tells
     weights from biases by ``p.dim()`` (a stacked bias has two dimensions): the stacked tensors
-    carry :data:`techbench.families.STACKED_DIMS`, read through ``trial_ndim``.
+    carry :data:`techbench.techniques.families.STACKED_DIMS`, read through ``trial_ndim``.
 ``stacked_hyperparams``
     (optimizers declaring a stacked implementation, ``spec.stacked``; its contract is in
-    :mod:`techbench.families`) ``K = 4`` members on their own problems (seeded by index), each
+    :mod:`techbench.techniques.families`) ``K = 4`` members on their own problems (seeded by index), each
     with its own value of *every* ``float`` hyper-parameter, a seeded draw from its search range
     (``Param.search`` on its scale) or, for one without, from 0.5x to 2x its default (1e-3 to
     1e-1 for a default of 0) within its valid range; a hyper-parameter whose members could not
@@ -81,10 +81,10 @@ Checks
     member's values for all fails here.
 ``stacked_member_values``
     (optimizers declaring ``spec.stacked``) what the stacked engine reads of member k
-    (:class:`techbench.stacked_hooks.MemberOptimizer`, which regularizers' ``after_step`` see:
+    (:class:`techbench.engine.stacked_hooks.MemberOptimizer`, which regularizers' ``after_step`` see:
     decoupled weight decay steps by its ``lr``) equals member k's value of every ``float``
     hyper-parameter, ``lr`` times the schedule multiplier, before and after a step. An
-    optimizer without ``member_hyperparams()`` (:class:`techbench.families.StackedOptimizer`),
+    optimizer without ``member_hyperparams()`` (:class:`techbench.techniques.families.StackedOptimizer`),
     or one keeping its members' values elsewhere, fails here: the engine would read the
     multiplier (1.0) as every member's ``lr``.
 """
@@ -98,8 +98,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..families import STACKED_DIMS
-from ..spec import Param, TechniqueError, TechniqueSpec
+from ..techniques.families import STACKED_DIMS
+from ..techniques.spec import Param, TechniqueError, TechniqueSpec
 from .core import Check, CheckFailure
 from .tolerances import assert_close, tolerance
 
@@ -420,7 +420,7 @@ def check_stacked(spec: TechniqueSpec) -> None:
         torch.stack([initial[i] for initial, _ in problems]).requires_grad_(True)
         for i in range(len(PARAM_NAMES))
     ]
-    for p in stacked:  # as the stacked engine marks them (techbench.families.trial_ndim)
+    for p in stacked:  # as the stacked engine marks them (techbench.techniques.families.trial_ndim)
         setattr(p, STACKED_DIMS, 1)
     opt = spec.create(stacked, **hp)
     for _ in range(STACKED_STEPS):
@@ -461,7 +461,7 @@ def member_settings(spec: TechniqueSpec, shared: Mapping[str, Any], seed: int = 
     not all be made to differ (declare a search range for it)."""
     import random
 
-    from ..member_hp import member_names
+    from ..engine.member_hp import member_names
 
     rng = random.Random(seed)
     numeric = set(member_names(spec))
@@ -505,7 +505,7 @@ def member_value(p: Param, u: float) -> Any:
 
 def _shared_variants(spec: TechniqueSpec) -> list[dict[str, Any]]:
     """The defaults, then each non-``float`` hyper-parameter at each other valid value."""
-    from ..member_hp import member_names
+    from ..engine.member_hp import member_names
 
     base = spec.defaults()
     out = [base]
@@ -525,7 +525,7 @@ def compare_stacked_hyperparams(
     ``settings[k]`` after each of ``HP_STEPS`` steps (see ``stacked_hyperparams``)."""
     import torch
 
-    from ..member_hp import create_stacked
+    from ..engine.member_hp import create_stacked
 
     dtype = torch.float64 if dtype is None else dtype
     problems = [make_problem(seed=k, dtype=dtype) for k in range(len(settings))]
@@ -585,13 +585,13 @@ def check_stacked_hyperparams(spec: TechniqueSpec) -> None:
 
 
 def check_stacked_member_values(spec: TechniqueSpec) -> None:
-    """What the engine reads of member k (:class:`techbench.stacked_hooks.MemberOptimizer`,
-    through :class:`techbench.families.StackedOptimizer`) is member k's values, under a
+    """What the engine reads of member k (:class:`techbench.engine.stacked_hooks.MemberOptimizer`,
+    through :class:`techbench.techniques.families.StackedOptimizer`) is member k's values, under a
     schedule multiplier, after a step."""
     import torch
 
-    from ..member_hp import create_stacked, member_names
-    from ..stacked_hooks import MemberOptimizer
+    from ..engine.member_hp import create_stacked, member_names
+    from ..engine.stacked_hooks import MemberOptimizer
 
     settings = member_settings(spec, spec.defaults(), seed=7)
     initial, loss = make_problem()
@@ -621,7 +621,7 @@ def check_stacked_member_values(spec: TechniqueSpec) -> None:
                         f"{_label(spec, hp)}: member {k} of {len(settings)}: the engine reads "
                         f"{name}={got!r} through member_hyperparams(), the member's value is "
                         f"{want!r} (schedule multiplier {multiplier}); a stacked optimizer must "
-                        "show each member's values there (techbench.families.StackedOptimizer)"
+                        "show each member's values there (techbench.techniques.families.StackedOptimizer)"
                     )
         total = sum(loss([p[k] for p in stacked]) for k in range(len(settings)))
         for p, g in zip(stacked, torch.autograd.grad(total, stacked), strict=True):

@@ -13,7 +13,7 @@ import pytest
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from ..registry import default_registry
+    from ..techniques.registry import default_registry
 
     try:
         entries = default_registry().entries(load=False)
@@ -24,7 +24,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.fixture
 def techbench_registry() -> Any:
-    """The process-wide :class:`techbench.registry.Registry`."""
-    from ..registry import default_registry
+    """The process-wide :class:`techbench.techniques.registry.Registry`."""
+    from ..techniques.registry import default_registry
 
     return default_registry()

@@ -1,6 +1,6 @@
 """A plain-PyTorch reference training loop: one trial, written from the trial contract.
 
-Why: the engine (:mod:`techbench.population`) trains every trial in a stack with vmapped
+Why: the engine (:mod:`techbench.engine.population`) trains every trial in a stack with vmapped
 members, buffered losses and device-side statistics; this loop is the trial contract said the
 plainest way (no Lightning, no vmap, one network, a ``for`` loop), so the engine is tested
 against a reference the way every technique is. It uses the shared definitions of what a trial
@@ -83,11 +83,15 @@ class _Loop:
         import numpy as np
 
         from techbench import tasks
-        from techbench.families import NOISE_SEED_OFFSET, Regularizer, bind_module_generator
-        from techbench.trial import _prepare, build_model
+        from techbench.engine.trial import build_model, prepare
+        from techbench.techniques.families import (
+            NOISE_SEED_OFFSET,
+            Regularizer,
+            bind_module_generator,
+        )
 
         self.cfg = cfg
-        specs, splits = _prepare(cfg, registry)
+        specs, splits = prepare(cfg, registry)
         seed = int(cfg["seed"])
         random.seed(seed)
         np.random.seed(seed % (2**32))
@@ -293,7 +297,7 @@ class _Health:
     """Gradient-health rows of one snapshot, each statistic from its definition."""
 
     def __init__(self, model: nn.Module, specs: Any, cfg: Any, pre_transform: bool) -> None:
-        from techbench.health import weight_layers_of
+        from techbench.engine.health import weight_layers_of
 
         self.model = model
         self.every = int(cfg["health"]["every_n_steps"])

@@ -1,6 +1,6 @@
 """Conformance checks for regularizers.
 
-The fast side is ``spec.create(**hp) -> techbench.families.Regularizer``; it overrides exactly
+The fast side is ``spec.create(**hp) -> techbench.techniques.families.Regularizer``; it overrides exactly
 the hooks it declares in ``spec.properties["hooks"]`` (a subset of ``transform_batch``,
 ``make_module``, ``penalty``, ``loss``, ``transform_gradients``, ``after_step``, ``callbacks``). The reference protocol
 depends on the hooks; ``hp`` is always the full hyper-parameter dict (defaults updated with
@@ -55,7 +55,7 @@ Checks (each raises :class:`~techbench.testing.CheckFailure` saying what differe
   rate ``ALPHA`` = 1e-6 (|z| <= 4.89), for ``p`` = default and 0.2.
 - ``dropout_expectation``: E[y] = x: z = sum(y - x) / sqrt(sum x^2 p/(1-p)), |z| <= 4.89.
 - ``sampled_module`` (with ``properties["stacked_module"]``): the module is a
-  :class:`~techbench.families.SampledModule`; its training output equals
+  :class:`~techbench.techniques.families.SampledModule`; its training output equals
   ``forward_with(x, sample(...))`` drawn from a generator seeded alike, exactly; two runs with
   generators seeded alike agree even when the global RNG differs (the generator is the only
   randomness: a trial's masks are its own, and stacked members draw what they draw alone);
@@ -116,8 +116,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 from .core import Check, CheckFailure
+from .regularizer_probes import gradient_probe, hp_label, make_regularizer
 from .tolerances import assert_close
 
 HOOKS: tuple[str, ...] = (
@@ -150,10 +151,6 @@ def _variants(spec: TechniqueSpec) -> list[dict[str, Any]]:
     return out
 
 
-def _label(hp: dict[str, Any]) -> str:
-    return "defaults" if not hp else ", ".join(f"{k}={v!r}" for k, v in hp.items())
-
-
 def _z_check(what: str, observed: float, expected: float, sd: float, n: int) -> None:
     z = (observed - expected) / sd if sd > 0 else (0.0 if observed == expected else math.inf)
     if abs(z) > Z_CRIT:
@@ -167,23 +164,11 @@ def _same(actual: Any, expected: Any, what: str) -> None:
     assert_close(actual, expected, what=what, dtype="float64", rtol=0, atol=0)
 
 
-def _make(spec: TechniqueSpec, hp: dict[str, Any]) -> Any:
-    from ..families import Regularizer
-
-    reg = spec.create(**hp)
-    if not isinstance(reg, Regularizer):
-        raise CheckFailure(
-            f"{spec.qualified_name}: fast side returned {type(reg).__name__}, "
-            "not a techbench.families.Regularizer"
-        )
-    return reg
-
-
 # ----------------------------------------------------------------------------------- hooks
 
 
 def _check_hooks(spec: TechniqueSpec) -> None:
-    from ..families import Regularizer
+    from ..techniques.families import Regularizer
 
     declared = _hooks(spec)
     unknown = sorted(set(declared) - set(HOOKS))
@@ -191,7 +176,7 @@ def _check_hooks(spec: TechniqueSpec) -> None:
         raise CheckFailure(
             f"{spec.qualified_name}: declares unknown hooks {unknown}; hooks are {', '.join(HOOKS)}"
         )
-    reg = _make(spec, {})
+    reg = make_regularizer(spec, {})
     overridden = {h for h in HOOKS if getattr(type(reg), h) is not getattr(Regularizer, h)}
     if overridden != set(declared):
         raise CheckFailure(
@@ -224,9 +209,9 @@ def _check_penalty(spec: TechniqueSpec) -> None:
         full = spec.hyperparams(hp)
         model = _probe_model().to(dtype)
         named = list(model.named_parameters())
-        value = _make(spec, hp).penalty(model)
+        value = make_regularizer(spec, hp).penalty(model)
         ref_value, ref_grads = ref(named, **full)
-        label = f"{spec.qualified_name} ({_label(hp)}, {str(dtype).replace('torch.', '')})"
+        label = f"{spec.qualified_name} ({hp_label(hp)}, {str(dtype).replace('torch.', '')})"
         if value is None:
             if float(ref_value) != 0.0:
                 raise CheckFailure(
@@ -271,7 +256,7 @@ def _dropout_input(n: int = 32, d: int = 500) -> Any:
 
 
 def _module(spec: TechniqueSpec, p: float) -> Any:
-    module = _make(spec, {"p": p}).make_module()
+    module = make_regularizer(spec, {"p": p}).make_module()
     if module is None:
         raise CheckFailure(f"{spec.qualified_name}: make_module returned None with p={p}")
     return module.double()
@@ -352,7 +337,7 @@ def _check_dropout_expectation(spec: TechniqueSpec) -> None:
 def _check_sampled_module(spec: TechniqueSpec) -> None:
     import torch
 
-    from ..families import SampledModule
+    from ..techniques.families import SampledModule
 
     for p in _dropout_rates(spec):
         label = f"{spec.qualified_name} (p={p})"
@@ -361,7 +346,7 @@ def _check_sampled_module(spec: TechniqueSpec) -> None:
         if not sampled:
             raise CheckFailure(
                 f"{label}: declares stacked_module but its module {type(module).__name__} has no "
-                "generator / sample / forward_with (techbench.families.SampledModule)"
+                "generator / sample / forward_with (techbench.techniques.families.SampledModule)"
             )
         x = _dropout_input(8, 300)
         outputs = []
@@ -424,7 +409,7 @@ def _transform_inputs(spec: TechniqueSpec) -> list[tuple[Any, Any]]:
 def _check_transform_untouched(spec: TechniqueSpec) -> None:
     import torch
 
-    reg = _make(spec, {})
+    reg = make_regularizer(spec, {})
     for x, y in _transform_inputs(spec):
         x0, y0 = x.clone(), y.clone()
         xt, yt = reg.transform_batch(x, y, torch.Generator().manual_seed(1))
@@ -439,7 +424,7 @@ def _check_transform_untouched(spec: TechniqueSpec) -> None:
 def _check_transform_reproducible(spec: TechniqueSpec) -> None:
     import torch
 
-    reg = _make(spec, {})
+    reg = make_regularizer(spec, {})
     for x, y in _transform_inputs(spec):
         torch.manual_seed(1)
         a, _ = reg.transform_batch(x, y, torch.Generator().manual_seed(1234))
@@ -485,18 +470,20 @@ def _check_noise_law(spec: TechniqueSpec) -> None:
     full = spec.hyperparams()
     gen = torch.Generator().manual_seed(21)
     x = torch.randn((200, 100), generator=gen, dtype=torch.float64)
-    xt, _ = _make(spec, {}).transform_batch(x, torch.zeros(200), torch.Generator().manual_seed(3))
+    xt, _ = make_regularizer(spec, {}).transform_batch(
+        x, torch.zeros(200), torch.Generator().manual_seed(3)
+    )
     offset = ref(x, torch.zeros_like(x), **full)
     scale = ref(x, torch.ones_like(x), **full) - offset
-    label = f"{spec.qualified_name} ({_label({})})"
+    label = f"{spec.qualified_name} ({hp_label({})})"
     if bool((scale == 0).any()):
         raise CheckFailure(f"{label}: the reference law has zero noise scale; use std > 0 defaults")
     e = ((xt - offset) / scale).reshape(-1)
     _check_standard_normal(label, e)
     zero = {p.name: 0.0 for p in spec.params if p.type is float and p.name in ("std", "sigma")}
     if zero:
-        xz, _ = _make(spec, zero).transform_batch(x, torch.zeros(200), torch.Generator())
-        assert_close(xz, x, what=f"{spec.qualified_name} ({_label(zero)}) output", rtol=0, atol=0)
+        xz, _ = make_regularizer(spec, zero).transform_batch(x, torch.zeros(200), torch.Generator())
+        assert_close(xz, x, what=f"{spec.qualified_name} ({hp_label(zero)}) output", rtol=0, atol=0)
 
 
 def _check_crop_flip_law(spec: TechniqueSpec) -> None:
@@ -505,7 +492,7 @@ def _check_crop_flip_law(spec: TechniqueSpec) -> None:
     ref = spec.load_reference()
     full = spec.hyperparams()
     pad = int(full["padding"])
-    reg = _make(spec, {})
+    reg = make_regularizer(spec, {})
     x, y = _image_batch(n=128, seed=17)
     n, c, h, w = x.shape
     # Each draw is read off a probe batch whose pixels hold their own (nonzero) positions, fed
@@ -571,8 +558,8 @@ def _check_loss(spec: TechniqueSpec) -> None:
     for hp in _variants(spec):
         full = spec.hyperparams(hp)
         z = logits.clone().requires_grad_(True)
-        value = _make(spec, hp).loss(z, target)
-        label = f"{spec.qualified_name} ({_label(hp)})"
+        value = make_regularizer(spec, hp).loss(z, target)
+        label = f"{spec.qualified_name} ({hp_label(hp)})"
         if value is None:
             raise CheckFailure(f"{label}: loss returned None although 'loss' is a declared hook")
         ref_value, ref_grad = ref(logits, target, **full)
@@ -608,13 +595,13 @@ def _check_after_step(spec: TechniqueSpec) -> None:
         optimizer.param_groups[1]["lr"] = 0.2
         lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        reg = _make(spec, hp)
+        reg = make_regularizer(spec, hp)
         if "transform_gradients" in _hooks(spec):
             reg.transform_gradients(model, 0, torch.Generator().manual_seed(5))
         optimizer.step()
         stepped = {n: p.detach().clone() for n, p in model.named_parameters()}
         reg.after_step(model, optimizer)
-        label = f"{spec.qualified_name} ({_label(hp)})"
+        label = f"{spec.qualified_name} ({hp_label(hp)})"
         for name, p in model.named_parameters():
             extra = {"before": before[name]} if takes_before else {}
             expected = ref(name, stepped[name], lr_of[id(p)], **extra, **full)
@@ -638,28 +625,6 @@ GRADIENT_SCALES = (1e-3, 1.0, 1e3)
 NOISE_STEPS = (0, 10, 1000)
 
 
-def _gradient_probe(scale: float, dtype: Any = None, wide: bool = False) -> Any:
-    """A model whose gradients are set: per-tensor norms spread over four decades (so a global
-    and a per-tensor reduction differ), times ``scale``; the BatchNorm bias has no gradient."""
-    import torch
-    from torch import nn
-
-    dtype = dtype or torch.float64
-    gen = torch.Generator().manual_seed(61)
-    width = 100 if wide else 12
-    model = nn.ModuleList(
-        [nn.Linear(width, 2 * width), nn.BatchNorm1d(2 * width), nn.Conv2d(3, 4, 3)]
-    ).to(dtype)
-    with torch.no_grad():
-        for k, (name, p) in enumerate(model.named_parameters()):
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
-            if name == "1.bias":
-                continue
-            g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            p.grad = (g * scale * 10.0 ** (k % 5 - 2)).to(dtype)
-    return model
-
-
 def _grads_of(model: Any) -> list[Any]:
     return [p.grad for p in model.parameters() if p.grad is not None]
 
@@ -680,11 +645,13 @@ def _check_gradient_generic(spec: TechniqueSpec) -> None:
     import torch
 
     label = f"{spec.qualified_name} transform_gradients"
-    model = _gradient_probe(1.0)
+    model = gradient_probe(1.0)
     values = [p.detach().clone() for p in model.parameters()]
     had = [p.grad is not None for p in model.parameters()]
     shapes = [(tuple(g.shape), g.dtype) for g in _grads_of(model)]
-    result = _make(spec, {}).transform_gradients(model, 3, torch.Generator().manual_seed(8))
+    result = make_regularizer(spec, {}).transform_gradients(
+        model, 3, torch.Generator().manual_seed(8)
+    )
     if result is not None:
         raise CheckFailure(f"{label}: returned {type(result).__name__}; it must rewrite p.grad")
     for (name, p), v, h in zip(model.named_parameters(), values, had, strict=True):
@@ -696,9 +663,11 @@ def _check_gradient_generic(spec: TechniqueSpec) -> None:
         raise CheckFailure(f"{label}: gradient shapes/dtypes {shapes} became {got}")
     runs = []
     for global_seed in (1, 2):
-        model = _gradient_probe(1.0)
+        model = gradient_probe(1.0)
         torch.manual_seed(global_seed)
-        _make(spec, {}).transform_gradients(model, 3, torch.Generator().manual_seed(1234))
+        make_regularizer(spec, {}).transform_gradients(
+            model, 3, torch.Generator().manual_seed(1234)
+        )
         runs.append(_grads_of(model))
     for k, (a, b) in enumerate(zip(*runs, strict=True)):
         assert_close(
@@ -719,13 +688,17 @@ def _check_gradient_law(spec: TechniqueSpec) -> None:
         full = spec.hyperparams(hp)
         for scale in GRADIENT_SCALES:
             for step in GRADIENT_STEPS:
-                model = _gradient_probe(scale, dtype)
+                model = gradient_probe(scale, dtype)
                 names = [n for n, p in model.named_parameters() if p.grad is not None]
                 grads = [g.detach().clone() for g in _grads_of(model)]
-                _make(spec, hp).transform_gradients(model, step, torch.Generator().manual_seed(2))
+                make_regularizer(spec, hp).transform_gradients(
+                    model, step, torch.Generator().manual_seed(2)
+                )
                 expected = ref([g.to(torch.float64) for g in grads], step, **full)
                 tag = str(dtype).replace("torch.", "")
-                label = f"{spec.qualified_name} ({_label(hp)}, {tag}, step {step}, scale {scale:g})"
+                label = (
+                    f"{spec.qualified_name} ({hp_label(hp)}, {tag}, step {step}, scale {scale:g})"
+                )
                 rtol = 1e-10 if dtype == torch.float64 else None
                 for name, g, g0, e in zip(names, _grads_of(model), grads, expected, strict=True):
                     extra = {"rtol": rtol, "atol": 1e-12 * scale} if rtol else {"dtype": dtype}
@@ -746,13 +719,15 @@ def _check_gradient_noise_law(spec: TechniqueSpec) -> None:
     for hp in variants:
         full = spec.hyperparams(hp)
         for step in NOISE_STEPS:
-            model = _gradient_probe(1.0, wide=True)
+            model = gradient_probe(1.0, wide=True)
             grads = [g.detach().clone() for g in _grads_of(model)]
-            _make(spec, hp).transform_gradients(model, step, torch.Generator().manual_seed(13))
+            make_regularizer(spec, hp).transform_gradients(
+                model, step, torch.Generator().manual_seed(13)
+            )
             zeros = [torch.zeros_like(g) for g in grads]
             offset = ref(grads, zeros, step, **full)
             unit = ref(grads, [torch.ones_like(g) for g in grads], step, **full)
-            label = f"{spec.qualified_name} ({_label(hp)}, step {step})"
+            label = f"{spec.qualified_name} ({hp_label(hp)}, step {step})"
             draws = []
             for g, o, u in zip(_grads_of(model), offset, unit, strict=True):
                 scale = u - o
@@ -780,7 +755,7 @@ def drive_callbacks(callbacks: Any, history: list[float]) -> int | None:
     """Feed ``history`` as val_loss, one value per epoch; the epoch where training stops."""
     import torch
 
-    from ..callbacks import stub_trainer
+    from ..engine.callbacks import stub_trainer
 
     trainer = stub_trainer()
     for cb in callbacks:
@@ -807,20 +782,20 @@ def _check_callbacks(spec: TechniqueSpec) -> None:
     for hp in variants:
         full = spec.hyperparams(hp)
         for kind, history in _HISTORIES.items():
-            callbacks = list(_make(spec, hp).callbacks())
+            callbacks = list(make_regularizer(spec, hp).callbacks())
             if not callbacks:
                 raise CheckFailure(f"{spec.qualified_name}: callbacks() returned no callback")
             try:
                 got = drive_callbacks(callbacks, history)
             except Exception as exc:
                 raise CheckFailure(
-                    f"{spec.qualified_name} ({_label(hp)}): driving the callbacks on the "
+                    f"{spec.qualified_name} ({hp_label(hp)}): driving the callbacks on the "
                     f"{kind!r} val_loss history raised {type(exc).__name__}: {exc}"
                 ) from exc
             expected = ref(history, **full)
             if got != expected:
                 raise CheckFailure(
-                    f"{spec.qualified_name} ({_label(hp)}): on the {kind!r} val_loss history "
+                    f"{spec.qualified_name} ({hp_label(hp)}): on the {kind!r} val_loss history "
                     f"{[round(v, 3) for v in history]} training stopped at epoch {got}, "
                     f"reference says {expected}"
                 )

@@ -1,7 +1,7 @@
 """Conformance check of a regularizer's gradient transform as the stacked engine runs it.
 
-Why: in a stack (:mod:`techbench.population`) a member's gradients are rows of stacked
-``[K, ...]`` tensors, and :class:`techbench.stacked_hooks.StackedHooks` either calls each
+Why: in a stack (:mod:`techbench.engine.population`) a member's gradients are rows of stacked
+``[K, ...]`` tensors, and :class:`techbench.engine.stacked_hooks.StackedHooks` either calls each
 member's own ``transform_gradients`` on views of its rows or, when the class defines
 ``stacked_transform_gradients``, one call for all members. Either way member k must get exactly
 what its own ``transform_gradients`` gives it alone (a reduction over all members, such as one
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 from .core import CheckFailure
+from .regularizer_probes import gradient_probe, hp_label, make_regularizer
 from .tolerances import assert_close
 
 STACK_MEMBERS = 4
@@ -47,10 +48,9 @@ def _stacked(
     """The probes of K members stacked, transformed as the engine does; name -> stacked leaf."""
     import torch
 
-    from ..stacked_hooks import StackedHooks
-    from .regularizer import _gradient_probe, _make
+    from ..engine.stacked_hooks import StackedHooks
 
-    models = [_gradient_probe(s, dtype) for s in SCALES]
+    models = [gradient_probe(s, dtype) for s in SCALES]
     leaves = {
         n: torch.nn.Parameter(torch.stack([m.get_parameter(n).detach() for m in models]))
         for n, _ in models[0].named_parameters()
@@ -58,7 +58,7 @@ def _stacked(
     for n, leaf in leaves.items():
         grads = [m.get_parameter(n).grad for m in models]
         leaf.grad = None if grads[0] is None else torch.stack(grads)
-    hooks = StackedHooks([_make(spec, hp) for hp in hps], models)
+    hooks = StackedHooks([make_regularizer(spec, hp) for hp in hps], models)
     optimizer = torch.optim.SGD(list(leaves.values()), lr=0.1)
     group_of = [0] * STACK_MEMBERS
     hooks.bind(lambda n, k: (leaves[n], k), [optimizer], group_of)
@@ -75,8 +75,6 @@ def _stacked(
 def check_stacked_gradients(spec: TechniqueSpec) -> None:
     import torch
 
-    from .regularizer import _gradient_probe, _label, _make
-
     hps = _member_hps(spec)
     for dtype in (torch.float64, torch.float32):
         for step in (0, 7):
@@ -84,12 +82,12 @@ def check_stacked_gradients(spec: TechniqueSpec) -> None:
                 leaves = _stacked(spec, hps, dtype, step, live)
                 tag = str(dtype).replace("torch.", "")
                 for k in range(STACK_MEMBERS):
-                    alone = _gradient_probe(SCALES[k], dtype)
+                    alone = gradient_probe(SCALES[k], dtype)
                     if k in live:
                         gen = torch.Generator().manual_seed(100 + k)
-                        _make(spec, hps[k]).transform_gradients(alone, step, gen)
+                        make_regularizer(spec, hps[k]).transform_gradients(alone, step, gen)
                     label = (
-                        f"{spec.qualified_name}: member {k} ({_label(hps[k])}) of "
+                        f"{spec.qualified_name}: member {k} ({hp_label(hps[k])}) of "
                         f"{STACK_MEMBERS} stacked, live {live}, {tag}, step {step}"
                     )
                     for n, p in alone.named_parameters():

@@ -34,7 +34,7 @@ The run: an SGD optimizer with two param groups (base rates 0.1 and 0.03) and
     non-increasing); checked with the defaults and the alternative values.
 ``multiplicative``
     ``properties["multiplicative"]`` (what lets a stacked optimizer carry per-member learning
-    rates, :class:`techbench.families.ScheduleProperties`): with the defaults and each
+    rates, :class:`techbench.techniques.families.ScheduleProperties`): with the defaults and each
     alternative value, the two groups' rates stay in the ratio of their base rates,
     ``lr_0(t) / 0.1 == lr_1(t) / 0.03`` (rtol 1e-12), and a third run with base rate 1.0
     gives the same factor.
@@ -46,7 +46,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-from ..spec import TechniqueSpec
+from ..techniques.spec import TechniqueSpec
 from .core import Check, CheckFailure
 from .optimizer import alternative_value
 from .tolerances import assert_close

@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from techbench.families import Regularizer
+from techbench.techniques.families import Regularizer
 
 # --- activation: bent identity --------------------------------------------------------------
 
