@@ -645,8 +645,33 @@ def select_stored(
 # -- running both phases ----------------------------------------------------------------------
 
 
+class TwoPhases:
+    """What a run of two phases reports, read from its phases' run results (the second is None
+    until it ran): tuning's search and finals, a seed plan's pilot and stage 2."""
+
+    def phases(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    @property
+    def interrupted(self) -> bool:
+        first, second = self.phases()
+        return bool(first.interrupted or (second and second.interrupted))
+
+    @property
+    def exit_signal(self) -> int:
+        """The signal that stopped the phase that stopped (0: both ran to the end)."""
+        first, second = self.phases()
+        return int(getattr(second or first, "exit_signal", 0))
+
+    @property
+    def missing(self) -> int:
+        """Trials of either phase without a stored result."""
+        first, second = self.phases()
+        return int(first.missing) + (int(second.missing) if second else 0)
+
+
 @dataclass
-class TuneResult:
+class TuneResult(TwoPhases):
     """What :func:`run_tuned` did: the two phases' results and the selection."""
 
     search: Any
@@ -654,19 +679,8 @@ class TuneResult:
     selection: list[Selection] = field(default_factory=list)
     pending: list[tuple[str, int]] = field(default_factory=list)
 
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.search.interrupted or (self.finals and self.finals.interrupted))
-
-    @property
-    def exit_signal(self) -> int:
-        """The signal that stopped the phase that stopped (0: both ran to the end)."""
-        return int(getattr(self.finals or self.search, "exit_signal", 0))
-
-    @property
-    def missing(self) -> int:
-        """Trials of either phase without a stored result."""
-        return int(self.search.missing) + (int(self.finals.missing) if self.finals else 0)
+    def phases(self) -> tuple[Any, Any]:
+        return self.search, self.finals
 
 
 def run_tuned(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plan.seedplan import SeedPlan, Stage2, describe, read_stage2, stage2_configs
+from ..plan.tune import TwoPhases
 from ..schema import Trial
 
 __all__ = ["PlanResult", "comparisons", "plan_stage2", "run_planned"]
@@ -69,24 +70,15 @@ def plan_stage2(out: str | os.PathLike[str], plan: SeedPlan, follow: bool) -> St
 
 
 @dataclass
-class PlanResult:
+class PlanResult(TwoPhases):
     """What :func:`run_planned` did: the pilot's and stage 2's run results."""
 
     pilot: Any
     stage2: Any = None
     planned: Stage2 | None = None
 
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.pilot.interrupted or (self.stage2 and self.stage2.interrupted))
-
-    @property
-    def exit_signal(self) -> int:
-        return int(getattr(self.stage2 or self.pilot, "exit_signal", 0))
-
-    @property
-    def missing(self) -> int:
-        return int(self.pilot.missing) + (int(self.stage2.missing) if self.stage2 else 0)
+    def phases(self) -> tuple[Any, Any]:
+        return self.pilot, self.stage2
 
 
 def run_planned(
