@@ -40,29 +40,18 @@ from typing import Any
 
 import torch
 
-from techbench.engine.trial import build_model, run_stack, run_trial
-from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, complete_config
+from techbench.engine.trial import build_model, prepare, run_stack, run_trial
+from techbench.schema import DEFAULT_CONFIG, complete_config
 from techbench.techniques.registry import get_spec
 
 
 def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:
     """(wall seconds, training seconds, final test accuracy) of a plain PyTorch loop."""
-    import dataclasses
-
     start = time.perf_counter()
     spec = lambda key, fam: get_spec(cfg[key]["name"], fam)  # noqa: E731
     hp = lambda key: cfg[key]["params"]  # noqa: E731
-    splits = spec("dataset", "dataset").create(cfg["data_seed"], **hp("dataset"))
-    pre = spec("preprocessor", "preprocessor").create(**hp("preprocessor"))
-    pre.fit(splits.x_train)
-    splits = dataclasses.replace(
-        splits,
-        x_train=pre.transform(splits.x_train),
-        x_val=pre.transform(splits.x_val),
-        x_test=pre.transform(splits.x_test),
-    )
+    specs, splits = prepare(cfg, None)  # the runner's data and preprocessing
     torch.manual_seed(cfg["seed"])
-    specs = {key: spec(key, family) for key, family in AXIS_FAMILY.items()}
     model, _ = build_model(cfg, specs, splits)  # the runner's own network ("none" regularizer)
     opt = spec("optimizer", "optimizer").create(model.parameters(), **hp("optimizer"))
     bs, epochs = cfg["budget"]["batch_size"], cfg["budget"]["epochs"]
