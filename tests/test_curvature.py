@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state
+from torch.func import functional_call, grad, stack_module_state, vmap
 
 from techbench.engine.curvature import (
     adam_threshold,
@@ -149,3 +149,36 @@ def test_sgd_has_no_preconditioner():
     p.grad = torch.ones(3)
     opt.step()
     assert diagonal_preconditioner(opt, p) is None
+
+
+def test_gradient_descent_reaches_the_edge_of_stability():
+    """Full-batch GD on a small tanh regression (Cohen et al. 2021's setting, scaled down), two
+    learning rates as two members of one stack: sharpness rises from well below 2/lr to 2/lr
+    and hovers there."""
+    lrs = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 10, generator=g, dtype=torch.float64)
+    y = torch.randn(200, 1, generator=g, dtype=torch.float64)
+    models = []
+    for _ in lrs:
+        torch.manual_seed(1)
+        layers = [nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)]
+        models.append(nn.Sequential(*layers).double())
+    stacked, _ = stack_module_state(models)
+    params = {n: p.detach() for n, p in stacked.items()}
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((functional_call(models[0], p, (x,)) - y) ** 2).mean()
+
+    gradient = vmap(grad(loss), in_dims=(0, None, None))
+    ratios = []
+    for step in range(1501):
+        if step % 100 == 0:
+            sharp = stacked_sharpness(loss, params, (x, y), iterations=20)
+            ratios.append(sharp / torch.tensor([gd_threshold(a) for a in lrs.tolist()]))
+        grads = gradient(params, x, y)
+        params = {n: p - lrs.view(-1, *[1] * (p.dim() - 1)) * grads[n] for n, p in params.items()}
+    print("sharpness * lr / 2 at the end:", ratios[-1].tolist())
+    assert (ratios[0] < 0.3).all()  # starts well below the threshold
+    late = torch.stack(ratios[-5:])  # steps 1100..1500
+    assert ((late - 1).abs() < 0.05).all(), late
