@@ -4,6 +4,8 @@ at known values, and the optimizers' update rules written out by hand."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -182,3 +184,47 @@ def test_gradient_descent_reaches_the_edge_of_stability():
     assert (ratios[0] < 0.3).all()  # starts well below the threshold
     late = torch.stack(ratios[-5:])  # steps 1100..1500
     assert ((late - 1).abs() < 0.05).all(), late
+
+
+@pytest.mark.parametrize(
+    ("name", "reference", "hp"),
+    [
+        (
+            "adam",
+            torch.optim.Adam,
+            {"beta1": [0.9, 0.5], "beta2": [0.99, 0.9], "eps": [1e-3, 1e-1]},
+        ),
+        ("rmsprop", torch.optim.RMSprop, {"alpha": [0.9, 0.5], "eps": [1e-3, 1e-1]}),
+        ("adagrad", torch.optim.Adagrad, {"eps": [1e-3, 1e-1]}),
+    ],
+)
+def test_stacked_optimizers_declare_their_preconditioner(name, reference, hp):
+    """Each member's P from the stacked optimizer's hook equals the one torch.optim holds for
+    that member alone (read from its state, checked by hand above)."""
+    from techbench_builtins import optimizers_stacked
+
+    factories = {
+        "adam": partial(optimizers_stacked.StackedAdam, decoupled=False, bias_correction=True),
+        "rmsprop": optimizers_stacked.StackedRMSprop,
+        "adagrad": optimizers_stacked.StackedAdagrad,
+    }
+    base = {"lr": [0.1, 0.2], "weight_decay": [0.0, 0.0], "momentum": [0.0, 0.0]}
+    base |= {"lr_decay": [0.0, 0.0], "initial_accumulator_value": [0.0, 0.0]}
+    cls = factories[name]
+    names = getattr(cls, "func", cls).MEMBER
+    member_hp = {k: v for k, v in (base | hp).items() if k in names}
+    stacked = nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+    opt = cls([stacked], decay="all", eps_placement="outside", **member_hp)
+    assert diagonal_preconditioner(opt, stacked) is None
+    for g in GRADS:
+        stacked.grad = torch.stack([g, 2 * g])
+        opt.step()
+    got = diagonal_preconditioner(opt, stacked)
+    for k in range(2):
+        kw = {"lr": member_hp["lr"][k], "eps": member_hp["eps"][k]}
+        if name == "adam":
+            kw["betas"] = (hp["beta1"][k], hp["beta2"][k])
+        if name == "rmsprop":
+            kw["alpha"] = hp["alpha"][k]
+        alone = _run(reference, [g * (k + 1) for g in GRADS], **kw)
+        torch.testing.assert_close(got[k], alone)

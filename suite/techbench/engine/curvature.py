@@ -54,8 +54,15 @@ def diagonal_preconditioner(
     before its first step). Read from torch.optim's state, as the update uses it:
     Adam/AdamW/NAdam/RADam ``sqrt(exp_avg_sq / (1 - beta2^t)) + eps`` (``max_exp_avg_sq`` with
     amsgrad), RMSprop ``sqrt(square_avg) + eps`` (centred: minus ``grad_avg^2``), Adagrad
-    ``sqrt(sum) + eps``. The preconditioned sharpness is the top eigenvalue of
-    P^{-1/2} H P^{-1/2} (Cohen et al. 2022, arXiv 2207.14484)."""
+    ``sqrt(sum) + eps``. An optimizer that declares the hook ``preconditioner(param) ->
+    Tensor | None`` (the built-in stacked optimizers,
+    :class:`techbench.techniques.families.StackedOptimizer`) answers itself. The preconditioned
+    sharpness is the top eigenvalue of P^{-1/2} H P^{-1/2} (Cohen et al. 2022,
+    arXiv 2207.14484)."""
+    hook = getattr(optimizer, "preconditioner", None)
+    if callable(hook):
+        declared: torch.Tensor | None = hook(param)
+        return declared
     state = optimizer.state.get(param)
     if not state:
         return None
