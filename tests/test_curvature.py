@@ -196,6 +196,11 @@ def test_gradient_descent_reaches_the_edge_of_stability():
         ),
         ("rmsprop", torch.optim.RMSprop, {"alpha": [0.9, 0.5], "eps": [1e-3, 1e-1]}),
         ("adagrad", torch.optim.Adagrad, {"eps": [1e-3, 1e-1]}),
+        (
+            "nadam",
+            torch.optim.NAdam,
+            {"beta1": [0.9, 0.5], "beta2": [0.99, 0.9], "eps": [1e-3, 1e-1]},
+        ),
     ],
 )
 def test_stacked_optimizers_declare_their_preconditioner(name, reference, hp):
@@ -207,9 +212,11 @@ def test_stacked_optimizers_declare_their_preconditioner(name, reference, hp):
         "adam": partial(optimizers_stacked.StackedAdam, decoupled=False, bias_correction=True),
         "rmsprop": optimizers_stacked.StackedRMSprop,
         "adagrad": optimizers_stacked.StackedAdagrad,
+        "nadam": optimizers_stacked.StackedNAdam,
     }
     base = {"lr": [0.1, 0.2], "weight_decay": [0.0, 0.0], "momentum": [0.0, 0.0]}
     base |= {"lr_decay": [0.0, 0.0], "initial_accumulator_value": [0.0, 0.0]}
+    base |= {"momentum_decay": [0.004, 0.004]}
     cls = factories[name]
     names = getattr(cls, "func", cls).MEMBER
     member_hp = {k: v for k, v in (base | hp).items() if k in names}
@@ -222,9 +229,65 @@ def test_stacked_optimizers_declare_their_preconditioner(name, reference, hp):
     got = diagonal_preconditioner(opt, stacked)
     for k in range(2):
         kw = {"lr": member_hp["lr"][k], "eps": member_hp["eps"][k]}
-        if name == "adam":
+        if name in ("adam", "nadam"):
             kw["betas"] = (hp["beta1"][k], hp["beta2"][k])
         if name == "rmsprop":
             kw["alpha"] = hp["alpha"][k]
         alone = _run(reference, [g * (k + 1) for g in GRADS], **kw)
         torch.testing.assert_close(got[k], alone)
+
+
+def _stacked(cls, **member):
+    from techbench_builtins import optimizers_stacked
+
+    opt_cls = getattr(optimizers_stacked, cls)
+
+    def make(params, **_):
+        return opt_cls(params, decay="all", **member)
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        partial(torch.optim.Adam, lr=0.1, betas=(0.5, 0.9), eps=1e-2),
+        partial(torch.optim.RAdam, lr=0.1, betas=(0.5, 0.9), eps=1e-2),
+        _stacked(
+            "StackedRAdam",
+            lr=[0.1, 0.2],
+            beta1=[0.5, 0.6],
+            beta2=[0.9, 0.8],
+            eps=[1e-2] * 2,
+            weight_decay=[0.0] * 2,
+        ),
+        _stacked(
+            "StackedAdam",
+            lr=[0.1, 0.2],
+            beta1=[0.5, 0.6],
+            beta2=[0.9, 0.8],
+            eps=[1e-2] * 2,
+            weight_decay=[0.0] * 2,
+            decoupled=False,
+            bias_correction=True,
+            eps_placement="outside",
+        ),
+    ],
+)
+def test_preconditioner_is_what_the_step_divides_by(make):
+    """The optimizer's own next step equals -lr * m_hat / P with P read after that step
+    (m_hat = exp_avg / (1 - beta1^t)): P is the preconditioner the update really used."""
+    p = nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+    opt = make([p])
+    for t in range(12):  # RAdam rectifies from rho_t > 5
+        before = p.detach().clone()
+        p.grad = torch.stack([GRADS[t % 3], -GRADS[(t + 1) % 3]])
+        opt.step()
+    state, group = opt.state[p], opt.param_groups[0]
+    if "member" in group:
+        lr, b1 = (torch.as_tensor(group["member"][n]).view(-1, 1) for n in ("lr", "beta1"))
+    else:
+        lr, b1 = torch.tensor(group["lr"]), torch.tensor(group["betas"][0])
+    m_hat = state["exp_avg"] / (1 - b1 ** float(state["step"]))
+    expected = before - lr * m_hat / diagonal_preconditioner(opt, p)
+    torch.testing.assert_close(p.detach(), expected)

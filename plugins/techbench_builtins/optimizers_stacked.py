@@ -484,6 +484,15 @@ class StackedNAdam(StackedOptimizer):
         p.add_(g.mul(per_member(on_grad, p)).div_(denom))
         p.add_(m.mul(per_member(on_avg, p)).div_(denom))
 
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """``sqrt(exp_avg_sq / (1 - beta2^t)) + eps``, as the last step divided by."""
+        c, state = self.last_coefficients(p), self.state.get(p, {})
+        if c is None or "exp_avg_sq" not in state:
+            return None
+        v = state["exp_avg_sq"]
+        q = p.view_as(v)
+        return v.div(per_member(c["bc2"], q)).sqrt().add_(per_member(c["eps"], q)).view_as(p)
+
 
 class StackedRAdam(StackedOptimizer):
     """``torch.optim.RAdam`` per member (Liu et al. 2020): a member whose ``rho_t > 5`` takes
@@ -531,6 +540,19 @@ class StackedRAdam(StackedOptimizer):
         adaptive = per_member(c["bc2_sqrt"], p) / v.sqrt().add_(per_member(c["eps"], p))
         rectified = plain * adaptive * per_member(c["rect"], p)
         p.sub_(torch.where(per_member(c["rectified"], p) > 0, rectified, plain))
+
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """``(sqrt(exp_avg_sq) + eps) / (sqrt(1 - beta2^t) r_t)`` for a member that took the
+        rectified step, 1 (no preconditioning: the plain momentum step) for the others."""
+        c, state = self.last_coefficients(p), self.state.get(p, {})
+        if c is None or "exp_avg_sq" not in state:
+            return None
+        v = state["exp_avg_sq"]
+        q = p.view_as(v)
+        scaled = v.sqrt().add_(per_member(c["eps"], q))
+        scaled.div_(per_member(c["bc2_sqrt"] * c["rect"], q))
+        rectified = per_member(c["rectified"], q) > 0
+        return torch.where(rectified, scaled, torch.ones_like(scaled)).view_as(p)
 
 
 class StackedLion(StackedOptimizer):

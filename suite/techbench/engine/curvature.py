@@ -51,14 +51,14 @@ def diagonal_preconditioner(
 ) -> torch.Tensor | None:
     """The diagonal P with which ``optimizer`` divides ``param``'s gradient (same shape as
     ``param``), or None when it has none (SGD, an optimizer this function does not know, or
-    before its first step). Read from torch.optim's state, as the update uses it:
-    Adam/AdamW/NAdam/RADam ``sqrt(exp_avg_sq / (1 - beta2^t)) + eps`` (``max_exp_avg_sq`` with
-    amsgrad), RMSprop ``sqrt(square_avg) + eps`` (centred: minus ``grad_avg^2``), Adagrad
-    ``sqrt(sum) + eps``. An optimizer that declares the hook ``preconditioner(param) ->
+    before its first step). An optimizer that declares the hook ``preconditioner(param) ->
     Tensor | None`` (the built-in stacked optimizers,
-    :class:`techbench.techniques.families.StackedOptimizer`) answers itself. The preconditioned
-    sharpness is the top eigenvalue of P^{-1/2} H P^{-1/2} (Cohen et al. 2022,
-    arXiv 2207.14484)."""
+    :class:`techbench.techniques.families.StackedOptimizer`) answers itself; torch.optim's are
+    read from their state, as their update uses it: Adam/AdamW/NAdam
+    ``sqrt(exp_avg_sq / (1 - beta2^t)) + eps`` (``max_exp_avg_sq`` with amsgrad), RAdam
+    :func:`_radam_diagonal`, RMSprop ``sqrt(square_avg) + eps`` (centred: minus
+    ``grad_avg^2``), Adagrad ``sqrt(sum) + eps``. The preconditioned sharpness is the top
+    eigenvalue of P^{-1/2} H P^{-1/2} (Cohen et al. 2022, arXiv 2207.14484)."""
     hook = getattr(optimizer, "preconditioner", None)
     if callable(hook):
         declared: torch.Tensor | None = hook(param)
@@ -71,7 +71,7 @@ def diagonal_preconditioner(
     if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW | torch.optim.NAdam):
         return _adam_diagonal(state, group, eps)
     if isinstance(optimizer, torch.optim.RAdam):
-        return _adam_diagonal(state, group, eps)
+        return _radam_diagonal(state, group, eps)
     if isinstance(optimizer, torch.optim.RMSprop):
         avg = state["square_avg"]
         if group.get("centered"):
@@ -86,6 +86,20 @@ def _adam_diagonal(state: Mapping[str, torch.Tensor], group: Mapping, eps: float
     step = float(state["step"])
     second = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
     return (second / (1.0 - group["betas"][1] ** step)).sqrt() + eps
+
+
+def _radam_diagonal(state: Mapping[str, torch.Tensor], group: Mapping, eps: float) -> torch.Tensor:
+    """RAdam (Liu et al. 2020): ``(sqrt(exp_avg_sq) + eps) / (sqrt(1 - beta2^t) r_t)`` once
+    ``rho_t > 5``, else 1 (the plain momentum step)."""
+    step, b2 = float(state["step"]), group["betas"][1]
+    v = state["exp_avg_sq"]
+    bc2 = 1.0 - b2**step
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    rho = rho_inf - 2.0 * step * b2**step / bc2
+    if rho <= 5.0:
+        return torch.ones_like(v)
+    rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
+    return (v.sqrt() + eps) / (bc2**0.5 * rect)
 
 
 def stacked_sharpness(
