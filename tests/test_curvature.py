@@ -291,3 +291,55 @@ def test_preconditioner_is_what_the_step_divides_by(make):
     m_hat = state["exp_avg"] / (1 - b1 ** float(state["step"]))
     expected = before - lr * m_hat / diagonal_preconditioner(opt, p)
     torch.testing.assert_close(p.detach(), expected)
+
+
+def test_adam_reaches_the_adaptive_edge_of_stability():
+    """Full-batch Adam (beta1 = 0.9) at lr 1e-3 and 2e-3 as one stack: the preconditioned
+    sharpness, with P from the optimizer's hook, rises to (2 + 2 beta1) / ((1 - beta1) lr)
+    = 38 / lr and hovers there (Cohen et al. 2022, arXiv 2207.14484)."""
+    from techbench_builtins.optimizers_stacked import StackedAdam
+
+    lrs = [1e-3, 2e-3]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 10, generator=g, dtype=torch.float64)
+    y = torch.randn(200, 1, generator=g, dtype=torch.float64)
+    models = []
+    for _ in lrs:
+        torch.manual_seed(1)
+        layers = [nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)]
+        models.append(nn.Sequential(*layers).double())
+    stacked, _ = stack_module_state(models)
+    params = {n: nn.Parameter(p.detach()) for n, p in stacked.items()}
+    opt = StackedAdam(
+        list(params.values()),
+        decay="all",
+        lr=lrs,
+        beta1=[0.9] * 2,
+        beta2=[0.999] * 2,
+        eps=[1e-8] * 2,
+        weight_decay=[0.0] * 2,
+        decoupled=False,
+        bias_correction=True,
+        eps_placement="outside",
+    )
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((functional_call(models[0], p, (x,)) - y) ** 2).mean()
+
+    gradient = vmap(grad(loss), in_dims=(0, None, None))
+    thresholds = torch.tensor([adam_threshold(a, 0.9) for a in lrs])
+    ratios = []
+    for step in range(2001):
+        grads = gradient({n: p.detach() for n, p in params.items()}, x, y)
+        for n, p in params.items():
+            p.grad = grads[n]
+        opt.step()
+        if step % 250 == 0:
+            diag = {n: diagonal_preconditioner(opt, p) for n, p in params.items()}
+            now = {n: p.detach() for n, p in params.items()}
+            sharp = stacked_sharpness(loss, now, (x, y), iterations=20, preconditioner=diag)
+            ratios.append(sharp / thresholds)
+    print("preconditioned sharpness / (38 / lr) at the end:", ratios[-1].tolist())
+    assert (ratios[0] < 0.3).all()
+    late = torch.stack(ratios[-3:])  # steps 1500..2000
+    assert ((late - 1).abs() < 0.08).all(), late
