@@ -60,7 +60,7 @@ def test_sharpness_matches_exact_hessian_per_member():
     loss = _loss_of(skeleton)
     probe = stacked_sharpness(
         loss, params, (x, y), iterations=20, generator=torch.Generator().manual_seed(1)
-    )
+    ).values
     exact = torch.stack(
         [torch.linalg.eigvalsh(_exact_hessian(loss, params, k, x, y))[-1] for k in range(K)]
     )
@@ -74,7 +74,7 @@ def test_sharpness_with_per_member_batches():
     skeleton, params, x, y = _stack()
     loss = _loss_of(skeleton)
     xs = torch.stack([x * (1 + 0.1 * k) for k in range(K)])
-    probe = stacked_sharpness(loss, params, (xs, y.expand(K, *y.shape)), batch_stacked=True)
+    probe = stacked_sharpness(loss, params, (xs, y.expand(K, *y.shape)), batch_stacked=True).values
     for k in range(K):
         exact = torch.linalg.eigvalsh(_exact_hessian(loss, params, k, xs[k], y))[-1]
         assert abs(probe[k].item() - exact.item()) < 0.01 * abs(exact.item())
@@ -87,7 +87,7 @@ def test_preconditioned_sharpness_matches_exact():
     diag = {
         n: torch.rand(p.shape, generator=g, dtype=p.dtype) * 10 + 0.01 for n, p in params.items()
     }
-    probe = stacked_sharpness(loss, params, (x, y), iterations=20, preconditioner=diag)
+    probe = stacked_sharpness(loss, params, (x, y), iterations=20, preconditioner=diag).values
     names = list(params)
     for k in range(K):
         s = torch.cat([diag[n][k].flatten() for n in names]).rsqrt()
@@ -176,7 +176,7 @@ def test_gradient_descent_reaches_the_edge_of_stability():
     ratios = []
     for step in range(1501):
         if step % 100 == 0:
-            sharp = stacked_sharpness(loss, params, (x, y), iterations=20)
+            sharp = stacked_sharpness(loss, params, (x, y), iterations=20).values
             ratios.append(sharp / torch.tensor([gd_threshold(a) for a in lrs.tolist()]))
         grads = gradient(params, x, y)
         params = {n: p - lrs.view(-1, *[1] * (p.dim() - 1)) * grads[n] for n, p in params.items()}
@@ -337,9 +337,27 @@ def test_adam_reaches_the_adaptive_edge_of_stability():
         if step % 250 == 0:
             diag = {n: diagonal_preconditioner(opt, p) for n, p in params.items()}
             now = {n: p.detach() for n, p in params.items()}
-            sharp = stacked_sharpness(loss, now, (x, y), iterations=20, preconditioner=diag)
+            sharp = stacked_sharpness(loss, now, (x, y), iterations=20, preconditioner=diag).values
             ratios.append(sharp / thresholds)
     print("preconditioned sharpness / (38 / lr) at the end:", ratios[-1].tolist())
     assert (ratios[0] < 0.3).all()
     late = torch.stack(ratios[-3:])  # steps 1500..2000
     assert ((late - 1).abs() < 0.08).all(), late
+
+
+def test_eigenvector_and_warm_start():
+    """The returned vector is the exact top eigenvector; started from it after a small change
+    of the weights (as between two snapshots), 3 iterations give the new top eigenvalue."""
+    skeleton, params, x, y = _stack()
+    loss = _loss_of(skeleton)
+    first = stacked_sharpness(loss, params, (x, y), iterations=20)
+    g = torch.Generator().manual_seed(3)
+    moved = {
+        n: p + 1e-3 * torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()
+    }
+    warm = stacked_sharpness(loss, moved, (x, y), iterations=3, start=first.vectors).values
+    for k in range(K):
+        vecs = torch.linalg.eigh(_exact_hessian(loss, params, k, x, y)).eigenvectors
+        assert abs(float(vecs[:, -1] @ first.vectors[k])) > 0.999
+        exact = torch.linalg.eigvalsh(_exact_hessian(loss, moved, k, x, y))[-1]
+        assert abs(warm[k].item() - exact.item()) < 0.01 * abs(exact.item())

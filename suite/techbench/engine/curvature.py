@@ -19,6 +19,7 @@ two backward passes of the probe batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch.func import grad, jvp, vmap
@@ -102,6 +103,14 @@ def _radam_diagonal(state: Mapping[str, torch.Tensor], group: Mapping, eps: floa
     return (v.sqrt() + eps) / (bc2**0.5 * rect)
 
 
+class Sharpness(NamedTuple):
+    """``values`` ``[K]``: each member's largest eigenvalue; ``vectors`` ``[K, n]``: its unit
+    eigenvector estimate (the flattened parameters' order), to warm-start the next probe."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+
+
 def stacked_sharpness(
     loss: MemberLoss,
     params: Mapping[str, torch.Tensor],
@@ -111,12 +120,15 @@ def stacked_sharpness(
     preconditioner: Mapping[str, torch.Tensor] | None = None,
     batch_stacked: bool = False,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+    start: torch.Tensor | None = None,
+) -> Sharpness:
     """``[K]``: each member's largest eigenvalue of the Hessian of ``loss`` at its parameters
     (``params``: name -> ``[K, ...]``) on ``batch`` (shared by all members, or ``[K, ...]``
     per member when ``batch_stacked``), by ``iterations`` Lanczos steps. With
     ``preconditioner`` (name -> ``[K, ...]`` diagonal P, positive) the largest eigenvalue of
-    P^{-1/2} H P^{-1/2} instead."""
+    P^{-1/2} H P^{-1/2} instead. ``start`` (``[K, n]``, e.g. the previous probe's
+    ``vectors``) replaces the random first Lanczos vector: during training the top eigenvector
+    moves slowly, so a warm start needs far fewer iterations."""
     names = list(params)
     shapes = [params[n].shape[1:] for n in names]
     sizes = [s.numel() for s in shapes]
@@ -144,7 +156,9 @@ def stacked_sharpness(
         return scale * stacked_hvp(flat, scale * v, *batch)
 
     with torch.no_grad():
-        return lanczos_top(operator, flat.shape, iterations, flat.dtype, flat.device, generator)
+        return lanczos_top(
+            operator, flat.shape, iterations, flat.dtype, flat.device, generator, start
+        )
 
 
 def lanczos_top(
@@ -154,9 +168,11 @@ def lanczos_top(
     dtype: torch.dtype,
     device: torch.device,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """``[K]``: the largest Ritz value of each member's symmetric ``operator`` (``[K, n]`` ->
-    ``[K, n]``) after ``iterations`` Lanczos steps with full re-orthogonalisation. On breakdown
+    start: torch.Tensor | None = None,
+) -> Sharpness:
+    """The largest Ritz value and its Ritz vector of each member's symmetric ``operator``
+    (``[K, n]`` -> ``[K, n]``) after ``iterations`` Lanczos steps with full
+    re-orthogonalisation, from ``start`` or a random vector. On breakdown
     (an invariant subspace found) a member restarts from a fresh orthogonal vector, so its
     tridiagonal matrix stays block-diagonal and every Ritz value is a true one."""
     k, n = shape
@@ -165,6 +181,8 @@ def lanczos_top(
     alpha = torch.zeros(k, m, dtype=dtype, device=device)
     beta = torch.zeros(k, max(m - 1, 0), dtype=dtype, device=device)
     v = _random_unit(k, n, dtype, device, generator)
+    if start is not None:
+        v = start.to(dtype) / start.norm(dim=-1, keepdim=True).to(dtype)
     for j in range(m):
         basis[:, j] = v
         w = operator(v)
@@ -179,7 +197,9 @@ def lanczos_top(
         w = torch.where(broke[:, None], fresh, w)
         v = w / w.norm(dim=-1, keepdim=True)
     tri = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
-    return torch.linalg.eigvalsh(tri)[:, -1]
+    values, ritz = torch.linalg.eigh(tri)
+    vectors = torch.einsum("kjn,kj->kn", basis, ritz[:, :, -1])
+    return Sharpness(values[:, -1], vectors / vectors.norm(dim=-1, keepdim=True))
 
 
 def _random_unit(
