@@ -185,6 +185,21 @@ class StackedOptimizer(torch.optim.Optimizer):
         c64 = self.coefficients(hp, hp["lr"] * float(group["lr"]), t)
         return {k: v.to(p.dtype) for k, v in c64.items()}, c64
 
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """The diagonal P the update divides ``p``'s gradient by (shape of ``p``), as the last
+        step used it, or None: this default, for rules without one (SGD, Lion) and before
+        the first step (:func:`techbench.engine.curvature.diagonal_preconditioner`)."""
+        return None
+
+    def last_coefficients(self, p: Tensor) -> Coefficients | None:
+        """The coefficients (``p``'s dtype) of ``p``'s last step, or None before its first."""
+        state = self.state.get(p)
+        if not state or "step" not in state:
+            return None
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        self.group, self.nonzero = group, self.group_nonzero(group)
+        return self.step_coefficients(group, p, int(state["step"]))[0]
+
     def coupled_decay(self, p: Tensor, g: Tensor, c: Coefficients) -> Tensor:
         """``g + weight_decay * p`` (torch's ``grad.add(param, alpha=weight_decay)``)."""
         return _addcmul(g, p, _at(c["weight_decay"], p)) if self.decays(p) else g
@@ -298,6 +313,13 @@ class StackedAdagrad(StackedOptimizer):
         std = s.sqrt().add_(per_member(c["eps"], p))
         p.add_(g.mul(per_member(c["neg_clr"], p)).div_(std))
 
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """``sqrt(sum) + eps``."""
+        c, state = self.last_coefficients(p), self.state.get(p, {})
+        if c is None or "sum" not in state:
+            return None
+        return state["sum"].sqrt().add_(per_member(c["eps"], p)).view_as(p)
+
 
 class StackedRMSprop(StackedOptimizer):
     """``torch.optim.RMSprop`` (eps outside) or :class:`RMSpropVariant` (inside) per member."""
@@ -329,15 +351,24 @@ class StackedRMSprop(StackedOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         v = state["square_avg"]
         _addcmul3_(v.mul_(_at(c["alpha"], p)), g, g, _at(c["one_minus_alpha"], p))
-        eps = _at(c["eps"], p)
-        inside = self.group["eps_placement"] == "inside"
-        avg = v.add(eps).sqrt_() if inside else v.sqrt().add_(eps)
+        avg = self._root(v, c, p)
         if self.nonzero["momentum"]:
             buf = state["momentum_buffer"]
             buf.mul_(_at(c["momentum"], p)).addcdiv_(g, avg)
             _addcmul(p, buf, _at(c["neg_lr"], p), inplace=True)
         else:
             _addcdiv_(p, g, avg, _at(c["neg_lr"], p))
+
+    def _root(self, v: Tensor, c: Coefficients, p: Tensor) -> Tensor:
+        eps = _at(c["eps"], p)
+        return v.add(eps).sqrt_() if self.group["eps_placement"] == "inside" else v.sqrt().add_(eps)
+
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """``sqrt(square_avg) + eps`` (or ``sqrt(square_avg + eps)``, eps inside)."""
+        c, state = self.last_coefficients(p), self.state.get(p, {})
+        if c is None or "square_avg" not in state:
+            return None
+        return self._root(state["square_avg"], c, p.view_as(state["square_avg"])).view_as(p)
 
 
 class StackedAdam(StackedOptimizer):
@@ -385,12 +416,22 @@ class StackedAdam(StackedOptimizer):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m.lerp_(g, _at(c["one_minus_b1"], p))
         _addcmul3_(v.mul_(_at(c["b2"], p)), g, g, _at(c["one_minus_b2"], p))
+        _addcdiv_(p, m, self._denominator(v, c, p), _at(c["neg_step"], p))
+
+    def _denominator(self, v: Tensor, c: Coefficients, p: Tensor) -> Tensor:
+        """sqrt(v / bc2) + eps, or sqrt(v / bc2 + eps) with eps inside."""
         eps = _at(c["eps"], p)
-        if group["eps_placement"] == "inside":
-            denom = v.div(_at(c["bc2"], p)).add_(eps).sqrt_()
-        else:
-            denom = v.sqrt().div_(_at(c["bc2_sqrt"], p)).add_(eps)
-        _addcdiv_(p, m, denom, _at(c["neg_step"], p))
+        if self.group["eps_placement"] == "inside":
+            return v.div(_at(c["bc2"], p)).add_(eps).sqrt_()
+        return v.sqrt().div_(_at(c["bc2_sqrt"], p)).add_(eps)
+
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """The bias-corrected ``sqrt(exp_avg_sq / (1 - beta2^t)) + eps`` of the last step."""
+        c, state = self.last_coefficients(p), self.state.get(p, {})
+        if c is None or "exp_avg_sq" not in state:
+            return None
+        v = state["exp_avg_sq"]
+        return self._denominator(v, c, p.view_as(v)).view_as(p)
 
 
 class StackedNAdam(StackedOptimizer):
@@ -443,6 +484,15 @@ class StackedNAdam(StackedOptimizer):
         p.add_(g.mul(per_member(on_grad, p)).div_(denom))
         p.add_(m.mul(per_member(on_avg, p)).div_(denom))
 
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """``sqrt(exp_avg_sq / (1 - beta2^t)) + eps``, as the last step divided by."""
+        c, state = self.last_coefficients(p), self.state.get(p, {})
+        if c is None or "exp_avg_sq" not in state:
+            return None
+        v = state["exp_avg_sq"]
+        q = p.view_as(v)
+        return v.div(per_member(c["bc2"], q)).sqrt().add_(per_member(c["eps"], q)).view_as(p)
+
 
 class StackedRAdam(StackedOptimizer):
     """``torch.optim.RAdam`` per member (Liu et al. 2020): a member whose ``rho_t > 5`` takes
@@ -490,6 +540,19 @@ class StackedRAdam(StackedOptimizer):
         adaptive = per_member(c["bc2_sqrt"], p) / v.sqrt().add_(per_member(c["eps"], p))
         rectified = plain * adaptive * per_member(c["rect"], p)
         p.sub_(torch.where(per_member(c["rectified"], p) > 0, rectified, plain))
+
+    def preconditioner(self, p: Tensor) -> Tensor | None:
+        """``(sqrt(exp_avg_sq) + eps) / (sqrt(1 - beta2^t) r_t)`` for a member that took the
+        rectified step, 1 (no preconditioning: the plain momentum step) for the others."""
+        c, state = self.last_coefficients(p), self.state.get(p, {})
+        if c is None or "exp_avg_sq" not in state:
+            return None
+        v = state["exp_avg_sq"]
+        q = p.view_as(v)
+        scaled = v.sqrt().add_(per_member(c["eps"], q))
+        scaled.div_(per_member(c["bc2_sqrt"] * c["rect"], q))
+        rectified = per_member(c["rectified"], q) > 0
+        return torch.where(rectified, scaled, torch.ones_like(scaled)).view_as(p)
 
 
 class StackedLion(StackedOptimizer):

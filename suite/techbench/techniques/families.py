@@ -199,6 +199,11 @@ class StackedOptimizer(Protocol):
 
     No default: without it, :func:`techbench.engine.member_hp.create_stacked` refuses the optimizer,
     and the check ``stacked_member_values`` fails it.
+
+    Optional: ``preconditioner(param) -> Tensor | None``, the diagonal P (shape of ``param``)
+    the last step divided ``param``'s gradient by, None for a rule without one (the default
+    when not declared) or before the first step; the curvature probe's preconditioned
+    sharpness reads it (:func:`techbench.engine.curvature.diagonal_preconditioner`).
     """
 
     param_groups: list[dict[str, Any]]
