@@ -153,20 +153,26 @@ def test_sgd_has_no_preconditioner():
     assert diagonal_preconditioner(opt, p) is None
 
 
+def _regression_stack(k: int) -> tuple[torch.Tensor, torch.Tensor, list[nn.Module], dict]:
+    """A small tanh regression (200 x 10 -> 1, float64) and ``k`` identical MLPs stacked."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 10, generator=g, dtype=torch.float64)
+    y = torch.randn(200, 1, generator=g, dtype=torch.float64)
+    models: list[nn.Module] = []
+    for _ in range(k):
+        torch.manual_seed(1)
+        layers = [nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)]
+        models.append(nn.Sequential(*layers).double())
+    stacked, _ = stack_module_state(models)
+    return x, y, models, stacked
+
+
 def test_gradient_descent_reaches_the_edge_of_stability():
     """Full-batch GD on a small tanh regression (Cohen et al. 2021's setting, scaled down), two
     learning rates as two members of one stack: sharpness rises from well below 2/lr to 2/lr
     and hovers there."""
     lrs = torch.tensor([0.1, 0.2], dtype=torch.float64)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 10, generator=g, dtype=torch.float64)
-    y = torch.randn(200, 1, generator=g, dtype=torch.float64)
-    models = []
-    for _ in lrs:
-        torch.manual_seed(1)
-        layers = [nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)]
-        models.append(nn.Sequential(*layers).double())
-    stacked, _ = stack_module_state(models)
+    x, y, models, stacked = _regression_stack(len(lrs))
     params = {n: p.detach() for n, p in stacked.items()}
 
     def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -300,15 +306,7 @@ def test_adam_reaches_the_adaptive_edge_of_stability():
     from techbench_builtins.optimizers_stacked import StackedAdam
 
     lrs = [1e-3, 2e-3]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 10, generator=g, dtype=torch.float64)
-    y = torch.randn(200, 1, generator=g, dtype=torch.float64)
-    models = []
-    for _ in lrs:
-        torch.manual_seed(1)
-        layers = [nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1)]
-        models.append(nn.Sequential(*layers).double())
-    stacked, _ = stack_module_state(models)
+    x, y, models, stacked = _regression_stack(len(lrs))
     params = {n: nn.Parameter(p.detach()) for n, p in stacked.items()}
     opt = StackedAdam(
         list(params.values()),
