@@ -18,6 +18,7 @@ from torch import nn
 
 from techbench.engine.lit import DIVERGENCE_FACTOR, LOSS_FLUSH_EVERY
 from techbench.engine.trial import run_trial
+from techbench import schema
 from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, TrialOutcome, complete_config, trial_id
 from techbench.techniques.families import Regularizer
 from techbench.techniques.registry import default_registry
@@ -148,10 +149,21 @@ def _skip_unless_builtins(cfg: dict) -> None:
 
 def test_trial_id_is_sha256_of_canonical_json() -> None:
     cfg = complete_config({})
-    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(schema.canonical_config(cfg), sort_keys=True, separators=(",", ":"))
     assert trial_id(cfg) == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert trial_id(cfg) == trial_id(json.loads(json.dumps(cfg)))
     assert trial_id(cfg) != trial_id({**cfg, "seed": 1})
+
+
+def test_a_newer_key_at_its_default_stays_out_of_the_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An option added after 0.3.0 hashes only when a trial sets it (ids of old stores hold)."""
+    old = schema.canonical_config(complete_config({}))
+    text = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    old_id = hashlib.sha256(text.encode()).hexdigest()[:16]
+    monkeypatch.setitem(schema.OMITTED_AT_DEFAULT, ("health", "probe"), None)
+    assert trial_id({**old, "health": {**old["health"], "probe": None}}) == old_id
+    assert trial_id({**old, "health": {**old["health"], "probe": {"every": 5}}}) != old_id
+    assert trial_id(old) == old_id
 
 
 def test_complete_config_fills_defaults() -> None:

@@ -115,13 +115,35 @@ def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {}
+"""Config keys added after 0.3.0 (a path of keys -> its default): :func:`canonical_config` leaves
+each out while it holds its default, so a trial that does not use a newer option keeps the id it
+had in 0.3.0 and 0.3.0 stores keep resuming. Each entry's default is also in
+:data:`DEFAULT_CONFIG`, so code reading a completed config always finds the key."""
+
+
+def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a copy) without the :data:`OMITTED_AT_DEFAULT` keys that hold their default:
+    what :func:`trial_id` hashes."""
+    out = copy.deepcopy(dict(config))
+    for path, default in OMITTED_AT_DEFAULT.items():
+        *parents, last = path
+        node: Any = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, dict) and last in node and node[last] == default:
+            del node[last]
+    return out
+
+
 def trial_id(config: Mapping[str, Any]) -> str:
     """First 16 hex digits of the SHA-256 of the canonical JSON of ``config``.
 
-    Canonical: keys sorted, no whitespace. Pass a complete config (:func:`complete_config`): the
-    id is over every key, so a partial config hashes differently from its completion.
+    Canonical (:func:`canonical_config`): keys sorted, no whitespace, the newer keys at their
+    default left out. Pass a complete config (:func:`complete_config`): the id is over every
+    other key, so a partial config hashes differently from its completion.
     """
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(canonical_config(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
