@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
+from techbench import schema
 from techbench.engine.lit import DIVERGENCE_FACTOR, LOSS_FLUSH_EVERY
 from techbench.engine.trial import run_trial
-from techbench import schema
 from techbench.schema import AXIS_FAMILY, DEFAULT_CONFIG, TrialOutcome, complete_config, trial_id
 from techbench.techniques.families import Regularizer
 from techbench.techniques.registry import default_registry

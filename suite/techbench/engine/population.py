@@ -62,6 +62,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..techniques.families import NOISE_SEED_OFFSET, STACKED_DIMS, bind_module_generator
+from ..techniques.roles import ROLE_ATTR, role_of
 from . import stack_single
 from .lit import EVAL_CHUNK, task_loss
 from .population_tasks import member_metrics
@@ -174,9 +175,13 @@ class StackedModule(pl.LightningModule):
         self.leaves = nn.ParameterList(
             nn.Parameter(v[s].detach().clone()) for s in self.group_slices for v in params.values()
         )
-        for leaf in self.leaves:  # a stacked bias [K, n] is still a bias to an optimizer
-            setattr(leaf, STACKED_DIMS, 1)
         self.names = list(params)
+        roles = dict(model0.named_parameters())
+        for j, leaf in enumerate(self.leaves):  # a stacked bias [K, n] is still a bias
+            setattr(leaf, STACKED_DIMS, 1)
+            role = role_of(roles[self.names[j % len(self.names)]])
+            if role is not None:
+                setattr(leaf, ROLE_ATTR, role)
         self._index = {name: j for j, name in enumerate(self.names)}
         self._group_of = [
             g for g, s in enumerate(self.group_slices) for _ in range(s.start, s.stop)

@@ -18,6 +18,7 @@ left to the caller (the executor).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -40,6 +41,7 @@ from ..schema import (
     trial_id,
 )
 from ..techniques.provenance import technique_sources
+from ..techniques.roles import RoleError, tag_roles
 from ..versions import package_versions
 from .lit import DIVERGENCE_FACTOR
 
@@ -135,6 +137,8 @@ def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -
         generator = torch.Generator().manual_seed(int(cfg["seed"]))
         pick = torch.randperm(len(splits.x_train), generator=generator)[:n]
         weight_init.fit(model, splits.x_train[pick])
+    with contextlib.suppress(RoleError):  # an untold role fails only where a rule reads it
+        tag_roles(model)
     return model, regularizer
 
 

@@ -229,10 +229,34 @@ def check_parameter_count(spec: TechniqueSpec) -> None:
                 )
 
 
+def check_parameter_roles(spec: TechniqueSpec) -> None:
+    """Every parameter has a role (:mod:`techbench.techniques.roles`), with a normalizer too, and
+    the roles a width-aware rule needs exist: one readout, and an input unless the net is one
+    layer."""
+    from ..techniques.roles import RoleError, parameter_roles
+
+    for shape in _shapes(spec):
+        parts, _ = _parts(normalizer=True)
+        model = _build(spec, shape, parts)
+        try:
+            roles = parameter_roles(model)
+        except RoleError as exc:
+            raise CheckFailure(f"{spec.qualified_name}: {exc}") from None
+        found = sorted(set(roles.values()))
+        if list(roles.values()).count("readout") != 1:
+            raise CheckFailure(
+                f"{spec.qualified_name}: {list(roles.values()).count('readout')} readout "
+                f"parameters for input {shape}, expected exactly one (roles found: {found})"
+            )
+        if len(getattr(model, "weight_layers", [])) > 1 and "input" not in found:
+            raise CheckFailure(f"{spec.qualified_name}: no input parameter (roles: {found})")
+
+
 def checks(spec: TechniqueSpec) -> list[Check]:
     return [
         Check("output_shape", check_output_shape),
         Check("initialization_applied", check_initialization),
         Check("parts_used_in_order", check_parts_used),
         Check("parameter_count", check_parameter_count),
+        Check("parameter_roles", check_parameter_roles),
     ]
