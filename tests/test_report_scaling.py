@@ -340,3 +340,22 @@ def test_a_retuned_ladder_draws_its_lr_curves_from_the_search_trials(tmp_path: P
     assert got == pytest.approx(expected)
     assert set(best["n_lrs"]) == {6}
     assert "the tuned store&#x27;s search trials" in page.read_text()
+
+
+def test_two_rungs_are_ranked_but_not_fitted(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    for opt in ("sgd", "adam"):
+        for rung in (0, 1):
+            for seed in (0, 1):
+                config = make_config(model=("mlp", {"width": 16 << rung}), optimizer=opt,
+                                     seed=seed)  # fmt: skip
+                loss = _loss(opt, rung, OPTIMUM[opt](2.0**rung), seed)
+                meta = {"rung": rung, "num_parameters": 1000 * 4**rung}
+                write_trial(store, config, epoch_rows([0.5], val_loss=[loss]), meta=meta)
+    ctx = load_context(store, tmp_path / "r")
+    assert ctx is not None
+    section = scaling(ctx)
+    text = "".join(section.blocks)
+    assert "No fit: it needs at least 3 rungs" in text and section.csvs["scaling_fit.csv"].empty
+    corr = section.csvs["scaling_rank_correlation.csv"]
+    assert list(corr["tau"]) == [1.0] and "scaling_lr.csv" not in section.csvs
