@@ -243,7 +243,10 @@ class TrialMeta:
     and ``data_info`` the dataset's facts (``DatasetSplits.info``). ``stop_reason``: why the trial
     stopped (:func:`stop_reason`; None in stores written by 0.3.0); ``stack_error``: the last
     line of the error of the stack the trial was in, when that stack failed and the trial was
-    run again alone. Keys a newer writer adds land in ``extra`` and are written back unchanged.
+    run again alone. Scale ladders (``[scale]``): ``rung`` (0 = the base, smallest rung),
+    ``width_mult`` (the rung's width over the base's) and ``compute`` (training FLOPs, proxy
+    ``6 x parameters x examples or tokens seen``); None outside a ladder. Keys a newer writer
+    adds land in ``extra`` and are written back unchanged.
     """
 
     started_at: str | None = None
@@ -267,6 +270,9 @@ class TrialMeta:
     data_info: dict[str, Any] = field(default_factory=dict)
     stop_reason: str | None = None
     stack_error: str | None = None
+    rung: int | None = None
+    width_mult: float | None = None
+    compute: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from . import htmlpage as html
 from .context import ReportContext, Section
 from .howsure import how_sure
 from .inputs import CUT_SHORT
+from .scaling_section import scaling
 from .stats import MIN_SEEDS
 from .tuning import tuning
 
@@ -361,6 +362,7 @@ SECTIONS: list[Callable[[ReportContext], Section]] = [
     how_sure,
     overview,
     tuning,
+    scaling,
     convergence,
     profiles,
     statistics,
