@@ -57,7 +57,7 @@ NS_EPS = 1e-7
 
 ADJUST_LR = ("original", "match_rms_adamw")
 
-_ADAMW = {"decoupled": True, "bias_correction": True, "eps_placement": "outside"}
+_ADAMW: dict[str, Any] = {"decoupled": True, "bias_correction": True, "eps_placement": "outside"}
 """What the AdamW side of :class:`StackedAdam` fixes."""
 
 
@@ -88,7 +88,9 @@ def shape_scale(p: Tensor, adjust_lr: str) -> float:
 
 def _check_adjust_lr(hp: Mapping[str, Any]) -> None:
     if hp.get("adjust_lr") not in ADJUST_LR:
-        raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {hp.get('adjust_lr')!r}")
+        raise ValueError(
+            f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {hp.get('adjust_lr')!r}"
+        )
 
 
 def newton_schulz(g: Tensor, steps: int) -> Tensor:
@@ -113,7 +115,7 @@ class StackedMuon(StackedAdam):
     No diagonal preconditioner for a hidden matrix (:meth:`preconditioner` is None there; the
     orthogonalised step divides by none); AdamW's for the others."""
 
-    MEMBER = ("lr", "momentum", "weight_decay", "adam_lr", "beta1", "beta2", "eps")
+    MEMBER = ("lr", "momentum", "weight_decay", "adam_lr", "beta1", "beta2", "eps")  # type: ignore[assignment]
 
     def __init__(self, params: Iterable[Tensor], **hp: Any) -> None:
         _check_adjust_lr(hp)
@@ -184,7 +186,9 @@ class Muon(OneTrial, StackedMuon):
 def _route(params: Iterable[Any], adam_lr: float | None) -> list[dict[str, Any]]:
     """Each param group split into its hidden matrices and the others (rate ``adam_lr``)."""
     items = list(params)
-    groups = [dict(g) for g in items] if items and isinstance(items[0], dict) else [{"params": items}]
+    groups = (
+        [dict(g) for g in items] if items and isinstance(items[0], dict) else [{"params": items}]
+    )
     out = []
     for group in groups:
         tensors = list(group["params"])
