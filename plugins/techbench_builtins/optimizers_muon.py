@@ -5,7 +5,9 @@ kellerjordan.github.io/posts/muon; the authors' ``muon.py`` and ``torch.optim.Mu
 hidden matrix G (conv kernels ``[out, in, kh, kw]`` viewed as ``[out, in*kh*kw]``, as Jordan's
 code does), with momentum mu,
 
-- ``B <- mu B + (1 - mu) G`` (an exponential average, as ``buf.lerp_(grad, 1 - mu)``);
+- ``B <- mu B + (1 - mu) G`` (an exponential average, as ``buf.lerp_(grad, 1 - mu)``; the sum
+  ``B <- mu B + G`` of torch's docstring is ``B / (1 - mu)``, the same step after the
+  scale-invariant Newton-Schulz);
 - ``U = (1 - mu) G + mu B`` with Nesterov, else ``U = B``;
 - ``O = NS_5(U)``: ``X_0 = U / max(||U||_F, 1e-7)``, then five steps of the quintic
   ``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` and ``(a, b, c) = (3.4445, -4.7750, 2.0315)``
@@ -81,9 +83,7 @@ def shape_scale(p: Tensor, adjust_lr: str) -> float:
     rows, cols = p.shape[lead], math.prod(p.shape[lead + 1 :])
     if adjust_lr == "original":
         return max(1.0, rows / cols) ** 0.5
-    if adjust_lr == "match_rms_adamw":
-        return 0.2 * math.sqrt(max(rows, cols))
-    raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {adjust_lr!r}")
+    return 0.2 * math.sqrt(max(rows, cols))
 
 
 def _check_adjust_lr(hp: Mapping[str, Any]) -> None:
