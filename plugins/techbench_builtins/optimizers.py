@@ -26,6 +26,8 @@ is ``torch.optim``'s behaviour (every parameter).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.optimizers_impl"
@@ -348,4 +350,87 @@ lion = TechniqueSpec(
         _DECAY,
     ),
     properties={"adaptive": False, "elementwise": True},
+)
+
+muon = TechniqueSpec(
+    name="muon",
+    family="optimizer",
+    summary="Muon: Newton-Schulz-orthogonalised momentum for hidden matrices, AdamW for the rest.",
+    citation="Jordan et al. 2024, Muon: An optimizer for hidden layers in neural networks "
+    "(kellerjordan.github.io/posts/muon); Liu et al. 2025, Muon is scalable for LLM training "
+    "(arXiv 2502.16982) for adjust_lr='match_rms_adamw'",
+    fast=f"{_IMPL}:muon",
+    reference=f"{_IMPL}:muon_reference",
+    stacked="techbench_builtins.optimizers_muon:stacked",
+    params=(
+        Param(
+            name="lr",
+            type=float,
+            default=0.02,
+            low=0.0,
+            high=10.0,
+            low_open=True,
+            doc="Muon's rate for hidden matrices (Jordan's default 0.02; in units of spectral "
+            "norm per step times the shape scale); search 1e-5..1 log (Schmidt et al. 2021)",
+            search=(1e-5, 1.0),
+            scale="log",
+        ),
+        _beta("momentum", 0.95, "Muon's momentum mu: B <- mu*B + (1-mu)*G (Jordan's 0.95)", _B1),
+        Param(
+            name="nesterov",
+            type=bool,
+            default=True,
+            doc="orthogonalise (1-mu)*G + mu*B (Nesterov, the authors' default) instead of B",
+        ),
+        Param(
+            name="ns_steps",
+            type=int,
+            default=5,
+            low=1,
+            high=99,
+            doc="Newton-Schulz steps; not searched: the quintic's coefficients are tuned for 5 "
+            "(Jordan et al. 2024)",
+        ),
+        Param(
+            name="adjust_lr",
+            type=str,
+            default="original",
+            choices=("original", "match_rms_adamw"),
+            doc="shape scale of the Muon step: 'original' max(1, rows/cols)^0.5 (Jordan's code, "
+            "torch.optim.Muon's default) or 'match_rms_adamw' 0.2*sqrt(max(rows, cols)) (Liu et "
+            "al. 2025: the update's RMS matches AdamW's, so AdamW's lr carries over)",
+        ),
+        _wd(
+            0.01,
+            "decoupled decay p <- p*(1 - r*weight_decay) before each step, r each side's rate "
+            "(lr or adam_lr; the authors' MuonWithAuxAdam example uses 0.01 on both)",
+        ),
+        _DECAY,
+        Param(
+            name="adam_lr",
+            type=float,
+            default=3e-4,
+            low=0.0,
+            high=10.0,
+            low_open=True,
+            doc="the AdamW side's own rate (input, readout, bias and norm parameters), apart from "
+            "lr as in Jordan's MuonWithAuxAdam (3e-4); search 1e-5..1 log",
+            search=(1e-5, 1.0),
+            scale="log",
+        ),
+        _beta("beta1", 0.9, "the AdamW side's first-moment decay (MuonWithAuxAdam: 0.9)", _B1),
+        _beta("beta2", 0.95, "the AdamW side's second-moment decay (MuonWithAuxAdam: 0.95)", _B2),
+        replace(
+            _eps(1e-10),
+            doc="the AdamW side's denominator guard (MuonWithAuxAdam: 1e-10); search 1e-10..1e-3 "
+            "log (Choi et al. 2019)",
+        ),
+    ),
+    properties={
+        "adaptive": False,
+        "elementwise": False,
+        "stacks": True,
+        "reads_roles": True,
+        "orthogonalized": True,
+    },
 )

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from techbench.techniques.families import trial_ndim
 
+from .optimizers_muon import Muon
 from .optimizers_stacked import AdamVariant, Lion, RMSpropVariant
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -180,6 +181,12 @@ def radam(params: Params, **hp: Any) -> torch.optim.Optimizer:
 def lion(params: Params, **hp: Any) -> torch.optim.Optimizer:
     """The stacked rule at K = 1 (torch has no Lion)."""
     return Lion(params, **hp)
+
+
+def muon(params: Params, **hp: Any) -> torch.optim.Optimizer:
+    """The stacked rule at K = 1 with AdamW for non-hidden parameters (torch.optim.Muon takes
+    2-D parameters only, and bfloat16 Newton-Schulz): :class:`~.optimizers_muon.Muon`."""
+    return Muon(params, **hp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,3 +450,60 @@ adamw_reference = UpdateRule(_moments_state, _decays(_adamw_step))
 nadam_reference = UpdateRule(_nadam_state, _decays(_nadam_step))
 radam_reference = UpdateRule(_moments_state, _decays(_radam_step))
 lion_reference = UpdateRule(_lion_state, _decays(_lion_step))
+
+
+_QUINTIC = (3.4445, -4.7750, 2.0315)
+"""Jordan et al. 2024's Newton-Schulz coefficients, written here apart from the fast side's."""
+
+
+def _muon_state(p: Tensor, **_: Any) -> dict[str, Any]:
+    return {"b": _zeros(p), "m": _zeros(p), "v": _zeros(p)}
+
+
+def _orthogonalise(u: Tensor, steps: int) -> Tensor:
+    """``X_0 = U / max(||U||_F, 1e-7)``; ``X <- a X + b (X X^T) X + c (X X^T)^2 X``, ``steps``
+    times: an odd polynomial of X, so U's singular vectors stay and each singular value
+    ``s / ||U||_F`` goes through the scalar quintic ``a x + b x^3 + c x^5``."""
+    a, b, c = _QUINTIC
+    x = u / max(float(torch.linalg.matrix_norm(u)), 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + b * (gram @ x) + c * (gram @ (gram @ x))
+    return x
+
+
+def _muon_step(
+    p: Tensor,
+    g: Tensor,
+    state: dict,
+    t: int,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    ns_steps: int,
+    adjust_lr: str,
+    weight_decay: float,
+    adam_lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    **_: Any,
+) -> Tensor:
+    """Jordan et al. 2024 for a matrix (here: two or more dimensions, viewed ``[rows, cols]``):
+    ``B <- mu B + (1-mu) G``; ``U = (1-mu) G + mu B`` (Nesterov) or ``B``;
+    ``p <- p (1 - lr wd) - lr s NS(U)`` with ``s = max(1, rows/cols)^0.5`` (``"original"``) or
+    ``0.2 sqrt(max(rows, cols))`` (``"match_rms_adamw"``, Liu et al. 2025). Any other tensor:
+    the AdamW step at rate ``adam_lr`` (:func:`_adamw_step`)."""
+    if p.dim() < 2:
+        hp = {"beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
+        return _adamw_step(p, g, state, t, lr=adam_lr, **hp)
+    state["b"] = momentum * state["b"] + (1 - momentum) * g
+    u = (1 - momentum) * g + momentum * state["b"] if nesterov else state["b"]
+    rows, cols = p.shape[0], p[0].numel()
+    o = _orthogonalise(u.reshape(rows, cols), ns_steps).reshape(p.shape)
+    s = max(1.0, rows / cols) ** 0.5 if adjust_lr == "original" else 0.2 * max(rows, cols) ** 0.5
+    return p * (1 - lr * weight_decay) - lr * s * o
+
+
+muon_reference = UpdateRule(_muon_state, _decays(_muon_step))

@@ -18,7 +18,6 @@ left to the caller (the executor).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import random
@@ -137,8 +136,12 @@ def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -
         generator = torch.Generator().manual_seed(int(cfg["seed"]))
         pick = torch.randperm(len(splits.x_train), generator=generator)[:n]
         weight_init.fit(model, splits.x_train[pick])
-    with contextlib.suppress(RoleError):  # an untold role fails only where a rule reads it
+    try:
         tag_roles(model)
+    except RoleError as exc:  # an untold role fails only where a rule reads it
+        optimizer = specs["optimizer"]
+        if optimizer.properties.get("reads_roles"):
+            raise RoleError(f"optimizer {optimizer.name!r} reads parameter roles: {exc}") from None
     return model, regularizer
 
 

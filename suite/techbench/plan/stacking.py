@@ -22,7 +22,8 @@ other than a plain one, e.g. ``bf16-mixed``'s autocast and scaler; more than one
 model that declares ``properties["stacks"] = False``, or a technique whose fast
 implementation would couple members on stacked tensors. Optimizers must declare
 ``properties["elementwise"] = True`` (the update of every coordinate depends only on that
-coordinate's history, so one optimizer over stacked tensors is K independent ones); regularizers
+coordinate's history, so one optimizer over stacked tensors is K independent ones) or
+``properties["stacks"] = True`` (reductions over one trial's own dimensions only: Muon); regularizers
 stack when they use only the hooks of :data:`STACKED_HOOKS`, which the engine applies member by
 member (early stopping stops one member, the others go on; gradient clipping and noise,
 max-norm and decoupled weight decay act on each member's own rows,
@@ -140,8 +141,8 @@ def unstackable_reason(config: Mapping[str, Any], registry: Any = None) -> str:
     task = dataset.properties.get("task", "classification")
     if task not in TASKS:
         return f"dataset {dataset.name!r} has an unknown task {task!r}"
-    if not optimizer.properties.get("elementwise"):
-        return f"optimizer {optimizer.name!r} does not declare an elementwise update"
+    if not (optimizer.properties.get("elementwise") or optimizer.properties.get("stacks")):
+        return f"optimizer {optimizer.name!r} does not declare an elementwise update (or stacks)"
     hooks = set(regularizer.properties.get("hooks", ("?",)))
     if regularizer.properties.get("stacked_module"):
         hooks.discard("make_module")

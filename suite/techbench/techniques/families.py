@@ -142,10 +142,22 @@ class OptimizerProperties(TypedDict, total=False):
     update of each coordinate depends only on that coordinate's gradient history and the
     hyper-parameters (no norm or other reduction over a tensor), so one optimizer over the stacked
     parameters of K trials is K independent optimizers: trials with it may train stacked
-    (:mod:`techbench.plan.stacking`); the conformance check ``stacked`` verifies the claim."""
+    (:mod:`techbench.plan.stacking`); the conformance check ``stacked`` verifies the claim.
+    ``stacks``: not elementwise, but every reduction is over one trial's own dimensions
+    (:func:`trial_ndim`; Muon's Newton-Schulz per matrix), so one optimizer over stacked
+    parameters is still K independent ones: trials with it stack too (check ``stacked``).
+    ``reads_roles``: routes each parameter by its role (:data:`techbench.techniques.roles.ROLE_ATTR`;
+    Muon: hidden matrices vs the rest), so a trial whose model's roles can't be told fails
+    instead of falling back to shapes. ``orthogonalized``: hidden matrices step along the
+    Newton-Schulz orthogonalised momentum (Muon, Jordan et al. 2024), with Muon's
+    hyper-parameter names; checks ``torch_muon`` and ``polar_factor``
+    (:mod:`techbench.testing.optimizer_muon`)."""
 
     adaptive: bool
     elementwise: bool
+    stacks: bool
+    reads_roles: bool
+    orthogonalized: bool
 
 
 class ScheduleProperties(TypedDict, total=False):

@@ -57,7 +57,8 @@ Checks
     optimizer on a copy of the parameters, and 8 more steps must equal the uninterrupted run
     exactly.
 ``stacked``
-    (optimizers declaring ``properties["elementwise"]``, which the stacked engine relies on) one
+    (optimizers declaring ``properties["elementwise"]`` or ``["stacks"]``, which the stacked
+    engine relies on) one
     optimizer over the stacked parameters of ``K = 3`` members (each its own problem, seeded by
     its index) for 12 steps: member i's slice equals 12 standalone fast steps of member i (rtol
     1e-7, atol 1e-9), with the baseline's ``weight_decay``. An update that reduces over a whole
@@ -73,8 +74,9 @@ Checks
     all differ fails the check, named. The shared ones at the defaults and then at each other
     choice
     (``decay="all"``, ``eps_placement="inside"``, ...), under a schedule multiplier
-    ``f_t = 1 / (1 + 0.1 t)`` (the stacked optimizer's group ``lr``; the standalone optimizers'
-    ``lr`` is member k's times ``f_t``, as a multiplicative schedule sets it): after each of 12
+    ``f_t = 1 / (1 + 0.1 t)`` (the stacked optimizer's group ``lr``; each param group's ``lr``
+    of the standalone optimizers is its initial one, member k's, times ``f_t``, as a
+    multiplicative schedule sets it; Muon's AdamW group starts at ``adam_lr``): after each of 12
     steps member k of the one stacked optimizer equals member k's standalone fast optimizer,
     float64 rtol 1e-9 (atol 1e-12), and in float32 (the training dtype; defaults) rtol 1e-5.
     An implementation that couples members (a norm over the whole stacked tensor) or uses one
@@ -87,6 +89,10 @@ Checks
     optimizer without ``member_hyperparams()`` (:class:`techbench.techniques.families.StackedOptimizer`),
     or one keeping its members' values elsewhere, fails here: the engine would read the
     multiplier (1.0) as every member's ``lr``.
+``torch_muon``, ``polar_factor``
+    (optimizers declaring ``properties["orthogonalized"]``: Muon) the step against
+    ``torch.optim.Muon`` and the Newton-Schulz direction against the SVD's polar factor
+    (:mod:`techbench.testing.optimizer_muon`).
 """
 
 from __future__ import annotations
@@ -535,8 +541,9 @@ def compare_stacked_hyperparams(
         opt = spec.create(params, **hp)
         traj = []
         for t in range(HP_STEPS):
-            for group in opt.param_groups:
-                group["lr"] = hp["lr"] * _multiplier(t)
+            for group in opt.param_groups:  # as a multiplicative LRScheduler sets it
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * _multiplier(t)
             _fast_step(opt, params, loss)
             traj.append([p.detach().clone() for p in params])
         alone.append(traj)
@@ -639,9 +646,13 @@ def checks(spec: TechniqueSpec) -> list[Check]:
     ]
     if {"eps_placement", "bias_correction", "decay"} & {p.name for p in spec.params}:
         out.insert(2, Check("variants_explicit", check_variants_explicit))
-    if spec.properties.get("elementwise"):
+    if spec.properties.get("elementwise") or spec.properties.get("stacks"):
         out.append(Check("stacked", check_stacked))
     if spec.stacked is not None:
         out.append(Check("stacked_hyperparams", check_stacked_hyperparams))
         out.append(Check("stacked_member_values", check_stacked_member_values))
+    if spec.properties.get("orthogonalized"):
+        from .optimizer_muon import checks as orthogonalized_checks
+
+        out += orthogonalized_checks(spec)
     return out
