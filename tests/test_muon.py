@@ -257,6 +257,30 @@ def test_muon_trials_stack_and_each_member_equals_its_trial() -> None:
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
+def test_decoupled_weight_decay_sees_each_sides_rate_in_a_stack_as_alone() -> None:
+    """The ``weight_decay`` regularizer decays with each param group's rate: alone, Muon's
+    groups are the hidden matrices at ``lr`` and the rest at ``adam_lr``; a stacked member must
+    see the same two rates (``rate_key``), not ``lr`` for every parameter."""
+    registry = _Registry()
+    decay = {"regularizer": {"name": "weight_decay", "params": {"lam": 0.5}}}
+    configs = [
+        _config(seed=0, **decay),
+        _config(
+            seed=1,
+            optimizer={"name": "muon", "params": {"lr": 0.05, "adam_lr": 1e-3}},
+            **decay,
+        ),
+    ]
+    stacked = run_stack(configs, registry=registry)
+    for config, member in zip(configs, stacked, strict=True):
+        assert member.status == "completed", member.meta.error
+        alone = reference_run(config, registry)
+        rows = {(r["split"], r["metric"], r["step"]): r["value"] for r in alone.rows}
+        got = {(r["split"], r["metric"], r["step"]): r["value"] for r in member.metrics}
+        for key, value in rows.items():
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
 def test_a_model_whose_roles_cant_be_told_fails_a_muon_trial_only() -> None:
     registry = _Registry()
     odd = {"model": {"name": "odd", "params": {}}}

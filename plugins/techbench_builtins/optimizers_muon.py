@@ -168,6 +168,11 @@ class StackedMuon(StackedAdam):
         step = _at(c["neg_lr"], p) * shape_scale(p, self.group["adjust_lr"])
         _addcmul(p, o.reshape(p.shape).to(p.dtype), step, inplace=True)
 
+    def rate_key(self, p: Tensor) -> str:
+        """The member rate ``p`` steps at: ``lr`` for a hidden matrix, ``adam_lr`` otherwise
+        (what a regularizer's ``after_step`` reads as the group's ``lr``, as for :class:`Muon`)."""
+        return "lr" if is_hidden(p) else "adam_lr"
+
     def preconditioner(self, p: Tensor) -> Tensor | None:
         """None for a hidden matrix; AdamW's ``sqrt(v / (1 - beta2^t)) + eps`` otherwise."""
         return None if is_hidden(p) else super().preconditioner(p)

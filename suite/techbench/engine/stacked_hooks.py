@@ -51,7 +51,10 @@ class MemberOptimizer:
     :class:`techbench.techniques.families.StackedOptimizer`, its group ``lr`` the schedule's multiplier)
     shows the member's own values from ``member_hyperparams()``, ``lr`` being the multiplier
     times its rate; the group's own tensor or mapping entries (how an implementation stores its
-    values) are left out.
+    values) are left out. A stacked optimizer whose parameters step at different member rates
+    declares ``rate_key(param) -> str`` (the member hyper-parameter that is ``param``'s rate,
+    e.g. Muon's ``adam_lr`` for non-hidden parameters): the member's group is then split into
+    one entry per rate, as the optimizer alone would group them.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class MemberOptimizer:
         member: Mapping[str, torch.Tensor] = {}
         if self._stacked:
             member = self.optimizer.member_hyperparams()  # type: ignore[attr-defined]
+        rate_key = getattr(self.optimizer, "rate_key", None) if self._stacked else None
         out = []
         for group in self.optimizer.param_groups:
             entry = {
@@ -85,10 +89,16 @@ class MemberOptimizer:
             }
             for name, values in member.items():
                 entry[name] = float(values[self._row])
-            if "lr" in member:
-                entry["lr"] = float(group["lr"]) * float(member["lr"][self._row])
-            entry["params"] = [self._own[id(p)] for p in group["params"] if id(p) in self._own]
-            out.append(entry)
+            params = [p for p in group["params"] if id(p) in self._own]
+            keys = [rate_key(p) if callable(rate_key) else "lr" for p in params]
+            for key in dict.fromkeys(keys) or ["lr"]:  # one entry per rate, as alone
+                part = dict(entry)
+                if key in member:
+                    part["lr"] = float(group["lr"]) * float(member[key][self._row])
+                part["params"] = [
+                    self._own[id(p)] for p, k in zip(params, keys, strict=True) if k == key
+                ]
+                out.append(part)
         return out
 
     @property

@@ -216,6 +216,11 @@ class StackedOptimizer(Protocol):
     the last step divided ``param``'s gradient by, None for a rule without one (the default
     when not declared) or before the first step; the curvature probe's preconditioned
     sharpness reads it (:func:`techbench.engine.curvature.diagonal_preconditioner`).
+
+    Optional: ``rate_key(param) -> str``, the member hyper-parameter that is ``param``'s rate
+    when not every parameter steps at ``lr`` (Muon's auxiliary AdamW at ``adam_lr``); a
+    regularizer's ``after_step`` then sees each rate as its own param group, as alone
+    (:class:`techbench.engine.stacked_hooks.MemberOptimizer`). Default: ``lr`` for every one.
     """
 
     param_groups: list[dict[str, Any]]
