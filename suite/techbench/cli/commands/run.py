@@ -455,8 +455,9 @@ def _dry_run(
         _dry_run_pilot(matrix, args.pilot)
     if matrix.tune is not None:
         t, plan = matrix.tune, matrix.tune_plan()
+        searched = sum(g.source is None for g in plan.groups)  # a ladder's transfer: rung 0's
         print(
-            f"  tune: {len(plan.groups)} techniques x contexts, {t.method} search of {t.budget} "
+            f"  tune: {searched} techniques x contexts, {t.method} search of {t.budget} "
             f"points x {len(t.seeds)} seed(s) x {t.studies} study(ies) = {len(trials)} search "
             f"trials (counted above); then up to {plan.n_finals()} final trials on seeds "
             f"{list(t.final_seeds)}, selected on {t.metric} ({t.mode}, {t.select} epoch)"
