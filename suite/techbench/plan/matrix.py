@@ -818,7 +818,7 @@ def load_matrix_dict(
         )
     scale = None
     if "scale" in data:
-        from .scale import ladder_models, parse_scale
+        from .scale_parse import ladder_models, parse_scale
 
         given = data["budget"] if isinstance(data.get("budget"), Mapping) else {}
         datasets = _axis_techniques(axes, defaults, include)["dataset"]
