@@ -334,6 +334,7 @@ def _failed(trial: Trial, error: str, started_at: str, wall: float, registry: An
         techniques=_sources(trial.config, registry),
         error=error,
         stop_reason="failed",
+        **_rung(trial.config),
     )
     return TrialOutcome(trial.id, dict(trial.config), "failed", [], meta)
 
