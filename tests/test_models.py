@@ -135,6 +135,7 @@ def test_builtin_models_have_every_model_check(name: str) -> None:
         "initialization_applied",
         "parts_used_in_order",
         "parameter_count",
+        "scale_params",
     }
 
 
@@ -222,3 +223,17 @@ def test_model_without_contract_lists_fails() -> None:
         return nn.Sequential(nn.Linear(input_shape[0], num_outputs))
 
     assert "no list attribute 'weight_layers'" in _failures(plain)["output_shape"]
+
+
+def test_scale_params_must_name_a_parameter_that_grows_the_network() -> None:
+    assert "scale_params" not in _failures(models_impl.MLP, scale_params={"width": "width"})
+    assert (
+        "not an int parameter"
+        in _failures(models_impl.MLP, scale_params={"width": "widht"})["scale_params"]
+    )
+
+    class Fixed(models_impl.MLP):  # ignores its width: doubling it adds nothing
+        def __init__(self, shape, outputs, parts, depth: int = 2, width: int = 8) -> None:
+            super().__init__(shape, outputs, parts, depth=depth, width=8)
+
+    assert "no more than" in _failures(Fixed, scale_params={"width": "width"})["scale_params"]

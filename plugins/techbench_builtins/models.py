@@ -23,6 +23,10 @@ The model contract every model plugin keeps (the gradient-health callback, the p
 
 ``mlp_parameter_count`` is the closed form of the MLP's parameter count without normalizer
 parameters, used by the conformance check (pure Python: this module does not import torch).
+
+``scale_params`` names the hyper-parameter a scale ladder multiplies for ``width`` and, where a
+multiple makes sense, ``depth`` (:mod:`techbench.plan.scale`; resnet's depths are fixed 6n+2 and
+the CNN's blocks each halve the image, so those two scale in width only).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ mlp = TechniqueSpec(
     properties={
         "inputs": ("vector", "image"),
         "parameter_count": "techbench_builtins.models:mlp_parameter_count",
+        "scale_params": {"width": "width", "depth": "depth"},
     },
     tags=("mlp",),
 )
@@ -79,7 +84,7 @@ cnn = TechniqueSpec(
             name="hidden", type=int, default=0, low=0, doc="units of a hidden dense layer (0: none)"
         ),
     ),
-    properties={"inputs": ("image",)},
+    properties={"inputs": ("image",), "scale_params": {"width": "channels"}},
     tags=("cnn", "image"),
 )
 
@@ -94,7 +99,10 @@ resmlp = TechniqueSpec(
         Param(name="width", type=int, default=128, low=1, high=1_000_000, doc="residual width"),
         Param(name="expansion", type=int, default=1, low=1, high=16, doc="inner width factor"),
     ),
-    properties={"inputs": ("vector", "image")},
+    properties={
+        "inputs": ("vector", "image"),
+        "scale_params": {"width": "width", "depth": "blocks"},
+    },
     tags=("mlp", "residual"),
 )
 
@@ -148,6 +156,7 @@ resnet = TechniqueSpec(
     properties={
         "inputs": ("image",),
         "parameter_count": "techbench_builtins.models:resnet_parameter_count",
+        "scale_params": {"width": "width"},
     },
     tags=("cnn", "image", "residual"),
 )
@@ -173,6 +182,10 @@ transformer = TechniqueSpec(
             doc="share the token embedding with the output head",
         ),
     ),
-    properties={"inputs": ("tokens",), "norm_layout": "transformer"},
+    properties={
+        "inputs": ("tokens",),
+        "norm_layout": "transformer",
+        "scale_params": {"width": "width", "depth": "depth"},
+    },
     tags=("transformer", "sequence", "residual"),
 )

@@ -77,11 +77,15 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
     "trainer": {"accelerator": "auto", "devices": 1, "precision": "32-true", "deterministic": True},
     "health": {"enabled": True, "every_n_steps": 25},
+    "scale": None,
 }
 """Every key of a trial config, with the value a matrix uses when it says nothing.
 
 ``seed`` drives initial weights, batch order, dropout and noise; ``data_seed`` data generation
-and the split. The id is over every key, so changing a default here changes every id."""
+and the split. ``scale``: a scale ladder's rung of this trial (``{"rung", "width_mult",
+"depth_mult"}``, :mod:`techbench.plan.scale`), None outside a ladder. The id is over every key
+but the :data:`OMITTED_AT_DEFAULT` ones at their default, so changing a default here changes
+ids."""
 
 
 def default_config() -> dict[str, Any]:
@@ -115,7 +119,7 @@ def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {}
+OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {("scale",): None}
 """Config keys added after 0.3.0 (a path of keys -> its default): :func:`canonical_config` leaves
 each out while it holds its default, so a trial that does not use a newer option keeps the id it
 had in 0.3.0 and 0.3.0 stores keep resuming. Each entry's default is also in
@@ -243,10 +247,13 @@ class TrialMeta:
     and ``data_info`` the dataset's facts (``DatasetSplits.info``). ``stop_reason``: why the trial
     stopped (:func:`stop_reason`; None in stores written by 0.3.0); ``stack_error``: the last
     line of the error of the stack the trial was in, when that stack failed and the trial was
-    run again alone. Scale ladders (``[scale]``): ``rung`` (0 = the base, smallest rung),
-    ``width_mult`` (the rung's width over the base's) and ``compute`` (training FLOPs, proxy
-    ``6 x parameters x examples or tokens seen``); None outside a ladder. Keys a newer writer
-    adds land in ``extra`` and are written back unchanged.
+    run again alone. Scale: ``rung`` (0 = the smallest) and ``width_mult`` of a scale ladder's
+    trial (:mod:`techbench.plan.scale`; None outside a ladder); ``compute`` the training FLOPs
+    proxy 6 x ``num_parameters`` x examples seen (tokens seen for a language model: the
+    training windows' tokens over ``steps`` steps), the forward-and-backward cost of a dense
+    network (Kaplan et al. 2020, "Scaling laws for neural language models", sec. 2.1: C = 6ND);
+    None in stores written before it existed. Keys a newer writer adds land in ``extra`` and are
+    written back unchanged.
     """
 
     started_at: str | None = None

@@ -19,6 +19,7 @@ left to the caller (the executor).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import time
@@ -53,6 +54,7 @@ __all__ = [
     "quiet_lightning",
     "run_stack",
     "run_trial",
+    "training_compute",
     "trial_id",
 ]
 
@@ -290,11 +292,39 @@ def run_stack(
             stack_wall_seconds=wall if len(cfgs) > 1 else None,
             data_fingerprint=splits.fingerprint,
             data_info=dict(splits.info),
+            compute=training_compute(splits, cfgs[k]["budget"], num_parameters, member.steps_done),
+            **_rung(cfgs[k]),
         )
         status: Status = "diverged" if member.diverged_step is not None else "completed"
         meta.stop_reason = stop_reason(status, cfgs[k], meta.steps, meta.epochs)
         outcomes[k] = TrialOutcome(trials[k].id, cfgs[k], status, metrics, meta)
     return [outcomes[k] for k in range(len(cfgs))]
+
+
+def training_compute(splits: Any, budget: Mapping[str, Any], parameters: int, steps: int) -> float:
+    """The training FLOPs proxy 6 N D of :class:`TrialMeta` ``compute``: N parameters, D the
+    examples the ``steps`` batches held (their tokens for a language model), counted on the
+    batches the engine draws (:class:`techbench.engine.lit.ShuffledBatches`)."""
+    import torch
+
+    from .lit import ShuffledBatches
+
+    batches = ShuffledBatches(
+        splits.x_train, splits.y_train, int(budget["batch_size"]), torch.Generator()
+    )
+    sizes = [hi - lo for lo, hi in itertools.pairwise(batches.bounds)]
+    epochs, rest = divmod(int(steps), len(sizes))
+    examples = epochs * len(splits.x_train) + sum(sizes[:rest])
+    per_example = int(splits.x_train.shape[1]) if splits.task == "language_model" else 1
+    return 6.0 * parameters * examples * per_example
+
+
+def _rung(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The meta's ``rung`` and ``width_mult`` from a ladder trial's config (none outside one)."""
+    scale = cfg.get("scale")
+    if not scale:
+        return {}
+    return {"rung": int(scale["rung"]), "width_mult": float(scale["width_mult"])}
 
 
 def _failed(trial: Trial, error: str, started_at: str, wall: float, registry: Any) -> TrialOutcome:
@@ -307,6 +337,7 @@ def _failed(trial: Trial, error: str, started_at: str, wall: float, registry: An
         techniques=_sources(trial.config, registry),
         error=error,
         stop_reason="failed",
+        **_rung(trial.config),
     )
     return TrialOutcome(trial.id, dict(trial.config), "failed", [], meta)
 

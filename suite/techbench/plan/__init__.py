@@ -1,6 +1,7 @@
 """Planning: from a matrix TOML to the trials to run, grouped into stacks.
 
-``matrix`` (the TOML front end: axes, scale ladders, ``Trial`` values), ``tune`` and ``search``
+``matrix`` (the TOML front end: axes, ``Trial`` values), ``scale`` and ``scale_parse`` (scale
+ladders: rungs of width and depth, their budgets and parameter counts), ``tune`` and ``search``
 (tuning: search points, selection, finals), ``seedplan`` (the two-stage seed plan's values),
 ``stacking`` (the one stacking policy, used by the executors and ``--dry-run`` alike),
 ``shard`` (split trials between machines), ``narrow`` (``--only``-style filters) and

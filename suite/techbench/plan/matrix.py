@@ -54,6 +54,10 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
     [tune]                               # fair comparisons: techbench.plan.tune
     budget = 16                          # search points per technique and context
 
+    [scale]                              # a ladder of model sizes: techbench.plan.scale
+    width = [1, 2, 4, 8]                 # multipliers of each model's width parameter
+    budget = { tokens_per_parameter = 20 }   # or "fixed"; examples_per_parameter
+
 Axes (keys of ``[axes]``, ``[defaults]``, ``[[include]]`` and ``[[exclude]]``):
 ``dataset``, ``model``, ``activation``, ``initializer``, ``bias_initializer`` (an initializer),
 ``normalizer``, ``norm_placement`` (``"before"``/``"after"`` the activation), ``regularizer``,
@@ -99,6 +103,7 @@ from ..schema import (
     complete_config,
 )
 from ..techniques.spec import ParamError, TechniqueError, parse_technique_arg
+from .scale import SCALE_FILTER_KEYS, scale_labels
 
 __all__ = [
     "BUDGET_KEYS",
@@ -121,6 +126,7 @@ __all__ = [
     "Problem",
     "axis_labels",
     "builtin_matrices",
+    "config_labels",
     "describe_trial",
     "load_matrix",
     "load_matrix_dict",
@@ -143,6 +149,7 @@ TOP_KEYS = (
     "include",
     "exclude",
     "tune",
+    "scale",
 )
 BUDGET_KEYS = ("epochs", "steps", "max_steps", "max_seconds", "batch_size")
 TARGET_KEYS = ("metric", "value", "mode")
@@ -218,6 +225,7 @@ class Matrix:
     spec_defaults: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
     tune: Any = None  # a techbench.plan.tune.TuneSpec when the matrix has [tune]
     seed_plan: Any = None  # a techbench.plan.seedplan.SeedPlan when the matrix has [seeds] plan
+    scale: Any = None  # a techbench.plan.scale.ScaleSpec when the matrix has [scale]
     only: dict[str, list[str]] = field(default_factory=dict)
     """Narrowing (``--filter``): keep the configs whose value on each key has one of these labels
     (:func:`axis_labels`); for a tuned matrix it applies before the search, so to both phases."""
@@ -286,7 +294,11 @@ class Matrix:
         untuned = copy.copy(self)
         untuned.tune, untuned.seeds, untuned.only = None, [0], {}
         bases = [t.config for t in untuned._expand()]
-        return build_plan(self.tune, bases, self.data_seeds == "seed", self._kept)
+        follow = self.data_seeds == "seed"
+        if self.scale is None:
+            return build_plan(self.tune, bases, follow, self._kept)
+        zero = self.scale.rung_zero(untuned._configs())
+        return build_plan(self.tune, bases, follow, self._kept, zero, self.scale.transfer)
 
     def unfiltered(self) -> list[dict[str, Any]]:
         """The configs ``--filter`` chooses from: an untuned matrix's trials without
@@ -297,12 +309,19 @@ class Matrix:
             whole.tune, whole.seeds = None, [0]
         return [t.config for t in whole._expand()]
 
-    def _expand(self) -> list[Trial]:
+    def _configs(self) -> list[dict[str, Any]]:
+        """The product and the includes, before a scale ladder crosses them."""
         configs = self._product(self.axes, self.seeds, prune=True)
         for inc in self.include:
             seeds = inc.get("seeds", self.seeds)
             axes = {k: v for k, v in inc.items() if k != "seeds"}
             configs.extend(self._product(axes, seeds, prune=False))
+        return configs
+
+    def _expand(self) -> list[Trial]:
+        configs = self._configs()
+        if self.scale is not None:
+            configs = self.scale.expand(configs)
         seen: set[str] = set()
         unique = []
         for config in configs:
@@ -313,7 +332,7 @@ class Matrix:
         return unique
 
     def _kept(self, config: Mapping[str, Any]) -> bool:
-        return all(axis_labels(k, config[k]) & set(wanted) for k, wanted in self.only.items())
+        return all(config_labels(k, config) & set(wanted) for k, wanted in self.only.items())
 
     def describe(self, n_trials: int | None = None) -> dict[str, Any]:
         """JSON-safe summary (written to ``OUT/matrix.json``)."""
@@ -338,6 +357,7 @@ class Matrix:
             "n_trials": len(self.planned()) if n_trials is None else n_trials,
             **({"tune": self.tune.describe()} if self.tune is not None else {}),
             **({"seed_plan": vars(self.seed_plan)} if self.seed_plan is not None else {}),
+            **({"scale": self.scale.describe()} if self.scale is not None else {}),
             **({"only": self.only} if self.only else {}),
         }
 
@@ -359,6 +379,14 @@ def _qualified(name: str, family: str) -> tuple[str, ...]:
         return (default_registry().resolve(name, family).full_name,)
     except TechniqueError:
         return ()
+
+
+def config_labels(key: str, config: Mapping[str, Any]) -> set[str]:
+    """The labels ``--filter key=...`` matches in ``config``: :func:`axis_labels`, or a scale
+    ladder's rung (``rung``, ``width_mult``, ``depth_mult``: :func:`techbench.plan.scale.scale_labels`)."""
+    if key in SCALE_FILTER_KEYS:
+        return scale_labels(key, config)
+    return axis_labels(key, config[key])
 
 
 def describe_trial(config: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
@@ -788,6 +816,16 @@ def load_matrix_dict(
         tune = parse_tune(
             p, data["tune"], _axis_techniques(axes, defaults, include), target, "seeds" in data
         )
+    scale = None
+    if "scale" in data:
+        from .scale_parse import ladder_models, parse_scale
+
+        given = data["budget"] if isinstance(data.get("budget"), Mapping) else {}
+        datasets = _axis_techniques(axes, defaults, include)["dataset"]
+        models = ladder_models(axes, defaults, include)
+        scale = parse_scale(p, data["scale"], models, datasets, "tune" in data, given)
+        if scale is not None and scale.rule != "fixed" and "epochs" not in given:
+            budget["epochs"] = None
     if not p.problems:
         n_seeds = len(seeds or []) * (1 if data_seeds == "seed" else len(data_seeds or []))
         total = n_seeds * math.prod(len(v) for v in axes.values())
@@ -796,6 +834,8 @@ def load_matrix_dict(
             total += n_inc * math.prod(len(v) for k, v in inc.items() if k != "seeds")
         if tune is not None:
             total *= tune.budget * len(tune.seeds) * tune.studies
+        if scale is not None:
+            total *= scale.rungs
         if total > MAX_TRIALS:
             p.problem(
                 "axes", f"expands to {total} trials, more than {MAX_TRIALS}", "split the matrix"
@@ -820,6 +860,7 @@ def load_matrix_dict(
         spec_defaults=p.spec_defaults,
         tune=tune,
         seed_plan=seed_plan,
+        scale=scale,
     )
 
 

@@ -6,7 +6,9 @@ change the trials' configs and therefore their ids. ``--filter`` keeps the trial
 that value: a technique matches by name (``optimizer=adam``, or qualified
 ``optimizer=techbench:adam``) or by its full label
 (``optimizer=adam(lr=0.003)``); filters on one axis are alternatives, filters on different axes
-must all hold.
+must all hold. A scale ladder's trials also match ``rung=K``, ``width_mult=M`` and
+``depth_mult=M`` (on a tuned ladder that transfers from rung 0, a filter keeping only higher rungs
+still runs rung 0's search, whose selection their finals take).
 
 On a tuned matrix every flag narrows both phases: axis filters keep techniques in contexts
 (matched on the matrix's values, before the search), ``--filter seed=S`` keeps those search and
@@ -28,8 +30,9 @@ from typing import Any
 
 from ..errors import UsageError, did_you_mean
 from ..schema import AXES, Trial
+from .scale import SCALE_FILTER_KEYS
 
-FILTER_KEYS: tuple[str, ...] = (*AXES, "seed", "data_seed")
+FILTER_KEYS: tuple[str, ...] = (*AXES, "seed", "data_seed", *SCALE_FILTER_KEYS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="AXIS=VALUE",
-        help="keep trials with this value (repeatable; e.g. activation=relu, seed=0)",
+        help="keep trials with this value (repeatable; e.g. activation=relu, seed=0, rung=0)",
     )
     g.add_argument("--seeds", type=int, metavar="N", help="use seeds 0..N-1")
     g.add_argument("--epochs", type=int, metavar="N", help="train every trial N epochs")
@@ -105,14 +108,14 @@ def _check_range(flag: str, value: int, high: int) -> None:
 def _filtered(matrix: Any, filters: dict[str, list[str]]) -> Any:
     """The matrix keeping what ``filters`` name; UsageError for a value no trial has. On a tuned
     matrix the seed filters pick search and final seeds, the others pick base configs."""
-    from .matrix import axis_labels
+    from .matrix import config_labels
 
     tuned = matrix.tune is not None
     seed_keys = ("seed", "data_seed") if tuned and matrix.data_seeds == "seed" else ("seed",)
     only = {k: v for k, v in filters.items() if not (tuned and k in seed_keys)}
     bases = matrix.unfiltered()
     for key, wanted in only.items():
-        present = set().union(*(axis_labels(key, c[key]) for c in bases))
+        present = set().union(*(config_labels(key, c) for c in bases))
         for value in wanted:
             if value not in present:
                 raise UsageError(

@@ -290,7 +290,12 @@ def _strip(config: Mapping[str, Any], dims: Sequence[Dimension]) -> dict[str, An
 
 @dataclass
 class Group:
-    """One technique in one context: its search space, base config and per-study points."""
+    """One technique in one context: its search space, base config and per-study points.
+
+    On a scale ladder (:mod:`techbench.plan.scale`) ``rung`` is the base config's rung and the
+    context ends in ``rung=k``; under ``transfer = "base"`` a group above rung 0 has no points
+    and ``source``, the id of the rung-0 group whose selection its finals take. ``finals`` is
+    False for a rung-0 group searched only for the rungs ``--filter`` kept."""
 
     id: str
     technique: str
@@ -298,6 +303,16 @@ class Group:
     dims: list[Dimension]
     base: dict[str, Any]
     points: list[list[dict[str, Any]]]  # [study][point] -> {dim key: value}
+    rung: int | None = None
+    source: str | None = None
+    finals: bool = True
+
+    @property
+    def ladder_context(self) -> str:
+        """The context without its ``rung=k``: what the rungs of one ladder share."""
+        if self.rung is None:
+            return self.context
+        return self.context.removesuffix(f"rung={self.rung}").rstrip()
 
     def config(self, point: Mapping[str, Any], seed: int, follow: bool) -> dict[str, Any]:
         c = copy.deepcopy(self.base)
@@ -322,6 +337,7 @@ class TunePlan:
     spec: TuneSpec
     groups: list[Group]
     follow: bool = False  # data_seed = seed
+    transfer: str | None = None  # a scale ladder's [scale] transfer
 
     # expansion ---------------------------------------------------------------------------------
 
@@ -337,7 +353,7 @@ class TunePlan:
 
     def n_finals(self) -> int:
         """Final trials at most (studies that select the same point share them)."""
-        return len(self.groups) * self.spec.studies * len(self.spec.final_seeds)
+        return sum(g.finals for g in self.groups) * self.spec.studies * len(self.spec.final_seeds)
 
     def final_trials(self, selection: Sequence[Selection]) -> list[Trial]:
         """The final trials of the selected (group, study) pairs, without duplicates."""
@@ -345,6 +361,8 @@ class TunePlan:
         out, seen = [], set()
         for s in selection:
             g = by_id[s.group]
+            if not g.finals:
+                continue
             for seed in self.spec.final_seeds:
                 trial = g.trial(s.point, seed, self.follow)
                 if trial.id not in seen:
@@ -359,6 +377,7 @@ class TunePlan:
             "version": 1,
             "tune": self.spec.describe(),
             "follow_seed": self.follow,
+            **({"transfer": self.transfer} if self.transfer else {}),
             "groups": [
                 {
                     "id": g.id,
@@ -376,6 +395,9 @@ class TunePlan:
                     ],
                     "base": g.base,
                     "points": g.points,
+                    **({"rung": g.rung} if g.rung is not None else {}),
+                    **({"source": g.source} if g.source else {}),
+                    **({} if g.finals else {"finals": False}),
                 }
                 for g in self.groups
             ],
@@ -400,7 +422,17 @@ class TunePlan:
                 )
                 dims.append(Dimension(axis, param))
             groups.append(
-                Group(g["id"], g["technique"], g["context"], dims, g["base"], g["points"])
+                Group(
+                    g["id"],
+                    g["technique"],
+                    g["context"],
+                    dims,
+                    g["base"],
+                    g["points"],
+                    g.get("rung"),
+                    g.get("source"),
+                    bool(g.get("finals", True)),
+                )
             )
         spec = TuneSpec(
             space={},
@@ -414,7 +446,7 @@ class TunePlan:
             studies=t["studies"],
             stride=int(t.get("stride", 0)),
         )
-        return cls(spec, groups, bool(data.get("follow_seed")))
+        return cls(spec, groups, bool(data.get("follow_seed")), data.get("transfer"))
 
     def write(self, out: str | os.PathLike[str]) -> Path:
         """Write ``OUT/tune.json`` atomically. A plan already there with the same search protocol
@@ -435,7 +467,8 @@ def _protocol(data: Mapping[str, Any]) -> tuple[Any, ...]:
     t = data["tune"]
     stride = t.get("stride") or max(t["seeds"]) + 1
     keys = ("method", "budget", "seeds", "select", "metric", "mode", "studies")
-    return (*(json.dumps(t[k]) for k in keys), stride, bool(data.get("follow_seed")))
+    follow, transfer = bool(data.get("follow_seed")), data.get("transfer")
+    return (*(json.dumps(t[k]) for k in keys), stride, follow, transfer)
 
 
 def _merged(new: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -446,7 +479,10 @@ def _merged(new: dict[str, Any], path: Path) -> dict[str, Any]:
         if _protocol(old) != _protocol(new):
             return new
         have = {g["id"] for g in old["groups"]}
-        groups = [*old["groups"], *(g for g in new["groups"] if g["id"] not in have)]
+        finals = {g["id"] for g in new["groups"] if g.get("finals", True)}
+        kept = [{k: v for k, v in g.items() if k != "finals" or g["id"] not in finals}
+                for g in old["groups"]]  # fmt: skip
+        groups = [*kept, *(g for g in new["groups"] if g["id"] not in have)]
         seeds = [*old["tune"]["final_seeds"]]
         seeds += [s for s in new["tune"]["final_seeds"] if s not in seeds]
     except (OSError, ValueError, KeyError, TypeError):
@@ -468,12 +504,21 @@ def build_plan(
     bases: Iterable[Mapping[str, Any]],
     follow: bool,
     keep: Callable[[Mapping[str, Any]], bool] = lambda c: True,
+    ladder: Mapping[str, Mapping[str, Any]] | None = None,
+    transfer: str | None = None,
 ) -> TunePlan:
     """Group the matrix's untuned expansion (one seed) into techniques in contexts, with points;
     only the groups of configs ``keep`` accepts (``--filter``) get in, labelled as in the full
-    plan."""
+    plan.
+
+    A scale ladder passes ``ladder`` (trial id of each base config -> the same config at rung 0,
+    :meth:`techbench.plan.scale.ScaleSpec.rung_zero`): contexts are labelled by rung 0 plus
+    ``rung=k``; with ``transfer = "base"`` a group above rung 0 gets no search points and takes
+    its rung-0 group's selection (:func:`select`), which is planned (for its search only, when
+    ``keep`` drops it) whenever a kept group needs it."""
     tuned = spec.axes
-    entries: dict[str, tuple[list[Dimension], dict[str, Any]]] = {}
+    entries: dict[str, tuple[list[Dimension], dict[str, Any], dict[str, Any]]] = {}
+    sources: dict[str, str] = {}
     kept: set[str] = set()
     for config in bases:
         dims = [
@@ -481,33 +526,49 @@ def build_plan(
             for axis in tuned
             for q in spec.space.get((axis, config[axis]["name"]), ())
         ]
-        base = _strip(config, dims)
-        base["seed"] = 0
-        if follow:
-            base["data_seed"] = 0
+        base = _group_base(config, dims, follow)
         gid = trial_id(base)
-        entries.setdefault(gid, (dims, base))
+        zero = ladder.get(trial_id(config)) if ladder else None
+        shown = base if zero is None else _group_base(zero, dims, follow)
+        entries.setdefault(gid, (dims, base, shown))
+        if transfer == "base" and trial_id(shown) != gid:
+            sources[gid] = trial_id(shown)
         if keep(config):
             kept.add(gid)
-    configs = [b for _, b in entries.values()]
+    needed = kept | {sources[g] for g in kept if g in sources}
+    configs = [shown for _, _, shown in entries.values()]
     varying = [a for a in AXES if len({json.dumps(c[a], sort_keys=True) for c in configs}) > 1]
     tech_axes = [a for a in varying if a in tuned] or tuned
     ctx_axes = [a for a in varying if a not in tech_axes]
     if len({c["data_seed"] for c in configs}) > 1:
         ctx_axes.append("data_seed")
     groups = []
-    for gid, (dims, base) in entries.items():
-        if gid not in kept:
+    for gid, (dims, base, shown) in entries.items():
+        if gid not in needed:
             continue
-        technique = " ".join(_label(base, a, len(tech_axes) > 1) for a in tech_axes)
-        context = " ".join(_label(base, a, True) for a in ctx_axes)
+        technique = " ".join(_label(shown, a, len(tech_axes) > 1) for a in tech_axes)
+        context = " ".join(_label(shown, a, True) for a in ctx_axes)
+        rung = int(base["scale"]["rung"]) if base.get("scale") else None
+        if rung is not None:
+            context = f"{context} rung={rung}".lstrip()
         label = " ".join(f"{a}={base[a]['name']}" for a in tuned)
+        source = sources.get(gid)
         points = [
-            search_points(dims, spec.method, spec.budget, label, study)
+            [] if source else search_points(dims, spec.method, spec.budget, label, study)
             for study in range(spec.studies)
         ]
-        groups.append(Group(gid, technique, context, dims, base, points))
-    return TunePlan(spec, groups, follow)
+        group = Group(gid, technique, context, dims, base, points, rung, source, gid in kept)
+        groups.append(group)
+    return TunePlan(spec, groups, follow, transfer)
+
+
+def _group_base(config: Mapping[str, Any], dims: Sequence[Dimension], follow: bool) -> dict:
+    """A group's base config: ``config`` without its searched values, at seed 0."""
+    base = _strip(config, dims)
+    base["seed"] = 0
+    if follow:
+        base["data_seed"] = 0
+    return base
 
 
 def _label(config: Mapping[str, Any], axis: str, named: bool) -> str:
@@ -536,6 +597,7 @@ class Selection:
     n_bad: int  # points with a diverged or failed seed
     all_diverged: bool = False
     edges: dict[str, str] = field(default_factory=dict)  # dim key -> "low"/"high"
+    source: str | None = None  # the rung-0 group it was transferred from (scale ladders)
 
 
 def trial_score(status: str | None, values: Sequence[float], rule: str, mode: str) -> float:
@@ -589,6 +651,8 @@ def select(
     chosen: list[Selection] = []
     pending: list[tuple[str, int]] = []
     for g in plan.groups:
+        if g.source is not None:
+            continue
         for study, points in enumerate(g.points):
             seeds = spec.study_seeds(study)
             scores: list[float] = []
@@ -619,6 +683,27 @@ def select(
                 sel = Selection(g.id, study, point, best, sign * scores[best], len(scores), n_bad)
             sel.edges = edge_flags(g.dims, sel.point)
             chosen.append(sel)
+    return _transferred(plan, chosen, pending)
+
+
+def _transferred(
+    plan: TunePlan, chosen: list[Selection], pending: list[tuple[str, int]]
+) -> tuple[list[Selection], list[tuple[str, int]]]:
+    """``chosen`` and ``pending`` with the groups that take a rung-0 group's selection
+    (``transfer = "base"``): its point, score and flags, under their own group id."""
+    own = {(s.group, s.study): s for s in chosen}
+    for g in plan.groups:
+        if g.source is None:
+            continue
+        for study in range(plan.spec.studies):
+            src = own.get((g.source, study))
+            if src is None:
+                pending.append((g.id, study))
+                continue
+            point = dict(src.point)
+            chosen.append(
+                replace(src, group=g.id, point=point, edges=dict(src.edges), source=g.source)
+            )
     return chosen, pending
 
 

@@ -252,6 +252,37 @@ def check_parameter_roles(spec: TechniqueSpec) -> None:
             raise CheckFailure(f"{spec.qualified_name}: no input parameter (roles: {found})")
 
 
+def check_scale_params(spec: TechniqueSpec) -> None:
+    """``properties["scale_params"]`` (what a scale ladder multiplies, :mod:`techbench.plan.scale`):
+    each kind ("width", "depth") names an int hyper-parameter, and doubling it from its default
+    makes the network larger. A model that declares none passes (it can't be put on a ladder)."""
+    declared = spec.properties.get("scale_params")
+    if declared is None:
+        return
+    if not isinstance(declared, dict) or set(declared) - {"width", "depth"}:
+        raise CheckFailure(
+            f"{spec.qualified_name}: scale_params must map 'width' and/or 'depth' to parameter "
+            f"names, got {declared!r}"
+        )
+    ints = [p.name for p in spec.params if p.type is int]
+    shape = _shapes(spec)[0]
+    before = sum(q.numel() for q in _build(spec, shape, _parts()[0]).parameters())
+    for kind, name in declared.items():
+        if name not in ints:
+            raise CheckFailure(
+                f"{spec.qualified_name}: scale_params {kind}={name!r} is not an int parameter "
+                f"(int parameters: {', '.join(ints) or 'none'})"
+            )
+        doubled = 2 * spec.param(name).default
+        model = spec.create(shape, NUM_OUTPUTS, _parts()[0], **{name: doubled})
+        after = sum(q.numel() for q in model.parameters())
+        if after <= before:
+            raise CheckFailure(
+                f"{spec.qualified_name}: scale_params {kind}={name!r}: {name}={doubled} gives "
+                f"{after} parameters, no more than {before} at the default"
+            )
+
+
 def checks(spec: TechniqueSpec) -> list[Check]:
     return [
         Check("output_shape", check_output_shape),
@@ -259,4 +290,5 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         Check("parts_used_in_order", check_parts_used),
         Check("parameter_count", check_parameter_count),
         Check("parameter_roles", check_parameter_roles),
+        Check("scale_params", check_scale_params),
     ]

@@ -455,12 +455,15 @@ def _dry_run(
         _dry_run_pilot(matrix, args.pilot)
     if matrix.tune is not None:
         t, plan = matrix.tune, matrix.tune_plan()
+        searched = sum(g.source is None for g in plan.groups)  # a ladder's transfer: rung 0's
         print(
-            f"  tune: {len(plan.groups)} techniques x contexts, {t.method} search of {t.budget} "
+            f"  tune: {searched} techniques x contexts, {t.method} search of {t.budget} "
             f"points x {len(t.seeds)} seed(s) x {t.studies} study(ies) = {len(trials)} search "
             f"trials (counted above); then up to {plan.n_finals()} final trials on seeds "
             f"{list(t.final_seeds)}, selected on {t.metric} ({t.mode}, {t.select} epoch)"
         )
+    if matrix.scale is not None:
+        _dry_run_rungs(matrix, trials)
     k = min(args.sample, len(trials))
     if k:
         print(f"sample ({k} of {len(trials)}):")
@@ -468,6 +471,24 @@ def _dry_run(
         for t in trials[::step][:k]:
             print(f"  {t.id}  {describe_trial(t.config, varying or ['seed'])}")
     return 0
+
+
+def _dry_run_rungs(matrix, trials: list[Trial]) -> None:
+    """The scale ladder's rungs: parameters, budget, trials (a tuned one's search and finals)."""
+    from collections import Counter
+
+    from ...plan.scale import describe_rungs
+
+    finals = None
+    if matrix.tune is not None:
+        per_rung = Counter(g.rung for g in matrix.tune_plan().groups if g.finals)
+        n = matrix.tune.studies * len(matrix.tune.final_seeds)
+
+        def finals(rung: int) -> int:
+            return per_rung[rung] * n
+
+    for line in describe_rungs(matrix.scale, trials, matrix.unfiltered(), finals):
+        print(f"  {line}")
 
 
 def _report(out: str, report_dir: str) -> int:
