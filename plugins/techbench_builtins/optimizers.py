@@ -130,7 +130,7 @@ sgd = TechniqueSpec(
     reference=f"{_IMPL}:sgd_reference",
     stacked=f"{_STACKED}:sgd",
     params=(_lr(0.01), _wd(), _DECAY),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
 )
 
 momentum = TechniqueSpec(
@@ -157,7 +157,7 @@ momentum = TechniqueSpec(
         _wd(),
         _DECAY,
     ),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
 )
 
 nesterov = TechniqueSpec(
@@ -170,7 +170,7 @@ nesterov = TechniqueSpec(
     reference=f"{_IMPL}:nesterov_reference",
     stacked=f"{_STACKED}:nesterov",
     params=(_lr(0.01), _MOMENTUM, _wd(), _DECAY),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
 )
 
 adagrad = TechniqueSpec(
@@ -209,7 +209,7 @@ adagrad = TechniqueSpec(
         ),
         _eps(1e-10),
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 rmsprop = TechniqueSpec(
@@ -241,7 +241,7 @@ rmsprop = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 _ADAM_PARAMS = (
@@ -272,7 +272,7 @@ adam = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 adamw = TechniqueSpec(
@@ -289,7 +289,7 @@ adamw = TechniqueSpec(
         _wd(0.01, "decoupled decay: p <- p * (1 - lr * weight_decay) before the Adam step"),
         _DECAY,
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 nadam = TechniqueSpec(
@@ -317,7 +317,7 @@ nadam = TechniqueSpec(
             scale="log",
         ),
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 radam = TechniqueSpec(
@@ -329,7 +329,7 @@ radam = TechniqueSpec(
     reference=f"{_IMPL}:radam_reference",
     stacked=f"{_STACKED}:radam",
     params=(_lr(1e-3), *_ADAM_PARAMS, _wd(), _DECAY),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 lion = TechniqueSpec(
@@ -347,5 +347,5 @@ lion = TechniqueSpec(
         _wd(0.0, "decoupled decay: p <- p - lr * weight_decay * p"),
         _DECAY,
     ),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "adaptive", "elementwise": True},
 )
