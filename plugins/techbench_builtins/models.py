@@ -19,7 +19,17 @@ The model contract every model plugin keeps (the gradient-health callback, the p
 - ``model.features_last`` (optional, default False): hidden activations are (N, ..., C) with the
   features on the last dim (token models) rather than (N, C, *spatial);
 - a model declaring ``norm_layout = "transformer"`` places its normalizers on the residual
-  stream rather than at each activation (see ``techbench.testing.model``).
+  stream rather than at each activation (see ``techbench.testing.model``);
+- parameter roles (:mod:`techbench.techniques.roles`), which the ``mup`` parametrization and
+  matrix-aware optimizers read: from ``weight_layers``, an ``nn.Embedding`` (or, without one,
+  the first layer) is ``input``, the last layer's weight the ``readout``, the others
+  ``hidden``, their biases ``bias``, other vectors ``norm``; a model overrides what that rule
+  gets wrong with ``model.parameter_roles = {"name": "role"}`` (a bare position table is
+  ``"input"``; a tied head leaves the last block's matrix ``"hidden"``). For ``mup`` the model
+  must also take its width as a hyper-parameter (``width_param``, default ``width``) and build
+  at another width with the same parameter names and ranks (the base model is built at
+  ``base_width`` on the meta device, so constructors must not need real tensors), and its
+  weight initializer should scale as 1/fan_in (He, LeCun; the default ``he_normal`` does).
 
 ``mlp_parameter_count`` is the closed form of the MLP's parameter count without normalizer
 parameters, used by the conformance check (pure Python: this module does not import torch).

@@ -381,6 +381,8 @@ class Transformer(TechniqueNet):
             self.head.weight = self.token.weight
         else:
             self._weighted(self.head)
+        if tie_weights and depth:  # the head is the (input) embedding: the last W2 stays hidden
+            self.parameter_roles = {f"blocks.{depth - 1}.mlp.{len(mlp) - 1}.weight": "hidden"}
         self.register_buffer("positions", torch.arange(self.context), persistent=False)
         self.initialize(parts)
 

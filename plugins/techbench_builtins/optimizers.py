@@ -132,7 +132,7 @@ sgd = TechniqueSpec(
     reference=f"{_IMPL}:sgd_reference",
     stacked=f"{_STACKED}:sgd",
     params=(_lr(0.01), _wd(), _DECAY),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
 )
 
 momentum = TechniqueSpec(
@@ -159,7 +159,7 @@ momentum = TechniqueSpec(
         _wd(),
         _DECAY,
     ),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
 )
 
 nesterov = TechniqueSpec(
@@ -172,7 +172,7 @@ nesterov = TechniqueSpec(
     reference=f"{_IMPL}:nesterov_reference",
     stacked=f"{_STACKED}:nesterov",
     params=(_lr(0.01), _MOMENTUM, _wd(), _DECAY),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
 )
 
 adagrad = TechniqueSpec(
@@ -211,7 +211,7 @@ adagrad = TechniqueSpec(
         ),
         _eps(1e-10),
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 rmsprop = TechniqueSpec(
@@ -243,7 +243,7 @@ rmsprop = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 _ADAM_PARAMS = (
@@ -274,7 +274,7 @@ adam = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 adamw = TechniqueSpec(
@@ -291,7 +291,7 @@ adamw = TechniqueSpec(
         _wd(0.01, "decoupled decay: p <- p * (1 - lr * weight_decay) before the Adam step"),
         _DECAY,
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 nadam = TechniqueSpec(
@@ -319,7 +319,7 @@ nadam = TechniqueSpec(
             scale="log",
         ),
     ),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 radam = TechniqueSpec(
@@ -331,7 +331,7 @@ radam = TechniqueSpec(
     reference=f"{_IMPL}:radam_reference",
     stacked=f"{_STACKED}:radam",
     params=(_lr(1e-3), *_ADAM_PARAMS, _wd(), _DECAY),
-    properties={"adaptive": True, "elementwise": True},
+    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
 )
 
 lion = TechniqueSpec(
@@ -349,7 +349,7 @@ lion = TechniqueSpec(
         _wd(0.0, "decoupled decay: p <- p - lr * weight_decay * p"),
         _DECAY,
     ),
-    properties={"adaptive": False, "elementwise": True},
+    properties={"adaptive": False, "update_rule": "adaptive", "elementwise": True},
 )
 
 muon = TechniqueSpec(
@@ -432,5 +432,7 @@ muon = TechniqueSpec(
         "stacks": True,
         "reads_roles": True,
         "orthogonalized": True,
+        "update_rule": "orthogonalized",
+        "rates": ("lr", "adam_lr"),
     },
 )

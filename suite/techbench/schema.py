@@ -43,6 +43,7 @@ AXES: tuple[str, ...] = (
     "norm_placement",
     "regularizer",
     "optimizer",
+    "parametrization",
     "schedule",
     "preprocessor",
 )
@@ -69,6 +70,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "norm_placement": "before",
     "regularizer": {"name": "none", "params": {}},
     "optimizer": {"name": "adam", "params": {"lr": 0.001}},
+    "parametrization": {"name": "standard", "params": {}},
     "schedule": {"name": "constant", "params": {}},
     "preprocessor": {"name": "standardize", "params": {}},
     "seed": 0,
@@ -119,7 +121,10 @@ def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {("scale",): None}
+OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
+    ("parametrization",): {"name": "standard", "params": {}},
+    ("scale",): None,
+}
 """Config keys added after 0.3.0 (a path of keys -> its default): :func:`canonical_config` leaves
 each out while it holds its default, so a trial that does not use a newer option keeps the id it
 had in 0.3.0 and 0.3.0 stores keep resuming. Each entry's default is also in

@@ -62,6 +62,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..techniques.families import NOISE_SEED_OFFSET, STACKED_DIMS, bind_module_generator
+from ..techniques.parametrize import LR_MULT_ATTR, lr_multiplier, scale_updates
 from ..techniques.roles import ROLE_ATTR, role_of
 from . import stack_single
 from .lit import EVAL_CHUNK, task_loss
@@ -179,9 +180,12 @@ class StackedModule(pl.LightningModule):
         roles = dict(model0.named_parameters())
         for j, leaf in enumerate(self.leaves):  # a stacked bias [K, n] is still a bias
             setattr(leaf, STACKED_DIMS, 1)
-            role = role_of(roles[self.names[j % len(self.names)]])
+            param = roles[self.names[j % len(self.names)]]
+            role = role_of(param)
             if role is not None:
                 setattr(leaf, ROLE_ATTR, role)
+            if lr_multiplier(param) != 1.0:  # a parametrization's per-tensor lr (shared)
+                setattr(leaf, LR_MULT_ATTR, lr_multiplier(param))
         self._index = {name: j for j, name in enumerate(self.names)}
         self._group_of = [
             g for g, s in enumerate(self.group_slices) for _ in range(s.start, s.stop)
@@ -260,6 +264,7 @@ class StackedModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.single:  # the plain optimizer over the network's own parameters
             opt = self.optimizer_factory(list(self.model.parameters()), self.group_params[0])
+            scale_updates(opt)
             if self.schedule_factory is not None:
                 self._schedulers.append(self.schedule_factory(opt, self.total_steps))
             return [opt]
@@ -272,6 +277,7 @@ class StackedModule(pl.LightningModule):
                 opt = self.stacked_optimizer_factory(leaves, settings)
             else:
                 opt = self.optimizer_factory(leaves, hp)
+            scale_updates(opt)  # a parametrization's per-tensor lr, stacked or not
             optimizers.append(opt)
             if self.schedule_factory is not None:
                 self._schedulers.append(self.schedule_factory(opt, self.total_steps))

@@ -144,7 +144,35 @@ def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -
         optimizer = specs["optimizer"]
         if optimizer.properties.get("reads_roles"):
             raise RoleError(f"optimizer {optimizer.name!r} reads parameter roles: {exc}") from None
+    _parametrize(cfg, specs, splits, model, parts)
     return model, regularizer
+
+
+def _parametrize(
+    cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any, model: Any, parts: Any
+) -> None:
+    """Apply the trial's parametrization (:mod:`techbench.techniques.parametrize`): the base
+    model's shapes, then each parameter's init multiplier and lr tag (nothing under
+    ``standard``). A model or optimizer the parametrization can't serve fails the trial with
+    the parametrization's one-line reason."""
+    from ..techniques.parametrize import base_shapes, meta_parts, parametrize
+
+    spec = specs["parametrization"]
+    param = spec.create(**cfg["parametrization"]["params"])
+    model_spec = specs["model"]
+    full = model_spec.hyperparams(cfg["model"]["params"])
+    shapes = base_shapes(
+        param,
+        lambda hp: model_spec.create(
+            splits.input_shape, splits.num_outputs, meta_parts(parts), **hp
+        ),
+        full,
+    )
+    if shapes is None:
+        return
+    opt_params = cfg["optimizer"]["params"]
+    rule = specs["optimizer"].properties_for(opt_params).get("update_rule")
+    parametrize(model, param, shapes, rule)
 
 
 def prepare(cfg: Mapping[str, Any], registry: Any) -> tuple[dict[str, Any], Any]:

@@ -12,7 +12,8 @@ optimizer.
 Members may also differ in the regularizer's numeric (int or float) hyper-parameters (lambda,
 clip bound, noise scale, patience, ...): each member has its own regularizer instance.
 Everything else (data and its split, model, activation, normalizer and placement, regularizer
-kind and its non-numeric options such as l2's ``convention``, optimizer kind, schedule, batch
+kind and its non-numeric options such as l2's ``convention``, optimizer kind, the parametrization
+and its settings (its multipliers follow the shapes it shares), schedule, batch
 size, budget, trainer and health options) is the key.
 
 This module is the one stacking policy: the executors and ``techbench run --dry-run`` both call

@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ..schema import AXIS_FAMILY, META_FIELDS
+from ..schema import AXIS_FAMILY, DEFAULT_CONFIG, META_FIELDS
 from ..techniques.provenance import plugin_sources
 from .writer import (
     BATCHES_DIR,
@@ -58,8 +58,8 @@ def _flatten(meta: Mapping[str, Any]) -> dict[str, Any]:
         "status": meta.get("status", "failed"),
         "matrix": meta.get("matrix"),
     }
-    for axis in AXIS_FAMILY:
-        tech = config.get(axis) or {}
+    for axis in AXIS_FAMILY:  # an axis newer than the store's writer held its default
+        tech = config.get(axis) or DEFAULT_CONFIG[axis]
         if isinstance(tech, str):
             row[axis] = tech
         else:

@@ -15,6 +15,8 @@ normalizer     ``fast(num_features, **hp) -> torch.nn.Module`` for (N, C) and (N
 regularizer    ``fast(**hp) -> Regularizer`` (hooks below; unused hooks keep the defaults)
 optimizer      ``fast(params, **hp) -> torch.optim.Optimizer`` (``lr`` is a hyper-parameter;
                a parameter's own dimension is :func:`trial_ndim`, stacked ones carry more)
+parametrization ``fast(**hp) -> Parametrization`` (hooks below; :mod:`techbench.techniques.parametrize`
+               applies them to every trial's network and optimizer)
 schedule       ``fast(optimizer, total_steps, **hp) -> torch.optim.lr_scheduler.LRScheduler``,
                stepped once per optimizer step
 preprocessor   ``fast(**hp) -> Preprocessor``: ``fit(x_train)`` then ``transform(x)``
@@ -68,6 +70,9 @@ __all__ = [
     "ModelParts",
     "NormalizerProperties",
     "OptimizerProperties",
+    "ParamScale",
+    "Parametrization",
+    "ParametrizationProperties",
     "Preprocessor",
     "Regularizer",
     "RegularizerProperties",
@@ -138,7 +143,17 @@ class RegularizerProperties(TypedDict, total=False):
 
 
 class OptimizerProperties(TypedDict, total=False):
-    """``adaptive``: per-coordinate step sizes (Adagrad, RMSprop, Adam...). ``elementwise``: the
+    """``adaptive``: per-coordinate step sizes (Adagrad, RMSprop, Adam...). ``update_rule``:
+    which learning-rate rule of a width-aware parametrization applies (Yang et al. 2021, Tensor
+    Programs V, Table 3): ``"adaptive"`` for updates whose entries are O(lr) whatever the
+    gradient's scale (Adam and its kin, Adagrad, RMSprop, sign methods such as Lion),
+    ``"sgd"`` for updates proportional to the gradient (SGD, momentum, Nesterov),
+    ``"orthogonalized"`` for Muon-like rules (hidden matrices step along an orthogonalised
+    update whose spectral norm the rule fixes, the rest adaptively). Declaring it
+    also declares that the update is proportional to ``lr`` (a per-tensor lr multiplier then
+    equals a multiplier on the step, :func:`techbench.techniques.parametrize.scale_updates`;
+    the conformance check ``lr_multiplier`` verifies it), for every hyper-parameter named in
+    ``rates`` (default ``("lr",)``; Muon: ``("lr", "adam_lr")``). ``elementwise``: the
     update of each coordinate depends only on that coordinate's gradient history and the
     hyper-parameters (no norm or other reduction over a tensor), so one optimizer over the stacked
     parameters of K trials is K independent optimizers: trials with it may train stacked
@@ -154,6 +169,8 @@ class OptimizerProperties(TypedDict, total=False):
     (:mod:`techbench.testing.optimizer_muon`)."""
 
     adaptive: bool
+    update_rule: Literal["adaptive", "sgd", "orthogonalized"]
+    rates: tuple[str, ...]
     elementwise: bool
     stacks: bool
     reads_roles: bool
@@ -383,6 +400,61 @@ class Regularizer:
     def callbacks(self) -> Sequence[Any]:
         """Lightning callbacks the trainer adds (early stopping on the validation metric)."""
         return ()
+
+
+@dataclass(frozen=True)
+class ParamScale:
+    """What a parametrization does to one parameter: ``init`` multiplies its initial values
+    (after the trial's initializer has filled them), ``lr`` its learning rate (every optimizer
+    step of that tensor is ``lr`` times the plain step)."""
+
+    init: float = 1.0
+    lr: float = 1.0
+
+
+class ParametrizationProperties(TypedDict, total=False):
+    """``width_stable``: every layer's activation coordinates keep their size across widths
+    after a few steps at one learning rate (the defining property of muP, Yang et al. 2021,
+    Tensor Programs V, fig. 1 and 5); the conformance check ``coordinates`` verifies it."""
+
+    width_stable: bool
+
+
+class Parametrization:
+    """Base of what a parametrization's fast factory returns; the defaults are the standard
+    parametrization (every multiplier 1, no base model).
+
+    Why a family: width-aware rules (muP) change a network's initial scales and each tensor's
+    learning rate by the tensor's role and its shape relative to a *base* model, so that
+    hyper-parameters tuned at the base width stay good at every width. The engine asks the
+    hooks below once per trial (:func:`techbench.techniques.parametrize.parametrize`): it builds
+    the base model on the meta device from :meth:`base_model_params`, then multiplies each
+    parameter by :meth:`scale`'s ``init`` and tags it with its ``lr`` multiplier, which every
+    optimizer step honours (:func:`techbench.techniques.parametrize.scale_updates`).
+    """
+
+    def base_model_params(self, model_params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The model hyper-parameters of the base model (``model_params`` are the trial's, all
+        of them, defaults included), or None: no base, every parameter keeps scale 1 and the
+        network and optimizer are left exactly as built."""
+        return None
+
+    def scale(
+        self,
+        role: str,
+        shape: tuple[int, ...],
+        base_shape: tuple[int, ...],
+        update_rule: str | None,
+    ) -> ParamScale:
+        """The multipliers of one parameter of ``role`` (:data:`techbench.techniques.roles.ROLES`)
+        with ``shape``, whose counterpart in the base model has ``base_shape``; ``update_rule``
+        is the optimizer's declared one (:class:`OptimizerProperties`; None when it declares
+        none). Raise ``ValueError`` for what the rule cannot handle."""
+        return ParamScale()
+
+    def check_roles(self, roles: Mapping[str, str]) -> None:
+        """Raise ``ValueError`` when a model with these roles (name -> role) cannot be
+        parametrized (muP needs a readout). Default: any model."""
 
 
 class Preprocessor(Protocol):

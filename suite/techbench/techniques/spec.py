@@ -40,14 +40,15 @@ FAMILIES: tuple[str, ...] = (
     "normalizer",
     "regularizer",
     "optimizer",
+    "parametrization",
     "dataset",
     "model",
     "schedule",
     "preprocessor",
 )
-"""Every family; the first five are the technique families, the rest the workbench."""
+"""Every family; the first six are the technique families, the rest the workbench."""
 
-TECHNIQUE_FAMILIES: tuple[str, ...] = FAMILIES[:5]
+TECHNIQUE_FAMILIES: tuple[str, ...] = FAMILIES[:6]
 
 
 class TechniqueError(Exception):
@@ -303,7 +304,7 @@ class TechniqueSpec:
 
     @property
     def is_technique(self) -> bool:
-        """True for the five technique families, which must carry a reference."""
+        """True for the six technique families, which must carry a reference."""
         return self.family in TECHNIQUE_FAMILIES
 
     def param(self, name: str) -> Param:

@@ -648,6 +648,10 @@ def checks(spec: TechniqueSpec) -> list[Check]:
         out.insert(2, Check("variants_explicit", check_variants_explicit))
     if spec.properties.get("elementwise") or spec.properties.get("stacks"):
         out.append(Check("stacked", check_stacked))
+    if "update_rule" in spec.properties:
+        from .parametrization import check_lr_multiplier
+
+        out.append(Check("lr_multiplier", check_lr_multiplier))
     if spec.stacked is not None:
         out.append(Check("stacked_hyperparams", check_stacked_hyperparams))
         out.append(Check("stacked_member_values", check_stacked_member_values))

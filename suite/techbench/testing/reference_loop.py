@@ -121,7 +121,10 @@ class _Loop:
             horizon.append(int(self.max_steps))
         total = max(min(horizon), 1)
         params = {k: cfg[k]["params"] for k in ("optimizer", "schedule")}
-        self.opt = specs["optimizer"].create(self.model.parameters(), **params["optimizer"])
+        self.opt = specs["optimizer"].create(
+            _lr_groups(self.model, specs["optimizer"].hyperparams(params["optimizer"])),
+            **params["optimizer"],
+        )
         self.sched = specs["schedule"].create(self.opt, total, **params["schedule"])
         self.batch_gen = torch.Generator().manual_seed(seed)
         self.noise_gen = torch.Generator().manual_seed(seed + NOISE_SEED_OFFSET)
@@ -394,3 +397,18 @@ def _ratio(a: float, b: float) -> float:
     if b == 0:
         return math.inf if a > 0 else math.nan
     return a / b
+
+
+def _lr_groups(model: nn.Module, hp: Mapping[str, Any]) -> Any:
+    """The model's parameters, or, where a parametrization tagged learning-rate multipliers,
+    one param group per multiplier with ``lr`` times it (the ``mup`` package's ``MuAdam``
+    way, restated apart from the engine's step hooks)."""
+    from techbench.techniques.parametrize import lr_multiplier
+
+    params = list(model.parameters())
+    if all(lr_multiplier(p) == 1.0 for p in params):
+        return params
+    groups: dict[float, list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault(lr_multiplier(p), []).append(p)
+    return [{"params": ps, "lr": hp["lr"] * m} for m, ps in groups.items()]
