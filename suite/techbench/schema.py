@@ -122,7 +122,7 @@ had in 0.3.0 and 0.3.0 stores keep resuming. Each entry's default is also in
 :data:`DEFAULT_CONFIG`, so code reading a completed config always finds the key."""
 
 
-CURVATURE_DEFAULTS: dict[str, int] = {"every_n_steps": 50, "iterations": 20, "batch": 128}
+CURVATURE_DEFAULTS: dict[str, int] = {"every_n_steps": 50, "iterations": 20, "batch": 64}
 """The curvature probe's options (``health.curvature``, None: off): a probe every
 ``every_n_steps`` optimizer steps (and at step 0), ``iterations`` Lanczos steps at the first
 probe (later ones start from the previous probe's top Ritz vector and use fewer,

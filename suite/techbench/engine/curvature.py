@@ -240,7 +240,7 @@ def lanczos_top(
     answer depends only on its own steps, so it is the same in any stack."""
     k, n = shape
     m = min(iterations, n)
-    basis = torch.zeros(k, m, n, dtype=dtype, device=device)
+    basis = torch.empty(k, m, n, dtype=dtype, device=device)  # row j written at step j
     alpha = torch.zeros(k, m, dtype=dtype, device=device)
     beta = torch.zeros(k, m, dtype=dtype, device=device)
     out = Lanczos(

@@ -14,7 +14,12 @@ health's after-update statistics see), before the schedule steps, each live memb
   regularizer's penalty, replaced loss and the optimizer's weight decay are left out; an L2
   term lambda |w|^2 / 2 would shift every eigenvalue by lambda) on the member's probe batch;
 - ``precond_sharpness``: that of P^{-1/2} H P^{-1/2}, when the optimizer exposes a diagonal
-  preconditioner P (:func:`techbench.engine.curvature.diagonal_preconditioner`);
+  preconditioner P (:func:`techbench.engine.curvature.diagonal_preconditioner`). An optimizer
+  whose declared threshold is on it (Adam, RMSprop, Adagrad...) records it *instead of*
+  ``sharpness`` once P exists (every probe: its first step makes P): the threshold is on this
+  quantity, and computing both doubled the probe's cost past a fifth of a small MLP's training
+  (``benchmarks/overhead.py --curvature``); a preconditioned optimizer without a declared
+  threshold records both;
 - ``threshold`` (against ``sharpness``) or ``precond_threshold`` (against
   ``precond_sharpness``): ``constant / lr`` from the optimizer's declared
   :class:`techbench.techniques.families.Stability`, ``lr`` the member's rate times the schedule's
@@ -53,7 +58,7 @@ from torch.func import functional_call
 
 from ..schema import metric_row
 from ..techniques.families import SampledModule, Stability
-from .curvature import StackedHessian, diagonal_preconditioner
+from .curvature import Lanczos, StackedHessian, diagonal_preconditioner
 
 CURVATURE_SEED_OFFSET = 0xC0F5
 """A trial's probe batch and first Lanczos vector come from ``Generator(seed + this)``: a stream
@@ -101,6 +106,8 @@ class StackedCurvature:
         self.start_vectors: torch.Tensor | None = None
         self.start_precond: torch.Tensor | None = None
         self.count = 0
+        rules = [sink.stability for sink in self.sinks]
+        self.precond_only = all(r is not None and r.preconditioned for r in rules)
         self.steps = 0  # Lanczos steps taken, all members and probes (benchmarks read it)
 
     def due(self, step: int) -> bool:
@@ -124,6 +131,25 @@ class StackedCurvature:
         else:  # the whole split, the same for every member
             self.data = (x, y)
 
+    def _lanczos(
+        self,
+        loss: Any,
+        params: dict[str, torch.Tensor],
+        data: tuple[torch.Tensor, ...],
+        stacked: list[bool],
+        diag: dict[str, torch.Tensor] | None,
+    ) -> tuple[Lanczos | None, Lanczos | None]:
+        """The plain and (with ``diag``) the preconditioned Lanczos runs, on one gradient graph
+        (:class:`techbench.engine.curvature.StackedHessian`), each stopping at its own
+        convergence; the plain one not when :attr:`precond_only` and ``diag`` is given."""
+        hessian = StackedHessian(loss, params, data, stacked)
+        pre = None
+        if diag is not None:
+            pre = hessian.top(self.iterations, diag, start=self.start_precond, tol=PROBE_TOL)
+            if self.precond_only:
+                return None, pre
+        return hessian.top(self.iterations, start=self.start_vectors, tol=PROBE_TOL), pre
+
     def probe(self, step: int, epoch: int, module: Any, live: Sequence[bool]) -> None:
         """Every member's sharpness now; the rows of the ``live`` ones."""
         began = time.perf_counter()
@@ -132,28 +158,29 @@ class StackedCurvature:
         loss = probe_loss(module.base, module.loss_fn, list(buffers))
         data = (*buffers.values(), *self.data)
         stacked = [True] * len(buffers) + [self.stacked_data] * len(self.data)
+        diag = stacked_preconditioner(module)
         with sampling_off(module.base):
-            hessian = StackedHessian(loss, params, data, stacked)
-            plain = hessian.top(self.iterations, start=self.start_vectors, tol=PROBE_TOL)
-            diag = stacked_preconditioner(module)
-            pre = None
-            if diag is not None:
-                pre = hessian.top(self.iterations, diag, start=self.start_precond, tol=PROBE_TOL)
-                self.start_precond = pre.vectors
-        self.start_vectors = plain.vectors
+            plain, pre = self._lanczos(loss, params, data, stacked, diag)
+        runs = [r for r in (plain, pre) if r is not None]
+        if plain is not None:
+            self.start_vectors = plain.vectors
+        if pre is not None:
+            self.start_precond = pre.vectors
         self.count += 1
-        self.steps += int(plain.steps.sum()) + (0 if pre is None else int(pre.steps.sum()))
+        self.steps += sum(int(r.steps.sum()) for r in runs)
         rates = schedule_multipliers(module)
-        values = torch.stack([plain.values, plain.values if pre is None else pre.values])
-        sharp, precond = values.double().tolist()  # one transfer for the stack
+        values = torch.stack([r.values for r in runs]).double().tolist()  # one transfer
+        sharp = values[0] if plain is not None else None
+        precond = values[-1] if pre is not None else None
         spent = time.perf_counter() - began
         for k, sink in enumerate(self.sinks):
             if not live[k]:
                 continue
             sink.probes += 1
             sink.seconds += spent
-            sink.rows.append(metric_row(step, epoch, "curvature", "sharpness", sharp[k]))
-            if pre is not None:
+            if sharp is not None:
+                sink.rows.append(metric_row(step, epoch, "curvature", "sharpness", sharp[k]))
+            if precond is not None:
                 sink.rows.append(
                     metric_row(step, epoch, "curvature", "precond_sharpness", precond[k])
                 )
@@ -209,7 +236,8 @@ def stacked_preconditioner(module: Any) -> dict[str, torch.Tensor] | None:
                 return None
             out[name] = diag.unsqueeze(0)
         return out
-    n, parts = len(module.names), {}
+    n = len(module.names)
+    parts: dict[str, list[torch.Tensor]] = {}
     for g in range(len(module.group_slices)):
         for j, name in enumerate(module.names):
             diag = diagonal_preconditioner(optimizers[g], module.leaves[g * n + j])
@@ -239,8 +267,8 @@ def start_probe(module: Any, probe: StackedCurvature) -> None:
 
 __all__ = [
     "CURVATURE_SEED_OFFSET",
+    "PROBE_TOL",
     "CurvatureRecord",
     "StackedCurvature",
-    "PROBE_TOL",
     "start_probe",
 ]
