@@ -124,11 +124,10 @@ had in 0.3.0 and 0.3.0 stores keep resuming. Each entry's default is also in
 
 CURVATURE_DEFAULTS: dict[str, int] = {"every_n_steps": 50, "iterations": 20, "batch": 64}
 """The curvature probe's options (``health.curvature``, None: off): a probe every
-``every_n_steps`` optimizer steps (and at step 0), ``iterations`` Lanczos steps at the first
-probe (later ones start from the previous probe's top Ritz vector and use fewer,
-:func:`techbench.engine.curvature_probe.warm_iterations`), on a probe batch of ``batch``
-training examples (the whole split when it is smaller); see
-:mod:`techbench.engine.curvature_probe`."""
+``every_n_steps`` optimizer steps (and at step 0), at most ``iterations`` Lanczos steps (a
+run stops at convergence; later probes start from the previous probe's top Ritz vector and
+converge in a few), on a probe batch of ``batch`` training examples (the whole split when it
+is smaller); see :mod:`techbench.engine.curvature_probe`."""
 
 CURVATURE_BOUNDS: dict[str, tuple[int, int]] = {
     "every_n_steps": (1, 100_000_000),

@@ -39,8 +39,9 @@ stops when its top Ritz pair has converged (:data:`PROBE_TOL`), at most ``iterat
 the first probe starts from a random vector, every later one from the previous probe's top Ritz
 vector, where the top eigenvector moved little, so it converges in a few steps (about
 tan(angle to the eigenvector) times a factor falling geometrically per step, Kaniel-Paige-Saad).
-The probe batch defaults to 128 examples, the default training batch, which keeps the probe
-under a fifth of a small MLP's training time (``benchmarks/overhead.py --curvature``).
+The probe batch defaults to 64 examples: on a small MLP the probe's cost is the per-call
+overhead of its Hessian-vector products more than their arithmetic, and 64 keeps it under a
+fifth of the trial (``benchmarks/overhead.py --curvature``).
 ``seconds`` (the trial's ``curvature_overhead``) is the stack's time in the probe, including
 its host reads (one per Lanczos step, the convergence test).
 """
