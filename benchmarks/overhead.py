@@ -19,6 +19,11 @@ raw loop's training time), ``cpu`` the process CPU time of the whole trial;
 ``ms/snap`` is the time inside the health callback per snapshot (its own clock, so it is not
 affected by drifts between runs).
 
+``--curvature`` adds the default health plus the curvature probe (``health.curvature`` with
+``every_n_steps = 50, iterations = 20`` and the default probe batch, :mod:`techbench.engine.curvature_probe`)
+and prints its paired median ratio to the default health alone (the issue 26 budget: <= 1.2x),
+with the probe's milliseconds per probe (``curvature_overhead / curvature_probes``).
+
 ``--stack K`` adds the same three runs as one stack of K seeds (:func:`techbench.engine.trial.run_stack`):
 their seconds are per member (the stack's time / K) against the raw loop of one trial, and
 ``ms/snap`` is per snapshot of the whole stack.
@@ -26,6 +31,7 @@ their seconds are per member (the stack's time / K) against the raw loop of one 
     python benchmarks/overhead.py --epochs 30 --repeats 20 --threads 1
     python benchmarks/overhead.py --depth 4 --width 512 --batch-size 256 --repeats 20
     python benchmarks/overhead.py --epochs 10 --repeats 7 --stack 8
+    python benchmarks/overhead.py --repeats 15 --curvature --optimizer sgd
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ import torch
 from techbench.engine.trial import build_model, prepare, run_stack, run_trial
 from techbench.schema import DEFAULT_CONFIG, complete_config
 from techbench.techniques.registry import get_spec
+
+CURVATURE = "health default + curvature"
 
 
 def raw_loop(cfg: dict[str, Any]) -> tuple[float, float, float]:
@@ -102,6 +110,8 @@ def main() -> None:
         "--cadence", type=int, nargs="*", default=[], help="more health variants: every N steps"
     )
     p.add_argument("--stack", type=int, default=0, help="also run stacks of this many seeds")
+    p.add_argument("--curvature", action="store_true", help="also the curvature probe (50, 20)")
+    p.add_argument("--optimizer", default=None, help="optimizer name (default: DEFAULT_CONFIG's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base = complete_config(
@@ -109,6 +119,7 @@ def main() -> None:
             "dataset": {"name": args.dataset, "params": {}},
             "model": {"name": "mlp", "params": {"depth": args.depth, "width": args.width}},
             "budget": {"epochs": args.epochs, "batch_size": args.batch_size},
+            **({"optimizer": args.optimizer} if args.optimizer else {}),
         }
     )
     default = DEFAULT_CONFIG["health"]["every_n_steps"]
@@ -117,6 +128,9 @@ def main() -> None:
         f"health default ({default})": {"enabled": True, "every_n_steps": default},
         "health every step": {"enabled": True, "every_n_steps": 1},
     } | {f"health every {n}": {"enabled": True, "every_n_steps": n} for n in args.cadence}
+    probe = {"every_n_steps": 50, "iterations": 20}
+    if args.curvature:
+        variants[CURVATURE] = {"enabled": True, "every_n_steps": default, "curvature": probe}
     stacked = {f"stack {args.stack}, {k}": v for k, v in variants.items()} if args.stack > 1 else {}
     names = ["raw torch", *variants, *stacked]
     raw_loop(base)  # warm-up: imports, allocator, dataset cache
@@ -127,6 +141,7 @@ def main() -> None:
     train: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names}
     accs: dict[str, float] = {}
+    probes: list[float] = []
     snapshot: dict[str, list[float]] = {k: [] for k in names}
     order = random.Random(args.seed)
     for _ in range(args.repeats):
@@ -152,6 +167,9 @@ def main() -> None:
                 if outcome.status != "completed":
                     raise SystemExit(f"{name}: trial {outcome.status}: {outcome.meta.error}")
                 w, t = outcome.meta.wall_seconds, outcome.meta.train_seconds
+                if name == CURVATURE:
+                    meta = outcome.meta
+                    probes.append(meta.curvature_overhead / max(meta.curvature_probes, 1))
                 every = variants[name]["every_n_steps"]
                 if variants[name]["enabled"]:
                     taken = -(-int(outcome.meta.steps) // every)
@@ -190,11 +208,27 @@ def main() -> None:
             f"{1000 * statistics.median(snapshot[name]) if snapshot[name] else math.nan:>9.3f}"
             f"{accs[name]:>9.4f}"
         )
+    if args.curvature:
+        _curvature_summary(wall, train, probes, f"health default ({default})")
 
 
-def _ratio(times: dict[str, list[float]], name: str, resamples: int = 2000) -> str:
-    """Median of the per-round ratios ``name`` / raw loop, with a 95% bootstrap interval."""
-    ratios = [a / b for a, b in zip(times[name], times["raw torch"], strict=True)]
+def _curvature_summary(
+    wall: dict[str, list[float]], train: dict[str, list[float]], probes: list[float], default: str
+) -> None:
+    """The curvature probe against the default health alone, paired per round."""
+    print(
+        f"curvature probe (every 50 steps, at most 20 Lanczos steps) / {default}: "
+        f"wall {_ratio(wall, CURVATURE, base=default)}, "
+        f"train {_ratio(train, CURVATURE, base=default)}; "
+        f"{1000 * statistics.median(probes):.1f} ms per probe (median)"
+    )
+
+
+def _ratio(
+    times: dict[str, list[float]], name: str, resamples: int = 2000, base: str = "raw torch"
+) -> str:
+    """Median of the per-round ratios ``name`` / ``base``, with a 95% bootstrap interval."""
+    ratios = [a / b for a, b in zip(times[name], times[base], strict=True)]
     if len(ratios) < 2:
         return f"{ratios[0]:.3f}"
     rng = random.Random(0)

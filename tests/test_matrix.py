@@ -248,7 +248,7 @@ def test_budget_target_sections_and_data_seeds(registry):
     assert a["budget"] == {"epochs": None, "max_steps": 50, "max_seconds": 5.0, "batch_size": 32}
     assert a["target"] == {"metric": "val_loss", "value": 0.3, "mode": "min"}
     assert a["trainer"]["accelerator"] == "auto" and a["trainer"]["devices"] == 1
-    assert a["health"] == {"enabled": False, "every_n_steps": 25}
+    assert a["health"] == {"enabled": False, "every_n_steps": 25, "curvature": None}
     assert (a["seed"], a["data_seed"], b["seed"], b["data_seed"]) == (0, 0, 1, 1)
 
 

@@ -55,7 +55,9 @@ def _transformer_count(vocab: int, context: int, width: int, depth: int, ratio: 
 def test_the_scale_key_stays_out_of_the_id_at_its_default() -> None:
     config = complete_config({"optimizer": {"name": "sgd", "params": {"lr": 0.1}}})
     assert config["scale"] is None
-    legacy = {k: v for k, v in config.items() if k != "scale"}  # a config of 0.3.0
+    # a config of 0.3.0: without the keys added since (scale, parametrization, health.curvature)
+    legacy = {k: v for k, v in config.items() if k not in ("scale", "parametrization")}
+    legacy["health"] = {k: v for k, v in legacy["health"].items() if k != "curvature"}
     text = json.dumps(legacy, sort_keys=True, separators=(",", ":"))
     assert trial_id(config) == hashlib.sha256(text.encode()).hexdigest()[:16]
     config["scale"] = {"rung": 0, "width_mult": 1.0, "depth_mult": 1.0}

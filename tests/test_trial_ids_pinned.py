@@ -4,6 +4,10 @@
 (``git archive 9a06e74 suite plugins``), so it is an independent record: a change to the
 planners, the config completion or the hash that moves any id fails here. Tuned matrices pin
 their search trials and the finals of a fixed selection (each study's last point).
+
+Added later, each pinned when it was added (issue 24: ``scaling``, ``scaling-gpu`` and the
+``muon`` group of ``optimizers-tuned``, whose other 160 search and 200 final ids are the base
+commit's, in the same order).
 """
 
 from __future__ import annotations

@@ -27,7 +27,14 @@ is ``torch.optim``'s behaviour (every parameter).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+from techbench.techniques.families import (
+    Stability,
+    ema_stability,
+    heavy_ball_stability,
+    nesterov_stability,
+)
 from techbench.techniques.spec import Param, TechniqueSpec
 
 _IMPL = "techbench_builtins.optimizers_impl"
@@ -103,6 +110,28 @@ def _eps(default: float) -> Param:
     )
 
 
+def _heavy_ball(momentum: float = 0.0, dampening: float = 0.0, **_: Any) -> Stability:
+    return Stability(False, heavy_ball_stability(momentum, dampening))
+
+
+def _nesterov(momentum: float, **_: Any) -> Stability:
+    return Stability(False, nesterov_stability(momentum))
+
+
+def _adam(beta1: float, **_: Any) -> Stability:
+    return Stability(True, ema_stability(beta1))
+
+
+def _rmsprop(momentum: float, **_: Any) -> Stability:
+    return Stability(True, heavy_ball_stability(momentum))
+
+
+def _adagrad(lr_decay: float, **_: Any) -> Stability | None:
+    """Plain gradient descent on the preconditioned loss; with ``lr_decay`` the rate is not
+    the schedule's, so no threshold is claimed."""
+    return Stability(True, 2.0) if lr_decay == 0 else None
+
+
 _EPS_PLACEMENT = Param(
     name="eps_placement",
     type=str,
@@ -132,7 +161,12 @@ sgd = TechniqueSpec(
     reference=f"{_IMPL}:sgd_reference",
     stacked=f"{_STACKED}:sgd",
     params=(_lr(0.01), _wd(), _DECAY),
-    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
+    properties={
+        "adaptive": False,
+        "update_rule": "sgd",
+        "elementwise": True,
+        "stability": _heavy_ball,
+    },
 )
 
 momentum = TechniqueSpec(
@@ -159,7 +193,12 @@ momentum = TechniqueSpec(
         _wd(),
         _DECAY,
     ),
-    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
+    properties={
+        "adaptive": False,
+        "update_rule": "sgd",
+        "elementwise": True,
+        "stability": _heavy_ball,
+    },
 )
 
 nesterov = TechniqueSpec(
@@ -172,7 +211,12 @@ nesterov = TechniqueSpec(
     reference=f"{_IMPL}:nesterov_reference",
     stacked=f"{_STACKED}:nesterov",
     params=(_lr(0.01), _MOMENTUM, _wd(), _DECAY),
-    properties={"adaptive": False, "update_rule": "sgd", "elementwise": True},
+    properties={
+        "adaptive": False,
+        "update_rule": "sgd",
+        "elementwise": True,
+        "stability": _nesterov,
+    },
 )
 
 adagrad = TechniqueSpec(
@@ -211,7 +255,12 @@ adagrad = TechniqueSpec(
         ),
         _eps(1e-10),
     ),
-    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
+    properties={
+        "adaptive": True,
+        "update_rule": "adaptive",
+        "elementwise": True,
+        "stability": _adagrad,
+    },
 )
 
 rmsprop = TechniqueSpec(
@@ -243,7 +292,12 @@ rmsprop = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
+    properties={
+        "adaptive": True,
+        "update_rule": "adaptive",
+        "elementwise": True,
+        "stability": _rmsprop,
+    },
 )
 
 _ADAM_PARAMS = (
@@ -274,7 +328,12 @@ adam = TechniqueSpec(
         ),
         _EPS_PLACEMENT,
     ),
-    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
+    properties={
+        "adaptive": True,
+        "update_rule": "adaptive",
+        "elementwise": True,
+        "stability": _adam,
+    },
 )
 
 adamw = TechniqueSpec(
@@ -291,7 +350,12 @@ adamw = TechniqueSpec(
         _wd(0.01, "decoupled decay: p <- p * (1 - lr * weight_decay) before the Adam step"),
         _DECAY,
     ),
-    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
+    properties={
+        "adaptive": True,
+        "update_rule": "adaptive",
+        "elementwise": True,
+        "stability": _adam,
+    },
 )
 
 nadam = TechniqueSpec(
@@ -331,7 +395,12 @@ radam = TechniqueSpec(
     reference=f"{_IMPL}:radam_reference",
     stacked=f"{_STACKED}:radam",
     params=(_lr(1e-3), *_ADAM_PARAMS, _wd(), _DECAY),
-    properties={"adaptive": True, "update_rule": "adaptive", "elementwise": True},
+    properties={
+        "adaptive": True,
+        "update_rule": "adaptive",
+        "elementwise": True,
+        "stability": _adam,
+    },
 )
 
 lion = TechniqueSpec(

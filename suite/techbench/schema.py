@@ -78,7 +78,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "budget": {"epochs": 10, "max_steps": None, "max_seconds": None, "batch_size": 128},
     "target": {"metric": "val_acc", "value": 0.9, "mode": "max"},
     "trainer": {"accelerator": "auto", "devices": 1, "precision": "32-true", "deterministic": True},
-    "health": {"enabled": True, "every_n_steps": 25},
+    "health": {"enabled": True, "every_n_steps": 25, "curvature": None},
     "scale": None,
 }
 """Every key of a trial config, with the value a matrix uses when it says nothing.
@@ -124,11 +124,36 @@ def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
 OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
     ("parametrization",): {"name": "standard", "params": {}},
     ("scale",): None,
+    ("health", "curvature"): None,
 }
 """Config keys added after 0.3.0 (a path of keys -> its default): :func:`canonical_config` leaves
 each out while it holds its default, so a trial that does not use a newer option keeps the id it
 had in 0.3.0 and 0.3.0 stores keep resuming. Each entry's default is also in
 :data:`DEFAULT_CONFIG`, so code reading a completed config always finds the key."""
+
+
+CURVATURE_DEFAULTS: dict[str, int] = {"every_n_steps": 50, "iterations": 20, "batch": 64}
+"""The curvature probe's options (``health.curvature``, None: off): a probe every
+``every_n_steps`` optimizer steps (and at step 0), at most ``iterations`` Lanczos steps (a
+run stops at convergence; later probes start from the previous probe's top Ritz vector and
+converge in a few), on a probe batch of ``batch`` training examples (the whole split when it
+is smaller); see :mod:`techbench.engine.curvature_probe`."""
+
+CURVATURE_BOUNDS: dict[str, tuple[int, int]] = {
+    "every_n_steps": (1, 100_000_000),
+    "iterations": (2, 1000),
+    "batch": (2, 2**20),
+}
+"""Inclusive integer bounds of each curvature option (the matrix loader checks them)."""
+
+
+def curvature_options(health: Mapping[str, Any]) -> dict[str, int] | None:
+    """A config's ``health.curvature`` with its defaults filled (None when off; ``True``
+    means every default)."""
+    given = health.get("curvature")
+    if given is None or given is False:
+        return None
+    return {**CURVATURE_DEFAULTS, **({} if given is True else dict(given))}
 
 
 def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,7 +265,9 @@ class TrialMeta:
     """What a trial records besides its config, status and rows (the scalars of ``meta.json``).
 
     ``epochs`` is the number of epochs run (the budget's epochs live in the config);
-    ``health_overhead`` the seconds the gradient-health callback took; ``versions`` the package
+    ``health_overhead`` the seconds the gradient-health callback took; ``curvature_overhead``
+    the seconds the curvature probe took over its ``curvature_probes`` probes (for a stacked
+    trial, its stack's: the probe runs once for all members); ``versions`` the package
     versions of the process that ran it. Time: ``wall_seconds`` is the trial's own wall time
     (for a stacked trial, its stack's: ``stack_size`` members shared ``stack_wall_seconds``);
     ``step_seconds`` is the step time of its configuration measured alone
@@ -274,6 +301,8 @@ class TrialMeta:
     epochs: int = 0
     num_parameters: int | None = None
     health_overhead: float | None = None
+    curvature_overhead: float | None = None
+    curvature_probes: int | None = None
     stack_size: int = 1
     stack_wall_seconds: float | None = None
     step_seconds: float | None = None

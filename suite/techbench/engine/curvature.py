@@ -6,8 +6,8 @@ then hovers there (the edge of stability, Cohen et al. 2021, arXiv 2103.00065; f
 optimizers the preconditioned sharpness, Cohen et al. 2022, arXiv 2207.14484). Comparing the
 two tells a user why a learning rate is too high.
 
-How: Lanczos on Hessian-vector products (``jvp`` of ``grad``, never the Hessian itself), one
-``vmap``-ed HVP per iteration for the whole stack: parameters are stacked along a leading K
+How: Lanczos on Hessian-vector products (double backward through the gradient's graph, never
+the Hessian itself, :class:`StackedHessian`), one HVP per iteration for the whole stack: parameters are stacked along a leading K
 dimension, as the engine's functional model holds them (:mod:`techbench.engine.population`),
 and flattened to one ``[K, n]`` vector per member. Lanczos with full re-orthogonalisation
 returns the algebraically largest Ritz value (not the largest in magnitude, which power
@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
-from torch.func import grad, jvp, vmap
+from torch.func import vmap
+
+from ..techniques.families import ema_stability
 
 MemberLoss = Callable[..., torch.Tensor]
 """``loss(params, *batch) -> scalar``: one member's loss at its parameters (a name -> tensor
@@ -41,10 +43,8 @@ def adam_threshold(lr: float, beta1: float) -> float:
     """(2 + 2 beta1) / ((1 - beta1) lr): the stability threshold of the preconditioned sharpness
     for an EMA-momentum preconditioned method (Adam, RMSprop with beta1 = 0), 38 / lr at
     beta1 = 0.9 (Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability",
-    arXiv 2207.14484, section 3)."""
-    if not 0.0 <= beta1 < 1.0:
-        raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
-    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+    arXiv 2207.14484, section 3; :func:`techbench.techniques.families.ema_stability`)."""
+    return ema_stability(beta1) / lr
 
 
 def diagonal_preconditioner(
@@ -111,6 +111,78 @@ class Sharpness(NamedTuple):
     vectors: torch.Tensor
 
 
+class StackedHessian:
+    """The Hessians of every member's ``loss`` at ``params`` (name -> ``[K, ...]``) on
+    ``batch`` as one operator on ``[K, n]`` vectors (the flattened parameters' order).
+
+    Why double backward: the stack's objective is the sum of the members' losses, each a
+    function of its own parameters only, so its Hessian is block-diagonal with member k's
+    Hessian as block k, and one Hessian-vector product of the sum is every member's at once.
+    The forward (``vmap`` over members) and the gradient's graph (``create_graph``) are built
+    once; each product is then one backward through that graph (Pearlmutter 1994), with none of
+    the per-call tracing a ``jvp``-of-``grad`` transform pays (a few milliseconds per call, more
+    than the arithmetic on a small network). ``batch``: shared, or ``[K, ...]`` per member
+    where ``batch_stacked`` (a sequence says it per tensor)."""
+
+    def __init__(
+        self,
+        loss: MemberLoss,
+        params: Mapping[str, torch.Tensor],
+        batch: Sequence[torch.Tensor],
+        batch_stacked: bool | Sequence[bool] = False,
+    ) -> None:
+        self.names = list(params)
+        shapes = [params[n].shape[1:] for n in self.names]
+        sizes = [s.numel() for s in shapes]
+        flat = torch.cat([params[n].detach().flatten(1) for n in self.names], dim=1)
+        self.shape, self.dtype, self.device = flat.shape, flat.dtype, flat.device
+
+        def member_loss(w: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+            parts = zip(self.names, w.split(sizes), shapes, strict=True)
+            return loss({n: c.view(s) for n, c, s in parts}, *data)
+
+        flags = [batch_stacked] * len(batch) if isinstance(batch_stacked, bool) else batch_stacked
+        dims = tuple(0 if stacked else None for stacked in flags)
+        with torch.enable_grad():
+            self.w = flat.requires_grad_(True)
+            if len(flat) == 1:  # a stack of one: no vmap (its graph is a quarter cheaper)
+                one = [t[0] if d == 0 else t for t, d in zip(batch, dims, strict=True)]
+                total = member_loss(self.w[0], *one)
+            else:
+                total = vmap(member_loss, in_dims=(0, *dims))(self.w, *batch).sum()
+            (self.g,) = torch.autograd.grad(total, self.w, create_graph=True)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``[K, n]``: member k's Hessian times ``v[k]``."""
+        (hv,) = torch.autograd.grad(self.g, self.w, grad_outputs=v, retain_graph=True)
+        return hv
+
+    def top(
+        self,
+        iterations: int = 20,
+        preconditioner: Mapping[str, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        start: torch.Tensor | None = None,
+        tol: float | None = None,
+    ) -> Lanczos:
+        """Each member's largest eigenvalue by at most ``iterations`` Lanczos steps
+        (:func:`lanczos_top`, which ``tol`` may stop earlier);
+        with ``preconditioner`` (name -> ``[K, ...]`` diagonal P, positive) that of
+        P^{-1/2} H P^{-1/2}."""
+        operator: Callable[[torch.Tensor], torch.Tensor] = self
+        if preconditioner is not None:
+            diag = torch.cat([preconditioner[n].flatten(1) for n in self.names], dim=1)
+            scale = diag.to(self.dtype).rsqrt()
+
+            def operator(v: torch.Tensor) -> torch.Tensor:
+                return scale * self(scale * v)
+
+        with torch.no_grad():
+            return lanczos_top(
+                operator, self.shape, iterations, self.dtype, self.device, generator, start, tol
+            )
+
+
 def stacked_sharpness(
     loss: MemberLoss,
     params: Mapping[str, torch.Tensor],
@@ -118,47 +190,30 @@ def stacked_sharpness(
     *,
     iterations: int = 20,
     preconditioner: Mapping[str, torch.Tensor] | None = None,
-    batch_stacked: bool = False,
+    batch_stacked: bool | Sequence[bool] = False,
     generator: torch.Generator | None = None,
     start: torch.Tensor | None = None,
 ) -> Sharpness:
     """``[K]``: each member's largest eigenvalue of the Hessian of ``loss`` at its parameters
     (``params``: name -> ``[K, ...]``) on ``batch`` (shared by all members, or ``[K, ...]``
-    per member when ``batch_stacked``), by ``iterations`` Lanczos steps. With
-    ``preconditioner`` (name -> ``[K, ...]`` diagonal P, positive) the largest eigenvalue of
-    P^{-1/2} H P^{-1/2} instead. ``start`` (``[K, n]``, e.g. the previous probe's
-    ``vectors``) replaces the random first Lanczos vector: during training the top eigenvector
-    moves slowly, so a warm start needs far fewer iterations."""
-    names = list(params)
-    shapes = [params[n].shape[1:] for n in names]
-    sizes = [s.numel() for s in shapes]
-    flat = torch.cat([params[n].detach().flatten(1) for n in names], dim=1)
+    per member when ``batch_stacked``; a sequence says it per tensor of ``batch``), by
+    ``iterations`` Lanczos steps (:class:`StackedHessian`). With ``preconditioner``
+    (name -> ``[K, ...]`` diagonal P, positive) the largest eigenvalue of P^{-1/2} H P^{-1/2}
+    instead. ``start`` (``[K, n]``, e.g. the previous probe's ``vectors``) replaces the random
+    first Lanczos vector: during training the top eigenvector moves slowly, so a warm start
+    needs far fewer iterations."""
+    hessian = StackedHessian(loss, params, batch, batch_stacked)
+    values, vectors, _ = hessian.top(iterations, preconditioner, generator, start)
+    return Sharpness(values, vectors)
 
-    def unflatten(v: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes, strict=True)}
 
-    def member_loss(w: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
-        return loss(unflatten(w), *data)
+class Lanczos(NamedTuple):
+    """:func:`lanczos_top`'s answer: :class:`Sharpness` and ``steps`` ``[K]``, the Lanczos
+    steps each member took (fewer than asked when it converged)."""
 
-    def hvp(w: torch.Tensor, v: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
-        return jvp(lambda u: grad(member_loss)(u, *data), (w,), (v,))[1]
-
-    data_dims = (0 if batch_stacked else None,) * len(batch)
-    stacked_hvp = vmap(hvp, in_dims=(0, 0, *data_dims))
-    scale = None
-    if preconditioner is not None:
-        diag = torch.cat([preconditioner[n].flatten(1) for n in names], dim=1)
-        scale = diag.to(flat.dtype).rsqrt()
-
-    def operator(v: torch.Tensor) -> torch.Tensor:
-        if scale is None:
-            return stacked_hvp(flat, v, *batch)
-        return scale * stacked_hvp(flat, scale * v, *batch)
-
-    with torch.no_grad():
-        return lanczos_top(
-            operator, flat.shape, iterations, flat.dtype, flat.device, generator, start
-        )
+    values: torch.Tensor
+    vectors: torch.Tensor
+    steps: torch.Tensor
 
 
 def lanczos_top(
@@ -169,17 +224,31 @@ def lanczos_top(
     device: torch.device,
     generator: torch.Generator | None = None,
     start: torch.Tensor | None = None,
-) -> Sharpness:
+    tol: float | None = None,
+) -> Lanczos:
     """The largest Ritz value and its Ritz vector of each member's symmetric ``operator``
-    (``[K, n]`` -> ``[K, n]``) after ``iterations`` Lanczos steps with full
-    re-orthogonalisation, from ``start`` or a random vector. On breakdown
-    (an invariant subspace found) a member restarts from a fresh orthogonal vector, so its
-    tridiagonal matrix stays block-diagonal and every Ritz value is a true one."""
+    (``[K, n]`` -> ``[K, n]``) after at most ``iterations`` Lanczos steps with full
+    re-orthogonalisation, from ``start`` or a random vector. On breakdown (an invariant
+    subspace found) a member restarts from a fresh orthogonal vector, so its tridiagonal
+    matrix stays block-diagonal and every Ritz value is a true one.
+
+    ``tol``: a member stops (its value and vector kept, the others go on) once its top Ritz
+    pair's residual ||A y - theta y|| = beta_j |s_j| (the next off-diagonal times the Ritz
+    vector's last coordinate in the Krylov basis; Parlett, The Symmetric Eigenvalue Problem,
+    13.2) is at most ``tol * |theta|``: some eigenvalue then lies within ``tol |theta|`` of
+    theta, and the error of the top one is about residual^2 / gap, far smaller. A member's
+    answer depends only on its own steps, so it is the same in any stack."""
     k, n = shape
     m = min(iterations, n)
-    basis = torch.zeros(k, m, n, dtype=dtype, device=device)
+    basis = torch.empty(k, m, n, dtype=dtype, device=device)  # row j written at step j
     alpha = torch.zeros(k, m, dtype=dtype, device=device)
-    beta = torch.zeros(k, max(m - 1, 0), dtype=dtype, device=device)
+    beta = torch.zeros(k, m, dtype=dtype, device=device)
+    out = Lanczos(
+        torch.full((k,), float("nan"), dtype=dtype, device=device),
+        torch.zeros(k, n, dtype=dtype, device=device),
+        torch.full((k,), m, dtype=torch.long, device=device),
+    )
+    done = torch.zeros(k, dtype=torch.bool, device=device)
     v = _random_unit(k, n, dtype, device, generator)
     if start is not None:
         v = start.to(dtype) / start.norm(dim=-1, keepdim=True).to(dtype)
@@ -188,18 +257,40 @@ def lanczos_top(
         w = operator(v)
         alpha[:, j] = (w * v).sum(-1)
         w = _orthogonalise(w, basis[:, : j + 1])
-        if j == m - 1:
-            break
         norm = w.norm(dim=-1)
         broke = norm <= 1e-10 * alpha[:, : j + 1].abs().amax(-1).clamp_min(1e-30)
-        fresh = _orthogonalise(_random_unit(k, n, dtype, device, generator), basis[:, : j + 1])
+        if j == m - 1 or tol is not None:
+            top, ritz = _ritz(alpha[:, : j + 1], beta[:, :j])
+            last = j == m - 1
+            stop = ~done
+            if not last and tol is not None:
+                stop &= (norm * ritz[:, -1].abs() <= tol * top.abs()) & ~broke
+            if last or bool(stop.any()):
+                vectors = torch.einsum("kjn,kj->kn", basis[:, : j + 1], ritz)
+                vectors = vectors / vectors.norm(dim=-1, keepdim=True)
+                out.values[stop] = top[stop]
+                out.vectors[stop] = vectors[stop]
+                out.steps[stop] = j + 1
+                done |= stop
+            if last or bool(done.all()):
+                break
         beta[:, j] = torch.where(broke, torch.zeros_like(norm), norm)
-        w = torch.where(broke[:, None], fresh, w)
+        if broke.any():  # rare: a fresh random vector only then (one host read per step)
+            fresh = _orthogonalise(_random_unit(k, n, dtype, device, generator), basis[:, : j + 1])
+            w = torch.where(broke[:, None], fresh, w)
         v = w / w.norm(dim=-1, keepdim=True)
+    return out
+
+
+def _ritz(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top eigenvalue ``[K]`` and its eigenvector ``[K, j]`` of each member's Lanczos
+    tridiagonal matrix (diagonal ``alpha``, off-diagonal ``beta``); NaN for a member whose
+    matrix is not finite (a diverged one: eigh never sees it)."""
     tri = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
-    values, ritz = torch.linalg.eigh(tri)
-    vectors = torch.einsum("kjn,kj->kn", basis, ritz[:, :, -1])
-    return Sharpness(values[:, -1], vectors / vectors.norm(dim=-1, keepdim=True))
+    bad = ~torch.isfinite(tri).all(-1).all(-1)
+    values, vectors = torch.linalg.eigh(torch.where(bad[:, None, None], torch.zeros_like(tri), tri))
+    top = torch.where(bad, torch.full_like(values[:, -1], float("nan")), values[:, -1])
+    return top, vectors[:, :, -1]
 
 
 def _random_unit(

@@ -47,6 +47,9 @@ snapshot step the stacked forward also returns every activation layer's output, 
 statistics are reduced over the member dimension of the stacked outputs, gradients
 and weights, with one host transfer per snapshot for the whole stack; each member's
 :class:`~techbench.engine.health.GradientHealth` receives the rows it records when run alone.
+The curvature probe (opt-in) is :class:`~techbench.engine.curvature_probe.StackedCurvature`:
+one vmapped Hessian-vector product per Lanczos step for the whole stack, after the optimizer
+step of a probe step.
 """
 
 from __future__ import annotations
@@ -152,6 +155,7 @@ class StackedModule(pl.LightningModule):
         self.eval_seconds = 0.0
         self._count_step: Callable[[], None] | None = None
         self._health: Any = None
+        self._curvature: Any = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # per-step and per-hook state (Lightning sets _current_fx_name about 30 times an epoch)
@@ -331,6 +335,13 @@ class StackedModule(pl.LightningModule):
                 pre_transform=overrides(self.regularizer, "transform_gradients", Regularizer),
             )
             self._health.start()
+        if all(m.curvature is not None for m in self.members):
+            from .curvature_probe import StackedCurvature, start_probe
+
+            self._curvature = StackedCurvature(
+                [m.curvature for m in self.members], [m.seed for m in self.members]
+            )
+            start_probe(self, self._curvature)
         self._fit_start = time.perf_counter()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -382,6 +393,9 @@ class StackedModule(pl.LightningModule):
             self.hooks.after_step(self.lives.live())
         if snap:
             health.end([not m.frozen for m in self.members])
+        curvature = self._curvature
+        if curvature is not None and curvature.due(step) and not self.lives.all_ended:
+            curvature.probe(step, epoch, self, [not m.frozen for m in self.members])
         for scheduler in self._schedulers:
             scheduler.step()
         flush = self.lives.record(losses, step, epoch)
@@ -573,6 +587,7 @@ _PLAIN_STATE = frozenset(
         "_direct",
         "_cb_hooks",
         "_health",
+        "_curvature",
         "best",
     }
 )

@@ -37,6 +37,7 @@ class Member:
     optimizer_params: dict[str, Any]
     regularizer: Any
     health: Any = None
+    curvature: Any = None  # its curvature probe's record (techbench.engine.curvature_probe)
     regularizer_params: dict[str, Any] | None = None
     callbacks: list[Any] = field(default_factory=list)
     trainer: Any = None

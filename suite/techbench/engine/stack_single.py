@@ -84,6 +84,8 @@ def step_single(m: StackedModule, x: torch.Tensor, y: torch.Tensor, epoch: int) 
         reg.after_step(m.model, raw)
     if snap:
         health.end([True])
+    if m._curvature is not None and m._curvature.due(step):
+        m._curvature.probe(step, epoch, m, [True])
     for scheduler in m._schedulers:
         scheduler.step()
     for cb in hooks["end_step"]:

@@ -36,6 +36,7 @@ from ..schema import (
     TrialMeta,
     TrialOutcome,
     complete_config,
+    curvature_options,
     now_iso,
     stop_reason,
     trial_id,
@@ -302,6 +303,8 @@ def run_stack(
     outcomes: dict[int, TrialOutcome] = {}
     for k, member in zip(order, module.members, strict=True):
         metrics = member.rows + (member.health.rows if member.health is not None else [])
+        curvature = member.curvature
+        metrics += curvature.rows if curvature is not None else []
         metrics = _until_divergence(metrics, member.diverged_step)
         meta = TrialMeta(
             started_at=started_at,
@@ -316,6 +319,8 @@ def run_stack(
             epochs=member.epochs_done,
             num_parameters=num_parameters,
             health_overhead=member.health.seconds if member.health is not None else None,
+            curvature_overhead=curvature.seconds if curvature is not None else None,
+            curvature_probes=curvature.probes if curvature is not None else None,
             stack_size=len(cfgs),
             stack_wall_seconds=wall if len(cfgs) > 1 else None,
             data_fingerprint=splits.fingerprint,
@@ -386,6 +391,19 @@ def _sources(cfg: Mapping[str, Any], registry: Any) -> dict[str, Any] | None:
         return None
 
 
+def _curvature_record(cfg: Mapping[str, Any], opt_spec: Any) -> Any:
+    """The trial's curvature probe record, or None when ``health.curvature`` is off."""
+    options = curvature_options(cfg["health"])
+    if options is None:
+        return None
+    from .curvature_probe import CurvatureRecord
+
+    hp = cfg["optimizer"]["params"]
+    full = opt_spec.hyperparams(hp)
+    stability = opt_spec.properties_for(hp).get("stability")
+    return CurvatureRecord(options, stability, float(full.get("lr", 1.0)))
+
+
 def _train_stack(
     cfgs: list[dict[str, Any]],
     registry: Any,
@@ -427,6 +445,7 @@ def _train_stack(
             every = int(cfg["health"]["every_n_steps"])
             act_properties = specs["activation"].properties_for(cfg["activation"]["params"])
             health = GradientHealth(every, act_properties)
+        curvature = _curvature_record(cfg, opt_spec)
         members.append(
             Member(
                 model,
@@ -434,6 +453,7 @@ def _train_stack(
                 dict(cfg["optimizer"]["params"]),
                 regularizer,
                 health,
+                curvature=curvature,
                 regularizer_params=dict(cfg["regularizer"]["params"]),
             )
         )

@@ -31,6 +31,7 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
 
     [health]                             # gradient-health instrumentation
     every_n_steps = 25                   # default; 1 = every step
+    curvature = { every_n_steps = 50, iterations = 20, batch = 512 }  # opt-in sharpness probe
 
     [report]                             # how `techbench report` scores runs
     score = "final"                      # or "best" (best-validation epoch); default "final"
@@ -96,6 +97,8 @@ from ..errors import UsageError, did_you_mean
 from ..schema import (
     AXES,
     AXIS_FAMILY,
+    CURVATURE_BOUNDS,
+    CURVATURE_DEFAULTS,
     DEFAULT_CONFIG,
     EPOCH_METRICS,
     NORM_PLACEMENTS,
@@ -157,7 +160,7 @@ TRAINER_KEYS = ("accelerator", "devices", "precision", "deterministic", "memory_
 MEMORY_FORMATS = ("contiguous", "channels_last")
 """``trainer.memory_format``; not in :data:`DEFAULT_CONFIG`, so trials that don't set it keep
 their ids."""
-HEALTH_KEYS = ("enabled", "every_n_steps")
+HEALTH_KEYS = ("enabled", "every_n_steps", "curvature")
 REPORT_KEYS = ("score", "min_effect")
 SCORE_RULES = ("final", "best")
 """``[report] score``: the epoch a run is scored at (see :mod:`techbench.report.scoring`)."""
@@ -576,6 +579,29 @@ class _Parser:
             out["every_n_steps"] = self.int_value(
                 raw["every_n_steps"], "health.every_n_steps", 1, high=MAX_STEPS
             )
+        if "curvature" in raw:
+            out["curvature"] = self.curvature(raw["curvature"])
+        return out
+
+    def curvature(self, raw: Any) -> dict[str, int] | None:
+        """``[health] curvature``: a table of :data:`CURVATURE_DEFAULTS` keys (stored with every
+        default filled, so equal probes hash equally), ``true`` (the defaults) or ``false``."""
+        if isinstance(raw, bool):
+            return dict(CURVATURE_DEFAULTS) if raw else None
+        if not isinstance(raw, Mapping):
+            self.problem(
+                "health.curvature",
+                f"must be a table, true or false, got {_kind(raw)}",
+                "curvature = { every_n_steps = 50, iterations = 20, batch = 512 }",
+            )
+            return None
+        self.unknown_keys(raw, tuple(CURVATURE_DEFAULTS), "health.curvature")
+        out = dict(CURVATURE_DEFAULTS)
+        for key, (low, high) in CURVATURE_BOUNDS.items():
+            if key in raw:
+                value = self.int_value(raw[key], f"health.curvature.{key}", low, high=high)
+                if value is not None:
+                    out[key] = value
         return out
 
     def report(self, data: Mapping[str, Any]) -> dict[str, Any]:

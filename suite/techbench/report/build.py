@@ -177,6 +177,29 @@ def _overhead(trials: pd.DataFrame) -> str:
     return text
 
 
+def _probe_cost(trials: pd.DataFrame) -> str:
+    """The curvature probe's cost (``curvature_overhead`` over ``curvature_probes``), "" when
+    no run probed."""
+    if "curvature_overhead" not in trials or "curvature_probes" not in trials:
+        return ""
+    sec = pd.to_numeric(trials["curvature_overhead"], errors="coerce")
+    count = pd.to_numeric(trials["curvature_probes"], errors="coerce")
+    train = pd.to_numeric(trials.get("train_seconds"), errors="coerce")
+    ok = sec.notna() & (count > 0)
+    if not ok.any():
+        return ""
+    per = (sec / count)[ok].median()
+    text = (
+        f"median {sec[ok].median():.3g} s per run over {count[ok].median():.0f} probes "
+        f"({1000 * per:.3g} ms per probe; a stack's probe serves all its members)"
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = (sec / train)[ok & (train > 0)]
+    if not share.empty:
+        text += f", median {share.median():.1%} of training time"
+    return text
+
+
 def _targets(trials: pd.DataFrame) -> set[str]:
     cols = ["target_metric", "target_mode", "target_value"]
     return {f"{m} ({mode}) reaches {v}" for m, mode, v in trials[cols].drop_duplicates().values}
@@ -224,6 +247,9 @@ def _header(ctx: ReportContext, seconds: float) -> str:
     for item in _fingerprints(trials):  # mixed data is shown up front, a single hash with the rest
         (items if "MIXED" in str(item[1]) else more).append(item)
     more.append(("instrumentation overhead", _overhead(trials)))
+    probe = _probe_cost(trials)
+    if probe:
+        more.append(("curvature probe", probe))
     more.append(("report host", f"{platform.platform()}, built in {seconds:.1f} s"))
     details = "<details><summary>matrix, hardware, versions</summary>"
     return html.meta_list(items) + details + html.meta_list(more) + "</details>"

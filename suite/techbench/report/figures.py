@@ -532,3 +532,10 @@ def cd_diagram(ranks: pd.Series, nemenyi: pd.DataFrame, title: str) -> Figure | 
     sp.critical_difference_diagram(labelled, sig, ax=ax)
     ax.set_title(wrap_label(title, 90))
     return fig
+
+
+by_technique = _by_technique
+"""The runs of an axis with ``_t``, its technique label (for sections outside this module)."""
+
+legend_right = _legend_right
+"""A legend right of a row of panels (for sections outside this module)."""

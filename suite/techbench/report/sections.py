@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from . import analyze, answer_figures, figures, headline, scoring, tables
 from . import htmlpage as html
 from .context import ReportContext, Section
+from .curvature import curvature
 from .howsure import how_sure
 from .inputs import CUT_SHORT
 from .scaling_section import scaling
@@ -367,6 +368,7 @@ SECTIONS: list[Callable[[ReportContext], Section]] = [
     profiles,
     statistics,
     health,
+    curvature,
     generalization,
     interactions,
     runs,

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypedDict, runtime_checkable
 
 __all__ = [
     "MODULE_SEED_OFFSET",
@@ -78,8 +78,12 @@ __all__ = [
     "RegularizerProperties",
     "SampledModule",
     "ScheduleProperties",
+    "Stability",
     "StackedOptimizer",
     "bind_module_generator",
+    "ema_stability",
+    "heavy_ball_stability",
+    "nesterov_stability",
     "per_member",
     "trial_ndim",
 ]
@@ -153,7 +157,8 @@ class OptimizerProperties(TypedDict, total=False):
     also declares that the update is proportional to ``lr`` (a per-tensor lr multiplier then
     equals a multiplier on the step, :func:`techbench.techniques.parametrize.scale_updates`;
     the conformance check ``lr_multiplier`` verifies it), for every hyper-parameter named in
-    ``rates`` (default ``("lr",)``; Muon: ``("lr", "adam_lr")``). ``elementwise``: the
+    ``rates`` (default ``("lr",)``; Muon: ``("lr", "adam_lr")``). ``stability``: its
+    stability threshold (:class:`Stability`). ``elementwise``: the
     update of each coordinate depends only on that coordinate's gradient history and the
     hyper-parameters (no norm or other reduction over a tensor), so one optimizer over the stacked
     parameters of K trials is K independent optimizers: trials with it may train stacked
@@ -175,6 +180,44 @@ class OptimizerProperties(TypedDict, total=False):
     stacks: bool
     reads_roles: bool
     orthogonalized: bool
+    stability: Stability | None
+
+
+class Stability(NamedTuple):
+    """An optimizer's stability threshold: on a quadratic whose curvature along some direction
+    exceeds ``constant / lr`` (``lr`` the current rate: the member's ``lr`` times the schedule's
+    multiplier), the update diverges along it; training sharpens up to there and hovers (the
+    edge of stability). ``preconditioned``: the curvature is the preconditioned Hessian's
+    P^{-1/2} H P^{-1/2} (adaptive methods, P the optimizer's declared diagonal preconditioner),
+    else the Hessian's. Declared as ``properties["stability"]`` (a callable of the
+    hyper-parameters when it depends on them; None or absent: no known threshold, e.g. sign or
+    matrix methods); the curvature probe (:mod:`techbench.engine.curvature_probe`) records
+    ``constant / lr`` beside the sharpness."""
+
+    preconditioned: bool
+    constant: float
+
+
+def heavy_ball_stability(momentum: float = 0.0, dampening: float = 0.0) -> float:
+    """(2 + 2 mu) / (1 - dampening): heavy-ball momentum ``b <- mu b + (1 - d) g``,
+    ``p <- p - lr b`` on curvature a has an eigenvalue -1 at lr a (1 - d) = 2 + 2 mu (Cohen et
+    al. 2021, arXiv 2103.00065, appendix on momentum; mu = 0: gradient descent's 2)."""
+    return (2.0 + 2.0 * momentum) / (1.0 - dampening)
+
+
+def nesterov_stability(momentum: float) -> float:
+    """(2 + 2 mu) / (1 + 2 mu): Nesterov momentum ``b <- mu b + g``, ``p <- p - lr (g + mu b)``
+    (Cohen et al. 2021, arXiv 2103.00065, appendix on momentum)."""
+    return (2.0 + 2.0 * momentum) / (1.0 + 2.0 * momentum)
+
+
+def ema_stability(beta1: float) -> float:
+    """(2 + 2 beta1) / (1 - beta1): an EMA momentum ``m <- beta1 m + (1 - beta1) g`` is heavy
+    ball with rate lr (1 - beta1), so on the preconditioned curvature (Adam) the threshold is
+    38 / lr at beta1 = 0.9 (Cohen et al. 2022, arXiv 2207.14484, section 3)."""
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
+    return (2.0 + 2.0 * beta1) / (1.0 - beta1)
 
 
 class ScheduleProperties(TypedDict, total=False):
