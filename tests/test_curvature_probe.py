@@ -283,3 +283,25 @@ def test_report_prefers_the_preconditioned_pair():
     assert table.loc[0, "ratio"] == pytest.approx(300 / 380)
     empty = report_curvature.probes(pd.DataFrame(columns=["trial_id", "split"]))
     assert empty.empty
+
+
+def test_plain_true_records_the_hessians_own_sharpness_beside_the_preconditioned():
+    """``plain = true``: Adam records both; at step 0 (the probe follows the first step; at a
+    tiny lr and the same seed the weights and probe batch are SGD's) its plain sharpness is the
+    one an SGD trial records, and its preconditioned one is still there."""
+    both = {**PROBE, "plain": True}
+    adam = {"name": "adam", "params": {"lr": 1e-8}}
+    rows = _curvature_rows(run_trial({**SMALL, "optimizer": adam, "health": {"curvature": both}}))
+    by = {(r["step"], r["metric"]): r["value"] for r in rows}
+    sgd = _curvature_rows(
+        run_trial(
+            {
+                **SMALL,
+                "optimizer": {"name": "sgd", "params": {"lr": 1e-8}},
+                "health": {"curvature": PROBE},
+            }
+        )
+    )
+    sgd0 = next(r["value"] for r in sgd if r["step"] == 0 and r["metric"] == "sharpness")
+    assert by[(0, "sharpness")] == pytest.approx(sgd0, rel=1e-3)
+    assert by[(0, "precond_sharpness")] > 0

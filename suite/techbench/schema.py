@@ -132,12 +132,19 @@ had in 0.3.0 and 0.3.0 stores keep resuming. Each entry's default is also in
 :data:`DEFAULT_CONFIG`, so code reading a completed config always finds the key."""
 
 
-CURVATURE_DEFAULTS: dict[str, int] = {"every_n_steps": 50, "iterations": 20, "batch": 64}
+CURVATURE_DEFAULTS: dict[str, int] = {
+    "every_n_steps": 50,
+    "iterations": 20,
+    "batch": 64,
+    "plain": False,
+}
 """The curvature probe's options (``health.curvature``, None: off): a probe every
 ``every_n_steps`` optimizer steps (and at step 0), at most ``iterations`` Lanczos steps (a
 run stops at convergence; later probes start from the previous probe's top Ritz vector and
 converge in a few), on a probe batch of ``batch`` training examples (the whole split when it
-is smaller); see :mod:`techbench.engine.curvature_probe`."""
+is smaller). For an optimizer whose threshold is on the preconditioned sharpness (Adam, RMSprop,
+Adagrad) only that one is computed unless ``plain`` is true (then the Hessian's own too, at
+about twice the probe's cost); see :mod:`techbench.engine.curvature_probe`."""
 
 CURVATURE_BOUNDS: dict[str, tuple[int, int]] = {
     "every_n_steps": (1, 100_000_000),

@@ -82,6 +82,7 @@ class CurvatureRecord:
         self.every_n_steps = int(options["every_n_steps"])
         self.iterations = int(options["iterations"])
         self.batch = int(options["batch"])
+        self.plain = bool(options.get("plain", False))
         self.stability = stability
         self.lr = float(lr)
         self.rows: list[dict[str, Any]] = []
@@ -108,7 +109,9 @@ class StackedCurvature:
         self.start_precond: torch.Tensor | None = None
         self.count = 0
         rules = [sink.stability for sink in self.sinks]
-        self.precond_only = all(r is not None and r.preconditioned for r in rules)
+        self.precond_only = not first.plain and all(
+            r is not None and r.preconditioned for r in rules
+        )
         self.steps = 0  # Lanczos steps taken, all members and probes (benchmarks read it)
 
     def due(self, step: int) -> bool:

@@ -602,6 +602,13 @@ class _Parser:
                 value = self.int_value(raw[key], f"health.curvature.{key}", low, high=high)
                 if value is not None:
                     out[key] = value
+        if "plain" in raw:
+            if isinstance(raw["plain"], bool):
+                out["plain"] = raw["plain"]
+            else:
+                self.problem(
+                    "health.curvature.plain", f"must be true or false, got {raw['plain']!r}"
+                )
         return out
 
     def report(self, data: Mapping[str, Any]) -> dict[str, Any]:
