@@ -240,13 +240,8 @@ def _config(**over: Any) -> dict[str, Any]:
     return complete_config({**base, **over})
 
 
-def test_muon_trials_stack_and_each_member_equals_its_trial() -> None:
-    registry = _Registry()
-    configs = [
-        _config(seed=0),
-        _config(seed=1, optimizer={"name": "muon", "params": {"lr": 0.05, "adam_lr": 1e-3}}),
-    ]
-    assert unstackable_reason(configs[0], registry) == ""
+def _assert_members_equal_their_trials(configs: list[dict[str, Any]], registry: Any) -> None:
+    """Member i of the stack of ``configs`` records what the reference loop records for trial i."""
     stacked = run_stack(configs, registry=registry)
     for config, member in zip(configs, stacked, strict=True):
         assert member.status == "completed", member.meta.error
@@ -255,6 +250,16 @@ def test_muon_trials_stack_and_each_member_equals_its_trial() -> None:
         got = {(r["split"], r["metric"], r["step"]): r["value"] for r in member.metrics}
         for key, value in rows.items():
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_muon_trials_stack_and_each_member_equals_its_trial() -> None:
+    registry = _Registry()
+    configs = [
+        _config(seed=0),
+        _config(seed=1, optimizer={"name": "muon", "params": {"lr": 0.05, "adam_lr": 1e-3}}),
+    ]
+    assert unstackable_reason(configs[0], registry) == ""
+    _assert_members_equal_their_trials(configs, registry)
 
 
 def test_decoupled_weight_decay_sees_each_sides_rate_in_a_stack_as_alone() -> None:
@@ -271,14 +276,7 @@ def test_decoupled_weight_decay_sees_each_sides_rate_in_a_stack_as_alone() -> No
             **decay,
         ),
     ]
-    stacked = run_stack(configs, registry=registry)
-    for config, member in zip(configs, stacked, strict=True):
-        assert member.status == "completed", member.meta.error
-        alone = reference_run(config, registry)
-        rows = {(r["split"], r["metric"], r["step"]): r["value"] for r in alone.rows}
-        got = {(r["split"], r["metric"], r["step"]): r["value"] for r in member.metrics}
-        for key, value in rows.items():
-            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    _assert_members_equal_their_trials(configs, registry)
 
 
 def test_a_model_whose_roles_cant_be_told_fails_a_muon_trial_only() -> None:
