@@ -111,6 +111,31 @@ def test_health_summaries(tmp_path: Path) -> None:
     assert r["nonfinite_share"] == pytest.approx(0.5)
 
 
+def test_health_summaries_of_200_trials_without_saturating_activations() -> None:
+    """Over 127 trials the trial-id categories need 16-bit codes; a health metric no trial
+    recorded (GELU never saturates) must not break the table (it did: pandas' int8/int16 codes
+    mismatch), and every trial's median is numpy's."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    ids = [f"t{i:03d}" for i in range(200)]
+    values = rng.uniform(0.5, 2.0, size=(200, 3))
+    rows = [
+        {"trial_id": t, "epoch": 0, "split": "health", "metric": m, "step": s, "layer": layer,
+         "value": float(values[i, s]) if m != "nonfinite_grads" else 0.0}
+        for i, t in enumerate(ids)
+        for s in range(3)
+        for m, layer in (("grad_norm_global", ""), ("grad_norm", "0"), ("nonfinite_grads", ""))
+    ]  # fmt: skip
+    metrics = pd.DataFrame(rows)
+    metrics["trial_id"] = metrics["trial_id"].astype("category")
+    metrics["layer"] = metrics["layer"].astype("category")
+    health = tables._health(metrics)
+    assert list(health.index) == ids
+    assert health["grad_norm_median"].to_numpy() == pytest.approx(np.median(values, axis=1))
+    assert health["saturated_fraction"].isna().all()
+
+
 def test_technique_table_and_improvement(tmp_path: Path) -> None:
     write_store(
         tmp_path,

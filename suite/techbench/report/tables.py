@@ -146,8 +146,9 @@ def _health(metrics: pd.DataFrame) -> pd.DataFrame:
     nf = rows("nonfinite_grads", False)
     bad = (nf["value"] > 0) | nf["value"].isna()
     out["nonfinite_share"] = bad.groupby(nf["trial_id"], observed=True).mean()
-    frame = pd.DataFrame(out)
-    frame.index = frame.index.astype(str)
+    # plain string indexes: a metric with no rows (no saturating activation) groups to an empty
+    # categorical index whose codes pandas can't align with 128+ trials' (int8 vs int16)
+    frame = pd.DataFrame({k: v.set_axis(v.index.astype(str)) for k, v in out.items()})
     frame.index.name = "trial_id"
     return frame
 
