@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from techbench.engine.trial import build_model, prepare, run_trial
+from techbench.engine.trial import build_model, prepare, run_stack, run_trial
 from techbench.plan.matrix import loads_matrix
 from techbench.plan.stacking import stack_key
 from techbench.schema import DEFAULT_CONFIG, Trial, complete_config
@@ -313,3 +313,33 @@ def test_coordinate_check_fails_a_planted_readout(model, widths, zero):
         assert_width_stable(
             _PlantedReadout(base_width=widths[0], readout_zero_init=zero), model, widths
         )
+
+
+def test_the_weight_decay_regularizer_decays_at_each_tensors_mup_rate():
+    """Under mup, decoupled decay moves each tensor at its own (scaled) rate, as mup's MuAdamW
+    does: Adam plus the ``weight_decay`` regularizer (decay of every tensor, before the step)
+    trains what AdamW with its own decoupled decay of every tensor trains, stacked or alone."""
+    lam = 0.3
+    adam = {"name": "adam", "params": {"lr": 0.02}}
+    regularizer = {"name": "weight_decay", "params": {"lam": lam, "include_bias": True}}
+    adamw = {"name": "adamw", "params": {"lr": 0.02, "weight_decay": lam, "decay": "all"}}
+    configs = [
+        complete_config({**BASE, "seed": s, "parametrization": MUP, **over})
+        for s, over in (
+            (0, {"optimizer": adam, "regularizer": regularizer}),
+            (0, {"optimizer": adamw}),
+            (1, {"optimizer": adam, "regularizer": regularizer}),
+        )
+    ]
+    with_regularizer = run_trial(configs[0])
+    with_adamw = run_trial(configs[1])
+    stacked = run_stack([configs[0], configs[2]])
+
+    def val_losses(outcome):
+        return [
+            r["value"] for r in outcome.metrics if r["split"] == "val" and r["metric"] == "loss"
+        ]
+
+    assert with_regularizer.status == with_adamw.status == "completed"
+    assert val_losses(with_regularizer) == pytest.approx(val_losses(with_adamw), rel=1e-5)
+    assert val_losses(stacked[0]) == pytest.approx(val_losses(with_regularizer), rel=1e-5)

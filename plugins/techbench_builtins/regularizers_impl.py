@@ -31,6 +31,7 @@ from torch import nn
 
 from techbench.engine.stacked_hooks import member_values
 from techbench.techniques.families import Regularizer, per_member
+from techbench.techniques.parametrize import lr_multiplier
 
 
 def _acts_on(param: torch.Tensor, include_bias: bool) -> bool:
@@ -141,7 +142,9 @@ def l1_reference(
 class DecoupledWeightDecay(Regularizer):
     """Decoupled weight decay (Loshchilov & Hutter 2019, Algorithms 1 and 2):
     W_{t+1} = W_t - lr*u_t - lr*lambda*W_t, where lr*u_t is the optimizer's own step and W_t the
-    weight *before* it, with each parameter group's current ``lr``.
+    weight *before* it, with each parameter group's current ``lr`` (times the tensor's own
+    learning-rate multiplier under a parametrization such as muP,
+    :func:`techbench.techniques.parametrize.lr_multiplier`, as mup's ``MuAdamW`` decays).
 
     How: ``transform_gradients`` (between backward and the step) copies W_t into a reused
     buffer without changing anything; ``after_step`` subtracts lr*lambda*W_t from the stepped
@@ -192,8 +195,8 @@ class DecoupledWeightDecay(Regularizer):
             alpha = -float(group["lr"]) * self.lam
             for p in group["params"]:
                 b = before.get(id(p))
-                if b is not None:
-                    p.add_(b, alpha=alpha)
+                if b is not None:  # at the tensor's own rate under a parametrization (muP)
+                    p.add_(b, alpha=alpha * lr_multiplier(p))
 
 
 def weight_decay_reference(
