@@ -275,6 +275,26 @@ def test_dry_run_prints_rungs_with_parameters_budgets_and_trials(
         assert rows[r][6] == "4"  # trials at this rung
 
 
+def test_dry_run_compute_of_an_epoch_budget_is_what_the_engine_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Epoch budgets: the table's compute is 6 N x epochs x training examples, the number the
+    engine records from the batches it actually trains (rung 0, one epoch of digits)."""
+    from techbench.cli import main
+    from techbench.engine.trial import run_trial
+
+    path = tmp_path / "l.toml"
+    path.write_text(LADDER)
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run", "--sample", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("scale: 3 rungs"))
+    row = lines[at + 2].split()
+    assert row[4] == "epochs=1"
+    ran = run_trial(loads_matrix(LADDER, "l.toml").planned()[0])
+    assert ran.status == "completed", ran.meta.error
+    assert float(row[5]) == pytest.approx(ran.meta.compute, rel=0.05)  # the table's 2 digits
+
+
 # -- the engine's meta ------------------------------------------------------------------------
 
 

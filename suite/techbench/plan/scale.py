@@ -169,7 +169,14 @@ class ScaleSpec:
             except Exception as exc:
                 self._fail(f"cannot load dataset {ds['name']!r} to count parameters: {exc}")
             self._cache[key] = (tuple(splits.input_shape), int(splits.num_outputs), splits.task)
+            self._cache["t" + key] = len(splits.x_train)
         return self._cache[key]
+
+    def train_examples(self, config: Mapping[str, Any]) -> int:
+        """Training examples (windows for a language model) of ``config``'s dataset."""
+        self.facts(config)
+        key = "d" + json.dumps([config["dataset"], config["data_seed"]], sort_keys=True)
+        return int(self._cache["t" + key])
 
     def _registry(self) -> Any:
         if self.registry is not None:
@@ -281,11 +288,15 @@ def _counted(scale: ScaleSpec, configs: Sequence[Mapping[str, Any]]) -> tuple[li
         except Exception:  # a dataset not on this machine: the table says "?"
             continue
         counts.append(n)
-        s = c["budget"].get("max_steps") if c["budget"].get("epochs") is None else None
+        budget = c["budget"]
+        s = budget.get("max_steps") if budget.get("epochs") is None else None
         if s is not None:
             steps.append(s)
-            per = int(c["budget"]["batch_size"]) * _tokens(scale, c)
+            per = int(budget["batch_size"]) * _tokens(scale, c)
             flops.append(6.0 * n * s * per)
+        elif budget.get("max_steps") is None:  # epochs only: every example, every epoch
+            seen = int(budget["epochs"]) * scale.train_examples(c) * _tokens(scale, c)
+            flops.append(6.0 * n * seen)
     return counts, steps, flops
 
 
