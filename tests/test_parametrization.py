@@ -343,3 +343,4 @@ def test_the_weight_decay_regularizer_decays_at_each_tensors_mup_rate():
     assert with_regularizer.status == with_adamw.status == "completed"
     assert val_losses(with_regularizer) == pytest.approx(val_losses(with_adamw), rel=1e-5)
     assert val_losses(stacked[0]) == pytest.approx(val_losses(with_regularizer), rel=1e-5)
+    assert_members_equal(configs[:1])  # the reference loop's own groups, decayed once

@@ -403,7 +403,7 @@ def _lr_groups(model: nn.Module, hp: Mapping[str, Any]) -> Any:
     """The model's parameters, or, where a parametrization tagged learning-rate multipliers,
     one param group per multiplier with ``lr`` times it (the ``mup`` package's ``MuAdam``
     way, restated apart from the engine's step hooks)."""
-    from techbench.techniques.parametrize import lr_multiplier
+    from techbench.techniques.parametrize import LR_MULT_ATTR, lr_multiplier
 
     params = list(model.parameters())
     if all(lr_multiplier(p) == 1.0 for p in params):
@@ -411,4 +411,6 @@ def _lr_groups(model: nn.Module, hp: Mapping[str, Any]) -> Any:
     groups: dict[float, list[torch.Tensor]] = {}
     for p in params:
         groups.setdefault(lr_multiplier(p), []).append(p)
+        if hasattr(p, LR_MULT_ATTR):  # the group's lr carries it now (a regularizer reads it)
+            delattr(p, LR_MULT_ATTR)
     return [{"params": ps, "lr": hp["lr"] * m} for m, ps in groups.items()]
