@@ -57,7 +57,21 @@ TABLE3 = [
     ("norm", (256,), (64,), "sgd", 1.0, 4.0),
     ("bias", (10,), (10,), "sgd", 1.0, 1.0),
     ("hidden", (64, 64), (64, 64), "adaptive", 1.0, 1.0),
+    # Muon: the orthogonalised hidden step has spectral norm lr (x1 for square matrices) under
+    # "original" and 0.2 sqrt(max(rows, cols)) lr under "match_rms_adamw", which grows as
+    # sqrt(width): the spectral condition (Yang, Simon, Bernstein 2023) wants it flat -> 1/2
+    ("hidden", (256, 256), (64, 64), "orthogonalized", 1.0, 1.0),
+    ("hidden", (256, 256), (64, 64), "orthogonalized_rms", 1.0, 0.5),
+    ("readout", (10, 256), (10, 64), "orthogonalized_rms", 0.5, 0.25),
+    ("input", (256, 10), (64, 10), "orthogonalized", 1.0, 1.0),
 ]
+
+
+def test_muon_declares_the_rule_of_its_shape_scale():
+    spec = get_spec("muon", "optimizer")
+    assert spec.properties_for()["update_rule"] == "orthogonalized"
+    rms = spec.properties_for({"adjust_lr": "match_rms_adamw"})["update_rule"]
+    assert rms == "orthogonalized_rms"
 
 
 @pytest.mark.parametrize("role,shape,base,rule,init,lr", TABLE3)

@@ -421,6 +421,14 @@ lion = TechniqueSpec(
     properties={"adaptive": False, "update_rule": "adaptive", "elementwise": True},
 )
 
+
+def _muon_rule(adjust_lr: str = "original", **_: Any) -> str:
+    """muP's rule for Muon's hidden step (:mod:`techbench_builtins.parametrizations_impl`): its
+    spectral norm is lr under ``"original"`` (``"orthogonalized"``), 0.2 sqrt(max(rows, cols))
+    lr under ``"match_rms_adamw"`` (``"orthogonalized_rms"``)."""
+    return "orthogonalized" if adjust_lr == "original" else "orthogonalized_rms"
+
+
 muon = TechniqueSpec(
     name="muon",
     family="optimizer",
@@ -501,7 +509,7 @@ muon = TechniqueSpec(
         "stacks": True,
         "reads_roles": True,
         "orthogonalized": True,
-        "update_rule": "orthogonalized",
+        "update_rule": _muon_rule,
         "rates": ("lr", "adam_lr"),
     },
 )

@@ -17,7 +17,8 @@ bias/norm  1                               1                    fan_out ratio
 =========  ==============================  ===================  =====================
 
 An ``orthogonalized`` optimizer (Muon: hidden matrices orthogonalised, the rest AdamW) takes the
-Adam-like column with hidden ``1`` (:data:`MUP_TABLE`).
+Adam-like column with hidden ``1``, or ``1 / sqrt(m_in)`` with Muon's RMS-matched shape scale
+(``orthogonalized_rms``; :data:`MUP_TABLE`).
 
 The readout is Table 3's form: initial variance 1/fan_in^2 and learning rate 1/fan_in, with no
 multiplier in the forward pass. It is the same network function, step by step, as Table 8's
@@ -46,7 +47,7 @@ from techbench.techniques.families import Parametrization, ParamScale
 
 __all__ = ["MUP_TABLE", "MuP", "Standard", "mup_reference", "standard_reference"]
 
-UPDATE_RULES = ("adaptive", "sgd", "orthogonalized")
+UPDATE_RULES = ("adaptive", "sgd", "orthogonalized", "orthogonalized_rms")
 
 
 class Standard(Parametrization):
@@ -112,14 +113,15 @@ class MuP(Parametrization):
             raise ValueError(f"parametrization mup: a {role} weight of shape {shape} is not 2-D")
         m_in = _ratio(shape[1:], base_shape[1:])
         if role == "hidden":
-            return ParamScale(1.0, 1.0 / m_in if update_rule == "adaptive" else 1.0)
+            hidden_lr = {"adaptive": 1.0 / m_in, "orthogonalized_rms": m_in**-0.5}
+            return ParamScale(1.0, hidden_lr.get(str(update_rule), 1.0))
         if role == "readout":
             init = 0.0 if self.readout_zero_init else 1.0 / math.sqrt(m_in)
             return ParamScale(init, 1.0 / m_in)
         raise ValueError(f"parametrization mup: unknown role {role!r}")
 
 
-MUP_TABLE: dict[str, dict[str, tuple[int, int]]] = {
+MUP_TABLE: dict[str, dict[str, tuple[float, float]]] = {
     "input": {"init_var": (-1, 0), "sgd": (0, 1), "adaptive": (0, 0), "orthogonalized": (0, 0)},
     "bias": {"init_var": (-1, 0), "sgd": (0, 1), "adaptive": (0, 0), "orthogonalized": (0, 0)},
     "hidden": {"init_var": (-1, 0), "sgd": (0, 0), "adaptive": (-1, 0), "orthogonalized": (0, 0)},
@@ -130,6 +132,9 @@ MUP_TABLE: dict[str, dict[str, tuple[int, int]]] = {
         "orthogonalized": (-1, 0),
     },
 }
+for _row in MUP_TABLE.values():  # Muon with Moonlight's RMS-matched scale: hidden fan_in^-1/2
+    _row["orthogonalized_rms"] = _row["orthogonalized"]
+MUP_TABLE["hidden"]["orthogonalized_rms"] = (-0.5, 0)
 """Table 3 of Tensor Programs V, muP column: each entry fan_in^a * fan_out^b as (a, b).
 Columns "input weights & all biases" (normalizer gains are biases here: vectors of width),
 "output weights" (readout), "hidden weights"; rows initial variance, SGD lr, Adam lr.
@@ -137,7 +142,9 @@ Columns "input weights & all biases" (normalizer gains are biases here: vectors 
 hidden ``1``: the orthogonalised update already has the spectral norm the spectral condition
 asks of a hidden matrix, Theta(sqrt(fan_out / fan_in)) (Yang, Simon and Bernstein 2023, "A
 spectral condition for feature learning", arXiv 2310.17813; Muon's shape scale
-max(1, fan_out / fan_in)^(1/2) times lr), so its rate needs no width factor."""
+max(1, fan_out / fan_in)^(1/2) times lr), so its rate needs no width factor.
+``orthogonalized_rms`` (Muon with Moonlight's ``match_rms_adamw`` scale 0.2 sqrt(max(rows, cols))
+times lr, whose spectral norm grows as sqrt(width)): hidden fan_in^(-1/2) to keep it flat."""
 
 
 def mup_reference(

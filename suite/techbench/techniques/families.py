@@ -153,7 +153,8 @@ class OptimizerProperties(TypedDict, total=False):
     gradient's scale (Adam and its kin, Adagrad, RMSprop, sign methods such as Lion),
     ``"sgd"`` for updates proportional to the gradient (SGD, momentum, Nesterov),
     ``"orthogonalized"`` for Muon-like rules (hidden matrices step along an orthogonalised
-    update whose spectral norm the rule fixes, the rest adaptively). Declaring it
+    update whose spectral norm the rule fixes, the rest adaptively; ``"orthogonalized_rms"``
+    when that norm grows as sqrt(width), Muon's ``match_rms_adamw``). Declaring it
     also declares that the update is proportional to ``lr`` (a per-tensor lr multiplier then
     equals a multiplier on the step, :func:`techbench.techniques.parametrize.scale_updates`;
     the conformance check ``lr_multiplier`` verifies it), for every hyper-parameter named in
@@ -174,7 +175,7 @@ class OptimizerProperties(TypedDict, total=False):
     (:mod:`techbench.testing.optimizer_muon`)."""
 
     adaptive: bool
-    update_rule: Literal["adaptive", "sgd", "orthogonalized"]
+    update_rule: Literal["adaptive", "sgd", "orthogonalized", "orthogonalized_rms"]
     rates: tuple[str, ...]
     elementwise: bool
     stacks: bool

@@ -80,7 +80,7 @@ def check_reference(spec: TechniqueSpec) -> None:
     hp = spec.hyperparams()
     fast = spec.create()
     reference = spec.load_reference()
-    for rule in ("adaptive", "sgd", "orthogonalized"):
+    for rule in ("adaptive", "sgd", "orthogonalized", "orthogonalized_rms"):
         for role, shape, base in ROLE_SHAPES:
             got = fast.scale(role, shape, base, rule)
             want = reference(role, shape, base, rule, **hp)
