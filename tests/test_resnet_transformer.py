@@ -260,3 +260,27 @@ def test_cifar_resnet_matrix_trial_runs_on_generated_cifar_files(tmp_path) -> No
     assert out.status == "completed", out.meta.error
     assert out.meta.num_parameters == 269_722 and out.meta.steps == 2
     assert len(out.metric("test", "acc")) == 1
+
+
+def test_head_dim_sets_the_heads_from_the_width() -> None:
+    """``head_dim`` = d gives width / d heads: the same network, seed for seed, as ``heads`` set
+    by hand, at every width of a ladder (so the attention scale 1/sqrt(d) stays fixed)."""
+    spec = get_spec("transformer", "model")
+    parts = ModelParts(
+        activation=nn.GELU,
+        weight_init=nn.init.xavier_uniform_,
+        bias_init=nn.init.zeros_,
+        normalizer=None,
+        norm_placement="before",
+        dropout=None,
+    )
+    x = torch.randint(0, 11, (3, 12))
+    for width in (16, 32, 64):
+        torch.manual_seed(0)
+        by_dim = spec.create((12,), 11, parts, width=width, depth=1, head_dim=8)
+        torch.manual_seed(0)
+        by_heads = spec.create((12,), 11, parts, width=width, depth=1, heads=width // 8)
+        assert torch.equal(by_dim(x), by_heads(x))
+        assert by_dim.blocks[0].attn.heads == width // 8
+    with pytest.raises(ValueError, match="not divisible by head_dim 8"):
+        spec.create((12,), 11, parts, width=20, head_dim=8)

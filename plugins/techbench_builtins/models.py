@@ -184,6 +184,16 @@ transformer = TechniqueSpec(
         Param(name="width", type=int, default=128, low=1, high=65536, doc="model width"),
         Param(name="depth", type=int, default=2, low=1, high=256, doc="transformer blocks"),
         Param(name="heads", type=int, default=4, low=1, high=256, doc="attention heads"),
+        Param(
+            name="head_dim",
+            type=int,
+            default=0,
+            low=0,
+            high=65536,
+            doc="width per head; when set, heads = width / head_dim (a width ladder then keeps "
+            "the attention's 1/sqrt(head_dim) scale fixed, as muP's coordinate check assumes); "
+            "0: use heads",
+        ),
         Param(name="mlp_ratio", type=int, default=4, low=1, high=16, doc="MLP inner width factor"),
         Param(
             name="tie_weights",

@@ -319,7 +319,8 @@ class Transformer(TechniqueNet):
 
     Token and learned position embeddings of ``width``; ``depth`` blocks of causal multi-head
     self-attention and an MLP ``W2 drop(act(W1 x))`` of inner width ``mlp_ratio * width``, each
-    in a residual branch; a linear head to the vocabulary (``num_outputs``). ``norm_placement``
+    in a residual branch (``heads`` heads, or width / ``head_dim`` when ``head_dim`` is set);
+    a linear head to the vocabulary (``num_outputs``). ``norm_placement``
     "before" is pre-norm (plus a final norm before the head, as GPT-2), "after" post-norm (the
     original Transformer). ``tie_weights`` shares the token embedding with the head (Press and
     Wolf 2017; the head then has no bias). The normalizer plugin is applied per token;
@@ -342,8 +343,15 @@ class Transformer(TechniqueNet):
         heads: int = 4,
         mlp_ratio: int = 4,
         tie_weights: bool = False,
+        head_dim: int = 0,
     ) -> None:
         super().__init__()
+        if head_dim:
+            if width % head_dim:
+                raise ValueError(
+                    f"transformer width {width} is not divisible by head_dim {head_dim}"
+                )
+            heads = width // head_dim
         if len(input_shape) != 1:
             raise ValueError(
                 f"transformer needs token windows (T,), got input shape {tuple(input_shape)}"
