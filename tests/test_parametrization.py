@@ -358,3 +358,20 @@ def test_the_weight_decay_regularizer_decays_at_each_tensors_mup_rate():
     assert val_losses(with_regularizer) == pytest.approx(val_losses(with_adamw), rel=1e-5)
     assert val_losses(stacked[0]) == pytest.approx(val_losses(with_regularizer), rel=1e-5)
     assert_members_equal(configs[:1])  # the reference loop's own groups, decayed once
+
+
+def test_run_refuses_a_matrix_mup_cannot_serve_before_any_trial(tmp_path, capsys):
+    """A CNN (its width is ``channels``) under mup, and an optimizer without an update rule,
+    are reported by ``techbench run`` in one line each, exit 2, before anything trains."""
+    from techbench.cli import main
+
+    path = tmp_path / "m.toml"
+    path.write_text(
+        '[budget]\nepochs = 1\n[defaults]\nmodel = { name = "cnn" }\ndataset = "digits"\n'
+        '[axes]\nparametrization = ["standard", { name = "mup", base_width = 8 }]\n'
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "parametrization mup with model cnn and optimizer adam:" in err
+    assert "no hyper-parameter 'width'" in err
+    assert not (tmp_path / "o" / "trials").exists()

@@ -7,7 +7,11 @@ Each check returns one line per problem; ``techbench run`` prints them all and e
   than "bundled"/"synthetic") loads, so missing files are reported once, with the dataset's own
   message (which says where it looked and which parameter or variable to set);
 - every requested accelerator exists on this machine (``cuda`` without CUDA fails every trial);
-- the target metric is recorded for the dataset's task (regression records no accuracy).
+- the target metric is recorded for the dataset's task (regression records no accuracy);
+- every (model, parametrization, optimizer) the trials pair can be parametrized: ``mup`` needs
+  the model's width hyper-parameter and the optimizer's ``update_rule``
+  (:mod:`techbench.techniques.parametrize`), which a trial would otherwise learn only when it
+  fails.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def preflight(trials: Sequence[Mapping[str, Any]], registry: Any = None) -> list
         *_datasets(trials, registry),
         *_accelerators(trials),
         *_targets(trials, registry),
+        *_parametrizations(trials, registry),
     ]
 
 
@@ -124,3 +129,29 @@ def _targets(trials: Sequence[Mapping[str, Any]], registry: Any) -> list[str]:
                 f"{', '.join(sorted(recorded))}"
             )
     return problems
+
+
+def _parametrizations(trials: Sequence[Mapping[str, Any]], registry: Any) -> list[str]:
+    """One line per distinct (parametrization, model, optimizer rule) that cannot work."""
+    seen: dict[str, str] = {}
+    for t in trials:
+        par = t.get("parametrization") or {"name": "standard", "params": {}}
+        if par["name"] == "standard":
+            continue
+        key = json.dumps([par, t["model"], t["optimizer"]], sort_keys=True)
+        if key in seen:
+            continue
+        seen[key] = ""
+        try:
+            method = registry.get_spec(par["name"], "parametrization").create(**par["params"])
+            model = registry.get_spec(t["model"]["name"], "model")
+            method.base_model_params(model.hyperparams(t["model"]["params"]))
+            optimizer = registry.get_spec(t["optimizer"]["name"], "optimizer")
+            rule = optimizer.properties_for(t["optimizer"]["params"]).get("update_rule")
+            method.scale("hidden", (2, 2), (1, 1), rule)
+        except Exception as exc:
+            seen[key] = (
+                f"parametrization {par['name']} with model {t['model']['name']} and optimizer "
+                f"{t['optimizer']['name']}: {_first_line(exc)}"
+            )
+    return [line for line in seen.values() if line]
