@@ -415,3 +415,11 @@ def test_a_ladder_with_a_technique_whose_loss_rises_with_size_builds_a_report(
     assert params.loc["adam<i>", "multiplier"] == pytest.approx(truth, rel=0.1)
     section = page.read_text().split('<section id="scaling">', 1)[1].split("</section>", 1)[0]
     assert "flat: " + FLAT_NOTE in section
+
+
+def test_a_ladder_whose_runs_all_diverged_builds_a_report(tmp_path: Path) -> None:
+    store = _write_ladder(tmp_path / "s", ("sgd", "adam"), lambda *a: math.nan, "diverged")
+    page = build_report(store, tmp_path / "report")
+    points = pd.read_csv(page.parent / "scaling_points.csv")
+    assert len(points) == 8 and not np.isfinite(points["median"]).any()
+    assert "No fit: it needs at least 3 rungs" in page.read_text()

@@ -1,5 +1,6 @@
 """The scaling section's figures (conventions of :mod:`.figures`: palette colours per technique,
-legends outside the panels, ``$`` escaped in labels, ``None`` when the data cannot draw one).
+legends outside the panels, ``$`` escaped in labels, ``None`` when the data cannot draw one, a
+panel without a finite value says so).
 
 - :func:`size_figure`: median score against parameters and against compute, log-log, a 95 %
   bootstrap band per technique, the shared-exponent fit dashed;
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from ..techniques.palette import technique_color
-from .figures import MAX_DATASETS, _legend_right, panel_grid, short_label
+from .figures import MAX_DATASETS, _legend_right, _no_data, panel_grid, short_label
 from .scaling_fit import SharedFit
 
 X_LABELS = {"num_parameters": "parameters N", "compute": "training FLOPs C"}
@@ -70,6 +71,10 @@ def size_figure(
         d = points[points["dataset"] == dataset]
         for j, x in enumerate(xs):
             ax = axs[i, j]
+            ax.set_title(short_label(str(dataset), 40))
+            if not np.isfinite(d["median"].to_numpy(float)).any():
+                _no_data(ax)
+                continue
             for tech in [t for t in order if t in set(d["technique"])]:
                 p = d[d["technique"] == tech].sort_values(x)
                 color = technique_color(tech)
@@ -86,7 +91,6 @@ def size_figure(
             _tidy_log(ax, y=True)
             ax.set_xlabel(X_LABELS[x])
             ax.set_ylabel(short_label(f"{score} (median)", 40))
-            ax.set_title(short_label(str(dataset), 40))
         _legend_right(axs[i, -1], list(axs[i]))
     return fig
 
