@@ -28,7 +28,7 @@ from techbench.report.scaling import (
     winner_sentences,
 )
 from techbench.report.scaling_fit import FLAT_NOTE, fit_shared, fit_table, multiplier
-from techbench.report.scaling_lr import best_lrs, lr_curves, lr_drift
+from techbench.report.scaling_lr import best_lrs, drift_sentences, lr_curves, lr_drift
 from techbench.report.scaling_section import scaling
 from techbench.store import ResultStore
 
@@ -423,3 +423,18 @@ def test_a_ladder_whose_runs_all_diverged_builds_a_report(tmp_path: Path) -> Non
     points = pd.read_csv(page.parent / "scaling_points.csv")
     assert len(points) == 8 and not np.isfinite(points["median"]).any()
     assert "No fit: it needs at least 3 rungs" in page.read_text()
+    assert pd.read_csv(page.parent / "scaling_lr_best.csv")["best_lr"].isna().all()
+
+
+def test_a_rung_where_every_lr_diverged_has_no_best_lr_and_is_left_out_of_the_drift() -> None:
+    frame = _lr_frame()
+    frame.loc[(frame["technique"] == "standard") & (frame["rung"] == 3), "value"] = np.nan
+    best = best_lrs(lr_curves(frame)).set_index(["technique", "rung"])
+    assert math.isnan(best.loc[("standard", 3), "best_lr"])
+    assert not best.loc[("standard", 3), "at_edge"]
+    drift = lr_drift(best.reset_index()).set_index("technique")
+    assert drift.loc["standard", "drift"] == pytest.approx(1 / 4)  # 0.04/4 over 0.04/1
+    assert drift.loc["standard", "rung_large"] == 2
+    assert drift.loc["mup", "drift"] == pytest.approx(1.0)
+    text = " ".join(drift_sentences(drift.reset_index()))
+    assert "standard: " in text and "rung 3 left out: every lr diverged" in text
