@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from techbench.report.scaling import (
     select_settings,
     winner_sentences,
 )
-from techbench.report.scaling_fit import fit_shared, fit_table, multiplier
-from techbench.report.scaling_lr import best_lrs, lr_curves, lr_drift
+from techbench.report.scaling_fit import FLAT_NOTE, fit_shared, fit_table, multiplier
+from techbench.report.scaling_lr import best_lrs, drift_sentences, lr_curves, lr_drift
 from techbench.report.scaling_section import scaling
 from techbench.store import ResultStore
 
@@ -222,10 +223,15 @@ def _loss(opt: str, rung: int, lr: float, seed: int) -> float:
     return base * (1 + 0.05 * math.log2(lr / OPTIMUM[opt](w)) ** 2) * (1 + 1e-3 * rng.random())
 
 
-@pytest.fixture(scope="module")
-def ladder_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("scaling") / "store"
-    for opt in ("sgd", "adam<i>"):
+def _write_ladder(
+    store: Path,
+    opts: tuple[str, ...] = ("sgd", "adam<i>"),
+    loss: Callable[[str, int, float, int], float] = _loss,
+    status: str = "completed",
+) -> Path:
+    """A ladder of 4 rungs (width 16 to 128) x 6 lrs x 3 seeds per optimizer, final val loss
+    ``loss(opt, rung, lr, seed)``."""
+    for opt in opts:
         for rung in range(4):
             w = 2**rung
             for k in range(6):
@@ -235,15 +241,19 @@ def ladder_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         model=("mlp", {"width": 16 * w}), optimizer=(opt, {"lr": lr}), seed=seed
                     )
                     config["budget"]["epochs"] = 2
-                    loss = _loss(opt, rung, lr, seed)
+                    value = loss(opt, rung, lr, seed)
                     n = 1000 * w * w
                     meta = {"rung": rung, "width_mult": float(w), "num_parameters": n,
                             "compute": 6.0 * n * 1e4}  # fmt: skip
-                    rows = epoch_rows([0.5, 0.6], val_loss=[loss + 0.5, loss])
-                    write_trial(store, config, rows, meta=meta)
-    matrix = {"name": "ladder", "axes": {"optimizer": ["sgd", "adam<i>"]}}
-    ResultStore(store).write_matrix(matrix)
+                    rows = epoch_rows([0.5, 0.6], val_loss=[value + 0.5, value])
+                    write_trial(store, config, rows, status=status, meta=meta)
+    ResultStore(store).write_matrix({"name": "ladder", "axes": {"optimizer": list(opts)}})
     return store
+
+
+@pytest.fixture(scope="module")
+def ladder_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_ladder(tmp_path_factory.mktemp("scaling") / "store")
 
 
 def test_a_ladder_report_has_the_scaling_section_and_its_csvs(
@@ -359,3 +369,72 @@ def test_two_rungs_are_ranked_but_not_fitted(tmp_path: Path) -> None:
     assert "No fit: it needs at least 3 rungs" in text and section.csvs["scaling_fit.csv"].empty
     corr = section.csvs["scaling_rank_correlation.csv"]
     assert list(corr["tau"]) == [1.0] and "scaling_lr.csv" not in section.csvs
+
+
+def test_a_technique_whose_loss_does_not_fall_with_size_gets_no_multiplier() -> None:
+    """A third technique whose loss rises with N (from E at the smallest rung) drives its A_t to
+    the floor: its multiplier is NaN and flagged, and a and b are still recovered (the law's
+    multiplier from the true factors) with the flat technique left out of the fit."""
+    ladder = _ladder(noise=0.005)
+    rng = np.random.default_rng(2)
+    rising = ladder[ladder["technique"] == "a"].assign(technique="up")
+    rising["value"] = E_TRUE * (rising["num_parameters"] / 1e4) ** 0.05
+    rising["value"] *= np.exp(0.005 * rng.standard_normal(len(rising)))
+    frame = pd.concat([ladder[ladder["technique"] != "c"], rising], ignore_index=True)
+    table, fit = fit_table(frame, "num_parameters", "a", n_resamples=50)
+    rows = table.set_index("technique")
+    assert fit is not None and "up" not in fit.a
+    assert math.isnan(rows.loc["up", "multiplier"]) and rows.loc["up", "note"] == FLAT_NOTE
+    assert math.isnan(rows.loc["up", "multiplier_ci_low"])
+    truth = (A_TRUE["a"] / A_TRUE["b"]) ** (1 / ALPHA_TRUE)
+    assert rows.loc["b", "multiplier"] == pytest.approx(truth, rel=0.05)
+    assert fit.alpha == pytest.approx(ALPHA_TRUE, abs=0.05)
+
+
+def test_the_multiplier_is_nan_for_a_factor_that_is_not_positive() -> None:
+    assert math.isnan(multiplier(8.0, 0.0, 0.35)) and math.isnan(multiplier(8.0, math.inf, 0.35))
+    assert math.isnan(multiplier(8.0, 1e-300, 1e-3))  # (8e300)^1000 overflows
+
+
+def _rising(opt: str, rung: int, lr: float, seed: int) -> float:
+    """sgd and adam<i> as :func:`_loss`; ``flat``: loss rising with size from E."""
+    if opt != "flat":
+        return _loss(opt, rung, lr, seed)
+    return E_TRUE * 1.05**rung * (1 + 0.05 * math.log2(lr / 0.01) ** 2)
+
+
+def test_a_ladder_with_a_technique_whose_loss_rises_with_size_builds_a_report(
+    tmp_path: Path,
+) -> None:
+    store = _write_ladder(tmp_path / "s", ("sgd", "adam<i>", "flat"), _rising)
+    page = build_report(store, tmp_path / "report")
+    fit = pd.read_csv(page.parent / "scaling_fit.csv")
+    params = fit[fit["x"] == "num_parameters"].set_index("technique")
+    assert math.isnan(params.loc["flat", "multiplier"]) and params.loc["flat", "note"] == FLAT_NOTE
+    truth = (A_OPT["sgd"] / A_OPT["adam"]) ** (1 / ALPHA_TRUE)
+    assert params.loc["adam<i>", "multiplier"] == pytest.approx(truth, rel=0.1)
+    section = page.read_text().split('<section id="scaling">', 1)[1].split("</section>", 1)[0]
+    assert "flat: " + FLAT_NOTE in section
+
+
+def test_a_ladder_whose_runs_all_diverged_builds_a_report(tmp_path: Path) -> None:
+    store = _write_ladder(tmp_path / "s", ("sgd", "adam"), lambda *a: math.nan, "diverged")
+    page = build_report(store, tmp_path / "report")
+    points = pd.read_csv(page.parent / "scaling_points.csv")
+    assert len(points) == 8 and not np.isfinite(points["median"]).any()
+    assert "No fit: it needs at least 3 rungs" in page.read_text()
+    assert pd.read_csv(page.parent / "scaling_lr_best.csv")["best_lr"].isna().all()
+
+
+def test_a_rung_where_every_lr_diverged_has_no_best_lr_and_is_left_out_of_the_drift() -> None:
+    frame = _lr_frame()
+    frame.loc[(frame["technique"] == "standard") & (frame["rung"] == 3), "value"] = np.nan
+    best = best_lrs(lr_curves(frame)).set_index(["technique", "rung"])
+    assert math.isnan(best.loc[("standard", 3), "best_lr"])
+    assert not best.loc[("standard", 3), "at_edge"]
+    drift = lr_drift(best.reset_index()).set_index("technique")
+    assert drift.loc["standard", "drift"] == pytest.approx(1 / 4)  # 0.04/4 over 0.04/1
+    assert drift.loc["standard", "rung_large"] == 2
+    assert drift.loc["mup", "drift"] == pytest.approx(1.0)
+    text = " ".join(drift_sentences(drift.reset_index()))
+    assert "standard: " in text and "rung 3 left out: every lr diverged" in text

@@ -1,5 +1,6 @@
 """The scaling section's figures (conventions of :mod:`.figures`: palette colours per technique,
-legends outside the panels, ``$`` escaped in labels, ``None`` when the data cannot draw one).
+legends outside the panels, ``$`` escaped in labels, ``None`` when the data cannot draw one, a
+panel without a finite value says so).
 
 - :func:`size_figure`: median score against parameters and against compute, log-log, a 95 %
   bootstrap band per technique, the shared-exponent fit dashed;
@@ -20,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from ..techniques.palette import technique_color
-from .figures import MAX_DATASETS, _legend_right, panel_grid, short_label
+from .figures import MAX_DATASETS, _legend_right, _no_data, panel_grid, short_label
 from .scaling_fit import SharedFit
 
 X_LABELS = {"num_parameters": "parameters N", "compute": "training FLOPs C"}
@@ -70,6 +71,10 @@ def size_figure(
         d = points[points["dataset"] == dataset]
         for j, x in enumerate(xs):
             ax = axs[i, j]
+            ax.set_title(short_label(str(dataset), 40))
+            if not np.isfinite(d["median"].to_numpy(float)).any():
+                _no_data(ax)
+                continue
             for tech in [t for t in order if t in set(d["technique"])]:
                 p = d[d["technique"] == tech].sort_values(x)
                 color = technique_color(tech)
@@ -86,7 +91,6 @@ def size_figure(
             _tidy_log(ax, y=True)
             ax.set_xlabel(X_LABELS[x])
             ax.set_ylabel(short_label(f"{score} (median)", 40))
-            ax.set_title(short_label(str(dataset), 40))
         _legend_right(axs[i, -1], list(axs[i]))
     return fig
 
@@ -120,7 +124,8 @@ def lr_figure(
             label = f"rung {rung}" + (f" ({width:g}x)" if np.isfinite(width) else "")
             ax.plot(g["lr"], _finite(g["median"]), "o-", color=shade[rung], label=label, ms=3)
             top = g.loc[g["median"].idxmin()]
-            ax.plot([top["lr"]], [top["median"]], "*", color=shade[rung], ms=11)
+            if np.isfinite(top["median"]):
+                ax.plot([top["lr"]], [top["median"]], "*", color=shade[rung], ms=11)
         ax.set_xscale("log")
         _tidy_log(ax, c["lr"].unique())
         ax.set_xlabel("learning rate")
@@ -141,6 +146,10 @@ def transfer_figure(best: pd.DataFrame, order: Sequence[str]) -> Figure | None:
     fig, axs = panel_grid(1, len(datasets), w=4.2, h=3.2, legend_w=1.8)
     for ax, dataset in zip(axs[0], datasets, strict=True):
         d = swept[swept["dataset"] == dataset]
+        ax.set_title(short_label(str(dataset), 40))
+        if not np.isfinite(d["best_lr"].to_numpy(float)).any():
+            _no_data(ax)
+            continue
         x = "width_mult" if np.isfinite(d["width_mult"].to_numpy(float)).all() else "num_parameters"
         for tech in [t for t in order if t in set(d["technique"])]:
             g = d[d["technique"] == tech].sort_values("rung")
@@ -153,6 +162,5 @@ def transfer_figure(best: pd.DataFrame, order: Sequence[str]) -> Figure | None:
         _tidy_log(ax, d[x].unique(), y=True)
         ax.set_xlabel("width multiplier" if x == "width_mult" else "parameters N")
         ax.set_ylabel("best learning rate")
-        ax.set_title(short_label(str(dataset), 40))
     _legend_right(axs[0, -1], list(axs[0]))
     return fig

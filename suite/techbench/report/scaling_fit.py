@@ -33,6 +33,10 @@ N_RESAMPLES = 200
 MIN_SIZES = 3
 """Distinct sizes (rungs) the fit needs: E, alpha and A are not identified on two."""
 ALPHA_BOUNDS = (1e-3, 10.0)
+A_FLOOR = 1e-6
+"""Lower bound on A_t, relative to the technique's smallest loss: at the floor the law's size term
+is under a millionth of every loss of t (``u = N / N_min >= 1``), so t's fitted loss does not fall
+with size and its multiplier is not defined (``SharedFit.at_bound``)."""
 MODEL_TEXT = (
     "L = E + A_t · N^(−α), with E ≥ 0 and α shared by all techniques and A_t > 0 per technique"
 )
@@ -42,13 +46,15 @@ LOSS_TEXT = "Σ_i (log L_i − log(E + A_t(i) · N_i^(−α)))², nonlinear leas
 @dataclass(frozen=True)
 class SharedFit:
     """A fitted law: ``e``, ``alpha``, ``a`` per technique (in the units of N), the root mean
-    squared log residual and the number of points."""
+    squared log residual and the number of points; ``at_bound``: the techniques whose A_t sits
+    at its floor (:data:`A_FLOOR`: the loss does not fall with size)."""
 
     e: float
     alpha: float
     a: dict[str, float]
     rmse: float
     n_points: int
+    at_bound: frozenset[str] = frozenset()
 
     def predict(self, technique: str, n: np.ndarray | float) -> np.ndarray:
         """``E + A_t N^-alpha``."""
@@ -57,8 +63,12 @@ class SharedFit:
 
 def multiplier(a_base: float, a_t: float, alpha: float) -> float:
     """``(A_base / A_t)^(1/alpha)``: how many times the parameters (compute) the baseline needs
-    to match technique t."""
-    return float((a_base / a_t) ** (1.0 / alpha))
+    to match technique t; NaN when either factor or alpha is not finite and positive, or the
+    ratio overflows (computed in logs)."""
+    if not all(math.isfinite(v) and v > 0 for v in (a_base, a_t, alpha)):
+        return math.nan
+    log_m = (math.log(a_base) - math.log(a_t)) / alpha
+    return math.exp(log_m) if abs(log_m) < 700 else math.nan
 
 
 def _residuals(z: np.ndarray, u: np.ndarray, ly: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -112,7 +122,8 @@ def fit_shared(
         starts = [np.array([start.e, start.alpha, *la])]
     else:
         starts = _starts(u, loss, codes, k)
-    lower = np.array([0.0, ALPHA_BOUNDS[0], *([-np.inf] * k)])
+    floor = [math.log(A_FLOOR * float(loss[codes == j].min())) for j in range(k)]
+    lower = np.array([0.0, ALPHA_BOUNDS[0], *floor])
     upper = np.array([np.inf, ALPHA_BOUNDS[1], *([np.inf] * k)])
     best = None
     for z0 in starts:
@@ -127,7 +138,9 @@ def fit_shared(
     e, alpha, la = float(best.x[0]), float(best.x[1]), best.x[2:]
     a = {str(t): float(math.exp(v) * n0**alpha) for t, v in zip(names, la, strict=True)}
     rmse = float(np.sqrt(np.mean(best.fun**2)))
-    return SharedFit(e, alpha, a, rmse, int(n.size))
+    low = (best.active_mask[2:] == -1) | (la - lower[2:] < 1e-6)
+    at_bound = frozenset(str(t) for t, b in zip(names, low, strict=True) if b)
+    return SharedFit(e, alpha, a, rmse, int(n.size), at_bound)
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -165,6 +178,21 @@ def bootstrap_fits(
     return out
 
 
+FLAT_NOTE = "loss does not fall with size: no multiplier"
+
+
+def _fit_falling(p: pd.DataFrame, x: str) -> tuple[SharedFit | None, dict[str, float]]:
+    """The fit of the techniques whose A_t is off its floor, refitted without those at it (a
+    technique the law cannot describe would bend the shared exponent); with their floor A_t."""
+    flat: dict[str, float] = {}
+    fit = fit_shared(p[x].to_numpy(), p["value"].to_numpy(), p["technique"].to_numpy())
+    while fit is not None and fit.at_bound:
+        flat.update({t: fit.a[t] for t in fit.at_bound})
+        p = p[~p["technique"].astype(str).isin(flat)]
+        fit = fit_shared(p[x].to_numpy(), p["value"].to_numpy(), p["technique"].to_numpy())
+    return fit, flat
+
+
 def fit_table(
     points: pd.DataFrame,
     x: str,
@@ -175,26 +203,38 @@ def fit_table(
 ) -> tuple[pd.DataFrame, SharedFit | None]:
     """One row per technique of one dataset's runs: E, alpha, A_t and the multiplier over
     ``baseline`` on ``x`` (``num_parameters`` or ``compute``), each with its 95 % interval.
-    Empty (and None) when the fit is not identified (:func:`fit_shared`)."""
+    A technique whose A_t sits at its floor is left out of the fit, its multiplier NaN and its
+    ``note`` :data:`FLAT_NOTE`. Empty (and None) when the fit is not identified
+    (:func:`fit_shared`)."""
     p = points.reset_index(drop=True)
-    fit = fit_shared(p[x].to_numpy(), p["value"].to_numpy(), p["technique"].to_numpy())
+    fit, flat = _fit_falling(p, x)
     if fit is None:
         return pd.DataFrame(), None
+    p = p[p["technique"].astype(str).isin(list(fit.a))]
     boots = bootstrap_fits(p, x, fit, n_resamples=n_resamples, seed=seed)
     e_ci = _interval([b.e for b in boots])
     alpha_ci = _interval([b.alpha for b in boots])
     rows = []
-    for t in fit.a:
-        m = multiplier(fit.a[baseline], fit.a[t], fit.alpha) if baseline in fit.a else math.nan
-        ms = [multiplier(b.a[baseline], b.a[t], b.alpha) for b in boots if baseline in b.a]
+    for t in [*fit.a, *flat]:
+        ms = [
+            multiplier(b.a[baseline], b.a[t], b.alpha) if {baseline, t}.isdisjoint(b.at_bound)
+            else math.nan
+            for b in boots if baseline in b.a and t in b.a
+        ]  # fmt: skip
+        m = (
+            multiplier(fit.a[baseline], fit.a[t], fit.alpha)
+            if {baseline, t} <= set(fit.a)
+            else math.nan
+        )
+        ci = _interval(ms) if math.isfinite(m) else (math.nan, math.nan)
         rows.append(
             {
                 "technique": t, "baseline": baseline, "x": x, "E": fit.e,
                 "E_ci_low": e_ci[0], "E_ci_high": e_ci[1], "alpha": fit.alpha,
-                "alpha_ci_low": alpha_ci[0], "alpha_ci_high": alpha_ci[1], "A": fit.a[t],
-                "multiplier": m, "multiplier_ci_low": _interval(ms)[0],
-                "multiplier_ci_high": _interval(ms)[1], "rmse_log": fit.rmse,
-                "n_points": fit.n_points, "n_resamples": len(boots),
+                "alpha_ci_low": alpha_ci[0], "alpha_ci_high": alpha_ci[1],
+                "A": fit.a.get(t, flat.get(t)), "multiplier": m, "multiplier_ci_low": ci[0],
+                "multiplier_ci_high": ci[1], "rmse_log": fit.rmse, "n_points": fit.n_points,
+                "n_resamples": len(boots), "note": FLAT_NOTE if t in flat else "",
             }
         )  # fmt: skip
     return pd.DataFrame(rows), fit

@@ -42,14 +42,14 @@ def lr_curves(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_lrs(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, technique, rung): the lr of the lowest median (ties: the smaller lr),
-    the number of lrs, whether it was swept (>= 2 lrs) and whether the best lies at the grid's
+    """Per (dataset, technique, rung): the lr of the lowest median (ties: the smaller lr; NaN
+    when every lr diverged, no median finite), the number of lrs, whether it was swept (>= 2 lrs) and whether the best lies at the grid's
     edge (the smallest or largest lr tried)."""
     rows = []
     for (dataset, tech, rung), g in curves.groupby(["dataset", "technique", "rung"], sort=True):
         g = g.sort_values(["median", "lr"], kind="stable")
         lrs = g["lr"].to_numpy(float)
-        best = float(lrs[0])
+        best = float(lrs[0]) if np.isfinite(g["median"].iat[0]) else math.nan
         swept = lrs.size >= 2
         rows.append({
             "dataset": dataset, "technique": tech, "rung": int(rung),
@@ -64,11 +64,17 @@ def best_lrs(curves: pd.DataFrame) -> pd.DataFrame:
 def lr_drift(best: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, technique): best lr at the largest swept rung over the smallest's, the
     width and parameter ratios between those rungs, and whether either best is at an edge;
-    NaN drift (with ``note``) when fewer than two rungs were swept."""
+    NaN drift (with ``note``) when fewer than two rungs were swept. A rung where every lr
+    diverged (NaN best lr) is left out, listed in ``diverged_rungs``."""
     rows = []
     for (dataset, tech), g in best.groupby(["dataset", "technique"], sort=True):
         swept = g[g["swept"]].sort_values("rung")
-        row: dict[str, object] = {"dataset": dataset, "technique": tech}
+        lost = swept[~np.isfinite(swept["best_lr"].to_numpy(float))]
+        swept = swept.drop(lost.index)
+        row: dict[str, object] = {
+            "dataset": dataset, "technique": tech,
+            "diverged_rungs": ", ".join(str(r) for r in lost["rung"]),
+        }  # fmt: skip
         if len(swept) < 2:
             rungs = ", ".join(str(r) for r in swept["rung"]) or "none"
             row.update(drift=math.nan, note=f"lr swept at fewer than two rungs (swept: {rungs})")
@@ -89,10 +95,17 @@ def lr_drift(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def drift_sentences(drift: pd.DataFrame) -> list[str]:
-    """One plain sentence per (dataset, technique) with a measured drift."""
+    """One plain sentence per (dataset, technique) with a measured drift, or with a rung where
+    every lr diverged."""
     out = []
     for r in drift.itertuples(index=False):
+        many = "s" if "," in str(r.diverged_rungs) else ""
+        lost = (
+            f"rung{many} {r.diverged_rungs} left out: every lr diverged" if r.diverged_rungs else ""
+        )
         if not isinstance(r.drift, float) or math.isnan(r.drift):
+            if lost:
+                out.append(f"{r.dataset} · {r.technique}: no drift, {r.note}; {lost}.")
             continue
         width = (
             f"a {r.width_ratio:.3g}x width range"
@@ -107,5 +120,7 @@ def drift_sentences(drift: pd.DataFrame) -> list[str]:
         text += " (1 = the optimum transfers)"
         if r.at_edge:
             text += "; a best lr lies at the edge of its grid, so the drift is a bound"
+        if lost:
+            text += f"; {lost}"
         out.append(text + ".")
     return out

@@ -25,7 +25,15 @@ from .scaling import (
     winner_sentences,
 )
 from .scaling_figures import lr_figure, size_figure, transfer_figure
-from .scaling_fit import LOSS_TEXT, MIN_SIZES, MODEL_TEXT, N_RESAMPLES, SharedFit, fit_table
+from .scaling_fit import (
+    FLAT_NOTE,
+    LOSS_TEXT,
+    MIN_SIZES,
+    MODEL_TEXT,
+    N_RESAMPLES,
+    SharedFit,
+    fit_table,
+)
 from .scaling_lr import best_lrs, drift_sentences, lr_curves, lr_drift
 
 if TYPE_CHECKING:
@@ -85,6 +93,9 @@ def _fit_sentences(fit: pd.DataFrame) -> list[str]:
                 f"; the baseline {r0['baseline']} needs this many times the {unit[str(x)]} to "
                 "match: " + "; ".join(parts)
             )
+        flat = [str(t) for t, n in zip(g["technique"], g["note"], strict=True) if n == FLAT_NOTE]
+        if flat:
+            text += "; left out of the fit: " + "; ".join(f"{t}: {FLAT_NOTE}" for t in flat)
         out.append(text + ".")
     return out
 
