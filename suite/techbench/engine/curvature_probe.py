@@ -23,7 +23,8 @@ health's after-update statistics see), before the schedule steps, each live memb
 - ``threshold`` (against ``sharpness``) or ``precond_threshold`` (against
   ``precond_sharpness``): ``constant / lr`` from the optimizer's declared
   :class:`techbench.techniques.families.Stability`, ``lr`` the member's rate times the schedule's
-  multiplier at this step; none when the optimizer declares none.
+  multiplier at this step; none when the optimizer declares none, and none at a rate of 0 (a
+  schedule annealed to 0: the threshold is +inf, any curvature is stable).
 
 The probe batch is drawn once per trial: ``batch`` examples of the training split (all of it
 when smaller) by ``randperm`` with ``Generator(seed +`` :data:`CURVATURE_SEED_OFFSET` ``)``,
@@ -188,10 +189,10 @@ class StackedCurvature:
                 sink.rows.append(
                     metric_row(step, epoch, "curvature", "precond_sharpness", precond[k])
                 )
-            rule = sink.stability
-            if rule is not None and (pre is not None or not rule.preconditioned):
+            rule, rate = sink.stability, sink.lr * rates[k]
+            if rule is not None and rate > 0 and (pre is not None or not rule.preconditioned):
                 name = "precond_threshold" if rule.preconditioned else "threshold"
-                value = rule.constant / (sink.lr * rates[k])
+                value = rule.constant / rate
                 sink.rows.append(metric_row(step, epoch, "curvature", name, value))
 
 
