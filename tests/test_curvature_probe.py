@@ -344,3 +344,54 @@ def test_zero_schedule_rate_has_no_finite_threshold(optimizer, pair):
     ]
     assert summary.loc[0, "edge_fraction"] == pytest.approx(sum(at_edge) / 3)
     assert summary.loc[0, "sharpness"] == by[(8, quantity)]
+
+
+MUP_NARROW = {"name": "mup", "params": {"base_width": 2}}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_probe_under_mup_is_the_effective_operator(optimizer):
+    """Under muP (width 8 over base 2: multipliers 4 and 1/4 for SGD) tensor t steps at
+    lr * m_t, so the sharpness compared with 2/lr is the top eigenvalue of M^{1/2} H M^{1/2}:
+    the engine's step-0 value against the exact float64 Hessian's, within 1%."""
+    from techbench.engine.trial import build_model, prepare
+    from techbench.schema import complete_config
+    from techbench.techniques.parametrize import lr_multiplier
+
+    cfg = complete_config(
+        {
+            "model": {"name": "mlp", "params": {"depth": 1, "width": 8}},
+            "optimizer": optimizer,
+            "parametrization": MUP_NARROW,
+        }
+    )
+    specs, splits = prepare(cfg, None)
+    model, _ = build_model(cfg, specs, splits)
+    assert {lr_multiplier(p) for p in model.parameters()} >= {4.0, 0.25}  # not vacuous
+    error = check_engine_probe(parametrization=MUP_NARROW, optimizer=optimizer)
+    assert error < 0.01
+
+
+def test_probe_under_mup_folds_multipliers_into_the_preconditioner(monkeypatch):
+    """Adam under muP: the preconditioner is P / m; with P frozen at 1 (planted) the recorded
+    precond_sharpness is the exact top eigenvalue of M^{1/2} H M^{1/2}, within 1%."""
+    monkeypatch.setattr(
+        curvature_probe, "diagonal_preconditioner", lambda opt, p: torch.ones_like(p)
+    )
+    error = check_engine_probe(
+        parametrization=MUP_NARROW, optimizer="adam", metric="precond_sharpness"
+    )
+    assert error < 0.01
+
+
+def test_mup_at_its_base_width_probes_as_standard():
+    """All multipliers 1 (muP at its base width): the recorded rows equal the standard
+    trial's."""
+    base = {**SMALL, "optimizer": {"name": "sgd", "params": {"lr": 0.05}}}
+    base["health"] = {"curvature": PROBE}
+    plain = _curvature_rows(run_trial(base))
+    at_base = {"name": "mup", "params": {"base_width": 16}}
+    mup = _curvature_rows(run_trial({**base, "parametrization": at_base}))
+    assert [(r["step"], r["metric"], r["value"]) for r in mup] == [
+        (r["step"], r["metric"], r["value"]) for r in plain
+    ]
