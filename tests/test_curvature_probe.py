@@ -305,3 +305,93 @@ def test_plain_true_records_the_hessians_own_sharpness_beside_the_preconditioned
     sgd0 = next(r["value"] for r in sgd if r["step"] == 0 and r["metric"] == "sharpness")
     assert by[(0, "sharpness")] == pytest.approx(sgd0, rel=1e-3)
     assert by[(0, "precond_sharpness")] > 0
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "pair"),
+    [
+        ({"name": "sgd", "params": {"lr": 0.05}}, ("sharpness", "threshold")),
+        ({"name": "adam", "params": {"lr": 0.003}}, ("precond_sharpness", "precond_threshold")),
+    ],
+)
+def test_zero_schedule_rate_has_no_finite_threshold(optimizer, pair):
+    """Cosine to 0 (its default ``min_lr_ratio``) reaches rate 0 at the last step, probed at
+    step 8 of 9: the threshold constant / (lr * 0) is +inf (any curvature is stable), so that
+    probe records its sharpness but no threshold; the trial completes and the report counts
+    that probe as below the edge, its sharpness still the compared quantity."""
+    config = {
+        **SMALL,
+        "optimizer": optimizer,
+        "budget": {"max_steps": 9, "epochs": None, "batch_size": 64},
+        "schedule": "cosine",
+        "health": {"curvature": PROBE},
+    }
+    outcome = run_trial(config)
+    rows = _curvature_rows(outcome)
+    quantity, limit = pair
+    by = {(r["step"], r["metric"]): r["value"] for r in rows}
+    assert sorted({r["step"] for r in rows}) == [0, 4, 8]
+    assert (8, limit) not in by and by[(8, quantity)] > 0
+    assert math.isfinite(by[(4, limit)]) and by[(4, limit)] > by[(0, limit)]
+    metrics = pd.DataFrame([{**r, "trial_id": "t"} for r in rows])
+    table = report_curvature.probes(metrics).set_index("step")
+    assert table.loc[8, "sharpness"] == by[(8, quantity)]
+    assert math.isnan(table.loc[8, "threshold"]) and not table.loc[8, "edge"]
+    summary = report_curvature.run_summary(table.reset_index())
+    at_edge = [
+        r >= 1 - report_curvature.EDGE_BAND
+        for r in (by[(s, quantity)] / by[(s, limit)] for s in (0, 4))
+    ]
+    assert summary.loc[0, "edge_fraction"] == pytest.approx(sum(at_edge) / 3)
+    assert summary.loc[0, "sharpness"] == by[(8, quantity)]
+
+
+MUP_NARROW = {"name": "mup", "params": {"base_width": 2}}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_probe_under_mup_is_the_effective_operator(optimizer):
+    """Under muP (width 8 over base 2: multipliers 4 and 1/4 for SGD) tensor t steps at
+    lr * m_t, so the sharpness compared with 2/lr is the top eigenvalue of M^{1/2} H M^{1/2}:
+    the engine's step-0 value against the exact float64 Hessian's, within 1%."""
+    from techbench.engine.trial import build_model, prepare
+    from techbench.schema import complete_config
+    from techbench.techniques.parametrize import lr_multiplier
+
+    cfg = complete_config(
+        {
+            "model": {"name": "mlp", "params": {"depth": 1, "width": 8}},
+            "optimizer": optimizer,
+            "parametrization": MUP_NARROW,
+        }
+    )
+    specs, splits = prepare(cfg, None)
+    model, _ = build_model(cfg, specs, splits)
+    assert {lr_multiplier(p) for p in model.parameters()} >= {4.0, 0.25}  # not vacuous
+    error = check_engine_probe(parametrization=MUP_NARROW, optimizer=optimizer)
+    assert error < 0.01
+
+
+def test_probe_under_mup_folds_multipliers_into_the_preconditioner(monkeypatch):
+    """Adam under muP: the preconditioner is P / m; with P frozen at 1 (planted) the recorded
+    precond_sharpness is the exact top eigenvalue of M^{1/2} H M^{1/2}, within 1%."""
+    monkeypatch.setattr(
+        curvature_probe, "diagonal_preconditioner", lambda opt, p: torch.ones_like(p)
+    )
+    error = check_engine_probe(
+        parametrization=MUP_NARROW, optimizer="adam", metric="precond_sharpness"
+    )
+    assert error < 0.01
+
+
+def test_mup_at_its_base_width_probes_as_standard():
+    """All multipliers 1 (muP at its base width): the recorded rows equal the standard
+    trial's."""
+    base = {**SMALL, "optimizer": {"name": "sgd", "params": {"lr": 0.05}}}
+    base["health"] = {"curvature": PROBE}
+    plain = _curvature_rows(run_trial(base))
+    at_base = {"name": "mup", "params": {"base_width": 16}}
+    mup = _curvature_rows(run_trial({**base, "parametrization": at_base}))
+    assert [(r["step"], r["metric"], r["value"]) for r in mup] == [
+        (r["step"], r["metric"], r["value"]) for r in plain
+    ]

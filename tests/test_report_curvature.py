@@ -14,8 +14,9 @@ from techbench.report import build_report
 from .report_fixtures import make_config, synthetic_metrics, write_trial
 
 
-def _store(root: Path, curvature: bool) -> Path:
-    store = root / ("with" if curvature else "without")
+def _store(root: Path, curvature: bool, annealed: bool = False) -> Path:
+    """``annealed``: the last probe of every run at a learning rate of 0 (no threshold row)."""
+    store = root / ("with" if curvature else "without") / ("annealed" if annealed else "")
     for opt, lr in (("sgd", 0.1), ("sgd", 0.05), ("adam", 0.001)):
         for seed in range(3):
             config = make_config(optimizer=(opt, {"lr": lr}), seed=seed)
@@ -28,7 +29,8 @@ def _store(root: Path, curvature: bool) -> Path:
                 kind = "" if opt == "sgd" else "precond_"
                 for i, r in enumerate(ratios):
                     rows.append(_row(10 * i, f"{kind}sharpness", r * limit))
-                    rows.append(_row(10 * i, f"{kind}threshold", limit))
+                    if not (annealed and i == len(ratios) - 1):
+                        rows.append(_row(10 * i, f"{kind}threshold", limit))
                 meta |= {"curvature_overhead": 0.05, "curvature_probes": 5}
             write_trial(store, config, rows, meta=meta)
     return store
@@ -59,3 +61,18 @@ def test_no_section_without_curvature_rows(tmp_path: Path) -> None:
     page = build_report(_store(tmp_path, False), out).read_text()
     assert 'id="curvature"' not in page
     assert not (out / "curvature.csv").exists()
+
+
+def test_curvature_section_with_a_zero_rate_probe(tmp_path: Path) -> None:
+    """A last probe at rate 0 (no threshold: +inf) builds the section and counts as below the
+    edge: SGD's runs were at the edge on 2 of 5 probes (steps 20, 30; the last, at rate 0, not)
+    and Adam's final sharpness is still its preconditioned one."""
+    out = tmp_path / "out"
+    page = build_report(_store(tmp_path, True, annealed=True), out).read_text()
+    assert 'id="curvature"' in page
+    table = pd.read_csv(out / "curvature.csv").set_index("technique")
+    sgd = table.loc[[t for t in table.index if t.startswith("sgd")]]
+    assert sgd["edge_fraction"].tolist() == pytest.approx([2 / 5])
+    assert sgd["first_edge_step"].tolist() == [20]
+    adam = table.loc[[t for t in table.index if t.startswith("adam")]]
+    assert adam["final_sharpness"].tolist() == pytest.approx([0.3 * 38 / 0.001])

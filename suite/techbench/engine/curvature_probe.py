@@ -20,10 +20,16 @@ health's after-update statistics see), before the schedule steps, each live memb
   quantity, and computing both doubled the probe's cost past a fifth of a small MLP's training
   (``benchmarks/overhead.py --curvature``); a preconditioned optimizer without a declared
   threshold records both;
+- under a parametrization with learning-rate multipliers (muP,
+  :func:`techbench.techniques.parametrize.lr_multiplier`) tensor t steps at ``lr * m_t``, so
+  both are of the operator the update sees: ``sharpness`` that of M^{1/2} H M^{1/2}
+  (M = diag(m): lr M H has its eigenvalues, GD's threshold stays 2/lr) and
+  ``precond_sharpness`` that of (P/M)^{-1/2} H (P/M)^{-1/2}; with every m = 1, H and P;
 - ``threshold`` (against ``sharpness``) or ``precond_threshold`` (against
   ``precond_sharpness``): ``constant / lr`` from the optimizer's declared
   :class:`techbench.techniques.families.Stability`, ``lr`` the member's rate times the schedule's
-  multiplier at this step; none when the optimizer declares none.
+  multiplier at this step; none when the optimizer declares none, and none at a rate of 0 (a
+  schedule annealed to 0: the threshold is +inf, any curvature is stable).
 
 The probe batch is drawn once per trial: ``batch`` examples of the training split (all of it
 when smaller) by ``randperm`` with ``Generator(seed +`` :data:`CURVATURE_SEED_OFFSET` ``)``,
@@ -59,6 +65,7 @@ from torch.func import functional_call
 
 from ..schema import metric_row
 from ..techniques.families import SampledModule, Stability
+from ..techniques.parametrize import lr_multiplier
 from .curvature import Lanczos, StackedHessian, diagonal_preconditioner
 
 CURVATURE_SEED_OFFSET = 0xC0F5
@@ -142,8 +149,10 @@ class StackedCurvature:
         data: tuple[torch.Tensor, ...],
         stacked: list[bool],
         diag: dict[str, torch.Tensor] | None,
+        plain_diag: dict[str, torch.Tensor] | None,
     ) -> tuple[Lanczos | None, Lanczos | None]:
-        """The plain and (with ``diag``) the preconditioned Lanczos runs, on one gradient graph
+        """The plain (``plain_diag``: 1/m under lr multipliers m) and (with ``diag``) the
+        preconditioned Lanczos runs, on one gradient graph
         (:class:`techbench.engine.curvature.StackedHessian`), each stopping at its own
         convergence; the plain one not when :attr:`precond_only` and ``diag`` is given."""
         hessian = StackedHessian(loss, params, data, stacked)
@@ -152,7 +161,8 @@ class StackedCurvature:
             pre = hessian.top(self.iterations, diag, start=self.start_precond, tol=PROBE_TOL)
             if self.precond_only:
                 return None, pre
-        return hessian.top(self.iterations, start=self.start_vectors, tol=PROBE_TOL), pre
+        plain = hessian.top(self.iterations, plain_diag, start=self.start_vectors, tol=PROBE_TOL)
+        return plain, pre
 
     def probe(self, step: int, epoch: int, module: Any, live: Sequence[bool]) -> None:
         """Every member's sharpness now; the rows of the ``live`` ones."""
@@ -162,9 +172,9 @@ class StackedCurvature:
         loss = probe_loss(module.base, module.loss_fn, list(buffers))
         data = (*buffers.values(), *self.data)
         stacked = [True] * len(buffers) + [self.stacked_data] * len(self.data)
-        diag = stacked_preconditioner(module)
+        diag, plain_diag = effective_diagonals(module, params)
         with sampling_off(module.base):
-            plain, pre = self._lanczos(loss, params, data, stacked, diag)
+            plain, pre = self._lanczos(loss, params, data, stacked, diag, plain_diag)
         runs = [r for r in (plain, pre) if r is not None]
         if plain is not None:
             self.start_vectors = plain.vectors
@@ -188,10 +198,10 @@ class StackedCurvature:
                 sink.rows.append(
                     metric_row(step, epoch, "curvature", "precond_sharpness", precond[k])
                 )
-            rule = sink.stability
-            if rule is not None and (pre is not None or not rule.preconditioned):
+            rule, rate = sink.stability, sink.lr * rates[k]
+            if rule is not None and rate > 0 and (pre is not None or not rule.preconditioned):
                 name = "precond_threshold" if rule.preconditioned else "threshold"
-                value = rule.constant / (sink.lr * rates[k])
+                value = rule.constant / rate
                 sink.rows.append(metric_row(step, epoch, "curvature", name, value))
 
 
@@ -249,6 +259,27 @@ def stacked_preconditioner(module: Any) -> dict[str, torch.Tensor] | None:
                 return None
             parts.setdefault(name, []).append(diag)
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
+def effective_diagonals(
+    module: Any, params: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+    """The preconditioned run's diagonal P / m and the plain run's 1/m (None when every m is
+    1), m each parameter's learning-rate multiplier (shared by the stack's members): the
+    update moves tensor t by lr m_t P_t^{-1} g_t, so its stability operator is H preconditioned
+    by P / m."""
+    if module.single:
+        tensors = dict(module.model.named_parameters())
+    else:
+        tensors = {name: module.leaves[j] for j, name in enumerate(module.names)}
+    mult = {name: lr_multiplier(t) for name, t in tensors.items()}
+    diag = stacked_preconditioner(module)
+    if all(m == 1.0 for m in mult.values()):
+        return diag, None
+    if diag is not None:
+        diag = {name: d / mult[name] for name, d in diag.items()}
+    plain = {name: torch.full_like(p, 1.0 / mult[name]) for name, p in params.items()}
+    return diag, plain
 
 
 def schedule_multipliers(module: Any) -> list[float]:

@@ -34,8 +34,10 @@ PAIRS = (("precond_sharpness", "precond_threshold"), ("sharpness", "threshold"))
 
 def probes(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per (trial, probe step): ``sharpness`` (the compared quantity), ``threshold``
-    (NaN when the optimizer declares none), ``ratio`` and ``edge``; empty without curvature
-    rows."""
+    (NaN when the optimizer declares none, or at a learning rate of 0, where the probe writes
+    none: not at the edge), ``ratio`` and ``edge``; empty without curvature rows. A probe
+    with the preconditioned sharpness but not its threshold falls back to the plain pair
+    when it has the plain sharpness."""
     rows = metrics[metrics["split"] == "curvature"]
     if rows.empty:
         return pd.DataFrame(columns=["trial_id", "step", "sharpness", "threshold", "ratio"])
@@ -46,8 +48,8 @@ def probes(metrics: pd.DataFrame) -> pd.DataFrame:
         if quantity not in wide:
             continue
         has = wide[quantity].notna()
-        if limit in wide:
-            has &= wide[limit].notna() | (quantity == "sharpness")
+        if limit in wide and quantity != "sharpness" and "sharpness" in wide:
+            has &= wide[limit].notna() | wide["sharpness"].isna()
         out.loc[has, "sharpness"] = wide.loc[has, quantity]
         out.loc[has, "threshold"] = wide[limit][has] if limit in wide else np.nan
     out["ratio"] = out["sharpness"] / out["threshold"]

@@ -10,7 +10,9 @@ than ``tol`` (relative) and returning the largest relative error otherwise:
   trained with a learning rate of 1e-12 (its weights stay its initial ones), against the exact
   top eigenvalue of the Hessian of the task loss at the trial's initial weights on the trial's
   probe batch (rebuilt from the seed as the probe draws it). It fails for a probe of the wrong
-  loss, the wrong batch or the wrong weights.
+  loss, the wrong batch or the wrong weights. Under a ``parametrization`` whose learning-rate
+  multipliers m are not 1 (muP) the exact value is that of M^{1/2} H M^{1/2}, M = diag(m): the
+  operator whose top eigenvalue a per-tensor learning rate lr * m is stable under at 2/lr.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ MEMBERS = 8
 
 
 def exact_top(
-    loss: Callable[..., torch.Tensor], params: Mapping[str, torch.Tensor], *data: Any
+    loss: Callable[..., torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    *data: Any,
+    multipliers: Mapping[str, float] | None = None,
 ) -> float:
-    """The largest eigenvalue of the Hessian of ``loss(params, *data)`` (one member's
-    parameters, no K dimension), from the dense Hessian."""
+    """The largest eigenvalue of the Hessian H of ``loss(params, *data)`` (one member's
+    parameters, no K dimension), from the dense Hessian; with ``multipliers`` (name -> m) that
+    of M^{1/2} H M^{1/2}, M the diagonal holding each parameter's m on its entries."""
     names = list(params)
     shapes = [params[n].shape for n in names]
     sizes = [s.numel() for s in shapes]
@@ -43,6 +49,14 @@ def exact_top(
         return loss({n: c.view(s) for n, c, s in parts}, *data)
 
     hessian = torch.autograd.functional.hessian(f, flat)
+    if multipliers is not None:
+        root = torch.cat(
+            [
+                torch.full((z,), multipliers[n] ** 0.5, dtype=hessian.dtype)
+                for n, z in zip(names, sizes, strict=True)
+            ]
+        )
+        hessian = root[:, None] * hessian * root[None, :]
     return float(torch.linalg.eigvalsh(hessian)[-1])
 
 
@@ -81,9 +95,16 @@ def _seeded(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
 
 
-def check_engine_probe(seeds: tuple[int, ...] = (0, 1), tol: float = 0.01) -> float:
-    """The engine's step-0 sharpness of a stack of float64 trials (moons, a 2 -> 8 -> 2 tanh
-    MLP, SGD at lr 1e-12, probe batch 64) against the exact Hessian's top eigenvalue."""
+def check_engine_probe(
+    seeds: tuple[int, ...] = (0, 1),
+    tol: float = 0.01,
+    parametrization: Mapping[str, Any] | None = None,
+    optimizer: str = "sgd",
+    metric: str = "sharpness",
+) -> float:
+    """The engine's step-0 ``metric`` of a stack of float64 trials (moons, a 2 -> 8 -> 2 tanh
+    MLP, ``optimizer`` at lr 1e-12, probe batch 64, ``parametrization``) against the exact
+    top eigenvalue of the Hessian, scaled by the learning-rate multipliers."""
     from ..engine.trial import run_stack
     from ..schema import complete_config
 
@@ -91,7 +112,7 @@ def check_engine_probe(seeds: tuple[int, ...] = (0, 1), tol: float = 0.01) -> fl
         "dataset": {"name": "moons", "params": {"n_samples": 400}},
         "model": {"name": "mlp", "params": {"depth": 1, "width": 8}},
         "activation": "tanh",
-        "optimizer": {"name": "sgd", "params": {"lr": 1e-12}},
+        "optimizer": {"name": optimizer, "params": {"lr": 1e-12}},
         "budget": {"max_steps": 1, "epochs": None, "batch_size": 32},
         "trainer": {"accelerator": "cpu", "precision": "64-true"},
         "health": {
@@ -99,21 +120,25 @@ def check_engine_probe(seeds: tuple[int, ...] = (0, 1), tol: float = 0.01) -> fl
             "curvature": {"every_n_steps": 1, "iterations": 20, "batch": 64},
         },
     }
+    if parametrization is not None:
+        base["parametrization"] = parametrization
     configs = [complete_config({**base, "seed": s}) for s in seeds]
     outcomes = run_stack(configs)
     probed, exact = [], []
     for cfg, outcome in zip(configs, outcomes, strict=True):
         assert outcome.status == "completed", outcome.meta.error
-        probed.append(outcome.metric("curvature", "sharpness")[0])
+        probed.append(outcome.metric("curvature", metric)[0])
         exact.append(_initial_top(cfg, 64))
     return _relative(probed, exact, tol, "engine step-0 sharpness")
 
 
 def _initial_top(cfg: Mapping[str, Any], batch: int) -> float:
-    """The exact top Hessian eigenvalue of ``cfg``'s task loss at its initial weights on its
-    probe batch, both rebuilt from its seed as the engine draws them."""
+    """The exact top eigenvalue of M^{1/2} H M^{1/2}, H the Hessian of ``cfg``'s task loss at
+    its initial weights on its probe batch (both rebuilt from its seed as the engine draws
+    them), M its parameters' learning-rate multipliers."""
     from ..engine.lit import task_loss
     from ..engine.trial import build_model, prepare
+    from ..techniques.parametrize import lr_multiplier
 
     specs, splits = prepare(cfg, None)
     torch.manual_seed(int(cfg["seed"]))  # as the engine seeds before building
@@ -127,4 +152,6 @@ def _initial_top(cfg: Mapping[str, Any], batch: int) -> float:
     def loss(p: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return fn(functional_call(model, dict(p), (x,)), y)
 
-    return exact_top(loss, dict(model.named_parameters()), x, y)
+    params = dict(model.named_parameters())
+    multipliers = {n: lr_multiplier(p) for n, p in params.items()}
+    return exact_top(loss, params, x, y, multipliers=multipliers)
