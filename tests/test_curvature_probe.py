@@ -232,6 +232,7 @@ def test_matrix_curvature_keys(tmp_path):
         ("curvature = { iterations = 1 }", "health.curvature.iterations"),
         ("curvature = { batch = 1.5 }", "health.curvature.batch"),
         ("curvature = 3", "health.curvature"),
+        ('curvature = { plain = "yes" }', "health.curvature.plain: must be true or false"),
     ]:
         with pytest.raises(MatrixError) as caught:
             _load(tmp_path, text)

@@ -31,7 +31,7 @@ TOML shape (every key is optional; ``name`` defaults to the file name)::
 
     [health]                             # gradient-health instrumentation
     every_n_steps = 25                   # default; 1 = every step
-    curvature = { every_n_steps = 50, iterations = 20, batch = 512 }  # opt-in sharpness probe
+    curvature = { every_n_steps = 50, iterations = 20, batch = 64 }  # opt-in sharpness probe
 
     [report]                             # how `techbench report` scores runs
     score = "final"                      # or "best" (best-validation epoch); default "final"
@@ -442,6 +442,15 @@ class _Parser:
             return None
         return value
 
+    def bool_into(self, raw: Mapping[str, Any], key: str, path: str, out: dict[str, Any]) -> None:
+        """``out[key] = raw[key]`` when it is given and a boolean, else a problem at ``path``."""
+        if key not in raw:
+            return
+        if isinstance(raw[key], bool):
+            out[key] = raw[key]
+        else:
+            self.problem(path, f"must be true or false, got {raw[key]!r}")
+
     def seed_list(self, value: Any, path: str, allow_seed: bool = False) -> list[int] | str | None:
         if allow_seed and value == "seed":
             return "seed"
@@ -557,24 +566,14 @@ class _Parser:
                     "trainer.memory_format",
                     f"must be one of {', '.join(MEMORY_FORMATS)}, got {raw['memory_format']!r}",
                 )
-        if "deterministic" in raw:
-            if isinstance(raw["deterministic"], bool):
-                out["deterministic"] = raw["deterministic"]
-            else:
-                self.problem(
-                    "trainer.deterministic", f"must be true or false, got {raw['deterministic']!r}"
-                )
+        self.bool_into(raw, "deterministic", "trainer.deterministic", out)
         return out
 
     def health(self, data: Mapping[str, Any]) -> dict[str, Any]:
         raw = self.table(data, "health")
         self.unknown_keys(raw, HEALTH_KEYS, "health")
         out = dict(DEFAULT_CONFIG["health"])
-        if "enabled" in raw:
-            if isinstance(raw["enabled"], bool):
-                out["enabled"] = raw["enabled"]
-            else:
-                self.problem("health.enabled", f"must be true or false, got {raw['enabled']!r}")
+        self.bool_into(raw, "enabled", "health.enabled", out)
         if "every_n_steps" in raw:
             out["every_n_steps"] = self.int_value(
                 raw["every_n_steps"], "health.every_n_steps", 1, high=MAX_STEPS
@@ -592,7 +591,7 @@ class _Parser:
             self.problem(
                 "health.curvature",
                 f"must be a table, true or false, got {_kind(raw)}",
-                "curvature = { every_n_steps = 50, iterations = 20, batch = 512 }",
+                "curvature = { every_n_steps = 50, iterations = 20, batch = 64 }",
             )
             return None
         self.unknown_keys(raw, tuple(CURVATURE_DEFAULTS), "health.curvature")
@@ -602,13 +601,7 @@ class _Parser:
                 value = self.int_value(raw[key], f"health.curvature.{key}", low, high=high)
                 if value is not None:
                     out[key] = value
-        if "plain" in raw:
-            if isinstance(raw["plain"], bool):
-                out["plain"] = raw["plain"]
-            else:
-                self.problem(
-                    "health.curvature.plain", f"must be true or false, got {raw['plain']!r}"
-                )
+        self.bool_into(raw, "plain", "health.curvature.plain", out)
         return out
 
     def report(self, data: Mapping[str, Any]) -> dict[str, Any]:
