@@ -110,29 +110,13 @@ def build_model(cfg: Mapping[str, Any], specs: Mapping[str, Any], splits: Any) -
     """
     import torch
 
-    from ..techniques.families import ModelParts, Regularizer
+    from ..techniques.families import trial_parts
 
     params = {key: cfg[key]["params"] for key in AXIS_FAMILY}
     weight_init = specs["initializer"].create(**params["initializer"])
     bias_init = specs["bias_initializer"].create(**params["bias_initializer"])
     regularizer = specs["regularizer"].create(**params["regularizer"])
-    act_spec, norm_spec = specs["activation"], specs["normalizer"]
-
-    def activation() -> Any:
-        return act_spec.create(**params["activation"])
-
-    def normalizer(num_features: int) -> Any:
-        return norm_spec.create(num_features, **params["normalizer"])
-
-    overrides_module = type(regularizer).make_module is not Regularizer.make_module
-    parts = ModelParts(
-        activation=activation,
-        weight_init=weight_init,
-        bias_init=bias_init,
-        normalizer=normalizer,
-        norm_placement=cfg["norm_placement"],
-        dropout=regularizer.make_module if overrides_module else None,
-    )
+    parts = trial_parts(cfg, specs, regularizer, weight_init, bias_init)
     model = specs["model"].create(splits.input_shape, splits.num_outputs, parts, **params["model"])
     if specs["initializer"].properties_for(params["initializer"]).get("data_dependent"):
         n = min(len(splits.x_train), max(int(cfg["budget"]["batch_size"]), 256))

@@ -195,27 +195,16 @@ class ScaleSpec:
         parameters) on the meta device, else on the CPU, and count its parameters."""
         import torch
 
-        from ..techniques.families import ModelParts, Regularizer
+        from ..techniques.families import trial_parts
 
         shape, outputs, _ = self.facts(config)
         get = self._registry().get_spec
         p = {k: config[k]["params"] for k in AXIS_FAMILY}
         try:
-            act, norm = (
-                get(config["activation"]["name"], "activation"),
-                get(config["normalizer"]["name"], "normalizer"),
-            )
+            specs = {k: get(config[k]["name"], k) for k in ("activation", "normalizer")}
             reg = get(config["regularizer"]["name"], "regularizer").create(**p["regularizer"])
             model_spec = get(config["model"]["name"], "model")
-            own_module = type(reg).make_module is not Regularizer.make_module
-            parts = ModelParts(
-                activation=lambda: act.create(**p["activation"]),
-                weight_init=_untouched,
-                bias_init=_untouched,
-                normalizer=lambda n: norm.create(n, **p["normalizer"]),
-                norm_placement=config["norm_placement"],
-                dropout=reg.make_module if own_module else None,
-            )
+            parts = trial_parts(config, specs, reg, _untouched, _untouched)
         except Exception as exc:
             self._fail(f"model {config['model']['name']!r}: {exc}")
         for device in ("meta", "cpu"):

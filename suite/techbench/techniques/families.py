@@ -86,6 +86,7 @@ __all__ = [
     "nesterov_stability",
     "per_member",
     "trial_ndim",
+    "trial_parts",
 ]
 
 if TYPE_CHECKING:
@@ -559,3 +560,28 @@ class ModelParts:
     normalizer: Callable[[int], nn.Module] | None = None
     norm_placement: Literal["before", "after"] = "before"
     dropout: Callable[[], nn.Module | None] | None = None
+
+
+def trial_parts(
+    config: Mapping[str, Any],
+    specs: Mapping[str, Any],
+    regularizer: Regularizer,
+    weight_init: Callable[[torch.Tensor], Any],
+    bias_init: Callable[[torch.Tensor], Any],
+) -> ModelParts:
+    """The parts a trial's network is built from: ``config``'s activation and normalizer
+    (``specs[key]`` with the config's hyper-parameters), its norm placement, and the
+    ``regularizer``'s own module where it declares one (dropout). One definition, because the
+    engine (:func:`techbench.engine.trial.build_model`) and the ladder's parameter count
+    (:mod:`techbench.plan.scale`) must build the same network."""
+    act_spec, act_hp = specs["activation"], config["activation"]["params"]
+    norm_spec, norm_hp = specs["normalizer"], config["normalizer"]["params"]
+    own_module = type(regularizer).make_module is not Regularizer.make_module
+    return ModelParts(
+        activation=lambda: act_spec.create(**act_hp),
+        weight_init=weight_init,
+        bias_init=bias_init,
+        normalizer=lambda n: norm_spec.create(n, **norm_hp),
+        norm_placement=config["norm_placement"],
+        dropout=regularizer.make_module if own_module else None,
+    )
