@@ -262,6 +262,14 @@ FINISHED: frozenset[str] = frozenset({"completed", "diverged"})
 """Statuses a rerun skips (failed trials are retried only on request)."""
 
 
+def training_flops(parameters: int, tokens: float) -> float:
+    """6 N D: the forward-and-backward FLOPs of training a dense network of N ``parameters`` on
+    D ``tokens`` (examples for a non-sequence model; Kaplan et al. 2020, "Scaling laws for neural
+    language models", sec. 2.1), the proxy :class:`TrialMeta` ``compute`` records and a ladder's
+    ``--dry-run`` plans."""
+    return 6.0 * parameters * tokens
+
+
 def now_iso() -> str:
     """UTC now as ISO 8601 with milliseconds and a ``Z`` (the timestamps of :class:`TrialMeta`)."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -39,6 +39,7 @@ from ..schema import (
     curvature_options,
     now_iso,
     stop_reason,
+    training_flops,
     trial_id,
 )
 from ..techniques.provenance import technique_sources
@@ -333,7 +334,7 @@ def training_compute(splits: Any, budget: Mapping[str, Any], parameters: int, st
     epochs, rest = divmod(int(steps), len(sizes))
     examples = epochs * len(splits.x_train) + sum(sizes[:rest])
     per_example = int(splits.x_train.shape[1]) if splits.task == "language_model" else 1
-    return 6.0 * parameters * examples * per_example
+    return training_flops(parameters, examples * per_example)
 
 
 def _rung(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ..errors import UsageError
-from ..schema import AXIS_FAMILY, trial_id
+from ..schema import AXIS_FAMILY, training_flops, trial_id
 
 __all__ = [
     "BUDGET_RULES",
@@ -282,10 +282,10 @@ def _counted(scale: ScaleSpec, configs: Sequence[Mapping[str, Any]]) -> tuple[li
         if s is not None:
             steps.append(s)
             per = int(budget["batch_size"]) * _tokens(scale, c)
-            flops.append(6.0 * n * s * per)
+            flops.append(training_flops(n, s * per))
         elif budget.get("max_steps") is None:  # epochs only: every example, every epoch
             seen = int(budget["epochs"]) * scale.train_examples(c) * _tokens(scale, c)
-            flops.append(6.0 * n * seen)
+            flops.append(training_flops(n, seen))
     return counts, steps, flops
 
 
